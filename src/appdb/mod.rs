@@ -1,0 +1,99 @@
+//! The application database: the data Lethe keeps promises about. Only
+//! identifiers from the validated data map reach SQL, always quoted.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions};
+
+use crate::error::{Error, Result};
+
+#[derive(Clone)]
+pub enum AppDb {
+    Postgres(PgPool),
+    Sqlite(SqlitePool),
+}
+
+impl AppDb {
+    pub async fn connect(url: &str) -> Result<AppDb> {
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            let opts = PgConnectOptions::from_str(url)?.application_name("lethe");
+            Ok(AppDb::Postgres(
+                PgPoolOptions::new()
+                    .max_connections(4)
+                    .acquire_timeout(Duration::from_secs(15))
+                    .connect_with(opts)
+                    .await?,
+            ))
+        } else if url.starts_with("sqlite:") {
+            // Never create the application database: a typo must not look like an empty app.
+            let opts = SqliteConnectOptions::from_str(url)?
+                .create_if_missing(false)
+                .busy_timeout(Duration::from_secs(15));
+            Ok(AppDb::Sqlite(
+                SqlitePoolOptions::new()
+                    .max_connections(4)
+                    .connect_with(opts)
+                    .await?,
+            ))
+        } else {
+            Err(Error::Usage(format!(
+                "database URL `{}` must start with postgres:// or sqlite://",
+                crate::config::redact_url(url)
+            )))
+        }
+    }
+
+    pub async fn ping(&self) -> Result<()> {
+        match self {
+            AppDb::Postgres(p) => {
+                sqlx::query("SELECT 1").execute(p).await?;
+            }
+            AppDb::Sqlite(p) => {
+                sqlx::query("SELECT 1").execute(p).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Names of the user tables, to check the data map against.
+    pub async fn tables(&self) -> Result<Vec<String>> {
+        Ok(match self {
+            AppDb::Postgres(p) => {
+                sqlx::query_scalar(
+                    "SELECT table_name::text FROM information_schema.tables
+                     WHERE table_schema = current_schema() AND table_type = 'BASE TABLE' ORDER BY 1",
+                )
+                .fetch_all(p)
+                .await?
+            }
+            AppDb::Sqlite(p) => {
+                sqlx::query_scalar(
+                    "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY 1",
+                )
+                .fetch_all(p)
+                .await?
+            }
+        })
+    }
+}
+
+/// Quotes an identifier for SQL (both dialects use double quotes).
+pub fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quoting_escapes_embedded_quotes() {
+        assert_eq!(quote_ident("users"), "\"users\"");
+        assert_eq!(
+            quote_ident("a\"b; DROP TABLE x"),
+            "\"a\"\"b; DROP TABLE x\""
+        );
+    }
+}

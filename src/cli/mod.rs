@@ -1,0 +1,166 @@
+//! clap definitions; each subcommand parses, calls `commands::*`, prints.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::commands;
+use crate::error::{exit, Error};
+
+#[derive(Parser, Debug)]
+#[command(name = "lethe", version, about = "Data-lifecycle and data-subject-request worker", long_about = None)]
+pub struct Cli {
+    /// Config file (default: $LETHE_CONFIG, else ./lethe.toml).
+    #[arg(long, global = true)]
+    pub config: Option<PathBuf>,
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Copy, Clone, Debug, ValueEnum, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Write a starter lethe.toml and jobs/ using embedded backends.
+    Init {
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+        /// Overwrite existing files.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Build a sample multi-tenant app database and run every job kind once.
+    Demo {
+        #[arg(long, default_value = "lethe-demo")]
+        dir: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Apply the worker schema.
+    Migrate,
+    /// Validate config, job catalog and connectivity.
+    Check {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Scheduler + workers + HTTP until SIGTERM, then drain.
+    Serve,
+    /// Run one job now, through the queue, and wait for it.
+    Run {
+        /// Job name from jobs/ (or a job kind).
+        job: String,
+        #[arg(long)]
+        dry_run: bool,
+        /// Override a parameter: K=V (V parsed as TOML, else a string).
+        #[arg(long = "param", value_name = "K=V")]
+        params: Vec<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The job catalog and run history.
+    Jobs {
+        #[command(subcommand)]
+        command: JobsCommand,
+    },
+    /// The tamper-evident audit log.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum JobsCommand {
+    /// Jobs in the catalog with their next fire and last run.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Recent runs, newest first.
+    History {
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+        #[arg(long)]
+        job: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AuditCommand {
+    /// Write the chain as JSONL (with --signed, a trailing HMAC block keyed by AUDIT_SIGNING_KEY).
+    Export {
+        #[arg(long)]
+        signed: bool,
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Check an export's chain and signature; names the first broken line.
+    Verify {
+        file: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn init_logging(format: LogFormat, command: &Command) {
+    // serve logs its work; one-off commands keep stderr quiet unless asked (RUST_LOG).
+    let default = if matches!(command, Command::Serve) {
+        "info"
+    } else {
+        "warn"
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
+
+/// Parses arguments, runs the command, returns the process exit code.
+pub fn main() -> i32 {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                exit::USAGE
+            } else {
+                exit::OK
+            };
+        }
+    };
+    init_logging(cli.log_format, &cli.command);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return exit::FAILED;
+        }
+    };
+    match runtime.block_on(commands::dispatch(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            let code = e
+                .downcast_ref::<Error>()
+                .map_or(exit::FAILED, Error::exit_code);
+            eprintln!("error: {e:#}");
+            code
+        }
+    }
+}

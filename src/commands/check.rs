@@ -1,0 +1,181 @@
+//! `lethe check`: config, job catalog, store, app database, mail, secrets.
+//! Exit 2 for a bad config, 1 when something configured does not work.
+
+use std::path::Path;
+
+use anyhow::Result;
+use serde::Serialize;
+
+use crate::appdb::AppDb;
+use crate::config::{self, redact_url, Config};
+use crate::context::Context;
+use crate::error::{exit, Error};
+
+#[derive(Serialize)]
+struct Check {
+    name: String,
+    status: &'static str, // ok | warn | error
+    detail: String,
+}
+
+#[derive(Serialize)]
+struct Report {
+    ok: bool,
+    config: String,
+    checks: Vec<Check>,
+}
+
+fn ok(name: &str, detail: impl Into<String>) -> Check {
+    Check {
+        name: name.into(),
+        status: "ok",
+        detail: detail.into(),
+    }
+}
+fn warn(name: &str, detail: impl Into<String>) -> Check {
+    Check {
+        name: name.into(),
+        status: "warn",
+        detail: detail.into(),
+    }
+}
+fn fail(name: &str, detail: impl Into<String>) -> Check {
+    Check {
+        name: name.into(),
+        status: "error",
+        detail: detail.into(),
+    }
+}
+
+pub async fn run(flag: Option<&Path>, json: bool) -> Result<i32> {
+    let path = config::resolve_path(flag);
+    let config = match Config::load(&path) {
+        Ok(c) => c,
+        Err(e) => {
+            if json {
+                super::print_json(&Report {
+                    ok: false,
+                    config: path.display().to_string(),
+                    checks: vec![fail("config", e.to_string())],
+                })?;
+                return Ok(exit::USAGE);
+            }
+            return Err(e.into());
+        }
+    };
+    let mut checks = vec![ok(
+        "config",
+        format!(
+            "{} ({} jobs from {})",
+            path.display(),
+            config.jobs.len(),
+            config.runner.jobs_dir.display()
+        ),
+    )];
+    checks.extend(job_checks(&config));
+    checks.push(match AppDb::connect(&config.database.url).await {
+        Ok(db) => match db.tables().await {
+            Ok(t) => ok(
+                "database",
+                format!(
+                    "{} reachable, {} tables",
+                    redact_url(&config.database.url),
+                    t.len()
+                ),
+            ),
+            Err(e) => fail(
+                "database",
+                format!("{}: {e}", redact_url(&config.database.url)),
+            ),
+        },
+        Err(e) => fail(
+            "database",
+            format!("{}: {e}", redact_url(&config.database.url)),
+        ),
+    });
+    checks.push(match config.audit.signing_key.load() {
+        Ok(Some(_)) => ok(
+            "audit signing key",
+            format!("present in {}", config.audit.signing_key.describe()),
+        ),
+        Ok(None) => warn(
+            "audit signing key",
+            format!(
+                "not set ({}); `audit export --signed` will refuse",
+                config.audit.signing_key.describe()
+            ),
+        ),
+        Err(e) => fail("audit signing key", e),
+    });
+
+    let store_url = redact_url(&config.store.url);
+    match Context::open_unchecked(config).await {
+        Err(Error::Mail(m)) => checks.push(fail("mail", m)),
+        Err(e) => checks.push(fail("store", format!("{store_url}: {e}"))),
+        Ok(ctx) => {
+            checks.push(match ctx.store.is_migrated().await {
+                Ok(true) => ok("store", format!("{store_url} reachable, schema up to date")),
+                Ok(false) => fail(
+                    "store",
+                    format!("{store_url} reachable but not migrated; run `lethe migrate`"),
+                ),
+                Err(e) => fail("store", format!("{store_url}: {e}")),
+            });
+            checks.push(match ctx.mailer.test().await {
+                Ok(()) => ok("mail", ctx.mailer.describe()),
+                Err(e) => fail("mail", e.to_string()),
+            });
+            for (role, list) in [("dpo", &ctx.config.mail.dpo), ("ops", &ctx.config.mail.ops)] {
+                if list.is_empty() {
+                    checks.push(warn(
+                        "mail recipients",
+                        format!("no `{role}` recipients: their mail is not sent"),
+                    ));
+                }
+            }
+        }
+    }
+
+    let ok_all = checks.iter().all(|c| c.status != "error");
+    if json {
+        super::print_json(&Report {
+            ok: ok_all,
+            config: path.display().to_string(),
+            checks,
+        })?;
+    } else {
+        for c in &checks {
+            println!("{:<5} {:<18} {}", c.status.to_uppercase(), c.name, c.detail);
+        }
+    }
+    Ok(if ok_all { exit::OK } else { exit::FAILED })
+}
+
+fn job_checks(config: &Config) -> Vec<Check> {
+    let now = chrono::Utc::now();
+    config
+        .jobs
+        .iter()
+        .map(|j| {
+            let name = format!("job {}", j.name);
+            if !j.enabled {
+                return warn(&name, "disabled");
+            }
+            match j.schedule.next_fire(now) {
+                Some(t) => ok(
+                    &name,
+                    format!(
+                        "{} `{}` next at {}",
+                        j.kind,
+                        j.schedule.expr(),
+                        t.to_rfc3339()
+                    ),
+                ),
+                None => warn(
+                    &name,
+                    format!("schedule `{}` never fires again", j.schedule.expr()),
+                ),
+            }
+        })
+        .collect()
+}

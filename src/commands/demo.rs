@@ -1,0 +1,160 @@
+//! `lethe demo`: a self-contained tour on embedded backends. Builds DIR with a
+//! sample app database, config, store, mail folder; runs every job kind once.
+
+use std::path::Path;
+
+use anyhow::{Context as _, Result};
+use serde_json::json;
+
+use crate::config::Config;
+use crate::context::Context;
+use crate::error::Error;
+use crate::notify::{self, Message, Role};
+use crate::runner::{run_now, JobKind, RunReport};
+
+const MARKER: &str = ".lethe-demo";
+
+pub async fn run(dir: &Path, json_out: bool) -> Result<i32> {
+    prepare_dir(dir)?;
+    let now = chrono::Utc::now();
+    let seeded = crate::demo::seed(&dir.join("app.db"), now).await?;
+
+    let config_text = super::init::STARTER_CONFIG
+        .replace("example.com", "demo.example")
+        .replace(
+            "# signing_key_file = \"/run/secrets/audit-signing-key\"",
+            "signing_key_file = \"secrets/audit-signing-key\"",
+        );
+    super::write_starter(dir, &config_text, true)?;
+    let secrets = dir.join("secrets");
+    std::fs::create_dir_all(&secrets)?;
+    let key =
+        uuid::Uuid::new_v4().simple().to_string() + &uuid::Uuid::new_v4().simple().to_string();
+    std::fs::write(secrets.join("audit-signing-key"), key)?;
+
+    let config = Config::load(&dir.join("lethe.toml"))?;
+    let ctx = Context::open_unchecked(config).await?;
+    ctx.store.migrate().await?;
+
+    notify::enqueue(
+        &ctx,
+        Message {
+            role: Role::Ops,
+            subject: "[lethe] demo started".into(),
+            paragraphs: vec![format!(
+                "The demo seeded {} orgs and {} users with three years of activity in {}.",
+                seeded.orgs,
+                seeded.users,
+                dir.join("app.db").display()
+            )],
+            html_extra: None,
+            attachments: vec![],
+            dedupe_key: Some("demo-started".into()),
+        },
+    )
+    .await?;
+
+    let mut runs: Vec<RunReport> = Vec::new();
+    for kind in JobKind::ALL {
+        let spec = ctx
+            .config
+            .jobs
+            .iter()
+            .find(|j| j.kind == *kind)
+            .cloned()
+            .ok_or_else(|| Error::Failed(format!("the starter catalog has no {kind} job")))?;
+        let report = run_now(&ctx, &spec, spec.params.clone(), false).await?;
+        runs.push(report);
+    }
+
+    // Prove the evidence holds: export the chain and verify it, signed.
+    let mut buf = Vec::new();
+    let key = ctx.config.audit.signing_key.load().map_err(Error::Usage)?;
+    let events = crate::audit::export(ctx.store.as_ref(), &mut buf, key.as_ref()).await?;
+    let verified = crate::audit::verify(std::io::Cursor::new(buf), key.as_ref())?;
+    let mail_files = std::fs::read_dir(&ctx.config.mail.dir)
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .filter(|e| e.path().extension().is_some_and(|x| x == "eml"))
+                .count()
+        })
+        .unwrap_or(0);
+
+    let all_ok = runs.iter().all(RunReport::succeeded) && verified.ok;
+    if json_out {
+        super::print_json(&json!({
+            "dir": dir.display().to_string(),
+            "config": dir.join("lethe.toml").display().to_string(),
+            "seeded": seeded,
+            "runs": runs,
+            "audit": {"events": events, "verified": verified.ok, "signature": verified.signature},
+            "mail": {"folder": ctx.config.mail.dir.display().to_string(), "messages": mail_files},
+        }))?;
+    } else {
+        println!("Lethe demo in {}", dir.display());
+        println!(
+            "  seeded app.db: {} orgs, {} users, {} memberships, {} API logs, {} webhooks, {} audit logs, {} documents, {} LLM logs",
+            seeded.orgs, seeded.users, seeded.memberships, seeded.api_request_logs, seeded.webhook_deliveries,
+            seeded.audit_logs, seeded.documents, seeded.llm_interactions
+        );
+        println!("  owner@demo.example is the sole owner of Acme Analytics; member@demo.example is a member");
+        println!();
+        let rows: Vec<Vec<String>> = runs
+            .iter()
+            .map(|r| {
+                vec![
+                    r.kind.clone(),
+                    r.status.to_string(),
+                    format!("{} ms", r.duration_ms.unwrap_or(0)),
+                    r.result
+                        .as_ref()
+                        .map(|v| v.to_string())
+                        .unwrap_or_default()
+                        .chars()
+                        .take(70)
+                        .collect(),
+                ]
+            })
+            .collect();
+        super::print_table(&["JOB KIND", "STATUS", "TIME", "RESULT"], &rows);
+        println!();
+        println!(
+            "  audit chain: {events} events, verified {}, signature {}",
+            verified.ok, verified.signature
+        );
+        println!(
+            "  mail: {mail_files} message(s) in {}",
+            ctx.config.mail.dir.display()
+        );
+        println!();
+        println!(
+            "Try: cd {} && lethe jobs history && lethe audit export --signed | tail -2",
+            dir.display()
+        );
+    }
+    Ok(if all_ok { 0 } else { 1 })
+}
+
+/// Creates DIR, or replaces a previous demo's DIR; never deletes anything else.
+fn prepare_dir(dir: &Path) -> Result<()> {
+    if dir.exists() {
+        let empty = std::fs::read_dir(dir)
+            .map(|mut d| d.next().is_none())
+            .unwrap_or(false);
+        if !empty && !dir.join(MARKER).exists() {
+            return Err(Error::Usage(format!(
+                "{} exists and is not a Lethe demo folder; pass another --dir",
+                dir.display()
+            ))
+            .into());
+        }
+        std::fs::remove_dir_all(dir)
+            .with_context(|| format!("clearing old demo in {}", dir.display()))?;
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    std::fs::write(
+        dir.join(MARKER),
+        "created by `lethe demo`; safe to delete\n",
+    )?;
+    Ok(())
+}

@@ -1,0 +1,105 @@
+//! `lethe init`: a starter config on embedded backends (SQLite, local folders).
+
+use std::path::Path;
+
+use anyhow::{Context as _, Result};
+
+use crate::error::Error;
+
+/// The default job catalog (`jobs/` in the repository), embedded.
+pub const STARTER_JOBS: &[(&str, &str)] = &[
+    (
+        "mail.flush.toml",
+        include_str!("../../jobs/mail.flush.toml"),
+    ),
+    (
+        "runner.prune.toml",
+        include_str!("../../jobs/runner.prune.toml"),
+    ),
+];
+
+pub const STARTER_CONFIG: &str = r#"# Lethe configuration. Relative paths are relative to this file.
+# Secrets never go here: they come from environment variables or files named below.
+
+[database]
+# The application database Lethe keeps promises about.
+# PostgreSQL: url = "postgres://lethe@db.internal/app" and the password in $LETHE_DATABASE_URL.
+url = "sqlite://app.db"
+
+[store]
+# Lethe's own state (queue, audit chain, outbox). Defaults to database.url;
+# on PostgreSQL it lives in schema `lethe`.
+url = "sqlite://lethe.db"
+
+[runner]
+workers = 2
+poll_interval = "1s"
+lease = "60s"            # a run whose worker stops renewing this is rescued
+retry_base = "30s"       # backoff: retry_base * 2^(attempt-1), jittered, up to retry_max
+retry_max = "1h"
+catch_up = "latest"      # after downtime: run the latest missed fire ("latest") or none ("skip")
+drain_timeout = "30s"    # SIGTERM waits this long for running jobs
+jobs_dir = "jobs"
+
+[http]
+listen = "127.0.0.1:8080"   # /healthz /readyz /metrics
+
+[mail]
+from = "Lethe <lethe@example.com>"
+transport = "file"          # "file" writes .eml files to `dir`; "smtp" uses [mail.smtp]
+dir = "mail"
+max_attempts = 10
+# [mail.smtp]
+# host = "smtp.example.com"
+# port = 587
+# tls = "starttls"          # "none", "starttls" or "tls"
+# username = "lethe"
+# password_env = "LETHE_SMTP_PASSWORD"   # or password_file = "/run/secrets/smtp"
+
+[mail.recipients]
+dpo = ["dpo@example.com"]
+ops = ["ops@example.com"]
+
+[audit]
+# `lethe audit export --signed` signs with this key.
+signing_key_env = "AUDIT_SIGNING_KEY"
+# signing_key_file = "/run/secrets/audit-signing-key"
+"#;
+
+/// Writes `lethe.toml` (the given text) and the starter jobs into `dir`.
+pub fn write_starter(
+    dir: &Path,
+    config_text: &str,
+    force: bool,
+) -> Result<Vec<std::path::PathBuf>> {
+    let jobs_dir = dir.join("jobs");
+    std::fs::create_dir_all(&jobs_dir)
+        .with_context(|| format!("creating {}", jobs_dir.display()))?;
+    let mut files = vec![(dir.join("lethe.toml"), config_text)];
+    files.extend(
+        STARTER_JOBS
+            .iter()
+            .map(|(name, text)| (jobs_dir.join(name), *text)),
+    );
+    if !force {
+        if let Some((p, _)) = files.iter().find(|(p, _)| p.exists()) {
+            return Err(Error::Usage(format!(
+                "{} already exists; pass --force to overwrite",
+                p.display()
+            ))
+            .into());
+        }
+    }
+    for (p, text) in &files {
+        std::fs::write(p, text).with_context(|| format!("writing {}", p.display()))?;
+    }
+    Ok(files.into_iter().map(|(p, _)| p).collect())
+}
+
+pub fn run(dir: &Path, force: bool) -> Result<i32> {
+    for p in write_starter(dir, STARTER_CONFIG, force)? {
+        println!("wrote {}", p.display());
+    }
+    println!("next: edit lethe.toml, then `lethe migrate && lethe check`");
+    Ok(0)
+}

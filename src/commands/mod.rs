@@ -1,0 +1,87 @@
+//! One file a user verb. Each returns the exit code; errors carry theirs.
+
+mod audit;
+mod check;
+mod demo;
+mod init;
+mod jobs;
+mod migrate;
+mod run;
+mod serve;
+
+pub use init::{write_starter, STARTER_JOBS};
+
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::Result;
+
+use crate::cli::{AuditCommand, Cli, Command, JobsCommand};
+use crate::config::{self, Config};
+use crate::context::Context;
+
+pub async fn dispatch(cli: Cli) -> Result<i32> {
+    let cfg_flag = cli.config.as_deref();
+    match cli.command {
+        Command::Init { dir, force } => init::run(&dir, force),
+        Command::Demo { dir, json } => demo::run(&dir, json).await,
+        Command::Migrate => migrate::run(load(cfg_flag)?).await,
+        Command::Check { json } => check::run(cfg_flag, json).await,
+        Command::Serve => serve::run(open(cfg_flag).await?).await,
+        Command::Run {
+            job,
+            dry_run,
+            params,
+            json,
+        } => run::run(open(cfg_flag).await?, &job, dry_run, &params, json).await,
+        Command::Jobs { command } => match command {
+            JobsCommand::List { json } => jobs::list(open(cfg_flag).await?, json).await,
+            JobsCommand::History { limit, job, json } => {
+                jobs::history(open(cfg_flag).await?, limit, job, json).await
+            }
+        },
+        Command::Audit { command } => match command {
+            AuditCommand::Export { signed, out } => {
+                audit::export(open(cfg_flag).await?, signed, out.as_deref()).await
+            }
+            AuditCommand::Verify { file, json } => audit::verify(cfg_flag, &file, json),
+        },
+    }
+}
+
+fn load(flag: Option<&Path>) -> Result<Config> {
+    Ok(Config::load(&config::resolve_path(flag))?)
+}
+
+async fn open(flag: Option<&Path>) -> Result<Arc<Context>> {
+    Ok(Context::open(load(flag)?).await?)
+}
+
+pub(crate) fn print_json<T: serde::Serialize>(value: &T) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+/// Left-aligned columns for human output.
+pub(crate) fn print_table(headers: &[&str], rows: &[Vec<String>]) {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for r in rows {
+        for (i, c) in r.iter().enumerate() {
+            if let Some(w) = widths.get_mut(i) {
+                *w = (*w).max(c.chars().count());
+            }
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let parts: Vec<String> = cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{c:<w$}", w = widths.get(i).copied().unwrap_or(0)))
+            .collect();
+        println!("{}", parts.join("  ").trim_end());
+    };
+    line(headers.iter().map(|h| h.to_string()).collect());
+    for r in rows {
+        line(r.clone());
+    }
+}

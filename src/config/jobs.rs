@@ -1,0 +1,137 @@
+//! `jobs/NAME.toml`: one scheduled job a file.
+
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::SourceFile;
+use crate::error::{Error, Result};
+use crate::runner::{JobKind, Schedule};
+
+/// What the scheduler does about fires missed while no replica was running.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CatchUp {
+    /// Enqueue only the most recent missed fire (no back-fill storm).
+    Latest,
+    /// Enqueue nothing missed; wait for the next fire.
+    Skip,
+}
+
+#[derive(Debug, Clone)]
+pub struct JobSpec {
+    pub name: String,
+    pub kind: JobKind,
+    pub schedule: Schedule,
+    pub timeout: Duration,
+    pub max_attempts: u32,
+    pub allow_overlap: bool,
+    pub enabled: bool,
+    pub catch_up: Option<CatchUp>,
+    pub params: serde_json::Value,
+    pub source: PathBuf,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawJob {
+    kind: Spanned<String>,
+    schedule: Spanned<String>,
+    timezone: Option<Spanned<String>>,
+    timeout: Option<Spanned<String>>,
+    max_attempts: Option<Spanned<u32>>,
+    #[serde(default)]
+    allow_overlap: bool,
+    enabled: Option<bool>,
+    catch_up: Option<CatchUp>,
+    params: Option<Spanned<toml::Table>>,
+}
+
+/// Reads every `*.toml` in `dir`, sorted by name. A missing folder is an error:
+/// a worker with no jobs is almost always a deploy mistake.
+pub fn load_dir(dir: &Path) -> Result<Vec<JobSpec>> {
+    let entries = std::fs::read_dir(dir).map_err(|e| {
+        Error::config(
+            dir,
+            format!("cannot read the jobs folder: {e} (set runner.jobs_dir, or create it with `lethe init`)"),
+        )
+    })?;
+    let mut paths: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+        .collect();
+    paths.sort();
+    paths.iter().map(|p| load_file(p)).collect()
+}
+
+pub fn load_file(path: &Path) -> Result<JobSpec> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Error::config(path, format!("cannot read job file: {e}")))?;
+    let src = SourceFile { path, text: &text };
+    let name = path
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .filter(|s| {
+            !s.is_empty()
+                && s.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        })
+        .ok_or_else(|| src.error("job file names may use only letters, digits, '-', '_' and '.'"))?
+        .to_string();
+    let raw: RawJob = src.parse()?;
+
+    let kind =
+        JobKind::from_str(raw.kind.get_ref()).map_err(|m| src.error_at(raw.kind.span(), m))?;
+    let tz = match &raw.timezone {
+        Some(t) => chrono_tz::Tz::from_str(t.get_ref()).map_err(|_| {
+            src.error_at(
+                t.span(),
+                format!(
+                    "timezone `{}` is not an IANA zone name such as `UTC` or `Europe/Berlin`",
+                    t.get_ref()
+                ),
+            )
+        })?,
+        None => chrono_tz::UTC,
+    };
+    let schedule = Schedule::parse(raw.schedule.get_ref(), tz)
+        .map_err(|m| src.error_at(raw.schedule.span(), m))?;
+    let timeout = match &raw.timeout {
+        Some(t) => src.duration(t, "timeout")?,
+        None => Duration::from_secs(3600),
+    };
+    let max_attempts = match raw.max_attempts {
+        Some(m) if *m.get_ref() == 0 || *m.get_ref() > 100 => {
+            return Err(src.error_at(m.span(), "max_attempts must be between 1 and 100"))
+        }
+        Some(m) => m.into_inner(),
+        None => 3,
+    };
+    let (params, params_span) = match raw.params {
+        Some(p) => {
+            let span = p.span();
+            let json = serde_json::to_value(p.into_inner())
+                .map_err(|e| src.error_at(span.clone(), format!("params: {e}")))?;
+            (json, span)
+        }
+        None => (serde_json::Value::Object(Default::default()), 0..0),
+    };
+    kind.validate_params(&params)
+        .map_err(|m| src.error_at(params_span, format!("[params] for kind {kind}: {m}")))?;
+
+    Ok(JobSpec {
+        name,
+        kind,
+        schedule,
+        timeout,
+        max_attempts,
+        allow_overlap: raw.allow_overlap,
+        enabled: raw.enabled.unwrap_or(true),
+        catch_up: raw.catch_up,
+        params,
+        source: path.to_path_buf(),
+    })
+}

@@ -1,0 +1,566 @@
+//! `lethe.toml` + `jobs/*.toml` → typed, validated configuration.
+//!
+//! Every error names the file and, where the TOML parser or a span knows it,
+//! the line and column, so a broken deploy is fixed in one look.
+
+mod duration;
+mod jobs;
+mod secret;
+
+pub use duration::{format_duration, parse_duration};
+pub use jobs::{CatchUp, JobSpec};
+pub use secret::{redact_url, url_has_password, Secret, SecretSource};
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::error::{Error, Result};
+
+/// Environment variables that override config values (secrets and per-host settings).
+pub const ENV_CONFIG: &str = "LETHE_CONFIG";
+pub const ENV_DATABASE_URL: &str = "LETHE_DATABASE_URL";
+pub const ENV_STORE_URL: &str = "LETHE_STORE_URL";
+pub const ENV_HTTP_LISTEN: &str = "LETHE_HTTP_LISTEN";
+pub const ENV_SMTP_PASSWORD: &str = "LETHE_SMTP_PASSWORD";
+pub const ENV_AUDIT_SIGNING_KEY: &str = "AUDIT_SIGNING_KEY";
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file this was read from, and its folder (relative paths resolve against it).
+    pub path: PathBuf,
+    pub dir: PathBuf,
+    pub database: DatabaseConfig,
+    pub store: StoreConfig,
+    pub runner: RunnerConfig,
+    pub http: HttpConfig,
+    pub mail: MailConfig,
+    pub audit: AuditConfig,
+    pub jobs: Vec<JobSpec>,
+}
+
+#[derive(Debug, Clone)]
+pub struct DatabaseConfig {
+    /// The application database (the data Lethe keeps promises about).
+    pub url: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// Lethe's own state: queue, audit chain, outbox. PostgreSQL keeps it in schema `lethe`.
+    pub url: String,
+    pub max_connections: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct RunnerConfig {
+    pub workers: usize,
+    pub poll_interval: Duration,
+    pub lease: Duration,
+    pub retry_base: Duration,
+    pub retry_max: Duration,
+    pub catch_up: CatchUp,
+    pub drain_timeout: Duration,
+    pub jobs_dir: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct HttpConfig {
+    pub listen: SocketAddr,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MailTransportKind {
+    File,
+    Smtp,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SmtpTls {
+    None,
+    Starttls,
+    Tls,
+}
+
+#[derive(Debug, Clone)]
+pub struct SmtpConfig {
+    pub host: String,
+    pub port: u16,
+    pub tls: SmtpTls,
+    pub username: Option<String>,
+    pub password: SecretSource,
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct MailConfig {
+    pub from: String,
+    pub transport: MailTransportKind,
+    pub dir: PathBuf,
+    pub smtp: Option<SmtpConfig>,
+    pub max_attempts: u32,
+    pub retry_base: Duration,
+    pub batch_size: u32,
+    pub dpo: Vec<String>,
+    pub ops: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct AuditConfig {
+    pub signing_key: SecretSource,
+}
+
+// ---- raw TOML shapes -------------------------------------------------------
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    database: RawDatabase,
+    #[serde(default)]
+    store: Option<RawStore>,
+    #[serde(default)]
+    runner: RawRunner,
+    #[serde(default)]
+    http: RawHttp,
+    mail: RawMail,
+    #[serde(default)]
+    audit: RawAudit,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDatabase {
+    url: Spanned<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStore {
+    url: Option<Spanned<String>>,
+    max_connections: Option<u32>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawRunner {
+    workers: Option<Spanned<usize>>,
+    poll_interval: Option<Spanned<String>>,
+    lease: Option<Spanned<String>>,
+    retry_base: Option<Spanned<String>>,
+    retry_max: Option<Spanned<String>>,
+    catch_up: Option<CatchUp>,
+    drain_timeout: Option<Spanned<String>>,
+    jobs_dir: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawHttp {
+    listen: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMail {
+    from: Spanned<String>,
+    transport: MailTransportKind,
+    dir: Option<String>,
+    smtp: Option<RawSmtp>,
+    max_attempts: Option<u32>,
+    retry_base: Option<Spanned<String>>,
+    batch_size: Option<u32>,
+    #[serde(default)]
+    recipients: RawRecipients,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSmtp {
+    host: String,
+    port: Option<u16>,
+    tls: Option<SmtpTls>,
+    username: Option<String>,
+    password_env: Option<String>,
+    password_file: Option<String>,
+    timeout: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawRecipients {
+    #[serde(default)]
+    dpo: Vec<Spanned<String>>,
+    #[serde(default)]
+    ops: Vec<Spanned<String>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawAudit {
+    signing_key_env: Option<String>,
+    signing_key_file: Option<String>,
+}
+
+// ---- loading ---------------------------------------------------------------
+
+/// Source text plus path, to turn byte spans into `file:line:col` errors.
+pub(crate) struct SourceFile<'a> {
+    pub path: &'a Path,
+    pub text: &'a str,
+}
+
+impl SourceFile<'_> {
+    pub fn error_at(&self, span: std::ops::Range<usize>, message: impl Into<String>) -> Error {
+        let (line, column) = line_col(self.text, span.start);
+        Error::Config {
+            path: self.path.to_path_buf(),
+            line: Some(line),
+            column: Some(column),
+            message: message.into(),
+        }
+    }
+
+    pub fn error(&self, message: impl Into<String>) -> Error {
+        Error::config(self.path, message)
+    }
+
+    pub fn parse<T: serde::de::DeserializeOwned>(&self) -> Result<T> {
+        toml::from_str(self.text).map_err(|e| {
+            // toml's Display repeats the snippet; keep just the message and point at the span.
+            let message = e.message().trim().to_string();
+            match e.span() {
+                Some(span) => self.error_at(span, message),
+                None => self.error(message),
+            }
+        })
+    }
+
+    pub fn duration(&self, value: &Spanned<String>, key: &str) -> Result<Duration> {
+        parse_duration(value.get_ref())
+            .map_err(|m| self.error_at(value.span(), format!("{key}: {m}")))
+    }
+}
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before
+        .rfind('\n')
+        .map_or(before.len(), |i| before.len() - i - 1)
+        + 1;
+    (line, column)
+}
+
+/// Which config file to read: `--config`, else `$LETHE_CONFIG`, else `./lethe.toml`.
+pub fn resolve_path(flag: Option<&Path>) -> PathBuf {
+    if let Some(p) = flag {
+        return p.to_path_buf();
+    }
+    match std::env::var(ENV_CONFIG) {
+        Ok(p) if !p.is_empty() => PathBuf::from(p),
+        _ => PathBuf::from("lethe.toml"),
+    }
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            Error::config(
+                path,
+                format!(
+                    "cannot read config: {e} (create one with `lethe init`, or pass --config FILE)"
+                ),
+            )
+        })?;
+        let dir = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."));
+        let src = SourceFile { path, text: &text };
+        let raw: RawConfig = src.parse()?;
+
+        let database_url = match env_nonempty(ENV_DATABASE_URL) {
+            Some(url) => url,
+            None => {
+                reject_password(&src, &raw.database.url, "database.url", ENV_DATABASE_URL)?;
+                raw.database.url.get_ref().clone()
+            }
+        };
+        let database_url = resolve_sqlite_url(&database_url, &dir);
+        check_db_url(&src, &raw.database.url, &database_url, "database.url")?;
+
+        let store_raw = raw.store.unwrap_or(RawStore {
+            url: None,
+            max_connections: None,
+        });
+        let store_url = match (env_nonempty(ENV_STORE_URL), &store_raw.url) {
+            (Some(url), _) => resolve_sqlite_url(&url, &dir),
+            (None, Some(url)) => {
+                reject_password(&src, url, "store.url", ENV_STORE_URL)?;
+                let resolved = resolve_sqlite_url(url.get_ref(), &dir);
+                check_db_url(&src, url, &resolved, "store.url")?;
+                resolved
+            }
+            (None, None) => database_url.clone(),
+        };
+
+        let runner = load_runner(&src, raw.runner, &dir)?;
+        let http = load_http(&src, raw.http)?;
+        let mail = load_mail(&src, raw.mail, &dir)?;
+        let audit = AuditConfig {
+            signing_key: SecretSource {
+                env: raw
+                    .audit
+                    .signing_key_env
+                    .unwrap_or_else(|| ENV_AUDIT_SIGNING_KEY.to_string()),
+                file: raw.audit.signing_key_file.map(|f| dir.join(f)),
+            },
+        };
+        let jobs = jobs::load_dir(&runner.jobs_dir)?;
+
+        Ok(Config {
+            path: path.to_path_buf(),
+            dir,
+            database: DatabaseConfig { url: database_url },
+            store: StoreConfig {
+                url: store_url,
+                max_connections: store_raw.max_connections.unwrap_or(8),
+            },
+            runner,
+            http,
+            mail,
+            audit,
+            jobs,
+        })
+    }
+
+    pub fn job(&self, name: &str) -> Option<&JobSpec> {
+        self.jobs.iter().find(|j| j.name == name)
+    }
+}
+
+fn env_nonempty(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
+fn reject_password(src: &SourceFile, url: &Spanned<String>, key: &str, env: &str) -> Result<()> {
+    if url_has_password(url.get_ref()) {
+        return Err(src.error_at(
+            url.span(),
+            format!("{key} contains a password; secrets do not belong in the config file: remove it and set ${env} to the full URL"),
+        ));
+    }
+    Ok(())
+}
+
+fn check_db_url(src: &SourceFile, raw: &Spanned<String>, url: &str, key: &str) -> Result<()> {
+    if url.starts_with("postgres://")
+        || url.starts_with("postgresql://")
+        || url.starts_with("sqlite:")
+    {
+        Ok(())
+    } else {
+        Err(src.error_at(
+            raw.span(),
+            format!(
+                "{key} must start with postgres:// or sqlite:// (got `{}`)",
+                redact_url(url)
+            ),
+        ))
+    }
+}
+
+/// `sqlite://app.db` is relative to the config file's folder, not the shell's.
+fn resolve_sqlite_url(url: &str, dir: &Path) -> String {
+    let Some(rest) = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+    else {
+        return url.to_string();
+    };
+    let (path, query) = match rest.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (rest, None),
+    };
+    if path.starts_with('/') || path == ":memory:" {
+        return url.to_string();
+    }
+    let joined = dir.join(path);
+    match query {
+        Some(q) => format!("sqlite://{}?{q}", joined.display()),
+        None => format!("sqlite://{}", joined.display()),
+    }
+}
+
+fn load_runner(src: &SourceFile, raw: RawRunner, dir: &Path) -> Result<RunnerConfig> {
+    let dur = |v: &Option<Spanned<String>>, key: &str, default: Duration| -> Result<Duration> {
+        match v {
+            Some(s) => src.duration(s, key),
+            None => Ok(default),
+        }
+    };
+    let workers = match raw.workers {
+        Some(w) if *w.get_ref() == 0 || *w.get_ref() > 64 => {
+            return Err(src.error_at(w.span(), "runner.workers must be between 1 and 64"))
+        }
+        Some(w) => w.into_inner(),
+        None => 2,
+    };
+    let lease = dur(&raw.lease, "runner.lease", Duration::from_secs(60))?;
+    if lease < Duration::from_secs(1) {
+        let span = raw.lease.as_ref().map(|s| s.span()).unwrap_or(0..0);
+        return Err(src.error_at(span, "runner.lease must be at least 1s"));
+    }
+    Ok(RunnerConfig {
+        workers,
+        poll_interval: dur(
+            &raw.poll_interval,
+            "runner.poll_interval",
+            Duration::from_secs(1),
+        )?,
+        lease,
+        retry_base: dur(
+            &raw.retry_base,
+            "runner.retry_base",
+            Duration::from_secs(30),
+        )?,
+        retry_max: dur(
+            &raw.retry_max,
+            "runner.retry_max",
+            Duration::from_secs(3600),
+        )?,
+        catch_up: raw.catch_up.unwrap_or(CatchUp::Latest),
+        drain_timeout: dur(
+            &raw.drain_timeout,
+            "runner.drain_timeout",
+            Duration::from_secs(30),
+        )?,
+        jobs_dir: dir.join(raw.jobs_dir.unwrap_or_else(|| "jobs".to_string())),
+    })
+}
+
+fn load_http(src: &SourceFile, raw: RawHttp) -> Result<HttpConfig> {
+    let listen = match (env_nonempty(ENV_HTTP_LISTEN), raw.listen) {
+        (Some(v), _) => v.parse().map_err(|_| {
+            src.error(format!(
+                "${ENV_HTTP_LISTEN}=`{v}` is not an address like 127.0.0.1:8080"
+            ))
+        })?,
+        (None, Some(v)) => v.get_ref().parse().map_err(|_| {
+            src.error_at(
+                v.span(),
+                format!(
+                    "http.listen `{}` is not an address like 127.0.0.1:8080",
+                    v.get_ref()
+                ),
+            )
+        })?,
+        (None, None) => SocketAddr::from(([127, 0, 0, 1], 8080)),
+    };
+    Ok(HttpConfig { listen })
+}
+
+fn load_mail(src: &SourceFile, raw: RawMail, dir: &Path) -> Result<MailConfig> {
+    check_address(src, &raw.from, "mail.from")?;
+    for r in raw.recipients.dpo.iter().chain(raw.recipients.ops.iter()) {
+        check_address(src, r, "mail.recipients")?;
+    }
+    let smtp = match raw.smtp {
+        Some(s) => Some(SmtpConfig {
+            port: s.port.unwrap_or(match s.tls {
+                Some(SmtpTls::Tls) => 465,
+                Some(SmtpTls::None) => 25,
+                _ => 587,
+            }),
+            host: s.host,
+            tls: s.tls.unwrap_or(SmtpTls::Starttls),
+            username: s.username,
+            password: SecretSource {
+                env: s
+                    .password_env
+                    .unwrap_or_else(|| ENV_SMTP_PASSWORD.to_string()),
+                file: s.password_file.map(|f| dir.join(f)),
+            },
+            timeout: match &s.timeout {
+                Some(t) => src.duration(t, "mail.smtp.timeout")?,
+                None => Duration::from_secs(30),
+            },
+        }),
+        None => None,
+    };
+    if raw.transport == MailTransportKind::Smtp && smtp.is_none() {
+        return Err(src.error(
+            "mail.transport is \"smtp\" but there is no [mail.smtp] table with at least `host`",
+        ));
+    }
+    Ok(MailConfig {
+        from: raw.from.into_inner(),
+        transport: raw.transport,
+        dir: dir.join(raw.dir.unwrap_or_else(|| "mail".to_string())),
+        smtp,
+        max_attempts: raw.max_attempts.unwrap_or(10).max(1),
+        retry_base: match &raw.retry_base {
+            Some(t) => src.duration(t, "mail.retry_base")?,
+            None => Duration::from_secs(30),
+        },
+        batch_size: raw.batch_size.unwrap_or(50).max(1),
+        dpo: raw
+            .recipients
+            .dpo
+            .into_iter()
+            .map(Spanned::into_inner)
+            .collect(),
+        ops: raw
+            .recipients
+            .ops
+            .into_iter()
+            .map(Spanned::into_inner)
+            .collect(),
+    })
+}
+
+fn check_address(src: &SourceFile, value: &Spanned<String>, key: &str) -> Result<()> {
+    value
+        .get_ref()
+        .parse::<lettre::message::Mailbox>()
+        .map(|_| ())
+        .map_err(|e| {
+            src.error_at(
+                value.span(),
+                format!("{key}: `{}` is not a mail address ({e})", value.get_ref()),
+            )
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn line_col_counts_from_one() {
+        let t = "a = 1\nbb = 2\n";
+        assert_eq!(line_col(t, 0), (1, 1));
+        assert_eq!(line_col(t, 6), (2, 1));
+        assert_eq!(line_col(t, 8), (2, 3));
+    }
+
+    #[test]
+    fn sqlite_paths_resolve_against_config_dir() {
+        let d = Path::new("/etc/lethe");
+        assert_eq!(
+            resolve_sqlite_url("sqlite://app.db", d),
+            "sqlite:///etc/lethe/app.db"
+        );
+        assert_eq!(
+            resolve_sqlite_url("sqlite:///var/a.db?mode=rwc", d),
+            "sqlite:///var/a.db?mode=rwc"
+        );
+        assert_eq!(resolve_sqlite_url("postgres://h/db", d), "postgres://h/db");
+    }
+}

@@ -1,0 +1,55 @@
+//! Everything a command or job needs, opened once.
+
+use std::sync::Arc;
+
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::metrics::Metrics;
+use crate::notify::Mailer;
+use crate::store::{self, Store};
+
+pub struct Context {
+    pub config: Arc<Config>,
+    pub store: Arc<dyn Store>,
+    pub mailer: Mailer,
+    pub metrics: Metrics,
+    /// Identifies this process in leases: host, pid and a random suffix.
+    pub worker_id: String,
+}
+
+impl Context {
+    /// Connects to the store; fails with a hint if the schema is not migrated.
+    pub async fn open(config: Config) -> Result<Arc<Context>> {
+        let ctx = Self::open_unchecked(config).await?;
+        if !ctx.store.is_migrated().await? {
+            return Err(Error::Usage(
+                "the worker schema is missing or out of date; run `lethe migrate` first".into(),
+            ));
+        }
+        Ok(ctx)
+    }
+
+    /// Connects without checking migrations (for `migrate` and `check`).
+    pub async fn open_unchecked(config: Config) -> Result<Arc<Context>> {
+        let store = store::connect(&config.store.url, config.store.max_connections).await?;
+        let mailer = Mailer::new(&config.mail)?;
+        Ok(Arc::new(Context {
+            config: Arc::new(config),
+            store,
+            mailer,
+            metrics: Metrics::new(),
+            worker_id: worker_id(),
+        }))
+    }
+}
+
+pub fn worker_id() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into());
+    let suffix = &uuid::Uuid::new_v4().simple().to_string()[..8];
+    format!("{host}:{}:{suffix}", std::process::id())
+}

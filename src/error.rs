@@ -1,0 +1,84 @@
+//! The library's error type and the exit codes DESIGN.md fixes.
+
+use std::path::PathBuf;
+
+/// Exit codes shared by every command (DESIGN.md, Commands).
+pub mod exit {
+    pub const OK: i32 = 0;
+    pub const FAILED: i32 = 1;
+    pub const USAGE: i32 = 2;
+    pub const REFUSED: i32 = 3;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A configuration file is unreadable or invalid; `line` is 1-based when known.
+    #[error("{}: {message}", location(path, *line, *column))]
+    Config {
+        path: PathBuf,
+        line: Option<usize>,
+        column: Option<usize>,
+        message: String,
+    },
+    /// The command line asked for something that cannot be done as asked.
+    #[error("{0}")]
+    Usage(String),
+    /// A policy refused the request (e.g. erasure of a sole owner).
+    #[error("refused: {0}")]
+    Refused(String),
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// A job or check ran and failed.
+    #[error("{0}")]
+    Failed(String),
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("migration error: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("mail error: {0}")]
+    Mail(String),
+    #[error("audit log: {0}")]
+    Audit(String),
+}
+
+fn location(path: &std::path::Path, line: Option<usize>, column: Option<usize>) -> String {
+    match (line, column) {
+        (Some(l), Some(c)) => format!("{}:{l}:{c}", path.display()),
+        (Some(l), None) => format!("{}:{l}", path.display()),
+        _ => path.display().to_string(),
+    }
+}
+
+impl Error {
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Error::Config { .. } | Error::Usage(_) => exit::USAGE,
+            Error::Refused(_) => exit::REFUSED,
+            _ => exit::FAILED,
+        }
+    }
+
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        Error::Io {
+            context: context.into(),
+            source,
+        }
+    }
+
+    pub fn config(path: impl Into<PathBuf>, message: impl Into<String>) -> Self {
+        Error::Config {
+            path: path.into(),
+            line: None,
+            column: None,
+            message: message.into(),
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,19 @@
+//! Lethe: keeps a SaaS company's data-lifecycle promises — retention, backups,
+//! data-subject requests, key rotation, breach timers — and leaves evidence.
+//! See ARCHITECTURE.md for the map.
+
+pub mod appdb;
+pub mod audit;
+pub mod cli;
+pub mod commands;
+pub mod config;
+pub mod context;
+pub mod demo;
+pub mod error;
+pub mod http;
+pub mod metrics;
+pub mod notify;
+pub mod runner;
+pub mod store;
+
+pub use error::{Error, Result};

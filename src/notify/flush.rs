@@ -1,0 +1,107 @@
+//! `mail.flush`: deliver due outbox mail; failures back off and retry until
+//! `mail.max_attempts`, then the message is marked failed (and stays visible).
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use crate::context::Context;
+use crate::error::{Error, Result};
+use crate::runner::{retry_delay, JobContext};
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct FlushParams {
+    /// Overrides `mail.batch_size` for this job.
+    pub batch_size: Option<u32>,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct FlushReport {
+    pub sent: u32,
+    pub retrying: u32,
+    pub failed: u32,
+    pub last_error: Option<String>,
+}
+
+/// Claims and sends due mail until none is due; returns what happened.
+pub async fn flush(ctx: &Context, batch_size: u32) -> Result<FlushReport> {
+    let cfg = &ctx.config.mail;
+    let owner = ctx.worker_id.as_str();
+    let lease = Duration::from_secs(300);
+    let mut report = FlushReport::default();
+    loop {
+        let batch = ctx.store.outbox_claim(owner, batch_size, lease).await?;
+        if batch.is_empty() {
+            break;
+        }
+        for mail in &batch {
+            match ctx.mailer.send(mail).await {
+                Ok(()) => {
+                    ctx.store.outbox_sent(mail.id, owner).await?;
+                    report.sent += 1;
+                    tracing::info!(mail_id = mail.id, subject = %mail.subject, "mail delivered");
+                }
+                Err(e) => {
+                    let attempt = mail.attempts + 1;
+                    let retry_at = (u32::try_from(attempt).unwrap_or(u32::MAX) < cfg.max_attempts)
+                        .then(|| {
+                            chrono::Utc::now()
+                                + chrono::Duration::milliseconds(crate::store::millis(retry_delay(
+                                    attempt,
+                                    cfg.retry_base,
+                                    Duration::from_secs(6 * 3600),
+                                )))
+                        });
+                    ctx.store
+                        .outbox_failed(mail.id, owner, &e.to_string(), retry_at)
+                        .await?;
+                    if retry_at.is_some() {
+                        report.retrying += 1;
+                    } else {
+                        report.failed += 1;
+                    }
+                    tracing::warn!(mail_id = mail.id, attempt, error = %e, "mail delivery failed");
+                    report.last_error = Some(e.to_string());
+                }
+            }
+        }
+        // Stop after a failing batch: the server is likely down; the backoff decides when to retry.
+        if report.last_error.is_some() {
+            break;
+        }
+    }
+    Ok(report)
+}
+
+pub async fn flush_job(jc: &JobContext) -> Result<Value> {
+    let p: FlushParams = jc.params()?;
+    if jc.dry_run {
+        let pending = jc
+            .ctx
+            .store
+            .outbox_list(1000)
+            .await?
+            .iter()
+            .filter(|m| m.state.as_str() == "pending")
+            .count();
+        return Ok(json!({"dry_run": true, "pending": pending}));
+    }
+    let report = flush(
+        &jc.ctx,
+        p.batch_size.unwrap_or(jc.ctx.config.mail.batch_size),
+    )
+    .await?;
+    if report.retrying + report.failed > 0 {
+        // Failing the run makes an SMTP outage visible in history and metrics; the mail itself stays queued.
+        return Err(Error::Mail(format!(
+            "{} delivered, {} not delivered (will retry), {} given up: {}",
+            report.sent,
+            report.retrying,
+            report.failed,
+            report.last_error.unwrap_or_default()
+        )));
+    }
+    Ok(serde_json::to_value(report).unwrap_or_default())
+}

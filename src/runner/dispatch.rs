@@ -1,0 +1,65 @@
+//! Kind → handler. A handler gets a `JobContext` and returns its result JSON.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::JobKind;
+use crate::context::Context;
+use crate::error::{Error, Result};
+use crate::store::Run;
+
+pub struct JobContext {
+    pub ctx: Arc<Context>,
+    pub run: Run,
+    pub kind: JobKind,
+    pub dry_run: bool,
+    /// Who the audit log says did it: `worker:<id>`.
+    pub actor: String,
+}
+
+impl JobContext {
+    /// The run's params as the kind's typed struct (validated again: CLI overrides bypass load).
+    pub fn params<T: for<'de> Deserialize<'de>>(&self) -> Result<T> {
+        serde_json::from_value(self.run.params.clone())
+            .map_err(|e| Error::Usage(format!("params for {}: {e}", self.kind)))
+    }
+}
+
+pub async fn dispatch(jc: JobContext) -> Result<Value> {
+    match jc.kind {
+        JobKind::RunnerPrune => super::job_cleaner::run(&jc).await,
+        JobKind::MailFlush => crate::notify::flush_job(&jc).await,
+        JobKind::TestSleep => test_sleep(&jc).await,
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SleepParams {
+    #[serde(default)]
+    pub ms: u64,
+    #[serde(default)]
+    pub fail: bool,
+}
+
+/// Records its start in the audit chain (the tests count executions there), then sleeps.
+async fn test_sleep(jc: &JobContext) -> Result<Value> {
+    let p: SleepParams = jc.params()?;
+    crate::audit::record(
+        jc.ctx.store.as_ref(),
+        &jc.actor,
+        "test.sleep.started",
+        &format!("run:{}", jc.run.id),
+        json!({"run_id": jc.run.id, "job": jc.run.job, "attempt": jc.run.attempt,
+               "scheduled_for": jc.run.scheduled_for.to_rfc3339()}),
+    )
+    .await?;
+    tokio::time::sleep(Duration::from_millis(p.ms)).await;
+    if p.fail {
+        return Err(Error::Failed("test.sleep asked to fail".into()));
+    }
+    Ok(json!({"slept_ms": p.ms}))
+}

@@ -1,0 +1,263 @@
+//! One attempt of one run: heartbeat the lease, enforce the timeout, record the
+//! outcome, schedule the retry or declare the run dead and tell ops.
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::{json, Value};
+use tokio::sync::watch;
+
+use super::dispatch::{dispatch, JobContext};
+use super::{retry_delay, JobKind};
+use crate::config::JobSpec;
+use crate::context::Context;
+use crate::error::{Error, Result};
+use crate::notify;
+use crate::store::{NewRun, Outcome, Run, RunState};
+
+/// What `lethe run --json` prints (DESIGN.md fixes the first fields).
+#[derive(Debug, Serialize)]
+pub struct RunReport {
+    pub job: String,
+    pub kind: String,
+    /// `succeeded`, `failed` (will be retried) or `dead`.
+    pub status: &'static str,
+    pub attempts: i32,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub result: Option<Value>,
+    pub run_id: i64,
+    pub scheduled_for: DateTime<Utc>,
+    pub dry_run: bool,
+    pub duration_ms: Option<i64>,
+    pub error: Option<String>,
+    /// When a `failed` run will be tried again by `lethe serve`.
+    pub next_attempt_at: Option<DateTime<Utc>>,
+}
+
+impl RunReport {
+    pub fn from_run(run: &Run) -> Self {
+        let status = match run.state {
+            RunState::Succeeded => "succeeded",
+            RunState::Dead => "dead",
+            _ => "failed",
+        };
+        RunReport {
+            job: run.job.clone(),
+            kind: run.kind.clone(),
+            status,
+            attempts: run.attempt,
+            started_at: run.started_at,
+            finished_at: run.finished_at,
+            result: run.result.clone(),
+            run_id: run.id,
+            scheduled_for: run.scheduled_for,
+            dry_run: run.dry_run,
+            duration_ms: match (run.started_at, run.finished_at) {
+                (Some(s), Some(f)) => Some((f - s).num_milliseconds()),
+                _ => None,
+            },
+            error: run.error.clone(),
+            next_attempt_at: (run.state == RunState::Retryable).then_some(run.run_after),
+        }
+    }
+
+    pub fn succeeded(&self) -> bool {
+        self.status == "succeeded"
+    }
+}
+
+/// `lethe run JOB`: the same queue path as a cron fire, executed here and now.
+pub async fn run_now(
+    ctx: &Arc<Context>,
+    spec: &JobSpec,
+    params: Value,
+    dry_run: bool,
+) -> Result<RunReport> {
+    let now = ctx.store.now().await?;
+    let new = NewRun {
+        job: spec.name.clone(),
+        kind: spec.kind.to_string(),
+        scheduled_for: crate::audit::truncate_micros(now),
+        trigger: "manual".into(),
+        max_attempts: i32::try_from(spec.max_attempts).unwrap_or(i32::MAX),
+        timeout: spec.timeout,
+        allow_overlap: spec.allow_overlap,
+        dry_run,
+        params,
+    };
+    let id = ctx.store.enqueue(&new).await?.ok_or_else(|| {
+        Error::Failed(format!(
+            "job {} was enqueued twice in the same microsecond; try again",
+            spec.name
+        ))
+    })?;
+    let owner = ctx.worker_id.clone();
+    let Some(run) = ctx
+        .store
+        .claim_run(id, &owner, ctx.config.runner.lease)
+        .await?
+    else {
+        return Err(Error::Failed(format!(
+            "job {} is already running elsewhere and does not allow overlap; run {id} stays queued and \
+             `lethe serve` will take it when the other run ends",
+            spec.name
+        )));
+    };
+    let (_never, cancel) = watch::channel(false);
+    let done = execute(ctx.clone(), run, owner, cancel).await?;
+    Ok(RunReport::from_run(&done))
+}
+
+/// Runs one claimed attempt to its end and returns the run as stored afterwards.
+/// `cancel` set to true makes the attempt stop and go back to the queue (shutdown).
+pub async fn execute(
+    ctx: Arc<Context>,
+    run: Run,
+    owner: String,
+    mut cancel: watch::Receiver<bool>,
+) -> Result<Run> {
+    let started = Instant::now();
+    let lease = ctx.config.runner.lease;
+    let id = run.id;
+    let job = run.job.clone();
+    tracing::info!(run_id = id, job = %job, kind = %run.kind, attempt = run.attempt, "run started");
+
+    let (lost_tx, mut lost_rx) = watch::channel(false);
+    let heartbeat = tokio::spawn(heartbeat(ctx.clone(), id, owner.clone(), lease, lost_tx));
+
+    let outcome_err: std::result::Result<Value, String> = match JobKind::from_str(&run.kind) {
+        Err(e) => Err(e),
+        Ok(kind) => {
+            let jc = JobContext {
+                ctx: ctx.clone(),
+                run: run.clone(),
+                kind,
+                dry_run: run.dry_run,
+                actor: format!("worker:{owner}"),
+            };
+            let timeout = Duration::from_millis(u64::try_from(run.timeout_ms).unwrap_or(0));
+            let mut task = tokio::spawn(dispatch(jc));
+            tokio::select! {
+                joined = tokio::time::timeout(timeout, &mut task) => match joined {
+                    Ok(Ok(Ok(v))) => Ok(v),
+                    Ok(Ok(Err(e))) => Err(e.to_string()),
+                    Ok(Err(join)) if join.is_panic() => Err("the job panicked (a bug: please report it)".into()),
+                    Ok(Err(join)) => Err(format!("the job task ended: {join}")),
+                    Err(_) => {
+                        task.abort();
+                        Err(format!("timed out after {}", crate::config::format_duration(timeout)))
+                    }
+                },
+                _ = async { let _ = lost_rx.wait_for(|lost| *lost).await; } => {
+                    // Another replica rescued this run; stop now so it is not done twice.
+                    task.abort();
+                    heartbeat.abort();
+                    tracing::warn!(run_id = id, job = %job, "lease lost; attempt abandoned");
+                    return fetch(&ctx, id).await;
+                }
+                _ = async { let _ = cancel.wait_for(|c| *c).await; } => {
+                    task.abort();
+                    heartbeat.abort();
+                    let back = Outcome::Retry { error: "interrupted: the worker shut down".into(), run_after: Utc::now() };
+                    ctx.store.finish(id, &owner, &back).await?;
+                    tracing::warn!(run_id = id, job = %job, "attempt interrupted by shutdown; run returned to the queue");
+                    return fetch(&ctx, id).await;
+                }
+            }
+        }
+    };
+    heartbeat.abort();
+
+    let elapsed = started.elapsed();
+    let (outcome, label) = match outcome_err {
+        Ok(result) => (Outcome::Succeeded { result }, "succeeded"),
+        Err(error) if run.attempt >= run.max_attempts => (Outcome::Dead { error }, "dead"),
+        Err(error) => {
+            let delay = retry_delay(
+                run.attempt,
+                ctx.config.runner.retry_base,
+                ctx.config.runner.retry_max,
+            );
+            let run_after = ctx.store.now().await?
+                + chrono::Duration::milliseconds(crate::store::millis(delay));
+            (Outcome::Retry { error, run_after }, "failed")
+        }
+    };
+    ctx.metrics
+        .observe_attempt(&job, label, elapsed.as_secs_f64());
+    if !ctx.store.finish(id, &owner, &outcome).await? {
+        tracing::warn!(run_id = id, job = %job, "run was rescued by another worker before it finished; outcome dropped");
+        return fetch(&ctx, id).await;
+    }
+    let done = fetch(&ctx, id).await?;
+    after_outcome(&ctx, &done, &format!("worker:{owner}"), elapsed).await?;
+    Ok(done)
+}
+
+/// Evidence and alerts for a finished attempt.
+pub(crate) async fn after_outcome(
+    ctx: &Context,
+    run: &Run,
+    actor: &str,
+    elapsed: Duration,
+) -> Result<()> {
+    let action = match run.state {
+        RunState::Succeeded => "job.succeeded",
+        RunState::Dead => "job.dead",
+        _ => "job.failed",
+    };
+    match run.state {
+        RunState::Succeeded => tracing::info!(run_id = run.id, job = %run.job, "run succeeded"),
+        _ => tracing::warn!(run_id = run.id, job = %run.job, state = run.state.as_str(),
+                            error = run.error.as_deref().unwrap_or(""), "run attempt failed"),
+    }
+    crate::audit::record(
+        ctx.store.as_ref(),
+        actor,
+        action,
+        &format!("job:{}", run.job),
+        json!({
+            "run_id": run.id, "kind": run.kind, "attempt": run.attempt, "dry_run": run.dry_run,
+            "scheduled_for": run.scheduled_for.to_rfc3339(), "duration_ms": elapsed.as_millis() as u64,
+            "error": run.error,
+        }),
+    )
+    .await?;
+    if run.state == RunState::Dead {
+        notify::job_dead(ctx, run).await?;
+    }
+    Ok(())
+}
+
+async fn fetch(ctx: &Context, id: i64) -> Result<Run> {
+    ctx.store
+        .get_run(id)
+        .await?
+        .ok_or_else(|| Error::NotFound(format!("run {id} disappeared from the queue")))
+}
+
+async fn heartbeat(
+    ctx: Arc<Context>,
+    id: i64,
+    owner: String,
+    lease: Duration,
+    lost: watch::Sender<bool>,
+) {
+    let every = (lease / 3).max(Duration::from_millis(200));
+    loop {
+        tokio::time::sleep(every).await;
+        match ctx.store.heartbeat(id, &owner, lease).await {
+            Ok(true) => {}
+            Ok(false) => {
+                let _ = lost.send(true);
+                return;
+            }
+            // A blip: keep trying until the lease would lapse; the rescuer decides after that.
+            Err(e) => tracing::warn!(run_id = id, error = %e, "heartbeat failed"),
+        }
+    }
+}

@@ -1,0 +1,69 @@
+//! The job kinds this build knows, and the parameters each accepts.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+/// Set to `1` to enable `test.sleep`, a kind that only the fault tests use.
+pub const ENV_TEST_JOBS: &str = "LETHE_ENABLE_TEST_JOBS";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum JobKind {
+    MailFlush,
+    RunnerPrune,
+    /// Sleeps and records that it ran: the runner's fault tests kill processes during it.
+    TestSleep,
+}
+
+impl JobKind {
+    /// Every kind a catalog may name, in the order `demo` runs them.
+    pub const ALL: &'static [JobKind] = &[JobKind::RunnerPrune, JobKind::MailFlush];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobKind::MailFlush => "mail.flush",
+            JobKind::RunnerPrune => "runner.prune",
+            JobKind::TestSleep => "test.sleep",
+        }
+    }
+
+    /// Rejects params the kind does not know, so a typo fails at load, not at 3 a.m.
+    pub fn validate_params(self, params: &Value) -> Result<(), String> {
+        match self {
+            JobKind::MailFlush => check::<crate::notify::FlushParams>(params),
+            JobKind::RunnerPrune => check::<super::job_cleaner::PruneParams>(params),
+            JobKind::TestSleep => check::<super::dispatch::SleepParams>(params),
+        }
+    }
+}
+
+fn check<T: DeserializeOwned>(params: &Value) -> Result<(), String> {
+    serde_json::from_value::<T>(params.clone())
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+impl fmt::Display for JobKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for JobKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if let Some(k) = JobKind::ALL.iter().find(|k| k.as_str() == s) {
+            return Ok(*k);
+        }
+        if s == JobKind::TestSleep.as_str() && std::env::var(ENV_TEST_JOBS).as_deref() == Ok("1") {
+            return Ok(JobKind::TestSleep);
+        }
+        let known: Vec<&str> = JobKind::ALL.iter().map(|k| k.as_str()).collect();
+        Err(format!(
+            "unknown job kind `{s}`; this build knows: {}",
+            known.join(", ")
+        ))
+    }
+}

@@ -1,0 +1,329 @@
+//! The worker's own state — job queue, audit chain, mail outbox — behind one
+//! trait with a PostgreSQL and a SQLite driver (River's `riverdriver` is the
+//! model). Every SQL difference between the two databases lives in the drivers.
+
+mod postgres;
+mod sqlite;
+
+pub use postgres::PgStore;
+pub use sqlite::SqliteStore;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    Postgres,
+    Sqlite,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunState {
+    /// Waiting for `run_after`.
+    Available,
+    Running,
+    /// An attempt failed; another is due at `run_after`.
+    Retryable,
+    Succeeded,
+    /// Out of attempts.
+    Dead,
+}
+
+impl RunState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunState::Available => "available",
+            RunState::Running => "running",
+            RunState::Retryable => "retryable",
+            RunState::Succeeded => "succeeded",
+            RunState::Dead => "dead",
+        }
+    }
+
+    pub fn parse(s: &str) -> Result<Self> {
+        Ok(match s {
+            "available" => RunState::Available,
+            "running" => RunState::Running,
+            "retryable" => RunState::Retryable,
+            "succeeded" => RunState::Succeeded,
+            "dead" => RunState::Dead,
+            other => {
+                return Err(Error::Failed(format!(
+                    "unknown run state `{other}` in store"
+                )))
+            }
+        })
+    }
+
+    pub fn is_final(self) -> bool {
+        matches!(self, RunState::Succeeded | RunState::Dead)
+    }
+}
+
+/// A run to put in the queue. `(job, scheduled_for)` is unique.
+#[derive(Debug, Clone)]
+pub struct NewRun {
+    pub job: String,
+    pub kind: String,
+    pub scheduled_for: DateTime<Utc>,
+    pub trigger: String,
+    pub max_attempts: i32,
+    pub timeout: Duration,
+    pub allow_overlap: bool,
+    pub dry_run: bool,
+    pub params: serde_json::Value,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Run {
+    pub id: i64,
+    pub job: String,
+    pub kind: String,
+    pub scheduled_for: DateTime<Utc>,
+    pub trigger: String,
+    pub state: RunState,
+    pub attempt: i32,
+    pub max_attempts: i32,
+    pub timeout_ms: i64,
+    pub allow_overlap: bool,
+    pub dry_run: bool,
+    pub params: serde_json::Value,
+    pub result: Option<serde_json::Value>,
+    pub error: Option<String>,
+    pub run_after: DateTime<Utc>,
+    pub lease_owner: Option<String>,
+    pub lease_expires_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+/// How an attempt ended; the store applies it only if the caller still holds the lease.
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    Succeeded {
+        result: serde_json::Value,
+    },
+    Retry {
+        error: String,
+        run_after: DateTime<Utc>,
+    },
+    Dead {
+        error: String,
+    },
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct RunFilter {
+    pub job: Option<String>,
+    pub state: Option<RunState>,
+    pub limit: u32,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RunCount {
+    pub job: String,
+    pub state: RunState,
+    pub count: i64,
+}
+
+/// One audit event as stored. `details` is the canonical JSON text that was hashed.
+#[derive(Debug, Clone)]
+pub struct AuditEvent {
+    pub seq: i64,
+    pub at: DateTime<Utc>,
+    pub actor: String,
+    pub action: String,
+    pub target: String,
+    pub details: String,
+    pub prev_hash: String,
+    pub hash: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewAuditEvent {
+    pub actor: String,
+    pub action: String,
+    pub target: String,
+    pub details: serde_json::Value,
+}
+
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
+pub struct Attachment {
+    pub filename: String,
+    pub content_type: String,
+    pub content: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewMail {
+    /// Makes enqueueing idempotent: a second mail with the same key is not queued again.
+    pub dedupe_key: Option<String>,
+    pub recipients: Vec<String>,
+    pub subject: String,
+    pub text: String,
+    pub html: String,
+    pub attachments: Vec<Attachment>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MailState {
+    Pending,
+    Sending,
+    Sent,
+    Failed,
+}
+
+impl MailState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MailState::Pending => "pending",
+            MailState::Sending => "sending",
+            MailState::Sent => "sent",
+            MailState::Failed => "failed",
+        }
+    }
+    pub fn parse(s: &str) -> Result<Self> {
+        Ok(match s {
+            "pending" => MailState::Pending,
+            "sending" => MailState::Sending,
+            "sent" => MailState::Sent,
+            "failed" => MailState::Failed,
+            other => {
+                return Err(Error::Failed(format!(
+                    "unknown mail state `{other}` in store"
+                )))
+            }
+        })
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct OutboxMail {
+    pub id: i64,
+    pub dedupe_key: Option<String>,
+    pub recipients: Vec<String>,
+    pub subject: String,
+    pub text: String,
+    pub html: String,
+    pub attachments: Vec<Attachment>,
+    pub state: MailState,
+    pub attempts: i32,
+    pub next_attempt_at: DateTime<Utc>,
+    pub last_error: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub sent_at: Option<DateTime<Utc>>,
+}
+
+#[async_trait]
+pub trait Store: Send + Sync {
+    fn backend(&self) -> Backend;
+    async fn migrate(&self) -> Result<()>;
+    /// True when every bundled migration has been applied.
+    async fn is_migrated(&self) -> Result<bool>;
+    async fn ping(&self) -> Result<()>;
+    /// The clock leases are measured against (the database's on PostgreSQL).
+    async fn now(&self) -> Result<DateTime<Utc>>;
+
+    // ---- queue
+    /// `Ok(None)` when `(job, scheduled_for)` is already queued: N replicas, one row.
+    async fn enqueue(&self, run: &NewRun) -> Result<Option<i64>>;
+    async fn latest_scheduled_for(&self, job: &str) -> Result<Option<DateTime<Utc>>>;
+    /// Claims the next due run whose job is not already running (unless it allows overlap).
+    async fn claim_next(&self, owner: &str, lease: Duration) -> Result<Option<Run>>;
+    /// Claims one given run if it is due and claimable (for `lethe run`).
+    async fn claim_run(&self, id: i64, owner: &str, lease: Duration) -> Result<Option<Run>>;
+    /// Extends the lease; false when `owner` no longer holds it (the run was rescued).
+    async fn heartbeat(&self, id: i64, owner: &str, lease: Duration) -> Result<bool>;
+    /// Applies the outcome if `owner` still holds the lease; false otherwise.
+    async fn finish(&self, id: i64, owner: &str, outcome: &Outcome) -> Result<bool>;
+    /// Running runs whose lease has lapsed.
+    async fn expired_leases(&self) -> Result<Vec<Run>>;
+    /// Applies `outcome` to a running run whose lease (held by `owner`) has lapsed.
+    async fn rescue(&self, id: i64, owner: &str, outcome: &Outcome) -> Result<bool>;
+    async fn get_run(&self, id: i64) -> Result<Option<Run>>;
+    async fn list_runs(&self, filter: &RunFilter) -> Result<Vec<Run>>;
+    async fn run_counts(&self) -> Result<Vec<RunCount>>;
+    /// Deletes up to `batch` finished runs that finished before `before`; returns how many.
+    async fn prune_runs(&self, before: DateTime<Utc>, batch: u32) -> Result<u64>;
+    /// How many finished runs `prune_runs` would delete (for dry runs).
+    async fn count_prunable(&self, before: DateTime<Utc>) -> Result<i64>;
+
+    // ---- audit
+    /// Appends one event to the hash chain, serialised against concurrent appenders.
+    async fn append_audit(&self, event: &NewAuditEvent) -> Result<AuditEvent>;
+    async fn audit_page(&self, after_seq: i64, limit: u32) -> Result<Vec<AuditEvent>>;
+
+    // ---- mail outbox
+    /// Returns the id and whether it was newly queued (false: the dedupe key existed).
+    async fn outbox_enqueue(&self, mail: &NewMail) -> Result<(i64, bool)>;
+    /// Claims due mail (pending, or `sending` whose sender died) under a lease.
+    async fn outbox_claim(
+        &self,
+        owner: &str,
+        limit: u32,
+        lease: Duration,
+    ) -> Result<Vec<OutboxMail>>;
+    async fn outbox_sent(&self, id: i64, owner: &str) -> Result<bool>;
+    /// Records a failed attempt: `retry_at` Some → pending again, None → failed for good.
+    async fn outbox_failed(
+        &self,
+        id: i64,
+        owner: &str,
+        error: &str,
+        retry_at: Option<DateTime<Utc>>,
+    ) -> Result<bool>;
+    async fn outbox_list(&self, limit: u32) -> Result<Vec<OutboxMail>>;
+}
+
+/// Opens the driver the URL names.
+pub async fn connect(url: &str, max_connections: u32) -> Result<Arc<dyn Store>> {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(Arc::new(PgStore::connect(url, max_connections).await?))
+    } else if url.starts_with("sqlite:") {
+        Ok(Arc::new(SqliteStore::connect(url).await?))
+    } else {
+        Err(Error::Usage(format!(
+            "store URL `{}` must start with postgres:// or sqlite://",
+            crate::config::redact_url(url)
+        )))
+    }
+}
+
+/// Hash of the canonical encoding; the chain's contract lives in `audit`.
+pub(crate) fn chain_event(
+    prev: Option<&AuditEvent>,
+    e: &NewAuditEvent,
+    at: DateTime<Utc>,
+) -> AuditEvent {
+    let seq = prev.map_or(1, |p| p.seq + 1);
+    let prev_hash = prev.map_or_else(crate::audit::genesis_hash, |p| p.hash.clone());
+    let at = crate::audit::truncate_micros(at);
+    let details = crate::audit::canonical_json(&e.details);
+    let hash = crate::audit::event_hash(
+        &prev_hash, seq, at, &e.actor, &e.action, &e.target, &details,
+    );
+    AuditEvent {
+        seq,
+        at,
+        actor: e.actor.clone(),
+        action: e.action.clone(),
+        target: e.target.clone(),
+        details,
+        prev_hash,
+        hash,
+    }
+}
+
+pub(crate) fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}

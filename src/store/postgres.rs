@@ -1,0 +1,531 @@
+//! PostgreSQL driver: worker tables in schema `lethe`, claims with
+//! `FOR UPDATE SKIP LOCKED`, leases against the database clock.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
+use sqlx::Row;
+
+use super::*;
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
+
+/// Fixed key for the advisory lock that serialises audit appends across replicas.
+const AUDIT_LOCK_KEY: i64 = 0x4c45_5448_4541_5544; // "LETHEAUD"
+
+pub struct PgStore {
+    pool: PgPool,
+}
+
+const RUN_COLUMNS: &str =
+    "id, job, kind, scheduled_for, trigger, state, attempt, max_attempts, timeout_ms, \
+     allow_overlap, dry_run, params, result, error, run_after, lease_owner, lease_expires_at, \
+     created_at, started_at, finished_at";
+
+const MAIL_COLUMNS: &str =
+    "id, dedupe_key, recipients, subject, text_body, html_body, attachments, state, \
+     attempts, next_attempt_at, last_error, created_at, sent_at";
+
+impl PgStore {
+    pub async fn connect(url: &str, max_connections: u32) -> Result<Self> {
+        let opts = PgConnectOptions::from_str(url)?
+            .options([("search_path", "lethe")])
+            .application_name("lethe");
+        let pool = PgPoolOptions::new()
+            .max_connections(max_connections.max(2))
+            .acquire_timeout(Duration::from_secs(15))
+            .connect_with(opts)
+            .await?;
+        Ok(PgStore { pool })
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+}
+
+fn run_from_row(r: &PgRow) -> Result<Run> {
+    Ok(Run {
+        id: r.try_get("id")?,
+        job: r.try_get("job")?,
+        kind: r.try_get("kind")?,
+        scheduled_for: r.try_get("scheduled_for")?,
+        trigger: r.try_get("trigger")?,
+        state: RunState::parse(r.try_get::<&str, _>("state")?)?,
+        attempt: r.try_get("attempt")?,
+        max_attempts: r.try_get("max_attempts")?,
+        timeout_ms: r.try_get("timeout_ms")?,
+        allow_overlap: r.try_get("allow_overlap")?,
+        dry_run: r.try_get("dry_run")?,
+        params: r.try_get("params")?,
+        result: r.try_get("result")?,
+        error: r.try_get("error")?,
+        run_after: r.try_get("run_after")?,
+        lease_owner: r.try_get("lease_owner")?,
+        lease_expires_at: r.try_get("lease_expires_at")?,
+        created_at: r.try_get("created_at")?,
+        started_at: r.try_get("started_at")?,
+        finished_at: r.try_get("finished_at")?,
+    })
+}
+
+fn mail_from_row(r: &PgRow) -> Result<OutboxMail> {
+    let recipients: serde_json::Value = r.try_get("recipients")?;
+    let attachments: serde_json::Value = r.try_get("attachments")?;
+    Ok(OutboxMail {
+        id: r.try_get("id")?,
+        dedupe_key: r.try_get("dedupe_key")?,
+        recipients: serde_json::from_value(recipients)
+            .map_err(|e| Error::Mail(format!("bad recipients in outbox: {e}")))?,
+        subject: r.try_get("subject")?,
+        text: r.try_get("text_body")?,
+        html: r.try_get("html_body")?,
+        attachments: serde_json::from_value(attachments)
+            .map_err(|e| Error::Mail(format!("bad attachments in outbox: {e}")))?,
+        state: MailState::parse(r.try_get::<&str, _>("state")?)?,
+        attempts: r.try_get("attempts")?,
+        next_attempt_at: r.try_get("next_attempt_at")?,
+        last_error: r.try_get("last_error")?,
+        created_at: r.try_get("created_at")?,
+        sent_at: r.try_get("sent_at")?,
+    })
+}
+
+fn audit_from_row(r: &PgRow) -> Result<AuditEvent> {
+    Ok(AuditEvent {
+        seq: r.try_get("seq")?,
+        at: r.try_get("at")?,
+        actor: r.try_get("actor")?,
+        action: r.try_get("action")?,
+        target: r.try_get("target")?,
+        details: r.try_get("details")?,
+        prev_hash: r.try_get("prev_hash")?,
+        hash: r.try_get("hash")?,
+    })
+}
+
+fn is_unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d) if d.code().as_deref() == Some("23505"))
+}
+
+/// SQL for an outcome: `(state, error, result, run_after, finished)`.
+fn outcome_parts(
+    o: &Outcome,
+) -> (
+    &'static str,
+    Option<&str>,
+    Option<&serde_json::Value>,
+    Option<DateTime<Utc>>,
+) {
+    match o {
+        Outcome::Succeeded { result } => ("succeeded", None, Some(result), None),
+        Outcome::Retry { error, run_after } => ("retryable", Some(error), None, Some(*run_after)),
+        Outcome::Dead { error } => ("dead", Some(error), None, None),
+    }
+}
+
+#[async_trait]
+impl Store for PgStore {
+    fn backend(&self) -> Backend {
+        Backend::Postgres
+    }
+
+    async fn migrate(&self) -> Result<()> {
+        // Replicas may migrate at once; a lost CREATE SCHEMA race is harmless.
+        if let Err(e) = sqlx::query("CREATE SCHEMA IF NOT EXISTS lethe")
+            .execute(&self.pool)
+            .await
+        {
+            if !is_unique_violation(&e) {
+                return Err(e.into());
+            }
+        }
+        MIGRATOR.run(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn is_migrated(&self) -> Result<bool> {
+        let exists: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM information_schema.tables WHERE table_schema = 'lethe' AND table_name = '_sqlx_migrations')",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        if !exists {
+            return Ok(false);
+        }
+        let applied: Vec<i64> =
+            sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
+                .fetch_all(&self.pool)
+                .await?;
+        Ok(MIGRATOR.iter().all(|m| applied.contains(&m.version)))
+    }
+
+    async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn now(&self) -> Result<DateTime<Utc>> {
+        Ok(sqlx::query_scalar("SELECT now()")
+            .fetch_one(&self.pool)
+            .await?)
+    }
+
+    async fn enqueue(&self, run: &NewRun) -> Result<Option<i64>> {
+        let id: Option<i64> = sqlx::query_scalar(
+            "INSERT INTO job_runs (job, kind, scheduled_for, trigger, max_attempts, timeout_ms, allow_overlap, dry_run, params, run_after)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $3)
+             ON CONFLICT (job, scheduled_for) DO NOTHING
+             RETURNING id",
+        )
+        .bind(&run.job)
+        .bind(&run.kind)
+        .bind(run.scheduled_for)
+        .bind(&run.trigger)
+        .bind(run.max_attempts)
+        .bind(millis(run.timeout))
+        .bind(run.allow_overlap)
+        .bind(run.dry_run)
+        .bind(&run.params)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(id)
+    }
+
+    async fn latest_scheduled_for(&self, job: &str) -> Result<Option<DateTime<Utc>>> {
+        Ok(sqlx::query_scalar(
+            "SELECT max(scheduled_for) FROM job_runs WHERE job = $1 AND trigger = 'schedule'",
+        )
+        .bind(job)
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
+    async fn claim_next(&self, owner: &str, lease: Duration) -> Result<Option<Run>> {
+        let sql = format!(
+            "WITH next AS (
+                 SELECT id FROM job_runs r
+                 WHERE state IN ('available', 'retryable') AND run_after <= now()
+                   AND (allow_overlap OR NOT EXISTS (
+                        SELECT 1 FROM job_runs o WHERE o.job = r.job AND o.state = 'running'))
+                 ORDER BY run_after, id
+                 LIMIT 1
+                 FOR UPDATE SKIP LOCKED)
+             UPDATE job_runs j SET state = 'running', attempt = attempt + 1, lease_owner = $1,
+                    lease_expires_at = now() + $2 * interval '1 millisecond',
+                    started_at = now(), finished_at = NULL
+             FROM next WHERE j.id = next.id
+             RETURNING {}",
+            RUN_COLUMNS
+                .split(", ")
+                .map(|c| format!("j.{c}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        match sqlx::query(&sql)
+            .bind(owner)
+            .bind(millis(lease))
+            .fetch_optional(&self.pool)
+            .await
+        {
+            Ok(row) => row.as_ref().map(run_from_row).transpose(),
+            // Another replica started the same job a moment ago; the one-running index said no.
+            Err(e) if is_unique_violation(&e) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn claim_run(&self, id: i64, owner: &str, lease: Duration) -> Result<Option<Run>> {
+        let sql = format!(
+            "UPDATE job_runs SET state = 'running', attempt = attempt + 1, lease_owner = $2,
+                    lease_expires_at = now() + $3 * interval '1 millisecond',
+                    started_at = now(), finished_at = NULL
+             WHERE id = $1 AND state IN ('available', 'retryable') AND run_after <= now()
+             RETURNING {RUN_COLUMNS}"
+        );
+        match sqlx::query(&sql)
+            .bind(id)
+            .bind(owner)
+            .bind(millis(lease))
+            .fetch_optional(&self.pool)
+            .await
+        {
+            Ok(row) => row.as_ref().map(run_from_row).transpose(),
+            Err(e) if is_unique_violation(&e) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn heartbeat(&self, id: i64, owner: &str, lease: Duration) -> Result<bool> {
+        let n = sqlx::query(
+            "UPDATE job_runs SET lease_expires_at = now() + $3 * interval '1 millisecond'
+             WHERE id = $1 AND lease_owner = $2 AND state = 'running'",
+        )
+        .bind(id)
+        .bind(owner)
+        .bind(millis(lease))
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(n == 1)
+    }
+
+    async fn finish(&self, id: i64, owner: &str, outcome: &Outcome) -> Result<bool> {
+        let (state, error, result, run_after) = outcome_parts(outcome);
+        let n = sqlx::query(
+            "UPDATE job_runs SET state = $3, error = $4, result = COALESCE($5, result),
+                    run_after = COALESCE($6, run_after), lease_owner = NULL, lease_expires_at = NULL,
+                    finished_at = now()
+             WHERE id = $1 AND lease_owner = $2 AND state = 'running'",
+        )
+        .bind(id)
+        .bind(owner)
+        .bind(state)
+        .bind(error)
+        .bind(result)
+        .bind(run_after)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(n == 1)
+    }
+
+    async fn expired_leases(&self) -> Result<Vec<Run>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {RUN_COLUMNS} FROM job_runs WHERE state = 'running' AND lease_expires_at < now() ORDER BY id LIMIT 100"
+        ))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(run_from_row).collect()
+    }
+
+    async fn rescue(&self, id: i64, owner: &str, outcome: &Outcome) -> Result<bool> {
+        let (state, error, result, run_after) = outcome_parts(outcome);
+        let n = sqlx::query(
+            "UPDATE job_runs SET state = $3, error = $4, result = COALESCE($5, result),
+                    run_after = COALESCE($6, run_after), lease_owner = NULL, lease_expires_at = NULL,
+                    finished_at = now()
+             WHERE id = $1 AND lease_owner = $2 AND state = 'running' AND lease_expires_at < now()",
+        )
+        .bind(id)
+        .bind(owner)
+        .bind(state)
+        .bind(error)
+        .bind(result)
+        .bind(run_after)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(n == 1)
+    }
+
+    async fn get_run(&self, id: i64) -> Result<Option<Run>> {
+        let row = sqlx::query(&format!("SELECT {RUN_COLUMNS} FROM job_runs WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(run_from_row).transpose()
+    }
+
+    async fn list_runs(&self, filter: &RunFilter) -> Result<Vec<Run>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {RUN_COLUMNS} FROM job_runs
+             WHERE ($1::text IS NULL OR job = $1) AND ($2::text IS NULL OR state = $2)
+             ORDER BY id DESC LIMIT $3"
+        ))
+        .bind(filter.job.as_deref())
+        .bind(filter.state.map(RunState::as_str))
+        .bind(i64::from(filter.limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(run_from_row).collect()
+    }
+
+    async fn run_counts(&self) -> Result<Vec<RunCount>> {
+        let rows = sqlx::query("SELECT job, state, count(*) AS n FROM job_runs GROUP BY job, state ORDER BY job, state")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(RunCount {
+                    job: r.try_get("job")?,
+                    state: RunState::parse(r.try_get::<&str, _>("state")?)?,
+                    count: r.try_get("n")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn prune_runs(&self, before: DateTime<Utc>, batch: u32) -> Result<u64> {
+        let n = sqlx::query(
+            "DELETE FROM job_runs WHERE id IN (
+                 SELECT id FROM job_runs WHERE state IN ('succeeded', 'dead') AND finished_at < $1
+                 ORDER BY finished_at LIMIT $2 FOR UPDATE SKIP LOCKED)",
+        )
+        .bind(before)
+        .bind(i64::from(batch))
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(n)
+    }
+
+    async fn count_prunable(&self, before: DateTime<Utc>) -> Result<i64> {
+        Ok(sqlx::query_scalar(
+            "SELECT count(*) FROM job_runs WHERE state IN ('succeeded', 'dead') AND finished_at < $1",
+        )
+        .bind(before)
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
+    async fn append_audit(&self, event: &NewAuditEvent) -> Result<AuditEvent> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(AUDIT_LOCK_KEY)
+            .execute(&mut *tx)
+            .await?;
+        let prev = sqlx::query("SELECT * FROM audit_events ORDER BY seq DESC LIMIT 1")
+            .fetch_optional(&mut *tx)
+            .await?;
+        let prev = prev.as_ref().map(audit_from_row).transpose()?;
+        let e = chain_event(prev.as_ref(), event, Utc::now());
+        sqlx::query(
+            "INSERT INTO audit_events (seq, at, actor, action, target, details, prev_hash, hash)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(e.seq)
+        .bind(e.at)
+        .bind(&e.actor)
+        .bind(&e.action)
+        .bind(&e.target)
+        .bind(&e.details)
+        .bind(&e.prev_hash)
+        .bind(&e.hash)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(e)
+    }
+
+    async fn audit_page(&self, after_seq: i64, limit: u32) -> Result<Vec<AuditEvent>> {
+        let rows = sqlx::query("SELECT * FROM audit_events WHERE seq > $1 ORDER BY seq LIMIT $2")
+            .bind(after_seq)
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(audit_from_row).collect()
+    }
+
+    async fn outbox_enqueue(&self, mail: &NewMail) -> Result<(i64, bool)> {
+        let recipients = serde_json::to_value(&mail.recipients).unwrap_or_default();
+        let attachments = serde_json::to_value(&mail.attachments).unwrap_or_default();
+        let inserted: Option<i64> = sqlx::query_scalar(
+            "INSERT INTO mail_outbox (dedupe_key, recipients, subject, text_body, html_body, attachments)
+             VALUES ($1, $2, $3, $4, $5, $6)
+             ON CONFLICT (dedupe_key) DO NOTHING RETURNING id",
+        )
+        .bind(&mail.dedupe_key)
+        .bind(recipients)
+        .bind(&mail.subject)
+        .bind(&mail.text)
+        .bind(&mail.html)
+        .bind(attachments)
+        .fetch_optional(&self.pool)
+        .await?;
+        match inserted {
+            Some(id) => Ok((id, true)),
+            None => {
+                let id: i64 =
+                    sqlx::query_scalar("SELECT id FROM mail_outbox WHERE dedupe_key = $1")
+                        .bind(&mail.dedupe_key)
+                        .fetch_one(&self.pool)
+                        .await?;
+                Ok((id, false))
+            }
+        }
+    }
+
+    async fn outbox_claim(
+        &self,
+        owner: &str,
+        limit: u32,
+        lease: Duration,
+    ) -> Result<Vec<OutboxMail>> {
+        let rows = sqlx::query(&format!(
+            "WITH due AS (
+                 SELECT id FROM mail_outbox
+                 WHERE (state = 'pending' AND next_attempt_at <= now())
+                    OR (state = 'sending' AND lease_expires_at < now())
+                 ORDER BY next_attempt_at, id LIMIT $2
+                 FOR UPDATE SKIP LOCKED)
+             UPDATE mail_outbox m SET state = 'sending', lease_owner = $1,
+                    lease_expires_at = now() + $3 * interval '1 millisecond'
+             FROM due WHERE m.id = due.id
+             RETURNING {}",
+            MAIL_COLUMNS
+                .split(", ")
+                .map(|c| format!("m.{c}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))
+        .bind(owner)
+        .bind(i64::from(limit))
+        .bind(millis(lease))
+        .fetch_all(&self.pool)
+        .await?;
+        let mut mails = rows.iter().map(mail_from_row).collect::<Result<Vec<_>>>()?;
+        mails.sort_by_key(|m| m.id);
+        Ok(mails)
+    }
+
+    async fn outbox_sent(&self, id: i64, owner: &str) -> Result<bool> {
+        let n = sqlx::query(
+            "UPDATE mail_outbox SET state = 'sent', sent_at = now(), attempts = attempts + 1,
+                    lease_owner = NULL, lease_expires_at = NULL, last_error = NULL
+             WHERE id = $1 AND lease_owner = $2 AND state = 'sending'",
+        )
+        .bind(id)
+        .bind(owner)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(n == 1)
+    }
+
+    async fn outbox_failed(
+        &self,
+        id: i64,
+        owner: &str,
+        error: &str,
+        retry_at: Option<DateTime<Utc>>,
+    ) -> Result<bool> {
+        let n = sqlx::query(
+            "UPDATE mail_outbox SET state = CASE WHEN $4::timestamptz IS NULL THEN 'failed' ELSE 'pending' END,
+                    next_attempt_at = COALESCE($4, next_attempt_at), attempts = attempts + 1,
+                    last_error = $3, lease_owner = NULL, lease_expires_at = NULL
+             WHERE id = $1 AND lease_owner = $2 AND state = 'sending'",
+        )
+        .bind(id)
+        .bind(owner)
+        .bind(error)
+        .bind(retry_at)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(n == 1)
+    }
+
+    async fn outbox_list(&self, limit: u32) -> Result<Vec<OutboxMail>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {MAIL_COLUMNS} FROM mail_outbox ORDER BY id DESC LIMIT $1"
+        ))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(mail_from_row).collect()
+    }
+}

@@ -1,0 +1,532 @@
+//! SQLite driver: one process (or a CLI beside it), writes serialised with
+//! `BEGIN IMMEDIATE`, timestamps as fixed-width UTC text.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+};
+use sqlx::Row;
+
+use super::*;
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
+
+const TS_FORMAT: &str = "%Y-%m-%dT%H:%M:%S%.6fZ";
+
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+const RUN_COLUMNS: &str =
+    "id, job, kind, scheduled_for, trigger, state, attempt, max_attempts, timeout_ms, \
+     allow_overlap, dry_run, params, result, error, run_after, lease_owner, lease_expires_at, \
+     created_at, started_at, finished_at";
+
+const MAIL_COLUMNS: &str =
+    "id, dedupe_key, recipients, subject, text_body, html_body, attachments, state, \
+     attempts, next_attempt_at, last_error, created_at, sent_at";
+
+pub(crate) fn ts(t: DateTime<Utc>) -> String {
+    t.format(TS_FORMAT).to_string()
+}
+
+fn parse_ts(s: &str) -> Result<DateTime<Utc>> {
+    DateTime::parse_from_rfc3339(s)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|e| Error::Failed(format!("bad timestamp `{s}` in store: {e}")))
+}
+
+fn get_ts(r: &SqliteRow, col: &str) -> Result<DateTime<Utc>> {
+    parse_ts(r.try_get::<&str, _>(col)?)
+}
+
+fn get_ts_opt(r: &SqliteRow, col: &str) -> Result<Option<DateTime<Utc>>> {
+    r.try_get::<Option<&str>, _>(col)?.map(parse_ts).transpose()
+}
+
+fn get_json(r: &SqliteRow, col: &str) -> Result<serde_json::Value> {
+    let s: &str = r.try_get(col)?;
+    serde_json::from_str(s).map_err(|e| Error::Failed(format!("bad JSON in {col}: {e}")))
+}
+
+fn lease_until(lease: Duration) -> String {
+    ts(Utc::now() + chrono::Duration::milliseconds(millis(lease)))
+}
+
+impl SqliteStore {
+    pub async fn connect(url: &str) -> Result<Self> {
+        let opts = SqliteConnectOptions::from_str(url)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .busy_timeout(Duration::from_secs(15))
+            .foreign_keys(true);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(opts)
+            .await?;
+        Ok(SqliteStore { pool })
+    }
+}
+
+fn run_from_row(r: &SqliteRow) -> Result<Run> {
+    Ok(Run {
+        id: r.try_get("id")?,
+        job: r.try_get("job")?,
+        kind: r.try_get("kind")?,
+        scheduled_for: get_ts(r, "scheduled_for")?,
+        trigger: r.try_get("trigger")?,
+        state: RunState::parse(r.try_get::<&str, _>("state")?)?,
+        attempt: r.try_get("attempt")?,
+        max_attempts: r.try_get("max_attempts")?,
+        timeout_ms: r.try_get("timeout_ms")?,
+        allow_overlap: r.try_get("allow_overlap")?,
+        dry_run: r.try_get("dry_run")?,
+        params: get_json(r, "params")?,
+        result: r
+            .try_get::<Option<&str>, _>("result")?
+            .map(|s| {
+                serde_json::from_str(s)
+                    .map_err(|e| Error::Failed(format!("bad JSON in result: {e}")))
+            })
+            .transpose()?,
+        error: r.try_get("error")?,
+        run_after: get_ts(r, "run_after")?,
+        lease_owner: r.try_get("lease_owner")?,
+        lease_expires_at: get_ts_opt(r, "lease_expires_at")?,
+        created_at: get_ts(r, "created_at")?,
+        started_at: get_ts_opt(r, "started_at")?,
+        finished_at: get_ts_opt(r, "finished_at")?,
+    })
+}
+
+fn mail_from_row(r: &SqliteRow) -> Result<OutboxMail> {
+    Ok(OutboxMail {
+        id: r.try_get("id")?,
+        dedupe_key: r.try_get("dedupe_key")?,
+        recipients: serde_json::from_value(get_json(r, "recipients")?)
+            .map_err(|e| Error::Mail(format!("bad recipients in outbox: {e}")))?,
+        subject: r.try_get("subject")?,
+        text: r.try_get("text_body")?,
+        html: r.try_get("html_body")?,
+        attachments: serde_json::from_value(get_json(r, "attachments")?)
+            .map_err(|e| Error::Mail(format!("bad attachments in outbox: {e}")))?,
+        state: MailState::parse(r.try_get::<&str, _>("state")?)?,
+        attempts: r.try_get("attempts")?,
+        next_attempt_at: get_ts(r, "next_attempt_at")?,
+        last_error: r.try_get("last_error")?,
+        created_at: get_ts(r, "created_at")?,
+        sent_at: get_ts_opt(r, "sent_at")?,
+    })
+}
+
+fn audit_from_row(r: &SqliteRow) -> Result<AuditEvent> {
+    Ok(AuditEvent {
+        seq: r.try_get("seq")?,
+        at: get_ts(r, "at")?,
+        actor: r.try_get("actor")?,
+        action: r.try_get("action")?,
+        target: r.try_get("target")?,
+        details: r.try_get("details")?,
+        prev_hash: r.try_get("prev_hash")?,
+        hash: r.try_get("hash")?,
+    })
+}
+
+fn outcome_parts(o: &Outcome) -> (&'static str, Option<&str>, Option<String>, Option<String>) {
+    match o {
+        Outcome::Succeeded { result } => ("succeeded", None, Some(result.to_string()), None),
+        Outcome::Retry { error, run_after } => {
+            ("retryable", Some(error), None, Some(ts(*run_after)))
+        }
+        Outcome::Dead { error } => ("dead", Some(error), None, None),
+    }
+}
+
+impl SqliteStore {
+    async fn apply_outcome(
+        &self,
+        id: i64,
+        owner: &str,
+        outcome: &Outcome,
+        require_expired: bool,
+    ) -> Result<bool> {
+        let (state, error, result, run_after) = outcome_parts(outcome);
+        let now = ts(Utc::now());
+        let n = sqlx::query(
+            "UPDATE job_runs SET state = $3, error = $4, result = COALESCE($5, result),
+                    run_after = COALESCE($6, run_after), lease_owner = NULL, lease_expires_at = NULL,
+                    finished_at = $7
+             WHERE id = $1 AND lease_owner = $2 AND state = 'running' AND (NOT $8 OR lease_expires_at < $7)",
+        )
+        .bind(id)
+        .bind(owner)
+        .bind(state)
+        .bind(error)
+        .bind(result)
+        .bind(run_after)
+        .bind(&now)
+        .bind(require_expired)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(n == 1)
+    }
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    fn backend(&self) -> Backend {
+        Backend::Sqlite
+    }
+
+    async fn migrate(&self) -> Result<()> {
+        MIGRATOR.run(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn is_migrated(&self) -> Result<bool> {
+        let exists: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations'",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        if exists == 0 {
+            return Ok(false);
+        }
+        let applied: Vec<i64> =
+            sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
+                .fetch_all(&self.pool)
+                .await?;
+        Ok(MIGRATOR.iter().all(|m| applied.contains(&m.version)))
+    }
+
+    async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn now(&self) -> Result<DateTime<Utc>> {
+        Ok(Utc::now())
+    }
+
+    async fn enqueue(&self, run: &NewRun) -> Result<Option<i64>> {
+        let id: Option<i64> = sqlx::query_scalar(
+            "INSERT INTO job_runs (job, kind, scheduled_for, trigger, max_attempts, timeout_ms, allow_overlap,
+                                   dry_run, params, run_after, created_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $3, $10)
+             ON CONFLICT (job, scheduled_for) DO NOTHING
+             RETURNING id",
+        )
+        .bind(&run.job)
+        .bind(&run.kind)
+        .bind(ts(run.scheduled_for))
+        .bind(&run.trigger)
+        .bind(run.max_attempts)
+        .bind(millis(run.timeout))
+        .bind(run.allow_overlap)
+        .bind(run.dry_run)
+        .bind(run.params.to_string())
+        .bind(ts(Utc::now()))
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(id)
+    }
+
+    async fn latest_scheduled_for(&self, job: &str) -> Result<Option<DateTime<Utc>>> {
+        let s: Option<String> = sqlx::query_scalar(
+            "SELECT max(scheduled_for) FROM job_runs WHERE job = $1 AND trigger = 'schedule'",
+        )
+        .bind(job)
+        .fetch_one(&self.pool)
+        .await?;
+        s.as_deref().map(parse_ts).transpose()
+    }
+
+    async fn claim_next(&self, owner: &str, lease: Duration) -> Result<Option<Run>> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let now = ts(Utc::now());
+        let id: Option<i64> = sqlx::query_scalar(
+            "SELECT id FROM job_runs r
+             WHERE state IN ('available', 'retryable') AND run_after <= $1
+               AND (allow_overlap OR NOT EXISTS (
+                    SELECT 1 FROM job_runs o WHERE o.job = r.job AND o.state = 'running'))
+             ORDER BY run_after, id LIMIT 1",
+        )
+        .bind(&now)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(id) = id else {
+            return Ok(None);
+        };
+        let row = sqlx::query(&format!(
+            "UPDATE job_runs SET state = 'running', attempt = attempt + 1, lease_owner = $2,
+                    lease_expires_at = $3, started_at = $4, finished_at = NULL
+             WHERE id = $1 RETURNING {RUN_COLUMNS}"
+        ))
+        .bind(id)
+        .bind(owner)
+        .bind(lease_until(lease))
+        .bind(&now)
+        .fetch_one(&mut *tx)
+        .await?;
+        let run = run_from_row(&row)?;
+        tx.commit().await?;
+        Ok(Some(run))
+    }
+
+    async fn claim_run(&self, id: i64, owner: &str, lease: Duration) -> Result<Option<Run>> {
+        let now = ts(Utc::now());
+        let res = sqlx::query(&format!(
+            "UPDATE job_runs SET state = 'running', attempt = attempt + 1, lease_owner = $2,
+                    lease_expires_at = $3, started_at = $4, finished_at = NULL
+             WHERE id = $1 AND state IN ('available', 'retryable') AND run_after <= $4
+             RETURNING {RUN_COLUMNS}"
+        ))
+        .bind(id)
+        .bind(owner)
+        .bind(lease_until(lease))
+        .bind(&now)
+        .fetch_optional(&self.pool)
+        .await;
+        match res {
+            Ok(row) => row.as_ref().map(run_from_row).transpose(),
+            // The job is already running elsewhere (one-running index).
+            Err(sqlx::Error::Database(d)) if d.is_unique_violation() => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn heartbeat(&self, id: i64, owner: &str, lease: Duration) -> Result<bool> {
+        let n = sqlx::query(
+            "UPDATE job_runs SET lease_expires_at = $3 WHERE id = $1 AND lease_owner = $2 AND state = 'running'",
+        )
+        .bind(id)
+        .bind(owner)
+        .bind(lease_until(lease))
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(n == 1)
+    }
+
+    async fn finish(&self, id: i64, owner: &str, outcome: &Outcome) -> Result<bool> {
+        self.apply_outcome(id, owner, outcome, false).await
+    }
+
+    async fn expired_leases(&self) -> Result<Vec<Run>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {RUN_COLUMNS} FROM job_runs WHERE state = 'running' AND lease_expires_at < $1 ORDER BY id LIMIT 100"
+        ))
+        .bind(ts(Utc::now()))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(run_from_row).collect()
+    }
+
+    async fn rescue(&self, id: i64, owner: &str, outcome: &Outcome) -> Result<bool> {
+        self.apply_outcome(id, owner, outcome, true).await
+    }
+
+    async fn get_run(&self, id: i64) -> Result<Option<Run>> {
+        let row = sqlx::query(&format!("SELECT {RUN_COLUMNS} FROM job_runs WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(run_from_row).transpose()
+    }
+
+    async fn list_runs(&self, filter: &RunFilter) -> Result<Vec<Run>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {RUN_COLUMNS} FROM job_runs
+             WHERE ($1 IS NULL OR job = $1) AND ($2 IS NULL OR state = $2)
+             ORDER BY id DESC LIMIT $3"
+        ))
+        .bind(filter.job.as_deref())
+        .bind(filter.state.map(RunState::as_str))
+        .bind(i64::from(filter.limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(run_from_row).collect()
+    }
+
+    async fn run_counts(&self) -> Result<Vec<RunCount>> {
+        let rows = sqlx::query("SELECT job, state, count(*) AS n FROM job_runs GROUP BY job, state ORDER BY job, state")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(RunCount {
+                    job: r.try_get("job")?,
+                    state: RunState::parse(r.try_get::<&str, _>("state")?)?,
+                    count: r.try_get("n")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn prune_runs(&self, before: DateTime<Utc>, batch: u32) -> Result<u64> {
+        let n = sqlx::query(
+            "DELETE FROM job_runs WHERE id IN (
+                 SELECT id FROM job_runs WHERE state IN ('succeeded', 'dead') AND finished_at < $1
+                 ORDER BY finished_at LIMIT $2)",
+        )
+        .bind(ts(before))
+        .bind(i64::from(batch))
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(n)
+    }
+
+    async fn count_prunable(&self, before: DateTime<Utc>) -> Result<i64> {
+        Ok(sqlx::query_scalar(
+            "SELECT count(*) FROM job_runs WHERE state IN ('succeeded', 'dead') AND finished_at < $1",
+        )
+        .bind(ts(before))
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
+    async fn append_audit(&self, event: &NewAuditEvent) -> Result<AuditEvent> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let prev = sqlx::query("SELECT * FROM audit_events ORDER BY seq DESC LIMIT 1")
+            .fetch_optional(&mut *tx)
+            .await?;
+        let prev = prev.as_ref().map(audit_from_row).transpose()?;
+        let e = chain_event(prev.as_ref(), event, Utc::now());
+        sqlx::query(
+            "INSERT INTO audit_events (seq, at, actor, action, target, details, prev_hash, hash)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(e.seq)
+        .bind(ts(e.at))
+        .bind(&e.actor)
+        .bind(&e.action)
+        .bind(&e.target)
+        .bind(&e.details)
+        .bind(&e.prev_hash)
+        .bind(&e.hash)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(e)
+    }
+
+    async fn audit_page(&self, after_seq: i64, limit: u32) -> Result<Vec<AuditEvent>> {
+        let rows = sqlx::query("SELECT * FROM audit_events WHERE seq > $1 ORDER BY seq LIMIT $2")
+            .bind(after_seq)
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(audit_from_row).collect()
+    }
+
+    async fn outbox_enqueue(&self, mail: &NewMail) -> Result<(i64, bool)> {
+        let now = ts(Utc::now());
+        let inserted: Option<i64> = sqlx::query_scalar(
+            "INSERT INTO mail_outbox (dedupe_key, recipients, subject, text_body, html_body, attachments,
+                                      next_attempt_at, created_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $7)
+             ON CONFLICT (dedupe_key) DO NOTHING RETURNING id",
+        )
+        .bind(&mail.dedupe_key)
+        .bind(serde_json::to_string(&mail.recipients).unwrap_or_default())
+        .bind(&mail.subject)
+        .bind(&mail.text)
+        .bind(&mail.html)
+        .bind(serde_json::to_string(&mail.attachments).unwrap_or_default())
+        .bind(&now)
+        .fetch_optional(&self.pool)
+        .await?;
+        match inserted {
+            Some(id) => Ok((id, true)),
+            None => {
+                let id: i64 =
+                    sqlx::query_scalar("SELECT id FROM mail_outbox WHERE dedupe_key = $1")
+                        .bind(&mail.dedupe_key)
+                        .fetch_one(&self.pool)
+                        .await?;
+                Ok((id, false))
+            }
+        }
+    }
+
+    async fn outbox_claim(
+        &self,
+        owner: &str,
+        limit: u32,
+        lease: Duration,
+    ) -> Result<Vec<OutboxMail>> {
+        let now = ts(Utc::now());
+        let rows = sqlx::query(&format!(
+            "UPDATE mail_outbox SET state = 'sending', lease_owner = $1, lease_expires_at = $3
+             WHERE id IN (
+                 SELECT id FROM mail_outbox
+                 WHERE (state = 'pending' AND next_attempt_at <= $4)
+                    OR (state = 'sending' AND lease_expires_at < $4)
+                 ORDER BY next_attempt_at, id LIMIT $2)
+             RETURNING {MAIL_COLUMNS}"
+        ))
+        .bind(owner)
+        .bind(i64::from(limit))
+        .bind(lease_until(lease))
+        .bind(&now)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut mails = rows.iter().map(mail_from_row).collect::<Result<Vec<_>>>()?;
+        mails.sort_by_key(|m| m.id);
+        Ok(mails)
+    }
+
+    async fn outbox_sent(&self, id: i64, owner: &str) -> Result<bool> {
+        let n = sqlx::query(
+            "UPDATE mail_outbox SET state = 'sent', sent_at = $3, attempts = attempts + 1,
+                    lease_owner = NULL, lease_expires_at = NULL, last_error = NULL
+             WHERE id = $1 AND lease_owner = $2 AND state = 'sending'",
+        )
+        .bind(id)
+        .bind(owner)
+        .bind(ts(Utc::now()))
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(n == 1)
+    }
+
+    async fn outbox_failed(
+        &self,
+        id: i64,
+        owner: &str,
+        error: &str,
+        retry_at: Option<DateTime<Utc>>,
+    ) -> Result<bool> {
+        let n = sqlx::query(
+            "UPDATE mail_outbox SET state = CASE WHEN $4 IS NULL THEN 'failed' ELSE 'pending' END,
+                    next_attempt_at = COALESCE($4, next_attempt_at), attempts = attempts + 1,
+                    last_error = $3, lease_owner = NULL, lease_expires_at = NULL
+             WHERE id = $1 AND lease_owner = $2 AND state = 'sending'",
+        )
+        .bind(id)
+        .bind(owner)
+        .bind(error)
+        .bind(retry_at.map(ts))
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(n == 1)
+    }
+
+    async fn outbox_list(&self, limit: u32) -> Result<Vec<OutboxMail>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {MAIL_COLUMNS} FROM mail_outbox ORDER BY id DESC LIMIT $1"
+        ))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(mail_from_row).collect()
+    }
+}
