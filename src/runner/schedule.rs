@@ -1,6 +1,6 @@
 //! Cron schedules with seconds, evaluated in the job's time zone.
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, Timelike, Utc};
 use chrono_tz::Tz;
 use croner::parser::{CronParser, Seconds};
 use croner::Cron;
@@ -39,10 +39,11 @@ impl Schedule {
         self.tz
     }
 
-    /// The most recent fire at or before `now`.
+    /// The most recent fire at or before `now`, on a whole second: every
+    /// replica must compute the same instant, or the queue's unique key would not dedupe.
     pub fn latest_fire(&self, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
         self.cron
-            .find_previous_occurrence(&now.with_timezone(&self.tz), true)
+            .find_previous_occurrence(&whole_second(now).with_timezone(&self.tz), true)
             .ok()
             .map(|t| t.with_timezone(&Utc))
     }
@@ -50,10 +51,14 @@ impl Schedule {
     /// The first fire strictly after `t`.
     pub fn next_fire(&self, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
         self.cron
-            .find_next_occurrence(&t.with_timezone(&self.tz), false)
+            .find_next_occurrence(&whole_second(t).with_timezone(&self.tz), false)
             .ok()
             .map(|t| t.with_timezone(&Utc))
     }
+}
+
+fn whole_second(t: DateTime<Utc>) -> DateTime<Utc> {
+    t.with_nanosecond(0).unwrap_or(t)
 }
 
 #[cfg(test)]
@@ -75,6 +80,15 @@ mod tests {
         );
         let at = Utc.with_ymd_and_hms(2026, 3, 10, 3, 0, 0).unwrap();
         assert_eq!(s.latest_fire(at), Some(at), "a fire exactly now counts");
+    }
+
+    #[test]
+    fn fires_are_whole_seconds_whatever_the_clock_reads() {
+        let s = Schedule::parse("* * * * * *", chrono_tz::UTC).unwrap();
+        let a = Utc.with_ymd_and_hms(2026, 3, 10, 12, 0, 5).unwrap();
+        let now = a + chrono::Duration::milliseconds(730);
+        assert_eq!(s.latest_fire(now), Some(a));
+        assert_eq!(s.next_fire(now), Some(a + chrono::Duration::seconds(1)));
     }
 
     #[test]

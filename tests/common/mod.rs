@@ -1,0 +1,149 @@
+//! Shared by the integration tests: the real servers `scripts/test` starts,
+//! throwaway databases, and config folders.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use sqlx::Connection;
+
+/// The servers are required when `scripts/test` started them; a bare `cargo test`
+/// without them skips server tests loudly instead of failing on setup.
+pub fn server_env(var: &str) -> Option<String> {
+    match std::env::var(var) {
+        Ok(v) if !v.is_empty() => Some(v),
+        _ => {
+            assert!(
+                std::env::var("LETHE_REQUIRE_SERVERS").as_deref() != Ok("1"),
+                "{var} is not set but LETHE_REQUIRE_SERVERS=1: the test servers did not start"
+            );
+            eprintln!("SKIP: {var} not set; run scripts/test to start the test servers");
+            None
+        }
+    }
+}
+
+/// A new empty PostgreSQL database on the test cluster; returns its URL.
+pub async fn fresh_pg_db() -> Option<String> {
+    let admin = server_env("LETHE_TEST_PG_URL")?;
+    let name = format!("lethe_t_{}", uuid::Uuid::new_v4().simple());
+    let mut conn = sqlx::PgConnection::connect(&admin)
+        .await
+        .expect("connect to test postgres");
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&mut conn)
+        .await
+        .expect("create test database");
+    let base = admin
+        .rsplit_once('/')
+        .map(|(b, _)| b.to_string())
+        .expect("admin url has a database");
+    Some(format!("{base}/{name}"))
+}
+
+pub fn lethe() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_lethe"));
+    c.env_remove("LETHE_CONFIG")
+        .env_remove("LETHE_DATABASE_URL")
+        .env_remove("LETHE_STORE_URL")
+        .env_remove("AUDIT_SIGNING_KEY")
+        .env("RUST_LOG", "warn");
+    c
+}
+
+pub fn run_ok(cmd: &mut Command) -> Output {
+    let out = cmd.output().expect("spawn lethe");
+    assert!(
+        out.status.success(),
+        "lethe failed ({:?})\nstdout:\n{}\nstderr:\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+pub fn stdout_json(out: &Output) -> serde_json::Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "stdout is not JSON ({e}):\n{}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
+}
+
+/// A config folder: lethe.toml + jobs/, with an (empty) app database.
+pub struct ConfigDir {
+    pub dir: tempfile::TempDir,
+}
+
+impl ConfigDir {
+    /// `store_url`: None → SQLite file in the folder. `runner`: extra lines for [runner].
+    pub fn new(store_url: Option<&str>, runner: &str, mail: &str) -> ConfigDir {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = store_url.map_or_else(|| "sqlite://lethe.db".to_string(), str::to_string);
+        std::fs::create_dir_all(dir.path().join("jobs")).unwrap();
+        // The app database must exist: Lethe never creates it.
+        let app = dir.path().join("app.db");
+        std::fs::write(&app, b"").unwrap();
+        let mail = if mail.is_empty() {
+            "transport = \"file\"\ndir = \"mail\"".to_string()
+        } else {
+            mail.to_string()
+        };
+        let toml = format!(
+            r#"[database]
+url = "sqlite://app.db"
+
+[store]
+url = "{store}"
+
+[runner]
+{runner}
+
+[http]
+listen = "127.0.0.1:0"
+
+[mail]
+from = "Lethe <lethe@test.example>"
+{mail}
+
+[mail.recipients]
+dpo = ["dpo@test.example"]
+ops = ["ops@test.example"]
+"#
+        );
+        std::fs::write(dir.path().join("lethe.toml"), toml).unwrap();
+        ConfigDir { dir }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn config(&self) -> PathBuf {
+        self.dir.path().join("lethe.toml")
+    }
+
+    pub fn job(&self, name: &str, body: &str) -> &Self {
+        std::fs::write(
+            self.dir.path().join("jobs").join(format!("{name}.toml")),
+            body,
+        )
+        .unwrap();
+        self
+    }
+
+    pub fn lethe(&self) -> Command {
+        let mut c = lethe();
+        c.arg("--config")
+            .arg(self.config())
+            .env("LETHE_ENABLE_TEST_JOBS", "1");
+        c
+    }
+
+    pub fn load(&self) -> lethe::config::Config {
+        std::env::set_var("LETHE_ENABLE_TEST_JOBS", "1");
+        lethe::config::Config::load(&self.config()).expect("test config loads")
+    }
+}

@@ -1,0 +1,566 @@
+//! One conformance suite for the worker store, run against both drivers
+//! (River's riverdrivertest is the model): every case below exists once and
+//! is instantiated for SQLite and for a real PostgreSQL.
+
+mod common;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{Duration as CDuration, Utc};
+use lethe::store::{
+    self, MailState, NewAuditEvent, NewMail, NewRun, Outcome, RunFilter, RunState, Store,
+};
+use serde_json::json;
+
+async fn sqlite_store() -> Option<(Arc<dyn Store>, tempfile::TempDir)> {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("lethe.db").display());
+    let s = store::connect(&url, 4).await.unwrap();
+    s.migrate().await.unwrap();
+    Some((s, dir))
+}
+
+async fn pg_store() -> Option<(Arc<dyn Store>, tempfile::TempDir)> {
+    let url = common::fresh_pg_db().await?;
+    let s = store::connect(&url, 10).await.unwrap();
+    s.migrate().await.unwrap();
+    // Migrating twice (a second replica starting) is a no-op.
+    s.migrate().await.unwrap();
+    Some((s, tempfile::tempdir().unwrap()))
+}
+
+macro_rules! conformance {
+    ($($case:ident),* $(,)?) => {
+        mod sqlite {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $case() {
+                if let Some((s, _keep)) = super::sqlite_store().await { super::$case(s).await }
+            })*
+        }
+        mod postgres {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $case() {
+                if let Some((s, _keep)) = super::pg_store().await { super::$case(s).await }
+            })*
+        }
+    };
+}
+
+conformance!(
+    reports_migrated,
+    enqueue_is_unique_per_job_and_fire,
+    claim_leases_heartbeats_and_finishes,
+    future_runs_are_not_claimed,
+    a_job_never_overlaps_itself_unless_allowed,
+    retry_makes_run_claimable_again_with_next_attempt,
+    only_lapsed_leases_are_rescued_and_only_once,
+    claim_run_takes_one_given_run,
+    concurrent_claimers_take_each_run_exactly_once,
+    prune_deletes_only_old_finished_runs_in_batches,
+    list_and_count_runs,
+    audit_appends_form_one_chain_even_concurrently,
+    outbox_dedupes_leases_retries_and_delivers,
+);
+
+fn new_run(job: &str, at: chrono::DateTime<Utc>) -> NewRun {
+    NewRun {
+        job: job.into(),
+        kind: "test.sleep".into(),
+        scheduled_for: lethe::audit::truncate_micros(at),
+        trigger: "schedule".into(),
+        max_attempts: 3,
+        timeout: Duration::from_secs(60),
+        allow_overlap: false,
+        dry_run: false,
+        params: json!({"ms": 1}),
+    }
+}
+
+fn past() -> chrono::DateTime<Utc> {
+    Utc::now() - CDuration::seconds(5)
+}
+
+const LEASE: Duration = Duration::from_secs(30);
+
+async fn reports_migrated(s: Arc<dyn Store>) {
+    assert!(s.is_migrated().await.unwrap());
+    s.ping().await.unwrap();
+    let skew = (s.now().await.unwrap() - Utc::now()).num_seconds().abs();
+    assert!(skew < 5, "store clock is {skew}s off");
+}
+
+async fn enqueue_is_unique_per_job_and_fire(s: Arc<dyn Store>) {
+    let t = past();
+    assert!(s.enqueue(&new_run("a", t)).await.unwrap().is_some());
+    assert!(
+        s.enqueue(&new_run("a", t)).await.unwrap().is_none(),
+        "same fire twice must be one row"
+    );
+    assert!(
+        s.enqueue(&new_run("b", t)).await.unwrap().is_some(),
+        "another job, same time, is its own row"
+    );
+    assert_eq!(
+        s.latest_scheduled_for("a").await.unwrap(),
+        Some(lethe::audit::truncate_micros(t))
+    );
+    assert_eq!(s.latest_scheduled_for("nope").await.unwrap(), None);
+}
+
+async fn claim_leases_heartbeats_and_finishes(s: Arc<dyn Store>) {
+    let id = s.enqueue(&new_run("a", past())).await.unwrap().unwrap();
+    let run = s
+        .claim_next("w1", LEASE)
+        .await
+        .unwrap()
+        .expect("due run is claimed");
+    assert_eq!((run.id, run.state, run.attempt), (id, RunState::Running, 1));
+    assert_eq!(run.lease_owner.as_deref(), Some("w1"));
+    assert!(run.lease_expires_at.unwrap() > Utc::now() + CDuration::seconds(20));
+    assert!(
+        s.claim_next("w2", LEASE).await.unwrap().is_none(),
+        "a running run is not claimed again"
+    );
+    assert!(s.heartbeat(id, "w1", LEASE).await.unwrap());
+    assert!(
+        !s.heartbeat(id, "w2", LEASE).await.unwrap(),
+        "only the owner renews"
+    );
+    let outcome = Outcome::Succeeded {
+        result: json!({"n": 7}),
+    };
+    assert!(
+        !s.finish(id, "w2", &outcome).await.unwrap(),
+        "only the owner finishes"
+    );
+    assert!(s.finish(id, "w1", &outcome).await.unwrap());
+    assert!(
+        !s.finish(id, "w1", &outcome).await.unwrap(),
+        "finishing twice is refused"
+    );
+    let done = s.get_run(id).await.unwrap().unwrap();
+    assert_eq!(done.state, RunState::Succeeded);
+    assert_eq!(done.result, Some(json!({"n": 7})));
+    assert!(done.finished_at.is_some() && done.lease_owner.is_none());
+}
+
+async fn future_runs_are_not_claimed(s: Arc<dyn Store>) {
+    s.enqueue(&new_run("a", Utc::now() + CDuration::hours(1)))
+        .await
+        .unwrap();
+    assert!(s.claim_next("w1", LEASE).await.unwrap().is_none());
+}
+
+async fn a_job_never_overlaps_itself_unless_allowed(s: Arc<dyn Store>) {
+    let t = past();
+    s.enqueue(&new_run("a", t)).await.unwrap();
+    s.enqueue(&new_run("a", t + CDuration::seconds(1)))
+        .await
+        .unwrap();
+    let other = s
+        .enqueue(&new_run("b", t + CDuration::seconds(2)))
+        .await
+        .unwrap()
+        .unwrap();
+    let first = s.claim_next("w1", LEASE).await.unwrap().unwrap();
+    assert_eq!(first.job, "a");
+    let second = s.claim_next("w2", LEASE).await.unwrap().unwrap();
+    assert_eq!(
+        second.id, other,
+        "the second run of `a` waits; `b` goes ahead"
+    );
+    assert!(s.claim_next("w3", LEASE).await.unwrap().is_none());
+    s.finish(first.id, "w1", &Outcome::Succeeded { result: json!({}) })
+        .await
+        .unwrap();
+    let third = s.claim_next("w3", LEASE).await.unwrap().unwrap();
+    assert_eq!(
+        third.job, "a",
+        "once the first ended, the next run of `a` is claimable"
+    );
+
+    let mut o1 = new_run("c", t);
+    o1.allow_overlap = true;
+    let mut o2 = new_run("c", t + CDuration::seconds(1));
+    o2.allow_overlap = true;
+    s.enqueue(&o1).await.unwrap();
+    s.enqueue(&o2).await.unwrap();
+    assert!(s.claim_next("w4", LEASE).await.unwrap().is_some());
+    assert!(
+        s.claim_next("w5", LEASE).await.unwrap().is_some(),
+        "allow_overlap runs side by side"
+    );
+}
+
+async fn retry_makes_run_claimable_again_with_next_attempt(s: Arc<dyn Store>) {
+    let id = s.enqueue(&new_run("a", past())).await.unwrap().unwrap();
+    s.claim_next("w1", LEASE).await.unwrap().unwrap();
+    let later = Utc::now() + CDuration::hours(1);
+    s.finish(
+        id,
+        "w1",
+        &Outcome::Retry {
+            error: "boom".into(),
+            run_after: later,
+        },
+    )
+    .await
+    .unwrap();
+    let r = s.get_run(id).await.unwrap().unwrap();
+    assert_eq!(
+        (r.state, r.error.as_deref()),
+        (RunState::Retryable, Some("boom"))
+    );
+    assert!(
+        s.claim_next("w1", LEASE).await.unwrap().is_none(),
+        "not before run_after"
+    );
+
+    let id2 = s.enqueue(&new_run("b", past())).await.unwrap().unwrap();
+    s.claim_next("w1", LEASE).await.unwrap().unwrap();
+    s.finish(
+        id2,
+        "w1",
+        &Outcome::Retry {
+            error: "x".into(),
+            run_after: past(),
+        },
+    )
+    .await
+    .unwrap();
+    let again = s.claim_next("w2", LEASE).await.unwrap().unwrap();
+    assert_eq!((again.id, again.attempt), (id2, 2));
+    s.finish(
+        id2,
+        "w2",
+        &Outcome::Dead {
+            error: "gave up".into(),
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(s.get_run(id2).await.unwrap().unwrap().state, RunState::Dead);
+}
+
+async fn only_lapsed_leases_are_rescued_and_only_once(s: Arc<dyn Store>) {
+    let live = s.enqueue(&new_run("live", past())).await.unwrap().unwrap();
+    s.claim_next("w-live", LEASE).await.unwrap().unwrap();
+    let dead = s.enqueue(&new_run("dead", past())).await.unwrap().unwrap();
+    let claimed = s
+        .claim_next("w-dead", Duration::from_millis(1))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(claimed.id, dead);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let expired: Vec<i64> = s
+        .expired_leases()
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(expired, vec![dead]);
+    let back = Outcome::Retry {
+        error: "lease expired".into(),
+        run_after: past(),
+    };
+    assert!(
+        !s.rescue(live, "w-live", &back).await.unwrap(),
+        "a live lease is not rescued"
+    );
+    assert!(!s.rescue(dead, "someone-else", &back).await.unwrap());
+    assert!(s.rescue(dead, "w-dead", &back).await.unwrap());
+    assert!(
+        !s.rescue(dead, "w-dead", &back).await.unwrap(),
+        "rescued once"
+    );
+    assert!(
+        !s.heartbeat(dead, "w-dead", LEASE).await.unwrap(),
+        "the old worker has lost it"
+    );
+    let r = s.claim_next("w2", LEASE).await.unwrap().unwrap();
+    assert_eq!((r.id, r.attempt), (dead, 2));
+}
+
+async fn claim_run_takes_one_given_run(s: Arc<dyn Store>) {
+    let a = s.enqueue(&new_run("a", past())).await.unwrap().unwrap();
+    let b = s
+        .enqueue(&new_run("b", past() - CDuration::seconds(1)))
+        .await
+        .unwrap()
+        .unwrap();
+    let r = s.claim_run(a, "cli", LEASE).await.unwrap().unwrap();
+    assert_eq!(r.id, a, "claims the named run even though another is older");
+    assert!(
+        s.claim_run(a, "cli", LEASE).await.unwrap().is_none(),
+        "not twice"
+    );
+    assert_eq!(
+        s.get_run(b).await.unwrap().unwrap().state,
+        RunState::Available
+    );
+    let a2 = s
+        .enqueue(&new_run("a", past() + CDuration::seconds(1)))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        s.claim_run(a2, "cli", LEASE).await.unwrap().is_none(),
+        "job `a` is already running"
+    );
+}
+
+async fn concurrent_claimers_take_each_run_exactly_once(s: Arc<dyn Store>) {
+    let t = past();
+    for i in 0..60 {
+        s.enqueue(&new_run(&format!("job{i}"), t)).await.unwrap();
+    }
+    let mut tasks = Vec::new();
+    for w in 0..6 {
+        let s = s.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut got = Vec::new();
+            let owner = format!("w{w}");
+            while let Some(r) = s.claim_next(&owner, LEASE).await.unwrap() {
+                got.push(r.id);
+                s.finish(r.id, &owner, &Outcome::Succeeded { result: json!({}) })
+                    .await
+                    .unwrap();
+            }
+            got
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    let unique: HashSet<_> = all.iter().collect();
+    assert_eq!(all.len(), 60, "every run claimed");
+    assert_eq!(unique.len(), 60, "no run claimed twice");
+}
+
+async fn prune_deletes_only_old_finished_runs_in_batches(s: Arc<dyn Store>) {
+    for i in 0..3 {
+        let id = s
+            .enqueue(&new_run(&format!("old{i}"), past()))
+            .await
+            .unwrap()
+            .unwrap();
+        s.claim_run(id, "w", LEASE).await.unwrap().unwrap();
+        s.finish(id, "w", &Outcome::Succeeded { result: json!({}) })
+            .await
+            .unwrap();
+    }
+    let running = s
+        .enqueue(&new_run("running", past()))
+        .await
+        .unwrap()
+        .unwrap();
+    s.claim_run(running, "w", LEASE).await.unwrap().unwrap();
+    let waiting = s
+        .enqueue(&new_run("waiting", past()))
+        .await
+        .unwrap()
+        .unwrap();
+
+    let cutoff = Utc::now() + CDuration::seconds(1);
+    assert_eq!(s.count_prunable(cutoff).await.unwrap(), 3);
+    assert_eq!(
+        s.count_prunable(Utc::now() - CDuration::hours(1))
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(
+        s.prune_runs(cutoff, 2).await.unwrap(),
+        2,
+        "one batch at most"
+    );
+    assert_eq!(s.prune_runs(cutoff, 2).await.unwrap(), 1);
+    assert_eq!(s.prune_runs(cutoff, 2).await.unwrap(), 0);
+    assert!(s.get_run(running).await.unwrap().is_some());
+    assert!(s.get_run(waiting).await.unwrap().is_some());
+}
+
+async fn list_and_count_runs(s: Arc<dyn Store>) {
+    for i in 0..3 {
+        s.enqueue(&new_run("a", past() + CDuration::seconds(i)))
+            .await
+            .unwrap();
+    }
+    s.enqueue(&new_run("b", past())).await.unwrap();
+    let a = s
+        .list_runs(&RunFilter {
+            job: Some("a".into()),
+            state: None,
+            limit: 2,
+        })
+        .await
+        .unwrap();
+    assert_eq!(a.len(), 2);
+    assert!(a[0].id > a[1].id, "newest first");
+    let all = s
+        .list_runs(&RunFilter {
+            job: None,
+            state: Some(RunState::Available),
+            limit: 10,
+        })
+        .await
+        .unwrap();
+    assert_eq!(all.len(), 4);
+    let counts = s.run_counts().await.unwrap();
+    let a_avail = counts
+        .iter()
+        .find(|c| c.job == "a" && c.state == RunState::Available)
+        .unwrap();
+    assert_eq!(a_avail.count, 3);
+}
+
+async fn audit_appends_form_one_chain_even_concurrently(s: Arc<dyn Store>) {
+    let mut tasks = Vec::new();
+    for i in 0..24 {
+        let s = s.clone();
+        tasks.push(tokio::spawn(async move {
+            s.append_audit(&NewAuditEvent {
+                actor: format!("t{i}"),
+                action: "test.event".into(),
+                target: "x".into(),
+                details: json!({"i": i, "nested": {"z": 1, "a": [1, 2.5, "s"]}}),
+            })
+            .await
+            .unwrap()
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let page1 = s.audit_page(0, 10).await.unwrap();
+    let page2 = s.audit_page(10, 100).await.unwrap();
+    assert_eq!((page1.len(), page2.len()), (10, 14));
+    let seqs: Vec<i64> = page1.iter().chain(page2.iter()).map(|e| e.seq).collect();
+    assert_eq!(seqs, (1..=24).collect::<Vec<_>>());
+    // The exported chain verifies: every link and hash as the store wrote it.
+    let mut buf = Vec::new();
+    assert_eq!(
+        lethe::audit::export(s.as_ref(), &mut buf, None)
+            .await
+            .unwrap(),
+        24
+    );
+    let report = lethe::audit::verify(std::io::Cursor::new(buf), None).unwrap();
+    assert!(report.ok, "{:?}", report.problem);
+    assert_eq!(report.events, 24);
+}
+
+async fn outbox_dedupes_leases_retries_and_delivers(s: Arc<dyn Store>) {
+    let mail = NewMail {
+        dedupe_key: Some("k1".into()),
+        recipients: vec!["ops@test.example".into()],
+        subject: "s".into(),
+        text: "t".into(),
+        html: "<p>t</p>".into(),
+        attachments: vec![],
+    };
+    let (id, created) = s.outbox_enqueue(&mail).await.unwrap();
+    assert!(created);
+    assert_eq!(
+        s.outbox_enqueue(&mail).await.unwrap(),
+        (id, false),
+        "same dedupe key, same message"
+    );
+    let claimed = s.outbox_claim("w1", 10, LEASE).await.unwrap();
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(claimed[0].state, MailState::Sending);
+    assert!(
+        s.outbox_claim("w2", 10, LEASE).await.unwrap().is_empty(),
+        "leased mail is not claimed twice"
+    );
+    assert!(s
+        .outbox_failed(id, "w1", "smtp down", Some(past()))
+        .await
+        .unwrap());
+    let again = s.outbox_claim("w2", 10, LEASE).await.unwrap();
+    assert_eq!((again.len(), again[0].attempts), (1, 1));
+    assert_eq!(again[0].recipients, vec!["ops@test.example".to_string()]);
+    assert!(
+        !s.outbox_sent(id, "w1").await.unwrap(),
+        "the old claimer cannot mark it"
+    );
+    assert!(s.outbox_sent(id, "w2").await.unwrap());
+    assert!(
+        s.outbox_claim("w3", 10, LEASE).await.unwrap().is_empty(),
+        "sent mail is not sent again"
+    );
+
+    let mut m2 = mail.clone();
+    m2.dedupe_key = None;
+    let (id2, _) = s.outbox_enqueue(&m2).await.unwrap();
+    s.outbox_claim("w1", 10, LEASE).await.unwrap();
+    s.outbox_failed(id2, "w1", "rejected", None).await.unwrap();
+    let listed = s.outbox_list(10).await.unwrap();
+    let by_id = |i| listed.iter().find(|m| m.id == i).unwrap();
+    assert_eq!(by_id(id).state, MailState::Sent);
+    assert_eq!(by_id(id2).state, MailState::Failed);
+    assert_eq!(by_id(id2).last_error.as_deref(), Some("rejected"));
+
+    // A sender that died mid-send: its lease lapses and another sender takes the mail.
+    let (id3, _) = s
+        .outbox_enqueue(&NewMail {
+            dedupe_key: Some("k3".into()),
+            ..mail.clone()
+        })
+        .await
+        .unwrap();
+    s.outbox_claim("w-dies", 10, Duration::from_millis(1))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let taken = s.outbox_claim("w-next", 10, LEASE).await.unwrap();
+    assert_eq!(taken.iter().map(|m| m.id).collect::<Vec<_>>(), vec![id3]);
+}
+
+/// The audit table rejects UPDATE and DELETE at the database, not just in code.
+#[tokio::test]
+async fn postgres_audit_table_is_append_only() {
+    let Some(url) = common::fresh_pg_db().await else {
+        return;
+    };
+    let s = store::connect(&url, 2).await.unwrap();
+    s.migrate().await.unwrap();
+    lethe::audit::record(s.as_ref(), "t", "x", "y", json!({}))
+        .await
+        .unwrap();
+    let pool = sqlx::PgPool::connect(&url).await.unwrap();
+    for sql in [
+        "UPDATE lethe.audit_events SET actor = 'mallory'",
+        "DELETE FROM lethe.audit_events",
+        "TRUNCATE lethe.audit_events",
+    ] {
+        let err = sqlx::query(sql).execute(&pool).await.expect_err(sql);
+        assert!(err.to_string().contains("append-only"), "{sql}: {err}");
+    }
+}
+
+#[tokio::test]
+async fn sqlite_audit_table_is_append_only() {
+    let (s, dir) = sqlite_store().await.unwrap();
+    lethe::audit::record(s.as_ref(), "t", "x", "y", json!({}))
+        .await
+        .unwrap();
+    let pool = sqlx::SqlitePool::connect(&format!(
+        "sqlite://{}",
+        dir.path().join("lethe.db").display()
+    ))
+    .await
+    .unwrap();
+    for sql in [
+        "UPDATE audit_events SET actor = 'mallory'",
+        "DELETE FROM audit_events",
+    ] {
+        let err = sqlx::query(sql).execute(&pool).await.expect_err(sql);
+        assert!(err.to_string().contains("append-only"), "{sql}: {err}");
+    }
+}
