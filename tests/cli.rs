@@ -1,0 +1,438 @@
+//! The CLI as a user runs it: exit codes, --json shapes, errors naming files.
+
+mod common;
+
+use common::{lethe, run_ok, stdout_json, ConfigDir};
+use std::path::Path;
+
+fn demo(dir: &Path) -> serde_json::Value {
+    let out = run_ok(lethe().args(["demo", "--json", "--dir"]).arg(dir));
+    stdout_json(&out)
+}
+
+#[test]
+fn demo_runs_every_job_kind_once_and_all_succeed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("demo");
+    let v = demo(&dir);
+    let runs = v["runs"].as_array().expect("runs array");
+    let kinds: Vec<&str> = runs.iter().map(|r| r["kind"].as_str().unwrap()).collect();
+    for k in lethe::runner::JobKind::ALL {
+        assert!(
+            kinds.contains(&k.as_str()),
+            "demo did not run {k}: {kinds:?}"
+        );
+    }
+    for r in runs {
+        assert_eq!(r["status"], "succeeded", "{r}");
+        for field in [
+            "job",
+            "kind",
+            "attempts",
+            "started_at",
+            "finished_at",
+            "result",
+        ] {
+            assert!(!r[field].is_null(), "run lacks {field}: {r}");
+        }
+    }
+    assert_eq!(v["audit"]["verified"], true);
+    assert_eq!(v["audit"]["signature"], "valid");
+    assert!(
+        v["mail"]["messages"].as_u64().unwrap() >= 1,
+        "mail.flush delivered the demo's mail"
+    );
+    assert_eq!(v["seeded"]["orgs"], 12);
+
+    // The sample app has the promised shape: a sole owner and a plain member of one org.
+    let owners = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(format!(
+            "import sqlite3; c=sqlite3.connect('{}'); print(c.execute(\"select u.email, m.role, (select count(*) from memberships m2 where m2.org_id=m.org_id and m2.role='owner') from memberships m join users u on u.id=m.user_id where m.org_id=1 and u.email in ('owner@demo.example','member@demo.example') order by u.email\").fetchall())",
+            dir.join("app.db").display()
+        ))
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&owners.stdout).trim(),
+        "[('member@demo.example', 'member', 1), ('owner@demo.example', 'owner', 1)]"
+    );
+
+    // A second demo replaces the first (it is marked as a demo folder).
+    demo(&dir);
+}
+
+#[test]
+fn demo_refuses_a_folder_that_is_not_a_demo() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(tmp.path().join("precious.txt"), "keep me").unwrap();
+    let out = lethe()
+        .args(["demo", "--dir"])
+        .arg(tmp.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(tmp.path().join("precious.txt").exists());
+}
+
+#[test]
+fn run_runner_prune_in_demo_dir_reports_succeeded_and_dry_run_deletes_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("demo");
+    demo(&dir);
+    let out = run_ok(
+        lethe()
+            .current_dir(&dir)
+            .args(["run", "runner.prune", "--json"]),
+    );
+    let v = stdout_json(&out);
+    assert_eq!(v["status"], "succeeded");
+    assert_eq!(v["kind"], "runner.prune");
+    assert_eq!(v["attempts"], 1);
+
+    // Everything is younger than 1ms * 0 → with keep=0s every finished run is prunable.
+    let dry = stdout_json(&run_ok(lethe().current_dir(&dir).args([
+        "run",
+        "runner.prune",
+        "--dry-run",
+        "--param",
+        "keep=\"0s\"",
+        "--json",
+    ])));
+    assert_eq!(dry["dry_run"], true);
+    assert!(
+        dry["result"]["would_delete"].as_i64().unwrap() >= 3,
+        "{dry}"
+    );
+    let hist = stdout_json(&run_ok(
+        lethe()
+            .current_dir(&dir)
+            .args(["jobs", "history", "--json", "--limit", "100"]),
+    ));
+    let before = hist["runs"].as_array().unwrap().len();
+    assert!(before >= 4);
+
+    let real = stdout_json(&run_ok(lethe().current_dir(&dir).args([
+        "run",
+        "runner.prune",
+        "--param",
+        "keep=\"0s\"",
+        "--json",
+    ])));
+    assert!(real["result"]["deleted"].as_i64().unwrap() >= 3, "{real}");
+}
+
+#[test]
+fn broken_config_exits_2_naming_file_and_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("broken.toml");
+    std::fs::write(
+        &path,
+        "[database]\nurl = \"sqlite://app.db\"\n[mail\nfrom = 1\n",
+    )
+    .unwrap();
+    let out = lethe()
+        .arg("--config")
+        .arg(&path)
+        .arg("check")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("broken.toml:3"),
+        "stderr should name broken.toml line 3: {err}"
+    );
+
+    let json = lethe()
+        .arg("--config")
+        .arg(&path)
+        .args(["check", "--json"])
+        .output()
+        .unwrap();
+    assert_eq!(json.status.code(), Some(2));
+    let v = stdout_json(&json);
+    assert_eq!(v["ok"], false);
+    assert!(v["checks"][0]["detail"]
+        .as_str()
+        .unwrap()
+        .contains("broken.toml:3"));
+
+    let missing = lethe()
+        .arg("--config")
+        .arg(tmp.path().join("nope.toml"))
+        .arg("check")
+        .output()
+        .unwrap();
+    assert_eq!(missing.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("nope.toml"));
+}
+
+#[test]
+fn bad_job_files_exit_2_naming_file_line_and_fix() {
+    let cases = [
+        (
+            "kind = \"retention.bogus\"\nschedule = \"0 0 3 * * *\"\n",
+            "bad.toml:1:8",
+            "unknown job kind",
+        ),
+        (
+            "kind = \"mail.flush\"\nschedule = \"0 3 * * *\"\n",
+            "bad.toml:2:12",
+            "six fields",
+        ),
+        (
+            "kind = \"mail.flush\"\nschedule = \"0 0 3 * * *\"\ntimezone = \"Mars/Olympus\"\n",
+            "bad.toml:3",
+            "IANA",
+        ),
+        (
+            "kind = \"mail.flush\"\nschedule = \"0 0 3 * * *\"\ntimeout = \"10 parsecs\"\n",
+            "bad.toml:3",
+            "timeout",
+        ),
+        (
+            "kind = \"runner.prune\"\nschedule = \"0 0 3 * * *\"\n[params]\nkepe = \"30d\"\n",
+            "bad.toml:3",
+            "unknown field `kepe`",
+        ),
+        (
+            "kind = \"mail.flush\"\nschedule = \"0 0 3 * * *\"\nretries = 3\n",
+            "bad.toml:3",
+            "unknown field `retries`",
+        ),
+    ];
+    for (body, location, hint) in cases {
+        let c = ConfigDir::new(None, "", "");
+        c.job("bad", body);
+        let out = c.lethe().arg("check").output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{body}: {err}");
+        assert!(
+            err.contains(location),
+            "{body}: expected {location} in: {err}"
+        );
+        assert!(err.contains(hint), "{body}: expected `{hint}` in: {err}");
+        // `run` validates the same way.
+        let run = c.lethe().args(["run", "bad"]).output().unwrap();
+        assert_eq!(run.status.code(), Some(2));
+    }
+}
+
+#[test]
+fn passwords_in_the_config_file_are_refused_and_never_echoed() {
+    let c = ConfigDir::new(Some("postgres://lethe:hunter2@127.0.0.1:1/db"), "", "");
+    let out = c.lethe().arg("check").output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("LETHE_STORE_URL"), "{err}");
+    assert!(!err.contains("hunter2"), "the password leaked: {err}");
+
+    // From the environment it is accepted, and a connection failure does not echo it either.
+    let ok = ConfigDir::new(None, "", "");
+    let out = ok
+        .lethe()
+        .env("LETHE_STORE_URL", "postgres://lethe:hunter2@127.0.0.1:1/db")
+        .args(["check", "--json"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!all.contains("hunter2"), "the password leaked: {all}");
+    assert!(all.contains("REDACTED"));
+}
+
+#[test]
+fn run_rejects_unknown_jobs_and_bad_params_with_exit_2() {
+    let c = ConfigDir::new(None, "", "");
+    c.job(
+        "prune",
+        "kind = \"runner.prune\"\nschedule = \"0 0 3 * * *\"\n",
+    );
+    run_ok(c.lethe().arg("migrate"));
+    let out = c.lethe().args(["run", "nosuchjob"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("known jobs: prune"));
+    let out = c
+        .lethe()
+        .args(["run", "prune", "--param", "nope=1"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown field `nope`"));
+    let out = c
+        .lethe()
+        .args(["run", "prune", "--param", "keep"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn commands_refuse_an_unmigrated_store_with_a_hint() {
+    let c = ConfigDir::new(None, "", "");
+    c.job(
+        "prune",
+        "kind = \"runner.prune\"\nschedule = \"0 0 3 * * *\"\n",
+    );
+    let out = c.lethe().args(["jobs", "list"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("lethe migrate"));
+    let check = c.lethe().arg("check").output().unwrap();
+    assert_eq!(
+        check.status.code(),
+        Some(1),
+        "check reports the unmigrated store as a failure"
+    );
+    run_ok(c.lethe().arg("migrate"));
+    run_ok(c.lethe().arg("check"));
+    let list = stdout_json(&run_ok(c.lethe().args(["jobs", "list", "--json"])));
+    assert_eq!(list["jobs"][0]["name"], "prune");
+    assert!(list["jobs"][0]["next_fire"]
+        .as_str()
+        .unwrap()
+        .ends_with("03:00:00Z"));
+}
+
+#[test]
+fn audit_export_verify_detects_tampering_and_wrong_keys() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("demo");
+    demo(&dir);
+    run_ok(lethe().current_dir(&dir).args(["run", "runner.prune"]));
+    let file = tmp.path().join("audit.jsonl");
+    run_ok(
+        lethe()
+            .current_dir(&dir)
+            .args(["audit", "export", "--signed", "--out"])
+            .arg(&file),
+    );
+    let text = std::fs::read_to_string(&file).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(lines.len() >= 4);
+    assert!(lines.last().unwrap().contains("\"signature\""));
+
+    let ok = stdout_json(&run_ok(
+        lethe()
+            .current_dir(&dir)
+            .args(["audit", "verify", "--json"])
+            .arg(&file),
+    ));
+    assert_eq!(
+        (ok["ok"].as_bool(), ok["signature"].as_str()),
+        (Some(true), Some("valid"))
+    );
+
+    // Alter line 2's actor: verify exits 1 and names line 2.
+    let mut altered: Vec<String> = lines.iter().map(|s| s.to_string()).collect();
+    altered[1] = altered[1].replacen("\"actor\":\"", "\"actor\":\"mallory-", 1);
+    let bad = tmp.path().join("altered.jsonl");
+    std::fs::write(&bad, altered.join("\n") + "\n").unwrap();
+    let out = lethe()
+        .current_dir(&dir)
+        .args(["audit", "verify"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("line 2"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+
+    // Drop line 2: the sequence breaks at (new) line 2.
+    let mut dropped: Vec<&str> = lines.clone();
+    dropped.remove(1);
+    let gap = tmp.path().join("gap.jsonl");
+    std::fs::write(&gap, dropped.join("\n") + "\n").unwrap();
+    let v = stdout_json(
+        &lethe()
+            .current_dir(&dir)
+            .args(["audit", "verify", "--json"])
+            .arg(&gap)
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(
+        (v["ok"].as_bool(), v["broken_line"].as_u64()),
+        (Some(false), Some(2))
+    );
+
+    // Truncating the tail is caught by the signature block's count.
+    let mut cut: Vec<&str> = lines.clone();
+    cut.remove(cut.len() - 2);
+    let short = tmp.path().join("short.jsonl");
+    std::fs::write(&short, cut.join("\n") + "\n").unwrap();
+    let v = stdout_json(
+        &lethe()
+            .current_dir(&dir)
+            .args(["audit", "verify", "--json"])
+            .arg(&short)
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(v["ok"], false);
+
+    // A different key: the signature is invalid.
+    let v = stdout_json(
+        &lethe()
+            .current_dir(tmp.path())
+            .env("AUDIT_SIGNING_KEY", "not-the-key")
+            .args(["audit", "verify", "--json"])
+            .arg(&file)
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(
+        (v["ok"].as_bool(), v["signature"].as_str()),
+        (Some(false), Some("invalid"))
+    );
+
+    // Unsigned export without a key configured: --signed refuses with exit 2.
+    let c = ConfigDir::new(None, "", "");
+    c.job(
+        "prune",
+        "kind = \"runner.prune\"\nschedule = \"0 0 3 * * *\"\n",
+    );
+    run_ok(c.lethe().arg("migrate"));
+    let out = c
+        .lethe()
+        .args(["audit", "export", "--signed"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("AUDIT_SIGNING_KEY"));
+}
+
+#[test]
+fn init_writes_a_working_starter_and_refuses_to_overwrite() {
+    let tmp = tempfile::tempdir().unwrap();
+    run_ok(lethe().args(["init", "--dir"]).arg(tmp.path()));
+    assert!(tmp.path().join("lethe.toml").exists());
+    assert!(tmp.path().join("jobs/mail.flush.toml").exists());
+    let again = lethe()
+        .args(["init", "--dir"])
+        .arg(tmp.path())
+        .output()
+        .unwrap();
+    assert_eq!(again.status.code(), Some(2));
+    // The starter parses: migrate works on it (the app database is the operator's to create).
+    std::fs::write(tmp.path().join("app.db"), b"").unwrap();
+    run_ok(
+        lethe()
+            .arg("--config")
+            .arg(tmp.path().join("lethe.toml"))
+            .arg("migrate"),
+    );
+    run_ok(
+        lethe()
+            .arg("--config")
+            .arg(tmp.path().join("lethe.toml"))
+            .arg("check"),
+    );
+}
