@@ -58,7 +58,7 @@ fn location(path: &std::path::Path, line: Option<usize>, column: Option<usize>) 
 impl Error {
     pub fn exit_code(&self) -> i32 {
         match self {
-            Error::Config { .. } | Error::Usage(_) => exit::USAGE,
+            Error::Config { .. } | Error::Usage(_) | Error::NotFound(_) => exit::USAGE,
             Error::Refused(_) => exit::REFUSED,
             _ => exit::FAILED,
         }

@@ -13,6 +13,7 @@ pub mod error;
 pub mod http;
 pub mod metrics;
 pub mod notify;
+pub mod retention;
 pub mod runner;
 pub mod store;
 

@@ -1,6 +1,12 @@
 //! The application database: the data Lethe keeps promises about. Only
 //! identifiers from the validated data map reach SQL, always quoted.
 
+mod schema;
+mod scope;
+
+pub use schema::{check_data_map, SchemaProblem};
+pub use scope::{Scope, Selector};
+
 use std::str::FromStr;
 use std::time::Duration;
 

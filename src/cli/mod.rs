@@ -74,6 +74,77 @@ pub enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Retention per data class and per-org overrides.
+    Retention {
+        #[command(subcommand)]
+        command: RetentionCommand,
+    },
+    /// Legal holds: held orgs or subjects are never purged or erased.
+    Hold {
+        #[command(subcommand)]
+        command: HoldCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum RetentionCommand {
+    /// Keep one org's data of a class longer or shorter than the data map says.
+    Set {
+        #[arg(long)]
+        class: String,
+        #[arg(long)]
+        org: String,
+        /// e.g. 30d, 12w, 6mo, 2y
+        #[arg(long)]
+        period: String,
+        #[arg(long)]
+        reason: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Data classes with their rules, and the overrides in force.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove an override.
+    Unset {
+        #[arg(long)]
+        class: String,
+        #[arg(long)]
+        org: String,
+        #[arg(long)]
+        reason: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum HoldCommand {
+    /// Place a legal hold on an org or a subject.
+    Add {
+        #[arg(long, conflicts_with = "subject")]
+        org: Option<String>,
+        /// The subject's email.
+        #[arg(long)]
+        subject: Option<String>,
+        #[arg(long)]
+        reason: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Active holds (with --all, released ones too).
+    List {
+        #[arg(long)]
+        all: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Release a hold.
+    Release {
+        id: i64,
+        #[arg(long)]
+        reason: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]

@@ -6,7 +6,7 @@ use std::path::Path;
 use anyhow::Result;
 use serde::Serialize;
 
-use crate::appdb::AppDb;
+use crate::appdb::{check_data_map, AppDb};
 use crate::config::{self, redact_url, Config};
 use crate::context::Context;
 use crate::error::{exit, Error};
@@ -73,26 +73,43 @@ pub async fn run(flag: Option<&Path>, json: bool) -> Result<i32> {
         ),
     )];
     checks.extend(job_checks(&config));
-    checks.push(match AppDb::connect(&config.database.url).await {
+    let mut schema_error = false;
+    let db_url = redact_url(&config.database.url);
+    match AppDb::connect(&config.database.url).await {
         Ok(db) => match db.tables().await {
-            Ok(t) => ok(
-                "database",
-                format!(
-                    "{} reachable, {} tables",
-                    redact_url(&config.database.url),
-                    t.len()
-                ),
-            ),
-            Err(e) => fail(
-                "database",
-                format!("{}: {e}", redact_url(&config.database.url)),
-            ),
+            Ok(t) => {
+                checks.push(ok(
+                    "database",
+                    format!("{db_url} reachable, {} tables", t.len()),
+                ));
+                match check_data_map(&db, &config).await {
+                    Ok(problems) => {
+                        for p in &problems {
+                            let detail = format!(
+                                "{}: data_map entry `{}`: {}",
+                                p.location, p.table, p.message
+                            );
+                            checks.push(if p.fatal {
+                                fail("data map", detail)
+                            } else {
+                                warn("data map", detail)
+                            });
+                        }
+                        schema_error = problems.iter().any(|p| p.fatal);
+                        if problems.is_empty() {
+                            checks.push(ok(
+                                "data map",
+                                format!("{} tables match the schema", config.data_map.len()),
+                            ));
+                        }
+                    }
+                    Err(e) => checks.push(fail("data map", e.to_string())),
+                }
+            }
+            Err(e) => checks.push(fail("database", format!("{db_url}: {e}"))),
         },
-        Err(e) => fail(
-            "database",
-            format!("{}: {e}", redact_url(&config.database.url)),
-        ),
-    });
+        Err(e) => checks.push(fail("database", format!("{db_url}: {e}"))),
+    }
     checks.push(match config.audit.signing_key.load() {
         Ok(Some(_)) => ok(
             "audit signing key",
@@ -148,7 +165,14 @@ pub async fn run(flag: Option<&Path>, json: bool) -> Result<i32> {
             println!("{:<5} {:<18} {}", c.status.to_uppercase(), c.name, c.detail);
         }
     }
-    Ok(if ok_all { exit::OK } else { exit::FAILED })
+    // A data map that does not fit the schema is bad config: exit 2, like a TOML error.
+    Ok(if schema_error {
+        exit::USAGE
+    } else if ok_all {
+        exit::OK
+    } else {
+        exit::FAILED
+    })
 }
 
 fn job_checks(config: &Config) -> Vec<Check> {

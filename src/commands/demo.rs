@@ -24,7 +24,8 @@ pub async fn run(dir: &Path, json_out: bool) -> Result<i32> {
         .replace(
             "# signing_key_file = \"/run/secrets/audit-signing-key\"",
             "signing_key_file = \"secrets/audit-signing-key\"",
-        );
+        )
+        + crate::demo::DATA_MAP;
     super::write_starter(dir, &config_text, true)?;
     let secrets = dir.join("secrets");
     std::fs::create_dir_all(&secrets)?;
@@ -63,7 +64,10 @@ pub async fn run(dir: &Path, json_out: bool) -> Result<i32> {
             .find(|j| j.kind == *kind)
             .cloned()
             .ok_or_else(|| Error::Failed(format!("the starter catalog has no {kind} job")))?;
-        let report = run_now(&ctx, &spec, spec.params.clone(), false).await?;
+        // The purge runs as a dry run: the tour shows what would go and leaves the sample
+        // intact, so `lethe run retention.purge` afterwards has real work to show.
+        let dry_run = *kind == JobKind::RetentionPurge;
+        let report = run_now(&ctx, &spec, spec.params.clone(), dry_run).await?;
         runs.push(report);
     }
 
@@ -103,7 +107,7 @@ pub async fn run(dir: &Path, json_out: bool) -> Result<i32> {
             .iter()
             .map(|r| {
                 vec![
-                    r.kind.clone(),
+                    format!("{}{}", r.kind, if r.dry_run { " (dry run)" } else { "" }),
                     r.status.to_string(),
                     format!("{} ms", r.duration_ms.unwrap_or(0)),
                     r.result

@@ -9,6 +9,10 @@ use crate::error::Error;
 /// The default job catalog (`jobs/` in the repository), embedded.
 pub const STARTER_JOBS: &[(&str, &str)] = &[
     (
+        "retention.purge.toml",
+        include_str!("../../jobs/retention.purge.toml"),
+    ),
+    (
         "mail.flush.toml",
         include_str!("../../jobs/mail.flush.toml"),
     ),
@@ -64,6 +68,26 @@ ops = ["ops@example.com"]
 # `lethe audit export --signed` signs with this key.
 signing_key_env = "AUDIT_SIGNING_KEY"
 # signing_key_file = "/run/secrets/audit-signing-key"
+
+# Where subjects, orgs and memberships live in the application database.
+# [app]
+# subjects = { table = "users", id = "id", email = "email" }
+# orgs = { table = "orgs", id = "id", closed_at = "closed_at" }
+# memberships = { table = "memberships", org = "org_id", subject = "user_id", role = "role", owner_roles = ["owner"] }
+
+# The data map: one entry per application table holding personal or customer data.
+# retention: "90d", "12w", "6mo", "7y", "org_closed+1y", "none", or a list of these.
+# erasure: "delete" (default), "anonymize" (with `anonymize = { col = "null" | "hmac" | "fixed:VALUE" }`),
+#          or "retain" (with `legal_basis`).
+# [[data_map]]
+# table = "api_request_logs"
+# class = "api_logs"
+# timestamp = "created_at"
+# org = "org_id"
+# subject = "user_id"
+# retention = "90d"
+# erasure = "delete"
+# export = true
 "#;
 
 /// Writes `lethe.toml` (the given text) and the starter jobs into `dir`.

@@ -6,6 +6,7 @@ mod demo;
 mod init;
 mod jobs;
 mod migrate;
+mod retention;
 mod run;
 mod serve;
 
@@ -16,7 +17,7 @@ use std::sync::Arc;
 
 use anyhow::Result;
 
-use crate::cli::{AuditCommand, Cli, Command, JobsCommand};
+use crate::cli::{AuditCommand, Cli, Command, HoldCommand, JobsCommand, RetentionCommand};
 use crate::config::{self, Config};
 use crate::context::Context;
 
@@ -46,6 +47,40 @@ pub async fn dispatch(cli: Cli) -> Result<i32> {
             }
             AuditCommand::Verify { file, json } => audit::verify(cfg_flag, &file, json),
         },
+        Command::Retention { command } => {
+            let ctx = open(cfg_flag).await?;
+            match command {
+                RetentionCommand::Set {
+                    class,
+                    org,
+                    period,
+                    reason,
+                    json,
+                } => retention::set(ctx, &class, &org, &period, &reason, json).await,
+                RetentionCommand::List { json } => retention::list(ctx, json).await,
+                RetentionCommand::Unset { class, org, reason } => {
+                    retention::unset(ctx, &class, &org, &reason).await
+                }
+            }
+        }
+        Command::Hold { command } => {
+            let ctx = open(cfg_flag).await?;
+            match command {
+                HoldCommand::Add {
+                    org,
+                    subject,
+                    reason,
+                    json,
+                } => {
+                    retention::hold_add(ctx, org.as_deref(), subject.as_deref(), &reason, json)
+                        .await
+                }
+                HoldCommand::List { all, json } => retention::hold_list(ctx, all, json).await,
+                HoldCommand::Release { id, reason } => {
+                    retention::hold_release(ctx, id, &reason).await
+                }
+            }
+        }
     }
 }
 

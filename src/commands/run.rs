@@ -18,6 +18,7 @@ pub async fn run(
 ) -> Result<i32> {
     let spec = find_job(&ctx, job)?;
     let params = merge_params(&spec, params)?;
+    preflight(&ctx, spec.kind).await?;
     let report = run_now(&ctx, &spec, params, dry_run).await?;
     if json {
         super::print_json(&report)?;
@@ -41,6 +42,15 @@ pub async fn run(
         }
     }
     Ok(if report.succeeded() { 0 } else { 1 })
+}
+
+/// Checks that fail before a run is queued, so bad config exits 2 and records nothing.
+async fn preflight(ctx: &Context, kind: JobKind) -> Result<(), Error> {
+    if kind == JobKind::RetentionPurge {
+        let db = crate::appdb::AppDb::connect(&ctx.config.database.url).await?;
+        crate::retention::preflight(&ctx.config, &db).await?;
+    }
+    Ok(())
 }
 
 /// By job name; else the one job of that kind; else an ad-hoc job of that kind with defaults.

@@ -3,10 +3,14 @@
 //! Every error names the file and, where the TOML parser or a span knows it,
 //! the line and column, so a broken deploy is fixed in one look.
 
+mod data_map;
 mod duration;
 mod jobs;
 mod secret;
 
+pub use data_map::{
+    AnonymizeRule, AppMapping, DataMapEntry, Erasure, MembershipsTable, OrgsTable, SubjectsTable,
+};
 pub use duration::{format_duration, parse_duration};
 pub use jobs::{CatchUp, JobSpec};
 pub use secret::{redact_url, url_has_password, Secret, SecretSource};
@@ -39,6 +43,8 @@ pub struct Config {
     pub http: HttpConfig,
     pub mail: MailConfig,
     pub audit: AuditConfig,
+    pub app: Option<AppMapping>,
+    pub data_map: Vec<DataMapEntry>,
     pub jobs: Vec<JobSpec>,
 }
 
@@ -130,6 +136,9 @@ struct RawConfig {
     mail: RawMail,
     #[serde(default)]
     audit: RawAudit,
+    app: Option<data_map::RawApp>,
+    #[serde(default)]
+    data_map: Vec<data_map::RawEntry>,
 }
 
 #[derive(Deserialize)]
@@ -322,6 +331,8 @@ impl Config {
                 file: raw.audit.signing_key_file.map(|f| dir.join(f)),
             },
         };
+        let app = data_map::load_app(raw.app);
+        let data_map = data_map::load_entries(&src, raw.data_map, app.as_ref())?;
         let jobs = jobs::load_dir(&runner.jobs_dir)?;
 
         Ok(Config {
@@ -336,6 +347,8 @@ impl Config {
             http,
             mail,
             audit,
+            app,
+            data_map,
             jobs,
         })
     }

@@ -11,6 +11,80 @@ use std::str::FromStr;
 
 use crate::error::Result;
 
+/// The demo app's mapping and data map, appended to the starter config.
+pub const DATA_MAP: &str = r#"
+[app]
+subjects = { table = "users", id = "id", email = "email" }
+orgs = { table = "orgs", id = "id", closed_at = "closed_at" }
+memberships = { table = "memberships", org = "org_id", subject = "user_id", role = "role", owner_roles = ["owner"] }
+
+[[data_map]]
+table = "users"
+class = "account"
+subject = "id"
+retention = "none"
+erasure = "anonymize"
+anonymize = { email = "hmac", name = "fixed:Deleted user", last_login_ip = "null", last_login_at = "null" }
+export = true
+
+[[data_map]]
+table = "memberships"
+class = "account"
+org = "org_id"
+subject = "user_id"
+retention = "org_closed+1y"
+erasure = "delete"
+export = true
+
+[[data_map]]
+table = "api_request_logs"
+class = "api_logs"
+timestamp = "created_at"
+org = "org_id"
+subject = "user_id"
+retention = ["90d", "org_closed+30d"]
+erasure = "delete"
+export = true
+
+[[data_map]]
+table = "webhook_deliveries"
+class = "webhooks"
+timestamp = "created_at"
+org = "org_id"
+retention = ["30d", "org_closed+30d"]
+
+[[data_map]]
+table = "audit_logs"
+class = "security_audit"
+timestamp = "created_at"
+org = "org_id"
+subject = "actor_user_id"
+retention = ["7y", "org_closed+1y"]
+erasure = "anonymize"
+anonymize = { ip = "null" }
+export = true
+
+[[data_map]]
+table = "documents"
+class = "customer_content"
+timestamp = "updated_at"
+org = "org_id"
+subject = "owner_user_id"
+retention = "org_closed+30d"
+erasure = "delete"
+export = true
+
+[[data_map]]
+table = "llm_interactions"
+class = "llm_logs"
+timestamp = "created_at"
+org = "org_id"
+subject = "user_id"
+retention = ["30d", "org_closed+30d"]
+erasure = "delete"
+export = true
+"#;
+
 pub const SOLE_OWNER: &str = "owner@demo.example";
 pub const PLAIN_MEMBER: &str = "member@demo.example";
 
@@ -40,6 +114,7 @@ CREATE INDEX audit_logs_created_at ON audit_logs (created_at);
 CREATE TABLE documents (
     id INTEGER PRIMARY KEY, org_id INTEGER NOT NULL, owner_user_id INTEGER, title TEXT NOT NULL,
     body TEXT NOT NULL, created_at TEXT NOT NULL, updated_at TEXT NOT NULL);
+CREATE INDEX documents_updated_at ON documents (updated_at);
 CREATE TABLE llm_interactions (
     id INTEGER PRIMARY KEY, org_id INTEGER NOT NULL, user_id INTEGER, model TEXT NOT NULL,
     prompt TEXT NOT NULL, response TEXT NOT NULL, tokens INTEGER NOT NULL, created_at TEXT NOT NULL);

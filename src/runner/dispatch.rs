@@ -30,6 +30,7 @@ impl JobContext {
 
 pub async fn dispatch(jc: JobContext) -> Result<Value> {
     match jc.kind {
+        JobKind::RetentionPurge => crate::retention::purge_job(&jc).await,
         JobKind::RunnerPrune => super::job_cleaner::run(&jc).await,
         JobKind::MailFlush => crate::notify::flush_job(&jc).await,
         JobKind::TestSleep => test_sleep(&jc).await,

@@ -11,6 +11,7 @@ pub const ENV_TEST_JOBS: &str = "LETHE_ENABLE_TEST_JOBS";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum JobKind {
+    RetentionPurge,
     MailFlush,
     RunnerPrune,
     /// Sleeps and records that it ran: the runner's fault tests kill processes during it.
@@ -19,10 +20,15 @@ pub enum JobKind {
 
 impl JobKind {
     /// Every kind a catalog may name, in the order `demo` runs them.
-    pub const ALL: &'static [JobKind] = &[JobKind::RunnerPrune, JobKind::MailFlush];
+    pub const ALL: &'static [JobKind] = &[
+        JobKind::RetentionPurge,
+        JobKind::RunnerPrune,
+        JobKind::MailFlush,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
+            JobKind::RetentionPurge => "retention.purge",
             JobKind::MailFlush => "mail.flush",
             JobKind::RunnerPrune => "runner.prune",
             JobKind::TestSleep => "test.sleep",
@@ -32,6 +38,7 @@ impl JobKind {
     /// Rejects params the kind does not know, so a typo fails at load, not at 3 a.m.
     pub fn validate_params(self, params: &Value) -> Result<(), String> {
         match self {
+            JobKind::RetentionPurge => check::<crate::retention::PurgeParams>(params),
             JobKind::MailFlush => check::<crate::notify::FlushParams>(params),
             JobKind::RunnerPrune => check::<super::job_cleaner::PruneParams>(params),
             JobKind::TestSleep => check::<super::dispatch::SleepParams>(params),

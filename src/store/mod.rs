@@ -224,6 +224,56 @@ pub struct OutboxMail {
     pub sent_at: Option<DateTime<Utc>>,
 }
 
+#[derive(Debug, Clone, Serialize)]
+pub struct RetentionOverride {
+    pub class: String,
+    pub org: String,
+    /// A period as `Period::parse` reads it (`30d`, `2y`).
+    pub period: String,
+    pub reason: String,
+    pub set_by: String,
+    pub set_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HoldScope {
+    Org,
+    Subject,
+}
+
+impl HoldScope {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HoldScope::Org => "org",
+            HoldScope::Subject => "subject",
+        }
+    }
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "org" => Ok(HoldScope::Org),
+            "subject" => Ok(HoldScope::Subject),
+            other => Err(Error::Failed(format!(
+                "unknown hold scope `{other}` in store"
+            ))),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LegalHold {
+    pub id: i64,
+    pub scope: HoldScope,
+    /// The org id, or the subject's email (lower case).
+    pub value: String,
+    pub reason: String,
+    pub created_by: String,
+    pub created_at: DateTime<Utc>,
+    pub released_at: Option<DateTime<Utc>>,
+    pub released_by: Option<String>,
+    pub release_reason: Option<String>,
+}
+
 #[async_trait]
 pub trait Store: Send + Sync {
     fn backend(&self) -> Backend;
@@ -283,6 +333,27 @@ pub trait Store: Send + Sync {
         retry_at: Option<DateTime<Utc>>,
     ) -> Result<bool>;
     async fn outbox_list(&self, limit: u32) -> Result<Vec<OutboxMail>>;
+
+    // ---- retention overrides, legal holds
+    /// Inserts or replaces the override for `(class, org)`.
+    async fn override_set(&self, o: &RetentionOverride) -> Result<()>;
+    async fn override_unset(&self, class: &str, org: &str) -> Result<bool>;
+    async fn overrides(&self) -> Result<Vec<RetentionOverride>>;
+    async fn hold_add(
+        &self,
+        scope: HoldScope,
+        value: &str,
+        reason: &str,
+        actor: &str,
+    ) -> Result<LegalHold>;
+    /// Releases an active hold; false when there is no such active hold.
+    async fn hold_release(&self, id: i64, reason: &str, actor: &str) -> Result<bool>;
+    async fn holds(&self, include_released: bool) -> Result<Vec<LegalHold>>;
+
+    // ---- per-run resume state
+    async fn checkpoint_get(&self, run_id: i64, key: &str) -> Result<Option<serde_json::Value>>;
+    async fn checkpoint_put(&self, run_id: i64, key: &str, value: &serde_json::Value)
+        -> Result<()>;
 }
 
 /// Opens the driver the URL names.

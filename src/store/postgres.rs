@@ -528,4 +528,133 @@ impl Store for PgStore {
         .await?;
         rows.iter().map(mail_from_row).collect()
     }
+
+    async fn override_set(&self, o: &RetentionOverride) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO retention_overrides (class, org, period, reason, set_by, set_at)
+             VALUES ($1, $2, $3, $4, $5, $6)
+             ON CONFLICT (class, org) DO UPDATE SET period = $3, reason = $4, set_by = $5, set_at = $6",
+        )
+        .bind(&o.class)
+        .bind(&o.org)
+        .bind(&o.period)
+        .bind(&o.reason)
+        .bind(&o.set_by)
+        .bind(o.set_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn override_unset(&self, class: &str, org: &str) -> Result<bool> {
+        let n = sqlx::query("DELETE FROM retention_overrides WHERE class = $1 AND org = $2")
+            .bind(class)
+            .bind(org)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        Ok(n == 1)
+    }
+
+    async fn overrides(&self) -> Result<Vec<RetentionOverride>> {
+        let rows = sqlx::query("SELECT * FROM retention_overrides ORDER BY class, org")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(RetentionOverride {
+                    class: r.try_get("class")?,
+                    org: r.try_get("org")?,
+                    period: r.try_get("period")?,
+                    reason: r.try_get("reason")?,
+                    set_by: r.try_get("set_by")?,
+                    set_at: r.try_get("set_at")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn hold_add(
+        &self,
+        scope: HoldScope,
+        value: &str,
+        reason: &str,
+        actor: &str,
+    ) -> Result<LegalHold> {
+        let row = sqlx::query(
+            "INSERT INTO legal_holds (scope, value, reason, created_by) VALUES ($1, $2, $3, $4) RETURNING *",
+        )
+        .bind(scope.as_str())
+        .bind(value)
+        .bind(reason)
+        .bind(actor)
+        .fetch_one(&self.pool)
+        .await?;
+        hold_from_row(&row)
+    }
+
+    async fn hold_release(&self, id: i64, reason: &str, actor: &str) -> Result<bool> {
+        let n = sqlx::query(
+            "UPDATE legal_holds SET released_at = now(), released_by = $3, release_reason = $2
+             WHERE id = $1 AND released_at IS NULL",
+        )
+        .bind(id)
+        .bind(reason)
+        .bind(actor)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(n == 1)
+    }
+
+    async fn holds(&self, include_released: bool) -> Result<Vec<LegalHold>> {
+        let rows =
+            sqlx::query("SELECT * FROM legal_holds WHERE $1 OR released_at IS NULL ORDER BY id")
+                .bind(include_released)
+                .fetch_all(&self.pool)
+                .await?;
+        rows.iter().map(hold_from_row).collect()
+    }
+
+    async fn checkpoint_get(&self, run_id: i64, key: &str) -> Result<Option<serde_json::Value>> {
+        Ok(
+            sqlx::query_scalar("SELECT value FROM run_checkpoints WHERE run_id = $1 AND key = $2")
+                .bind(run_id)
+                .bind(key)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+
+    async fn checkpoint_put(
+        &self,
+        run_id: i64,
+        key: &str,
+        value: &serde_json::Value,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO run_checkpoints (run_id, key, value) VALUES ($1, $2, $3)
+             ON CONFLICT (run_id, key) DO UPDATE SET value = $3, updated_at = now()",
+        )
+        .bind(run_id)
+        .bind(key)
+        .bind(value)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+}
+
+fn hold_from_row(r: &PgRow) -> Result<LegalHold> {
+    Ok(LegalHold {
+        id: r.try_get("id")?,
+        scope: HoldScope::parse(r.try_get::<&str, _>("scope")?)?,
+        value: r.try_get("value")?,
+        reason: r.try_get("reason")?,
+        created_by: r.try_get("created_by")?,
+        created_at: r.try_get("created_at")?,
+        released_at: r.try_get("released_at")?,
+        released_by: r.try_get("released_by")?,
+        release_reason: r.try_get("release_reason")?,
+    })
 }

@@ -1,0 +1,30 @@
+CREATE TABLE retention_overrides (
+    class   TEXT NOT NULL,
+    org     TEXT NOT NULL,
+    period  TEXT NOT NULL,
+    reason  TEXT NOT NULL,
+    set_by  TEXT NOT NULL,
+    set_at  TEXT NOT NULL,
+    PRIMARY KEY (class, org)
+);
+
+CREATE TABLE legal_holds (
+    id             INTEGER PRIMARY KEY AUTOINCREMENT,
+    scope          TEXT    NOT NULL CHECK (scope IN ('org', 'subject')),
+    value          TEXT    NOT NULL,
+    reason         TEXT    NOT NULL,
+    created_by     TEXT    NOT NULL,
+    created_at     TEXT    NOT NULL,
+    released_at    TEXT,
+    released_by    TEXT,
+    release_reason TEXT
+);
+CREATE INDEX legal_holds_active ON legal_holds (scope, value) WHERE released_at IS NULL;
+
+CREATE TABLE run_checkpoints (
+    run_id     INTEGER NOT NULL REFERENCES job_runs (id) ON DELETE CASCADE,
+    key        TEXT    NOT NULL,
+    value      TEXT    NOT NULL,
+    updated_at TEXT    NOT NULL,
+    PRIMARY KEY (run_id, key)
+);

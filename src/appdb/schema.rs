@@ -1,0 +1,173 @@
+//! Checks the data map against the live schema: every table and column it
+//! names must exist; timestamp columns should be indexed.
+
+use super::AppDb;
+use crate::config::{Config, Erasure};
+use crate::error::Result;
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SchemaProblem {
+    /// `lethe.toml:LINE` of the entry.
+    pub location: String,
+    pub table: String,
+    pub message: String,
+    /// Errors stop `check` and `run` (exit 2); warnings only inform.
+    pub fatal: bool,
+}
+
+impl AppDb {
+    /// Column names of `table`, or `None` when it does not exist.
+    pub async fn columns(&self, table: &str) -> Result<Option<Vec<String>>> {
+        let cols: Vec<String> = match self {
+            AppDb::Postgres(p) => {
+                sqlx::query_scalar(
+                    "SELECT column_name::text FROM information_schema.columns
+                     WHERE table_schema = current_schema() AND table_name = $1 ORDER BY ordinal_position",
+                )
+                .bind(table)
+                .fetch_all(p)
+                .await?
+            }
+            AppDb::Sqlite(p) => sqlx::query_scalar("SELECT name FROM pragma_table_info($1)")
+                .bind(table)
+                .fetch_all(p)
+                .await?,
+        };
+        Ok((!cols.is_empty()).then_some(cols))
+    }
+
+    /// Whether some index on `table` starts with `column` (what a range purge needs).
+    pub async fn has_leading_index(&self, table: &str, column: &str) -> Result<bool> {
+        Ok(match self {
+            AppDb::Postgres(p) => {
+                sqlx::query_scalar(
+                    "SELECT EXISTS (
+                     SELECT 1 FROM pg_index i
+                     JOIN pg_class c ON c.oid = i.indrelid
+                     JOIN pg_namespace n ON n.oid = c.relnamespace
+                     JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = i.indkey[0]
+                     WHERE n.nspname = current_schema() AND c.relname = $1 AND a.attname = $2)",
+                )
+                .bind(table)
+                .bind(column)
+                .fetch_one(p)
+                .await?
+            }
+            AppDb::Sqlite(p) => {
+                let n: i64 = sqlx::query_scalar(
+                    "SELECT count(*) FROM pragma_index_list($1) il, pragma_index_info(il.name) ii
+                     WHERE ii.seqno = 0 AND ii.name = $2",
+                )
+                .bind(table)
+                .bind(column)
+                .fetch_one(p)
+                .await?;
+                n > 0
+            }
+        })
+    }
+}
+
+/// Every problem with the data map and `[app]` mapping against the live schema.
+pub async fn check_data_map(db: &AppDb, config: &Config) -> Result<Vec<SchemaProblem>> {
+    let mut problems = Vec::new();
+    let cfg_loc = config.path.display().to_string();
+    let need = |location: &str, table: &str, columns: Vec<(&str, &str)>| {
+        let cols: Vec<(String, String)> = columns
+            .into_iter()
+            .map(|(k, c)| (k.to_string(), c.to_string()))
+            .collect();
+        (location.to_string(), table.to_string(), cols)
+    };
+    let mut wanted = Vec::new();
+    if let Some(app) = &config.app {
+        let s = &app.subjects;
+        wanted.push(need(
+            &cfg_loc,
+            &s.table,
+            vec![("app.subjects.id", &s.id), ("app.subjects.email", &s.email)],
+        ));
+        if let Some(o) = &app.orgs {
+            let mut cols = vec![("app.orgs.id", o.id.as_str())];
+            if let Some(c) = &o.closed_at {
+                cols.push(("app.orgs.closed_at", c));
+            }
+            wanted.push(need(&cfg_loc, &o.table, cols));
+        }
+        if let Some(m) = &app.memberships {
+            wanted.push(need(
+                &cfg_loc,
+                &m.table,
+                vec![
+                    ("app.memberships.org", &m.org),
+                    ("app.memberships.subject", &m.subject),
+                    ("app.memberships.role", &m.role),
+                ],
+            ));
+        }
+    }
+    for e in &config.data_map {
+        let mut cols: Vec<(&str, &str)> = Vec::new();
+        for (key, col) in [
+            ("timestamp", &e.timestamp),
+            ("org", &e.org),
+            ("subject", &e.subject),
+        ] {
+            if let Some(c) = col {
+                cols.push((key, c));
+            }
+        }
+        if let Erasure::Anonymize(rules) = &e.erasure {
+            for (c, _) in rules {
+                cols.push(("anonymize", c));
+            }
+        }
+        wanted.push(need(&e.location, &e.table, cols));
+    }
+    for (location, table, cols) in wanted {
+        match db.columns(&table).await? {
+            None => problems.push(SchemaProblem {
+                location,
+                table: table.clone(),
+                message: format!("table `{table}` does not exist in the application database"),
+                fatal: true,
+            }),
+            Some(have) => {
+                for (key, col) in cols {
+                    if !have.contains(&col) {
+                        problems.push(SchemaProblem {
+                            location: location.clone(),
+                            table: table.clone(),
+                            message: format!(
+                                "{key} column `{col}` does not exist in `{table}` (it has: {})",
+                                have.join(", ")
+                            ),
+                            fatal: true,
+                        });
+                    }
+                }
+            }
+        }
+    }
+    // A purge by age without an index on the timestamp scans the whole table every batch.
+    for e in &config.data_map {
+        let Some(ts) = &e.timestamp else { continue };
+        if e.retention.is_empty() || problems.iter().any(|p| p.table == e.table && p.fatal) {
+            continue;
+        }
+        if !db.has_leading_index(&e.table, ts).await? {
+            problems.push(SchemaProblem {
+                location: e.location.clone(),
+                table: e.table.clone(),
+                message: format!(
+                    "no index starts with `{ts}`: each purge batch will scan `{}`; add one: CREATE INDEX ON {} ({})",
+                    e.table,
+                    super::quote_ident(&e.table),
+                    super::quote_ident(ts)
+                ),
+                fatal: false,
+            });
+        }
+    }
+    Ok(problems)
+}

@@ -1,0 +1,287 @@
+//! A set of application rows (`Scope`) rendered to SQL for each dialect:
+//! counted by org, or deleted in bounded batches. Identifiers are quoted,
+//! values bound; org and subject ids are compared as text so that integer,
+//! UUID and text keys all work.
+
+use chrono::{DateTime, Utc};
+use sqlx::Arguments;
+
+use super::{quote_ident as q, AppDb};
+use crate::error::Result;
+
+#[derive(Debug, Clone)]
+pub enum Selector {
+    /// Rows whose `column` is older than `cutoff`.
+    Before {
+        column: String,
+        cutoff: DateTime<Utc>,
+    },
+    /// Rows of orgs closed before `cutoff`.
+    OrgClosed {
+        orgs_table: String,
+        orgs_id: String,
+        closed_at: String,
+        cutoff: DateTime<Utc>,
+    },
+    /// Rows whose subject column is one of these ids.
+    Subjects(Vec<String>),
+}
+
+#[derive(Debug, Clone)]
+pub struct Scope {
+    pub table: String,
+    pub org: Option<String>,
+    pub subject: Option<String>,
+    /// Rows matching any of these.
+    pub selectors: Vec<Selector>,
+    /// Only rows of these orgs (e.g. one org with an override); `None`: all orgs.
+    pub only_orgs: Option<Vec<String>>,
+    pub exclude_orgs: Vec<String>,
+    pub exclude_subjects: Vec<String>,
+}
+
+#[derive(Clone, Copy)]
+enum Dialect {
+    Postgres,
+    Sqlite,
+}
+
+enum Bind {
+    Time(DateTime<Utc>),
+    Text(String),
+    List(Vec<String>),
+}
+
+struct Sql {
+    dialect: Dialect,
+    binds: Vec<Bind>,
+}
+
+impl Sql {
+    fn placeholder(&mut self, b: Bind) -> String {
+        self.binds.push(b);
+        let n = self.binds.len();
+        match (self.dialect, self.binds.last()) {
+            (Dialect::Postgres, Some(Bind::List(_))) => format!("${n}::text[]"),
+            _ => format!("${n}"),
+        }
+    }
+
+    fn as_text(&self, col: &str) -> String {
+        match self.dialect {
+            Dialect::Postgres => format!("{}::text", q(col)),
+            Dialect::Sqlite => format!("CAST({} AS TEXT)", q(col)),
+        }
+    }
+
+    fn in_list(&mut self, col: &str, values: &[String]) -> String {
+        let expr = self.as_text(col);
+        let ph = self.placeholder(Bind::List(values.to_vec()));
+        match self.dialect {
+            Dialect::Postgres => format!("{expr} = ANY({ph})"),
+            Dialect::Sqlite => format!("{expr} IN (SELECT value FROM json_each({ph}))"),
+        }
+    }
+
+    fn selector(&mut self, s: &Scope, sel: &Selector) -> String {
+        match sel {
+            Selector::Before { column, cutoff } => {
+                let ph = self.placeholder(Bind::Time(*cutoff));
+                format!("{} < {ph}", q(column))
+            }
+            Selector::OrgClosed {
+                orgs_table,
+                orgs_id,
+                closed_at,
+                cutoff,
+            } => match &s.org {
+                Some(org) => {
+                    let ph = self.placeholder(Bind::Time(*cutoff));
+                    format!(
+                        "{} IN (SELECT {} FROM {} WHERE {c} IS NOT NULL AND {c} < {ph})",
+                        q(org),
+                        q(orgs_id),
+                        q(orgs_table),
+                        c = q(closed_at)
+                    )
+                }
+                None => "1 = 0".into(),
+            },
+            Selector::Subjects(ids) => match &s.subject {
+                Some(col) => self.in_list(col, ids),
+                None => "1 = 0".into(),
+            },
+        }
+    }
+
+    fn where_clause(&mut self, s: &Scope) -> String {
+        let mut parts = Vec::new();
+        let any: Vec<String> = s
+            .selectors
+            .iter()
+            .map(|sel| self.selector(s, sel))
+            .collect();
+        parts.push(if any.is_empty() {
+            "1 = 0".to_string()
+        } else {
+            format!("({})", any.join(" OR "))
+        });
+        if let (Some(only), Some(org)) = (&s.only_orgs, &s.org) {
+            parts.push(self.in_list(org, only));
+        }
+        if let (false, Some(org)) = (s.exclude_orgs.is_empty(), &s.org) {
+            let inl = self.in_list(org, &s.exclude_orgs);
+            parts.push(format!("({} IS NULL OR NOT ({inl}))", q(org)));
+        }
+        if let (false, Some(sub)) = (s.exclude_subjects.is_empty(), &s.subject) {
+            let inl = self.in_list(sub, &s.exclude_subjects);
+            parts.push(format!("({} IS NULL OR NOT ({inl}))", q(sub)));
+        }
+        parts.join(" AND ")
+    }
+}
+
+fn pg_args(binds: Vec<Bind>) -> Result<sqlx::postgres::PgArguments> {
+    let mut a = sqlx::postgres::PgArguments::default();
+    for b in binds {
+        let r = match b {
+            Bind::Time(t) => a.add(t),
+            Bind::Text(s) => a.add(s),
+            Bind::List(v) => a.add(v),
+        };
+        r.map_err(sqlx::Error::Encode)?;
+    }
+    Ok(a)
+}
+
+fn sqlite_args(binds: Vec<Bind>) -> Result<sqlx::sqlite::SqliteArguments<'static>> {
+    let mut a = sqlx::sqlite::SqliteArguments::default();
+    for b in binds {
+        let r = match b {
+            // The application's own text timestamps: SQLite's `datetime()` format.
+            Bind::Time(t) => a.add(t.format("%Y-%m-%d %H:%M:%S").to_string()),
+            Bind::Text(s) => a.add(s),
+            Bind::List(v) => a.add(serde_json::to_string(&v).unwrap_or_else(|_| "[]".into())),
+        };
+        r.map_err(sqlx::Error::Encode)?;
+    }
+    Ok(a)
+}
+
+impl AppDb {
+    fn sql(&self) -> Sql {
+        Sql {
+            dialect: match self {
+                AppDb::Postgres(_) => Dialect::Postgres,
+                AppDb::Sqlite(_) => Dialect::Sqlite,
+            },
+            binds: Vec::new(),
+        }
+    }
+
+    /// Rows in scope, by org (as text; `None` for rows without an org).
+    pub async fn count_by_org(&self, s: &Scope) -> Result<Vec<(Option<String>, i64)>> {
+        let mut sql = self.sql();
+        let org = match &s.org {
+            Some(o) => sql.as_text(o),
+            None => "NULL".to_string(),
+        };
+        let w = sql.where_clause(s);
+        let text = format!(
+            "SELECT {org} AS org, count(*) AS n FROM {} WHERE {w} GROUP BY 1 ORDER BY 1",
+            q(&s.table)
+        );
+        Ok(match self {
+            AppDb::Postgres(p) => {
+                sqlx::query_as_with(&text, pg_args(sql.binds)?)
+                    .fetch_all(p)
+                    .await?
+            }
+            AppDb::Sqlite(p) => {
+                sqlx::query_as_with(&text, sqlite_args(sql.binds)?)
+                    .fetch_all(p)
+                    .await?
+            }
+        })
+    }
+
+    /// Deletes at most `limit` rows in scope in one short statement; returns how many.
+    pub async fn delete_batch(&self, s: &Scope, limit: u32) -> Result<u64> {
+        let mut sql = self.sql();
+        let w = sql.where_clause(s);
+        let t = q(&s.table);
+        Ok(match self {
+            // ctid/rowid: no primary key needed; a row updated meanwhile is simply taken next batch.
+            AppDb::Postgres(p) => {
+                let text = format!("DELETE FROM {t} WHERE ctid = ANY(ARRAY(SELECT ctid FROM {t} WHERE {w} LIMIT {limit}))");
+                sqlx::query_with(&text, pg_args(sql.binds)?)
+                    .execute(p)
+                    .await?
+                    .rows_affected()
+            }
+            AppDb::Sqlite(p) => {
+                let text = format!("DELETE FROM {t} WHERE rowid IN (SELECT rowid FROM {t} WHERE {w} LIMIT {limit})");
+                sqlx::query_with(&text, sqlite_args(sql.binds)?)
+                    .execute(p)
+                    .await?
+                    .rows_affected()
+            }
+        })
+    }
+
+    /// Subject ids (as text) for these emails, matched case-insensitively.
+    pub async fn subject_ids(
+        &self,
+        subjects: &crate::config::SubjectsTable,
+        emails: &[String],
+    ) -> Result<Vec<String>> {
+        if emails.is_empty() {
+            return Ok(vec![]);
+        }
+        let mut sql = self.sql();
+        let id = sql.as_text(&subjects.id);
+        let lowered: Vec<String> = emails.iter().map(|e| e.to_lowercase()).collect();
+        let ph = sql.placeholder(Bind::List(lowered));
+        let cond = match sql.dialect {
+            Dialect::Postgres => format!("lower({}) = ANY({ph})", q(&subjects.email)),
+            Dialect::Sqlite => format!(
+                "lower({}) IN (SELECT value FROM json_each({ph}))",
+                q(&subjects.email)
+            ),
+        };
+        let text = format!("SELECT {id} FROM {} WHERE {cond}", q(&subjects.table));
+        Ok(match self {
+            AppDb::Postgres(p) => {
+                sqlx::query_scalar_with(&text, pg_args(sql.binds)?)
+                    .fetch_all(p)
+                    .await?
+            }
+            AppDb::Sqlite(p) => {
+                sqlx::query_scalar_with(&text, sqlite_args(sql.binds)?)
+                    .fetch_all(p)
+                    .await?
+            }
+        })
+    }
+
+    /// Whether the org exists in `[app.orgs]`.
+    pub async fn org_exists(&self, orgs: &crate::config::OrgsTable, org: &str) -> Result<bool> {
+        let mut sql = self.sql();
+        let id = sql.as_text(&orgs.id);
+        let ph = sql.placeholder(Bind::Text(org.to_string()));
+        let text = format!("SELECT count(*) FROM {} WHERE {id} = {ph}", q(&orgs.table));
+        let n: i64 = match self {
+            AppDb::Postgres(p) => {
+                sqlx::query_scalar_with(&text, pg_args(sql.binds)?)
+                    .fetch_one(p)
+                    .await?
+            }
+            AppDb::Sqlite(p) => {
+                sqlx::query_scalar_with(&text, sqlite_args(sql.binds)?)
+                    .fetch_one(p)
+                    .await?
+            }
+        };
+        Ok(n > 0)
+    }
+}

@@ -1,0 +1,250 @@
+//! `lethe retention set|list|unset` (per-org overrides) and `lethe hold add|list|release`.
+
+use std::sync::Arc;
+
+use anyhow::Result;
+use serde_json::json;
+
+use crate::appdb::AppDb;
+use crate::audit::{actor_cli, record};
+use crate::context::Context;
+use crate::error::Error;
+use crate::retention::Period;
+use crate::store::{HoldScope, RetentionOverride};
+
+fn require_reason(reason: &str) -> Result<(), Error> {
+    if reason.trim().is_empty() {
+        return Err(Error::Usage(
+            "--reason must say why (it goes into the audit log)".into(),
+        ));
+    }
+    Ok(())
+}
+
+async fn require_org(ctx: &Context, org: &str) -> Result<(), Error> {
+    if let Some(orgs) = ctx.config.app.as_ref().and_then(|a| a.orgs.as_ref()) {
+        let db = AppDb::connect(&ctx.config.database.url).await?;
+        if !db.org_exists(orgs, org).await? {
+            return Err(Error::Usage(format!(
+                "org `{org}` is not in `{}`.`{}`",
+                orgs.table, orgs.id
+            )));
+        }
+    }
+    Ok(())
+}
+
+pub async fn set(
+    ctx: Arc<Context>,
+    class: &str,
+    org: &str,
+    period: &str,
+    reason: &str,
+    json_out: bool,
+) -> Result<i32> {
+    require_reason(reason)?;
+    if !ctx
+        .config
+        .data_map
+        .iter()
+        .any(|e| e.class == class && !e.retention.is_empty())
+    {
+        let classes: Vec<&str> = ctx
+            .config
+            .data_map
+            .iter()
+            .filter(|e| !e.retention.is_empty())
+            .map(|e| e.class.as_str())
+            .collect();
+        return Err(Error::Usage(format!(
+            "no data class `{class}` with a retention rule; known: {}",
+            classes.join(", ")
+        ))
+        .into());
+    }
+    let p = Period::parse(period).map_err(|m| Error::Usage(format!("--period {m}")))?;
+    require_org(&ctx, org).await?;
+    let o = RetentionOverride {
+        class: class.into(),
+        org: org.into(),
+        period: p.to_string(),
+        reason: reason.into(),
+        set_by: actor_cli(),
+        set_at: chrono::Utc::now(),
+    };
+    ctx.store.override_set(&o).await?;
+    record(
+        ctx.store.as_ref(),
+        &o.set_by,
+        "retention.override_set",
+        &format!("org:{org}"),
+        json!({"class": class, "period": o.period, "reason": reason}),
+    )
+    .await?;
+    if json_out {
+        super::print_json(&o)?;
+    } else {
+        println!("org {org}: class {class} now kept {} ({reason})", o.period);
+    }
+    Ok(0)
+}
+
+pub async fn unset(ctx: Arc<Context>, class: &str, org: &str, reason: &str) -> Result<i32> {
+    require_reason(reason)?;
+    if !ctx.store.override_unset(class, org).await? {
+        return Err(Error::NotFound(format!("no override for class {class} and org {org}")).into());
+    }
+    record(
+        ctx.store.as_ref(),
+        &actor_cli(),
+        "retention.override_unset",
+        &format!("org:{org}"),
+        json!({"class": class, "reason": reason}),
+    )
+    .await?;
+    println!("org {org}: class {class} back to the data map's retention");
+    Ok(0)
+}
+
+pub async fn list(ctx: Arc<Context>, json_out: bool) -> Result<i32> {
+    let overrides = ctx.store.overrides().await?;
+    let classes: Vec<_> = ctx
+        .config
+        .data_map
+        .iter()
+        .map(|e| {
+            json!({"class": e.class, "table": e.table,
+                        "retention": e.retention.iter().map(|r| r.to_string()).collect::<Vec<_>>()})
+        })
+        .collect();
+    if json_out {
+        super::print_json(&json!({"classes": classes, "overrides": overrides}))?;
+        return Ok(0);
+    }
+    let rows: Vec<Vec<String>> = ctx
+        .config
+        .data_map
+        .iter()
+        .map(|e| {
+            let rules: Vec<String> = e.retention.iter().map(|r| r.to_string()).collect();
+            vec![
+                e.class.clone(),
+                e.table.clone(),
+                if rules.is_empty() {
+                    "keep".into()
+                } else {
+                    rules.join(", ")
+                },
+            ]
+        })
+        .collect();
+    super::print_table(&["CLASS", "TABLE", "RETENTION"], &rows);
+    if !overrides.is_empty() {
+        println!();
+        let rows: Vec<Vec<String>> = overrides
+            .iter()
+            .map(|o| {
+                vec![
+                    o.class.clone(),
+                    o.org.clone(),
+                    o.period.clone(),
+                    o.reason.clone(),
+                    o.set_by.clone(),
+                ]
+            })
+            .collect();
+        super::print_table(&["CLASS", "ORG", "OVERRIDE", "REASON", "SET BY"], &rows);
+    }
+    Ok(0)
+}
+
+pub async fn hold_add(
+    ctx: Arc<Context>,
+    org: Option<&str>,
+    subject: Option<&str>,
+    reason: &str,
+    json_out: bool,
+) -> Result<i32> {
+    require_reason(reason)?;
+    let (scope, value) = match (org, subject) {
+        (Some(o), None) => {
+            require_org(&ctx, o).await?;
+            (HoldScope::Org, o.to_string())
+        }
+        (None, Some(s)) => {
+            s.parse::<lettre::Address>().map_err(|e| {
+                Error::Usage(format!("--subject `{s}` is not an email address ({e})"))
+            })?;
+            (HoldScope::Subject, s.to_lowercase())
+        }
+        _ => {
+            return Err(
+                Error::Usage("give exactly one of --org ORG or --subject EMAIL".into()).into(),
+            )
+        }
+    };
+    let actor = actor_cli();
+    let hold = ctx.store.hold_add(scope, &value, reason, &actor).await?;
+    record(
+        ctx.store.as_ref(),
+        &actor,
+        "hold.added",
+        &format!("{}:{value}", scope.as_str()),
+        json!({"hold_id": hold.id, "reason": reason}),
+    )
+    .await?;
+    if json_out {
+        super::print_json(&hold)?;
+    } else {
+        println!("hold {} on {} {value}: {reason}", hold.id, scope.as_str());
+    }
+    Ok(0)
+}
+
+pub async fn hold_list(ctx: Arc<Context>, all: bool, json_out: bool) -> Result<i32> {
+    let holds = ctx.store.holds(all).await?;
+    if json_out {
+        super::print_json(&json!({"holds": holds}))?;
+        return Ok(0);
+    }
+    let rows: Vec<Vec<String>> = holds
+        .iter()
+        .map(|h| {
+            vec![
+                h.id.to_string(),
+                h.scope.as_str().into(),
+                h.value.clone(),
+                h.reason.clone(),
+                h.created_at.format("%Y-%m-%d").to_string(),
+                h.released_at
+                    .map(|t| t.format("%Y-%m-%d").to_string())
+                    .unwrap_or_else(|| "active".into()),
+            ]
+        })
+        .collect();
+    super::print_table(
+        &["ID", "SCOPE", "WHO", "REASON", "SINCE", "RELEASED"],
+        &rows,
+    );
+    Ok(0)
+}
+
+pub async fn hold_release(ctx: Arc<Context>, id: i64, reason: &str) -> Result<i32> {
+    require_reason(reason)?;
+    let actor = actor_cli();
+    if !ctx.store.hold_release(id, reason, &actor).await? {
+        return Err(
+            Error::NotFound(format!("no active hold {id} (see `lethe hold list --all`)")).into(),
+        );
+    }
+    record(
+        ctx.store.as_ref(),
+        &actor,
+        "hold.released",
+        &format!("hold:{id}"),
+        json!({"reason": reason}),
+    )
+    .await?;
+    println!("hold {id} released");
+    Ok(0)
+}

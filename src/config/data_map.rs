@@ -1,0 +1,226 @@
+//! The data map: for each application table, its data class, columns,
+//! retention rules, erasure strategy and export flag; and `[app]`, which says
+//! where subjects, orgs and memberships live.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::SourceFile;
+use crate::error::Result;
+use crate::retention::RetentionRule;
+
+#[derive(Debug, Clone)]
+pub struct AppMapping {
+    pub subjects: SubjectsTable,
+    pub orgs: Option<OrgsTable>,
+    pub memberships: Option<MembershipsTable>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubjectsTable {
+    pub table: String,
+    pub id: String,
+    pub email: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OrgsTable {
+    pub table: String,
+    pub id: String,
+    pub closed_at: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MembershipsTable {
+    pub table: String,
+    pub org: String,
+    pub subject: String,
+    pub role: String,
+    #[serde(default = "default_owner_roles")]
+    pub owner_roles: Vec<String>,
+}
+
+fn default_owner_roles() -> Vec<String> {
+    vec!["owner".into()]
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AnonymizeRule {
+    Null,
+    Fixed(String),
+    /// Keyed HMAC-SHA-256 pseudonym: stable per subject, not reversible without the key.
+    Hmac,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Erasure {
+    Delete,
+    Anonymize(Vec<(String, AnonymizeRule)>),
+    Retain { legal_basis: String },
+}
+
+#[derive(Debug, Clone)]
+pub struct DataMapEntry {
+    pub table: String,
+    pub class: String,
+    pub timestamp: Option<String>,
+    pub org: Option<String>,
+    pub subject: Option<String>,
+    pub retention: Vec<RetentionRule>,
+    pub erasure: Erasure,
+    pub export: bool,
+    /// `lethe.toml:LINE`, for errors found later against the live schema.
+    pub location: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawApp {
+    subjects: SubjectsTable,
+    orgs: Option<OrgsTable>,
+    memberships: Option<MembershipsTable>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawEntry {
+    table: Spanned<String>,
+    class: String,
+    timestamp: Option<String>,
+    org: Option<String>,
+    subject: Option<String>,
+    retention: Option<Spanned<OneOrMany>>,
+    erasure: Option<Spanned<String>>,
+    anonymize: Option<BTreeMap<String, String>>,
+    legal_basis: Option<String>,
+    #[serde(default)]
+    export: bool,
+}
+
+pub(super) fn load_app(raw: Option<RawApp>) -> Option<AppMapping> {
+    raw.map(|r| AppMapping {
+        subjects: r.subjects,
+        orgs: r.orgs,
+        memberships: r.memberships,
+    })
+}
+
+pub(super) fn load_entries(
+    src: &SourceFile,
+    raw: Vec<RawEntry>,
+    app: Option<&AppMapping>,
+) -> Result<Vec<DataMapEntry>> {
+    let mut out: Vec<DataMapEntry> = Vec::new();
+    for e in raw {
+        let span = e.table.span();
+        let table = e.table.into_inner();
+        let err = |m: String| src.error_at(span.clone(), format!("data_map entry `{table}`: {m}"));
+        if table.trim().is_empty() {
+            return Err(err("`table` is empty".into()));
+        }
+        if out.iter().any(|o| o.table == table) {
+            return Err(err("this table is mapped twice; merge the entries".into()));
+        }
+        let rules = match e.retention {
+            None => vec![],
+            Some(r) => {
+                let texts = match r.get_ref() {
+                    OneOrMany::One(s) => vec![s.clone()],
+                    OneOrMany::Many(v) => v.clone(),
+                };
+                let mut rules = Vec::new();
+                for t in texts {
+                    let parsed = RetentionRule::parse(&t).map_err(|m| {
+                        src.error_at(r.span(), format!("data_map entry `{table}`: retention {m}"))
+                    })?;
+                    rules.extend(parsed);
+                }
+                rules
+            }
+        };
+        for rule in &rules {
+            match rule {
+                RetentionRule::Age(_) if e.timestamp.is_none() => {
+                    return Err(err(format!(
+                        "retention `{rule}` needs a `timestamp` column to measure age; add `timestamp = \"created_at\"` (or the table's time column)"
+                    )))
+                }
+                RetentionRule::OrgClosed(_) if e.org.is_none() => {
+                    return Err(err(format!("retention `{rule}` needs an `org` column naming the row's org")))
+                }
+                RetentionRule::OrgClosed(_) if app.and_then(|a| a.orgs.as_ref()).and_then(|o| o.closed_at.as_ref()).is_none() => {
+                    return Err(err(format!(
+                        "retention `{rule}` needs [app.orgs] with `closed_at`, e.g. orgs = {{ table = \"orgs\", id = \"id\", closed_at = \"closed_at\" }}"
+                    )))
+                }
+                _ => {}
+            }
+        }
+        let erasure = match e.erasure.as_ref().map(|s| s.get_ref().as_str()) {
+            None | Some("delete") => Erasure::Delete,
+            Some("anonymize") => {
+                let cols = e.anonymize.clone().unwrap_or_default();
+                if cols.is_empty() {
+                    return Err(err("erasure = \"anonymize\" needs `anonymize = { column = \"null\" | \"hmac\" | \"fixed:VALUE\" }`".into()));
+                }
+                let mut rules = Vec::new();
+                for (col, how) in cols {
+                    let rule = match how.as_str() {
+                        "null" => AnonymizeRule::Null,
+                        "hmac" => AnonymizeRule::Hmac,
+                        f if f.starts_with("fixed:") => AnonymizeRule::Fixed(f["fixed:".len()..].to_string()),
+                        other => {
+                            return Err(err(format!(
+                                "anonymize rule `{other}` for column `{col}`: use \"null\", \"hmac\" or \"fixed:VALUE\""
+                            )))
+                        }
+                    };
+                    rules.push((col, rule));
+                }
+                Erasure::Anonymize(rules)
+            }
+            Some("retain") => Erasure::Retain {
+                legal_basis: e.legal_basis.clone().filter(|b| !b.trim().is_empty()).ok_or_else(|| {
+                    err("erasure = \"retain\" needs `legal_basis`, e.g. \"tax law: invoices kept 10 years\"".into())
+                })?,
+            },
+            Some(other) => {
+                let span = e.erasure.as_ref().map(|s| s.span()).unwrap_or(span.clone());
+                return Err(src.error_at(
+                    span,
+                    format!("data_map entry `{table}`: erasure `{other}` is not one of delete, anonymize, retain"),
+                ));
+            }
+        };
+        if e.anonymize.is_some() && !matches!(erasure, Erasure::Anonymize(_)) {
+            return Err(err(
+                "`anonymize` is set but erasure is not \"anonymize\"".into()
+            ));
+        }
+        let (line, _) = super::line_col(src.text, span.start);
+        out.push(DataMapEntry {
+            location: format!("{}:{line}", src.path.display()),
+            table,
+            class: e.class,
+            timestamp: e.timestamp,
+            org: e.org,
+            subject: e.subject,
+            retention: rules,
+            erasure,
+            export: e.export,
+        });
+    }
+    Ok(out)
+}

@@ -1,0 +1,425 @@
+//! `retention.purge`: deletes what the data map says has expired, per class
+//! and org, in short bounded batches; respects per-org overrides and legal
+//! holds; leaves counts and cutoffs (never values) in the audit chain.
+//!
+//! A run first writes a *plan* (each scope's cutoff and how many rows it
+//! selects) as a checkpoint. Cutoffs come from the run's `scheduled_for`, so a
+//! retried run after a crash deletes exactly the same set, and its evidence
+//! (planned − remaining) counts every row once, whatever batch the crash hit.
+
+mod rules;
+
+pub use rules::{Period, RetentionRule};
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use crate::appdb::{check_data_map, AppDb, Scope, Selector};
+use crate::config::{Config, DataMapEntry};
+use crate::error::{Error, Result};
+use crate::runner::JobContext;
+use crate::store::{HoldScope, Store};
+
+const PLAN_KEY: &str = "retention.plan";
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PurgeParams {
+    /// Rows per DELETE statement: each is its own short transaction.
+    #[serde(default = "default_batch")]
+    pub batch_size: u32,
+    /// Pause between batches, to leave room for the application's own writes.
+    #[serde(default)]
+    pub pause_ms: u64,
+    /// Only these data classes (default: all).
+    #[serde(default)]
+    pub classes: Option<Vec<String>>,
+}
+
+fn default_batch() -> u32 {
+    5000
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RuleCutoff {
+    pub rule: String,
+    pub cutoff: DateTime<Utc>,
+}
+
+/// One table's rows for a set of orgs: the union of its rules (so no row is
+/// counted twice), and how many rows that selected at plan time.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PlanItem {
+    pub table: String,
+    pub class: String,
+    pub rules: Vec<RuleCutoff>,
+    /// `Some`: an override scope for these orgs; `None`: the default scope.
+    pub only_orgs: Option<Vec<String>>,
+    pub exclude_orgs: Vec<String>,
+    pub exclude_subjects: Vec<String>,
+    /// Rows selected at plan time, by org ("" for rows without an org).
+    pub planned: BTreeMap<String, i64>,
+    /// Expired rows kept by a legal hold, by hold id.
+    pub held: BTreeMap<i64, i64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Plan {
+    pub basis: DateTime<Utc>,
+    pub items: Vec<PlanItem>,
+}
+
+/// Fails with a config error (exit 2) naming the entry when the data map does not fit the schema.
+pub async fn preflight(config: &Config, db: &AppDb) -> Result<Vec<crate::appdb::SchemaProblem>> {
+    let problems = check_data_map(db, config).await?;
+    if let Some(p) = problems.iter().find(|p| p.fatal) {
+        return Err(Error::Config {
+            path: p.location.clone().into(),
+            line: None,
+            column: None,
+            message: format!("data_map entry `{}`: {}", p.table, p.message),
+        });
+    }
+    Ok(problems.into_iter().filter(|p| !p.fatal).collect())
+}
+
+fn org_key(org: Option<String>) -> String {
+    org.unwrap_or_default()
+}
+
+struct Holds {
+    orgs: Vec<(i64, String)>,
+    /// (hold id, subject id) after resolving emails.
+    subjects: Vec<(i64, String)>,
+}
+
+async fn active_holds(store: &dyn Store, db: &AppDb, config: &Config) -> Result<Holds> {
+    let all = store.holds(false).await?;
+    let orgs = all
+        .iter()
+        .filter(|h| h.scope == HoldScope::Org)
+        .map(|h| (h.id, h.value.clone()))
+        .collect();
+    let mut subjects = Vec::new();
+    if let Some(app) = &config.app {
+        for h in all.iter().filter(|h| h.scope == HoldScope::Subject) {
+            for id in db
+                .subject_ids(&app.subjects, std::slice::from_ref(&h.value))
+                .await?
+            {
+                subjects.push((h.id, id));
+            }
+        }
+    }
+    Ok(Holds { orgs, subjects })
+}
+
+fn selector(
+    entry: &DataMapEntry,
+    rule: RetentionRule,
+    cutoff: DateTime<Utc>,
+    config: &Config,
+) -> Result<Selector> {
+    Ok(match rule {
+        RetentionRule::Age(_) => Selector::Before {
+            column: entry.timestamp.clone().unwrap_or_default(),
+            cutoff,
+        },
+        RetentionRule::OrgClosed(_) => {
+            let orgs = config
+                .app
+                .as_ref()
+                .and_then(|a| a.orgs.as_ref())
+                .ok_or_else(|| Error::Usage("org_closed rules need [app.orgs]".into()))?;
+            Selector::OrgClosed {
+                orgs_table: orgs.table.clone(),
+                orgs_id: orgs.id.clone(),
+                closed_at: orgs.closed_at.clone().unwrap_or_default(),
+                cutoff,
+            }
+        }
+    })
+}
+
+fn scope(entry: &DataMapEntry, item: &PlanItem, config: &Config) -> Result<Scope> {
+    let mut selectors = Vec::new();
+    for rc in &item.rules {
+        let rule = RetentionRule::parse(&rc.rule)
+            .map_err(Error::Usage)?
+            .ok_or_else(|| Error::Usage(format!("plan rule `{}` keeps everything", rc.rule)))?;
+        selectors.push(selector(entry, rule, rc.cutoff, config)?);
+    }
+    Ok(Scope {
+        table: entry.table.clone(),
+        org: entry.org.clone(),
+        subject: entry.subject.clone(),
+        selectors,
+        only_orgs: item.only_orgs.clone(),
+        exclude_orgs: item.exclude_orgs.clone(),
+        exclude_subjects: item.exclude_subjects.clone(),
+    })
+}
+
+fn rule_cutoff(rule: RetentionRule, basis: DateTime<Utc>) -> Result<RuleCutoff> {
+    let cutoff = rule
+        .period()
+        .before(basis)
+        .ok_or_else(|| Error::Usage(format!("retention {rule} reaches before the calendar")))?;
+    Ok(RuleCutoff {
+        rule: rule.to_string(),
+        cutoff,
+    })
+}
+
+/// Builds the plan: cutoffs from `basis`; each org with an override gets its
+/// own item (its fixed periods replaced; `org_closed` rules still apply); held
+/// orgs and subjects are excluded.
+pub async fn plan(
+    config: &Config,
+    store: &dyn Store,
+    db: &AppDb,
+    basis: DateTime<Utc>,
+    classes: Option<&[String]>,
+) -> Result<Plan> {
+    let overrides = store.overrides().await?;
+    let holds = active_holds(store, db, config).await?;
+    let held_orgs: Vec<String> = holds.orgs.iter().map(|(_, o)| o.clone()).collect();
+    let held_subjects: Vec<String> = holds.subjects.iter().map(|(_, s)| s.clone()).collect();
+    let mut items = Vec::new();
+    for entry in &config.data_map {
+        if entry.retention.is_empty() || classes.is_some_and(|c| !c.contains(&entry.class)) {
+            continue;
+        }
+        let default_rules = entry
+            .retention
+            .iter()
+            .map(|r| rule_cutoff(*r, basis))
+            .collect::<Result<Vec<_>>>()?;
+        let has_age = entry
+            .retention
+            .iter()
+            .any(|r| matches!(r, RetentionRule::Age(_)));
+        let class_overrides: Vec<_> = if has_age && entry.org.is_some() {
+            overrides
+                .iter()
+                .filter(|o| o.class == entry.class)
+                .collect()
+        } else {
+            vec![]
+        };
+        let mut default_excludes = held_orgs.clone();
+        default_excludes.extend(class_overrides.iter().map(|o| o.org.clone()));
+        let mut scopes = vec![(default_rules, None, default_excludes)];
+        for o in &class_overrides {
+            let p = Period::parse(&o.period).map_err(Error::Usage)?;
+            let mut rules = vec![rule_cutoff(RetentionRule::Age(p), basis)?];
+            for r in entry
+                .retention
+                .iter()
+                .filter(|r| matches!(r, RetentionRule::OrgClosed(_)))
+            {
+                rules.push(rule_cutoff(*r, basis)?);
+            }
+            scopes.push((rules, Some(vec![o.org.clone()]), held_orgs.clone()));
+        }
+        for (rules, only_orgs, exclude_orgs) in scopes {
+            let mut item = PlanItem {
+                table: entry.table.clone(),
+                class: entry.class.clone(),
+                rules,
+                only_orgs,
+                exclude_orgs,
+                exclude_subjects: held_subjects.clone(),
+                planned: BTreeMap::new(),
+                held: BTreeMap::new(),
+            };
+            let s = scope(entry, &item, config)?;
+            for (org, n) in db.count_by_org(&s).await? {
+                item.planned.insert(org_key(org), n);
+            }
+            item.held = held_counts(db, &s, &holds).await?;
+            items.push(item);
+        }
+    }
+    Ok(Plan { basis, items })
+}
+
+/// Expired rows that a hold keeps, by hold id.
+async fn held_counts(db: &AppDb, s: &Scope, holds: &Holds) -> Result<BTreeMap<i64, i64>> {
+    let mut out = BTreeMap::new();
+    if s.org.is_some() {
+        for (id, org) in &holds.orgs {
+            let mut h = s.clone();
+            h.only_orgs = Some(vec![org.clone()]);
+            h.exclude_orgs.clear();
+            let n: i64 = db.count_by_org(&h).await?.iter().map(|(_, n)| n).sum();
+            if n > 0 {
+                *out.entry(*id).or_default() += n;
+            }
+        }
+    }
+    if s.subject.is_some() {
+        let mut base = s.clone();
+        base.exclude_subjects.clear();
+        for (id, subject) in &holds.subjects {
+            let n = count_subject(db, &base, subject).await?;
+            if n > 0 {
+                *out.entry(*id).or_default() += n;
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Rows in `s` whose subject is `subject`: total minus the rows left when that subject is excluded.
+async fn count_subject(db: &AppDb, s: &Scope, subject: &str) -> Result<i64> {
+    let total: i64 = db.count_by_org(s).await?.iter().map(|(_, n)| n).sum();
+    let mut without = s.clone();
+    without.exclude_subjects = vec![subject.to_string()];
+    let rest: i64 = db
+        .count_by_org(&without)
+        .await?
+        .iter()
+        .map(|(_, n)| n)
+        .sum();
+    Ok(total - rest)
+}
+
+#[derive(Debug, Default, Serialize)]
+struct Progress {
+    batches: u64,
+    longest_batch_ms: u128,
+}
+
+pub async fn purge_job(jc: &JobContext) -> Result<Value> {
+    let p: PurgeParams = jc.params()?;
+    let config = jc.ctx.config.as_ref();
+    let store = jc.ctx.store.as_ref();
+    let db = AppDb::connect(&config.database.url).await?;
+    let warnings = preflight(config, &db).await?;
+
+    let stored = store.checkpoint_get(jc.run.id, PLAN_KEY).await?;
+    let resumed = stored.is_some();
+    let plan: Plan = match stored {
+        Some(v) => serde_json::from_value(v)
+            .map_err(|e| Error::Failed(format!("stored retention plan is unreadable: {e}")))?,
+        None => {
+            let plan = plan(
+                config,
+                store,
+                &db,
+                jc.run.scheduled_for,
+                p.classes.as_deref(),
+            )
+            .await?;
+            if !jc.dry_run {
+                let v = serde_json::to_value(&plan).map_err(|e| Error::Failed(e.to_string()))?;
+                store.checkpoint_put(jc.run.id, PLAN_KEY, &v).await?;
+            }
+            plan
+        }
+    };
+    let holds = store.holds(false).await?;
+    let hold_reason = |id: &i64| {
+        holds
+            .iter()
+            .find(|h| h.id == *id)
+            .map(|h| format!("{} {}: {}", h.scope.as_str(), h.value, h.reason))
+    };
+
+    let mut progress = Progress::default();
+    let mut items_out = Vec::new();
+    let mut total = 0i64;
+    for item in &plan.items {
+        let entry = config
+            .data_map
+            .iter()
+            .find(|e| e.table == item.table)
+            .ok_or_else(|| {
+                Error::Failed(format!(
+                    "table {} left the data map during the run",
+                    item.table
+                ))
+            })?;
+        let planned_scope = scope(entry, item, config)?;
+        let by_org: BTreeMap<String, i64> = if jc.dry_run {
+            item.planned.clone()
+        } else {
+            // Holds added since the plan was made are honoured too.
+            let current = active_holds(store, &db, config).await?;
+            let mut delete_scope = planned_scope.clone();
+            delete_scope
+                .exclude_orgs
+                .extend(current.orgs.into_iter().map(|(_, o)| o));
+            delete_scope
+                .exclude_subjects
+                .extend(current.subjects.into_iter().map(|(_, s)| s));
+            loop {
+                let started = Instant::now();
+                let n = db.delete_batch(&delete_scope, p.batch_size.max(1)).await?;
+                progress.batches += 1;
+                progress.longest_batch_ms =
+                    progress.longest_batch_ms.max(started.elapsed().as_millis());
+                if n < u64::from(p.batch_size.max(1)) {
+                    break;
+                }
+                if p.pause_ms > 0 {
+                    tokio::time::sleep(Duration::from_millis(p.pause_ms)).await;
+                }
+            }
+            let remaining: BTreeMap<String, i64> = db
+                .count_by_org(&planned_scope)
+                .await?
+                .into_iter()
+                .map(|(o, n)| (org_key(o), n))
+                .collect();
+            item.planned
+                .iter()
+                .map(|(org, n)| {
+                    (
+                        org.clone(),
+                        (n - remaining.get(org).copied().unwrap_or(0)).max(0),
+                    )
+                })
+                .filter(|(_, n)| *n > 0)
+                .collect()
+        };
+        let deleted: i64 = by_org.values().sum();
+        total += deleted;
+        let held: Vec<Value> = item
+            .held
+            .iter()
+            .map(|(id, n)| json!({"hold_id": id, "rows": n, "reason": hold_reason(id)}))
+            .collect();
+        let out = json!({
+            "class": item.class, "table": item.table, "rules": item.rules, "orgs": item.only_orgs,
+            if jc.dry_run { "would_delete" } else { "deleted" }: deleted,
+            "by_org": by_org, "skipped_for_holds": held,
+        });
+        if !jc.dry_run {
+            crate::audit::record(
+                store,
+                &jc.actor,
+                "retention.purged",
+                &format!("table:{}", item.table),
+                json!({"run_id": jc.run.id, "class": item.class, "rules": item.rules, "orgs": item.only_orgs, "deleted": deleted, "by_org": out["by_org"], "skipped_for_holds": held}),
+            )
+            .await?;
+        }
+        items_out.push(out);
+    }
+    Ok(json!({
+        "dry_run": jc.dry_run,
+        "basis": plan.basis.to_rfc3339(),
+        "resumed": resumed,
+        if jc.dry_run { "would_delete" } else { "deleted" }: total,
+        "items": items_out,
+        "batches": progress.batches,
+        "longest_batch_ms": progress.longest_batch_ms,
+        "warnings": warnings.iter().map(|w| format!("{}: {}", w.location, w.message)).collect::<Vec<_>>(),
+    }))
+}
