@@ -256,6 +256,7 @@ async fn held_counts(db: &AppDb, s: &Scope, holds: &Holds) -> Result<BTreeMap<i6
             let mut h = s.clone();
             h.only_orgs = Some(vec![org.clone()]);
             h.exclude_orgs.clear();
+            h.exclude_subjects.clear();
             let n: i64 = db.count_by_org(&h).await?.iter().map(|(_, n)| n).sum();
             if n > 0 {
                 *out.entry(*id).or_default() += n;

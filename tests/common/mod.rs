@@ -80,6 +80,17 @@ pub struct ConfigDir {
 impl ConfigDir {
     /// `store_url`: None → SQLite file in the folder. `runner`: extra lines for [runner].
     pub fn new(store_url: Option<&str>, runner: &str, mail: &str) -> ConfigDir {
+        Self::full(store_url, None, runner, mail, "")
+    }
+
+    /// `database_url`: None → an empty SQLite app.db in the folder. `extra`: appended TOML ([app], [[data_map]]).
+    pub fn full(
+        store_url: Option<&str>,
+        database_url: Option<&str>,
+        runner: &str,
+        mail: &str,
+        extra: &str,
+    ) -> ConfigDir {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = store_url.map_or_else(|| "sqlite://lethe.db".to_string(), str::to_string);
         std::fs::create_dir_all(dir.path().join("jobs")).unwrap();
@@ -91,9 +102,10 @@ impl ConfigDir {
         } else {
             mail.to_string()
         };
+        let database = database_url.unwrap_or("sqlite://app.db");
         let toml = format!(
             r#"[database]
-url = "sqlite://app.db"
+url = "{database}"
 
 [store]
 url = "{store}"
@@ -111,6 +123,7 @@ from = "Lethe <lethe@test.example>"
 [mail.recipients]
 dpo = ["dpo@test.example"]
 ops = ["ops@test.example"]
+{extra}
 "#
         );
         std::fs::write(dir.path().join("lethe.toml"), toml).unwrap();
