@@ -5,7 +5,7 @@ mod schema;
 mod scope;
 
 pub use schema::{check_data_map, SchemaProblem};
-pub use scope::{Scope, Selector};
+pub use scope::{KeyRange, Scope, Selector};
 
 use std::str::FromStr;
 use std::time::Duration;

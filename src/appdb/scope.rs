@@ -38,6 +38,17 @@ pub struct Scope {
     pub only_orgs: Option<Vec<String>>,
     pub exclude_orgs: Vec<String>,
     pub exclude_subjects: Vec<String>,
+    /// Restricts the scope to a slice of one column (a keyset batch).
+    pub range: Option<KeyRange>,
+}
+
+/// `lower <=/< column </<= upper`, values as the database prints them (text).
+#[derive(Debug, Clone, Default)]
+pub struct KeyRange {
+    pub column: String,
+    /// (value, inclusive)
+    pub lower: Option<(String, bool)>,
+    pub upper: Option<(String, bool)>,
 }
 
 #[derive(Clone, Copy)]
@@ -114,6 +125,35 @@ impl Sql {
         }
     }
 
+    fn key_value(&mut self, value: &str) -> String {
+        let ph = self.placeholder(Bind::Text(value.to_string()));
+        match self.dialect {
+            Dialect::Postgres => format!("({ph})::timestamptz"),
+            Dialect::Sqlite => ph,
+        }
+    }
+
+    fn range(&mut self, r: &KeyRange) -> Vec<String> {
+        let mut parts = Vec::new();
+        if let Some((v, inclusive)) = &r.lower {
+            let ph = self.key_value(v);
+            parts.push(format!(
+                "{} {} {ph}",
+                q(&r.column),
+                if *inclusive { ">=" } else { ">" }
+            ));
+        }
+        if let Some((v, inclusive)) = &r.upper {
+            let ph = self.key_value(v);
+            parts.push(format!(
+                "{} {} {ph}",
+                q(&r.column),
+                if *inclusive { "<=" } else { "<" }
+            ));
+        }
+        parts
+    }
+
     fn where_clause(&mut self, s: &Scope) -> String {
         let mut parts = Vec::new();
         let any: Vec<String> = s
@@ -126,6 +166,9 @@ impl Sql {
         } else {
             format!("({})", any.join(" OR "))
         });
+        if let Some(r) = &s.range {
+            parts.extend(self.range(r));
+        }
         if let (Some(only), Some(org)) = (&s.only_orgs, &s.org) {
             parts.push(self.in_list(org, only));
         }
@@ -210,8 +253,8 @@ impl AppDb {
         let mut sql = self.sql();
         let w = sql.where_clause(s);
         let t = q(&s.table);
+        // ctid/rowid: no primary key needed; a row updated meanwhile is simply taken next batch.
         Ok(match self {
-            // ctid/rowid: no primary key needed; a row updated meanwhile is simply taken next batch.
             AppDb::Postgres(p) => {
                 let text = format!("DELETE FROM {t} WHERE ctid = ANY(ARRAY(SELECT ctid FROM {t} WHERE {w} LIMIT {limit}))");
                 sqlx::query_with(&text, pg_args(sql.binds)?)
@@ -227,6 +270,78 @@ impl AppDb {
                     .rows_affected()
             }
         })
+    }
+
+    /// Deletes every row in scope (use with `scope.range` to bound it); returns how many.
+    pub async fn delete_all(&self, s: &Scope) -> Result<u64> {
+        let mut sql = self.sql();
+        let w = sql.where_clause(s);
+        let text = format!("DELETE FROM {} WHERE {w}", q(&s.table));
+        Ok(match self {
+            AppDb::Postgres(p) => sqlx::query_with(&text, pg_args(sql.binds)?)
+                .execute(p)
+                .await?
+                .rows_affected(),
+            AppDb::Sqlite(p) => sqlx::query_with(&text, sqlite_args(sql.binds)?)
+                .execute(p)
+                .await?
+                .rows_affected(),
+        })
+    }
+
+    /// The value of `range.column` `offset` rows into `range` (ordered), read
+    /// from the index alone: where the next keyset batch should end.
+    pub async fn key_at_offset(
+        &self,
+        table: &str,
+        range: &KeyRange,
+        offset: u32,
+    ) -> Result<Option<String>> {
+        let mut sql = self.sql();
+        let cond = sql.range(range);
+        let col = q(&range.column);
+        let text_col = match sql.dialect {
+            Dialect::Postgres => format!("{col}::text"),
+            Dialect::Sqlite => format!("CAST({col} AS TEXT)"),
+        };
+        let w = if cond.is_empty() {
+            "1 = 1".to_string()
+        } else {
+            cond.join(" AND ")
+        };
+        let text = format!(
+            // Aliased so that ORDER BY sorts the column (and can use its index), not its text.
+            "SELECT {text_col} AS lethe_key FROM {} WHERE {w} AND {col} IS NOT NULL ORDER BY {col} OFFSET {offset} LIMIT 1",
+            q(table)
+        );
+        let text = match sql.dialect {
+            // SQLite wants LIMIT before OFFSET.
+            Dialect::Sqlite => text.replace(
+                &format!("OFFSET {offset} LIMIT 1"),
+                &format!("LIMIT 1 OFFSET {offset}"),
+            ),
+            Dialect::Postgres => text,
+        };
+        Ok(match self {
+            AppDb::Postgres(p) => {
+                sqlx::query_scalar_with(&text, pg_args(sql.binds)?)
+                    .fetch_optional(p)
+                    .await?
+            }
+            AppDb::Sqlite(p) => {
+                sqlx::query_scalar_with(&text, sqlite_args(sql.binds)?)
+                    .fetch_optional(p)
+                    .await?
+            }
+        })
+    }
+
+    /// The cutoff as this database prints the column's values (for key ranges).
+    pub fn key_text(&self, t: DateTime<Utc>) -> String {
+        match self {
+            AppDb::Postgres(_) => t.to_rfc3339(),
+            AppDb::Sqlite(_) => t.format("%Y-%m-%d %H:%M:%S").to_string(),
+        }
     }
 
     /// Subject ids (as text) for these emails, matched case-insensitively.

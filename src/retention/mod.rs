@@ -18,7 +18,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::appdb::{check_data_map, AppDb, Scope, Selector};
+use crate::appdb::{check_data_map, AppDb, KeyRange, Scope, Selector};
 use crate::config::{Config, DataMapEntry};
 use crate::error::{Error, Result};
 use crate::runner::JobContext;
@@ -32,6 +32,12 @@ pub struct PurgeParams {
     /// Rows per DELETE statement: each is its own short transaction.
     #[serde(default = "default_batch")]
     pub batch_size: u32,
+    /// With a target, the batch size adapts (from `batch_size`, up to
+    /// `max_batch_size`) so each DELETE takes about this long.
+    #[serde(default)]
+    pub target_batch_ms: Option<u64>,
+    #[serde(default = "default_max_batch")]
+    pub max_batch_size: u32,
     /// Pause between batches, to leave room for the application's own writes.
     #[serde(default)]
     pub pause_ms: u64,
@@ -42,6 +48,24 @@ pub struct PurgeParams {
 
 fn default_batch() -> u32 {
     5000
+}
+
+fn default_max_batch() -> u32 {
+    100_000
+}
+
+/// Next batch size: double while well under the target, halve when over it.
+fn adapt(batch: u32, took: Duration, target_ms: Option<u64>, max: u32) -> u32 {
+    let Some(target) = target_ms.map(Duration::from_millis) else {
+        return batch;
+    };
+    if took < target / 2 {
+        batch.saturating_mul(2).min(max.max(1))
+    } else if took > target {
+        (batch / 2).max(100)
+    } else {
+        batch
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -161,6 +185,7 @@ fn scope(entry: &DataMapEntry, item: &PlanItem, config: &Config) -> Result<Scope
         only_orgs: item.only_orgs.clone(),
         exclude_orgs: item.exclude_orgs.clone(),
         exclude_subjects: item.exclude_subjects.clone(),
+        range: None,
     })
 }
 
@@ -294,6 +319,7 @@ async fn count_subject(db: &AppDb, s: &Scope, subject: &str) -> Result<i64> {
 struct Progress {
     batches: u64,
     longest_batch_ms: u128,
+    plan_ms: u128,
 }
 
 pub async fn purge_job(jc: &JobContext) -> Result<Value> {
@@ -303,6 +329,8 @@ pub async fn purge_job(jc: &JobContext) -> Result<Value> {
     let db = AppDb::connect(&config.database.url).await?;
     let warnings = preflight(config, &db).await?;
 
+    let mut progress = Progress::default();
+    let planning = Instant::now();
     let stored = store.checkpoint_get(jc.run.id, PLAN_KEY).await?;
     let resumed = stored.is_some();
     let plan: Plan = match stored {
@@ -332,7 +360,8 @@ pub async fn purge_job(jc: &JobContext) -> Result<Value> {
             .map(|h| format!("{} {}: {}", h.scope.as_str(), h.value, h.reason))
     };
 
-    let mut progress = Progress::default();
+    progress.plan_ms = planning.elapsed().as_millis();
+    let deleting = Instant::now();
     let mut items_out = Vec::new();
     let mut total = 0i64;
     for item in &plan.items {
@@ -359,15 +388,65 @@ pub async fn purge_job(jc: &JobContext) -> Result<Value> {
             delete_scope
                 .exclude_subjects
                 .extend(current.subjects.into_iter().map(|(_, s)| s));
+            // One age rule: delete in slices of its timestamp (keyset), each slice ending where
+            // the index says `batch` rows later; otherwise bounded ctid/rowid batches.
+            let keyset = match delete_scope.selectors.as_slice() {
+                [Selector::Before { column, cutoff }] => {
+                    Some((column.clone(), db.key_text(*cutoff)))
+                }
+                _ => None,
+            };
+            let mut batch = p.batch_size.max(1);
+            let mut lower: Option<(String, bool)> = None;
             loop {
                 let started = Instant::now();
-                let n = db.delete_batch(&delete_scope, p.batch_size.max(1)).await?;
+                let done = match &keyset {
+                    None => db.delete_batch(&delete_scope, batch).await? < u64::from(batch),
+                    Some((column, cutoff)) => {
+                        let window = KeyRange {
+                            column: column.clone(),
+                            lower: lower.clone(),
+                            upper: Some((cutoff.clone(), false)),
+                        };
+                        let (range, next, last) = match db
+                            .key_at_offset(&entry.table, &window, batch)
+                            .await?
+                        {
+                            None => (window, None, true),
+                            // Many rows share one timestamp: take exactly that value, then move past it.
+                            Some(u) if lower.as_ref().is_some_and(|(l, inc)| *inc && *l == u) => (
+                                KeyRange {
+                                    column: column.clone(),
+                                    lower: Some((u.clone(), true)),
+                                    upper: Some((u.clone(), true)),
+                                },
+                                Some((u, false)),
+                                false,
+                            ),
+                            Some(u) => (
+                                KeyRange {
+                                    column: column.clone(),
+                                    lower: lower.clone(),
+                                    upper: Some((u.clone(), false)),
+                                },
+                                Some((u, true)),
+                                false,
+                            ),
+                        };
+                        let mut slice = delete_scope.clone();
+                        slice.range = Some(range);
+                        db.delete_all(&slice).await?;
+                        lower = next;
+                        last
+                    }
+                };
+                let took = started.elapsed();
                 progress.batches += 1;
-                progress.longest_batch_ms =
-                    progress.longest_batch_ms.max(started.elapsed().as_millis());
-                if n < u64::from(p.batch_size.max(1)) {
+                progress.longest_batch_ms = progress.longest_batch_ms.max(took.as_millis());
+                if done {
                     break;
                 }
+                batch = adapt(batch, took, p.target_batch_ms, p.max_batch_size);
                 if p.pause_ms > 0 {
                     tokio::time::sleep(Duration::from_millis(p.pause_ms)).await;
                 }
@@ -421,6 +500,8 @@ pub async fn purge_job(jc: &JobContext) -> Result<Value> {
         "items": items_out,
         "batches": progress.batches,
         "longest_batch_ms": progress.longest_batch_ms,
+        "plan_ms": progress.plan_ms,
+        "delete_ms": deleting.elapsed().as_millis(),
         "warnings": warnings.iter().map(|w| format!("{}: {}", w.location, w.message)).collect::<Vec<_>>(),
     }))
 }
