@@ -66,7 +66,7 @@ timeout = "2h"
 [params]
 batch_size = 5000
 target_batch_ms = ${TARGET_MS:-250}
-max_batch_size = 100000
+max_batch_size = 1000000
 TOML
 export LETHE_DATABASE_URL="$LETHE_TEST_PG_URL"
 "$LETHE" --config "$dir/lethe.toml" migrate >/dev/null

@@ -248,44 +248,78 @@ impl AppDb {
         })
     }
 
-    /// Deletes at most `limit` rows in scope in one short statement; returns how many.
-    pub async fn delete_batch(&self, s: &Scope, limit: u32) -> Result<u64> {
+    /// Deletes at most `limit` rows in scope in one short statement; returns the count by org.
+    pub async fn delete_batch(&self, s: &Scope, limit: u32) -> Result<Vec<(Option<String>, i64)>> {
         let mut sql = self.sql();
         let w = sql.where_clause(s);
         let t = q(&s.table);
         // ctid/rowid: no primary key needed; a row updated meanwhile is simply taken next batch.
+        let delete = match sql.dialect {
+            Dialect::Postgres => format!("DELETE FROM {t} WHERE ctid = ANY(ARRAY(SELECT ctid FROM {t} WHERE {w} LIMIT {limit}))"),
+            Dialect::Sqlite => format!("DELETE FROM {t} WHERE rowid IN (SELECT rowid FROM {t} WHERE {w} LIMIT {limit})"),
+        };
+        self.delete_counting(s, delete, sql).await
+    }
+
+    /// Deletes every row in scope (bound it with `scope.range`); returns the count by org.
+    pub async fn delete_all(&self, s: &Scope) -> Result<Vec<(Option<String>, i64)>> {
+        let mut sql = self.sql();
+        let w = sql.where_clause(s);
+        let delete = format!("DELETE FROM {} WHERE {w}", q(&s.table));
+        self.delete_counting(s, delete, sql).await
+    }
+
+    /// Runs a DELETE and counts what it removed per org, in the same statement.
+    async fn delete_counting(
+        &self,
+        s: &Scope,
+        delete: String,
+        sql: Sql,
+    ) -> Result<Vec<(Option<String>, i64)>> {
+        let org = match &s.org {
+            Some(o) => sql.as_text(o),
+            None => "NULL".to_string(),
+        };
         Ok(match self {
             AppDb::Postgres(p) => {
-                let text = format!("DELETE FROM {t} WHERE ctid = ANY(ARRAY(SELECT ctid FROM {t} WHERE {w} LIMIT {limit}))");
-                sqlx::query_with(&text, pg_args(sql.binds)?)
-                    .execute(p)
+                let text = format!("WITH d AS ({delete} RETURNING {org} AS o) SELECT o, count(*) FROM d GROUP BY o");
+                sqlx::query_as_with(&text, pg_args(sql.binds)?)
+                    .fetch_all(p)
                     .await?
-                    .rows_affected()
             }
             AppDb::Sqlite(p) => {
-                let text = format!("DELETE FROM {t} WHERE rowid IN (SELECT rowid FROM {t} WHERE {w} LIMIT {limit})");
-                sqlx::query_with(&text, sqlite_args(sql.binds)?)
-                    .execute(p)
-                    .await?
-                    .rows_affected()
+                // SQLite cannot aggregate RETURNING rows; at most one batch of org ids is held here.
+                let text = format!("{delete} RETURNING {org}");
+                let orgs: Vec<Option<String>> =
+                    sqlx::query_scalar_with(&text, sqlite_args(sql.binds)?)
+                        .fetch_all(p)
+                        .await?;
+                let mut counts: std::collections::BTreeMap<Option<String>, i64> =
+                    Default::default();
+                for o in orgs {
+                    *counts.entry(o).or_default() += 1;
+                }
+                counts.into_iter().collect()
             }
         })
     }
 
-    /// Deletes every row in scope (use with `scope.range` to bound it); returns how many.
-    pub async fn delete_all(&self, s: &Scope) -> Result<u64> {
+    /// Rows in scope (no grouping: an index-only count where the database can).
+    pub async fn count(&self, s: &Scope) -> Result<i64> {
         let mut sql = self.sql();
         let w = sql.where_clause(s);
-        let text = format!("DELETE FROM {} WHERE {w}", q(&s.table));
+        let text = format!("SELECT count(*) FROM {} WHERE {w}", q(&s.table));
         Ok(match self {
-            AppDb::Postgres(p) => sqlx::query_with(&text, pg_args(sql.binds)?)
-                .execute(p)
-                .await?
-                .rows_affected(),
-            AppDb::Sqlite(p) => sqlx::query_with(&text, sqlite_args(sql.binds)?)
-                .execute(p)
-                .await?
-                .rows_affected(),
+            AppDb::Postgres(p) => {
+                sqlx::query_scalar_with(&text, pg_args(sql.binds)?)
+                    .fetch_one(p)
+                    .await?
+            }
+            AppDb::Sqlite(p) => {
+                sqlx::query_scalar_with(&text, sqlite_args(sql.binds)?)
+                    .fetch_one(p)
+                    .await?
+            }
         })
     }
 

@@ -2,10 +2,13 @@
 //! and org, in short bounded batches; respects per-org overrides and legal
 //! holds; leaves counts and cutoffs (never values) in the audit chain.
 //!
-//! A run first writes a *plan* (each scope's cutoff and how many rows it
-//! selects) as a checkpoint. Cutoffs come from the run's `scheduled_for`, so a
-//! retried run after a crash deletes exactly the same set, and its evidence
-//! (planned − remaining) counts every row once, whatever batch the crash hit.
+//! A run first writes a *plan* (each scope's cutoffs and how many rows it
+//! selects) as a checkpoint, and after every batch its progress (rows deleted
+//! per org). Cutoffs come from the run's `scheduled_for`, so a retried run
+//! after a crash deletes exactly the same set; its total is planned −
+//! remaining, so every row is counted once whichever batch the crash hit (a
+//! batch that committed just before the crash, before its progress was saved,
+//! is reported as `(unattributed after crash)` instead of under its org).
 
 mod rules;
 
@@ -51,7 +54,7 @@ fn default_batch() -> u32 {
 }
 
 fn default_max_batch() -> u32 {
-    100_000
+    1_000_000
 }
 
 /// Next batch size: double while well under the target, halve when over it.
@@ -85,8 +88,8 @@ pub struct PlanItem {
     pub only_orgs: Option<Vec<String>>,
     pub exclude_orgs: Vec<String>,
     pub exclude_subjects: Vec<String>,
-    /// Rows selected at plan time, by org ("" for rows without an org).
-    pub planned: BTreeMap<String, i64>,
+    /// Rows selected at plan time.
+    pub planned: i64,
     /// Expired rows kept by a legal hold, by hold id.
     pub held: BTreeMap<i64, i64>,
 }
@@ -259,13 +262,11 @@ pub async fn plan(
                 only_orgs,
                 exclude_orgs,
                 exclude_subjects: held_subjects.clone(),
-                planned: BTreeMap::new(),
+                planned: 0,
                 held: BTreeMap::new(),
             };
             let s = scope(entry, &item, config)?;
-            for (org, n) in db.count_by_org(&s).await? {
-                item.planned.insert(org_key(org), n);
-            }
+            item.planned = db.count(&s).await?;
             item.held = held_counts(db, &s, &holds).await?;
             items.push(item);
         }
@@ -282,7 +283,7 @@ async fn held_counts(db: &AppDb, s: &Scope, holds: &Holds) -> Result<BTreeMap<i6
             h.only_orgs = Some(vec![org.clone()]);
             h.exclude_orgs.clear();
             h.exclude_subjects.clear();
-            let n: i64 = db.count_by_org(&h).await?.iter().map(|(_, n)| n).sum();
+            let n = db.count(&h).await?;
             if n > 0 {
                 *out.entry(*id).or_default() += n;
             }
@@ -303,23 +304,126 @@ async fn held_counts(db: &AppDb, s: &Scope, holds: &Holds) -> Result<BTreeMap<i6
 
 /// Rows in `s` whose subject is `subject`: total minus the rows left when that subject is excluded.
 async fn count_subject(db: &AppDb, s: &Scope, subject: &str) -> Result<i64> {
-    let total: i64 = db.count_by_org(s).await?.iter().map(|(_, n)| n).sum();
     let mut without = s.clone();
     without.exclude_subjects = vec![subject.to_string()];
-    let rest: i64 = db
-        .count_by_org(&without)
-        .await?
-        .iter()
-        .map(|(_, n)| n)
-        .sum();
-    Ok(total - rest)
+    Ok(db.count(s).await? - db.count(&without).await?)
 }
 
-#[derive(Debug, Default, Serialize)]
-struct Progress {
+const PROGRESS_KEY: &str = "retention.progress";
+const UNATTRIBUTED: &str = "(unattributed after crash)";
+
+#[derive(Debug, Default)]
+struct Stats {
     batches: u64,
     longest_batch_ms: u128,
     plan_ms: u128,
+}
+
+/// Rows deleted so far per plan item, saved after every batch.
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+struct Progress {
+    items: BTreeMap<usize, ItemProgress>,
+}
+
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+struct ItemProgress {
+    by_org: BTreeMap<String, i64>,
+    finished: bool,
+}
+
+/// Deletes one plan item in batches, saving progress after each.
+#[allow(clippy::too_many_arguments)]
+async fn delete_item(
+    jc: &JobContext,
+    db: &AppDb,
+    config: &Config,
+    p: &PurgeParams,
+    index: usize,
+    item: &PlanItem,
+    planned_scope: &Scope,
+    done: &mut Progress,
+    stats: &mut Stats,
+) -> Result<()> {
+    let store = jc.ctx.store.as_ref();
+    // Holds added since the plan was made are honoured too.
+    let current = active_holds(store, db, config).await?;
+    let mut delete_scope = planned_scope.clone();
+    delete_scope
+        .exclude_orgs
+        .extend(current.orgs.into_iter().map(|(_, o)| o));
+    delete_scope
+        .exclude_subjects
+        .extend(current.subjects.into_iter().map(|(_, s)| s));
+    // One age rule: delete in slices of its timestamp (keyset), each slice ending where
+    // the index says `batch` rows later; otherwise bounded ctid/rowid batches.
+    let keyset = match delete_scope.selectors.as_slice() {
+        [Selector::Before { column, cutoff }] => Some((column.clone(), db.key_text(*cutoff))),
+        _ => None,
+    };
+    let mut batch = p.batch_size.max(1);
+    let mut lower: Option<(String, bool)> = None;
+    loop {
+        let started = Instant::now();
+        let (counts, last) = match &keyset {
+            None => {
+                let counts = db.delete_batch(&delete_scope, batch).await?;
+                let n: i64 = counts.iter().map(|(_, n)| n).sum();
+                (counts, n < i64::from(batch))
+            }
+            Some((column, cutoff)) => {
+                let window = KeyRange {
+                    column: column.clone(),
+                    lower: lower.clone(),
+                    upper: Some((cutoff.clone(), false)),
+                };
+                let (range, next, last) =
+                    match db.key_at_offset(&item.table, &window, batch).await? {
+                        None => (window, None, true),
+                        // Many rows share one timestamp: take exactly that value, then move past it.
+                        Some(u) if lower.as_ref().is_some_and(|(l, inc)| *inc && *l == u) => (
+                            KeyRange {
+                                column: column.clone(),
+                                lower: Some((u.clone(), true)),
+                                upper: Some((u.clone(), true)),
+                            },
+                            Some((u, false)),
+                            false,
+                        ),
+                        Some(u) => (
+                            KeyRange {
+                                column: column.clone(),
+                                lower: lower.clone(),
+                                upper: Some((u.clone(), false)),
+                            },
+                            Some((u, true)),
+                            false,
+                        ),
+                    };
+                let mut slice = delete_scope.clone();
+                slice.range = Some(range);
+                let counts = db.delete_all(&slice).await?;
+                lower = next;
+                (counts, last)
+            }
+        };
+        let took = started.elapsed();
+        stats.batches += 1;
+        stats.longest_batch_ms = stats.longest_batch_ms.max(took.as_millis());
+        let entry = done.items.entry(index).or_default();
+        for (org, n) in counts {
+            *entry.by_org.entry(org_key(org)).or_default() += n;
+        }
+        entry.finished = last;
+        let v = serde_json::to_value(&*done).map_err(|e| Error::Failed(e.to_string()))?;
+        store.checkpoint_put(jc.run.id, PROGRESS_KEY, &v).await?;
+        if last {
+            return Ok(());
+        }
+        batch = adapt(batch, took, p.target_batch_ms, p.max_batch_size);
+        if p.pause_ms > 0 {
+            tokio::time::sleep(Duration::from_millis(p.pause_ms)).await;
+        }
+    }
 }
 
 pub async fn purge_job(jc: &JobContext) -> Result<Value> {
@@ -329,7 +433,7 @@ pub async fn purge_job(jc: &JobContext) -> Result<Value> {
     let db = AppDb::connect(&config.database.url).await?;
     let warnings = preflight(config, &db).await?;
 
-    let mut progress = Progress::default();
+    let mut stats = Stats::default();
     let planning = Instant::now();
     let stored = store.checkpoint_get(jc.run.id, PLAN_KEY).await?;
     let resumed = stored.is_some();
@@ -359,12 +463,16 @@ pub async fn purge_job(jc: &JobContext) -> Result<Value> {
             .find(|h| h.id == *id)
             .map(|h| format!("{} {}: {}", h.scope.as_str(), h.value, h.reason))
     };
-
-    progress.plan_ms = planning.elapsed().as_millis();
+    let mut done: Progress = match store.checkpoint_get(jc.run.id, PROGRESS_KEY).await? {
+        Some(v) => serde_json::from_value(v)
+            .map_err(|e| Error::Failed(format!("stored purge progress is unreadable: {e}")))?,
+        None => Progress::default(),
+    };
+    stats.plan_ms = planning.elapsed().as_millis();
     let deleting = Instant::now();
     let mut items_out = Vec::new();
     let mut total = 0i64;
-    for item in &plan.items {
+    for (index, item) in plan.items.iter().enumerate() {
         let entry = config
             .data_map
             .iter()
@@ -377,96 +485,42 @@ pub async fn purge_job(jc: &JobContext) -> Result<Value> {
             })?;
         let planned_scope = scope(entry, item, config)?;
         let by_org: BTreeMap<String, i64> = if jc.dry_run {
-            item.planned.clone()
-        } else {
-            // Holds added since the plan was made are honoured too.
-            let current = active_holds(store, &db, config).await?;
-            let mut delete_scope = planned_scope.clone();
-            delete_scope
-                .exclude_orgs
-                .extend(current.orgs.into_iter().map(|(_, o)| o));
-            delete_scope
-                .exclude_subjects
-                .extend(current.subjects.into_iter().map(|(_, s)| s));
-            // One age rule: delete in slices of its timestamp (keyset), each slice ending where
-            // the index says `batch` rows later; otherwise bounded ctid/rowid batches.
-            let keyset = match delete_scope.selectors.as_slice() {
-                [Selector::Before { column, cutoff }] => {
-                    Some((column.clone(), db.key_text(*cutoff)))
-                }
-                _ => None,
-            };
-            let mut batch = p.batch_size.max(1);
-            let mut lower: Option<(String, bool)> = None;
-            loop {
-                let started = Instant::now();
-                let done = match &keyset {
-                    None => db.delete_batch(&delete_scope, batch).await? < u64::from(batch),
-                    Some((column, cutoff)) => {
-                        let window = KeyRange {
-                            column: column.clone(),
-                            lower: lower.clone(),
-                            upper: Some((cutoff.clone(), false)),
-                        };
-                        let (range, next, last) = match db
-                            .key_at_offset(&entry.table, &window, batch)
-                            .await?
-                        {
-                            None => (window, None, true),
-                            // Many rows share one timestamp: take exactly that value, then move past it.
-                            Some(u) if lower.as_ref().is_some_and(|(l, inc)| *inc && *l == u) => (
-                                KeyRange {
-                                    column: column.clone(),
-                                    lower: Some((u.clone(), true)),
-                                    upper: Some((u.clone(), true)),
-                                },
-                                Some((u, false)),
-                                false,
-                            ),
-                            Some(u) => (
-                                KeyRange {
-                                    column: column.clone(),
-                                    lower: lower.clone(),
-                                    upper: Some((u.clone(), false)),
-                                },
-                                Some((u, true)),
-                                false,
-                            ),
-                        };
-                        let mut slice = delete_scope.clone();
-                        slice.range = Some(range);
-                        db.delete_all(&slice).await?;
-                        lower = next;
-                        last
-                    }
-                };
-                let took = started.elapsed();
-                progress.batches += 1;
-                progress.longest_batch_ms = progress.longest_batch_ms.max(took.as_millis());
-                if done {
-                    break;
-                }
-                batch = adapt(batch, took, p.target_batch_ms, p.max_batch_size);
-                if p.pause_ms > 0 {
-                    tokio::time::sleep(Duration::from_millis(p.pause_ms)).await;
-                }
-            }
-            let remaining: BTreeMap<String, i64> = db
-                .count_by_org(&planned_scope)
+            db.count_by_org(&planned_scope)
                 .await?
                 .into_iter()
                 .map(|(o, n)| (org_key(o), n))
-                .collect();
-            item.planned
-                .iter()
-                .map(|(org, n)| {
-                    (
-                        org.clone(),
-                        (n - remaining.get(org).copied().unwrap_or(0)).max(0),
-                    )
-                })
-                .filter(|(_, n)| *n > 0)
                 .collect()
+        } else {
+            let before = done.items.get(&index).cloned();
+            if !before.as_ref().is_some_and(|d| d.finished) {
+                delete_item(
+                    jc,
+                    &db,
+                    config,
+                    &p,
+                    index,
+                    item,
+                    &planned_scope,
+                    &mut done,
+                    &mut stats,
+                )
+                .await?;
+            }
+            let mut by_org = done
+                .items
+                .get(&index)
+                .map(|d| d.by_org.clone())
+                .unwrap_or_default();
+            if before.is_some() {
+                // Resumed: the exact total is planned − remaining; a batch that committed
+                // before its progress was saved shows up as the difference.
+                let exact = item.planned - db.count(&planned_scope).await?;
+                let attributed: i64 = by_org.values().sum();
+                if exact > attributed {
+                    by_org.insert(UNATTRIBUTED.into(), exact - attributed);
+                }
+            }
+            by_org
         };
         let deleted: i64 = by_org.values().sum();
         total += deleted;
@@ -486,7 +540,8 @@ pub async fn purge_job(jc: &JobContext) -> Result<Value> {
                 &jc.actor,
                 "retention.purged",
                 &format!("table:{}", item.table),
-                json!({"run_id": jc.run.id, "class": item.class, "rules": item.rules, "orgs": item.only_orgs, "deleted": deleted, "by_org": out["by_org"], "skipped_for_holds": held}),
+                json!({"run_id": jc.run.id, "class": item.class, "rules": item.rules, "orgs": item.only_orgs,
+                       "deleted": deleted, "by_org": out["by_org"], "skipped_for_holds": held}),
             )
             .await?;
         }
@@ -498,9 +553,9 @@ pub async fn purge_job(jc: &JobContext) -> Result<Value> {
         "resumed": resumed,
         if jc.dry_run { "would_delete" } else { "deleted" }: total,
         "items": items_out,
-        "batches": progress.batches,
-        "longest_batch_ms": progress.longest_batch_ms,
-        "plan_ms": progress.plan_ms,
+        "batches": stats.batches,
+        "longest_batch_ms": stats.longest_batch_ms,
+        "plan_ms": stats.plan_ms,
         "delete_ms": deleting.elapsed().as_millis(),
         "warnings": warnings.iter().map(|w| format!("{}: {}", w.location, w.message)).collect::<Vec<_>>(),
     }))
