@@ -45,6 +45,10 @@ pub enum Error {
     Mail(String),
     #[error("audit log: {0}")]
     Audit(String),
+    #[error("object store: {0}")]
+    ObjectStore(String),
+    #[error("backup: {0}")]
+    Backup(String),
 }
 
 fn location(path: &std::path::Path, line: Option<usize>, column: Option<usize>) -> String {

@@ -4,6 +4,7 @@
 
 pub mod appdb;
 pub mod audit;
+pub mod backup;
 pub mod cli;
 pub mod commands;
 pub mod config;
@@ -13,6 +14,7 @@ pub mod error;
 pub mod http;
 pub mod metrics;
 pub mod notify;
+pub mod objstore;
 pub mod retention;
 pub mod runner;
 pub mod store;

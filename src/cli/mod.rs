@@ -79,6 +79,11 @@ pub enum Command {
         #[command(subcommand)]
         command: RetentionCommand,
     },
+    /// Encrypted backups in object storage: list, verify by restore, restore.
+    Backup {
+        #[command(subcommand)]
+        command: BackupCommand,
+    },
     /// Legal holds: held orgs or subjects are never purged or erased.
     Hold {
         #[command(subcommand)]
@@ -115,6 +120,31 @@ pub enum RetentionCommand {
         org: String,
         #[arg(long)]
         reason: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum BackupCommand {
+    /// The catalog, newest first.
+    List {
+        #[arg(long)]
+        all: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Download, decrypt, decompress, check the hash, restore into a scratch database, compare row counts.
+    Verify {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Restore into an empty PostgreSQL database or a new SQLite file.
+    Restore {
+        id: String,
+        #[arg(long)]
+        to: String,
+        #[arg(long)]
+        json: bool,
     },
 }
 

@@ -19,8 +19,17 @@ pub async fn run(dir: &Path, json_out: bool) -> Result<i32> {
     let now = chrono::Utc::now();
     let seeded = crate::demo::seed(&dir.join("app.db"), now).await?;
 
+    let identity = age::x25519::Identity::generate();
     let config_text = super::init::STARTER_CONFIG
         .replace("example.com", "demo.example")
+        .replace(
+            "recipients = []",
+            &format!("recipients = [\"{}\"]", identity.to_public()),
+        )
+        .replace(
+            "# identity_file = \"/run/secrets/age-identity.txt\"",
+            "identity_file = \"secrets/age-identity.txt\"",
+        )
         .replace(
             "# signing_key_file = \"/run/secrets/audit-signing-key\"",
             "signing_key_file = \"secrets/audit-signing-key\"",
@@ -32,6 +41,13 @@ pub async fn run(dir: &Path, json_out: bool) -> Result<i32> {
     let key =
         uuid::Uuid::new_v4().simple().to_string() + &uuid::Uuid::new_v4().simple().to_string();
     std::fs::write(secrets.join("audit-signing-key"), key)?;
+    {
+        use age::secrecy::ExposeSecret;
+        std::fs::write(
+            secrets.join("age-identity.txt"),
+            format!("{}\n", identity.to_string().expose_secret()),
+        )?;
+    }
 
     let config = Config::load(&dir.join("lethe.toml"))?;
     let ctx = Context::open_unchecked(config).await?;

@@ -9,6 +9,22 @@ use crate::error::Error;
 /// The default job catalog (`jobs/` in the repository), embedded.
 pub const STARTER_JOBS: &[(&str, &str)] = &[
     (
+        "backup.create.toml",
+        include_str!("../../jobs/backup.create.toml"),
+    ),
+    (
+        "backup.verify.toml",
+        include_str!("../../jobs/backup.verify.toml"),
+    ),
+    (
+        "backup.prune.toml",
+        include_str!("../../jobs/backup.prune.toml"),
+    ),
+    (
+        "backup.rpo_check.toml",
+        include_str!("../../jobs/backup.rpo_check.toml"),
+    ),
+    (
         "retention.purge.toml",
         include_str!("../../jobs/retention.purge.toml"),
     ),
@@ -63,6 +79,26 @@ max_attempts = 10
 [mail.recipients]
 dpo = ["dpo@example.com"]
 ops = ["ops@example.com"]
+
+[object_store]
+# "file://backups" (relative to this file) or "s3://bucket/prefix"; S3 credentials
+# come from the usual AWS environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, …).
+url = "file://objects"
+# endpoint = "https://<account>.r2.cloudflarestorage.com"   # S3-compatible stores
+# region = "auto"
+# path_style = false
+# upload_concurrency = 4
+
+[backup]
+# age public keys that can decrypt backups (keep the matching secret keys offline).
+recipients = []
+# The identity used by verify and restore: $LETHE_AGE_IDENTITY or this file.
+# identity_file = "/run/secrets/age-identity.txt"
+zstd_level = 3
+zstd_threads = 2
+part_size_mib = 16
+rpo = "1h"
+keep = { last = 3, hourly = 24, daily = 7, weekly = 4, monthly = 12, yearly = 3 }
 
 [audit]
 # `lethe audit export --signed` signs with this key.

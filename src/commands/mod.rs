@@ -1,6 +1,7 @@
 //! One file a user verb. Each returns the exit code; errors carry theirs.
 
 mod audit;
+mod backup;
 mod check;
 mod demo;
 mod init;
@@ -17,7 +18,9 @@ use std::sync::Arc;
 
 use anyhow::Result;
 
-use crate::cli::{AuditCommand, Cli, Command, HoldCommand, JobsCommand, RetentionCommand};
+use crate::cli::{
+    AuditCommand, BackupCommand, Cli, Command, HoldCommand, JobsCommand, RetentionCommand,
+};
 use crate::config::{self, Config};
 use crate::context::Context;
 
@@ -60,6 +63,16 @@ pub async fn dispatch(cli: Cli) -> Result<i32> {
                 RetentionCommand::List { json } => retention::list(ctx, json).await,
                 RetentionCommand::Unset { class, org, reason } => {
                     retention::unset(ctx, &class, &org, &reason).await
+                }
+            }
+        }
+        Command::Backup { command } => {
+            let ctx = open(cfg_flag).await?;
+            match command {
+                BackupCommand::List { all, json } => backup::list(ctx, all, json).await,
+                BackupCommand::Verify { id, json } => backup::verify(ctx, &id, json).await,
+                BackupCommand::Restore { id, to, json } => {
+                    backup::restore(ctx, &id, &to, json).await
                 }
             }
         }

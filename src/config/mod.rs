@@ -45,7 +45,55 @@ pub struct Config {
     pub audit: AuditConfig,
     pub app: Option<AppMapping>,
     pub data_map: Vec<DataMapEntry>,
+    pub object_store: Option<ObjectStoreConfig>,
+    pub backup: BackupConfig,
     pub jobs: Vec<JobSpec>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ObjectStoreConfig {
+    /// `s3://bucket/prefix` or `file:///abs/path` (relative `file://` paths resolve against the config).
+    pub url: String,
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    pub path_style: bool,
+    pub upload_concurrency: usize,
+}
+
+/// GFS retention for backups: how many of each to keep.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeepPolicy {
+    #[serde(default)]
+    pub last: u32,
+    #[serde(default)]
+    pub hourly: u32,
+    #[serde(default)]
+    pub daily: u32,
+    #[serde(default)]
+    pub weekly: u32,
+    #[serde(default)]
+    pub monthly: u32,
+    #[serde(default)]
+    pub yearly: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct BackupConfig {
+    /// age public keys (`age1…`) every backup is encrypted to.
+    pub recipients: Vec<String>,
+    /// The age identity for verify and restore.
+    pub identity: SecretSource,
+    pub zstd_level: i32,
+    pub zstd_threads: u32,
+    pub part_size: usize,
+    pub prefix: String,
+    pub rpo: Duration,
+    pub keep: KeepPolicy,
+    /// PostgreSQL server URL (any database) where verify creates its scratch database; default: the app's server.
+    pub scratch_url: Option<String>,
+    /// Folder with pg_dump / pg_restore; default: PATH, then /usr/lib/postgresql/*/bin.
+    pub pg_bin: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -139,6 +187,37 @@ struct RawConfig {
     app: Option<data_map::RawApp>,
     #[serde(default)]
     data_map: Vec<data_map::RawEntry>,
+    object_store: Option<RawObjectStore>,
+    #[serde(default)]
+    backup: RawBackup,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawObjectStore {
+    url: Spanned<String>,
+    endpoint: Option<String>,
+    region: Option<String>,
+    #[serde(default)]
+    path_style: bool,
+    upload_concurrency: Option<usize>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawBackup {
+    #[serde(default)]
+    recipients: Vec<Spanned<String>>,
+    identity_env: Option<String>,
+    identity_file: Option<String>,
+    zstd_level: Option<Spanned<i32>>,
+    zstd_threads: Option<u32>,
+    part_size_mib: Option<Spanned<u64>>,
+    prefix: Option<String>,
+    rpo: Option<Spanned<String>>,
+    keep: Option<KeepPolicy>,
+    scratch_url: Option<Spanned<String>>,
+    pg_bin: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -333,6 +412,11 @@ impl Config {
         };
         let app = data_map::load_app(raw.app);
         let data_map = data_map::load_entries(&src, raw.data_map, app.as_ref())?;
+        let object_store = raw
+            .object_store
+            .map(|o| load_object_store(&src, o, &dir))
+            .transpose()?;
+        let backup = load_backup(&src, raw.backup, &dir)?;
         let jobs = jobs::load_dir(&runner.jobs_dir)?;
 
         Ok(Config {
@@ -349,6 +433,8 @@ impl Config {
             audit,
             app,
             data_map,
+            object_store,
+            backup,
             jobs,
         })
     }
@@ -535,6 +621,102 @@ fn load_mail(src: &SourceFile, raw: RawMail, dir: &Path) -> Result<MailConfig> {
             .into_iter()
             .map(Spanned::into_inner)
             .collect(),
+    })
+}
+
+pub const ENV_AGE_IDENTITY: &str = "LETHE_AGE_IDENTITY";
+
+fn load_object_store(
+    src: &SourceFile,
+    raw: RawObjectStore,
+    dir: &Path,
+) -> Result<ObjectStoreConfig> {
+    let url = raw.url.get_ref().clone();
+    let url = if let Some(path) = url.strip_prefix("file://") {
+        if path.starts_with('/') {
+            url.clone()
+        } else {
+            format!("file://{}", dir.join(path).display())
+        }
+    } else if url.starts_with("s3://") && url.len() > 5 {
+        url.clone()
+    } else {
+        return Err(src.error_at(
+            raw.url.span(),
+            format!("object_store.url `{url}` must be s3://BUCKET[/PREFIX] or file://PATH"),
+        ));
+    };
+    Ok(ObjectStoreConfig {
+        url,
+        endpoint: raw.endpoint,
+        region: raw.region,
+        path_style: raw.path_style,
+        upload_concurrency: raw.upload_concurrency.unwrap_or(4).clamp(1, 64),
+    })
+}
+
+fn load_backup(src: &SourceFile, raw: RawBackup, dir: &Path) -> Result<BackupConfig> {
+    for r in &raw.recipients {
+        r.get_ref().parse::<age::x25519::Recipient>().map_err(|e| {
+            src.error_at(
+                r.span(),
+                format!(
+                    "backup.recipients: `{}` is not an age public key (age1…): {e}",
+                    r.get_ref()
+                ),
+            )
+        })?;
+    }
+    let level = match raw.zstd_level {
+        Some(l) if !(1..=19).contains(l.get_ref()) => {
+            return Err(src.error_at(l.span(), "backup.zstd_level must be between 1 and 19"))
+        }
+        Some(l) => l.into_inner(),
+        None => 3,
+    };
+    let part_mib = match raw.part_size_mib {
+        Some(p) if !(5..=512).contains(p.get_ref()) => {
+            return Err(src.error_at(
+                p.span(),
+                "backup.part_size_mib must be between 5 (S3's minimum) and 512",
+            ))
+        }
+        Some(p) => p.into_inner(),
+        None => 16,
+    };
+    if let Some(u) = &raw.scratch_url {
+        reject_password(src, u, "backup.scratch_url", ENV_DATABASE_URL)?;
+    }
+    Ok(BackupConfig {
+        recipients: raw
+            .recipients
+            .into_iter()
+            .map(Spanned::into_inner)
+            .collect(),
+        identity: SecretSource {
+            env: raw
+                .identity_env
+                .unwrap_or_else(|| ENV_AGE_IDENTITY.to_string()),
+            file: raw.identity_file.map(|f| dir.join(f)),
+        },
+        zstd_level: level,
+        zstd_threads: raw.zstd_threads.unwrap_or(2).clamp(1, 64),
+        part_size: usize::try_from(part_mib * 1024 * 1024).unwrap_or(16 << 20),
+        prefix: raw.prefix.unwrap_or_else(|| "backups/".to_string()),
+        rpo: match &raw.rpo {
+            Some(r) => src.duration(r, "backup.rpo")?,
+            None => Duration::from_secs(3600),
+        },
+        keep: raw.keep.unwrap_or(KeepPolicy {
+            last: 3,
+            hourly: 24,
+            daily: 7,
+            weekly: 4,
+            monthly: 12,
+            yearly: 3,
+        }),
+        scratch_url: raw.scratch_url.map(Spanned::into_inner),
+        pg_bin: raw.pg_bin.map(PathBuf::from),
     })
 }
 

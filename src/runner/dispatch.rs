@@ -31,6 +31,10 @@ impl JobContext {
 pub async fn dispatch(jc: JobContext) -> Result<Value> {
     match jc.kind {
         JobKind::RetentionPurge => crate::retention::purge_job(&jc).await,
+        JobKind::BackupCreate => crate::backup::create_job(&jc).await,
+        JobKind::BackupVerify => crate::backup::verify_job(&jc).await,
+        JobKind::BackupPrune => crate::backup::prune_job(&jc).await,
+        JobKind::BackupRpoCheck => crate::backup::rpo_check_job(&jc).await,
         JobKind::RunnerPrune => super::job_cleaner::run(&jc).await,
         JobKind::MailFlush => crate::notify::flush_job(&jc).await,
         JobKind::TestSleep => test_sleep(&jc).await,

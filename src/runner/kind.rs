@@ -12,6 +12,10 @@ pub const ENV_TEST_JOBS: &str = "LETHE_ENABLE_TEST_JOBS";
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum JobKind {
     RetentionPurge,
+    BackupCreate,
+    BackupVerify,
+    BackupPrune,
+    BackupRpoCheck,
     MailFlush,
     RunnerPrune,
     /// Sleeps and records that it ran: the runner's fault tests kill processes during it.
@@ -22,6 +26,10 @@ impl JobKind {
     /// Every kind a catalog may name, in the order `demo` runs them.
     pub const ALL: &'static [JobKind] = &[
         JobKind::RetentionPurge,
+        JobKind::BackupCreate,
+        JobKind::BackupVerify,
+        JobKind::BackupPrune,
+        JobKind::BackupRpoCheck,
         JobKind::RunnerPrune,
         JobKind::MailFlush,
     ];
@@ -29,6 +37,10 @@ impl JobKind {
     pub fn as_str(self) -> &'static str {
         match self {
             JobKind::RetentionPurge => "retention.purge",
+            JobKind::BackupCreate => "backup.create",
+            JobKind::BackupVerify => "backup.verify",
+            JobKind::BackupPrune => "backup.prune",
+            JobKind::BackupRpoCheck => "backup.rpo_check",
             JobKind::MailFlush => "mail.flush",
             JobKind::RunnerPrune => "runner.prune",
             JobKind::TestSleep => "test.sleep",
@@ -39,6 +51,10 @@ impl JobKind {
     pub fn validate_params(self, params: &Value) -> Result<(), String> {
         match self {
             JobKind::RetentionPurge => check::<crate::retention::PurgeParams>(params),
+            JobKind::BackupCreate => check::<crate::backup::CreateParams>(params),
+            JobKind::BackupVerify => check::<crate::backup::VerifyParams>(params),
+            JobKind::BackupPrune => check::<crate::backup::PruneParams>(params),
+            JobKind::BackupRpoCheck => check::<crate::backup::RpoParams>(params),
             JobKind::MailFlush => check::<crate::notify::FlushParams>(params),
             JobKind::RunnerPrune => check::<super::job_cleaner::PruneParams>(params),
             JobKind::TestSleep => check::<super::dispatch::SleepParams>(params),

@@ -274,6 +274,25 @@ pub struct LegalHold {
     pub release_reason: Option<String>,
 }
 
+/// One stored backup in the catalog.
+#[derive(Debug, Clone, Serialize)]
+pub struct BackupRecord {
+    pub id: String,
+    pub created_at: DateTime<Utc>,
+    pub run_id: Option<i64>,
+    pub object_key: String,
+    pub manifest_key: String,
+    pub stored_bytes: i64,
+    pub raw_bytes: i64,
+    pub sha256: String,
+    pub manifest: serde_json::Value,
+    pub verified_at: Option<DateTime<Utc>>,
+    pub verify_ok: Option<bool>,
+    pub restore_ms: Option<i64>,
+    pub verify_error: Option<String>,
+    pub deleted_at: Option<DateTime<Utc>>,
+}
+
 #[async_trait]
 pub trait Store: Send + Sync {
     fn backend(&self) -> Backend;
@@ -349,6 +368,19 @@ pub trait Store: Send + Sync {
     /// Releases an active hold; false when there is no such active hold.
     async fn hold_release(&self, id: i64, reason: &str, actor: &str) -> Result<bool>;
     async fn holds(&self, include_released: bool) -> Result<Vec<LegalHold>>;
+
+    // ---- backup catalog
+    async fn backup_insert(&self, b: &BackupRecord) -> Result<()>;
+    async fn backup_verified(
+        &self,
+        id: &str,
+        ok: bool,
+        restore_ms: Option<i64>,
+        error: Option<&str>,
+    ) -> Result<()>;
+    async fn backup_deleted(&self, id: &str) -> Result<()>;
+    /// Catalog rows, newest first (deleted ones only when asked).
+    async fn backups(&self, include_deleted: bool) -> Result<Vec<BackupRecord>>;
 
     // ---- per-run resume state
     async fn checkpoint_get(&self, run_id: i64, key: &str) -> Result<Option<serde_json::Value>>;

@@ -616,6 +616,60 @@ impl Store for PgStore {
         rows.iter().map(hold_from_row).collect()
     }
 
+    async fn backup_insert(&self, b: &BackupRecord) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO backups (id, created_at, run_id, object_key, manifest_key, stored_bytes, raw_bytes, sha256, manifest)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        )
+        .bind(&b.id)
+        .bind(b.created_at)
+        .bind(b.run_id)
+        .bind(&b.object_key)
+        .bind(&b.manifest_key)
+        .bind(b.stored_bytes)
+        .bind(b.raw_bytes)
+        .bind(&b.sha256)
+        .bind(b.manifest.clone())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn backup_verified(
+        &self,
+        id: &str,
+        ok: bool,
+        restore_ms: Option<i64>,
+        error: Option<&str>,
+    ) -> Result<()> {
+        sqlx::query(
+            "UPDATE backups SET verified_at = now(), verify_ok = $2, restore_ms = $3, verify_error = $4 WHERE id = $1",
+        )
+        .bind(id)
+        .bind(ok)
+        .bind(restore_ms)
+        .bind(error)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn backup_deleted(&self, id: &str) -> Result<()> {
+        sqlx::query("UPDATE backups SET deleted_at = now() WHERE id = $1")
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn backups(&self, include_deleted: bool) -> Result<Vec<BackupRecord>> {
+        let rows = sqlx::query("SELECT * FROM backups WHERE $1 OR deleted_at IS NULL ORDER BY created_at DESC, id DESC")
+            .bind(include_deleted)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(backup_from_row).collect()
+    }
+
     async fn checkpoint_get(&self, run_id: i64, key: &str) -> Result<Option<serde_json::Value>> {
         Ok(
             sqlx::query_scalar("SELECT value FROM run_checkpoints WHERE run_id = $1 AND key = $2")
@@ -656,5 +710,24 @@ fn hold_from_row(r: &PgRow) -> Result<LegalHold> {
         released_at: r.try_get("released_at")?,
         released_by: r.try_get("released_by")?,
         release_reason: r.try_get("release_reason")?,
+    })
+}
+
+fn backup_from_row(r: &PgRow) -> Result<BackupRecord> {
+    Ok(BackupRecord {
+        id: r.try_get("id")?,
+        created_at: r.try_get("created_at")?,
+        run_id: r.try_get("run_id")?,
+        object_key: r.try_get("object_key")?,
+        manifest_key: r.try_get("manifest_key")?,
+        stored_bytes: r.try_get("stored_bytes")?,
+        raw_bytes: r.try_get("raw_bytes")?,
+        sha256: r.try_get("sha256")?,
+        manifest: r.try_get("manifest")?,
+        verified_at: r.try_get("verified_at")?,
+        verify_ok: r.try_get("verify_ok")?,
+        restore_ms: r.try_get("restore_ms")?,
+        verify_error: r.try_get("verify_error")?,
+        deleted_at: r.try_get("deleted_at")?,
     })
 }

@@ -619,6 +619,62 @@ impl Store for SqliteStore {
         rows.iter().map(hold_from_row).collect()
     }
 
+    async fn backup_insert(&self, b: &BackupRecord) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO backups (id, created_at, run_id, object_key, manifest_key, stored_bytes, raw_bytes, sha256, manifest)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        )
+        .bind(&b.id)
+        .bind(ts(b.created_at))
+        .bind(b.run_id)
+        .bind(&b.object_key)
+        .bind(&b.manifest_key)
+        .bind(b.stored_bytes)
+        .bind(b.raw_bytes)
+        .bind(&b.sha256)
+        .bind(b.manifest.to_string())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn backup_verified(
+        &self,
+        id: &str,
+        ok: bool,
+        restore_ms: Option<i64>,
+        error: Option<&str>,
+    ) -> Result<()> {
+        sqlx::query(
+            "UPDATE backups SET verified_at = $5, verify_ok = $2, restore_ms = $3, verify_error = $4 WHERE id = $1",
+        )
+        .bind(id)
+        .bind(ok)
+        .bind(restore_ms)
+        .bind(error)
+        .bind(ts(Utc::now()))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn backup_deleted(&self, id: &str) -> Result<()> {
+        sqlx::query("UPDATE backups SET deleted_at = $2 WHERE id = $1")
+            .bind(id)
+            .bind(ts(Utc::now()))
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn backups(&self, include_deleted: bool) -> Result<Vec<BackupRecord>> {
+        let rows = sqlx::query("SELECT * FROM backups WHERE $1 OR deleted_at IS NULL ORDER BY created_at DESC, id DESC")
+            .bind(include_deleted)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(backup_from_row).collect()
+    }
+
     async fn checkpoint_get(&self, run_id: i64, key: &str) -> Result<Option<serde_json::Value>> {
         let v: Option<String> =
             sqlx::query_scalar("SELECT value FROM run_checkpoints WHERE run_id = $1 AND key = $2")
@@ -663,5 +719,24 @@ fn hold_from_row(r: &SqliteRow) -> Result<LegalHold> {
         released_at: get_ts_opt(r, "released_at")?,
         released_by: r.try_get("released_by")?,
         release_reason: r.try_get("release_reason")?,
+    })
+}
+
+fn backup_from_row(r: &SqliteRow) -> Result<BackupRecord> {
+    Ok(BackupRecord {
+        id: r.try_get("id")?,
+        created_at: get_ts(r, "created_at")?,
+        run_id: r.try_get("run_id")?,
+        object_key: r.try_get("object_key")?,
+        manifest_key: r.try_get("manifest_key")?,
+        stored_bytes: r.try_get("stored_bytes")?,
+        raw_bytes: r.try_get("raw_bytes")?,
+        sha256: r.try_get("sha256")?,
+        manifest: get_json(r, "manifest")?,
+        verified_at: get_ts_opt(r, "verified_at")?,
+        verify_ok: r.try_get("verify_ok")?,
+        restore_ms: r.try_get("restore_ms")?,
+        verify_error: r.try_get("verify_error")?,
+        deleted_at: get_ts_opt(r, "deleted_at")?,
     })
 }

@@ -1,0 +1,97 @@
+//! `lethe backup list|verify|restore`.
+
+use std::sync::Arc;
+
+use anyhow::Result;
+use serde_json::json;
+
+use crate::audit::{actor_cli, record};
+use crate::context::Context;
+
+pub async fn list(ctx: Arc<Context>, all: bool, json_out: bool) -> Result<i32> {
+    let backups = ctx.store.backups(all).await?;
+    if json_out {
+        let rows: Vec<_> = backups
+            .iter()
+            .map(|b| {
+                json!({"id": b.id, "created_at": b.created_at, "object": b.object_key, "manifest": b.manifest_key,
+                       "stored_bytes": b.stored_bytes, "raw_bytes": b.raw_bytes, "sha256": b.sha256,
+                       "verified_at": b.verified_at, "verify_ok": b.verify_ok, "restore_ms": b.restore_ms,
+                       "verify_error": b.verify_error, "deleted_at": b.deleted_at,
+                       "database": b.manifest["database"]["kind"]})
+            })
+            .collect();
+        super::print_json(&json!({"backups": rows}))?;
+        return Ok(0);
+    }
+    let rows: Vec<Vec<String>> = backups
+        .iter()
+        .map(|b| {
+            vec![
+                b.id.clone(),
+                b.created_at.format("%Y-%m-%d %H:%M:%S").to_string(),
+                format!("{:.1} MiB", b.stored_bytes as f64 / 1048576.0),
+                match b.verify_ok {
+                    Some(true) => format!("ok ({} ms restore)", b.restore_ms.unwrap_or(0)),
+                    Some(false) => "FAILED".into(),
+                    None => "not yet".into(),
+                },
+                if b.deleted_at.is_some() {
+                    "pruned".into()
+                } else {
+                    String::new()
+                },
+            ]
+        })
+        .collect();
+    super::print_table(&["ID", "CREATED", "SIZE", "VERIFIED", ""], &rows);
+    Ok(0)
+}
+
+pub async fn verify(ctx: Arc<Context>, id: &str, json_out: bool) -> Result<i32> {
+    let r = crate::backup::verify(&ctx, id).await?;
+    record(
+        ctx.store.as_ref(),
+        &actor_cli(),
+        if r.ok { "backup.verified" } else { "backup.verify_failed" },
+        &format!("backup:{id}"),
+        json!({"restore_ms": r.restore_ms, "tables": r.tables, "mismatches": r.mismatches, "error": r.error}),
+    )
+    .await?;
+    if json_out {
+        super::print_json(&r)?;
+    } else if r.ok {
+        println!(
+            "backup {id}: OK — restored and {} tables match ({} ms)",
+            r.tables, r.restore_ms
+        );
+    } else {
+        println!(
+            "backup {id}: FAILED — {}",
+            r.error.clone().unwrap_or_else(|| r.mismatches.join("; "))
+        );
+    }
+    Ok(if r.ok { 0 } else { 1 })
+}
+
+pub async fn restore(ctx: Arc<Context>, id: &str, to: &str, json_out: bool) -> Result<i32> {
+    let v = crate::backup::restore(&ctx, id, to).await?;
+    record(
+        ctx.store.as_ref(),
+        &actor_cli(),
+        "backup.restored",
+        &format!("backup:{id}"),
+        v.clone(),
+    )
+    .await?;
+    if json_out {
+        super::print_json(&v)?;
+    } else {
+        println!(
+            "backup {id} restored to {} in {} ms",
+            v["restored_to"].as_str().unwrap_or(""),
+            v["restore_ms"]
+        );
+    }
+    Ok(0)
+}

@@ -1,0 +1,72 @@
+//! Object storage behind one interface: a local folder (`file://`) or S3 and
+//! S3-compatible stores (`s3://bucket/prefix`). Uploads are streamed part by
+//! part; an upload that is not completed is aborted, leaving no orphan parts.
+
+mod local;
+mod s3;
+
+pub use local::LocalStore;
+pub use s3::S3Store;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use tokio::io::AsyncRead;
+
+use crate::config::ObjectStoreConfig;
+use crate::error::{Error, Result};
+
+/// One streamed upload. Parts arrive in order; all but the last have the same size.
+#[async_trait]
+pub trait Upload: Send {
+    async fn part(&mut self, data: Bytes) -> Result<()>;
+    async fn complete(self: Box<Self>) -> Result<()>;
+    /// Discards everything uploaded so far.
+    async fn abort(self: Box<Self>) -> Result<()>;
+}
+
+pub type Reader = Box<dyn AsyncRead + Send + Unpin>;
+
+#[async_trait]
+pub trait ObjectStore: Send + Sync {
+    fn describe(&self) -> String;
+    async fn upload(&self, key: &str) -> Result<Box<dyn Upload>>;
+    async fn put(&self, key: &str, data: Bytes) -> Result<()>;
+    async fn get(&self, key: &str) -> Result<Reader>;
+    async fn get_bytes(&self, key: &str) -> Result<Bytes>;
+    /// Size in bytes, or `None` when absent.
+    async fn head(&self, key: &str) -> Result<Option<u64>>;
+    async fn delete(&self, key: &str) -> Result<()>;
+    async fn list(&self, prefix: &str) -> Result<Vec<String>>;
+    /// A link that lets the holder download the object until `ttl` passes.
+    async fn presign(&self, key: &str, ttl: Duration) -> Result<String>;
+    /// Multipart uploads started but neither completed nor aborted (orphans).
+    async fn open_uploads(&self, prefix: &str) -> Result<Vec<String>>;
+}
+
+pub async fn open(cfg: &ObjectStoreConfig) -> Result<Arc<dyn ObjectStore>> {
+    if let Some(rest) = cfg.url.strip_prefix("s3://") {
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        if bucket.is_empty() {
+            return Err(Error::Usage(format!(
+                "object_store.url `{}` has no bucket",
+                cfg.url
+            )));
+        }
+        Ok(Arc::new(S3Store::new(cfg, bucket, prefix).await?))
+    } else if let Some(path) = cfg.url.strip_prefix("file://") {
+        Ok(Arc::new(LocalStore::new(path.into())))
+    } else {
+        Err(Error::Usage(format!(
+            "object_store.url `{}` must start with s3:// or file://",
+            cfg.url
+        )))
+    }
+}
+
+/// Object-store failures: what failed, on which key, and the backend's reason.
+pub fn error(op: &str, key: &str, reason: impl std::fmt::Display) -> Error {
+    Error::ObjectStore(format!("{op} {key}: {reason}"))
+}
