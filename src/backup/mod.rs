@@ -644,7 +644,7 @@ pub async fn rpo_check_job(jc: &JobContext) -> Result<Value> {
             },
         )
         .await?
-        .is_some();
+        .is_some_and(|(_, created)| created);
     }
     Ok(json!({
         "ok": ok, "rpo_s": rpo.as_secs(),

@@ -164,6 +164,7 @@ pub fn parse_identities(text: &str) -> Result<Vec<Box<dyn age::Identity>>> {
     Ok(ids)
 }
 
+#[derive(Debug)]
 pub struct Decoded {
     pub stored_bytes: u64,
     pub sha256: String,
@@ -214,8 +215,15 @@ mod tests {
     fn round_trip_with_equal_parts_and_matching_hash() {
         let id = age::x25519::Identity::generate();
         let recipients = vec![id.to_public()];
-        let data: Vec<u8> = (0..300_000u32)
-            .flat_map(|i| (i % 251).to_le_bytes())
+        // Incompressible (xorshift) bytes, so the stored stream spans several parts.
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        let data: Vec<u8> = (0..200_000)
+            .flat_map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x.to_le_bytes()
+            })
             .collect();
         let (tx, mut rx) = mpsc::channel(1024);
         let enc = encode(&data[..], PartSink::new(64 * 1024, tx), &recipients, 3, 2).unwrap();

@@ -147,10 +147,13 @@ pub async fn run(dir: &Path, json_out: bool) -> Result<i32> {
             ctx.config.mail.dir.display()
         );
         println!();
+        println!("Try, in {}:", dir.display());
+        println!("  lethe run retention.purge --dry-run   # what the data map says has expired");
         println!(
-            "Try: cd {} && lethe jobs history && lethe audit export --signed | tail -2",
-            dir.display()
+            "  lethe run retention.purge             # delete it, with evidence in the audit chain"
         );
+        println!("  lethe backup list; lethe backup verify ID");
+        println!("  lethe jobs history; lethe audit export --signed --out audit.jsonl && lethe audit verify audit.jsonl");
     }
     Ok(if all_ok { 0 } else { 1 })
 }

@@ -43,8 +43,9 @@ pub struct Message {
     pub dedupe_key: Option<String>,
 }
 
-/// Queues a message. `Ok(None)` when the role has no recipients (logged).
-pub async fn enqueue(ctx: &Context, msg: Message) -> Result<Option<i64>> {
+/// Queues a message: `Some((id, newly_queued))`; `newly_queued` is false when the
+/// dedupe key was already queued. `Ok(None)` when the role has no recipients (logged).
+pub async fn enqueue(ctx: &Context, msg: Message) -> Result<Option<(i64, bool)>> {
     let recipients = match msg.role {
         Role::Dpo => ctx.config.mail.dpo.clone(),
         Role::Ops => ctx.config.mail.ops.clone(),
@@ -73,7 +74,7 @@ pub async fn enqueue(ctx: &Context, msg: Message) -> Result<Option<i64>> {
         )
         .await?;
     }
-    Ok(Some(id))
+    Ok(Some((id, created)))
 }
 
 /// Tells ops a run is out of attempts (once per run).
