@@ -10,6 +10,7 @@ pub mod commands;
 pub mod config;
 pub mod context;
 pub mod demo;
+pub mod dsr;
 pub mod error;
 pub mod http;
 pub mod metrics;

@@ -3,9 +3,11 @@
 
 mod schema;
 mod scope;
+mod subject;
 
 pub use schema::{check_data_map, SchemaProblem};
 pub use scope::{KeyRange, Scope, Selector};
+pub use subject::{EraseAction, EraseOutcome, EraseStep};
 
 use std::str::FromStr;
 use std::time::Duration;

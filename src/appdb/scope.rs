@@ -52,24 +52,24 @@ pub struct KeyRange {
 }
 
 #[derive(Clone, Copy)]
-enum Dialect {
+pub(super) enum Dialect {
     Postgres,
     Sqlite,
 }
 
-enum Bind {
+pub(super) enum Bind {
     Time(DateTime<Utc>),
     Text(String),
     List(Vec<String>),
 }
 
-struct Sql {
-    dialect: Dialect,
-    binds: Vec<Bind>,
+pub(super) struct Sql {
+    pub(super) dialect: Dialect,
+    pub(super) binds: Vec<Bind>,
 }
 
 impl Sql {
-    fn placeholder(&mut self, b: Bind) -> String {
+    pub(super) fn placeholder(&mut self, b: Bind) -> String {
         self.binds.push(b);
         let n = self.binds.len();
         match (self.dialect, self.binds.last()) {
@@ -78,14 +78,14 @@ impl Sql {
         }
     }
 
-    fn as_text(&self, col: &str) -> String {
+    pub(super) fn as_text(&self, col: &str) -> String {
         match self.dialect {
             Dialect::Postgres => format!("{}::text", q(col)),
             Dialect::Sqlite => format!("CAST({} AS TEXT)", q(col)),
         }
     }
 
-    fn in_list(&mut self, col: &str, values: &[String]) -> String {
+    pub(super) fn in_list(&mut self, col: &str, values: &[String]) -> String {
         let expr = self.as_text(col);
         let ph = self.placeholder(Bind::List(values.to_vec()));
         match self.dialect {
@@ -184,7 +184,7 @@ impl Sql {
     }
 }
 
-fn pg_args(binds: Vec<Bind>) -> Result<sqlx::postgres::PgArguments> {
+pub(super) fn pg_args(binds: Vec<Bind>) -> Result<sqlx::postgres::PgArguments> {
     let mut a = sqlx::postgres::PgArguments::default();
     for b in binds {
         let r = match b {
@@ -197,7 +197,7 @@ fn pg_args(binds: Vec<Bind>) -> Result<sqlx::postgres::PgArguments> {
     Ok(a)
 }
 
-fn sqlite_args(binds: Vec<Bind>) -> Result<sqlx::sqlite::SqliteArguments<'static>> {
+pub(super) fn sqlite_args(binds: Vec<Bind>) -> Result<sqlx::sqlite::SqliteArguments<'static>> {
     let mut a = sqlx::sqlite::SqliteArguments::default();
     for b in binds {
         let r = match b {
@@ -212,7 +212,7 @@ fn sqlite_args(binds: Vec<Bind>) -> Result<sqlx::sqlite::SqliteArguments<'static
 }
 
 impl AppDb {
-    fn sql(&self) -> Sql {
+    pub(super) fn sql(&self) -> Sql {
         Sql {
             dialect: match self {
                 AppDb::Postgres(_) => Dialect::Postgres,

@@ -79,6 +79,11 @@ pub enum Command {
         #[command(subcommand)]
         command: RetentionCommand,
     },
+    /// Data subject requests: export and erasure.
+    Dsr {
+        #[command(subcommand)]
+        command: DsrCommand,
+    },
     /// Encrypted backups in object storage: list, verify by restore, restore.
     Backup {
         #[command(subcommand)]
@@ -120,6 +125,53 @@ pub enum RetentionCommand {
         org: String,
         #[arg(long)]
         reason: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum DsrCommand {
+    /// Record a request; erasure of a sole owner is refused (exit 3).
+    Submit {
+        #[arg(long, value_parser = ["export", "erasure"])]
+        kind: String,
+        /// The subject's email.
+        #[arg(long)]
+        subject: String,
+        /// gdpr, uk_gdpr, ccpa (cpra), uu_pdp, or default.
+        #[arg(long)]
+        jurisdiction: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Requests, newest first, with SLA state.
+    List {
+        #[arg(long)]
+        status: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        #[arg(long)]
+        json: bool,
+    },
+    /// One request.
+    Show {
+        id: i64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Extend a deadline, within what the jurisdiction allows.
+    Extend {
+        id: i64,
+        #[arg(long)]
+        days: u32,
+        #[arg(long)]
+        reason: String,
+    },
+    /// The SLA report (with --send, mailed to the DPO through the outbox).
+    Report {
+        #[arg(long)]
+        send: bool,
+        #[arg(long)]
+        json: bool,
     },
 }
 

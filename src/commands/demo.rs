@@ -31,6 +31,10 @@ pub async fn run(dir: &Path, json_out: bool) -> Result<i32> {
             "identity_file = \"secrets/age-identity.txt\"",
         )
         .replace(
+            "# pseudonym_key_file = \"/run/secrets/pseudonym-key\"",
+            "pseudonym_key_file = \"secrets/pseudonym-key\"",
+        )
+        .replace(
             "# signing_key_file = \"/run/secrets/audit-signing-key\"",
             "signing_key_file = \"secrets/audit-signing-key\"",
         )
@@ -41,6 +45,9 @@ pub async fn run(dir: &Path, json_out: bool) -> Result<i32> {
     let key =
         uuid::Uuid::new_v4().simple().to_string() + &uuid::Uuid::new_v4().simple().to_string();
     std::fs::write(secrets.join("audit-signing-key"), key)?;
+    let pseudonym =
+        uuid::Uuid::new_v4().simple().to_string() + &uuid::Uuid::new_v4().simple().to_string();
+    std::fs::write(secrets.join("pseudonym-key"), pseudonym)?;
     {
         use age::secrecy::ExposeSecret;
         std::fs::write(
@@ -70,6 +77,28 @@ pub async fn run(dir: &Path, json_out: bool) -> Result<i32> {
         },
     )
     .await?;
+
+    // A few requests: the sole owner's erasure is refused; a member's export and
+    // another user's erasure go through dsr.process below.
+    let mut dsrs = Vec::new();
+    for (kind, subject) in [
+        ("erasure", crate::demo::SOLE_OWNER.to_string()),
+        ("export", crate::demo::PLAIN_MEMBER.to_string()),
+        ("erasure", crate::demo::user_email(42)),
+    ] {
+        let sub = crate::dsr::Submission {
+            kind,
+            subject: &subject,
+            jurisdiction: Some("gdpr"),
+            source: "demo",
+            idempotency_key: None,
+        };
+        let (r, outcome) = match crate::dsr::submit(&ctx, sub).await? {
+            crate::dsr::Intake::Accepted(r) | crate::dsr::Intake::Replayed(r) => (r, "accepted"),
+            crate::dsr::Intake::Rejected { request, .. } => (request, "rejected"),
+        };
+        dsrs.push(json!({"id": r.id, "kind": kind, "subject": subject, "intake": outcome, "reason": r.reason}));
+    }
 
     let mut runs: Vec<RunReport> = Vec::new();
     for kind in JobKind::ALL {
@@ -106,6 +135,7 @@ pub async fn run(dir: &Path, json_out: bool) -> Result<i32> {
             "dir": dir.display().to_string(),
             "config": dir.join("lethe.toml").display().to_string(),
             "seeded": seeded,
+            "dsr": dsrs,
             "runs": runs,
             "audit": {"events": events, "verified": verified.ok, "signature": verified.signature},
             "mail": {"folder": ctx.config.mail.dir.display().to_string(), "messages": mail_files},
@@ -118,6 +148,20 @@ pub async fn run(dir: &Path, json_out: bool) -> Result<i32> {
             seeded.audit_logs, seeded.documents, seeded.llm_interactions
         );
         println!("  owner@demo.example is the sole owner of Acme Analytics; member@demo.example is a member");
+        println!();
+        for d in &dsrs {
+            println!(
+                "  dsr #{} {} for {}: {}{}",
+                d["id"],
+                d["kind"].as_str().unwrap_or(""),
+                d["subject"].as_str().unwrap_or(""),
+                d["intake"].as_str().unwrap_or(""),
+                d["reason"]
+                    .as_str()
+                    .map(|r| format!(" ({r})"))
+                    .unwrap_or_default()
+            );
+        }
         println!();
         let rows: Vec<Vec<String>> = runs
             .iter()

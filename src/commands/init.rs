@@ -9,6 +9,14 @@ use crate::error::Error;
 /// The default job catalog (`jobs/` in the repository), embedded.
 pub const STARTER_JOBS: &[(&str, &str)] = &[
     (
+        "dsr.process.toml",
+        include_str!("../../jobs/dsr.process.toml"),
+    ),
+    (
+        "dsr.sla_report.toml",
+        include_str!("../../jobs/dsr.sla_report.toml"),
+    ),
+    (
         "backup.create.toml",
         include_str!("../../jobs/backup.create.toml"),
     ),
@@ -99,6 +107,15 @@ zstd_threads = 2
 part_size_mib = 16
 rpo = "1h"
 keep = { last = 3, hourly = 24, daily = 7, weekly = 4, monthly = 12, yearly = 3 }
+
+[dsr]
+default_deadline = "30d"     # where no jurisdiction rule applies (gdpr, uk_gdpr, ccpa, uu_pdp are built in)
+at_risk = "7d"               # fewer days left than this: at risk
+export_link_ttl = "7d"       # presigned export links expire
+report_period = "7d"
+# export_recipients = []     # age keys for export archives (default: backup.recipients)
+# The keyed-HMAC key for pseudonyms and the erasure ledger: $LETHE_PSEUDONYM_KEY or a file.
+# pseudonym_key_file = "/run/secrets/pseudonym-key"
 
 [audit]
 # `lethe audit export --signed` signs with this key.

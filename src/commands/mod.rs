@@ -4,6 +4,7 @@ mod audit;
 mod backup;
 mod check;
 mod demo;
+mod dsr;
 mod init;
 mod jobs;
 mod migrate;
@@ -19,7 +20,8 @@ use std::sync::Arc;
 use anyhow::Result;
 
 use crate::cli::{
-    AuditCommand, BackupCommand, Cli, Command, HoldCommand, JobsCommand, RetentionCommand,
+    AuditCommand, BackupCommand, Cli, Command, DsrCommand, HoldCommand, JobsCommand,
+    RetentionCommand,
 };
 use crate::config::{self, Config};
 use crate::context::Context;
@@ -64,6 +66,27 @@ pub async fn dispatch(cli: Cli) -> Result<i32> {
                 RetentionCommand::Unset { class, org, reason } => {
                     retention::unset(ctx, &class, &org, &reason).await
                 }
+            }
+        }
+        Command::Dsr { command } => {
+            let ctx = open(cfg_flag).await?;
+            match command {
+                DsrCommand::Submit {
+                    kind,
+                    subject,
+                    jurisdiction,
+                    json,
+                } => dsr::submit(ctx, &kind, &subject, jurisdiction.as_deref(), json).await,
+                DsrCommand::List {
+                    status,
+                    limit,
+                    json,
+                } => dsr::list(ctx, status.as_deref(), limit, json).await,
+                DsrCommand::Show { id, json } => dsr::show(ctx, id, json).await,
+                DsrCommand::Extend { id, days, reason } => {
+                    dsr::extend(ctx, id, days, &reason).await
+                }
+                DsrCommand::Report { send, json } => dsr::report(ctx, send, json).await,
             }
         }
         Command::Backup { command } => {

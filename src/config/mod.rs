@@ -47,7 +47,24 @@ pub struct Config {
     pub data_map: Vec<DataMapEntry>,
     pub object_store: Option<ObjectStoreConfig>,
     pub backup: BackupConfig,
+    pub dsr: DsrConfig,
     pub jobs: Vec<JobSpec>,
+}
+
+#[derive(Debug, Clone)]
+pub struct DsrConfig {
+    /// Deadline where no jurisdiction rule applies.
+    pub default_deadline: Duration,
+    /// Fewer days left than this: `at_risk`.
+    pub at_risk: Duration,
+    /// age public keys export archives are encrypted to (default: backup.recipients).
+    pub export_recipients: Vec<String>,
+    pub export_link_ttl: Duration,
+    /// Keys pseudonyms and the erasure ledger (keyed HMAC).
+    pub pseudonym_key: SecretSource,
+    /// Completed requests in the last this-long go into the SLA report.
+    pub report_period: Duration,
+    pub export_prefix: String,
 }
 
 #[derive(Debug, Clone)]
@@ -190,6 +207,22 @@ struct RawConfig {
     object_store: Option<RawObjectStore>,
     #[serde(default)]
     backup: RawBackup,
+    #[serde(default)]
+    dsr: RawDsr,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawDsr {
+    default_deadline: Option<Spanned<String>>,
+    at_risk: Option<Spanned<String>>,
+    #[serde(default)]
+    export_recipients: Vec<Spanned<String>>,
+    export_link_ttl: Option<Spanned<String>>,
+    pseudonym_key_env: Option<String>,
+    pseudonym_key_file: Option<String>,
+    report_period: Option<Spanned<String>>,
+    export_prefix: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -417,6 +450,7 @@ impl Config {
             .map(|o| load_object_store(&src, o, &dir))
             .transpose()?;
         let backup = load_backup(&src, raw.backup, &dir)?;
+        let dsr = load_dsr(&src, raw.dsr, &dir)?;
         let jobs = jobs::load_dir(&runner.jobs_dir)?;
 
         Ok(Config {
@@ -435,6 +469,7 @@ impl Config {
             data_map,
             object_store,
             backup,
+            dsr,
             jobs,
         })
     }
@@ -625,6 +660,45 @@ fn load_mail(src: &SourceFile, raw: RawMail, dir: &Path) -> Result<MailConfig> {
 }
 
 pub const ENV_AGE_IDENTITY: &str = "LETHE_AGE_IDENTITY";
+pub const ENV_PSEUDONYM_KEY: &str = "LETHE_PSEUDONYM_KEY";
+
+fn load_dsr(src: &SourceFile, raw: RawDsr, dir: &Path) -> Result<DsrConfig> {
+    let dur = |v: &Option<Spanned<String>>, key: &str, default: u64| -> Result<Duration> {
+        match v {
+            Some(s) => src.duration(s, key),
+            None => Ok(Duration::from_secs(default)),
+        }
+    };
+    for r in &raw.export_recipients {
+        r.get_ref().parse::<age::x25519::Recipient>().map_err(|e| {
+            src.error_at(
+                r.span(),
+                format!(
+                    "dsr.export_recipients: `{}` is not an age public key: {e}",
+                    r.get_ref()
+                ),
+            )
+        })?;
+    }
+    Ok(DsrConfig {
+        default_deadline: dur(&raw.default_deadline, "dsr.default_deadline", 30 * 86_400)?,
+        at_risk: dur(&raw.at_risk, "dsr.at_risk", 7 * 86_400)?,
+        export_recipients: raw
+            .export_recipients
+            .into_iter()
+            .map(Spanned::into_inner)
+            .collect(),
+        export_link_ttl: dur(&raw.export_link_ttl, "dsr.export_link_ttl", 7 * 86_400)?,
+        pseudonym_key: SecretSource {
+            env: raw
+                .pseudonym_key_env
+                .unwrap_or_else(|| ENV_PSEUDONYM_KEY.to_string()),
+            file: raw.pseudonym_key_file.map(|f| dir.join(f)),
+        },
+        report_period: dur(&raw.report_period, "dsr.report_period", 7 * 86_400)?,
+        export_prefix: raw.export_prefix.unwrap_or_else(|| "exports/".into()),
+    })
+}
 
 fn load_object_store(
     src: &SourceFile,

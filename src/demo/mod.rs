@@ -88,6 +88,11 @@ export = true
 pub const SOLE_OWNER: &str = "owner@demo.example";
 pub const PLAIN_MEMBER: &str = "member@demo.example";
 
+/// The email the seed gives user `id` (3..=200).
+pub fn user_email(id: i64) -> String {
+    format!("user{id:03}@tenant{:02}.example", 2 + id % 11)
+}
+
 const SCHEMA: &str = r#"
 CREATE TABLE orgs (
     id INTEGER PRIMARY KEY, name TEXT NOT NULL, plan TEXT NOT NULL,
@@ -235,7 +240,7 @@ pub async fn seed(path: &Path, now: DateTime<Utc>) -> Result<Seeded> {
             let email = match id {
                 1 => SOLE_OWNER.to_string(),
                 2 => PLAIN_MEMBER.to_string(),
-                _ => format!("user{id:03}@tenant{:02}.example", 2 + id % (org_count - 1)),
+                _ => user_email(id),
             };
             let name = format!(
                 "{} {}",

@@ -35,6 +35,8 @@ pub async fn dispatch(jc: JobContext) -> Result<Value> {
         JobKind::BackupVerify => crate::backup::verify_job(&jc).await,
         JobKind::BackupPrune => crate::backup::prune_job(&jc).await,
         JobKind::BackupRpoCheck => crate::backup::rpo_check_job(&jc).await,
+        JobKind::DsrProcess => crate::dsr::process_job(&jc).await,
+        JobKind::DsrSlaReport => crate::dsr::report_job(&jc).await,
         JobKind::RunnerPrune => super::job_cleaner::run(&jc).await,
         JobKind::MailFlush => crate::notify::flush_job(&jc).await,
         JobKind::TestSleep => test_sleep(&jc).await,

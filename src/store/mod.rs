@@ -293,6 +293,92 @@ pub struct BackupRecord {
     pub deleted_at: Option<DateTime<Utc>>,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DsrState {
+    Received,
+    Verified,
+    InProgress,
+    Completed,
+    Rejected,
+    Failed,
+}
+
+impl DsrState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DsrState::Received => "received",
+            DsrState::Verified => "verified",
+            DsrState::InProgress => "in_progress",
+            DsrState::Completed => "completed",
+            DsrState::Rejected => "rejected",
+            DsrState::Failed => "failed",
+        }
+    }
+    pub fn parse(s: &str) -> Result<Self> {
+        Ok(match s {
+            "received" => DsrState::Received,
+            "verified" => DsrState::Verified,
+            "in_progress" => DsrState::InProgress,
+            "completed" => DsrState::Completed,
+            "rejected" => DsrState::Rejected,
+            "failed" => DsrState::Failed,
+            other => return Err(Error::Usage(format!("unknown DSR state `{other}`; use received, verified, in_progress, completed, rejected or failed"))),
+        })
+    }
+    pub fn is_open(self) -> bool {
+        matches!(
+            self,
+            DsrState::Received | DsrState::Verified | DsrState::InProgress | DsrState::Failed
+        )
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DsrRequest {
+    pub id: i64,
+    pub kind: String,
+    pub subject: String,
+    pub jurisdiction: String,
+    pub state: DsrState,
+    pub reason: Option<String>,
+    pub detail: Option<String>,
+    pub source: String,
+    pub idempotency_key: Option<String>,
+    pub received_at: DateTime<Utc>,
+    pub due_at: DateTime<Utc>,
+    pub extended_days: i32,
+    pub extension_reason: Option<String>,
+    pub completed_at: Option<DateTime<Utc>>,
+    pub attempts: i32,
+    pub result: Option<serde_json::Value>,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewDsr {
+    pub kind: String,
+    pub subject: String,
+    pub jurisdiction: String,
+    pub state: DsrState,
+    pub reason: Option<String>,
+    pub detail: Option<String>,
+    pub source: String,
+    pub idempotency_key: Option<String>,
+    pub received_at: DateTime<Utc>,
+    pub due_at: DateTime<Utc>,
+}
+
+/// What inserting a request did.
+#[derive(Debug, Clone)]
+pub enum DsrInsert {
+    Created(DsrRequest),
+    /// The idempotency key was used before: this is that request.
+    Replayed(DsrRequest),
+    /// An open request of this kind for this subject exists.
+    Duplicate(DsrRequest),
+}
+
 #[async_trait]
 pub trait Store: Send + Sync {
     fn backend(&self) -> Backend;
@@ -381,6 +467,31 @@ pub trait Store: Send + Sync {
     async fn backup_deleted(&self, id: &str) -> Result<()>;
     /// Catalog rows, newest first (deleted ones only when asked).
     async fn backups(&self, include_deleted: bool) -> Result<Vec<BackupRecord>>;
+
+    // ---- data subject requests
+    async fn dsr_insert(&self, r: &NewDsr) -> Result<DsrInsert>;
+    async fn dsr_get(&self, id: i64) -> Result<Option<DsrRequest>>;
+    async fn dsr_list(&self, state: Option<DsrState>, limit: u32) -> Result<Vec<DsrRequest>>;
+    /// Requests to process (verified, or failed and due for a retry), earliest deadline first.
+    async fn dsr_due(&self, limit: u32) -> Result<Vec<DsrRequest>>;
+    /// Moves a request from one state to another; false if it was not in `from`.
+    async fn dsr_transition(
+        &self,
+        id: i64,
+        from: &[DsrState],
+        to: DsrState,
+        reason: Option<&str>,
+        result: Option<&serde_json::Value>,
+    ) -> Result<bool>;
+    async fn dsr_extend(
+        &self,
+        id: i64,
+        due_at: DateTime<Utc>,
+        days: i32,
+        reason: &str,
+    ) -> Result<bool>;
+    async fn ledger_add(&self, subject_key: &str, request_id: i64) -> Result<()>;
+    async fn ledger_keys(&self) -> Result<Vec<String>>;
 
     // ---- per-run resume state
     async fn checkpoint_get(&self, run_id: i64, key: &str) -> Result<Option<serde_json::Value>>;

@@ -670,6 +670,161 @@ impl Store for PgStore {
         rows.iter().map(backup_from_row).collect()
     }
 
+    async fn dsr_insert(&self, r: &NewDsr) -> Result<DsrInsert> {
+        if let Some(key) = &r.idempotency_key {
+            let prior = sqlx::query("SELECT * FROM dsr_requests WHERE idempotency_key = $1")
+                .bind(key)
+                .fetch_optional(&self.pool)
+                .await?;
+            if let Some(row) = prior {
+                return Ok(DsrInsert::Replayed(dsr_from_row(&row)?));
+            }
+        }
+        let res = sqlx::query(
+            "INSERT INTO dsr_requests (kind, subject, jurisdiction, state, reason, detail, source, idempotency_key,
+                                       received_at, due_at, updated_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $9) RETURNING *",
+        )
+        .bind(&r.kind)
+        .bind(&r.subject)
+        .bind(&r.jurisdiction)
+        .bind(r.state.as_str())
+        .bind(&r.reason)
+        .bind(&r.detail)
+        .bind(&r.source)
+        .bind(&r.idempotency_key)
+        .bind(r.received_at)
+        .bind(r.due_at)
+        .fetch_one(&self.pool)
+        .await;
+        match res {
+            Ok(row) => Ok(DsrInsert::Created(dsr_from_row(&row)?)),
+            Err(e) if is_unique_violation(&e) => {
+                // Either the open-request index or a racing idempotent retry.
+                if let Some(key) = &r.idempotency_key {
+                    if let Some(row) =
+                        sqlx::query("SELECT * FROM dsr_requests WHERE idempotency_key = $1")
+                            .bind(key)
+                            .fetch_optional(&self.pool)
+                            .await?
+                    {
+                        return Ok(DsrInsert::Replayed(dsr_from_row(&row)?));
+                    }
+                }
+                let row = sqlx::query(
+                    "SELECT * FROM dsr_requests WHERE subject = $1 AND kind = $2
+                     AND state IN ('received', 'verified', 'in_progress', 'failed') ORDER BY id LIMIT 1",
+                )
+                .bind(&r.subject)
+                .bind(&r.kind)
+                .fetch_one(&self.pool)
+                .await?;
+                Ok(DsrInsert::Duplicate(dsr_from_row(&row)?))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn dsr_get(&self, id: i64) -> Result<Option<DsrRequest>> {
+        let row = sqlx::query("SELECT * FROM dsr_requests WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(dsr_from_row).transpose()
+    }
+
+    async fn dsr_list(&self, state: Option<DsrState>, limit: u32) -> Result<Vec<DsrRequest>> {
+        let rows = sqlx::query(
+            "SELECT * FROM dsr_requests WHERE ($1 IS NULL OR state = $1) ORDER BY id DESC LIMIT $2",
+        )
+        .bind(state.map(DsrState::as_str))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(dsr_from_row).collect()
+    }
+
+    async fn dsr_due(&self, limit: u32) -> Result<Vec<DsrRequest>> {
+        let rows = sqlx::query(
+            "SELECT * FROM dsr_requests WHERE state IN ('verified', 'failed') ORDER BY due_at, id LIMIT $1",
+        )
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(dsr_from_row).collect()
+    }
+
+    async fn dsr_transition(
+        &self,
+        id: i64,
+        from: &[DsrState],
+        to: DsrState,
+        reason: Option<&str>,
+        result: Option<&serde_json::Value>,
+    ) -> Result<bool> {
+        let from: Vec<&str> = from.iter().map(|s| s.as_str()).collect();
+        let n = sqlx::query(
+            "UPDATE dsr_requests SET state = $2, reason = COALESCE($3, reason), result = COALESCE($4, result),
+                    attempts = attempts + CASE WHEN $2 = 'in_progress' THEN 1 ELSE 0 END,
+                    completed_at = CASE WHEN $2 = 'completed' THEN $6 ELSE completed_at END, updated_at = $6
+             WHERE id = $1 AND state = ANY($5)",
+        )
+        .bind(id)
+        .bind(to.as_str())
+        .bind(reason)
+        .bind(result.cloned())
+        .bind(&from)
+        .bind(Utc::now())
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(n == 1)
+    }
+
+    async fn dsr_extend(
+        &self,
+        id: i64,
+        due_at: DateTime<Utc>,
+        days: i32,
+        reason: &str,
+    ) -> Result<bool> {
+        let n = sqlx::query(
+            "UPDATE dsr_requests SET due_at = $2, extended_days = extended_days + $3,
+                    extension_reason = $4, updated_at = $5
+             WHERE id = $1 AND state IN ('received', 'verified', 'in_progress', 'failed')",
+        )
+        .bind(id)
+        .bind(due_at)
+        .bind(days)
+        .bind(reason)
+        .bind(Utc::now())
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(n == 1)
+    }
+
+    async fn ledger_add(&self, subject_key: &str, request_id: i64) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO erasure_ledger (subject_key, request_id, erased_at) VALUES ($1, $2, $3)
+             ON CONFLICT (subject_key) DO UPDATE SET request_id = $2, erased_at = $3",
+        )
+        .bind(subject_key)
+        .bind(request_id)
+        .bind(Utc::now())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn ledger_keys(&self) -> Result<Vec<String>> {
+        Ok(
+            sqlx::query_scalar("SELECT subject_key FROM erasure_ledger ORDER BY subject_key")
+                .fetch_all(&self.pool)
+                .await?,
+        )
+    }
+
     async fn checkpoint_get(&self, run_id: i64, key: &str) -> Result<Option<serde_json::Value>> {
         Ok(
             sqlx::query_scalar("SELECT value FROM run_checkpoints WHERE run_id = $1 AND key = $2")
@@ -729,5 +884,27 @@ fn backup_from_row(r: &PgRow) -> Result<BackupRecord> {
         restore_ms: r.try_get("restore_ms")?,
         verify_error: r.try_get("verify_error")?,
         deleted_at: r.try_get("deleted_at")?,
+    })
+}
+
+fn dsr_from_row(r: &PgRow) -> Result<DsrRequest> {
+    Ok(DsrRequest {
+        id: r.try_get("id")?,
+        kind: r.try_get("kind")?,
+        subject: r.try_get("subject")?,
+        jurisdiction: r.try_get("jurisdiction")?,
+        state: DsrState::parse(r.try_get::<&str, _>("state")?)?,
+        reason: r.try_get("reason")?,
+        detail: r.try_get("detail")?,
+        source: r.try_get("source")?,
+        idempotency_key: r.try_get("idempotency_key")?,
+        received_at: r.try_get("received_at")?,
+        due_at: r.try_get("due_at")?,
+        extended_days: r.try_get("extended_days")?,
+        extension_reason: r.try_get("extension_reason")?,
+        completed_at: r.try_get("completed_at")?,
+        attempts: r.try_get("attempts")?,
+        result: r.try_get("result")?,
+        updated_at: r.try_get("updated_at")?,
     })
 }

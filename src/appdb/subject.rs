@@ -1,0 +1,299 @@
+//! A data subject in the application database: lookup, sole-owner check,
+//! export of mapped rows, and erasure in one transaction.
+
+use std::collections::BTreeMap;
+
+use sqlx::{Acquire, Executor};
+
+use super::scope::{pg_args, sqlite_args, Bind, Dialect, Sql};
+use super::{quote_ident as q, AppDb};
+use crate::config::{AppMapping, MembershipsTable};
+use crate::error::Result;
+
+/// One table's erasure step, as the data map says.
+#[derive(Debug, Clone)]
+pub struct EraseStep {
+    pub table: String,
+    pub subject: String,
+    pub org: Option<String>,
+    pub action: EraseAction,
+}
+
+#[derive(Debug, Clone)]
+pub enum EraseAction {
+    Delete,
+    /// column → new value (None: NULL). Values are computed by the caller (pseudonyms).
+    Update(Vec<(String, Option<String>)>),
+}
+
+#[derive(Debug)]
+pub enum EraseOutcome {
+    /// Rows changed per table (deleted or anonymised), and rows kept for held orgs.
+    Done {
+        changed: BTreeMap<String, u64>,
+        kept_for_holds: BTreeMap<String, u64>,
+    },
+    /// The subject became the sole owner of these orgs since intake.
+    SoleOwner(Vec<String>),
+}
+
+impl AppDb {
+    /// The subject's id (as text) for an email, case-insensitively.
+    pub async fn subject_id(&self, app: &AppMapping, email: &str) -> Result<Option<String>> {
+        Ok(self
+            .subject_ids(&app.subjects, &[email.to_string()])
+            .await?
+            .into_iter()
+            .next())
+    }
+
+    /// Every subject's (id, email), to match erasure-ledger hashes after a restore.
+    pub async fn all_subjects(&self, app: &AppMapping) -> Result<Vec<(String, String)>> {
+        let sql = self.sql();
+        let id = sql.as_text(&app.subjects.id);
+        let text = format!(
+            "SELECT {id}, lower({}) FROM {}",
+            q(&app.subjects.email),
+            q(&app.subjects.table)
+        );
+        Ok(match self {
+            AppDb::Postgres(p) => sqlx::query_as(&text).fetch_all(p).await?,
+            AppDb::Sqlite(p) => sqlx::query_as(&text).fetch_all(p).await?,
+        })
+    }
+
+    /// Orgs (open ones, where closure is mapped) whose only owner is this subject.
+    pub async fn sole_owned_orgs(&self, app: &AppMapping, subject_id: &str) -> Result<Vec<String>> {
+        let Some(m) = &app.memberships else {
+            return Ok(vec![]);
+        };
+        let (text, sql) = self.sole_owner_sql(app, m, subject_id, false);
+        Ok(match self {
+            AppDb::Postgres(p) => {
+                sqlx::query_scalar_with(&text, pg_args(sql.binds)?)
+                    .fetch_all(p)
+                    .await?
+            }
+            AppDb::Sqlite(p) => {
+                sqlx::query_scalar_with(&text, sqlite_args(sql.binds)?)
+                    .fetch_all(p)
+                    .await?
+            }
+        })
+    }
+
+    fn sole_owner_sql(
+        &self,
+        app: &AppMapping,
+        m: &MembershipsTable,
+        subject_id: &str,
+        lock: bool,
+    ) -> (String, Sql) {
+        let mut sql = self.sql();
+        let subject = sql.as_text(&m.subject);
+        let ph = sql.placeholder(Bind::Text(subject_id.to_string()));
+        let owner = sql.in_list(&m.role, &m.owner_roles);
+        let owner2 = sql.in_list(&m.role, &m.owner_roles);
+        let open = match app
+            .orgs
+            .as_ref()
+            .and_then(|o| o.closed_at.as_ref().map(|c| (o, c)))
+        {
+            Some((o, closed)) => format!(
+                " AND m.{org} IN (SELECT {id} FROM {t} WHERE {c} IS NULL)",
+                org = q(&m.org),
+                id = q(&o.id),
+                t = q(&o.table),
+                c = q(closed)
+            ),
+            None => String::new(),
+        };
+        let org_text = match sql.dialect {
+            Dialect::Postgres => format!("m.{}::text", q(&m.org)),
+            Dialect::Sqlite => format!("CAST(m.{} AS TEXT)", q(&m.org)),
+        };
+        // Qualified copies of the role/subject tests for the aliased tables.
+        let owner = owner.replacen(&q(&m.role), &format!("m.{}", q(&m.role)), 1);
+        let owner2 = owner2.replacen(&q(&m.role), &format!("m2.{}", q(&m.role)), 1);
+        let subject = subject.replacen(&q(&m.subject), &format!("m.{}", q(&m.subject)), 1);
+        let lock = if lock && matches!(sql.dialect, Dialect::Postgres) {
+            " FOR UPDATE OF m"
+        } else {
+            ""
+        };
+        let text = format!(
+            "SELECT {org_text} FROM {t} m WHERE {subject} = {ph} AND {owner}{open}
+               AND (SELECT count(*) FROM {t} m2 WHERE m2.{org} = m.{org} AND {owner2}) = 1
+             ORDER BY 1{lock}",
+            t = q(&m.table),
+            org = q(&m.org),
+        );
+        (text, sql)
+    }
+
+    /// Every mapped row of the subject in `table`, each as a JSON object (text).
+    pub async fn subject_rows(
+        &self,
+        table: &str,
+        subject_col: &str,
+        subject_id: &str,
+    ) -> Result<Vec<String>> {
+        let mut sql = self.sql();
+        let cond = sql.as_text(subject_col);
+        let ph = sql.placeholder(Bind::Text(subject_id.to_string()));
+        Ok(match self {
+            AppDb::Postgres(p) => {
+                let text = format!(
+                    "SELECT row_to_json(t)::text FROM {} t WHERE {cond} = {ph}",
+                    q(table)
+                );
+                sqlx::query_scalar_with(&text, pg_args(sql.binds)?)
+                    .fetch_all(p)
+                    .await?
+            }
+            AppDb::Sqlite(p) => {
+                let cols = self.columns(table).await?.unwrap_or_default();
+                let pairs: Vec<String> = cols
+                    .iter()
+                    .map(|c| format!("'{}', {}", c.replace('\'', "''"), q(c)))
+                    .collect();
+                let text = format!(
+                    "SELECT json_object({}) FROM {} WHERE {cond} = {ph}",
+                    pairs.join(", "),
+                    q(table)
+                );
+                sqlx::query_scalar_with(&text, sqlite_args(sql.binds)?)
+                    .fetch_all(p)
+                    .await?
+            }
+        })
+    }
+
+    /// Erases one subject in a single transaction: re-checks sole ownership
+    /// inside it (with row locks on PostgreSQL), then applies every step,
+    /// leaving rows of held orgs in place.
+    pub async fn erase_subject(
+        &self,
+        app: &AppMapping,
+        subject_id: &str,
+        steps: &[EraseStep],
+        held_orgs: &[String],
+    ) -> Result<EraseOutcome> {
+        match self {
+            AppDb::Postgres(p) => {
+                let mut conn = p.acquire().await?;
+                let mut tx = conn.begin().await?;
+                if let Some(m) = &app.memberships {
+                    let (text, sql) = self.sole_owner_sql(app, m, subject_id, true);
+                    let orgs: Vec<String> = sqlx::query_scalar_with(&text, pg_args(sql.binds)?)
+                        .fetch_all(&mut *tx)
+                        .await?;
+                    if !orgs.is_empty() {
+                        return Ok(EraseOutcome::SoleOwner(orgs));
+                    }
+                }
+                let mut changed = BTreeMap::new();
+                let mut kept = BTreeMap::new();
+                for step in steps {
+                    let (text, sql) = self.erase_sql(step, subject_id, held_orgs, false);
+                    let n = tx
+                        .execute(sqlx::query_with(&text, pg_args(sql.binds)?))
+                        .await?
+                        .rows_affected();
+                    changed.insert(step.table.clone(), n);
+                    if !held_orgs.is_empty() && step.org.is_some() {
+                        let (text, sql) = self.erase_sql(step, subject_id, held_orgs, true);
+                        let k: i64 = sqlx::query_scalar_with(&text, pg_args(sql.binds)?)
+                            .fetch_one(&mut *tx)
+                            .await?;
+                        kept.insert(step.table.clone(), k as u64);
+                    }
+                }
+                tx.commit().await?;
+                Ok(EraseOutcome::Done {
+                    changed,
+                    kept_for_holds: kept,
+                })
+            }
+            AppDb::Sqlite(p) => {
+                let mut tx = p.begin_with("BEGIN IMMEDIATE").await?;
+                if let Some(m) = &app.memberships {
+                    let (text, sql) = self.sole_owner_sql(app, m, subject_id, true);
+                    let orgs: Vec<String> = sqlx::query_scalar_with(&text, sqlite_args(sql.binds)?)
+                        .fetch_all(&mut *tx)
+                        .await?;
+                    if !orgs.is_empty() {
+                        return Ok(EraseOutcome::SoleOwner(orgs));
+                    }
+                }
+                let mut changed = BTreeMap::new();
+                let mut kept = BTreeMap::new();
+                for step in steps {
+                    let (text, sql) = self.erase_sql(step, subject_id, held_orgs, false);
+                    let n = tx
+                        .execute(sqlx::query_with(&text, sqlite_args(sql.binds)?))
+                        .await?
+                        .rows_affected();
+                    changed.insert(step.table.clone(), n);
+                    if !held_orgs.is_empty() && step.org.is_some() {
+                        let (text, sql) = self.erase_sql(step, subject_id, held_orgs, true);
+                        let k: i64 = sqlx::query_scalar_with(&text, sqlite_args(sql.binds)?)
+                            .fetch_one(&mut *tx)
+                            .await?;
+                        kept.insert(step.table.clone(), k as u64);
+                    }
+                }
+                tx.commit().await?;
+                Ok(EraseOutcome::Done {
+                    changed,
+                    kept_for_holds: kept,
+                })
+            }
+        }
+    }
+
+    /// The statement for one step; with `count_held`, a count of the rows a hold keeps.
+    fn erase_sql(
+        &self,
+        step: &EraseStep,
+        subject_id: &str,
+        held_orgs: &[String],
+        count_held: bool,
+    ) -> (String, Sql) {
+        let mut sql = self.sql();
+        let subject = sql.as_text(&step.subject);
+        let ph = sql.placeholder(Bind::Text(subject_id.to_string()));
+        let mut cond = format!("{subject} = {ph}");
+        if let (false, Some(org)) = (held_orgs.is_empty(), &step.org) {
+            let held = sql.in_list(org, held_orgs);
+            if count_held {
+                return (
+                    format!(
+                        "SELECT count(*) FROM {} WHERE {cond} AND {held}",
+                        q(&step.table)
+                    ),
+                    sql,
+                );
+            }
+            cond = format!("{cond} AND ({} IS NULL OR NOT ({held}))", q(org));
+        }
+        let text = match &step.action {
+            EraseAction::Delete => format!("DELETE FROM {} WHERE {cond}", q(&step.table)),
+            EraseAction::Update(cols) => {
+                let sets: Vec<String> = cols
+                    .iter()
+                    .map(|(c, v)| match v {
+                        None => format!("{} = NULL", q(c)),
+                        Some(v) => format!("{} = {}", q(c), sql.placeholder(Bind::Text(v.clone()))),
+                    })
+                    .collect();
+                format!(
+                    "UPDATE {} SET {} WHERE {cond}",
+                    q(&step.table),
+                    sets.join(", ")
+                )
+            }
+        };
+        (text, sql)
+    }
+}

@@ -1,0 +1,163 @@
+//! `lethe dsr submit|list|show|extend|report`.
+
+use std::sync::Arc;
+
+use anyhow::Result;
+use serde_json::json;
+
+use crate::context::Context;
+use crate::dsr::{self, Intake, Submission};
+use crate::error::{exit, Error};
+use crate::store::DsrState;
+
+pub async fn submit(
+    ctx: Arc<Context>,
+    kind: &str,
+    subject: &str,
+    jurisdiction: Option<&str>,
+    json_out: bool,
+) -> Result<i32> {
+    let s = Submission {
+        kind,
+        subject,
+        jurisdiction,
+        source: "cli",
+        idempotency_key: None,
+    };
+    let now = ctx.store.now().await?;
+    let (r, blocking, accepted) = match dsr::submit(&ctx, s).await? {
+        Intake::Accepted(r) | Intake::Replayed(r) => (r, vec![], true),
+        Intake::Rejected {
+            request,
+            blocking_orgs,
+        } => (request, blocking_orgs, false),
+    };
+    if json_out {
+        let mut v = dsr::view(&ctx, &r, now);
+        v["blocking_orgs"] = json!(blocking);
+        super::print_json(&v)?;
+    } else if accepted {
+        println!(
+            "request {} accepted ({} for {}, {}), due {}",
+            r.id,
+            r.kind,
+            r.subject,
+            r.jurisdiction,
+            r.due_at.format("%Y-%m-%d %H:%M UTC")
+        );
+    } else {
+        println!(
+            "request {} REJECTED: {} — {}",
+            r.id,
+            r.reason.as_deref().unwrap_or("?"),
+            r.detail.as_deref().unwrap_or("")
+        );
+    }
+    Ok(if accepted { exit::OK } else { exit::REFUSED })
+}
+
+pub async fn list(
+    ctx: Arc<Context>,
+    status: Option<&str>,
+    limit: u32,
+    json_out: bool,
+) -> Result<i32> {
+    let state = status.map(DsrState::parse).transpose()?;
+    let now = ctx.store.now().await?;
+    let reqs = ctx.store.dsr_list(state, limit.clamp(1, 10_000)).await?;
+    if json_out {
+        let v: Vec<_> = reqs.iter().map(|r| dsr::view(&ctx, r, now)).collect();
+        super::print_json(&json!({"requests": v}))?;
+        return Ok(0);
+    }
+    let rows: Vec<Vec<String>> = reqs
+        .iter()
+        .map(|r| {
+            let v = dsr::view(&ctx, r, now);
+            vec![
+                r.id.to_string(),
+                r.kind.clone(),
+                r.subject.clone(),
+                r.jurisdiction.clone(),
+                r.state.as_str().into(),
+                r.due_at.format("%Y-%m-%d %H:%M").to_string(),
+                v["sla"]
+                    .as_str()
+                    .unwrap_or(r.reason.as_deref().unwrap_or(""))
+                    .to_string(),
+            ]
+        })
+        .collect();
+    super::print_table(
+        &[
+            "ID",
+            "KIND",
+            "SUBJECT",
+            "JURISDICTION",
+            "STATE",
+            "DUE (UTC)",
+            "SLA / REASON",
+        ],
+        &rows,
+    );
+    Ok(0)
+}
+
+pub async fn show(ctx: Arc<Context>, id: i64, json_out: bool) -> Result<i32> {
+    let r = ctx
+        .store
+        .dsr_get(id)
+        .await?
+        .ok_or_else(|| Error::NotFound(format!("no request {id} (see `lethe dsr list`)")))?;
+    let v = dsr::view(&ctx, &r, ctx.store.now().await?);
+    if json_out {
+        super::print_json(&v)?;
+    } else {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    }
+    Ok(0)
+}
+
+pub async fn extend(ctx: Arc<Context>, id: i64, days: u32, reason: &str) -> Result<i32> {
+    let r = dsr::extend(&ctx, id, days, reason).await?;
+    println!(
+        "request {id} now due {} ({} days of extension in total)",
+        r.due_at.format("%Y-%m-%d %H:%M UTC"),
+        r.extended_days
+    );
+    Ok(0)
+}
+
+pub async fn report(ctx: Arc<Context>, send: bool, json_out: bool) -> Result<i32> {
+    let (r, csv) = dsr::sla_report(&ctx).await?;
+    let mail = if send {
+        dsr::send_report(&ctx, &r, csv).await?
+    } else {
+        None
+    };
+    if json_out {
+        let mut v = serde_json::to_value(&r)?;
+        v["mail_id"] = json!(mail);
+        super::print_json(&v)?;
+    } else {
+        println!(
+            "DSR SLA report ({})",
+            r.generated_at.format("%Y-%m-%d %H:%M UTC")
+        );
+        println!("  open by state: {:?}", r.open_by_state);
+        println!("  open by days left: {:?}", r.open_by_days_left);
+        println!(
+            "  overdue: {}, at risk: {}",
+            r.overdue.len(),
+            r.at_risk.len()
+        );
+        println!(
+            "  completed in the last {} days: {} (median {:?} d, p95 {:?} d, {:?}% within deadline)",
+            r.period_days, r.completed_in_period, r.median_days_to_close, r.p95_days_to_close, r.percent_within_deadline
+        );
+        if let Some(id) = mail {
+            println!("  queued to the DPO as mail {id}; `lethe run mail.flush` delivers it");
+        }
+    }
+    Ok(0)
+}

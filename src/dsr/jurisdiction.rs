@@ -1,0 +1,148 @@
+//! Deadlines per jurisdiction, kept as data.
+
+use chrono::{DateTime, Duration, Months, Utc};
+
+use crate::config::DsrConfig;
+use crate::error::{Error, Result};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Deadline {
+    /// Calendar months: 31 January + 1 month = 28 (or 29) February.
+    Months(u32),
+    Days(u32),
+    Hours(u32),
+    /// `dsr.default_deadline` from the config.
+    Configured,
+}
+
+impl Deadline {
+    pub fn after(self, t: DateTime<Utc>) -> Result<DateTime<Utc>> {
+        let r = match self {
+            Deadline::Months(m) => t.checked_add_months(Months::new(m)),
+            Deadline::Days(d) => t.checked_add_signed(Duration::days(i64::from(d))),
+            Deadline::Hours(h) => t.checked_add_signed(Duration::hours(i64::from(h))),
+            Deadline::Configured => None,
+        };
+        r.ok_or_else(|| Error::Failed("deadline out of the calendar's range".into()))
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Jurisdiction {
+    pub code: &'static str,
+    pub name: &'static str,
+    pub export: Deadline,
+    pub erasure: Deadline,
+    /// How far past the original deadline it may be extended (None: not at all).
+    pub extension: Option<Deadline>,
+    pub extension_text: &'static str,
+}
+
+pub const JURISDICTIONS: &[Jurisdiction] = &[
+    Jurisdiction {
+        code: "gdpr",
+        name: "GDPR",
+        export: Deadline::Months(1),
+        erasure: Deadline::Months(1),
+        extension: Some(Deadline::Months(2)),
+        extension_text: "Art. 12(3): two further months",
+    },
+    Jurisdiction {
+        code: "uk_gdpr",
+        name: "UK GDPR",
+        export: Deadline::Months(1),
+        erasure: Deadline::Months(1),
+        extension: Some(Deadline::Months(2)),
+        extension_text: "Art. 12(3): two further months",
+    },
+    Jurisdiction {
+        code: "ccpa",
+        name: "CCPA/CPRA",
+        export: Deadline::Days(45),
+        erasure: Deadline::Days(45),
+        extension: Some(Deadline::Days(45)),
+        extension_text: "§1798.130: one further 45 days",
+    },
+    Jurisdiction {
+        code: "uu_pdp",
+        name: "UU PDP",
+        export: Deadline::Hours(72),
+        erasure: Deadline::Hours(72),
+        extension: None,
+        extension_text: "Art. 32–43: 3×24 hours, no extension",
+    },
+    Jurisdiction {
+        code: "default",
+        name: "default",
+        export: Deadline::Configured,
+        erasure: Deadline::Configured,
+        extension: Some(Deadline::Days(30)),
+        extension_text: "30 further days",
+    },
+];
+
+impl Jurisdiction {
+    pub fn find(code: &str) -> Result<&'static Jurisdiction> {
+        let c = code.trim().to_lowercase().replace('-', "_");
+        let c = if c == "cpra" { "ccpa".to_string() } else { c };
+        JURISDICTIONS.iter().find(|j| j.code == c).ok_or_else(|| {
+            let known: Vec<&str> = JURISDICTIONS.iter().map(|j| j.code).collect();
+            Error::Usage(format!(
+                "unknown jurisdiction `{code}`; known: {}",
+                known.join(", ")
+            ))
+        })
+    }
+
+    pub fn deadline(&self, kind: &str, cfg: &DsrConfig) -> Deadline {
+        let d = if kind == "erasure" {
+            self.erasure
+        } else {
+            self.export
+        };
+        match d {
+            Deadline::Configured => {
+                Deadline::Hours(u32::try_from(cfg.default_deadline.as_secs() / 3600).unwrap_or(720))
+            }
+            other => other,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn at(y: i32, m: u32, d: u32) -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(y, m, d, 10, 0, 0).unwrap()
+    }
+
+    #[test]
+    fn deadlines_per_jurisdiction() {
+        // Snapshot table: (jurisdiction, received, due).
+        let cases = [
+            ("gdpr", at(2026, 1, 31), at(2026, 2, 28)),
+            ("gdpr", at(2028, 1, 31), at(2028, 2, 29)),
+            ("uk_gdpr", at(2026, 3, 31), at(2026, 4, 30)),
+            ("gdpr", at(2026, 12, 15), at(2027, 1, 15)),
+            ("ccpa", at(2026, 1, 1), at(2026, 2, 15)),
+            ("cpra", at(2026, 1, 1), at(2026, 2, 15)),
+        ];
+        for (code, received, due) in cases {
+            let j = Jurisdiction::find(code).unwrap();
+            assert_eq!(j.export.after(received).unwrap(), due, "{code} {received}");
+        }
+        let pdp = Jurisdiction::find("UU-PDP").unwrap();
+        assert_eq!(pdp.export.after(at(2026, 1, 1)).unwrap(), at(2026, 1, 4));
+    }
+
+    #[test]
+    fn unknown_jurisdictions_are_named() {
+        let e = Jurisdiction::find("mars").unwrap_err().to_string();
+        assert!(
+            e.contains("unknown jurisdiction `mars`") && e.contains("gdpr"),
+            "{e}"
+        );
+    }
+}

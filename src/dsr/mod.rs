@@ -1,0 +1,248 @@
+//! Data subject requests: intake (CLI and HTTP) with identity, sole-owner and
+//! legal-hold checks; deadlines per jurisdiction with calendar-month
+//! arithmetic; processing (export, erasure); the SLA report to the DPO.
+
+mod jurisdiction;
+mod process;
+mod report;
+
+pub use jurisdiction::{Deadline, Jurisdiction, JURISDICTIONS};
+pub use process::{process_job, reapply_ledger, ProcessParams};
+pub use report::{report_job, send as send_report, sla_report, ReportParams, SlaReport};
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::json;
+
+use crate::appdb::AppDb;
+use crate::context::Context;
+use crate::error::{Error, Result};
+use crate::store::{DsrInsert, DsrRequest, DsrState, HoldScope, NewDsr};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Sla {
+    OnTrack,
+    AtRisk,
+    Overdue,
+}
+
+pub fn sla(ctx: &Context, r: &DsrRequest, now: DateTime<Utc>) -> Option<Sla> {
+    if !r.state.is_open() {
+        return None;
+    }
+    let left = r.due_at - now;
+    Some(if left < chrono::Duration::zero() {
+        Sla::Overdue
+    } else if left.to_std().unwrap_or_default() < ctx.config.dsr.at_risk {
+        Sla::AtRisk
+    } else {
+        Sla::OnTrack
+    })
+}
+
+/// A request as the CLI and API show it: the stored row plus SLA state and time left.
+pub fn view(ctx: &Context, r: &DsrRequest, now: DateTime<Utc>) -> serde_json::Value {
+    let mut v = serde_json::to_value(r).unwrap_or_default();
+    v["sla"] = json!(sla(ctx, r, now));
+    v["hours_left"] = json!(r.state.is_open().then(|| (r.due_at - now).num_hours()));
+    v
+}
+
+pub struct Submission<'a> {
+    pub kind: &'a str,
+    pub subject: &'a str,
+    pub jurisdiction: Option<&'a str>,
+    pub source: &'a str,
+    pub idempotency_key: Option<&'a str>,
+}
+
+/// The outcome of intake. `Rejected` requests are recorded too (evidence).
+pub enum Intake {
+    Accepted(DsrRequest),
+    Replayed(DsrRequest),
+    Rejected {
+        request: DsrRequest,
+        blocking_orgs: Vec<String>,
+    },
+}
+
+pub fn normalize_email(s: &str) -> Result<String> {
+    let e = s.trim().to_lowercase();
+    e.parse::<lettre::Address>()
+        .map_err(|err| Error::Usage(format!("subject `{s}` is not an email address ({err})")))?;
+    Ok(e)
+}
+
+/// Validates, checks the subject, and records the request (accepted or rejected).
+pub async fn submit(ctx: &Context, s: Submission<'_>) -> Result<Intake> {
+    let kind = match s.kind {
+        "export" | "erasure" => s.kind,
+        other => {
+            return Err(Error::Usage(format!(
+                "kind `{other}` must be export or erasure"
+            )))
+        }
+    };
+    let subject = normalize_email(s.subject)?;
+    let j = Jurisdiction::find(s.jurisdiction.unwrap_or("default"))?;
+    let app = ctx.config.app.as_ref().ok_or_else(|| {
+        Error::Usage("DSRs need [app] in lethe.toml: where subjects (and memberships) live".into())
+    })?;
+    let db = AppDb::connect(&ctx.config.database.url).await?;
+    let now = ctx.store.now().await?;
+    let due_at = j.deadline(kind, &ctx.config.dsr).after(now)?;
+
+    let mut reason = None;
+    let mut detail = None;
+    let mut blocking = Vec::new();
+    match db.subject_id(app, &subject).await? {
+        None => {
+            reason = Some("not_found");
+            detail = Some(format!(
+                "no {} row has {} = {subject}",
+                app.subjects.table, app.subjects.email
+            ));
+        }
+        Some(id) => {
+            let holds = ctx.store.holds(false).await?;
+            if kind == "erasure" {
+                if let Some(h) = holds
+                    .iter()
+                    .find(|h| h.scope == HoldScope::Subject && h.value == subject)
+                {
+                    reason = Some("legal_hold");
+                    detail = Some(format!("legal hold {}: {}", h.id, h.reason));
+                } else {
+                    blocking = db.sole_owned_orgs(app, &id).await?;
+                    if !blocking.is_empty() {
+                        reason = Some("sole_owner");
+                        detail = Some(format!(
+                            "the subject is the sole owner of org(s) {}; transfer ownership or close the org(s) first",
+                            blocking.join(", ")
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    let new = NewDsr {
+        kind: kind.into(),
+        subject: subject.clone(),
+        jurisdiction: j.code.into(),
+        state: if reason.is_some() {
+            DsrState::Rejected
+        } else {
+            DsrState::Verified
+        },
+        reason: reason.map(str::to_string),
+        detail,
+        source: s.source.into(),
+        idempotency_key: s.idempotency_key.map(str::to_string),
+        received_at: now,
+        due_at,
+    };
+    let actor = format!("{}:{}", s.source, crate::audit::actor_cli());
+    let outcome = match ctx.store.dsr_insert(&new).await? {
+        DsrInsert::Replayed(r) => return Ok(Intake::Replayed(r)),
+        DsrInsert::Duplicate(existing) => {
+            let dup = NewDsr {
+                state: DsrState::Rejected,
+                reason: Some("duplicate".into()),
+                detail: Some(format!(
+                    "request {} for this subject is still open",
+                    existing.id
+                )),
+                idempotency_key: None,
+                ..new
+            };
+            match ctx.store.dsr_insert(&dup).await? {
+                DsrInsert::Created(r) => Intake::Rejected {
+                    request: r,
+                    blocking_orgs: vec![],
+                },
+                _ => {
+                    return Err(Error::Failed(
+                        "could not record the duplicate request".into(),
+                    ))
+                }
+            }
+        }
+        DsrInsert::Created(r) if r.state == DsrState::Rejected => Intake::Rejected {
+            request: r,
+            blocking_orgs: blocking,
+        },
+        DsrInsert::Created(r) => Intake::Accepted(r),
+    };
+    let (r, action) = match &outcome {
+        Intake::Accepted(r) => (r, "dsr.received"),
+        Intake::Rejected { request, .. } => (request, "dsr.rejected"),
+        Intake::Replayed(r) => (r, "dsr.replayed"),
+    };
+    // The subject's email is personal data: evidence names the request, not the person.
+    crate::audit::record(
+        ctx.store.as_ref(),
+        &actor,
+        action,
+        &format!("dsr:{}", r.id),
+        json!({"kind": r.kind, "jurisdiction": r.jurisdiction, "due_at": r.due_at.to_rfc3339(),
+               "reason": r.reason, "source": r.source}),
+    )
+    .await?;
+    Ok(outcome)
+}
+
+/// `dsr extend ID --days N --reason TEXT`, within the jurisdiction's limit.
+pub async fn extend(ctx: &Context, id: i64, days: u32, reason: &str) -> Result<DsrRequest> {
+    if reason.trim().is_empty() {
+        return Err(Error::Usage(
+            "--reason is required: the subject must be told why".into(),
+        ));
+    }
+    if days == 0 {
+        return Err(Error::Usage("--days must be at least 1".into()));
+    }
+    let r = ctx
+        .store
+        .dsr_get(id)
+        .await?
+        .ok_or_else(|| Error::NotFound(format!("no request {id}")))?;
+    if !r.state.is_open() {
+        return Err(Error::Usage(format!(
+            "request {id} is {}; only open requests can be extended",
+            r.state.as_str()
+        )));
+    }
+    let j = Jurisdiction::find(&r.jurisdiction)?;
+    let base_due = j.deadline(&r.kind, &ctx.config.dsr).after(r.received_at)?;
+    let limit = j.extension.map(|e| e.after(base_due)).transpose()?;
+    let new_due = r.due_at + chrono::Duration::days(i64::from(days));
+    match limit {
+        None => return Err(Error::Usage(format!("{} allows no extension", j.name))),
+        Some(max) if new_due > max => {
+            return Err(Error::Usage(format!(
+                "{} allows extending to {} at the latest ({}); {days} more days would reach {}",
+                j.name,
+                max.format("%Y-%m-%d %H:%M UTC"),
+                j.extension_text,
+                new_due.format("%Y-%m-%d %H:%M UTC")
+            )))
+        }
+        Some(_) => {}
+    }
+    ctx.store
+        .dsr_extend(id, new_due, days as i32, reason)
+        .await?;
+    crate::audit::record(
+        ctx.store.as_ref(),
+        &crate::audit::actor_cli(),
+        "dsr.extended",
+        &format!("dsr:{id}"),
+        json!({"days": days, "due_at": new_due.to_rfc3339(), "reason": reason}),
+    )
+    .await?;
+    ctx.store
+        .dsr_get(id)
+        .await?
+        .ok_or_else(|| Error::NotFound(format!("no request {id}")))
+}

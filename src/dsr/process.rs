@@ -1,0 +1,423 @@
+//! `dsr.process`: queued requests in deadline order. Export: every mapped row
+//! of the subject as JSON per table in one tar, zstd + age, uploaded, SHA-256
+//! recorded, an expiring link mailed to the DPO. Erasure: one transaction on
+//! the application database per the data map, evidence in the audit chain,
+//! and the subject's keyed hash in the erasure ledger.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::appdb::{AppDb, EraseAction, EraseOutcome, EraseStep};
+use crate::config::{AnonymizeRule, Config, Erasure, Secret};
+use crate::context::Context;
+use crate::error::{Error, Result};
+use crate::notify::{self, Message, Role};
+use crate::runner::JobContext;
+use crate::store::{DsrRequest, DsrState, HoldScope};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProcessParams {
+    /// At most this many requests per run.
+    #[serde(default = "default_limit")]
+    pub limit: u32,
+}
+
+fn default_limit() -> u32 {
+    100
+}
+
+fn pseudonym_key(config: &Config) -> Result<Secret> {
+    let src = &config.dsr.pseudonym_key;
+    src.load().map_err(Error::Usage)?.ok_or_else(|| {
+        Error::Usage(format!(
+            "erasure needs the pseudonym key (keyed HMAC) in {}",
+            src.describe()
+        ))
+    })
+}
+
+fn keyed(key: &Secret, what: &str) -> String {
+    use hmac::Mac;
+    let mut m = crate::audit::signer(key.expose().as_bytes());
+    m.update(what.as_bytes());
+    crate::audit::finish_hex(m)
+}
+
+/// The ledger's key for a subject: a keyed hash of the email, never the email.
+pub fn ledger_key(key: &Secret, email: &str) -> String {
+    keyed(key, &format!("ledger:{}", email.to_lowercase()))
+}
+
+/// Erasure steps from the data map, children before the subject's own row.
+fn erase_steps(
+    config: &Config,
+    key: &Secret,
+    subject_id: &str,
+) -> Vec<(EraseStep, Option<String>)> {
+    let pseudonym = format!(
+        "erased-{}",
+        &keyed(key, &format!("subject:{subject_id}"))[..20]
+    );
+    let mut steps: Vec<(EraseStep, Option<String>)> = Vec::new();
+    for e in config.data_map.iter().rev() {
+        let Some(subject) = &e.subject else { continue };
+        let (action, basis) = match &e.erasure {
+            Erasure::Delete => (EraseAction::Delete, None),
+            Erasure::Anonymize(cols) => (
+                EraseAction::Update(
+                    cols.iter()
+                        .map(|(c, r)| {
+                            let v = match r {
+                                AnonymizeRule::Null => None,
+                                AnonymizeRule::Fixed(v) => Some(v.clone()),
+                                AnonymizeRule::Hmac => Some(pseudonym.clone()),
+                            };
+                            (c.clone(), v)
+                        })
+                        .collect(),
+                ),
+                None,
+            ),
+            Erasure::Retain { legal_basis } => {
+                steps.push((
+                    EraseStep {
+                        table: e.table.clone(),
+                        subject: subject.clone(),
+                        org: e.org.clone(),
+                        action: EraseAction::Update(vec![]),
+                    },
+                    Some(legal_basis.clone()),
+                ));
+                continue;
+            }
+        };
+        steps.push((
+            EraseStep {
+                table: e.table.clone(),
+                subject: subject.clone(),
+                org: e.org.clone(),
+                action,
+            },
+            basis,
+        ));
+    }
+    steps
+}
+
+async fn erase(
+    ctx: &Context,
+    db: &AppDb,
+    r: &DsrRequest,
+    actor: &str,
+) -> Result<std::result::Result<Value, (String, String)>> {
+    let config = ctx.config.as_ref();
+    let app = config
+        .app
+        .as_ref()
+        .ok_or_else(|| Error::Usage("DSRs need [app]".into()))?;
+    let key = pseudonym_key(config)?;
+    let Some(subject_id) = db.subject_id(app, &r.subject).await? else {
+        return Ok(Err((
+            "not_found".into(),
+            "the subject no longer exists".into(),
+        )));
+    };
+    let holds = ctx.store.holds(false).await?;
+    if let Some(h) = holds
+        .iter()
+        .find(|h| h.scope == HoldScope::Subject && h.value == r.subject)
+    {
+        return Ok(Err((
+            "legal_hold".into(),
+            format!("legal hold {}: {}", h.id, h.reason),
+        )));
+    }
+    let held_orgs: Vec<String> = holds
+        .iter()
+        .filter(|h| h.scope == HoldScope::Org)
+        .map(|h| h.value.clone())
+        .collect();
+    let steps = erase_steps(config, &key, &subject_id);
+    let retained: BTreeMap<String, String> = steps
+        .iter()
+        .filter_map(|(s, basis)| basis.as_ref().map(|b| (s.table.clone(), b.clone())))
+        .collect();
+    let active: Vec<EraseStep> = steps
+        .into_iter()
+        .filter(|(s, basis)| {
+            basis.is_none() && !matches!(&s.action, EraseAction::Update(c) if c.is_empty())
+        })
+        .map(|(s, _)| s)
+        .collect();
+    match db
+        .erase_subject(app, &subject_id, &active, &held_orgs)
+        .await?
+    {
+        EraseOutcome::SoleOwner(orgs) => Ok(Err((
+            "sole_owner".into(),
+            format!(
+                "the subject became the sole owner of org(s) {} before erasure",
+                orgs.join(", ")
+            ),
+        ))),
+        EraseOutcome::Done {
+            changed,
+            kept_for_holds,
+        } => {
+            ctx.store
+                .ledger_add(&ledger_key(&key, &r.subject), r.id)
+                .await?;
+            let evidence = json!({"request": r.id, "rows_changed": changed, "kept_for_legal_holds": kept_for_holds,
+                                  "retained_with_legal_basis": retained});
+            crate::audit::record(
+                ctx.store.as_ref(),
+                actor,
+                "dsr.erased",
+                &format!("dsr:{}", r.id),
+                evidence.clone(),
+            )
+            .await?;
+            Ok(Ok(evidence))
+        }
+    }
+}
+
+async fn export(
+    ctx: &Context,
+    db: &AppDb,
+    r: &DsrRequest,
+    actor: &str,
+) -> Result<std::result::Result<Value, (String, String)>> {
+    let config = ctx.config.as_ref();
+    let app = config
+        .app
+        .as_ref()
+        .ok_or_else(|| Error::Usage("DSRs need [app]".into()))?;
+    let Some(subject_id) = db.subject_id(app, &r.subject).await? else {
+        return Ok(Err((
+            "not_found".into(),
+            "the subject no longer exists".into(),
+        )));
+    };
+    let mut tar = tar::Builder::new(Vec::new());
+    let mut counts = BTreeMap::new();
+    for e in config.data_map.iter().filter(|e| e.export) {
+        let Some(col) = &e.subject else { continue };
+        let rows = db.subject_rows(&e.table, col, &subject_id).await?;
+        counts.insert(e.table.clone(), rows.len());
+        let body = format!("[{}]\n", rows.join(",\n"));
+        let mut header = tar::Header::new_gnu();
+        header.set_size(body.len() as u64);
+        header.set_mode(0o600);
+        header.set_mtime(chrono::Utc::now().timestamp().max(0) as u64);
+        header.set_cksum();
+        tar.append_data(&mut header, format!("{}.json", e.table), body.as_bytes())
+            .map_err(|e| Error::io("building the export archive", e))?;
+    }
+    let readme = format!(
+        "Data export for request {} ({}), created {}.\nOne JSON file per table; each holds the rows about the subject.\n",
+        r.id,
+        r.jurisdiction,
+        chrono::Utc::now().to_rfc3339()
+    );
+    let mut header = tar::Header::new_gnu();
+    header.set_size(readme.len() as u64);
+    header.set_mode(0o600);
+    header.set_cksum();
+    tar.append_data(&mut header, "README.txt", readme.as_bytes())
+        .map_err(|e| Error::io("export archive", e))?;
+    let archive = tar
+        .into_inner()
+        .map_err(|e| Error::io("export archive", e))?;
+
+    let keys = if config.dsr.export_recipients.is_empty() {
+        &config.backup.recipients
+    } else {
+        &config.dsr.export_recipients
+    };
+    let recipients = crate::backup::parse_recipients(keys)?;
+    let sealed = tokio::task::spawn_blocking(move || -> Result<(Vec<u8>, String)> {
+        let (tx, mut rx) = tokio::sync::mpsc::channel(1 << 16);
+        let enc = crate::backup::encode(
+            &archive[..],
+            crate::backup::PartSink::new(8 << 20, tx),
+            &recipients,
+            3,
+            1,
+        )?;
+        let mut out = Vec::with_capacity(enc.stored_bytes as usize);
+        while let Ok(p) = rx.try_recv() {
+            out.extend_from_slice(&p);
+        }
+        Ok((out, enc.sha256))
+    })
+    .await
+    .map_err(|e| Error::Failed(format!("export encryption crashed: {e}")))??;
+    let (bytes, sha256) = sealed;
+    let store = crate::backup::open_store(ctx).await?;
+    let key = format!(
+        "{}dsr-{}-export.tar.zst.age",
+        config.dsr.export_prefix, r.id
+    );
+    let size = bytes.len();
+    store.put(&key, bytes.into()).await?;
+    let ttl = config.dsr.export_link_ttl;
+    let link = store.presign(&key, ttl).await?;
+    let expires = chrono::Utc::now() + chrono::Duration::seconds(ttl.as_secs() as i64);
+    notify::enqueue(
+        ctx,
+        Message {
+            role: Role::Dpo,
+            subject: format!("[lethe] data export ready for request {}", r.id),
+            paragraphs: vec![
+                format!("The export for request {} ({}) is ready: {} tables, {} bytes, encrypted with age to the export keys.", r.id, r.jurisdiction, counts.len(), size),
+                format!("Download (expires {}): {link}", expires.format("%Y-%m-%d %H:%M UTC")),
+                format!("SHA-256 of the stored file: {sha256}"),
+                format!("Deliver it to the subject before {}.", r.due_at.format("%Y-%m-%d %H:%M UTC")),
+            ],
+            html_extra: None,
+            attachments: vec![],
+            dedupe_key: Some(format!("dsr-export:{}", r.id)),
+        },
+    )
+    .await?;
+    let evidence = json!({"request": r.id, "object": key, "sha256": sha256, "bytes": size, "rows": counts,
+                          "link_expires_at": expires.to_rfc3339()});
+    crate::audit::record(
+        ctx.store.as_ref(),
+        actor,
+        "dsr.exported",
+        &format!("dsr:{}", r.id),
+        evidence.clone(),
+    )
+    .await?;
+    Ok(Ok(evidence))
+}
+
+pub async fn process_job(jc: &JobContext) -> Result<Value> {
+    let p: ProcessParams = jc.params()?;
+    let ctx = jc.ctx.as_ref();
+    let due = ctx.store.dsr_due(p.limit.max(1)).await?;
+    if jc.dry_run {
+        let ids: Vec<i64> = due.iter().map(|r| r.id).collect();
+        return Ok(json!({"dry_run": true, "would_process": ids}));
+    }
+    let db = AppDb::connect(&ctx.config.database.url).await?;
+    let (mut completed, mut rejected, mut failed) = (Vec::new(), Vec::new(), Vec::new());
+    for r in due {
+        if !ctx
+            .store
+            .dsr_transition(
+                r.id,
+                &[DsrState::Verified, DsrState::Failed],
+                DsrState::InProgress,
+                None,
+                None,
+            )
+            .await?
+        {
+            continue; // another worker took it
+        }
+        let outcome = match r.kind.as_str() {
+            "erasure" => erase(ctx, &db, &r, &jc.actor).await,
+            _ => export(ctx, &db, &r, &jc.actor).await,
+        };
+        match outcome {
+            Ok(Ok(result)) => {
+                ctx.store
+                    .dsr_transition(
+                        r.id,
+                        &[DsrState::InProgress],
+                        DsrState::Completed,
+                        None,
+                        Some(&result),
+                    )
+                    .await?;
+                completed.push(r.id);
+            }
+            Ok(Err((reason, detail))) => {
+                let v = json!({"detail": detail});
+                ctx.store
+                    .dsr_transition(
+                        r.id,
+                        &[DsrState::InProgress],
+                        DsrState::Rejected,
+                        Some(&reason),
+                        Some(&v),
+                    )
+                    .await?;
+                crate::audit::record(
+                    ctx.store.as_ref(),
+                    &jc.actor,
+                    "dsr.rejected",
+                    &format!("dsr:{}", r.id),
+                    json!({"reason": reason}),
+                )
+                .await?;
+                rejected.push(json!({"id": r.id, "reason": reason}));
+            }
+            Err(e) => {
+                // Nothing was half-applied (one transaction); the next run retries.
+                let v = json!({"error": e.to_string()});
+                ctx.store
+                    .dsr_transition(
+                        r.id,
+                        &[DsrState::InProgress],
+                        DsrState::Failed,
+                        None,
+                        Some(&v),
+                    )
+                    .await?;
+                failed.push(json!({"id": r.id, "error": e.to_string()}));
+            }
+        }
+    }
+    if !failed.is_empty() {
+        return Err(Error::Failed(format!(
+            "{} request(s) failed and will be retried: {}",
+            failed.len(),
+            Value::from(failed)
+        )));
+    }
+    Ok(json!({"completed": completed, "rejected": rejected}))
+}
+
+/// After restoring an older backup: erase again every subject in the ledger.
+pub async fn reapply_ledger(ctx: &Context, target_url: &str) -> Result<Value> {
+    let keys: std::collections::HashSet<String> =
+        ctx.store.ledger_keys().await?.into_iter().collect();
+    if keys.is_empty() {
+        return Ok(json!({"reapplied": 0}));
+    }
+    let config = ctx.config.as_ref();
+    let app = config
+        .app
+        .as_ref()
+        .ok_or_else(|| Error::Usage("re-applying erasures needs [app]".into()))?;
+    let key = pseudonym_key(config)?;
+    let db = AppDb::connect(target_url).await?;
+    let mut reapplied = 0u64;
+    for (id, email) in db.all_subjects(app).await? {
+        if !keys.contains(&ledger_key(&key, &email)) {
+            continue;
+        }
+        let steps: Vec<EraseStep> = erase_steps(config, &key, &id)
+            .into_iter()
+            .filter(|(s, b)| {
+                b.is_none() && !matches!(&s.action, EraseAction::Update(c) if c.is_empty())
+            })
+            .map(|(s, _)| s)
+            .collect();
+        // Ownership may differ in old data; the ledger's promise wins: no sole-owner veto here.
+        let no_memberships = crate::config::AppMapping {
+            memberships: None,
+            ..app.clone()
+        };
+        db.erase_subject(&no_memberships, &id, &steps, &[]).await?;
+        reapplied += 1;
+    }
+    Ok(json!({"reapplied": reapplied}))
+}
