@@ -440,10 +440,12 @@ pub async fn restore(ctx: &Context, id: &str, to: &str) -> Result<Value> {
     }
     let started = Instant::now();
     let decoded = restore_into(ctx, &b, &target).await?;
-    Ok(
-        json!({"id": b.id, "restored_to": crate::config::redact_url(to), "raw_bytes": decoded.raw_bytes,
-              "restore_ms": started.elapsed().as_millis() as u64}),
-    )
+    // Subjects erased after this backup was taken must stay erased.
+    let ledger = crate::dsr::reapply_ledger(ctx, to).await?;
+    Ok(json!({
+        "id": b.id, "restored_to": crate::config::redact_url(to), "raw_bytes": decoded.raw_bytes,
+        "restore_ms": started.elapsed().as_millis() as u64, "erasures_reapplied": ledger["reapplied"],
+    }))
 }
 
 // ---- jobs ----------------------------------------------------------------------

@@ -141,6 +141,8 @@ pub struct RunnerConfig {
 #[derive(Debug, Clone)]
 pub struct HttpConfig {
     pub listen: SocketAddr,
+    /// SHA-256 (hex) of the API keys the DSR intake API accepts. Only hashes live in config.
+    pub api_key_hashes: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -283,6 +285,8 @@ struct RawRunner {
 #[serde(deny_unknown_fields)]
 struct RawHttp {
     listen: Option<Spanned<String>>,
+    #[serde(default)]
+    api_key_hashes: Vec<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -597,7 +601,22 @@ fn load_http(src: &SourceFile, raw: RawHttp) -> Result<HttpConfig> {
         })?,
         (None, None) => SocketAddr::from(([127, 0, 0, 1], 8080)),
     };
-    Ok(HttpConfig { listen })
+    for h in &raw.api_key_hashes {
+        if h.get_ref().len() != 64 || !h.get_ref().chars().all(|c| c.is_ascii_hexdigit()) {
+            return Err(src.error_at(
+                h.span(),
+                "http.api_key_hashes: each entry is the SHA-256 hex of a key (`printf %s KEY | sha256sum`), not the key",
+            ));
+        }
+    }
+    Ok(HttpConfig {
+        listen,
+        api_key_hashes: raw
+            .api_key_hashes
+            .into_iter()
+            .map(|h| h.into_inner().to_lowercase())
+            .collect(),
+    })
 }
 
 fn load_mail(src: &SourceFile, raw: RawMail, dir: &Path) -> Result<MailConfig> {

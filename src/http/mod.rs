@@ -1,5 +1,7 @@
 //! HTTP: `/healthz` (process alive), `/readyz` (store reachable, not draining),
-//! `/metrics` (Prometheus text).
+//! `/metrics` (Prometheus text), and the DSR intake API under `/v1/dsr`.
+
+mod dsr_api;
 
 use std::sync::Arc;
 
@@ -14,7 +16,7 @@ use crate::error::{Error, Result};
 use crate::runner::Shutdown;
 
 #[derive(Clone)]
-struct AppState {
+pub(crate) struct AppState {
     ctx: Arc<Context>,
     shutdown: Shutdown,
 }
@@ -24,6 +26,11 @@ pub fn router(ctx: Arc<Context>, shutdown: Shutdown) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route(
+            "/v1/dsr",
+            axum::routing::post(dsr_api::submit).get(dsr_api::list),
+        )
+        .route("/v1/dsr/{id}", get(dsr_api::get))
         .with_state(AppState { ctx, shutdown })
 }
 

@@ -1,0 +1,671 @@
+//! Data subject requests end to end on SQLite and PostgreSQL: intake checks,
+//! erasure per the data map, export archives, deadlines and extensions, the
+//! SLA report through a real SMTP sink, the HTTP API over real HTTP, and
+//! restores re-applying the erasure ledger.
+
+mod common;
+
+use std::io::Read;
+use std::time::{Duration, Instant};
+
+use common::{run_ok, stdout_json, ConfigDir};
+use serde_json::Value;
+
+const DATA_MAP: &str = r#"
+[app]
+subjects = { table = "users", id = "id", email = "email" }
+orgs = { table = "orgs", id = "id", closed_at = "closed_at" }
+memberships = { table = "memberships", org = "org_id", subject = "user_id", role = "role" }
+
+[[data_map]]
+table = "users"
+class = "account"
+subject = "id"
+erasure = "anonymize"
+anonymize = { email = "hmac", name = "fixed:Deleted user" }
+export = true
+
+[[data_map]]
+table = "memberships"
+class = "account"
+org = "org_id"
+subject = "user_id"
+export = true
+
+[[data_map]]
+table = "logs"
+class = "logs"
+timestamp = "created_at"
+org = "org_id"
+subject = "user_id"
+retention = "90d"
+erasure = "delete"
+export = true
+
+[[data_map]]
+table = "audit"
+class = "audit"
+timestamp = "created_at"
+org = "org_id"
+subject = "user_id"
+erasure = "anonymize"
+anonymize = { ip = "null" }
+export = true
+
+[[data_map]]
+table = "invoices"
+class = "billing"
+org = "org_id"
+subject = "user_id"
+erasure = "retain"
+legal_basis = "tax law: 10 years"
+"#;
+
+/// Org 1: owner 1 (sole), member 2. Org 2: owners 3 and 4 (co-owners), member 2.
+const FIXTURE: &str = r#"
+CREATE TABLE orgs (id INTEGER PRIMARY KEY, name TEXT, closed_at TEXT);
+CREATE TABLE users (id INTEGER PRIMARY KEY, email TEXT NOT NULL UNIQUE, name TEXT);
+CREATE TABLE memberships (org_id INTEGER, user_id INTEGER, role TEXT);
+CREATE TABLE logs (id INTEGER PRIMARY KEY, org_id INTEGER, user_id INTEGER, path TEXT, created_at TEXT);
+CREATE TABLE audit (id INTEGER PRIMARY KEY, org_id INTEGER, user_id INTEGER, ip TEXT, created_at TEXT);
+CREATE TABLE invoices (id INTEGER PRIMARY KEY, org_id INTEGER, user_id INTEGER, amount INTEGER);
+INSERT INTO orgs VALUES (1, 'acme', NULL), (2, 'beta', NULL);
+INSERT INTO users VALUES (1, 'owner@x.example', 'Olive Owner'), (2, 'member@x.example', 'Max Member'),
+                         (3, 'co1@x.example', 'Co One'), (4, 'co2@x.example', 'Co Two');
+INSERT INTO memberships VALUES (1, 1, 'owner'), (1, 2, 'member'), (2, 3, 'owner'), (2, 4, 'owner'), (2, 2, 'member');
+INSERT INTO logs (org_id, user_id, path, created_at) VALUES (1, 2, '/a', '2026-01-01'), (1, 2, '/b', '2026-01-02'),
+    (2, 2, '/c', '2026-01-03'), (1, 1, '/d', '2026-01-04');
+INSERT INTO audit (org_id, user_id, ip, created_at) VALUES (1, 2, '203.0.113.9', '2026-01-01'), (1, 1, '203.0.113.1', '2026-01-01');
+INSERT INTO invoices (org_id, user_id, amount) VALUES (1, 2, 100);
+"#;
+
+struct Setup {
+    c: ConfigDir,
+    identity: age::x25519::Identity,
+    app_url: String,
+}
+
+impl Setup {
+    fn lethe(&self) -> std::process::Command {
+        let mut cmd = self.c.lethe();
+        cmd.env("LETHE_PSEUDONYM_KEY", "test-pseudonym-key-0123456789");
+        cmd
+    }
+    fn submit(&self, kind: &str, subject: &str, extra: &[&str]) -> (Option<i32>, Value) {
+        let out = self
+            .lethe()
+            .args([
+                "dsr",
+                "submit",
+                "--kind",
+                kind,
+                "--subject",
+                subject,
+                "--json",
+            ])
+            .args(extra)
+            .output()
+            .unwrap();
+        (out.status.code(), stdout_json(&out))
+    }
+    async fn scalar(&self, q: &str) -> String {
+        if self.app_url.starts_with("postgres") {
+            let pool = sqlx::PgPool::connect(&self.app_url).await.unwrap();
+            sqlx::query_scalar::<_, Option<String>>(q)
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+                .unwrap_or_default()
+        } else {
+            let pool = sqlx::SqlitePool::connect(&self.app_url).await.unwrap();
+            sqlx::query_scalar::<_, Option<String>>(q)
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+                .unwrap_or_default()
+        }
+    }
+}
+
+async fn setup(pg: bool, mail: &str, http: &str) -> Option<Setup> {
+    let identity = age::x25519::Identity::generate();
+    let extra = format!(
+        "[object_store]\nurl = \"file://objects\"\n[backup]\nrecipients = [\"{}\"]\n{DATA_MAP}",
+        identity.to_public()
+    );
+    let (c, app_url) = if pg {
+        let url = common::fresh_pg_db().await?;
+        let pool = sqlx::PgPool::connect(&url).await.unwrap();
+        sqlx::raw_sql(
+            &FIXTURE
+                .replace("INTEGER PRIMARY KEY", "SERIAL PRIMARY KEY")
+                .replace("created_at TEXT", "created_at DATE"),
+        )
+        .execute(&pool)
+        .await
+        .unwrap();
+        (
+            ConfigDir::full(Some(&url), Some(&url), "", mail, &extra),
+            url,
+        )
+    } else {
+        let c = ConfigDir::full(None, None, "", mail, &extra);
+        let url = format!("sqlite://{}", c.path().join("app.db").display());
+        let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
+        sqlx::raw_sql(FIXTURE).execute(&pool).await.unwrap();
+        (c, url)
+    };
+    if !http.is_empty() {
+        let cfg = std::fs::read_to_string(c.config()).unwrap();
+        std::fs::write(
+            c.config(),
+            cfg.replace("[http]\n", &format!("[http]\n{http}\n")),
+        )
+        .unwrap();
+    }
+    for kind in [
+        "dsr.process",
+        "dsr.sla_report",
+        "mail.flush",
+        "backup.create",
+    ] {
+        c.job(
+            kind,
+            &format!("kind = \"{kind}\"\nschedule = \"0 0 3 * * *\"\nmax_attempts = 1\n"),
+        );
+    }
+    run_ok(c.lethe().arg("migrate"));
+    Some(Setup {
+        c,
+        identity,
+        app_url,
+    })
+}
+
+macro_rules! both {
+    ($($case:ident),* $(,)?) => {
+        mod sqlite { $(#[tokio::test(flavor = "multi_thread")] async fn $case() { super::$case(false).await })* }
+        mod postgres { $(#[tokio::test(flavor = "multi_thread")] async fn $case() { super::$case(true).await })* }
+    };
+}
+
+both!(
+    sole_owner_is_refused_and_a_member_is_erased_per_the_data_map,
+    export_archive_holds_every_mapped_row
+);
+
+async fn sole_owner_is_refused_and_a_member_is_erased_per_the_data_map(pg: bool) {
+    let Some(s) = setup(pg, "", "").await else {
+        return;
+    };
+    let (code, v) = s.submit("erasure", "Owner@X.example", &[]);
+    assert_eq!(code, Some(3), "{v}");
+    assert_eq!(
+        (v["state"].as_str(), v["reason"].as_str()),
+        (Some("rejected"), Some("sole_owner"))
+    );
+    assert_eq!(v["blocking_orgs"], serde_json::json!(["1"]));
+    // A co-owner is not a sole owner.
+    assert_eq!(s.submit("erasure", "co1@x.example", &[]).0, Some(0));
+
+    let (code, v) = s.submit("erasure", "member@x.example", &["--jurisdiction", "gdpr"]);
+    assert_eq!(code, Some(0), "{v}");
+    assert_eq!(v["state"], "verified");
+    assert_eq!(v["sla"], "on_track");
+    let id = v["id"].as_i64().unwrap();
+    let (code, dup) = s.submit("erasure", "member@x.example", &[]);
+    assert_eq!((code, dup["reason"].as_str()), (Some(3), Some("duplicate")));
+
+    let run = stdout_json(&run_ok(s.lethe().args(["run", "dsr.process", "--json"])));
+    assert_eq!(run["status"], "succeeded", "{run}");
+    let shown = stdout_json(&run_ok(s.lethe().args([
+        "dsr",
+        "show",
+        &id.to_string(),
+        "--json",
+    ])));
+    assert_eq!(shown["state"], "completed");
+    let changed = &shown["result"]["rows_changed"];
+    assert_eq!(
+        (
+            changed["logs"].as_i64(),
+            changed["memberships"].as_i64(),
+            changed["users"].as_i64()
+        ),
+        (Some(3), Some(2), Some(1))
+    );
+    assert_eq!(
+        shown["result"]["retained_with_legal_basis"]["invoices"],
+        "tax law: 10 years"
+    );
+
+    assert_eq!(
+        s.scalar("SELECT CAST(count(*) AS TEXT) FROM logs WHERE user_id = 2")
+            .await,
+        "0",
+        "deleted"
+    );
+    assert_eq!(
+        s.scalar("SELECT CAST(count(*) AS TEXT) FROM logs WHERE user_id = 1")
+            .await,
+        "1",
+        "others untouched"
+    );
+    let email = s.scalar("SELECT email FROM users WHERE id = 2").await;
+    assert!(email.starts_with("erased-"), "email pseudonymised: {email}");
+    assert_eq!(
+        s.scalar("SELECT name FROM users WHERE id = 2").await,
+        "Deleted user"
+    );
+    assert_eq!(
+        s.scalar("SELECT CAST(count(*) AS TEXT) FROM audit WHERE user_id = 2 AND ip IS NULL")
+            .await,
+        "1",
+        "audit kept, ip nulled"
+    );
+    assert_eq!(
+        s.scalar("SELECT CAST(count(*) AS TEXT) FROM invoices WHERE user_id = 2")
+            .await,
+        "1",
+        "retained"
+    );
+
+    let audit = String::from_utf8(run_ok(s.lethe().args(["audit", "export"])).stdout).unwrap();
+    assert!(audit.contains("\"action\":\"dsr.erased\""));
+    assert!(
+        !audit.contains("member@x.example") && !audit.contains("Max Member"),
+        "no erased values in evidence"
+    );
+    // The subject is gone: a new request finds nobody.
+    let (code, v) = s.submit("export", "member@x.example", &[]);
+    assert_eq!((code, v["reason"].as_str()), (Some(3), Some("not_found")));
+}
+
+async fn export_archive_holds_every_mapped_row(pg: bool) {
+    let Some(s) = setup(pg, "", "").await else {
+        return;
+    };
+    let (code, v) = s.submit("export", "member@x.example", &["--jurisdiction", "ccpa"]);
+    assert_eq!(code, Some(0), "{v}");
+    let run = stdout_json(&run_ok(s.lethe().args(["run", "dsr.process", "--json"])));
+    assert_eq!(run["status"], "succeeded", "{run}");
+    let shown = stdout_json(&run_ok(s.lethe().args([
+        "dsr",
+        "show",
+        &v["id"].to_string(),
+        "--json",
+    ])));
+    assert_eq!(shown["state"], "completed");
+    let object =
+        s.c.path()
+            .join("objects")
+            .join(shown["result"]["object"].as_str().unwrap());
+    let stored = std::fs::read(&object).unwrap();
+    assert!(stored.starts_with(b"age-encryption.org/v1"));
+    use sha2::Digest;
+    assert_eq!(
+        hex::encode(sha2::Sha256::digest(&stored)),
+        shown["result"]["sha256"].as_str().unwrap()
+    );
+    let ids: Vec<Box<dyn age::Identity>> = vec![Box::new(s.identity.clone())];
+    let mut tar_bytes = Vec::new();
+    lethe::backup::decode(&stored[..], &ids, &mut tar_bytes).unwrap();
+    let mut files = std::collections::BTreeMap::new();
+    let mut archive = tar::Archive::new(&tar_bytes[..]);
+    for e in archive.entries().unwrap() {
+        let mut e = e.unwrap();
+        let name = e.path().unwrap().to_string_lossy().to_string();
+        let mut body = String::new();
+        e.read_to_string(&mut body).unwrap();
+        files.insert(name, body);
+    }
+    let logs: Vec<Value> = serde_json::from_str(&files["logs.json"]).unwrap();
+    assert_eq!(logs.len(), 3, "every log row of the subject");
+    assert!(logs.iter().all(|r| r["user_id"] == 2));
+    let users: Vec<Value> = serde_json::from_str(&files["users.json"]).unwrap();
+    assert_eq!(users[0]["email"], "member@x.example");
+    assert!(
+        !files.contains_key("invoices.json"),
+        "not mapped for export"
+    );
+    run_ok(s.lethe().args(["run", "mail.flush"]));
+    let mails: Vec<String> = std::fs::read_dir(s.c.path().join("mail"))
+        .unwrap()
+        .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap())
+        .collect();
+    assert!(mails.iter().any(|m| m.contains("data export ready")
+        && m.contains("To: dpo@test.example")
+        && m.contains("file://")));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn deadlines_and_extensions_follow_the_jurisdiction() {
+    let s = setup(false, "", "").await.unwrap();
+    let gdpr = s
+        .submit("export", "member@x.example", &["--jurisdiction", "gdpr"])
+        .1;
+    let received =
+        chrono::DateTime::parse_from_rfc3339(gdpr["received_at"].as_str().unwrap()).unwrap();
+    let due = chrono::DateTime::parse_from_rfc3339(gdpr["due_at"].as_str().unwrap()).unwrap();
+    let days = (due - received).num_days();
+    assert!((28..=31).contains(&days), "one calendar month: {days} days");
+    let id = gdpr["id"].to_string();
+    run_ok(s.lethe().args([
+        "dsr",
+        "extend",
+        &id,
+        "--days",
+        "40",
+        "--reason",
+        "complex request",
+    ]));
+    let out = s
+        .lethe()
+        .args(["dsr", "extend", &id, "--days", "30", "--reason", "more"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "GDPR: at most two further months"
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("two further months"));
+    let out = s
+        .lethe()
+        .args(["dsr", "extend", &id, "--days", "5", "--reason", ""])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "a reason is required");
+
+    let pdp = s
+        .submit("erasure", "co1@x.example", &["--jurisdiction", "uu_pdp"])
+        .1;
+    let hours = (chrono::DateTime::parse_from_rfc3339(pdp["due_at"].as_str().unwrap()).unwrap()
+        - chrono::DateTime::parse_from_rfc3339(pdp["received_at"].as_str().unwrap()).unwrap())
+    .num_hours();
+    assert_eq!(hours, 72, "UU PDP: 3×24 hours");
+    assert_eq!(pdp["sla"], "at_risk", "under 7 days left");
+    let out = s
+        .lethe()
+        .args([
+            "dsr",
+            "extend",
+            &pdp["id"].to_string(),
+            "--days",
+            "1",
+            "--reason",
+            "x",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "UU PDP allows no extension");
+
+    let ccpa = s
+        .submit("export", "co2@x.example", &["--jurisdiction", "cpra"])
+        .1;
+    let cid = ccpa["id"].to_string();
+    run_ok(s.lethe().args([
+        "dsr",
+        "extend",
+        &cid,
+        "--days",
+        "45",
+        "--reason",
+        "allowed once",
+    ]));
+    assert_eq!(
+        s.lethe()
+            .args(["dsr", "extend", &cid, "--days", "1", "--reason", "x"])
+            .output()
+            .unwrap()
+            .status
+            .code(),
+        Some(2)
+    );
+
+    for (args, hint) in [
+        (vec!["--subject", "not-an-email"], "not an email"),
+        (
+            vec!["--subject", "a@x.example", "--jurisdiction", "narnia"],
+            "unknown jurisdiction",
+        ),
+    ] {
+        let out = s
+            .lethe()
+            .args(["dsr", "submit", "--kind", "export"])
+            .args(&args)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2));
+        assert!(String::from_utf8_lossy(&out.stderr).contains(hint));
+    }
+    let list = stdout_json(&run_ok(
+        s.lethe()
+            .args(["dsr", "list", "--status", "verified", "--json"]),
+    ));
+    assert_eq!(
+        list["requests"].as_array().unwrap().len(),
+        3,
+        "nothing half-recorded by the bad submissions"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sla_report_reaches_the_dpo_through_smtp_with_chart_text_and_csv() {
+    let Some(smtp) = common::server_env("LETHE_TEST_SMTP") else {
+        return;
+    };
+    let maildir = common::server_env("LETHE_TEST_MAILDIR").unwrap();
+    let port = smtp.rsplit_once(':').unwrap().1;
+    let mail = format!(
+        "transport = \"smtp\"\n[mail.smtp]\nhost = \"127.0.0.1\"\nport = {port}\ntls = \"none\""
+    );
+    let s = setup(false, &mail, "").await.unwrap();
+    s.submit("export", "member@x.example", &["--jurisdiction", "uu_pdp"]);
+    s.submit("erasure", "co1@x.example", &["--jurisdiction", "gdpr"]);
+    run_ok(s.lethe().args(["run", "dsr.process"]));
+    s.submit("export", "co2@x.example", &["--jurisdiction", "uu_pdp"]);
+    let before: std::collections::HashSet<String> = walk(std::path::Path::new(&maildir))
+        .into_iter()
+        .map(|(p, _)| p)
+        .collect();
+    let report = stdout_json(&run_ok(
+        s.lethe().args(["dsr", "report", "--send", "--json"]),
+    ));
+    assert_eq!(report["completed_in_period"], 2);
+    assert_eq!(report["at_risk"].as_array().unwrap().len(), 1);
+    assert_eq!(report["percent_within_deadline"], 100.0);
+    run_ok(s.lethe().args(["run", "mail.flush"]));
+    let marker = format!("SLA report {}", chrono::Utc::now().format("%Y-%m-%d"));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let found = loop {
+        let hits: Vec<String> = walk(std::path::Path::new(&maildir))
+            .into_iter()
+            .filter(|(p, t)| !before.contains(p) && t.contains(&marker))
+            .map(|(_, t)| t)
+            .collect();
+        if !hits.is_empty() || Instant::now() > deadline {
+            break hits;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(found.len(), 1, "the report arrived once");
+    let m = &found[0];
+    assert!(m.contains("To: dpo@test.example"));
+    assert!(m.contains("Content-Type: text/plain") && m.contains("Content-Type: text/html"));
+    assert!(m.contains("<svg"), "HTML carries the chart");
+    assert!(m.contains("filename=\"dsr-sla-"), "CSV attached");
+}
+
+/// Every file below `dir`: (path, text).
+fn walk(dir: &std::path::Path) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            if e.path().is_dir() {
+                stack.push(e.path());
+            } else if let Ok(t) = std::fs::read_to_string(e.path()) {
+                out.push((e.path().display().to_string(), t));
+            }
+        }
+    }
+    out
+}
+
+fn http(
+    addr: &str,
+    method: &str,
+    path: &str,
+    key: Option<&str>,
+    idem: Option<&str>,
+    body: &str,
+) -> (u16, Value) {
+    use std::io::Write;
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n", body.len());
+    if let Some(k) = key {
+        req.push_str(&format!("Authorization: Bearer {k}\r\n"));
+    }
+    if let Some(i) = idem {
+        req.push_str(&format!("Idempotency-Key: {i}\r\n"));
+    }
+    req.push_str("\r\n");
+    req.push_str(body);
+    s.write_all(req.as_bytes()).unwrap();
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).unwrap();
+    let code = buf
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = buf.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+    (code, serde_json::from_str(body).unwrap_or(Value::Null))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn http_api_authenticates_is_idempotent_and_refuses_sole_owners() {
+    use sha2::Digest;
+    let key = "k-test-0123456789abcdef";
+    let hash = hex::encode(sha2::Sha256::digest(key.as_bytes()));
+    let Some(s) = setup(true, "", &format!("api_key_hashes = [\"{hash}\"]")).await else {
+        return;
+    };
+    let port = common::free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut serve = s
+        .lethe()
+        .arg("serve")
+        .env("LETHE_HTTP_LISTEN", &addr)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while common::http_get(&addr, "/healthz").is_err() {
+        assert!(Instant::now() < deadline, "serve did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let body = r#"{"kind":"erasure","subject":"member@x.example","jurisdiction":"gdpr"}"#;
+    assert_eq!(http(&addr, "POST", "/v1/dsr", None, None, body).0, 401);
+    assert_eq!(
+        http(&addr, "POST", "/v1/dsr", Some("wrong"), None, body).0,
+        401
+    );
+    let (code, created) = http(&addr, "POST", "/v1/dsr", Some(key), Some("req-1"), body);
+    assert_eq!(code, 201, "{created}");
+    let (code, again) = http(&addr, "POST", "/v1/dsr", Some(key), Some("req-1"), body);
+    assert_eq!(
+        (code, again["id"].clone()),
+        (200, created["id"].clone()),
+        "a retried submit is one request"
+    );
+    let (code, owner) = http(
+        &addr,
+        "POST",
+        "/v1/dsr",
+        Some(key),
+        None,
+        r#"{"kind":"erasure","subject":"owner@x.example"}"#,
+    );
+    assert_eq!(code, 409);
+    assert_eq!(owner["blocking_orgs"], serde_json::json!(["1"]));
+    let (code, _) = http(
+        &addr,
+        "POST",
+        "/v1/dsr",
+        Some(key),
+        None,
+        r#"{"kind":"export","subject":"nope"}"#,
+    );
+    assert_eq!(code, 422);
+    let (code, got) = http(
+        &addr,
+        "GET",
+        &format!("/v1/dsr/{}", created["id"]),
+        Some(key),
+        None,
+        "",
+    );
+    assert_eq!((code, got["state"].as_str()), (200, Some("verified")));
+    let (code, list) = http(&addr, "GET", "/v1/dsr?status=rejected", Some(key), None, "");
+    assert_eq!(code, 200);
+    assert_eq!(list["requests"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        http(&addr, "GET", "/v1/dsr/99999", Some(key), None, "").0,
+        404
+    );
+    common::signal(&serve, libc::SIGTERM);
+    common::wait_exit(&mut serve, 30);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn restoring_an_older_backup_re_applies_erasures() {
+    let s = setup(false, "", "").await.unwrap();
+    let cfg = std::fs::read_to_string(s.c.config()).unwrap();
+    {
+        use age::secrecy::ExposeSecret;
+        let id_file = s.c.path().join("age.txt");
+        std::fs::write(&id_file, s.identity.to_string().expose_secret()).unwrap();
+        std::fs::write(
+            s.c.config(),
+            cfg.replace(
+                "[backup]\n",
+                &format!("[backup]\nidentity_file = \"{}\"\n", id_file.display()),
+            ),
+        )
+        .unwrap();
+    }
+    let b = stdout_json(&run_ok(s.lethe().args(["run", "backup.create", "--json"])));
+    let backup_id = b["result"]["id"].as_str().unwrap().to_string();
+    s.submit("erasure", "member@x.example", &[]);
+    run_ok(s.lethe().args(["run", "dsr.process"]));
+    let target = s.c.path().join("restored.db");
+    let r = stdout_json(&run_ok(
+        s.lethe()
+            .args(["backup", "restore", &backup_id, "--json", "--to"])
+            .arg(format!("sqlite://{}", target.display())),
+    ));
+    assert_eq!(r["erasures_reapplied"], 1, "{r}");
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", target.display()))
+        .await
+        .unwrap();
+    let email: String = sqlx::query_scalar("SELECT email FROM users WHERE id = 2")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert!(
+        email.starts_with("erased-"),
+        "the erased subject stays erased after restore: {email}"
+    );
+    let logs: i64 = sqlx::query_scalar("SELECT count(*) FROM logs WHERE user_id = 2")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(logs, 0);
+    let others: i64 = sqlx::query_scalar("SELECT count(*) FROM logs WHERE user_id = 1")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(others, 1);
+}
