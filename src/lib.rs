@@ -5,6 +5,7 @@
 pub mod appdb;
 pub mod audit;
 pub mod backup;
+pub mod breach;
 pub mod cli;
 pub mod commands;
 pub mod config;
@@ -13,6 +14,7 @@ pub mod demo;
 pub mod dsr;
 pub mod error;
 pub mod http;
+pub mod keys;
 pub mod metrics;
 pub mod notify;
 pub mod objstore;

@@ -276,18 +276,23 @@ impl AppDb {
         delete: String,
         sql: Sql,
     ) -> Result<Vec<(Option<String>, i64)>> {
-        let org = match &s.org {
-            Some(o) => sql.as_text(o),
-            None => "NULL".to_string(),
-        };
         Ok(match self {
             AppDb::Postgres(p) => {
-                let text = format!("WITH d AS ({delete} RETURNING {org} AS o) SELECT o, count(*) FROM d GROUP BY o");
+                // Aggregate the raw org values, cast once per group (not once per row).
+                let (ret, key) = match &s.org {
+                    Some(o) => (q(o), "o::text"),
+                    None => ("NULL::int".to_string(), "NULL::text"),
+                };
+                let text = format!("WITH d AS ({delete} RETURNING {ret} AS o) SELECT {key}, count(*) FROM d GROUP BY o");
                 sqlx::query_as_with(&text, pg_args(sql.binds)?)
                     .fetch_all(p)
                     .await?
             }
             AppDb::Sqlite(p) => {
+                let org = match &s.org {
+                    Some(o) => sql.as_text(o),
+                    None => "NULL".to_string(),
+                };
                 // SQLite cannot aggregate RETURNING rows; at most one batch of org ids is held here.
                 let text = format!("{delete} RETURNING {org}");
                 let orgs: Vec<Option<String>> =

@@ -47,6 +47,28 @@ impl AppDb {
             .next())
     }
 
+    /// Every org's id and closure time (`closed_at` as the database prints it, parsed).
+    pub async fn orgs_with_closure(
+        &self,
+        orgs: &crate::config::OrgsTable,
+    ) -> Result<Vec<(String, Option<chrono::DateTime<chrono::Utc>>)>> {
+        let sql = self.sql();
+        let id = sql.as_text(&orgs.id);
+        let closed = match &orgs.closed_at {
+            Some(c) => sql.as_text(c),
+            None => "NULL".into(),
+        };
+        let text = format!("SELECT {id}, {closed} FROM {} ORDER BY 1", q(&orgs.table));
+        let rows: Vec<(String, Option<String>)> = match self {
+            AppDb::Postgres(p) => sqlx::query_as(&text).fetch_all(p).await?,
+            AppDb::Sqlite(p) => sqlx::query_as(&text).fetch_all(p).await?,
+        };
+        Ok(rows
+            .into_iter()
+            .map(|(id, c)| (id, c.and_then(|c| parse_db_time(&c))))
+            .collect())
+    }
+
     /// Every subject's (id, email), to match erasure-ledger hashes after a restore.
     pub async fn all_subjects(&self, app: &AppMapping) -> Result<Vec<(String, String)>> {
         let sql = self.sql();
@@ -296,4 +318,26 @@ impl AppDb {
         };
         (text, sql)
     }
+}
+
+/// Timestamps as PostgreSQL and SQLite print them ("2026-01-02 03:04:05+00", "2026-01-02 03:04:05", RFC 3339).
+fn parse_db_time(s: &str) -> Option<chrono::DateTime<chrono::Utc>> {
+    use chrono::{NaiveDate, NaiveDateTime, TimeZone, Utc};
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
+        return Some(t.with_timezone(&Utc));
+    }
+    for f in ["%Y-%m-%d %H:%M:%S%.f%#z", "%Y-%m-%d %H:%M:%S%#z"] {
+        if let Ok(t) = chrono::DateTime::parse_from_str(s, f) {
+            return Some(t.with_timezone(&Utc));
+        }
+    }
+    for f in ["%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M:%S%.f"] {
+        if let Ok(t) = NaiveDateTime::parse_from_str(s, f) {
+            return Some(Utc.from_utc_datetime(&t));
+        }
+    }
+    NaiveDate::parse_from_str(s, "%Y-%m-%d")
+        .ok()
+        .and_then(|d| d.and_hms_opt(0, 0, 0))
+        .map(|t| Utc.from_utc_datetime(&t))
 }

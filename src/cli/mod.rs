@@ -84,6 +84,16 @@ pub enum Command {
         #[command(subcommand)]
         command: DsrCommand,
     },
+    /// Per-org data keys under KMS keys: status and rotation.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+    /// Personal-data breaches and their notification deadlines.
+    Breach {
+        #[command(subcommand)]
+        command: BreachCommand,
+    },
     /// Encrypted backups in object storage: list, verify by restore, restore.
     Backup {
         #[command(subcommand)]
@@ -172,6 +182,58 @@ pub enum DsrCommand {
         send: bool,
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum KeysCommand {
+    /// Per org: active DEK version, age, next rotation, shredded.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Rotate now (all orgs, or one): new DEKs when due, re-wrap, KEK rotation, crypto-shredding.
+    Rotate {
+        #[arg(long)]
+        org: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum BreachCommand {
+    /// Record a breach; deadlines per party follow from the jurisdictions.
+    Open {
+        #[arg(long)]
+        title: String,
+        /// When it was detected / became known (RFC 3339).
+        #[arg(long)]
+        detected_at: String,
+        /// gdpr (default), uk_gdpr, uu_pdp; repeatable.
+        #[arg(long = "jurisdiction")]
+        jurisdictions: Vec<String>,
+        /// Affected org ids; repeatable.
+        #[arg(long = "org")]
+        orgs: Vec<String>,
+        /// How many data subjects are affected.
+        #[arg(long, default_value_t = 0)]
+        subjects: i64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Breaches with each party's deadline and whether it was told.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Record that a party was told; its reminders stop.
+    Notify {
+        id: i64,
+        #[arg(long, value_parser = ["authority", "controller", "subjects"])]
+        party: String,
+        #[arg(long)]
+        note: Option<String>,
     },
 }
 

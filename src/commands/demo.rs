@@ -100,6 +100,19 @@ pub async fn run(dir: &Path, json_out: bool) -> Result<i32> {
         dsrs.push(json!({"id": r.id, "kind": kind, "subject": subject, "intake": outcome, "reason": r.reason}));
     }
 
+    // One breach, found 30 hours ago: its 72-hour deadlines are 42 hours away.
+    let breach = crate::breach::open(
+        &ctx,
+        crate::breach::Opening {
+            title: "API keys of one tenant exposed in a public repository".into(),
+            detected_at: now - chrono::Duration::hours(30),
+            jurisdictions: vec!["gdpr".into(), "uu_pdp".into()],
+            orgs: vec!["3".into()],
+            subjects: 42,
+        },
+    )
+    .await?;
+
     let mut runs: Vec<RunReport> = Vec::new();
     for kind in JobKind::ALL {
         let spec = ctx
@@ -136,6 +149,7 @@ pub async fn run(dir: &Path, json_out: bool) -> Result<i32> {
             "config": dir.join("lethe.toml").display().to_string(),
             "seeded": seeded,
             "dsr": dsrs,
+            "breach": {"id": breach.id, "parties": breach.parties},
             "runs": runs,
             "audit": {"events": events, "verified": verified.ok, "signature": verified.signature},
             "mail": {"folder": ctx.config.mail.dir.display().to_string(), "messages": mail_files},

@@ -9,6 +9,14 @@ use crate::error::Error;
 /// The default job catalog (`jobs/` in the repository), embedded.
 pub const STARTER_JOBS: &[(&str, &str)] = &[
     (
+        "keys.rotate.toml",
+        include_str!("../../jobs/keys.rotate.toml"),
+    ),
+    (
+        "breach.tick.toml",
+        include_str!("../../jobs/breach.tick.toml"),
+    ),
+    (
         "dsr.process.toml",
         include_str!("../../jobs/dsr.process.toml"),
     ),
@@ -116,6 +124,19 @@ report_period = "7d"
 # export_recipients = []     # age keys for export archives (default: backup.recipients)
 # The keyed-HMAC key for pseudonyms and the erasure ledger: $LETHE_PSEUDONYM_KEY or a file.
 # pseudonym_key_file = "/run/secrets/pseudonym-key"
+
+[keys]
+provider = "local"           # "local" (keyring file below) or "aws" (AWS KMS)
+keyring_file = "keyring.json"
+# kms_endpoint = "https://kms.eu-central-1.amazonaws.com"   # or a KMS-compatible endpoint
+# region = "eu-central-1"
+dek_rotation = "90d"
+kek_rotation = "365d"
+shred_after = "30d"          # closed orgs' keys are shredded this long after closure
+concurrency = 8              # KMS calls in flight
+
+[breach]
+reminders = ["48h", "24h", "6h"]
 
 [audit]
 # `lethe audit export --signed` signs with this key.

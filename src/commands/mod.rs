@@ -2,11 +2,13 @@
 
 mod audit;
 mod backup;
+mod breach;
 mod check;
 mod demo;
 mod dsr;
 mod init;
 mod jobs;
+mod keys;
 mod migrate;
 mod retention;
 mod run;
@@ -20,8 +22,8 @@ use std::sync::Arc;
 use anyhow::Result;
 
 use crate::cli::{
-    AuditCommand, BackupCommand, Cli, Command, DsrCommand, HoldCommand, JobsCommand,
-    RetentionCommand,
+    AuditCommand, BackupCommand, BreachCommand, Cli, Command, DsrCommand, HoldCommand, JobsCommand,
+    KeysCommand, RetentionCommand,
 };
 use crate::config::{self, Config};
 use crate::context::Context;
@@ -87,6 +89,41 @@ pub async fn dispatch(cli: Cli) -> Result<i32> {
                     dsr::extend(ctx, id, days, &reason).await
                 }
                 DsrCommand::Report { send, json } => dsr::report(ctx, send, json).await,
+            }
+        }
+        Command::Keys { command } => {
+            let ctx = open(cfg_flag).await?;
+            match command {
+                KeysCommand::Status { json } => keys::status(ctx, json).await,
+                KeysCommand::Rotate { org, json } => keys::rotate(ctx, org.as_deref(), json).await,
+            }
+        }
+        Command::Breach { command } => {
+            let ctx = open(cfg_flag).await?;
+            match command {
+                BreachCommand::Open {
+                    title,
+                    detected_at,
+                    jurisdictions,
+                    orgs,
+                    subjects,
+                    json,
+                } => {
+                    breach::open(
+                        ctx,
+                        title,
+                        &detected_at,
+                        jurisdictions,
+                        orgs,
+                        subjects,
+                        json,
+                    )
+                    .await
+                }
+                BreachCommand::List { json } => breach::list(ctx, json).await,
+                BreachCommand::Notify { id, party, note } => {
+                    breach::notify(ctx, id, &party, note.as_deref()).await
+                }
             }
         }
         Command::Backup { command } => {

@@ -48,7 +48,37 @@ pub struct Config {
     pub object_store: Option<ObjectStoreConfig>,
     pub backup: BackupConfig,
     pub dsr: DsrConfig,
+    pub keys: KeysConfig,
+    pub breach: BreachConfig,
     pub jobs: Vec<JobSpec>,
+}
+
+#[derive(Debug, Clone)]
+pub struct BreachConfig {
+    /// Reminder marks before each party's deadline.
+    pub reminders: Vec<Duration>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KmsProvider {
+    Local,
+    Aws,
+}
+
+#[derive(Debug, Clone)]
+pub struct KeysConfig {
+    pub provider: KmsProvider,
+    /// The local provider's keyring (key material: keep it like a secret).
+    pub keyring_file: PathBuf,
+    pub kms_endpoint: Option<String>,
+    pub region: Option<String>,
+    pub dek_rotation: Duration,
+    pub kek_rotation: Duration,
+    /// Closed orgs' keys are shredded this long after closure.
+    pub shred_after: Duration,
+    pub deletion_window_days: i32,
+    pub concurrency: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -211,6 +241,30 @@ struct RawConfig {
     backup: RawBackup,
     #[serde(default)]
     dsr: RawDsr,
+    #[serde(default)]
+    keys: RawKeys,
+    #[serde(default)]
+    breach: RawBreach,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawBreach {
+    reminders: Option<Vec<Spanned<String>>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawKeys {
+    provider: Option<KmsProvider>,
+    keyring_file: Option<String>,
+    kms_endpoint: Option<String>,
+    region: Option<String>,
+    dek_rotation: Option<Spanned<String>>,
+    kek_rotation: Option<Spanned<String>>,
+    shred_after: Option<Spanned<String>>,
+    deletion_window_days: Option<Spanned<i32>>,
+    concurrency: Option<usize>,
 }
 
 #[derive(Deserialize, Default)]
@@ -455,6 +509,20 @@ impl Config {
             .transpose()?;
         let backup = load_backup(&src, raw.backup, &dir)?;
         let dsr = load_dsr(&src, raw.dsr, &dir)?;
+        let keys = load_keys(&src, raw.keys, &dir)?;
+        let breach = BreachConfig {
+            reminders: match &raw.breach.reminders {
+                Some(list) => list
+                    .iter()
+                    .map(|m| src.duration(m, "breach.reminders"))
+                    .collect::<Result<Vec<_>>>()?,
+                None => vec![
+                    Duration::from_secs(48 * 3600),
+                    Duration::from_secs(24 * 3600),
+                    Duration::from_secs(6 * 3600),
+                ],
+            },
+        };
         let jobs = jobs::load_dir(&runner.jobs_dir)?;
 
         Ok(Config {
@@ -474,6 +542,8 @@ impl Config {
             object_store,
             backup,
             dsr,
+            keys,
+            breach,
             jobs,
         })
     }
@@ -680,6 +750,36 @@ fn load_mail(src: &SourceFile, raw: RawMail, dir: &Path) -> Result<MailConfig> {
 
 pub const ENV_AGE_IDENTITY: &str = "LETHE_AGE_IDENTITY";
 pub const ENV_PSEUDONYM_KEY: &str = "LETHE_PSEUDONYM_KEY";
+
+fn load_keys(src: &SourceFile, raw: RawKeys, dir: &Path) -> Result<KeysConfig> {
+    let dur = |v: &Option<Spanned<String>>, key: &str, default: u64| -> Result<Duration> {
+        match v {
+            Some(s) => src.duration(s, key),
+            None => Ok(Duration::from_secs(default)),
+        }
+    };
+    let window = match raw.deletion_window_days {
+        Some(w) if !(7..=30).contains(w.get_ref()) => {
+            return Err(src.error_at(
+                w.span(),
+                "keys.deletion_window_days must be between 7 and 30 (what AWS KMS accepts)",
+            ))
+        }
+        Some(w) => w.into_inner(),
+        None => 7,
+    };
+    Ok(KeysConfig {
+        provider: raw.provider.unwrap_or(KmsProvider::Local),
+        keyring_file: dir.join(raw.keyring_file.unwrap_or_else(|| "keyring.json".into())),
+        kms_endpoint: raw.kms_endpoint,
+        region: raw.region,
+        dek_rotation: dur(&raw.dek_rotation, "keys.dek_rotation", 90 * 86_400)?,
+        kek_rotation: dur(&raw.kek_rotation, "keys.kek_rotation", 365 * 86_400)?,
+        shred_after: dur(&raw.shred_after, "keys.shred_after", 30 * 86_400)?,
+        deletion_window_days: window,
+        concurrency: raw.concurrency.unwrap_or(8).clamp(1, 64),
+    })
+}
 
 fn load_dsr(src: &SourceFile, raw: RawDsr, dir: &Path) -> Result<DsrConfig> {
     let dur = |v: &Option<Spanned<String>>, key: &str, default: u64| -> Result<Duration> {

@@ -37,6 +37,8 @@ pub async fn dispatch(jc: JobContext) -> Result<Value> {
         JobKind::BackupRpoCheck => crate::backup::rpo_check_job(&jc).await,
         JobKind::DsrProcess => crate::dsr::process_job(&jc).await,
         JobKind::DsrSlaReport => crate::dsr::report_job(&jc).await,
+        JobKind::KeysRotate => crate::keys::rotate_job(&jc).await,
+        JobKind::BreachTick => crate::breach::tick_job(&jc).await,
         JobKind::RunnerPrune => super::job_cleaner::run(&jc).await,
         JobKind::MailFlush => crate::notify::flush_job(&jc).await,
         JobKind::TestSleep => test_sleep(&jc).await,

@@ -379,6 +379,50 @@ pub enum DsrInsert {
     Duplicate(DsrRequest),
 }
 
+/// An org's key-encryption key in the KMS.
+#[derive(Debug, Clone, Serialize)]
+pub struct OrgKek {
+    pub org: String,
+    pub kek_id: String,
+    pub rotated_at: DateTime<Utc>,
+    pub shredded_at: Option<DateTime<Utc>>,
+}
+
+/// One version of an org's data key, as the KMS wrapped it.
+#[derive(Debug, Clone, Serialize)]
+pub struct OrgDek {
+    pub org: String,
+    pub version: i32,
+    pub kek_id: String,
+    pub kek_version: String,
+    #[serde(skip)]
+    pub wrapped: String,
+    pub created_at: DateTime<Utc>,
+    pub rewrapped_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BreachParty {
+    pub party: String,
+    pub rule: String,
+    pub due_at: DateTime<Utc>,
+    pub notified_at: Option<DateTime<Utc>>,
+    pub notified_by: Option<String>,
+    pub note: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Breach {
+    pub id: i64,
+    pub title: String,
+    pub detected_at: DateTime<Utc>,
+    pub jurisdictions: serde_json::Value,
+    pub orgs: serde_json::Value,
+    pub subjects: i64,
+    pub created_at: DateTime<Utc>,
+    pub parties: Vec<BreachParty>,
+}
+
 #[async_trait]
 pub trait Store: Send + Sync {
     fn backend(&self) -> Backend;
@@ -492,6 +536,32 @@ pub trait Store: Send + Sync {
     ) -> Result<bool>;
     async fn ledger_add(&self, subject_key: &str, request_id: i64) -> Result<()>;
     async fn ledger_keys(&self) -> Result<Vec<String>>;
+
+    // ---- keys
+    async fn keks(&self) -> Result<Vec<OrgKek>>;
+    async fn kek_put(&self, k: &OrgKek) -> Result<()>;
+    async fn deks(&self, org: Option<&str>) -> Result<Vec<OrgDek>>;
+    async fn dek_insert(&self, d: &OrgDek) -> Result<()>;
+    async fn dek_rewrapped(
+        &self,
+        org: &str,
+        version: i32,
+        kek_version: &str,
+        wrapped: &str,
+    ) -> Result<()>;
+    /// Destroys every wrapped data key of an org; returns how many.
+    async fn deks_destroy(&self, org: &str) -> Result<u64>;
+
+    // ---- breaches
+    async fn breach_insert(&self, b: &Breach) -> Result<i64>;
+    async fn breaches(&self) -> Result<Vec<Breach>>;
+    async fn breach_notified(
+        &self,
+        id: i64,
+        party: &str,
+        by: &str,
+        note: Option<&str>,
+    ) -> Result<bool>;
 
     // ---- per-run resume state
     async fn checkpoint_get(&self, run_id: i64, key: &str) -> Result<Option<serde_json::Value>>;

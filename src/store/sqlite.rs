@@ -830,6 +830,186 @@ impl Store for SqliteStore {
         )
     }
 
+    async fn keks(&self) -> Result<Vec<OrgKek>> {
+        let rows = sqlx::query("SELECT * FROM org_keks ORDER BY org")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(OrgKek {
+                    org: r.try_get("org")?,
+                    kek_id: r.try_get("kek_id")?,
+                    rotated_at: get_ts(r, "rotated_at")?,
+                    shredded_at: get_ts_opt(r, "shredded_at")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn kek_put(&self, k: &OrgKek) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO org_keks (org, kek_id, rotated_at, shredded_at) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (org) DO UPDATE SET kek_id = $2, rotated_at = $3, shredded_at = $4",
+        )
+        .bind(&k.org)
+        .bind(&k.kek_id)
+        .bind(ts(k.rotated_at))
+        .bind(k.shredded_at.map(ts))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn deks(&self, org: Option<&str>) -> Result<Vec<OrgDek>> {
+        let rows = sqlx::query(
+            "SELECT * FROM org_deks WHERE ($1 IS NULL OR org = $1) ORDER BY org, version",
+        )
+        .bind(org)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(OrgDek {
+                    org: r.try_get("org")?,
+                    version: r.try_get("version")?,
+                    kek_id: r.try_get("kek_id")?,
+                    kek_version: r.try_get("kek_version")?,
+                    wrapped: r.try_get("wrapped")?,
+                    created_at: get_ts(r, "created_at")?,
+                    rewrapped_at: get_ts_opt(r, "rewrapped_at")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn dek_insert(&self, d: &OrgDek) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO org_deks (org, version, kek_id, kek_version, wrapped, created_at) VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(&d.org)
+        .bind(d.version)
+        .bind(&d.kek_id)
+        .bind(&d.kek_version)
+        .bind(&d.wrapped)
+        .bind(ts(d.created_at))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn dek_rewrapped(
+        &self,
+        org: &str,
+        version: i32,
+        kek_version: &str,
+        wrapped: &str,
+    ) -> Result<()> {
+        sqlx::query("UPDATE org_deks SET kek_version = $3, wrapped = $4, rewrapped_at = $5 WHERE org = $1 AND version = $2")
+            .bind(org)
+            .bind(version)
+            .bind(kek_version)
+            .bind(wrapped)
+            .bind(ts(Utc::now()))
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn deks_destroy(&self, org: &str) -> Result<u64> {
+        Ok(sqlx::query("DELETE FROM org_deks WHERE org = $1")
+            .bind(org)
+            .execute(&self.pool)
+            .await?
+            .rows_affected())
+    }
+
+    async fn breach_insert(&self, b: &Breach) -> Result<i64> {
+        let mut tx = self.pool.begin().await?;
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO breaches (title, detected_at, jurisdictions, orgs, subjects, created_at)
+             VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
+        )
+        .bind(&b.title)
+        .bind(ts(b.detected_at))
+        .bind(b.jurisdictions.to_string())
+        .bind(b.orgs.to_string())
+        .bind(b.subjects)
+        .bind(ts(b.created_at))
+        .fetch_one(&mut *tx)
+        .await?;
+        for p in &b.parties {
+            sqlx::query("INSERT INTO breach_parties (breach_id, party, rule, due_at) VALUES ($1, $2, $3, $4)")
+                .bind(id)
+                .bind(&p.party)
+                .bind(&p.rule)
+                .bind(ts(p.due_at))
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(id)
+    }
+
+    async fn breaches(&self) -> Result<Vec<Breach>> {
+        let rows = sqlx::query("SELECT * FROM breaches ORDER BY id")
+            .fetch_all(&self.pool)
+            .await?;
+        let prow = sqlx::query("SELECT * FROM breach_parties ORDER BY breach_id, due_at, party")
+            .fetch_all(&self.pool)
+            .await?;
+        let mut out = Vec::new();
+        for r in &rows {
+            let id: i64 = r.try_get("id")?;
+            let mut parties = Vec::new();
+            for r in prow.iter() {
+                if r.try_get::<i64, _>("breach_id")? != id {
+                    continue;
+                }
+                parties.push(BreachParty {
+                    party: r.try_get("party")?,
+                    rule: r.try_get("rule")?,
+                    due_at: get_ts(r, "due_at")?,
+                    notified_at: get_ts_opt(r, "notified_at")?,
+                    notified_by: r.try_get("notified_by")?,
+                    note: r.try_get("note")?,
+                });
+            }
+            out.push(Breach {
+                id,
+                title: r.try_get("title")?,
+                detected_at: get_ts(r, "detected_at")?,
+                jurisdictions: get_json(r, "jurisdictions")?,
+                orgs: get_json(r, "orgs")?,
+                subjects: r.try_get("subjects")?,
+                created_at: get_ts(r, "created_at")?,
+                parties,
+            });
+        }
+        Ok(out)
+    }
+
+    async fn breach_notified(
+        &self,
+        id: i64,
+        party: &str,
+        by: &str,
+        note: Option<&str>,
+    ) -> Result<bool> {
+        let n = sqlx::query(
+            "UPDATE breach_parties SET notified_at = $5, notified_by = $3, note = $4
+             WHERE breach_id = $1 AND party = $2 AND notified_at IS NULL",
+        )
+        .bind(id)
+        .bind(party)
+        .bind(by)
+        .bind(note)
+        .bind(ts(Utc::now()))
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(n == 1)
+    }
+
     async fn checkpoint_get(&self, run_id: i64, key: &str) -> Result<Option<serde_json::Value>> {
         let v: Option<String> =
             sqlx::query_scalar("SELECT value FROM run_checkpoints WHERE run_id = $1 AND key = $2")

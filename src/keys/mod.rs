@@ -1,0 +1,324 @@
+//! Per-org envelope encryption: each org's data keys (DEKs) are wrapped by a
+//! KMS key (KEK) and stored, wrapped, with the KEK id and the KEK version they
+//! were wrapped under. `keys.rotate` creates new DEK versions when the active
+//! one is old, has the KMS re-wrap older DEKs after a KEK rotation (plaintext
+//! never leaves the KMS), rotates KEKs per policy and crypto-shreds closed
+//! orgs past their retention. Providers: AWS KMS and a local keyring file.
+
+mod aws;
+mod local;
+
+pub use aws::AwsKms;
+pub use local::LocalKms;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+use crate::appdb::AppDb;
+use crate::config::KmsProvider;
+use crate::context::Context;
+use crate::error::{Error, Result};
+use crate::runner::JobContext;
+use crate::store::{OrgDek, OrgKek};
+
+#[async_trait]
+pub trait Kms: Send + Sync {
+    fn describe(&self) -> String;
+    async fn create_kek(&self, org: &str) -> Result<String>;
+    /// A fresh DEK wrapped under the KEK; the plaintext is dropped, never stored.
+    async fn generate_dek(&self, kek_id: &str) -> Result<Vec<u8>>;
+    /// Re-wraps under the KEK's current backing key, inside the KMS.
+    async fn rewrap(&self, kek_id: &str, wrapped: &[u8]) -> Result<Vec<u8>>;
+    async fn rotate_kek(&self, kek_id: &str) -> Result<()>;
+    async fn schedule_deletion(&self, kek_id: &str, days: i32) -> Result<()>;
+}
+
+pub async fn open(ctx: &Context) -> Result<Arc<dyn Kms>> {
+    let k = &ctx.config.keys;
+    Ok(match k.provider {
+        KmsProvider::Local => Arc::new(LocalKms::new(k.keyring_file.clone())),
+        KmsProvider::Aws => {
+            Arc::new(AwsKms::new(k.kms_endpoint.as_deref(), k.region.as_deref()).await)
+        }
+    })
+}
+
+/// Retries throttled KMS calls with backoff; other errors return at once.
+async fn with_retry<T, F, Fut>(what: &str, mut f: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    let mut delay = Duration::from_millis(200);
+    for attempt in 1.. {
+        match f().await {
+            Err(e) if attempt < 6 && e.to_string().contains("Throttl") => {
+                tracing::warn!(what, attempt, "KMS throttled; backing off");
+                tokio::time::sleep(delay).await;
+                delay *= 2;
+            }
+            other => return other,
+        }
+    }
+    unreachable!("the loop returns")
+}
+
+fn b64(v: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(v)
+}
+
+fn unb64(s: &str) -> Result<Vec<u8>> {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD
+        .decode(s)
+        .map_err(|e| Error::Failed(format!("stored wrapped key is not base64: {e}")))
+}
+
+fn version_of(kek: &OrgKek) -> String {
+    kek.rotated_at.format(crate::audit::AT_FORMAT).to_string()
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RotateParams {
+    /// Only this org (default: all).
+    pub org: Option<String>,
+}
+
+#[derive(Debug, Default, Serialize)]
+struct OrgOutcome {
+    org: String,
+    created_kek: bool,
+    rotated_kek: bool,
+    new_dek_version: Option<i32>,
+    rewrapped: usize,
+    shredded: bool,
+}
+
+/// Orgs and their closure time from `[app.orgs]`.
+async fn orgs(ctx: &Context) -> Result<Vec<(String, Option<DateTime<Utc>>)>> {
+    let orgs = ctx
+        .config
+        .app
+        .as_ref()
+        .and_then(|a| a.orgs.as_ref())
+        .ok_or_else(|| {
+            Error::Usage("keys need [app.orgs] (which orgs exist, and when they closed)".into())
+        })?;
+    AppDb::connect(&ctx.config.database.url)
+        .await?
+        .orgs_with_closure(orgs)
+        .await
+}
+
+async fn rotate_org(
+    ctx: Arc<Context>,
+    kms: Arc<dyn Kms>,
+    org: String,
+    closed_at: Option<DateTime<Utc>>,
+    now: DateTime<Utc>,
+    actor: String,
+) -> Result<OrgOutcome> {
+    let cfg = &ctx.config.keys;
+    let store = ctx.store.as_ref();
+    let mut out = OrgOutcome {
+        org: org.clone(),
+        ..Default::default()
+    };
+    let existing = store.keks().await?.into_iter().find(|k| k.org == org);
+    if existing.as_ref().is_some_and(|k| k.shredded_at.is_some()) {
+        out.shredded = true;
+        return Ok(out);
+    }
+    let mut kek = match existing {
+        Some(k) => k,
+        None => {
+            let id = with_retry("create key", || kms.create_kek(&org)).await?;
+            let k = OrgKek {
+                org: org.clone(),
+                kek_id: id,
+                rotated_at: now,
+                shredded_at: None,
+            };
+            store.kek_put(&k).await?;
+            out.created_kek = true;
+            k
+        }
+    };
+    let shred_due =
+        closed_at.map(|c| c + chrono::Duration::seconds(cfg.shred_after.as_secs() as i64));
+    if shred_due.is_some_and(|d| d <= now) {
+        with_retry("schedule key deletion", || {
+            kms.schedule_deletion(&kek.kek_id, cfg.deletion_window_days)
+        })
+        .await?;
+        let destroyed = store.deks_destroy(&org).await?;
+        kek.shredded_at = Some(now);
+        store.kek_put(&kek).await?;
+        crate::audit::record(store, &actor, "keys.shredded", &format!("org:{org}"),
+            json!({"kek_id": kek.kek_id, "deks_destroyed": destroyed, "deletion_window_days": cfg.deletion_window_days,
+                   "closed_at": closed_at.map(|c| c.to_rfc3339())})).await?;
+        out.shredded = true;
+        return Ok(out);
+    }
+    if !out.created_kek && (now - kek.rotated_at).to_std().unwrap_or_default() >= cfg.kek_rotation {
+        with_retry("rotate key", || kms.rotate_kek(&kek.kek_id)).await?;
+        kek.rotated_at = now;
+        store.kek_put(&kek).await?;
+        out.rotated_kek = true;
+        crate::audit::record(
+            store,
+            &actor,
+            "keys.kek_rotated",
+            &format!("org:{org}"),
+            json!({"kek_id": kek.kek_id}),
+        )
+        .await?;
+    }
+    let deks = store.deks(Some(&org)).await?;
+    let active = deks.iter().max_by_key(|d| d.version);
+    if active.is_none_or(|d| (now - d.created_at).to_std().unwrap_or_default() >= cfg.dek_rotation)
+    {
+        let version = active.map_or(1, |d| d.version + 1);
+        let wrapped = with_retry("generate data key", || kms.generate_dek(&kek.kek_id)).await?;
+        store
+            .dek_insert(&OrgDek {
+                org: org.clone(),
+                version,
+                kek_id: kek.kek_id.clone(),
+                kek_version: version_of(&kek),
+                wrapped: b64(&wrapped),
+                created_at: now,
+                rewrapped_at: None,
+            })
+            .await?;
+        out.new_dek_version = Some(version);
+        crate::audit::record(
+            store,
+            &actor,
+            "keys.dek_rotated",
+            &format!("org:{org}"),
+            json!({"version": version, "kek_id": kek.kek_id}),
+        )
+        .await?;
+    }
+    let current = version_of(&kek);
+    for d in deks.iter().filter(|d| d.kek_version != current) {
+        let blob = unb64(&d.wrapped)?;
+        let re = with_retry("re-encrypt", || kms.rewrap(&kek.kek_id, &blob)).await?;
+        store
+            .dek_rewrapped(&org, d.version, &current, &b64(&re))
+            .await?;
+        out.rewrapped += 1;
+    }
+    if out.rewrapped > 0 {
+        crate::audit::record(
+            store,
+            &actor,
+            "keys.rewrapped",
+            &format!("org:{org}"),
+            json!({"deks": out.rewrapped, "kek_id": kek.kek_id}),
+        )
+        .await?;
+    }
+    Ok(out)
+}
+
+/// `keys.rotate` / `lethe keys rotate`: every org (or one), with bounded concurrency toward the KMS.
+pub async fn rotate(ctx: &Arc<Context>, only: Option<&str>, actor: &str) -> Result<Value> {
+    let kms = open(ctx).await?;
+    // Micro precision: the KEK version string must survive a round trip through either store.
+    let now = crate::audit::truncate_micros(ctx.store.now().await?);
+    let mut list = orgs(ctx).await?;
+    if let Some(o) = only {
+        list.retain(|(id, _)| id == o);
+        if list.is_empty() {
+            return Err(Error::Usage(format!("org `{o}` is not in [app.orgs]")));
+        }
+    }
+    let slots = Arc::new(Semaphore::new(ctx.config.keys.concurrency));
+    let mut tasks = JoinSet::new();
+    for (org, closed) in list {
+        let (ctx, kms, slots, actor) = (ctx.clone(), kms.clone(), slots.clone(), actor.to_string());
+        tasks.spawn(async move {
+            let _slot = slots
+                .acquire_owned()
+                .await
+                .map_err(|e| Error::Failed(e.to_string()))?;
+            rotate_org(ctx, kms, org, closed, now, actor).await
+        });
+    }
+    let mut outcomes = Vec::new();
+    let mut errors = Vec::new();
+    while let Some(r) = tasks.join_next().await {
+        match r.map_err(|e| Error::Failed(e.to_string())).and_then(|x| x) {
+            Ok(o) => outcomes.push(o),
+            Err(e) => errors.push(e.to_string()),
+        }
+    }
+    outcomes.sort_by(|a, b| a.org.cmp(&b.org));
+    if !errors.is_empty() {
+        return Err(Error::Failed(format!(
+            "{} org(s) failed: {}",
+            errors.len(),
+            errors.join("; ")
+        )));
+    }
+    Ok(json!({
+        "provider": kms.describe(),
+        "orgs": outcomes.len(),
+        "keks_created": outcomes.iter().filter(|o| o.created_kek).count(),
+        "keks_rotated": outcomes.iter().filter(|o| o.rotated_kek).count(),
+        "deks_created": outcomes.iter().filter(|o| o.new_dek_version.is_some()).count(),
+        "rewrapped": outcomes.iter().map(|o| o.rewrapped).sum::<usize>(),
+        "shredded": outcomes.iter().filter(|o| o.shredded).map(|o| o.org.clone()).collect::<Vec<_>>(),
+        "details": outcomes,
+    }))
+}
+
+pub async fn rotate_job(jc: &JobContext) -> Result<Value> {
+    let p: RotateParams = jc.params()?;
+    if jc.dry_run {
+        return Ok(json!({"dry_run": true, "orgs": orgs(&jc.ctx).await?.len()}));
+    }
+    rotate(&jc.ctx, p.org.as_deref(), &jc.actor).await
+}
+
+/// `keys status`: per org, active version, age, next rotation due, shredded.
+pub async fn status(ctx: &Context) -> Result<Value> {
+    let now = ctx.store.now().await?;
+    let keks = ctx.store.keks().await?;
+    let deks = ctx.store.deks(None).await?;
+    let cfg = &ctx.config.keys;
+    let mut rows = Vec::new();
+    for (org, closed) in orgs(ctx).await? {
+        let kek = keks.iter().find(|k| k.org == org);
+        let active = deks
+            .iter()
+            .filter(|d| d.org == org)
+            .max_by_key(|d| d.version);
+        let next = active
+            .map(|d| d.created_at + chrono::Duration::seconds(cfg.dek_rotation.as_secs() as i64));
+        rows.push(json!({
+            "org": org,
+            "kek_id": kek.map(|k| k.kek_id.clone()),
+            "active_version": active.map(|d| d.version),
+            "age_days": active.map(|d| (now - d.created_at).num_days()),
+            "next_rotation_due": next.map(|t| t.to_rfc3339()),
+            "rotation_overdue": next.is_some_and(|t| t <= now),
+            "stale_wraps": kek.map_or(0, |k| deks.iter().filter(|d| d.org == org && d.kek_version != version_of(k)).count()),
+            "closed_at": closed.map(|c| c.to_rfc3339()),
+            "shredded": kek.is_some_and(|k| k.shredded_at.is_some()),
+            "shredded_at": kek.and_then(|k| k.shredded_at.map(|t| t.to_rfc3339())),
+        }));
+    }
+    Ok(json!({"provider": format!("{:?}", cfg.provider).to_lowercase(), "orgs": rows}))
+}
