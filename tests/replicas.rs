@@ -111,7 +111,11 @@ async fn sigkill_mid_run_is_rescued_by_another_replica_and_completes() {
         .await
         .unwrap();
         if let Some(r) = row {
-            break (r.get::<i64, _>("id"), r.get::<String, _>("lease_owner"));
+            let id = r.get::<i64, _>("id");
+            // Kill only once the job body has begun (its start is in the audit chain).
+            if executions(&pool).await.contains_key(&id) {
+                break (id, r.get::<String, _>("lease_owner"));
+            }
         }
         assert!(Instant::now() < deadline, "the run never started");
         tokio::time::sleep(Duration::from_millis(50)).await;
