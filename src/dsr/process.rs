@@ -307,7 +307,9 @@ pub async fn process_job(jc: &JobContext) -> Result<Value> {
     }
     let db = AppDb::connect(&ctx.config.database.url).await?;
     let (mut completed, mut rejected, mut failed) = (Vec::new(), Vec::new(), Vec::new());
+    let mut took_ms: Vec<f64> = Vec::new();
     for r in due {
+        let started = std::time::Instant::now();
         if !ctx
             .store
             .dsr_transition(
@@ -337,6 +339,7 @@ pub async fn process_job(jc: &JobContext) -> Result<Value> {
                     )
                     .await?;
                 completed.push(r.id);
+                took_ms.push(started.elapsed().as_secs_f64() * 1000.0);
             }
             Ok(Err((reason, detail))) => {
                 let v = json!({"detail": detail});
@@ -382,7 +385,14 @@ pub async fn process_job(jc: &JobContext) -> Result<Value> {
             Value::from(failed)
         )));
     }
-    Ok(json!({"completed": completed, "rejected": rejected}))
+    took_ms.sort_by(|a, b| a.total_cmp(b));
+    let pct = |p: f64| {
+        took_ms
+            .get(((p / 100.0) * took_ms.len() as f64).ceil().max(1.0) as usize - 1)
+            .map(|v| (v * 10.0).round() / 10.0)
+    };
+    Ok(json!({"completed": completed, "rejected": rejected,
+              "per_request_ms": {"median": pct(50.0), "p95": pct(95.0), "max": took_ms.last()}}))
 }
 
 /// After restoring an older backup: erase again every subject in the ledger.

@@ -124,6 +124,7 @@ async fn rotate_org(
     kms: Arc<dyn Kms>,
     org: String,
     closed_at: Option<DateTime<Utc>>,
+    existing: Option<OrgKek>,
     now: DateTime<Utc>,
     actor: String,
 ) -> Result<OrgOutcome> {
@@ -133,7 +134,6 @@ async fn rotate_org(
         org: org.clone(),
         ..Default::default()
     };
-    let existing = store.keks().await?.into_iter().find(|k| k.org == org);
     if existing.as_ref().is_some_and(|k| k.shredded_at.is_some()) {
         out.shredded = true;
         return Ok(out);
@@ -244,16 +244,27 @@ pub async fn rotate(ctx: &Arc<Context>, only: Option<&str>, actor: &str) -> Resu
             return Err(Error::Usage(format!("org `{o}` is not in [app.orgs]")));
         }
     }
+    let mut keks: std::collections::HashMap<String, OrgKek> = ctx
+        .store
+        .keks()
+        .await?
+        .into_iter()
+        .map(|k| (k.org.clone(), k))
+        .collect();
     let slots = Arc::new(Semaphore::new(ctx.config.keys.concurrency));
     let mut tasks = JoinSet::new();
     for (org, closed) in list {
-        let (ctx, kms, slots, actor) = (ctx.clone(), kms.clone(), slots.clone(), actor.to_string());
+        let (ctx, kms, actor) = (ctx.clone(), kms.clone(), actor.to_string());
+        let kek = keks.remove(&org);
+        // Acquire before spawning: at most `concurrency` orgs (and their KMS calls) in flight.
+        let slot = slots
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|e| Error::Failed(e.to_string()))?;
         tasks.spawn(async move {
-            let _slot = slots
-                .acquire_owned()
-                .await
-                .map_err(|e| Error::Failed(e.to_string()))?;
-            rotate_org(ctx, kms, org, closed, now, actor).await
+            let _slot = slot;
+            rotate_org(ctx, kms, org, closed, kek, now, actor).await
         });
     }
     let mut outcomes = Vec::new();
