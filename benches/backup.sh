@@ -68,7 +68,8 @@ print(f"{name}\t{wall:.2f}\t{rss:.0f}")
 PY
 }
 
-pg_dump -Fc -f "$work/plain.dump" "$LETHE_TEST_PG_URL"   # warm the cache, and the ceiling's input
+# Warms the cache, and is the ceiling's input: uncompressed, as Lethe dumps it (--compress=0).
+pg_dump -Fc -Z0 -f "$work/plain.dump" "$LETHE_TEST_PG_URL"
 results=$(
   measure "shell pipeline" bash -c "pg_dump -Fc '$LETHE_TEST_PG_URL' | zstd -q -T2 -3 | age -r '$recipient' > '$work/pipeline.age'"
   measure "lethe backup.create" "$LETHE" --config "$work/lethe/lethe.toml" run create --json

@@ -201,75 +201,52 @@ impl AppDb {
         steps: &[EraseStep],
         held_orgs: &[String],
     ) -> Result<EraseOutcome> {
+        // The same steps on either driver; only the transaction and argument types differ.
+        macro_rules! erase_in {
+            ($tx:ident, $args:ident) => {{
+                if let Some(m) = &app.memberships {
+                    let (text, sql) = self.sole_owner_sql(app, m, subject_id, true);
+                    let orgs: Vec<String> = sqlx::query_scalar_with(&text, $args(sql.binds)?)
+                        .fetch_all(&mut *$tx)
+                        .await?;
+                    if !orgs.is_empty() {
+                        return Ok(EraseOutcome::SoleOwner(orgs));
+                    }
+                }
+                let mut changed = BTreeMap::new();
+                let mut kept = BTreeMap::new();
+                for step in steps {
+                    let (text, sql) = self.erase_sql(step, subject_id, held_orgs, false);
+                    let n = $tx
+                        .execute(sqlx::query_with(&text, $args(sql.binds)?))
+                        .await?
+                        .rows_affected();
+                    changed.insert(step.table.clone(), n);
+                    if !held_orgs.is_empty() && step.org.is_some() {
+                        let (text, sql) = self.erase_sql(step, subject_id, held_orgs, true);
+                        let k: i64 = sqlx::query_scalar_with(&text, $args(sql.binds)?)
+                            .fetch_one(&mut *$tx)
+                            .await?;
+                        kept.insert(step.table.clone(), k as u64);
+                    }
+                }
+                $tx.commit().await?;
+                Ok(EraseOutcome::Done {
+                    changed,
+                    kept_for_holds: kept,
+                })
+            }};
+        }
         match self {
             AppDb::Postgres(p) => {
                 let mut conn = p.acquire().await?;
                 let mut tx = conn.begin().await?;
-                if let Some(m) = &app.memberships {
-                    let (text, sql) = self.sole_owner_sql(app, m, subject_id, true);
-                    let orgs: Vec<String> = sqlx::query_scalar_with(&text, pg_args(sql.binds)?)
-                        .fetch_all(&mut *tx)
-                        .await?;
-                    if !orgs.is_empty() {
-                        return Ok(EraseOutcome::SoleOwner(orgs));
-                    }
-                }
-                let mut changed = BTreeMap::new();
-                let mut kept = BTreeMap::new();
-                for step in steps {
-                    let (text, sql) = self.erase_sql(step, subject_id, held_orgs, false);
-                    let n = tx
-                        .execute(sqlx::query_with(&text, pg_args(sql.binds)?))
-                        .await?
-                        .rows_affected();
-                    changed.insert(step.table.clone(), n);
-                    if !held_orgs.is_empty() && step.org.is_some() {
-                        let (text, sql) = self.erase_sql(step, subject_id, held_orgs, true);
-                        let k: i64 = sqlx::query_scalar_with(&text, pg_args(sql.binds)?)
-                            .fetch_one(&mut *tx)
-                            .await?;
-                        kept.insert(step.table.clone(), k as u64);
-                    }
-                }
-                tx.commit().await?;
-                Ok(EraseOutcome::Done {
-                    changed,
-                    kept_for_holds: kept,
-                })
+                erase_in!(tx, pg_args)
             }
             AppDb::Sqlite(p) => {
+                // IMMEDIATE: take the write lock before the sole-owner re-check reads.
                 let mut tx = p.begin_with("BEGIN IMMEDIATE").await?;
-                if let Some(m) = &app.memberships {
-                    let (text, sql) = self.sole_owner_sql(app, m, subject_id, true);
-                    let orgs: Vec<String> = sqlx::query_scalar_with(&text, sqlite_args(sql.binds)?)
-                        .fetch_all(&mut *tx)
-                        .await?;
-                    if !orgs.is_empty() {
-                        return Ok(EraseOutcome::SoleOwner(orgs));
-                    }
-                }
-                let mut changed = BTreeMap::new();
-                let mut kept = BTreeMap::new();
-                for step in steps {
-                    let (text, sql) = self.erase_sql(step, subject_id, held_orgs, false);
-                    let n = tx
-                        .execute(sqlx::query_with(&text, sqlite_args(sql.binds)?))
-                        .await?
-                        .rows_affected();
-                    changed.insert(step.table.clone(), n);
-                    if !held_orgs.is_empty() && step.org.is_some() {
-                        let (text, sql) = self.erase_sql(step, subject_id, held_orgs, true);
-                        let k: i64 = sqlx::query_scalar_with(&text, sqlite_args(sql.binds)?)
-                            .fetch_one(&mut *tx)
-                            .await?;
-                        kept.insert(step.table.clone(), k as u64);
-                    }
-                }
-                tx.commit().await?;
-                Ok(EraseOutcome::Done {
-                    changed,
-                    kept_for_holds: kept,
-                })
+                erase_in!(tx, sqlite_args)
             }
         }
     }
