@@ -51,60 +51,51 @@ pub fn ledger_key(key: &Secret, email: &str) -> String {
     keyed(key, &format!("ledger:{}", email.to_lowercase()))
 }
 
-/// Erasure steps from the data map, children before the subject's own row.
-fn erase_steps(
-    config: &Config,
-    key: &Secret,
-    subject_id: &str,
-) -> Vec<(EraseStep, Option<String>)> {
+/// What erasing one subject does: the steps (children before the subject's
+/// own row), and the tables kept with their legal basis.
+struct ErasePlan {
+    steps: Vec<EraseStep>,
+    retained: BTreeMap<String, String>,
+}
+
+fn erase_plan(config: &Config, key: &Secret, subject_id: &str) -> ErasePlan {
     let pseudonym = format!(
         "erased-{}",
         &keyed(key, &format!("subject:{subject_id}"))[..20]
     );
-    let mut steps: Vec<(EraseStep, Option<String>)> = Vec::new();
+    let mut plan = ErasePlan {
+        steps: Vec::new(),
+        retained: BTreeMap::new(),
+    };
     for e in config.data_map.iter().rev() {
         let Some(subject) = &e.subject else { continue };
-        let (action, basis) = match &e.erasure {
-            Erasure::Delete => (EraseAction::Delete, None),
-            Erasure::Anonymize(cols) => (
-                EraseAction::Update(
-                    cols.iter()
-                        .map(|(c, r)| {
-                            let v = match r {
-                                AnonymizeRule::Null => None,
-                                AnonymizeRule::Fixed(v) => Some(v.clone()),
-                                AnonymizeRule::Hmac => Some(pseudonym.clone()),
-                            };
-                            (c.clone(), v)
-                        })
-                        .collect(),
-                ),
-                None,
+        let action = match &e.erasure {
+            Erasure::Delete => EraseAction::Delete,
+            Erasure::Anonymize(cols) => EraseAction::Update(
+                cols.iter()
+                    .map(|(c, r)| {
+                        let v = match r {
+                            AnonymizeRule::Null => None,
+                            AnonymizeRule::Fixed(v) => Some(v.clone()),
+                            AnonymizeRule::Hmac => Some(pseudonym.clone()),
+                        };
+                        (c.clone(), v)
+                    })
+                    .collect(),
             ),
             Erasure::Retain { legal_basis } => {
-                steps.push((
-                    EraseStep {
-                        table: e.table.clone(),
-                        subject: subject.clone(),
-                        org: e.org.clone(),
-                        action: EraseAction::Update(vec![]),
-                    },
-                    Some(legal_basis.clone()),
-                ));
+                plan.retained.insert(e.table.clone(), legal_basis.clone());
                 continue;
             }
         };
-        steps.push((
-            EraseStep {
-                table: e.table.clone(),
-                subject: subject.clone(),
-                org: e.org.clone(),
-                action,
-            },
-            basis,
-        ));
+        plan.steps.push(EraseStep {
+            table: e.table.clone(),
+            subject: subject.clone(),
+            org: e.org.clone(),
+            action,
+        });
     }
-    steps
+    plan
 }
 
 async fn erase(
@@ -140,20 +131,9 @@ async fn erase(
         .filter(|h| h.scope == HoldScope::Org)
         .map(|h| h.value.clone())
         .collect();
-    let steps = erase_steps(config, &key, &subject_id);
-    let retained: BTreeMap<String, String> = steps
-        .iter()
-        .filter_map(|(s, basis)| basis.as_ref().map(|b| (s.table.clone(), b.clone())))
-        .collect();
-    let active: Vec<EraseStep> = steps
-        .into_iter()
-        .filter(|(s, basis)| {
-            basis.is_none() && !matches!(&s.action, EraseAction::Update(c) if c.is_empty())
-        })
-        .map(|(s, _)| s)
-        .collect();
+    let ErasePlan { steps, retained } = erase_plan(config, &key, &subject_id);
     match db
-        .erase_subject(app, &subject_id, &active, &held_orgs)
+        .erase_subject(app, &subject_id, &steps, &held_orgs)
         .await?
     {
         EraseOutcome::SoleOwner(orgs) => Ok(Err((
@@ -414,13 +394,7 @@ pub async fn reapply_ledger(ctx: &Context, target_url: &str) -> Result<Value> {
         if !keys.contains(&ledger_key(&key, &email)) {
             continue;
         }
-        let steps: Vec<EraseStep> = erase_steps(config, &key, &id)
-            .into_iter()
-            .filter(|(s, b)| {
-                b.is_none() && !matches!(&s.action, EraseAction::Update(c) if c.is_empty())
-            })
-            .map(|(s, _)| s)
-            .collect();
+        let steps = erase_plan(config, &key, &id).steps;
         // Ownership may differ in old data; the ledger's promise wins: no sole-owner veto here.
         let no_memberships = crate::config::AppMapping {
             memberships: None,
