@@ -392,30 +392,39 @@ impl AppDb {
         if emails.is_empty() {
             return Ok(vec![]);
         }
-        let mut sql = self.sql();
-        let id = sql.as_text(&subjects.id);
         let lowered: Vec<String> = emails.iter().map(|e| e.to_lowercase()).collect();
-        let ph = sql.placeholder(Bind::List(lowered));
-        let cond = match sql.dialect {
-            Dialect::Postgres => format!("lower({}) = ANY({ph})", q(&subjects.email)),
-            Dialect::Sqlite => format!(
-                "lower({}) IN (SELECT value FROM json_each({ph}))",
+        // Exact match first (uses the email index applications have); then case-insensitively.
+        for folded in [false, true] {
+            let mut sql = self.sql();
+            let id = sql.as_text(&subjects.id);
+            let ph = sql.placeholder(Bind::List(lowered.clone()));
+            let col = if folded {
+                format!("lower({})", q(&subjects.email))
+            } else {
                 q(&subjects.email)
-            ),
-        };
-        let text = format!("SELECT {id} FROM {} WHERE {cond}", q(&subjects.table));
-        Ok(match self {
-            AppDb::Postgres(p) => {
-                sqlx::query_scalar_with(&text, pg_args(sql.binds)?)
-                    .fetch_all(p)
-                    .await?
+            };
+            let cond = match sql.dialect {
+                Dialect::Postgres => format!("{col} = ANY({ph})"),
+                Dialect::Sqlite => format!("{col} IN (SELECT value FROM json_each({ph}))"),
+            };
+            let text = format!("SELECT {id} FROM {} WHERE {cond}", q(&subjects.table));
+            let found: Vec<String> = match self {
+                AppDb::Postgres(p) => {
+                    sqlx::query_scalar_with(&text, pg_args(sql.binds)?)
+                        .fetch_all(p)
+                        .await?
+                }
+                AppDb::Sqlite(p) => {
+                    sqlx::query_scalar_with(&text, sqlite_args(sql.binds)?)
+                        .fetch_all(p)
+                        .await?
+                }
+            };
+            if !found.is_empty() || folded {
+                return Ok(found);
             }
-            AppDb::Sqlite(p) => {
-                sqlx::query_scalar_with(&text, sqlite_args(sql.binds)?)
-                    .fetch_all(p)
-                    .await?
-            }
-        })
+        }
+        Ok(vec![])
     }
 
     /// Whether the org exists in `[app.orgs]`.

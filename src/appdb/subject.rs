@@ -37,7 +37,35 @@ pub enum EraseOutcome {
     SoleOwner(Vec<String>),
 }
 
+/// `col = value` with the value bound as text: on PostgreSQL the parameter is
+/// cast to the column's own type so the column's index can be used.
+fn eq_param(sql: &mut Sql, col: &str, pg_type: Option<&str>, value: &str) -> String {
+    let ph = sql.placeholder(Bind::Text(value.to_string()));
+    match (sql.dialect, pg_type) {
+        (Dialect::Postgres, Some(t)) => format!("{} = {ph}::{t}", q(col)),
+        (Dialect::Postgres, None) => format!("{}::text = {ph}", q(col)),
+        // SQLite applies the column's affinity to the text operand by itself.
+        (Dialect::Sqlite, _) => format!("{} = {ph}", q(col)),
+    }
+}
+
 impl AppDb {
+    /// A column's type as PostgreSQL spells it (from the catalog, never from input); None on SQLite.
+    pub async fn column_type(&self, table: &str, col: &str) -> Result<Option<String>> {
+        Ok(match self {
+            AppDb::Postgres(p) => sqlx::query_scalar(
+                "SELECT format_type(a.atttypid, a.atttypmod) FROM pg_attribute a
+                 JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+                 WHERE n.nspname = current_schema() AND c.relname = $1 AND a.attname = $2 AND NOT a.attisdropped",
+            )
+            .bind(table)
+            .bind(col)
+            .fetch_optional(p)
+            .await?,
+            AppDb::Sqlite(_) => None,
+        })
+    }
+
     /// The subject's id (as text) for an email, case-insensitively.
     pub async fn subject_id(&self, app: &AppMapping, email: &str) -> Result<Option<String>> {
         Ok(self
@@ -89,7 +117,8 @@ impl AppDb {
         let Some(m) = &app.memberships else {
             return Ok(vec![]);
         };
-        let (text, sql) = self.sole_owner_sql(app, m, subject_id, false);
+        let t = self.column_type(&m.table, &m.subject).await?;
+        let (text, sql) = self.sole_owner_sql(app, m, subject_id, t.as_deref(), false);
         Ok(match self {
             AppDb::Postgres(p) => {
                 sqlx::query_scalar_with(&text, pg_args(sql.binds)?)
@@ -109,11 +138,11 @@ impl AppDb {
         app: &AppMapping,
         m: &MembershipsTable,
         subject_id: &str,
+        subject_type: Option<&str>,
         lock: bool,
     ) -> (String, Sql) {
         let mut sql = self.sql();
-        let subject = sql.as_text(&m.subject);
-        let ph = sql.placeholder(Bind::Text(subject_id.to_string()));
+        let subject_cond = eq_param(&mut sql, &m.subject, subject_type, subject_id);
         let owner = sql.in_list(&m.role, &m.owner_roles);
         let owner2 = sql.in_list(&m.role, &m.owner_roles);
         let open = match app
@@ -137,14 +166,14 @@ impl AppDb {
         // Qualified copies of the role/subject tests for the aliased tables.
         let owner = owner.replacen(&q(&m.role), &format!("m.{}", q(&m.role)), 1);
         let owner2 = owner2.replacen(&q(&m.role), &format!("m2.{}", q(&m.role)), 1);
-        let subject = subject.replacen(&q(&m.subject), &format!("m.{}", q(&m.subject)), 1);
+        let subject = subject_cond.replacen(&q(&m.subject), &format!("m.{}", q(&m.subject)), 1);
         let lock = if lock && matches!(sql.dialect, Dialect::Postgres) {
             " FOR UPDATE OF m"
         } else {
             ""
         };
         let text = format!(
-            "SELECT {org_text} FROM {t} m WHERE {subject} = {ph} AND {owner}{open}
+            "SELECT {org_text} FROM {t} m WHERE {subject} AND {owner}{open}
                AND (SELECT count(*) FROM {t} m2 WHERE m2.{org} = m.{org} AND {owner2}) = 1
              ORDER BY 1{lock}",
             t = q(&m.table),
@@ -160,13 +189,13 @@ impl AppDb {
         subject_col: &str,
         subject_id: &str,
     ) -> Result<Vec<String>> {
+        let ty = self.column_type(table, subject_col).await?;
         let mut sql = self.sql();
-        let cond = sql.as_text(subject_col);
-        let ph = sql.placeholder(Bind::Text(subject_id.to_string()));
+        let cond = eq_param(&mut sql, subject_col, ty.as_deref(), subject_id);
         Ok(match self {
             AppDb::Postgres(p) => {
                 let text = format!(
-                    "SELECT row_to_json(t)::text FROM {} t WHERE {cond} = {ph}",
+                    "SELECT row_to_json(t)::text FROM {} t WHERE {cond}",
                     q(table)
                 );
                 sqlx::query_scalar_with(&text, pg_args(sql.binds)?)
@@ -180,7 +209,7 @@ impl AppDb {
                     .map(|c| format!("'{}', {}", c.replace('\'', "''"), q(c)))
                     .collect();
                 let text = format!(
-                    "SELECT json_object({}) FROM {} WHERE {cond} = {ph}",
+                    "SELECT json_object({}) FROM {} WHERE {cond}",
                     pairs.join(", "),
                     q(table)
                 );
@@ -201,11 +230,21 @@ impl AppDb {
         steps: &[EraseStep],
         held_orgs: &[String],
     ) -> Result<EraseOutcome> {
+        // Column types first (outside the transaction): parameters are cast to them.
+        let owner_type = match &app.memberships {
+            Some(m) => self.column_type(&m.table, &m.subject).await?,
+            None => None,
+        };
+        let mut types = Vec::with_capacity(steps.len());
+        for s in steps {
+            types.push(self.column_type(&s.table, &s.subject).await?);
+        }
         // The same steps on either driver; only the transaction and argument types differ.
         macro_rules! erase_in {
             ($tx:ident, $args:ident) => {{
                 if let Some(m) = &app.memberships {
-                    let (text, sql) = self.sole_owner_sql(app, m, subject_id, true);
+                    let (text, sql) =
+                        self.sole_owner_sql(app, m, subject_id, owner_type.as_deref(), true);
                     let orgs: Vec<String> = sqlx::query_scalar_with(&text, $args(sql.binds)?)
                         .fetch_all(&mut *$tx)
                         .await?;
@@ -215,15 +254,17 @@ impl AppDb {
                 }
                 let mut changed = BTreeMap::new();
                 let mut kept = BTreeMap::new();
-                for step in steps {
-                    let (text, sql) = self.erase_sql(step, subject_id, held_orgs, false);
+                for (step, ty) in steps.iter().zip(&types) {
+                    let (text, sql) =
+                        self.erase_sql(step, ty.as_deref(), subject_id, held_orgs, false);
                     let n = $tx
                         .execute(sqlx::query_with(&text, $args(sql.binds)?))
                         .await?
                         .rows_affected();
                     changed.insert(step.table.clone(), n);
                     if !held_orgs.is_empty() && step.org.is_some() {
-                        let (text, sql) = self.erase_sql(step, subject_id, held_orgs, true);
+                        let (text, sql) =
+                            self.erase_sql(step, ty.as_deref(), subject_id, held_orgs, true);
                         let k: i64 = sqlx::query_scalar_with(&text, $args(sql.binds)?)
                             .fetch_one(&mut *$tx)
                             .await?;
@@ -255,14 +296,13 @@ impl AppDb {
     fn erase_sql(
         &self,
         step: &EraseStep,
+        subject_type: Option<&str>,
         subject_id: &str,
         held_orgs: &[String],
         count_held: bool,
     ) -> (String, Sql) {
         let mut sql = self.sql();
-        let subject = sql.as_text(&step.subject);
-        let ph = sql.placeholder(Bind::Text(subject_id.to_string()));
-        let mut cond = format!("{subject} = {ph}");
+        let mut cond = eq_param(&mut sql, &step.subject, subject_type, subject_id);
         if let (false, Some(org)) = (held_orgs.is_empty(), &step.org) {
             let held = sql.in_list(org, held_orgs);
             if count_held {
