@@ -1,6 +1,21 @@
 //! The application database: the data Lethe keeps promises about. Only
 //! identifiers from the validated data map reach SQL, always quoted.
 
+/// Runs one bound statement on whichever pool `$db` is:
+/// `on_pool!(self, sql, query_scalar_with(&text), fetch_one)`.
+macro_rules! on_pool {
+    ($db:expr, $sql:ident, $make:ident(&$text:ident), $fetch:ident) => {
+        match $db {
+            AppDb::Postgres(p) => sqlx::$make(&$text, pg_args($sql.binds)?).$fetch(p).await?,
+            AppDb::Sqlite(p) => {
+                sqlx::$make(&$text, sqlite_args($sql.binds)?)
+                    .$fetch(p)
+                    .await?
+            }
+        }
+    };
+}
+
 mod schema;
 mod scope;
 mod subject;

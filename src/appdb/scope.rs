@@ -234,18 +234,7 @@ impl AppDb {
             "SELECT {org} AS org, count(*) AS n FROM {} WHERE {w} GROUP BY 1 ORDER BY 1",
             q(&s.table)
         );
-        Ok(match self {
-            AppDb::Postgres(p) => {
-                sqlx::query_as_with(&text, pg_args(sql.binds)?)
-                    .fetch_all(p)
-                    .await?
-            }
-            AppDb::Sqlite(p) => {
-                sqlx::query_as_with(&text, sqlite_args(sql.binds)?)
-                    .fetch_all(p)
-                    .await?
-            }
-        })
+        Ok(on_pool!(self, sql, query_as_with(&text), fetch_all))
     }
 
     /// Deletes at most `limit` rows in scope in one short statement; returns the count by org.
@@ -314,18 +303,7 @@ impl AppDb {
         let mut sql = self.sql();
         let w = sql.where_clause(s);
         let text = format!("SELECT count(*) FROM {} WHERE {w}", q(&s.table));
-        Ok(match self {
-            AppDb::Postgres(p) => {
-                sqlx::query_scalar_with(&text, pg_args(sql.binds)?)
-                    .fetch_one(p)
-                    .await?
-            }
-            AppDb::Sqlite(p) => {
-                sqlx::query_scalar_with(&text, sqlite_args(sql.binds)?)
-                    .fetch_one(p)
-                    .await?
-            }
-        })
+        Ok(on_pool!(self, sql, query_scalar_with(&text), fetch_one))
     }
 
     /// The value of `range.column` `offset` rows into `range` (ordered), read
@@ -361,18 +339,12 @@ impl AppDb {
             ),
             Dialect::Postgres => text,
         };
-        Ok(match self {
-            AppDb::Postgres(p) => {
-                sqlx::query_scalar_with(&text, pg_args(sql.binds)?)
-                    .fetch_optional(p)
-                    .await?
-            }
-            AppDb::Sqlite(p) => {
-                sqlx::query_scalar_with(&text, sqlite_args(sql.binds)?)
-                    .fetch_optional(p)
-                    .await?
-            }
-        })
+        Ok(on_pool!(
+            self,
+            sql,
+            query_scalar_with(&text),
+            fetch_optional
+        ))
     }
 
     /// The cutoff as this database prints the column's values (for key ranges).
@@ -408,18 +380,7 @@ impl AppDb {
                 Dialect::Sqlite => format!("{col} IN (SELECT value FROM json_each({ph}))"),
             };
             let text = format!("SELECT {id} FROM {} WHERE {cond}", q(&subjects.table));
-            let found: Vec<String> = match self {
-                AppDb::Postgres(p) => {
-                    sqlx::query_scalar_with(&text, pg_args(sql.binds)?)
-                        .fetch_all(p)
-                        .await?
-                }
-                AppDb::Sqlite(p) => {
-                    sqlx::query_scalar_with(&text, sqlite_args(sql.binds)?)
-                        .fetch_all(p)
-                        .await?
-                }
-            };
+            let found: Vec<String> = on_pool!(self, sql, query_scalar_with(&text), fetch_all);
             if !found.is_empty() || folded {
                 return Ok(found);
             }
@@ -433,18 +394,7 @@ impl AppDb {
         let id = sql.as_text(&orgs.id);
         let ph = sql.placeholder(Bind::Text(org.to_string()));
         let text = format!("SELECT count(*) FROM {} WHERE {id} = {ph}", q(&orgs.table));
-        let n: i64 = match self {
-            AppDb::Postgres(p) => {
-                sqlx::query_scalar_with(&text, pg_args(sql.binds)?)
-                    .fetch_one(p)
-                    .await?
-            }
-            AppDb::Sqlite(p) => {
-                sqlx::query_scalar_with(&text, sqlite_args(sql.binds)?)
-                    .fetch_one(p)
-                    .await?
-            }
-        };
+        let n: i64 = on_pool!(self, sql, query_scalar_with(&text), fetch_one);
         Ok(n > 0)
     }
 }

@@ -119,18 +119,7 @@ impl AppDb {
         };
         let t = self.column_type(&m.table, &m.subject).await?;
         let (text, sql) = self.sole_owner_sql(app, m, subject_id, t.as_deref(), false);
-        Ok(match self {
-            AppDb::Postgres(p) => {
-                sqlx::query_scalar_with(&text, pg_args(sql.binds)?)
-                    .fetch_all(p)
-                    .await?
-            }
-            AppDb::Sqlite(p) => {
-                sqlx::query_scalar_with(&text, sqlite_args(sql.binds)?)
-                    .fetch_all(p)
-                    .await?
-            }
-        })
+        Ok(on_pool!(self, sql, query_scalar_with(&text), fetch_all))
     }
 
     fn sole_owner_sql(
