@@ -55,6 +55,20 @@ impl S3Store {
     fn key(&self, key: &str) -> String {
         format!("{}{}", self.prefix, key.trim_start_matches('/'))
     }
+
+    /// GetObject: the full key (for errors) and the body stream.
+    async fn body(&self, key: &str) -> Result<(String, ByteStream)> {
+        let full = self.key(key);
+        let out = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(&full)
+            .send()
+            .await
+            .map_err(|e| sdk("get", &full, e))?;
+        Ok((full, out.body))
+    }
 }
 
 fn sdk<E: std::error::Error>(op: &str, key: &str, e: E) -> crate::error::Error {
@@ -227,30 +241,13 @@ impl ObjectStore for S3Store {
     }
 
     async fn get(&self, key: &str) -> Result<Reader> {
-        let full = self.key(key);
-        let out = self
-            .client
-            .get_object()
-            .bucket(&self.bucket)
-            .key(&full)
-            .send()
-            .await
-            .map_err(|e| sdk("get", &full, e))?;
-        Ok(Box::new(out.body.into_async_read()))
+        let (_, body) = self.body(key).await?;
+        Ok(Box::new(body.into_async_read()))
     }
 
     async fn get_bytes(&self, key: &str) -> Result<Bytes> {
-        let full = self.key(key);
-        let out = self
-            .client
-            .get_object()
-            .bucket(&self.bucket)
-            .key(&full)
-            .send()
-            .await
-            .map_err(|e| sdk("get", &full, e))?;
-        out.body
-            .collect()
+        let (full, body) = self.body(key).await?;
+        body.collect()
             .await
             .map(|b| b.into_bytes())
             .map_err(|e| error("read", &full, e))
