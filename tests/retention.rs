@@ -152,6 +152,44 @@ both!(
     keyset_slices_handle_many_rows_sharing_one_timestamp,
 );
 
+/// Injects: an application transaction holding a row lock on an expired row
+/// for 2 s. Must hold: the purge's window waits at most `max_transaction_ms`,
+/// is rolled back and redone in row batches, and every expired row still goes.
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_window_over_the_transaction_limit_is_redone_in_row_batches() {
+    let map = DATA_MAP.replace(
+        "retention = [\"90d\", \"org_closed+1y\"]",
+        "retention = \"90d\"",
+    );
+    let Some(f) = fixture(true, "", &map).await else {
+        return;
+    };
+    f.c.job(
+        "purge",
+        "kind = \"retention.purge\"\nschedule = \"0 15 2 * * *\"\n[params]\nbatch_size = 1000\nmax_transaction_ms = 200\n",
+    );
+    let pool = sqlx::PgPool::connect(&f.app_url).await.unwrap();
+    let mut tx = pool.begin().await.unwrap();
+    sqlx::query(
+        "SELECT id FROM events WHERE created_at < now() - interval '300 days' LIMIT 1 FOR UPDATE",
+    )
+    .fetch_one(&mut *tx)
+    .await
+    .unwrap();
+    let release = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        tx.rollback().await.unwrap();
+    });
+    let v = purge(&f, &[]);
+    release.await.unwrap();
+    assert!(
+        v["result"]["windows_redone"].as_u64().unwrap() >= 1,
+        "the blocked window hit the limit: {v}"
+    );
+    assert_eq!(v["result"]["deleted"], 151, "{v}");
+    assert_eq!(f.count(&f.older(90)).await, 0);
+}
+
 async fn keyset_slices_handle_many_rows_sharing_one_timestamp(pg: bool) {
     // One age rule: the purge walks the timestamp index in slices. The fixture gives
     // 50 rows each the very same timestamp, far more than a batch of 7.
@@ -434,15 +472,28 @@ async fn per_org_overrides_shorten_or_lengthen_retention(pg: bool) {
 }
 
 async fn crash_mid_purge_resumes_without_redoing_or_skipping_rows(pg: bool) {
+    // Two rules: row batches on both databases.
+    crash_and_resume(pg, DATA_MAP, 171, 60).await;
+    // One age rule: time windows on PostgreSQL (row batches on SQLite).
+    let map = DATA_MAP.replace(
+        "retention = [\"90d\", \"org_closed+1y\"]",
+        "retention = \"90d\"",
+    );
+    crash_and_resume(pg, &map, 151, 400).await;
+}
+
+/// SIGKILLs `lethe run purge` once 40 rows are gone; a `serve` rescues the run,
+/// which must end with exactly `expected` rows deleted and counted once.
+async fn crash_and_resume(pg: bool, map: &str, expected: i64, pause_ms: u64) {
     let runner =
         "lease = \"1s\"\nretry_base = \"100ms\"\nretry_max = \"200ms\"\npoll_interval = \"100ms\"";
-    let Some(f) = fixture(pg, runner, DATA_MAP).await else {
+    let Some(f) = fixture(pg, runner, map).await else {
         return;
     };
     // Disabled: serve must not enqueue a scheduled purge of its own; it only rescues ours.
     f.c.job(
         "purge",
-        "kind = \"retention.purge\"\nschedule = \"0 15 2 * * *\"\nenabled = false\n[params]\nbatch_size = 5\npause_ms = 60\n",
+        &format!("kind = \"retention.purge\"\nschedule = \"0 15 2 * * *\"\nenabled = false\n[params]\nbatch_size = 5\npause_ms = {pause_ms}\n"),
     );
     let mut child = f.lethe().args(["run", "purge"]).spawn().unwrap();
     // Kill it after a few batches have committed.
@@ -457,7 +508,7 @@ async fn crash_mid_purge_resumes_without_redoing_or_skipping_rows(pg: bool) {
     child.kill().unwrap();
     child.wait().unwrap();
     let left = f.count("1 = 1").await;
-    assert!(left > 251 - 171, "killed mid-way: {left} rows left");
+    assert!(left > 251 - expected, "killed mid-way: {left} rows left");
 
     // A serve process rescues the run (lease lapsed) and finishes the same plan.
     let mut serve = f
@@ -486,12 +537,18 @@ async fn crash_mid_purge_resumes_without_redoing_or_skipping_rows(pg: bool) {
     assert_eq!(run["attempts"], 2);
     assert_eq!(run["result"]["resumed"], true);
     assert_eq!(
-        run["result"]["deleted"], 171,
-        "evidence counts every row once across the crash"
+        run["result"]["deleted"], expected,
+        "evidence counts every row once across the crash: {run}"
+    );
+    let by_org = run["result"]["items"][0]["by_org"].as_object().unwrap();
+    assert_eq!(
+        by_org.values().map(|n| n.as_i64().unwrap()).sum::<i64>(),
+        expected,
+        "and places each under its org: {run}"
     );
     assert_eq!(
         f.count("1 = 1").await,
-        251 - 171,
+        251 - expected,
         "exactly the planned rows are gone"
     );
     assert_eq!(f.count(&f.older(90)).await, 0);

@@ -21,7 +21,7 @@ mod scope;
 mod subject;
 
 pub use schema::{check_data_map, SchemaProblem};
-pub use scope::{KeyRange, Scope, Selector};
+pub use scope::{Scope, Selector, Slicing, TimeWindow};
 pub use subject::{EraseAction, EraseOutcome, EraseStep};
 
 use std::str::FromStr;

@@ -3,6 +3,8 @@
 //! values bound; org and subject ids are compared as text so that integer,
 //! UUID and text keys all work.
 
+use std::time::Duration;
+
 use chrono::{DateTime, Utc};
 use sqlx::Arguments;
 
@@ -38,17 +40,28 @@ pub struct Scope {
     pub only_orgs: Option<Vec<String>>,
     pub exclude_orgs: Vec<String>,
     pub exclude_subjects: Vec<String>,
-    /// Restricts the scope to a slice of one column (a keyset batch).
-    pub range: Option<KeyRange>,
+    /// Restricts the scope to one time window (a batch of a windowed purge).
+    pub range: Option<TimeWindow>,
 }
 
-/// `lower <=/< column </<= upper`, values as the database prints them (text).
+/// `lower <= column < upper`: one time window of a purge; an open
+/// end is unbounded.
 #[derive(Debug, Clone, Default)]
-pub struct KeyRange {
+pub struct TimeWindow {
     pub column: String,
-    /// (value, inclusive)
-    pub lower: Option<(String, bool)>,
-    pub upper: Option<(String, bool)>,
+    pub lower: Option<DateTime<Utc>>,
+    pub upper: Option<DateTime<Utc>>,
+}
+
+/// How a purge slices a large delete on this database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Slicing {
+    /// PostgreSQL keeps deleted rows in the index until vacuum, so `LIMIT`
+    /// batches that each start from the oldest row would crawl over them:
+    /// walk the timestamp range in windows instead.
+    TimeWindows,
+    /// SQLite drops index entries at once: `rowid IN (… LIMIT n)` stays cheap.
+    RowBatches,
 }
 
 #[derive(Clone, Copy)]
@@ -125,31 +138,15 @@ impl Sql {
         }
     }
 
-    fn key_value(&mut self, value: &str) -> String {
-        let ph = self.placeholder(Bind::Text(value.to_string()));
-        match self.dialect {
-            Dialect::Postgres => format!("({ph})::timestamptz"),
-            Dialect::Sqlite => ph,
-        }
-    }
-
-    fn range(&mut self, r: &KeyRange) -> Vec<String> {
+    fn range(&mut self, r: &TimeWindow) -> Vec<String> {
         let mut parts = Vec::new();
-        if let Some((v, inclusive)) = &r.lower {
-            let ph = self.key_value(v);
-            parts.push(format!(
-                "{} {} {ph}",
-                q(&r.column),
-                if *inclusive { ">=" } else { ">" }
-            ));
+        if let Some(v) = r.lower {
+            let ph = self.placeholder(Bind::Time(v));
+            parts.push(format!("{} >= {ph}", q(&r.column)));
         }
-        if let Some((v, inclusive)) = &r.upper {
-            let ph = self.key_value(v);
-            parts.push(format!(
-                "{} {} {ph}",
-                q(&r.column),
-                if *inclusive { "<=" } else { "<" }
-            ));
+        if let Some(v) = r.upper {
+            let ph = self.placeholder(Bind::Time(v));
+            parts.push(format!("{} < {ph}", q(&r.column)));
         }
         parts
     }
@@ -225,20 +222,29 @@ impl AppDb {
     /// Rows in scope, by org (as text; `None` for rows without an org).
     pub async fn count_by_org(&self, s: &Scope) -> Result<Vec<(Option<String>, i64)>> {
         let mut sql = self.sql();
-        let org = match &s.org {
-            Some(o) => sql.as_text(o),
-            None => "NULL".to_string(),
-        };
+        let org = s.org.as_deref().map_or("NULL".to_string(), q);
         let w = sql.where_clause(s);
+        // Group the raw values and cast once per group, not once per row.
+        let key = match sql.dialect {
+            Dialect::Postgres => "o::text",
+            Dialect::Sqlite => "CAST(o AS TEXT)",
+        };
         let text = format!(
-            "SELECT {org} AS org, count(*) AS n FROM {} WHERE {w} GROUP BY 1 ORDER BY 1",
+            "SELECT {key}, n FROM (SELECT {org} AS o, count(*) AS n FROM {} WHERE {w} GROUP BY 1) g ORDER BY 1",
             q(&s.table)
         );
         Ok(on_pool!(self, sql, query_as_with(&text), fetch_all))
     }
 
-    /// Deletes at most `limit` rows in scope in one short statement; returns the count by org.
-    pub async fn delete_batch(&self, s: &Scope, limit: u32) -> Result<Vec<(Option<String>, i64)>> {
+    pub fn slicing(&self) -> Slicing {
+        match self {
+            AppDb::Postgres(_) => Slicing::TimeWindows,
+            AppDb::Sqlite(_) => Slicing::RowBatches,
+        }
+    }
+
+    /// Deletes at most `limit` rows in scope in one short statement; returns how many.
+    pub async fn delete_batch(&self, s: &Scope, limit: u32) -> Result<u64> {
         let mut sql = self.sql();
         let w = sql.where_clause(s);
         let t = q(&s.table);
@@ -247,55 +253,56 @@ impl AppDb {
             Dialect::Postgres => format!("DELETE FROM {t} WHERE ctid = ANY(ARRAY(SELECT ctid FROM {t} WHERE {w} LIMIT {limit}))"),
             Dialect::Sqlite => format!("DELETE FROM {t} WHERE rowid IN (SELECT rowid FROM {t} WHERE {w} LIMIT {limit})"),
         };
-        self.delete_counting(s, delete, sql).await
+        Ok(match self {
+            AppDb::Postgres(p) => sqlx::query_with(&delete, pg_args(sql.binds)?)
+                .execute(p)
+                .await?
+                .rows_affected(),
+            AppDb::Sqlite(p) => sqlx::query_with(&delete, sqlite_args(sql.binds)?)
+                .execute(p)
+                .await?
+                .rows_affected(),
+        })
     }
 
-    /// Deletes every row in scope (bound it with `scope.range`); returns the count by org.
-    pub async fn delete_all(&self, s: &Scope) -> Result<Vec<(Option<String>, i64)>> {
+    /// Deletes every row in scope (bound it with `scope.range`) in one
+    /// transaction that may last at most `limit`: `None` when it would have
+    /// taken longer, and then nothing was deleted. SQLite has no statement
+    /// timeout; there the limit is not enforced.
+    pub async fn delete_within(&self, s: &Scope, limit: Duration) -> Result<Option<u64>> {
         let mut sql = self.sql();
         let w = sql.where_clause(s);
         let delete = format!("DELETE FROM {} WHERE {w}", q(&s.table));
-        self.delete_counting(s, delete, sql).await
-    }
-
-    /// Runs a DELETE and counts what it removed per org, in the same statement.
-    async fn delete_counting(
-        &self,
-        s: &Scope,
-        delete: String,
-        sql: Sql,
-    ) -> Result<Vec<(Option<String>, i64)>> {
-        Ok(match self {
+        match self {
             AppDb::Postgres(p) => {
-                // Aggregate the raw org values, cast once per group (not once per row).
-                let (ret, key) = match &s.org {
-                    Some(o) => (q(o), "o::text"),
-                    None => ("NULL::int".to_string(), "NULL::text"),
-                };
-                let text = format!("WITH d AS ({delete} RETURNING {ret} AS o) SELECT {key}, count(*) FROM d GROUP BY o");
-                sqlx::query_as_with(&text, pg_args(sql.binds)?)
-                    .fetch_all(p)
-                    .await?
-            }
-            AppDb::Sqlite(p) => {
-                let org = match &s.org {
-                    Some(o) => sql.as_text(o),
-                    None => "NULL".to_string(),
-                };
-                // SQLite cannot aggregate RETURNING rows; at most one batch of org ids is held here.
-                let text = format!("{delete} RETURNING {org}");
-                let orgs: Vec<Option<String>> =
-                    sqlx::query_scalar_with(&text, sqlite_args(sql.binds)?)
-                        .fetch_all(p)
-                        .await?;
-                let mut counts: std::collections::BTreeMap<Option<String>, i64> =
-                    Default::default();
-                for o in orgs {
-                    *counts.entry(o).or_default() += 1;
+                let mut tx = p.begin().await?;
+                // SET takes no bind parameters; the value is an integer we computed.
+                let ms = limit.as_millis().max(1);
+                sqlx::query(&format!("SET LOCAL statement_timeout = {ms}"))
+                    .execute(&mut *tx)
+                    .await?;
+                match sqlx::query_with(&delete, pg_args(sql.binds)?)
+                    .execute(&mut *tx)
+                    .await
+                {
+                    Ok(done) => {
+                        tx.commit().await?;
+                        Ok(Some(done.rows_affected()))
+                    }
+                    Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("57014") => {
+                        tx.rollback().await?;
+                        Ok(None)
+                    }
+                    Err(e) => Err(e.into()),
                 }
-                counts.into_iter().collect()
             }
-        })
+            AppDb::Sqlite(p) => Ok(Some(
+                sqlx::query_with(&delete, sqlite_args(sql.binds)?)
+                    .execute(p)
+                    .await?
+                    .rows_affected(),
+            )),
+        }
     }
 
     /// Rows in scope (no grouping: an index-only count where the database can).
@@ -306,52 +313,23 @@ impl AppDb {
         Ok(on_pool!(self, sql, query_scalar_with(&text), fetch_one))
     }
 
-    /// The value of `range.column` `offset` rows into `range` (ordered), read
-    /// from the index alone: where the next keyset batch should end.
-    pub async fn key_at_offset(
-        &self,
-        table: &str,
-        range: &KeyRange,
-        offset: u32,
-    ) -> Result<Option<String>> {
+    /// The oldest value of `column` in scope, read from its index: where the
+    /// next time window starts. PostgreSQL only (see [`Slicing`]).
+    pub async fn first_time(&self, s: &Scope, column: &str) -> Result<Option<DateTime<Utc>>> {
         let mut sql = self.sql();
-        let cond = sql.range(range);
-        let col = q(&range.column);
-        let text_col = match sql.dialect {
-            Dialect::Postgres => format!("{col}::text"),
-            Dialect::Sqlite => format!("CAST({col} AS TEXT)"),
-        };
-        let w = if cond.is_empty() {
-            "1 = 1".to_string()
-        } else {
-            cond.join(" AND ")
-        };
+        let w = sql.where_clause(s);
         let text = format!(
-            // Aliased so that ORDER BY sorts the column (and can use its index), not its text.
-            "SELECT {text_col} AS lethe_key FROM {} WHERE {w} AND {col} IS NOT NULL ORDER BY {col} OFFSET {offset} LIMIT 1",
-            q(table)
+            "SELECT min({c})::timestamptz FROM {} WHERE {w}",
+            q(&s.table),
+            c = q(column)
         );
-        let text = match sql.dialect {
-            // SQLite wants LIMIT before OFFSET.
-            Dialect::Sqlite => text.replace(
-                &format!("OFFSET {offset} LIMIT 1"),
-                &format!("LIMIT 1 OFFSET {offset}"),
-            ),
-            Dialect::Postgres => text,
-        };
-        Ok(on_pool!(
-            self,
-            sql,
-            query_scalar_with(&text),
-            fetch_optional
-        ))
-    }
-
-    /// The cutoff as this database prints the column's values (for key ranges).
-    pub fn key_text(&self, t: DateTime<Utc>) -> String {
         match self {
-            AppDb::Postgres(_) => t.to_rfc3339(),
-            AppDb::Sqlite(_) => t.format("%Y-%m-%d %H:%M:%S").to_string(),
+            AppDb::Postgres(p) => Ok(sqlx::query_scalar_with(&text, pg_args(sql.binds)?)
+                .fetch_one(p)
+                .await?),
+            AppDb::Sqlite(_) => Err(crate::error::Error::Failed(
+                "time windows are for PostgreSQL; SQLite purges in row batches".into(),
+            )),
         }
     }
 

@@ -2,13 +2,18 @@
 //! and org, in short bounded batches; respects per-org overrides and legal
 //! holds; leaves counts and cutoffs (never values) in the audit chain.
 //!
-//! A run first writes a *plan* (each scope's cutoffs and how many rows it
-//! selects) as a checkpoint, and after every batch its progress (rows deleted
-//! per org). Cutoffs come from the run's `scheduled_for`, so a retried run
-//! after a crash deletes exactly the same set; its total is planned −
-//! remaining, so every row is counted once whichever batch the crash hit (a
-//! batch that committed just before the crash, before its progress was saved,
-//! is reported as `(unattributed after crash)` instead of under its org).
+//! A run first writes a *plan* as a checkpoint: each scope's cutoffs and how
+//! many rows it selects per org. Cutoffs come from the run's `scheduled_for`,
+//! so a retried run after a crash deletes exactly the same set. Batches are
+//! plain `DELETE`s (counting per org while deleting would double their cost);
+//! the per-org evidence is the plan's counts when the deleted total matches
+//! the plan, and otherwise (a crash, a hold added mid-run, the application
+//! deleting rows too) planned − still there, per org.
+//!
+//! On PostgreSQL a single age rule is deleted in windows of its timestamp
+//! sized from the rows the last window held, each under a statement timeout:
+//! a window that would run too long is rolled back and redone in row batches.
+//! Elsewhere rows go in `LIMIT`ed batches by ctid/rowid.
 
 mod rules;
 
@@ -21,7 +26,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::appdb::{check_data_map, AppDb, KeyRange, Scope, Selector};
+use crate::appdb::{check_data_map, AppDb, Scope, Selector, Slicing, TimeWindow};
 use crate::config::{Config, DataMapEntry};
 use crate::error::{Error, Result};
 use crate::runner::JobContext;
@@ -41,6 +46,10 @@ pub struct PurgeParams {
     pub target_batch_ms: Option<u64>,
     #[serde(default = "default_max_batch")]
     pub max_batch_size: u32,
+    /// No delete transaction runs longer: a time window that would is rolled
+    /// back and redone in row batches (PostgreSQL).
+    #[serde(default = "default_max_txn_ms")]
+    pub max_transaction_ms: u64,
     /// Pause between batches, to leave room for the application's own writes.
     #[serde(default)]
     pub pause_ms: u64,
@@ -55,6 +64,10 @@ fn default_batch() -> u32 {
 
 fn default_max_batch() -> u32 {
     1_000_000
+}
+
+fn default_max_txn_ms() -> u64 {
+    1000
 }
 
 /// Next batch size: double while well under the target, halve when over it.
@@ -88,8 +101,9 @@ pub struct PlanItem {
     pub only_orgs: Option<Vec<String>>,
     pub exclude_orgs: Vec<String>,
     pub exclude_subjects: Vec<String>,
-    /// Rows selected at plan time.
+    /// Rows selected at plan time, in all and per org (`""`: rows without one).
     pub planned: i64,
+    pub planned_by_org: BTreeMap<String, i64>,
     /// Expired rows kept by a legal hold, by hold id.
     pub held: BTreeMap<i64, i64>,
 }
@@ -114,8 +128,13 @@ pub async fn preflight(config: &Config, db: &AppDb) -> Result<Vec<crate::appdb::
     Ok(problems.into_iter().filter(|p| !p.fatal).collect())
 }
 
-fn org_key(org: Option<String>) -> String {
-    org.unwrap_or_default()
+async fn count_by_org(db: &AppDb, s: &Scope) -> Result<BTreeMap<String, i64>> {
+    Ok(db
+        .count_by_org(s)
+        .await?
+        .into_iter()
+        .map(|(o, n)| (o.unwrap_or_default(), n))
+        .collect())
 }
 
 struct Holds {
@@ -263,10 +282,12 @@ pub async fn plan(
                 exclude_orgs,
                 exclude_subjects: held_subjects.clone(),
                 planned: 0,
+                planned_by_org: BTreeMap::new(),
                 held: BTreeMap::new(),
             };
             let s = scope(entry, &item, config)?;
-            item.planned = db.count(&s).await?;
+            item.planned_by_org = count_by_org(db, &s).await?;
+            item.planned = item.planned_by_org.values().sum();
             item.held = held_counts(db, &s, &holds).await?;
             items.push(item);
         }
@@ -310,16 +331,19 @@ async fn count_subject(db: &AppDb, s: &Scope, subject: &str) -> Result<i64> {
 }
 
 const PROGRESS_KEY: &str = "retention.progress";
-const UNATTRIBUTED: &str = "(unattributed after crash)";
+/// Deleted rows the per-org counts cannot place: the application inserted or
+/// deleted rows in scope while the purge ran.
+const UNPLACED: &str = "(rows changed during the run)";
 
 #[derive(Debug, Default)]
 struct Stats {
     batches: u64,
     longest_batch_ms: u128,
+    windows_redone: u64,
     plan_ms: u128,
 }
 
-/// Rows deleted so far per plan item, saved after every batch.
+/// How far each plan item got, saved after every batch.
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
 struct Progress {
     items: BTreeMap<usize, ItemProgress>,
@@ -327,11 +351,14 @@ struct Progress {
 
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
 struct ItemProgress {
-    by_org: BTreeMap<String, i64>,
+    /// Rows deleted by this attempt's batches (a resumed run recounts).
+    deleted: i64,
+    /// Time windows: every row in scope before this is gone.
+    done_before: Option<DateTime<Utc>>,
     finished: bool,
 }
 
-/// Deletes one plan item in batches, saving progress after each.
+/// Deletes one plan item, saving progress after each batch.
 #[allow(clippy::too_many_arguments)]
 async fn delete_item(
     jc: &JobContext,
@@ -347,83 +374,222 @@ async fn delete_item(
     let store = jc.ctx.store.as_ref();
     // Holds added since the plan was made are honoured too.
     let current = active_holds(store, db, config).await?;
-    let mut delete_scope = planned_scope.clone();
-    delete_scope
+    let mut scope = planned_scope.clone();
+    scope
         .exclude_orgs
         .extend(current.orgs.into_iter().map(|(_, o)| o));
-    delete_scope
+    scope
         .exclude_subjects
         .extend(current.subjects.into_iter().map(|(_, s)| s));
-    // One age rule: delete in slices of its timestamp (keyset), each slice ending where
-    // the index says `batch` rows later; otherwise bounded ctid/rowid batches.
-    let keyset = match delete_scope.selectors.as_slice() {
-        [Selector::Before { column, cutoff }] => Some((column.clone(), db.key_text(*cutoff))),
-        _ => None,
+    let mut batcher = Batcher {
+        jc,
+        db,
+        p,
+        index,
+        done,
+        stats,
+        rows: p.batch_size.max(1),
     };
-    let mut batch = p.batch_size.max(1);
-    let mut lower: Option<(String, bool)> = None;
-    loop {
-        let started = Instant::now();
-        let (counts, last) = match &keyset {
-            None => {
-                let counts = db.delete_batch(&delete_scope, batch).await?;
-                let n: i64 = counts.iter().map(|(_, n)| n).sum();
-                (counts, n < i64::from(batch))
-            }
-            Some((column, cutoff)) => {
-                let window = KeyRange {
-                    column: column.clone(),
-                    lower: lower.clone(),
-                    upper: Some((cutoff.clone(), false)),
-                };
-                let (range, next, last) =
-                    match db.key_at_offset(&item.table, &window, batch).await? {
-                        None => (window, None, true),
-                        // Many rows share one timestamp: take exactly that value, then move past it.
-                        Some(u) if lower.as_ref().is_some_and(|(l, inc)| *inc && *l == u) => (
-                            KeyRange {
-                                column: column.clone(),
-                                lower: Some((u.clone(), true)),
-                                upper: Some((u.clone(), true)),
-                            },
-                            Some((u, false)),
-                            false,
-                        ),
-                        Some(u) => (
-                            KeyRange {
-                                column: column.clone(),
-                                lower: lower.clone(),
-                                upper: Some((u.clone(), false)),
-                            },
-                            Some((u, true)),
-                            false,
-                        ),
-                    };
-                let mut slice = delete_scope.clone();
-                slice.range = Some(range);
-                let counts = db.delete_all(&slice).await?;
-                lower = next;
-                (counts, last)
-            }
-        };
-        let took = started.elapsed();
-        stats.batches += 1;
-        stats.longest_batch_ms = stats.longest_batch_ms.max(took.as_millis());
-        let entry = done.items.entry(index).or_default();
-        for (org, n) in counts {
-            *entry.by_org.entry(org_key(org)).or_default() += n;
+    match scope.selectors.as_slice() {
+        [Selector::Before { column, cutoff }] if db.slicing() == Slicing::TimeWindows => {
+            let (column, cutoff) = (column.clone(), *cutoff);
+            batcher.windows(&scope, &column, cutoff, item.planned).await
         }
-        entry.finished = last;
-        let v = serde_json::to_value(&*done).map_err(|e| Error::Failed(e.to_string()))?;
-        store.checkpoint_put(jc.run.id, PROGRESS_KEY, &v).await?;
-        if last {
-            return Ok(());
+        _ => batcher.row_batches(&scope).await,
+    }
+}
+
+struct Batcher<'a> {
+    jc: &'a JobContext,
+    db: &'a AppDb,
+    p: &'a PurgeParams,
+    index: usize,
+    done: &'a mut Progress,
+    stats: &'a mut Stats,
+    /// Rows the next batch aims at.
+    rows: u32,
+}
+
+impl Batcher<'_> {
+    /// Counts one committed batch and saves progress.
+    async fn committed(&mut self, n: u64, took: Duration, progress: ItemProgress) -> Result<()> {
+        self.stats.batches += 1;
+        self.stats.longest_batch_ms = self.stats.longest_batch_ms.max(took.as_millis());
+        let finished = progress.finished;
+        self.save(n, progress).await?;
+        if !finished {
+            self.rows = adapt(
+                self.rows,
+                took,
+                self.p.target_batch_ms,
+                self.p.max_batch_size,
+            );
+            if self.p.pause_ms > 0 {
+                tokio::time::sleep(Duration::from_millis(self.p.pause_ms)).await;
+            }
         }
-        batch = adapt(batch, took, p.target_batch_ms, p.max_batch_size);
-        if p.pause_ms > 0 {
-            tokio::time::sleep(Duration::from_millis(p.pause_ms)).await;
+        Ok(())
+    }
+
+    /// `LIMIT`ed batches until the scope is empty.
+    async fn row_batches(&mut self, scope: &Scope) -> Result<()> {
+        self.drain(scope, true).await
+    }
+
+    /// Row batches over `scope`; marks the item finished at the end when `last`.
+    async fn drain(&mut self, scope: &Scope, last: bool) -> Result<()> {
+        let done_before = self.done.items.get(&self.index).and_then(|d| d.done_before);
+        loop {
+            let started = Instant::now();
+            let n = self.db.delete_batch(scope, self.rows).await?;
+            let end = n < u64::from(self.rows);
+            let progress = ItemProgress {
+                done_before,
+                finished: end && last,
+                ..Default::default()
+            };
+            self.committed(n, started.elapsed(), progress).await?;
+            if end {
+                return Ok(());
+            }
         }
     }
+
+    /// Windows `[lower, upper)` of the timestamp, oldest first, each sized to
+    /// hold about `self.rows` rows at the density the last window had.
+    async fn windows(
+        &mut self,
+        scope: &Scope,
+        column: &str,
+        cutoff: DateTime<Utc>,
+        planned: i64,
+    ) -> Result<()> {
+        let limit = Duration::from_millis(self.p.max_transaction_ms.max(1));
+        let mut lower = self.done.items.get(&self.index).and_then(|d| d.done_before);
+        let within = |lower: Option<DateTime<Utc>>| {
+            let mut s = scope.clone();
+            s.range = Some(TimeWindow {
+                column: column.to_string(),
+                lower,
+                upper: None,
+            });
+            s
+        };
+        let Some(first) = self.db.first_time(&within(lower), column).await? else {
+            return self.finish_empty(lower).await;
+        };
+        // First width: the plan's rows spread evenly between the oldest row and the cutoff.
+        let span = (cutoff - first)
+            .num_microseconds()
+            .unwrap_or(i64::MAX)
+            .max(1);
+        let mut width = if planned > 0 {
+            scale(span, f64::from(self.rows) / planned as f64)
+        } else {
+            span
+        };
+        let mut upper = first.checked_add_signed(chrono::Duration::microseconds(width));
+        loop {
+            let last = upper.is_none_or(|u| u >= cutoff);
+            let mut slice = within(lower);
+            if let (Some(r), false) = (slice.range.as_mut(), last) {
+                r.upper = upper;
+            }
+            let started = Instant::now();
+            let n = match self.db.delete_within(&slice, limit).await? {
+                Some(n) => n,
+                None => {
+                    // Denser than the last window: redo this one in bounded row batches.
+                    self.stats.windows_redone += 1;
+                    width = (width / 4).max(1);
+                    self.drain(&slice, false).await?;
+                    0
+                }
+            };
+            let done_before = if last { None } else { upper };
+            let progress = ItemProgress {
+                done_before,
+                finished: last,
+                ..Default::default()
+            };
+            self.committed(n, started.elapsed(), progress).await?;
+            if last {
+                return Ok(());
+            }
+            lower = done_before;
+            let start = if n > 0 {
+                // Aim the next window at the adapted row count, at this window's density,
+                // changing width at most fourfold per step.
+                let ratio = f64::from(self.rows) / n as f64;
+                width = scale(width, ratio.clamp(0.25, 4.0));
+                lower
+            } else {
+                // A gap: jump to the next row still in scope.
+                match self.db.first_time(&within(lower), column).await? {
+                    Some(next) => Some(next),
+                    None => return self.finish_empty(lower).await,
+                }
+            };
+            upper = start.and_then(|s| s.checked_add_signed(chrono::Duration::microseconds(width)));
+        }
+    }
+
+    /// Nothing (more) in scope: mark the item finished.
+    async fn finish_empty(&mut self, done_before: Option<DateTime<Utc>>) -> Result<()> {
+        let progress = ItemProgress {
+            done_before,
+            finished: true,
+            ..Default::default()
+        };
+        self.save(0, progress).await
+    }
+
+    /// Adds `n` deleted rows and the new position to the progress checkpoint.
+    async fn save(&mut self, n: u64, progress: ItemProgress) -> Result<()> {
+        let entry = self.done.items.entry(self.index).or_default();
+        entry.deleted += i64::try_from(n).unwrap_or(i64::MAX);
+        entry.done_before = progress.done_before;
+        entry.finished = progress.finished;
+        let v = serde_json::to_value(&*self.done).map_err(|e| Error::Failed(e.to_string()))?;
+        self.jc
+            .ctx
+            .store
+            .checkpoint_put(self.jc.run.id, PROGRESS_KEY, &v)
+            .await?;
+        Ok(())
+    }
+}
+
+/// `width × ratio`, at least one microsecond.
+fn scale(width: i64, ratio: f64) -> i64 {
+    ((width as f64) * ratio).clamp(1.0, i64::MAX as f64) as i64
+}
+
+/// Rows deleted per org: the plan's counts when the total matches them;
+/// otherwise planned − still there, and what that cannot place under [`UNPLACED`].
+async fn deleted_by_org(
+    db: &AppDb,
+    item: &PlanItem,
+    planned_scope: &Scope,
+    deleted: Option<i64>,
+) -> Result<BTreeMap<String, i64>> {
+    if deleted == Some(item.planned) {
+        return Ok(item.planned_by_org.clone());
+    }
+    let left = count_by_org(db, planned_scope).await?;
+    let mut by_org: BTreeMap<String, i64> = item
+        .planned_by_org
+        .iter()
+        .map(|(o, n)| (o.clone(), n - left.get(o).copied().unwrap_or(0)))
+        .filter(|(_, n)| *n != 0)
+        .collect();
+    if let Some(deleted) = deleted {
+        let placed: i64 = by_org.values().sum();
+        if deleted != placed {
+            by_org.insert(UNPLACED.into(), deleted - placed);
+        }
+    }
+    Ok(by_org)
 }
 
 pub async fn purge_job(jc: &JobContext) -> Result<Value> {
@@ -484,12 +650,8 @@ pub async fn purge_job(jc: &JobContext) -> Result<Value> {
                 ))
             })?;
         let planned_scope = scope(entry, item, config)?;
-        let by_org: BTreeMap<String, i64> = if jc.dry_run {
-            db.count_by_org(&planned_scope)
-                .await?
-                .into_iter()
-                .map(|(o, n)| (org_key(o), n))
-                .collect()
+        let by_org = if jc.dry_run {
+            item.planned_by_org.clone()
         } else {
             let before = done.items.get(&index).cloned();
             if !before.as_ref().is_some_and(|d| d.finished) {
@@ -506,21 +668,13 @@ pub async fn purge_job(jc: &JobContext) -> Result<Value> {
                 )
                 .await?;
             }
-            let mut by_org = done
-                .items
-                .get(&index)
-                .map(|d| d.by_org.clone())
-                .unwrap_or_default();
-            if before.is_some() {
-                // Resumed: the exact total is planned − remaining; a batch that committed
-                // before its progress was saved shows up as the difference.
-                let exact = item.planned - db.count(&planned_scope).await?;
-                let attributed: i64 = by_org.values().sum();
-                if exact > attributed {
-                    by_org.insert(UNATTRIBUTED.into(), exact - attributed);
-                }
-            }
-            by_org
+            // Resumed: a batch may have committed just before the crash, unrecorded;
+            // then only what is left tells what went.
+            let counted = match before {
+                Some(_) => None,
+                None => done.items.get(&index).map(|d| d.deleted),
+            };
+            deleted_by_org(&db, item, &planned_scope, counted).await?
         };
         let deleted: i64 = by_org.values().sum();
         total += deleted;
@@ -555,6 +709,7 @@ pub async fn purge_job(jc: &JobContext) -> Result<Value> {
         "items": items_out,
         "batches": stats.batches,
         "longest_batch_ms": stats.longest_batch_ms,
+        "windows_redone": stats.windows_redone,
         "plan_ms": stats.plan_ms,
         "delete_ms": deleting.elapsed().as_millis(),
         "warnings": warnings.iter().map(|w| format!("{}: {}", w.location, w.message)).collect::<Vec<_>>(),
