@@ -62,6 +62,7 @@ conformance!(
     list_and_count_runs,
     audit_appends_form_one_chain_even_concurrently,
     outbox_dedupes_leases_retries_and_delivers,
+    dsr_left_in_progress_by_a_crashed_run_is_taken_again,
 );
 
 fn new_run(job: &str, at: chrono::DateTime<Utc>) -> NewRun {
@@ -563,4 +564,52 @@ async fn sqlite_audit_table_is_append_only() {
         let err = sqlx::query(sql).execute(&pool).await.expect_err(sql);
         assert!(err.to_string().contains("append-only"), "{sql}: {err}");
     }
+}
+
+async fn dsr_left_in_progress_by_a_crashed_run_is_taken_again(s: Arc<dyn Store>) {
+    let new = lethe::store::NewDsr {
+        kind: "erasure".into(),
+        subject: "a@x.example".into(),
+        jurisdiction: "gdpr".into(),
+        state: lethe::store::DsrState::Verified,
+        reason: None,
+        detail: None,
+        source: "cli".into(),
+        idempotency_key: None,
+        received_at: Utc::now(),
+        due_at: Utc::now() + CDuration::days(30),
+    };
+    let lethe::store::DsrInsert::Created(req) = s.dsr_insert(&new).await.unwrap() else {
+        panic!("not created");
+    };
+    let a = s.enqueue(&new_run("dsr-a", past())).await.unwrap().unwrap();
+    let b = s.enqueue(&new_run("dsr-b", past())).await.unwrap().unwrap();
+    s.claim_run(a, "w1", LEASE).await.unwrap().unwrap();
+    s.claim_run(b, "w2", LEASE).await.unwrap().unwrap();
+    assert_eq!(s.dsr_due(10, a).await.unwrap().len(), 1);
+    assert!(s.dsr_claim(req.id, a).await.unwrap());
+    assert!(
+        !s.dsr_claim(req.id, b).await.unwrap(),
+        "run a is running: b may not take its request"
+    );
+    assert!(s.dsr_due(10, b).await.unwrap().is_empty());
+    assert!(
+        s.dsr_claim(req.id, a).await.unwrap(),
+        "a later attempt of run a takes it again"
+    );
+    // Run a dies without finishing the request: b may take it now.
+    s.finish(
+        a,
+        "w1",
+        &lethe::store::Outcome::Dead {
+            error: "killed".into(),
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(s.dsr_due(10, b).await.unwrap().len(), 1);
+    assert!(s.dsr_claim(req.id, b).await.unwrap());
+    let got = s.dsr_get(req.id).await.unwrap().unwrap();
+    assert_eq!(got.state, lethe::store::DsrState::InProgress);
+    assert_eq!(got.attempts, 3);
 }

@@ -88,6 +88,9 @@ async fn upload_stream(
     }
 }
 
+/// Checkpoint naming the object an attempt is uploading.
+const UPLOAD_KEY: &str = "backup.upload";
+
 /// `backup.create`: returns the catalog row.
 pub async fn create(ctx: &Context, run_id: Option<i64>) -> Result<BackupRecord> {
     let cfg = &ctx.config.backup;
@@ -103,6 +106,12 @@ pub async fn create(ctx: &Context, run_id: Option<i64>) -> Result<BackupRecord> 
     };
     let object_key = format!("{}{id}.{ext}.zst.age", cfg.prefix);
     let manifest_key = format!("{}{id}.manifest.json", cfg.prefix);
+    if let Some(run_id) = run_id {
+        // Before any part exists: a retry after a crash knows which upload to abort.
+        ctx.store
+            .checkpoint_put(run_id, UPLOAD_KEY, &json!({ "object": object_key }))
+            .await?;
+    }
     let (level, threads) = (cfg.zstd_level, cfg.zstd_threads);
 
     let (enc, row_counts, server_version) = match &db {
@@ -481,6 +490,20 @@ pub async fn create_job(jc: &JobContext) -> Result<Value> {
         );
     }
     let started = Instant::now();
+    // A previous attempt killed mid-upload left its multipart upload open: abort it.
+    let mut orphans_aborted = 0;
+    if let Some(prev) = jc.ctx.store.checkpoint_get(jc.run.id, UPLOAD_KEY).await? {
+        if let Some(object) = prev["object"].as_str() {
+            orphans_aborted = open_store(&jc.ctx).await?.abort_uploads(object).await?;
+            if orphans_aborted > 0 {
+                tracing::warn!(
+                    object,
+                    orphans_aborted,
+                    "aborted the upload a crashed attempt left open"
+                );
+            }
+        }
+    }
     let b = create(&jc.ctx, Some(jc.run.id)).await?;
     crate::audit::record(
         jc.ctx.store.as_ref(),
@@ -496,6 +519,7 @@ pub async fn create_job(jc: &JobContext) -> Result<Value> {
         "ratio": if b.stored_bytes > 0 { b.raw_bytes as f64 / b.stored_bytes as f64 } else { 0.0 },
         "tables": b.manifest["row_counts"].as_object().map_or(0, |m| m.len()),
         "duration_ms": started.elapsed().as_millis() as u64,
+        "orphans_aborted": orphans_aborted,
     }))
 }
 

@@ -61,6 +61,9 @@ pub enum Command {
         /// Override a parameter: K=V (V parsed as TOML, else a string).
         #[arg(long = "param", value_name = "K=V")]
         params: Vec<String>,
+        /// Only queue the run; a `lethe serve` replica takes it. Prints the run id.
+        #[arg(long)]
+        detach: bool,
         #[arg(long)]
         json: bool,
     },

@@ -40,8 +40,16 @@ pub async fn dispatch(cli: Cli) -> Result<i32> {
             job,
             dry_run,
             params,
+            detach,
             json,
-        } => run::run(open(cfg_flag).await?, &job, dry_run, &params, json).await,
+        } => {
+            let ctx = open(cfg_flag).await?;
+            if detach {
+                run::detach(ctx, &job, dry_run, &params, json).await
+            } else {
+                run::run(ctx, &job, dry_run, &params, json).await
+            }
+        }
         Command::Jobs { command } => match command {
             JobsCommand::List { json } => jobs::list(open(cfg_flag).await?, json).await,
             JobsCommand::History { limit, job, json } => {

@@ -7,7 +7,7 @@ use serde_json::Value;
 use crate::config::JobSpec;
 use crate::context::Context;
 use crate::error::Error;
-use crate::runner::{run_now, JobKind, Schedule};
+use crate::runner::{enqueue_manual, run_now, JobKind, Schedule};
 
 pub async fn run(
     ctx: Arc<Context>,
@@ -42,6 +42,32 @@ pub async fn run(
         }
     }
     Ok(if report.succeeded() { 0 } else { 1 })
+}
+
+/// `lethe run --detach`: queues the run for the `serve` replicas and returns at once.
+pub async fn detach(
+    ctx: Arc<Context>,
+    job: &str,
+    dry_run: bool,
+    params: &[String],
+    json: bool,
+) -> Result<i32> {
+    let spec = find_job(&ctx, job)?;
+    let params = merge_params(&spec, params)?;
+    preflight(&ctx, spec.kind).await?;
+    let (run_id, scheduled_for) = enqueue_manual(&ctx, &spec, params, dry_run).await?;
+    if json {
+        super::print_json(&serde_json::json!({
+            "job": spec.name, "kind": spec.kind.to_string(), "status": "queued",
+            "run_id": run_id, "scheduled_for": scheduled_for, "dry_run": dry_run,
+        }))?;
+    } else {
+        println!(
+            "{} ({}) queued as run {run_id}; `lethe serve` takes it — follow with `lethe jobs history --job {}`",
+            spec.name, spec.kind, spec.name
+        );
+    }
+    Ok(0)
 }
 
 /// Checks that fail before a run is queued, so bad config exits 2 and records nothing.

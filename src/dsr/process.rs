@@ -280,7 +280,7 @@ async fn export(
 pub async fn process_job(jc: &JobContext) -> Result<Value> {
     let p: ProcessParams = jc.params()?;
     let ctx = jc.ctx.as_ref();
-    let due = ctx.store.dsr_due(p.limit.max(1)).await?;
+    let due = ctx.store.dsr_due(p.limit.max(1), jc.run.id).await?;
     if jc.dry_run {
         let ids: Vec<i64> = due.iter().map(|r| r.id).collect();
         return Ok(json!({"dry_run": true, "would_process": ids}));
@@ -290,17 +290,7 @@ pub async fn process_job(jc: &JobContext) -> Result<Value> {
     let mut took_ms: Vec<f64> = Vec::new();
     for r in due {
         let started = std::time::Instant::now();
-        if !ctx
-            .store
-            .dsr_transition(
-                r.id,
-                &[DsrState::Verified, DsrState::Failed],
-                DsrState::InProgress,
-                None,
-                None,
-            )
-            .await?
-        {
+        if !ctx.store.dsr_claim(r.id, jc.run.id).await? {
             continue; // another worker took it
         }
         let outcome = match r.kind.as_str() {

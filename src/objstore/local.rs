@@ -175,4 +175,16 @@ impl ObjectStore for LocalStore {
             .filter(|k| k.starts_with(prefix) && k.ends_with(".partial"))
             .collect())
     }
+
+    async fn abort_uploads(&self, prefix: &str) -> Result<usize> {
+        let open = self.open_uploads(prefix).await?;
+        for key in &open {
+            match tokio::fs::remove_file(self.path(key)).await {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(error("abort", key, e)),
+            }
+        }
+        Ok(open.len())
+    }
 }

@@ -44,6 +44,9 @@ pub trait ObjectStore: Send + Sync {
     async fn presign(&self, key: &str, ttl: Duration) -> Result<String>;
     /// Multipart uploads started but neither completed nor aborted (orphans).
     async fn open_uploads(&self, prefix: &str) -> Result<Vec<String>>;
+    /// Aborts every open upload whose key starts with `prefix`: what a killed
+    /// process left behind. Returns how many.
+    async fn abort_uploads(&self, prefix: &str) -> Result<usize>;
 }
 
 pub async fn open(cfg: &ObjectStoreConfig) -> Result<Arc<dyn ObjectStore>> {

@@ -332,4 +332,32 @@ impl ObjectStore for S3Store {
             .filter_map(|u| u.key().map(str::to_string))
             .collect())
     }
+
+    async fn abort_uploads(&self, prefix: &str) -> Result<usize> {
+        let full = self.key(prefix);
+        let out = self
+            .client
+            .list_multipart_uploads()
+            .bucket(&self.bucket)
+            .prefix(&full)
+            .send()
+            .await
+            .map_err(|e| sdk("list uploads under", &full, e))?;
+        let mut aborted = 0;
+        for u in out.uploads() {
+            let (Some(key), Some(id)) = (u.key(), u.upload_id()) else {
+                continue;
+            };
+            self.client
+                .abort_multipart_upload()
+                .bucket(&self.bucket)
+                .key(key)
+                .upload_id(id)
+                .send()
+                .await
+                .map_err(|e| sdk("abort upload of", key, e))?;
+            aborted += 1;
+        }
+        Ok(aborted)
+    }
 }

@@ -77,6 +77,32 @@ pub async fn run_now(
     params: Value,
     dry_run: bool,
 ) -> Result<RunReport> {
+    let (id, _) = enqueue_manual(ctx, spec, params, dry_run).await?;
+    let owner = ctx.worker_id.clone();
+    let Some(run) = ctx
+        .store
+        .claim_run(id, &owner, ctx.config.runner.lease)
+        .await?
+    else {
+        return Err(Error::Failed(format!(
+            "job {} is already running elsewhere and does not allow overlap; run {id} stays queued and \
+             `lethe serve` will take it when the other run ends",
+            spec.name
+        )));
+    };
+    let (_never, cancel) = watch::channel(false);
+    let done = execute(ctx.clone(), run, owner, cancel).await?;
+    Ok(RunReport::from_run(&done))
+}
+
+/// Queues a manual run due now; a worker (this process or any `lethe serve`)
+/// takes it. Returns its id and `scheduled_for`.
+pub async fn enqueue_manual(
+    ctx: &Context,
+    spec: &JobSpec,
+    params: Value,
+    dry_run: bool,
+) -> Result<(i64, chrono::DateTime<chrono::Utc>)> {
     let now = ctx.store.now().await?;
     let new = NewRun {
         job: spec.name.clone(),
@@ -95,21 +121,7 @@ pub async fn run_now(
             spec.name
         ))
     })?;
-    let owner = ctx.worker_id.clone();
-    let Some(run) = ctx
-        .store
-        .claim_run(id, &owner, ctx.config.runner.lease)
-        .await?
-    else {
-        return Err(Error::Failed(format!(
-            "job {} is already running elsewhere and does not allow overlap; run {id} stays queued and \
-             `lethe serve` will take it when the other run ends",
-            spec.name
-        )));
-    };
-    let (_never, cancel) = watch::channel(false);
-    let done = execute(ctx.clone(), run, owner, cancel).await?;
-    Ok(RunReport::from_run(&done))
+    Ok((id, new.scheduled_for))
 }
 
 /// Runs one claimed attempt to its end and returns the run as stored afterwards.

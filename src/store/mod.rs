@@ -516,8 +516,13 @@ pub trait Store: Send + Sync {
     async fn dsr_insert(&self, r: &NewDsr) -> Result<DsrInsert>;
     async fn dsr_get(&self, id: i64) -> Result<Option<DsrRequest>>;
     async fn dsr_list(&self, state: Option<DsrState>, limit: u32) -> Result<Vec<DsrRequest>>;
-    /// Requests to process (verified, or failed and due for a retry), earliest deadline first.
-    async fn dsr_due(&self, limit: u32) -> Result<Vec<DsrRequest>>;
+    /// Requests run `run_id` may process, earliest deadline first: verified,
+    /// failed (a retry), or left in progress by a run that is not running any
+    /// more (it crashed) or that is `run_id` itself in an earlier attempt.
+    async fn dsr_due(&self, limit: u32, run_id: i64) -> Result<Vec<DsrRequest>>;
+    /// Takes one of those requests for `run_id` (state `in_progress`); false
+    /// if another run has it.
+    async fn dsr_claim(&self, id: i64, run_id: i64) -> Result<bool>;
     /// Moves a request from one state to another; false if it was not in `from`.
     async fn dsr_transition(
         &self,

@@ -15,6 +15,10 @@ use super::*;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
 
+/// Requests run `$2` may take: verified, failed, or in progress under a run
+/// that is not running (crashed) or is `$2` itself (an earlier attempt).
+const DSR_TAKEABLE: &str = "(state IN ('verified', 'failed') OR (state = 'in_progress' AND (claimed_by_run IS NULL OR claimed_by_run = $2 OR NOT EXISTS (SELECT 1 FROM job_runs r WHERE r.id = claimed_by_run AND r.state = 'running'))))";
+
 const TS_FORMAT: &str = "%Y-%m-%dT%H:%M:%S%.6fZ";
 
 pub struct SqliteStore {
@@ -749,14 +753,30 @@ impl Store for SqliteStore {
         rows.iter().map(dsr_from_row).collect()
     }
 
-    async fn dsr_due(&self, limit: u32) -> Result<Vec<DsrRequest>> {
-        let rows = sqlx::query(
-            "SELECT * FROM dsr_requests WHERE state IN ('verified', 'failed') ORDER BY due_at, id LIMIT $1",
-        )
+    async fn dsr_due(&self, limit: u32, run_id: i64) -> Result<Vec<DsrRequest>> {
+        let rows = sqlx::query(&format!(
+            "SELECT * FROM dsr_requests WHERE {DSR_TAKEABLE} ORDER BY due_at, id LIMIT $1"
+        ))
         .bind(i64::from(limit))
+        .bind(run_id)
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(dsr_from_row).collect()
+    }
+
+    async fn dsr_claim(&self, id: i64, run_id: i64) -> Result<bool> {
+        let n = sqlx::query(&format!(
+            "UPDATE dsr_requests SET state = 'in_progress', claimed_by_run = $2,
+                    attempts = attempts + 1, updated_at = $3
+             WHERE id = $1 AND {DSR_TAKEABLE}"
+        ))
+        .bind(id)
+        .bind(run_id)
+        .bind(ts(Utc::now()))
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(n == 1)
     }
 
     async fn dsr_transition(

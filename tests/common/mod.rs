@@ -7,6 +7,8 @@ use std::process::{Command, Output};
 
 use sqlx::Connection;
 
+pub mod fault_proxy;
+
 /// The servers are required when `scripts/test` started them; a bare `cargo test`
 /// without them skips server tests loudly instead of failing on setup.
 pub fn server_env(var: &str) -> Option<String> {
@@ -211,4 +213,35 @@ pub fn wait_exit(child: &mut std::process::Child, secs: u64) -> Option<i32> {
     }
     let _ = child.kill();
     panic!("process {} did not exit within {secs}s", child.id());
+}
+
+/// Polls `lethe jobs history --job JOB` (through `lethe`, a configured command
+/// factory) until its newest run has ended; returns that run.
+pub fn wait_run_end(lethe: impl Fn() -> Command, job: &str, secs: u64) -> serde_json::Value {
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    loop {
+        let h = stdout_json(&run_ok(
+            lethe().args(["jobs", "history", "--json", "--job", job]),
+        ));
+        let r = h["runs"][0].clone();
+        if r["state"] == "succeeded" || r["state"] == "dead" {
+            return r;
+        }
+        assert!(
+            std::time::Instant::now() < until,
+            "run of {job} did not end within {secs}s: {r}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
+/// `lethe serve` on a free port, stderr to a file in the config folder (for post-mortems).
+pub fn spawn_serve(mut cmd: Command, log: &Path) -> std::process::Child {
+    let err = std::fs::File::create(log).unwrap();
+    cmd.arg("serve")
+        .env("LETHE_HTTP_LISTEN", "127.0.0.1:0")
+        .stdout(std::process::Stdio::null())
+        .stderr(err)
+        .spawn()
+        .unwrap()
 }
