@@ -482,8 +482,9 @@ async fn crash_mid_purge_resumes_without_redoing_or_skipping_rows(pg: bool) {
     crash_and_resume(pg, &map, 151, 400).await;
 }
 
-/// SIGKILLs `lethe run purge` once 40 rows are gone; a `serve` rescues the run,
-/// which must end with exactly `expected` rows deleted and counted once.
+/// Injects: SIGKILL of the `lethe serve` running the purge once 40 rows are
+/// gone. Must hold: another `serve` rescues the run, which ends with exactly
+/// `expected` rows deleted, each counted once, under its org.
 async fn crash_and_resume(pg: bool, map: &str, expected: i64, pause_ms: u64) {
     let runner =
         "lease = \"1s\"\nretry_base = \"100ms\"\nretry_max = \"200ms\"\npoll_interval = \"100ms\"";
@@ -495,8 +496,9 @@ async fn crash_and_resume(pg: bool, map: &str, expected: i64, pause_ms: u64) {
         "purge",
         &format!("kind = \"retention.purge\"\nschedule = \"0 15 2 * * *\"\nenabled = false\n[params]\nbatch_size = 5\npause_ms = {pause_ms}\n"),
     );
-    let mut child = f.lethe().args(["run", "purge"]).spawn().unwrap();
-    // Kill it after a few batches have committed.
+    // A `serve` takes the queued run; it is SIGKILLed after a few batches committed.
+    let mut a = common::spawn_serve(f.lethe(), &f.c.path().join("serve-a.log"));
+    run_ok(f.lethe().args(["run", "purge", "--detach"]));
     let deadline = Instant::now() + Duration::from_secs(30);
     while f.count("1 = 1").await > 251 - 40 {
         assert!(
@@ -505,32 +507,14 @@ async fn crash_and_resume(pg: bool, map: &str, expected: i64, pause_ms: u64) {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    child.kill().unwrap();
-    child.wait().unwrap();
+    common::signal(&a, libc::SIGKILL);
+    a.wait().unwrap();
     let left = f.count("1 = 1").await;
     assert!(left > 251 - expected, "killed mid-way: {left} rows left");
 
-    // A serve process rescues the run (lease lapsed) and finishes the same plan.
-    let mut serve = f
-        .lethe()
-        .arg("serve")
-        .env("LETHE_HTTP_LISTEN", "127.0.0.1:0")
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(40);
-    let run = loop {
-        let h = stdout_json(&run_ok(
-            f.lethe()
-                .args(["jobs", "history", "--json", "--job", "purge"]),
-        ));
-        let r = h["runs"][0].clone();
-        if r["state"] == "succeeded" {
-            break r;
-        }
-        assert!(Instant::now() < deadline, "the run was not resumed: {r}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    // Another serve rescues the run (lease lapsed) and finishes the same plan.
+    let mut serve = common::spawn_serve(f.lethe(), &f.c.path().join("serve-b.log"));
+    let run = common::wait_run_end(|| f.lethe(), "purge", 40);
     common::signal(&serve, libc::SIGTERM);
     common::wait_exit(&mut serve, 30);
 

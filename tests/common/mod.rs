@@ -238,8 +238,10 @@ pub fn wait_run_end(lethe: impl Fn() -> Command, job: &str, secs: u64) -> serde_
 /// `lethe serve` on a free port, stderr to a file in the config folder (for post-mortems).
 pub fn spawn_serve(mut cmd: Command, log: &Path) -> std::process::Child {
     let err = std::fs::File::create(log).unwrap();
+    if !cmd.get_envs().any(|(k, _)| k == "LETHE_HTTP_LISTEN") {
+        cmd.env("LETHE_HTTP_LISTEN", "127.0.0.1:0");
+    }
     cmd.arg("serve")
-        .env("LETHE_HTTP_LISTEN", "127.0.0.1:0")
         .stdout(std::process::Stdio::null())
         .stderr(err)
         .spawn()
