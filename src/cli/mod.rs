@@ -14,7 +14,7 @@ pub struct Cli {
     #[arg(long, global = true)]
     pub config: Option<PathBuf>,
     /// Log format on stderr.
-    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "LETHE_LOG_FORMAT")]
     pub log_format: LogFormat,
     #[command(subcommand)]
     pub command: Command,
