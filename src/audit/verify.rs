@@ -42,12 +42,34 @@ fn str_field<'a>(v: &'a Value, name: &str) -> std::result::Result<&'a str, Strin
         .ok_or_else(|| format!("field `{name}` is not a string"))
 }
 
+/// Fields a line may have, and no others: anything the hash or HMAC does not
+/// cover would be an unnoticed edit.
+fn only_fields(v: &Value, allowed: &[&str]) -> std::result::Result<(), String> {
+    let obj = v.as_object().ok_or("not a JSON object")?;
+    match obj.keys().find(|k| !allowed.contains(&k.as_str())) {
+        Some(k) => Err(format!("unexpected field `{k}` (the line was altered)")),
+        None => Ok(()),
+    }
+}
+
+const EVENT_FIELDS: &[&str] = &[
+    "seq",
+    "at",
+    "actor",
+    "action",
+    "target",
+    "details",
+    "prev_hash",
+    "hash",
+];
+
 /// Checks one event line against the expected predecessor; returns its hash.
 fn check_event(
     v: &Value,
     expected_seq: i64,
     expected_prev: &str,
 ) -> std::result::Result<String, String> {
+    only_fields(v, EVENT_FIELDS)?;
     let seq = field(v, "seq")?
         .as_i64()
         .ok_or("field `seq` is not an integer")?;
@@ -107,6 +129,16 @@ pub fn verify(reader: impl BufRead, key: Option<&Secret>) -> Result<VerifyReport
         };
         if let Some(sig) = v.get("signature") {
             seen_signature = true;
+            let shape = only_fields(&v, &["signature"])
+                .and_then(|()| only_fields(sig, &["alg", "events", "hmac", "last_hash"]));
+            if let Err(problem) = shape {
+                return Ok(report.broken(line_no, format!("signature block: {problem}")));
+            }
+            if sig.get("alg").and_then(Value::as_str) != Some("HMAC-SHA256") {
+                return Ok(
+                    report.broken(line_no, "signature block: `alg` must be HMAC-SHA256".into())
+                );
+            }
             let stated = sig.get("hmac").and_then(Value::as_str).unwrap_or_default();
             let events = sig.get("events").and_then(Value::as_u64);
             let last = sig.get("last_hash").and_then(Value::as_str);
@@ -140,6 +172,14 @@ pub fn verify(reader: impl BufRead, key: Option<&Secret>) -> Result<VerifyReport
             m.update(&raw);
             m.update(b"\n");
         }
+    }
+    if mac.is_some() {
+        // With a key, only a signature block proves nothing was cut from the end.
+        return Ok(report.broken(
+            line_no + 1,
+            "no signature block at the end: the file was cut short, or exported without --signed"
+                .into(),
+        ));
     }
     Ok(report)
 }

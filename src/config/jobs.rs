@@ -70,7 +70,12 @@ pub fn load_dir(dir: &Path) -> Result<Vec<JobSpec>> {
 pub fn load_file(path: &Path) -> Result<JobSpec> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| Error::config(path, format!("cannot read job file: {e}")))?;
-    let src = SourceFile { path, text: &text };
+    from_text(path, &text)
+}
+
+/// Parses a job file's `text` as if read from `path` (its stem names the job).
+pub fn from_text(path: &Path, text: &str) -> Result<JobSpec> {
+    let src = SourceFile { path, text };
     let name = path
         .file_stem()
         .and_then(|s| s.to_str())

@@ -12,7 +12,7 @@ pub use data_map::{
     AnonymizeRule, AppMapping, DataMapEntry, Erasure, MembershipsTable, OrgsTable, SubjectsTable,
 };
 pub use duration::{format_duration, parse_duration};
-pub use jobs::{CatchUp, JobSpec};
+pub use jobs::{from_text as job_from_text, CatchUp, JobSpec};
 pub use secret::{redact_url, url_has_password, Secret, SecretSource};
 
 use std::net::SocketAddr;
@@ -456,12 +456,18 @@ impl Config {
                 ),
             )
         })?;
+        Config::from_text(path, &text)
+    }
+
+    /// Parses and validates `text` as if read from `path` (relative paths,
+    /// jobs_dir and error locations resolve against it).
+    pub fn from_text(path: &Path, text: &str) -> Result<Config> {
         let dir = path
             .parent()
             .filter(|p| !p.as_os_str().is_empty())
             .map(Path::to_path_buf)
             .unwrap_or_else(|| PathBuf::from("."));
-        let src = SourceFile { path, text: &text };
+        let src = SourceFile { path, text };
         let raw: RawConfig = src.parse()?;
 
         let database_url = match env_nonempty(ENV_DATABASE_URL) {
