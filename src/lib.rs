@@ -18,6 +18,7 @@ pub mod keys;
 pub mod metrics;
 pub mod notify;
 pub mod objstore;
+pub mod progress;
 pub mod retention;
 pub mod runner;
 pub mod store;

@@ -436,3 +436,63 @@ fn init_writes_a_working_starter_and_refuses_to_overwrite() {
             .arg("check"),
     );
 }
+
+/// A retention purge of 600 rows in batches of 10, against a small SQLite app.
+fn slow_purge_dir() -> ConfigDir {
+    let map = "[[data_map]]\ntable = \"events\"\nclass = \"events\"\ntimestamp = \"created_at\"\nretention = \"90d\"\n";
+    let c = ConfigDir::full(None, None, "", "", map);
+    let app = c.path().join("app.db");
+    let status = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(format!(
+            "import sqlite3; c = sqlite3.connect({:?}); c.execute('CREATE TABLE events (id INTEGER PRIMARY KEY, created_at TEXT)'); \
+             c.executemany('INSERT INTO events (created_at) VALUES (datetime(\"now\", ?))', [('-%d days' % (100 + i % 300),) for i in range(600)]); c.commit()",
+            app.display().to_string()
+        ))
+        .status()
+        .unwrap();
+    assert!(status.success());
+    c.job(
+        "purge",
+        "kind = \"retention.purge\"\nschedule = \"0 0 3 * * *\"\n[params]\nbatch_size = 10\npause_ms = 10\n",
+    );
+    run_ok(c.lethe().arg("migrate"));
+    c
+}
+
+#[test]
+fn long_runs_draw_a_progress_bar_on_a_terminal_and_plain_logs_otherwise() {
+    if std::process::Command::new("script")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("SKIP: util-linux `script` (a pseudo-terminal) is not installed");
+        return;
+    }
+    let c = slow_purge_dir();
+    // Through `script`, stderr is a pseudo-terminal: the bar is drawn (and cleared at the end).
+    let cmd = format!(
+        "{} --config {} run purge",
+        env!("CARGO_BIN_EXE_lethe"),
+        c.config().display()
+    );
+    let out = std::process::Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    let tty = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{tty}");
+    assert!(
+        tty.contains("purge events") && tty.contains("rows"),
+        "a bar on the terminal: {tty}"
+    );
+    // Piped (a fresh copy of the data): no bar, only the result.
+    let c2 = slow_purge_dir();
+    let out = c2.lethe().args(["run", "purge"]).output().unwrap();
+    assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("purge events"), "no bar when piped: {err}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("succeeded"));
+}

@@ -64,7 +64,9 @@ async fn upload_stream(
     let producer = tokio::task::spawn_blocking(move || produce(sink));
     let mut upload = store.upload(key).await?;
     let mut upload_err = None;
+    let bar = crate::progress::bar("backup: uploaded", None, crate::progress::Unit::Bytes);
     while let Some(part) = rx.recv().await {
+        bar.inc(part.len() as u64);
         if let Err(e) = upload.part(part).await {
             upload_err = Some(e);
             break;

@@ -51,6 +51,7 @@ pub async fn status(ctx: Arc<Context>, json_out: bool) -> Result<i32> {
 }
 
 pub async fn rotate(ctx: Arc<Context>, org: Option<&str>, json_out: bool) -> Result<i32> {
+    crate::progress::enable_on_terminal();
     let v = crate::keys::rotate(&ctx, org, &crate::audit::actor_cli()).await?;
     if json_out {
         super::print_json(&v)?;

@@ -19,6 +19,7 @@ pub async fn run(
     let spec = find_job(&ctx, job)?;
     let params = merge_params(&spec, params)?;
     preflight(&ctx, spec.kind).await?;
+    crate::progress::enable_on_terminal();
     let report = run_now(&ctx, &spec, params, dry_run).await?;
     if json {
         super::print_json(&report)?;

@@ -288,7 +288,13 @@ pub async fn process_job(jc: &JobContext) -> Result<Value> {
     let db = AppDb::connect(&ctx.config.database.url).await?;
     let (mut completed, mut rejected, mut failed) = (Vec::new(), Vec::new(), Vec::new());
     let mut took_ms: Vec<f64> = Vec::new();
+    let bar = crate::progress::bar(
+        "dsr requests",
+        Some(due.len() as u64),
+        crate::progress::Unit::Items,
+    );
     for r in due {
+        bar.inc(1);
         let started = std::time::Instant::now();
         if !ctx.store.dsr_claim(r.id, jc.run.id).await? {
             continue; // another worker took it

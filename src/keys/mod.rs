@@ -253,6 +253,11 @@ pub async fn rotate(ctx: &Arc<Context>, only: Option<&str>, actor: &str) -> Resu
         .collect();
     let slots = Arc::new(Semaphore::new(ctx.config.keys.concurrency));
     let mut tasks = JoinSet::new();
+    let bar = crate::progress::bar(
+        "keys: orgs rotated",
+        Some(list.len() as u64),
+        crate::progress::Unit::Items,
+    );
     for (org, closed) in list {
         let (ctx, kms, actor) = (ctx.clone(), kms.clone(), actor.to_string());
         let kek = keks.remove(&org);
@@ -270,6 +275,7 @@ pub async fn rotate(ctx: &Arc<Context>, only: Option<&str>, actor: &str) -> Resu
     let mut outcomes = Vec::new();
     let mut errors = Vec::new();
     while let Some(r) = tasks.join_next().await {
+        bar.inc(1);
         match r.map_err(|e| Error::Failed(e.to_string())).and_then(|x| x) {
             Ok(o) => outcomes.push(o),
             Err(e) => errors.push(e.to_string()),

@@ -29,6 +29,7 @@ use serde_json::{json, Value};
 use crate::appdb::{check_data_map, AppDb, Scope, Selector, Slicing, TimeWindow};
 use crate::config::{Config, DataMapEntry};
 use crate::error::{Error, Result};
+use crate::progress;
 use crate::runner::JobContext;
 use crate::store::{HoldScope, Store};
 
@@ -389,6 +390,11 @@ async fn delete_item(
         done,
         stats,
         rows: p.batch_size.max(1),
+        bar: progress::bar(
+            &format!("purge {}", item.table),
+            u64::try_from(item.planned).ok(),
+            progress::Unit::Rows,
+        ),
     };
     match scope.selectors.as_slice() {
         [Selector::Before { column, cutoff }] if db.slicing() == Slicing::TimeWindows => {
@@ -408,11 +414,13 @@ struct Batcher<'a> {
     stats: &'a mut Stats,
     /// Rows the next batch aims at.
     rows: u32,
+    bar: progress::Bar,
 }
 
 impl Batcher<'_> {
     /// Counts one committed batch and saves progress.
     async fn committed(&mut self, n: u64, took: Duration, progress: ItemProgress) -> Result<()> {
+        self.bar.inc(n);
         self.stats.batches += 1;
         self.stats.longest_batch_ms = self.stats.longest_batch_ms.max(took.as_millis());
         let finished = progress.finished;
