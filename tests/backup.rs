@@ -111,19 +111,6 @@ async fn sqlite_setup(extra_backup: &str) -> Setup {
     }
 }
 
-fn s3_client(moto: &str) -> aws_sdk_s3::Client {
-    let conf = aws_sdk_s3::config::Builder::new()
-        .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
-        .region(aws_sdk_s3::config::Region::new("us-east-1"))
-        .endpoint_url(moto)
-        .force_path_style(true)
-        .credentials_provider(aws_sdk_s3::config::Credentials::new(
-            "testing", "testing", None, None, "test",
-        ))
-        .build();
-    aws_sdk_s3::Client::from_conf(conf)
-}
-
 /// PostgreSQL app database (with ~13 MB of incompressible-ish text) and an S3 bucket in moto.
 async fn pg_s3_setup(
     bucket_exists: bool,
@@ -142,7 +129,7 @@ async fn pg_s3_setup(
     .await
     .unwrap();
     let bucket = format!("lethe-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
-    let s3 = s3_client(&moto);
+    let s3 = common::s3_client(&moto);
     if bucket_exists {
         s3.create_bucket().bucket(&bucket).send().await.unwrap();
     }

@@ -18,19 +18,6 @@ use serde_json::Value;
 const RUNNER: &str =
     "lease = \"1s\"\nretry_base = \"100ms\"\nretry_max = \"300ms\"\npoll_interval = \"100ms\"";
 
-fn s3_client(moto: &str) -> aws_sdk_s3::Client {
-    let conf = aws_sdk_s3::config::Builder::new()
-        .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
-        .region(aws_sdk_s3::config::Region::new("us-east-1"))
-        .endpoint_url(moto)
-        .force_path_style(true)
-        .credentials_provider(aws_sdk_s3::config::Credentials::new(
-            "testing", "testing", None, None, "test",
-        ))
-        .build();
-    aws_sdk_s3::Client::from_conf(conf)
-}
-
 /// A PostgreSQL app database of `rows` random rows, backed up to a moto
 /// bucket reached only through a fault proxy running `rule`.
 struct S3Setup {
@@ -59,7 +46,7 @@ impl S3Setup {
             "faults-{}",
             &uuid::Uuid::new_v4().simple().to_string()[..12]
         );
-        let s3 = s3_client(&moto);
+        let s3 = common::s3_client(&moto);
         s3.create_bucket().bucket(&bucket).send().await.unwrap();
         let proxy = FaultProxy::start(&moto, rule).await;
         let identity = age::x25519::Identity::generate();

@@ -16,9 +16,7 @@ pub async fn run(
     params: &[String],
     json: bool,
 ) -> Result<i32> {
-    let spec = find_job(&ctx, job)?;
-    let params = merge_params(&spec, params)?;
-    preflight(&ctx, spec.kind).await?;
+    let (spec, params) = prepare(&ctx, job, params).await?;
     crate::progress::enable_on_terminal();
     let report = run_now(&ctx, &spec, params, dry_run).await?;
     if json {
@@ -53,9 +51,7 @@ pub async fn detach(
     params: &[String],
     json: bool,
 ) -> Result<i32> {
-    let spec = find_job(&ctx, job)?;
-    let params = merge_params(&spec, params)?;
-    preflight(&ctx, spec.kind).await?;
+    let (spec, params) = prepare(&ctx, job, params).await?;
     let (run_id, scheduled_for) = enqueue_manual(&ctx, &spec, params, dry_run).await?;
     if json {
         super::print_json(&serde_json::json!({
@@ -69,6 +65,14 @@ pub async fn detach(
         );
     }
     Ok(0)
+}
+
+/// The job, its merged params, and the checks that must pass before it is queued.
+async fn prepare(ctx: &Context, job: &str, params: &[String]) -> Result<(JobSpec, Value), Error> {
+    let spec = find_job(ctx, job)?;
+    let params = merge_params(&spec, params)?;
+    preflight(ctx, spec.kind).await?;
+    Ok((spec, params))
 }
 
 /// Checks that fail before a run is queued, so bad config exits 2 and records nothing.

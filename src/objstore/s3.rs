@@ -52,6 +52,24 @@ impl S3Store {
         })
     }
 
+    /// Open multipart uploads under `prefix`: (full key, upload id).
+    async fn uploads_under(&self, prefix: &str) -> Result<Vec<(String, String)>> {
+        let full = self.key(prefix);
+        let out = self
+            .client
+            .list_multipart_uploads()
+            .bucket(&self.bucket)
+            .prefix(&full)
+            .send()
+            .await
+            .map_err(|e| sdk("list uploads under", &full, e))?;
+        Ok(out
+            .uploads()
+            .iter()
+            .filter_map(|u| Some((u.key()?.to_string(), u.upload_id()?.to_string())))
+            .collect())
+    }
+
     fn key(&self, key: &str) -> String {
         format!("{}{}", self.prefix, key.trim_start_matches('/'))
     }
@@ -317,37 +335,17 @@ impl ObjectStore for S3Store {
     }
 
     async fn open_uploads(&self, prefix: &str) -> Result<Vec<String>> {
-        let full = self.key(prefix);
-        let out = self
-            .client
-            .list_multipart_uploads()
-            .bucket(&self.bucket)
-            .prefix(&full)
-            .send()
-            .await
-            .map_err(|e| sdk("list uploads under", &full, e))?;
-        Ok(out
-            .uploads()
-            .iter()
-            .filter_map(|u| u.key().map(str::to_string))
+        Ok(self
+            .uploads_under(prefix)
+            .await?
+            .into_iter()
+            .map(|(key, _)| key)
             .collect())
     }
 
     async fn abort_uploads(&self, prefix: &str) -> Result<usize> {
-        let full = self.key(prefix);
-        let out = self
-            .client
-            .list_multipart_uploads()
-            .bucket(&self.bucket)
-            .prefix(&full)
-            .send()
-            .await
-            .map_err(|e| sdk("list uploads under", &full, e))?;
-        let mut aborted = 0;
-        for u in out.uploads() {
-            let (Some(key), Some(id)) = (u.key(), u.upload_id()) else {
-                continue;
-            };
+        let open = self.uploads_under(prefix).await?;
+        for (key, id) in &open {
             self.client
                 .abort_multipart_upload()
                 .bucket(&self.bucket)
@@ -356,8 +354,7 @@ impl ObjectStore for S3Store {
                 .send()
                 .await
                 .map_err(|e| sdk("abort upload of", key, e))?;
-            aborted += 1;
         }
-        Ok(aborted)
+        Ok(open.len())
     }
 }

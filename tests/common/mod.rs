@@ -247,3 +247,17 @@ pub fn spawn_serve(mut cmd: Command, log: &Path) -> std::process::Child {
         .spawn()
         .unwrap()
 }
+
+/// An S3 client straight to moto (not through Lethe), to check what is stored.
+pub fn s3_client(moto: &str) -> aws_sdk_s3::Client {
+    let conf = aws_sdk_s3::config::Builder::new()
+        .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
+        .region(aws_sdk_s3::config::Region::new("us-east-1"))
+        .endpoint_url(moto)
+        .force_path_style(true)
+        .credentials_provider(aws_sdk_s3::config::Credentials::new(
+            "testing", "testing", None, None, "test",
+        ))
+        .build();
+    aws_sdk_s3::Client::from_conf(conf)
+}
