@@ -4,6 +4,7 @@
 
 pub mod appdb;
 pub mod audit;
+pub mod aws_error;
 pub mod backup;
 pub mod breach;
 pub mod cli;

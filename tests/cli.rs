@@ -496,3 +496,39 @@ fn long_runs_draw_a_progress_bar_on_a_terminal_and_plain_logs_otherwise() {
     assert!(!err.contains("purge events"), "no bar when piped: {err}");
     assert!(String::from_utf8_lossy(&out.stdout).contains("succeeded"));
 }
+
+#[test]
+fn log_format_json_writes_one_json_object_per_line_without_secrets() {
+    let c = slow_purge_dir();
+    let secret = "s3cr3t-signing-key-never-logged";
+    for (flag, env) in [(true, None), (false, Some("json"))] {
+        let mut cmd = c.lethe();
+        if flag {
+            cmd.args(["--log-format", "json"]);
+        }
+        if let Some(v) = env {
+            cmd.env("LETHE_LOG_FORMAT", v);
+        }
+        let out = cmd
+            .args(["run", "purge", "--json"])
+            .env("RUST_LOG", "info")
+            .env("AUDIT_SIGNING_KEY", secret)
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        let lines: Vec<serde_json::Value> = err
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+            .collect();
+        assert!(
+            lines
+                .iter()
+                .any(|l| l["fields"]["message"] == "run started" && l["level"] == "INFO"),
+            "the run's log lines are structured: {err}"
+        );
+        assert!(!err.contains(secret), "no secret in logs");
+        stdout_json(&out);
+    }
+}

@@ -215,6 +215,39 @@ async fn s3_failing_for_good_aborts_the_upload_and_records_no_backup() {
     assert!(s.catalog().is_empty(), "no catalog row");
 }
 
+/// Injects: S3 refusing the credentials (`403 InvalidAccessKeyId` on every
+/// request; moto itself accepts any key).
+/// Must hold: the run fails without a retry storm, its error names the
+/// refusal, and nothing is stored or recorded.
+#[tokio::test(flavor = "multi_thread")]
+async fn s3_refusing_the_credentials_fails_the_run_with_a_clear_error() {
+    let rule: Rule = Box::new(|r: &Request| {
+        if r.target.starts_with("/faults-") {
+            Fault::Respond(403, "application/xml", s3_error("InvalidAccessKeyId"))
+        } else {
+            Fault::Pass
+        }
+    });
+    let Some(s) = S3Setup::new(rule, 1_000, "").await else {
+        return;
+    };
+    let v = s.run("backup.create", &[]);
+    assert!(v["status"] == "failed" || v["status"] == "dead", "{v}");
+    let error = v["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("InvalidAccessKeyId (HTTP 403)") && error.contains("AWS_ACCESS_KEY_ID"),
+        "names the refusal and what to check, without the SDK's debug dump: {error}"
+    );
+    assert!(!error.contains("SdkBody"), "{error}");
+    assert!(
+        s.proxy.count(|_| true) <= 3,
+        "an auth refusal is not retried: {} requests",
+        s.proxy.count(|_| true)
+    );
+    assert!(s.objects().await.is_empty());
+    assert!(s.catalog().is_empty());
+}
+
 /// Injects: SIGKILL of the `lethe serve` that is uploading a backup (parts
 /// slowed to 1.5 s so the kill lands mid-upload), leaving a multipart upload
 /// open in S3.

@@ -1,7 +1,8 @@
 //! AWS KMS (and moto in tests) via aws-sdk-kms.
 
 use async_trait::async_trait;
-use aws_sdk_kms::error::DisplayErrorContext;
+use aws_sdk_kms::config::http::HttpResponse;
+use aws_sdk_kms::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_kms::primitives::Blob;
 use aws_sdk_kms::types::DataKeySpec;
 use aws_sdk_kms::Client;
@@ -13,8 +14,11 @@ pub struct AwsKms {
     client: Client,
 }
 
-fn kms_err<E: std::error::Error>(op: &str, e: E) -> Error {
-    Error::Failed(format!("KMS {op}: {}", DisplayErrorContext(e)))
+fn kms_err<E>(op: &str, e: SdkError<E, HttpResponse>) -> Error
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+{
+    Error::Failed(format!("KMS {op}: {}", crate::aws_error::describe(&e)))
 }
 
 impl AwsKms {

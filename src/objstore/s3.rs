@@ -6,7 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use aws_sdk_s3::error::DisplayErrorContext;
+use aws_sdk_s3::config::http::HttpResponse;
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::presigning::PresigningConfig;
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
@@ -89,8 +90,11 @@ impl S3Store {
     }
 }
 
-fn sdk<E: std::error::Error>(op: &str, key: &str, e: E) -> crate::error::Error {
-    error(op, key, DisplayErrorContext(e))
+fn sdk<E>(op: &str, key: &str, e: SdkError<E, HttpResponse>) -> crate::error::Error
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+{
+    error(op, key, crate::aws_error::describe(&e))
 }
 
 struct S3Upload {
