@@ -55,19 +55,7 @@ impl Setup {
     }
 
     fn run(&self, job: &str, extra: &[&str]) -> Value {
-        let out = self
-            .lethe()
-            .args(["run", job, "--json"])
-            .args(extra)
-            .output()
-            .unwrap();
-        let v = stdout_json(&out);
-        assert!(
-            v["status"].is_string(),
-            "{v}\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        v
+        common::run_job(self.lethe(), job, extra)
     }
 
     fn list(&self) -> Vec<Value> {

@@ -90,19 +90,7 @@ impl S3Setup {
     }
 
     fn run(&self, job: &str, extra: &[&str]) -> Value {
-        let out = self
-            .lethe()
-            .args(["run", job, "--json"])
-            .args(extra)
-            .output()
-            .unwrap();
-        let v = stdout_json(&out);
-        assert!(
-            v["status"].is_string(),
-            "{v}\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        v
+        common::run_job(self.lethe(), job, extra)
     }
 
     /// Multipart uploads still open in the bucket, asked of moto directly.

@@ -97,8 +97,14 @@ impl AppDb {
             .collect())
     }
 
-    /// Every subject's (id, email), to match erasure-ledger hashes after a restore.
-    pub async fn all_subjects(&self, app: &AppMapping) -> Result<Vec<(String, String)>> {
+    /// Ids of the subjects whose (lower-cased) email `keep` accepts. Rows are
+    /// streamed, so memory holds only the matches, whatever the table's size.
+    pub async fn subjects_matching(
+        &self,
+        app: &AppMapping,
+        keep: impl Fn(&str) -> bool,
+    ) -> Result<Vec<String>> {
+        use futures_util::TryStreamExt;
         let sql = self.sql();
         let id = sql.as_text(&app.subjects.id);
         let text = format!(
@@ -106,10 +112,22 @@ impl AppDb {
             q(&app.subjects.email),
             q(&app.subjects.table)
         );
-        Ok(match self {
-            AppDb::Postgres(p) => sqlx::query_as(&text).fetch_all(p).await?,
-            AppDb::Sqlite(p) => sqlx::query_as(&text).fetch_all(p).await?,
-        })
+        let mut out = Vec::new();
+        macro_rules! scan {
+            ($pool:expr) => {{
+                let mut rows = sqlx::query_as::<_, (String, String)>(&text).fetch($pool);
+                while let Some((id, email)) = rows.try_next().await? {
+                    if keep(&email) {
+                        out.push(id);
+                    }
+                }
+            }};
+        }
+        match self {
+            AppDb::Postgres(p) => scan!(p),
+            AppDb::Sqlite(p) => scan!(p),
+        }
+        Ok(out)
     }
 
     /// Orgs (open ones, where closure is mapped) whose only owner is this subject.

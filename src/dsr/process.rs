@@ -386,10 +386,11 @@ pub async fn reapply_ledger(ctx: &Context, target_url: &str) -> Result<Value> {
     let key = pseudonym_key(config)?;
     let db = AppDb::connect(target_url).await?;
     let mut reapplied = 0u64;
-    for (id, email) in db.all_subjects(app).await? {
-        if !keys.contains(&ledger_key(&key, &email)) {
-            continue;
-        }
+    // All matches first, then the erasures: no write while the scan is open.
+    let erased = db
+        .subjects_matching(app, |email| keys.contains(&ledger_key(&key, email)))
+        .await?;
+    for id in erased {
         let steps = erase_plan(config, &key, &id).steps;
         // Ownership may differ in old data; the ledger's promise wins: no sole-owner veto here.
         let no_memberships = crate::config::AppMapping {

@@ -507,7 +507,8 @@ impl Batcher<'_> {
             let n = match self.db.delete_within(&slice, limit).await? {
                 Some(n) => n,
                 None => {
-                    // Denser than the last window: redo this one in bounded row batches.
+                    // Too slow (denser than the last window, or blocked by a lock):
+                    // nothing was deleted; redo this window in bounded row batches.
                     self.stats.windows_redone += 1;
                     width = (width / 4).max(1);
                     self.drain(&slice, false).await?;

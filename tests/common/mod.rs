@@ -261,3 +261,19 @@ pub fn s3_client(moto: &str) -> aws_sdk_s3::Client {
         .build();
     aws_sdk_s3::Client::from_conf(conf)
 }
+
+/// `lethe run JOB --json` through `cmd`: the run's JSON, whatever its status.
+pub fn run_job(mut cmd: Command, job: &str, extra: &[&str]) -> serde_json::Value {
+    let out = cmd
+        .args(["run", job, "--json"])
+        .args(extra)
+        .output()
+        .unwrap();
+    let v = stdout_json(&out);
+    assert!(
+        v["status"].is_string(),
+        "{v}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    v
+}
