@@ -10,7 +10,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::appdb::{AppDb, EraseAction, EraseOutcome, EraseStep};
-use crate::config::{AnonymizeRule, Config, Erasure, Secret};
+use crate::config::{AnonymizeRule, AppMapping, Config, Erasure, Secret};
 use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::notify::{self, Message, Role};
@@ -98,6 +98,24 @@ fn erase_plan(config: &Config, key: &Secret, subject_id: &str) -> ErasePlan {
     plan
 }
 
+/// The `[app]` mapping and the request's subject id, or the `not_found`
+/// rejection when the subject no longer exists.
+async fn subject_of<'a>(
+    ctx: &'a Context,
+    db: &AppDb,
+    r: &DsrRequest,
+) -> Result<std::result::Result<(&'a AppMapping, String), (String, String)>> {
+    let app = ctx
+        .config
+        .app
+        .as_ref()
+        .ok_or_else(|| Error::Usage("DSRs need [app]".into()))?;
+    Ok(match db.subject_id(app, &r.subject).await? {
+        Some(id) => Ok((app, id)),
+        None => Err(("not_found".into(), "the subject no longer exists".into())),
+    })
+}
+
 async fn erase(
     ctx: &Context,
     db: &AppDb,
@@ -105,16 +123,10 @@ async fn erase(
     actor: &str,
 ) -> Result<std::result::Result<Value, (String, String)>> {
     let config = ctx.config.as_ref();
-    let app = config
-        .app
-        .as_ref()
-        .ok_or_else(|| Error::Usage("DSRs need [app]".into()))?;
     let key = pseudonym_key(config)?;
-    let Some(subject_id) = db.subject_id(app, &r.subject).await? else {
-        return Ok(Err((
-            "not_found".into(),
-            "the subject no longer exists".into(),
-        )));
+    let (app, subject_id) = match subject_of(ctx, db, r).await? {
+        Ok(found) => found,
+        Err(rejection) => return Ok(Err(rejection)),
     };
     let holds = ctx.store.holds(false).await?;
     if let Some(h) = holds
@@ -172,15 +184,9 @@ async fn export(
     actor: &str,
 ) -> Result<std::result::Result<Value, (String, String)>> {
     let config = ctx.config.as_ref();
-    let app = config
-        .app
-        .as_ref()
-        .ok_or_else(|| Error::Usage("DSRs need [app]".into()))?;
-    let Some(subject_id) = db.subject_id(app, &r.subject).await? else {
-        return Ok(Err((
-            "not_found".into(),
-            "the subject no longer exists".into(),
-        )));
+    let (_, subject_id) = match subject_of(ctx, db, r).await? {
+        Ok(found) => found,
+        Err(rejection) => return Ok(Err(rejection)),
     };
     let mut tar = tar::Builder::new(Vec::new());
     let mut counts = BTreeMap::new();
@@ -393,7 +399,7 @@ pub async fn reapply_ledger(ctx: &Context, target_url: &str) -> Result<Value> {
     for id in erased {
         let steps = erase_plan(config, &key, &id).steps;
         // Ownership may differ in old data; the ledger's promise wins: no sole-owner veto here.
-        let no_memberships = crate::config::AppMapping {
+        let no_memberships = AppMapping {
             memberships: None,
             ..app.clone()
         };
