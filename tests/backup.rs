@@ -43,14 +43,11 @@ impl Setup {
     fn lethe(&self) -> std::process::Command {
         use age::secrecy::ExposeSecret;
         let secret = self.identity.to_string();
-        let mut cmd = self.c.lethe();
+        let mut cmd = self.c.lethe_aws();
         cmd.env(
             format!("TEST_AGE_IDENTITY_{}", blake(secret.expose_secret())),
             secret.expose_secret(),
-        )
-        .env("AWS_ACCESS_KEY_ID", "testing")
-        .env("AWS_SECRET_ACCESS_KEY", "testing")
-        .env("AWS_REGION", "us-east-1");
+        );
         cmd
     }
 

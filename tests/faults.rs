@@ -81,11 +81,8 @@ impl S3Setup {
 
     fn lethe(&self) -> std::process::Command {
         use age::secrecy::ExposeSecret;
-        let mut cmd = self.c.lethe();
-        cmd.env(&self.env_name, self.identity.to_string().expose_secret())
-            .env("AWS_ACCESS_KEY_ID", "testing")
-            .env("AWS_SECRET_ACCESS_KEY", "testing")
-            .env("AWS_REGION", "us-east-1");
+        let mut cmd = self.c.lethe_aws();
+        cmd.env(&self.env_name, self.identity.to_string().expose_secret());
         cmd
     }
 
@@ -337,18 +334,10 @@ async fn kms_throttling_is_retried_and_rotation_completes() {
     .await
     .unwrap();
     run_ok(c.lethe().arg("migrate"));
-    let aws = |cmd: &mut std::process::Command| {
-        cmd.env("AWS_ACCESS_KEY_ID", "testing")
-            .env("AWS_SECRET_ACCESS_KEY", "testing");
-    };
-    let mut cmd = c.lethe();
-    aws(&mut cmd);
-    let v = stdout_json(&run_ok(cmd.args(["keys", "rotate", "--json"])));
+    let v = stdout_json(&run_ok(c.lethe_aws().args(["keys", "rotate", "--json"])));
     let injected = proxy.injected.load(Ordering::SeqCst);
     assert!(injected >= 2, "throttling was injected ({injected}): {v}");
-    let mut cmd = c.lethe();
-    aws(&mut cmd);
-    let st = stdout_json(&run_ok(cmd.args(["keys", "status", "--json"])));
+    let st = stdout_json(&run_ok(c.lethe_aws().args(["keys", "status", "--json"])));
     let orgs = st["orgs"].as_array().unwrap();
     assert_eq!(orgs.len(), 4, "{st}");
     for o in orgs {

@@ -37,22 +37,12 @@ async fn setup(keys: &str, mail: &str) -> ConfigDir {
 }
 
 fn rotate(c: &ConfigDir) -> Value {
-    let v = stdout_json(&run_ok(
-        c.lethe()
-            .args(["keys", "rotate", "--json"])
-            .env("AWS_ACCESS_KEY_ID", "testing")
-            .env("AWS_SECRET_ACCESS_KEY", "testing"),
-    ));
+    let v = stdout_json(&run_ok(c.lethe_aws().args(["keys", "rotate", "--json"])));
     v
 }
 
 fn status(c: &ConfigDir) -> Vec<Value> {
-    let v = stdout_json(&run_ok(
-        c.lethe()
-            .args(["keys", "status", "--json"])
-            .env("AWS_ACCESS_KEY_ID", "testing")
-            .env("AWS_SECRET_ACCESS_KEY", "testing"),
-    ));
+    let v = stdout_json(&run_ok(c.lethe_aws().args(["keys", "status", "--json"])));
     v["orgs"].as_array().unwrap().clone()
 }
 

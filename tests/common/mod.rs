@@ -149,6 +149,15 @@ ops = ["ops@test.example"]
         self
     }
 
+    /// `lethe()` with the fake AWS credentials moto accepts (S3 and KMS tests).
+    pub fn lethe_aws(&self) -> Command {
+        let mut cmd = self.lethe();
+        cmd.env("AWS_ACCESS_KEY_ID", "testing")
+            .env("AWS_SECRET_ACCESS_KEY", "testing")
+            .env("AWS_REGION", "us-east-1");
+        cmd
+    }
+
     pub fn lethe(&self) -> Command {
         let mut c = lethe();
         c.arg("--config")
