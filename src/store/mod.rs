@@ -423,6 +423,11 @@ pub struct Breach {
     pub parties: Vec<BreachParty>,
 }
 
+/// Requests run `$2` may take: verified, failed, or in progress under a run
+/// that is not running (crashed) or is `$2` itself (an earlier attempt).
+/// The same SQL on both drivers.
+const DSR_TAKEABLE: &str = "(state IN ('verified', 'failed') OR (state = 'in_progress' AND (claimed_by_run IS NULL OR claimed_by_run = $2 OR NOT EXISTS (SELECT 1 FROM job_runs r WHERE r.id = claimed_by_run AND r.state = 'running'))))";
+
 #[async_trait]
 pub trait Store: Send + Sync {
     fn backend(&self) -> Backend;

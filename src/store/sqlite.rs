@@ -15,10 +15,6 @@ use super::*;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
 
-/// Requests run `$2` may take: verified, failed, or in progress under a run
-/// that is not running (crashed) or is `$2` itself (an earlier attempt).
-const DSR_TAKEABLE: &str = "(state IN ('verified', 'failed') OR (state = 'in_progress' AND (claimed_by_run IS NULL OR claimed_by_run = $2 OR NOT EXISTS (SELECT 1 FROM job_runs r WHERE r.id = claimed_by_run AND r.state = 'running'))))";
-
 const TS_FORMAT: &str = "%Y-%m-%dT%H:%M:%S%.6fZ";
 
 pub struct SqliteStore {
@@ -755,7 +751,8 @@ impl Store for SqliteStore {
 
     async fn dsr_due(&self, limit: u32, run_id: i64) -> Result<Vec<DsrRequest>> {
         let rows = sqlx::query(&format!(
-            "SELECT * FROM dsr_requests WHERE {DSR_TAKEABLE} ORDER BY due_at, id LIMIT $1"
+            "SELECT * FROM dsr_requests WHERE {} ORDER BY due_at, id LIMIT $1",
+            super::DSR_TAKEABLE
         ))
         .bind(i64::from(limit))
         .bind(run_id)
@@ -768,7 +765,8 @@ impl Store for SqliteStore {
         let n = sqlx::query(&format!(
             "UPDATE dsr_requests SET state = 'in_progress', claimed_by_run = $2,
                     attempts = attempts + 1, updated_at = $3
-             WHERE id = $1 AND {DSR_TAKEABLE}"
+             WHERE id = $1 AND {}",
+            super::DSR_TAKEABLE
         ))
         .bind(id)
         .bind(run_id)
