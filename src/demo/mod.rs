@@ -194,7 +194,9 @@ pub async fn seed(path: &Path, now: DateTime<Utc>) -> Result<Seeded> {
     let span_secs = 3 * 365 * 86_400i64;
     let when = |rng: &mut StdRng| app_ts(now - Duration::seconds(rng.random_range(60..span_secs)));
 
-    // Orgs: 1 is the demo tenant; 11 is closed two years ago, 12 closed last month.
+    // Orgs: 1 is the demo tenant; 11 is closed two years ago, 12 closed last month
+    // (31 days ago: clear of the org_closed+30d boundary, so a dry run and the
+    // real run a second later select the same rows).
     let org_count = 12i64;
     let orgs: Vec<(i64, String, &str, String, Option<String>)> = (1..=org_count)
         .map(|id| {
@@ -205,7 +207,7 @@ pub async fn seed(path: &Path, now: DateTime<Utc>) -> Result<Seeded> {
             };
             let closed = match id {
                 11 => Some(app_ts(now - Duration::days(730))),
-                12 => Some(app_ts(now - Duration::days(30))),
+                12 => Some(app_ts(now - Duration::days(31))),
                 _ => None,
             };
             let plan = ["free", "team", "enterprise"][(id % 3) as usize];
