@@ -49,6 +49,9 @@ pub enum Error {
     ObjectStore(String),
     #[error("backup: {0}")]
     Backup(String),
+    /// The attempt's lease may have lapsed: it must not commit anything more.
+    #[error("lease lost: {0}")]
+    LeaseLost(String),
 }
 
 fn location(path: &std::path::Path, line: Option<usize>, column: Option<usize>) -> String {

@@ -14,6 +14,7 @@ pub mod context;
 pub mod demo;
 pub mod dsr;
 pub mod error;
+pub mod fence;
 pub mod http;
 pub mod keys;
 pub mod metrics;

@@ -554,13 +554,10 @@ async fn http_api_authenticates_is_idempotent_and_refuses_sole_owners() {
     };
     let port = common::free_port();
     let addr = format!("127.0.0.1:{port}");
-    let mut serve = s
-        .lethe()
-        .arg("serve")
-        .env("LETHE_HTTP_LISTEN", &addr)
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    // No scheduled job: a dsr.process fire would change the states this test reads.
+    let mut cmd = s.lethe();
+    cmd.env("LETHE_HTTP_LISTEN", &addr);
+    let mut serve = common::spawn_serve(cmd, &s.c.path().join("serve.log"), &[]);
     let deadline = Instant::now() + Duration::from_secs(15);
     while common::http_get(&addr, "/healthz").is_err() {
         assert!(Instant::now() < deadline, "serve did not start");

@@ -251,7 +251,7 @@ async fn serve_killed_mid_upload_is_rescued_and_leaves_no_orphan_parts() {
     let Some(s) = S3Setup::new(rule, 600_000, RUNNER).await else {
         return;
     };
-    let mut a = common::spawn_serve(s.lethe(), &s.c.path().join("serve-a.log"));
+    let mut a = common::spawn_serve(s.lethe(), &s.c.path().join("serve-a.log"), &[]);
     run_ok(s.lethe().args(["run", "backup.create", "--detach"]));
     let until = Instant::now() + Duration::from_secs(60);
     while s.proxy.count(|r| r.is_upload_part()) == 0 {
@@ -266,7 +266,7 @@ async fn serve_killed_mid_upload_is_rescued_and_leaves_no_orphan_parts() {
         "the killed process left its upload open"
     );
 
-    let mut b = common::spawn_serve(s.lethe(), &s.c.path().join("serve-b.log"));
+    let mut b = common::spawn_serve(s.lethe(), &s.c.path().join("serve-b.log"), &[]);
     let run = wait_run_end(|| s.lethe(), "backup.create", 120);
     common::signal(&b, libc::SIGTERM);
     common::wait_exit(&mut b, 30);
@@ -425,7 +425,7 @@ anonymize = { ip = "null" }
         .fetch_one(&mut *app_tx)
         .await
         .unwrap();
-    let mut a = common::spawn_serve(lethe(), &c.path().join("serve-a.log"));
+    let mut a = common::spawn_serve(lethe(), &c.path().join("serve-a.log"), &[]);
     run_ok(lethe().args(["run", "dsr", "--detach"]));
     let until = Instant::now() + Duration::from_secs(30);
     loop {
@@ -473,7 +473,7 @@ anonymize = { ip = "null" }
     );
     assert_eq!(email, "gone@x.example", "nor was the account anonymised");
 
-    let mut b = common::spawn_serve(lethe(), &c.path().join("serve-b.log"));
+    let mut b = common::spawn_serve(lethe(), &c.path().join("serve-b.log"), &[]);
     let run = wait_run_end(lethe, "dsr", 60);
     common::signal(&b, libc::SIGTERM);
     common::wait_exit(&mut b, 30);
@@ -499,5 +499,102 @@ anonymize = { ip = "null" }
         audit.matches("\"action\":\"dsr.erased\"").count(),
         1,
         "erased once"
+    );
+}
+
+/// Injects: every lease heartbeat of the store fails (a trigger on the queue
+/// table rejects them, as a partition from the store would), while the
+/// attempt's own work goes on. Must hold: the attempt stops itself before its
+/// lease can lapse and commits nothing after that (its fenced end-of-job side
+/// effect never happens); once heartbeats work again the next attempt runs to
+/// its end, so the job's side effect happens exactly once.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_attempt_whose_heartbeats_fail_stops_before_its_lease_lapses() {
+    let Some(url) = common::fresh_pg_db().await else {
+        return;
+    };
+    let runner =
+        "lease = \"2s\"\nretry_base = \"200ms\"\nretry_max = \"500ms\"\npoll_interval = \"100ms\"";
+    let c = ConfigDir::new(Some(&url), runner, "");
+    c.job(
+        "long",
+        "kind = \"test.sleep\"\nschedule = \"0 0 0 1 1 *\"\nenabled = false\nmax_attempts = 3\ntimeout = \"1m\"\n[params]\nms = 5000\n",
+    );
+    run_ok(c.lethe().arg("migrate"));
+    let pool = sqlx::PgPool::connect(&url).await.unwrap();
+    let _serve = common::spawn_serve(c.lethe(), &c.path().join("serve.log"), &[]);
+    run_ok(c.lethe().args(["run", "long", "--detach"]));
+    let events = |action: &'static str| {
+        let pool = pool.clone();
+        async move {
+            let rows: Vec<String> = sqlx::query_scalar(
+                "SELECT details FROM lethe.audit_events WHERE action = $1 ORDER BY seq",
+            )
+            .bind(action)
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+            rows.iter()
+                .map(|d| serde_json::from_str::<Value>(d).unwrap())
+                .collect::<Vec<_>>()
+        }
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while events("test.sleep.started").await.is_empty() {
+        assert!(Instant::now() < deadline, "the run never started");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // From now on a running run's lease cannot be extended.
+    sqlx::raw_sql(
+        "CREATE FUNCTION lethe.no_heartbeat() RETURNS trigger LANGUAGE plpgsql AS
+           $$ BEGIN RAISE EXCEPTION 'injected: heartbeat lost'; END $$;
+         CREATE TRIGGER no_heartbeat BEFORE UPDATE ON lethe.job_runs FOR EACH ROW
+           WHEN (OLD.state = 'running' AND NEW.state = 'running') EXECUTE FUNCTION lethe.no_heartbeat();",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    // Attempt 1 must end (stopped by itself) well before its 5 s of work would.
+    let stopped = loop {
+        let row: Option<(String, Option<String>)> = sqlx::query_as(
+            "SELECT state, error FROM lethe.job_runs WHERE job = 'long' AND state <> 'running'",
+        )
+        .fetch_optional(&pool)
+        .await
+        .unwrap();
+        if let Some(r) = row {
+            break r;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "attempt 1 went on running with a lease it could not renew"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        stopped
+            .1
+            .as_deref()
+            .unwrap_or("")
+            .contains("lease could not be renewed"),
+        "{stopped:?}"
+    );
+    sqlx::raw_sql("DROP TRIGGER no_heartbeat ON lethe.job_runs")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let run = wait_run_end(|| c.lethe(), "long", 30);
+    assert_eq!(run["state"], "succeeded", "{run}");
+    // Attempt 1 slept on after it stopped? Its fenced side effect would be here.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let finished = events("test.sleep.finished").await;
+    assert_eq!(
+        finished.len(),
+        1,
+        "the job's side effect happened once: {finished:?}"
+    );
+    assert!(
+        finished[0]["attempt"].as_i64().unwrap() >= 2,
+        "{finished:?}"
     );
 }

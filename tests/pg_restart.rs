@@ -57,7 +57,7 @@ retention = "90d"
     let addr = format!("127.0.0.1:{port}");
     let mut cmd = c.lethe();
     cmd.env("LETHE_HTTP_LISTEN", &addr);
-    let mut serve = common::spawn_serve(cmd, &c.path().join("serve.log"));
+    let mut serve = common::spawn_serve(cmd, &c.path().join("serve.log"), &[]);
     run_ok(c.lethe().args(["run", "purge", "--detach"]));
 
     let count = || async {

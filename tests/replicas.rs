@@ -5,25 +5,26 @@
 mod common;
 
 use std::collections::HashMap;
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::{signal, wait_exit, ConfigDir};
+use common::{signal, wait_exit, ConfigDir, Reaped};
 use serde_json::Value;
 use sqlx::Row;
 
 const RUNNER: &str = "poll_interval = \"100ms\"\nlease = \"2s\"\nretry_base = \"300ms\"\nretry_max = \"1s\"\ndrain_timeout = \"15s\"";
 
-fn spawn_serve(c: &ConfigDir, listen: Option<u16>) -> Child {
+/// A replica that schedules only `job`, killed when dropped.
+fn spawn_serve(c: &ConfigDir, listen: Option<u16>, job: &str) -> Reaped {
     let mut cmd = c.lethe();
-    cmd.arg("serve")
+    cmd.args(["serve", "--only", job])
         .env("RUST_LOG", "info")
         .stdout(Stdio::null())
         .stderr(Stdio::null());
     if let Some(p) = listen {
         cmd.env("LETHE_HTTP_LISTEN", format!("127.0.0.1:{p}"));
     }
-    cmd.spawn().expect("spawn lethe serve")
+    Reaped(cmd.spawn().expect("spawn lethe serve"))
 }
 
 async fn pg_config() -> Option<(ConfigDir, sqlx::PgPool)> {
@@ -55,7 +56,7 @@ async fn three_replicas_run_each_fire_exactly_once() {
         return;
     };
     c.job("tick", "kind = \"test.sleep\"\nschedule = \"* * * * * *\"\ntimeout = \"10s\"\n[params]\nms = 300\n");
-    let mut replicas: Vec<Child> = (0..3).map(|_| spawn_serve(&c, None)).collect();
+    let mut replicas: Vec<Reaped> = (0..3).map(|_| spawn_serve(&c, None, "tick")).collect();
     tokio::time::sleep(Duration::from_secs(7)).await;
     for r in &replicas {
         signal(r, libc::SIGTERM);
@@ -100,7 +101,7 @@ async fn sigkill_mid_run_is_rescued_by_another_replica_and_completes() {
     };
     // A yearly schedule: with catch_up = latest the last fire is enqueued at start, once.
     c.job("long", "kind = \"test.sleep\"\nschedule = \"0 0 0 1 1 *\"\ntimeout = \"1m\"\nmax_attempts = 3\n[params]\nms = 3000\n");
-    let mut replicas: Vec<Child> = (0..3).map(|_| spawn_serve(&c, None)).collect();
+    let mut replicas: Vec<Reaped> = (0..3).map(|_| spawn_serve(&c, None, "long")).collect();
 
     let deadline = Instant::now() + Duration::from_secs(20);
     let (run_id, owner) = loop {
@@ -188,7 +189,7 @@ async fn serve_answers_health_readiness_metrics_and_drains_on_sigterm() {
     common::run_ok(c.lethe().arg("migrate"));
     let port = common::free_port();
     let addr = format!("127.0.0.1:{port}");
-    let mut child = spawn_serve(&c, Some(port));
+    let mut child = spawn_serve(&c, Some(port), "work");
 
     let deadline = Instant::now() + Duration::from_secs(15);
     while common::http_get(&addr, "/healthz").is_err() {
@@ -254,7 +255,7 @@ async fn metrics_count_attempts_and_durations() {
     common::run_ok(c.lethe().arg("migrate"));
     let port = common::free_port();
     let addr = format!("127.0.0.1:{port}");
-    let mut child = spawn_serve(&c, Some(port));
+    let mut child = spawn_serve(&c, Some(port), "quick");
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         if let Ok((200, m)) = common::http_get(&addr, "/metrics") {

@@ -497,7 +497,7 @@ async fn crash_and_resume(pg: bool, map: &str, expected: i64, pause_ms: u64) {
         &format!("kind = \"retention.purge\"\nschedule = \"0 15 2 * * *\"\nenabled = false\n[params]\nbatch_size = 5\npause_ms = {pause_ms}\n"),
     );
     // A `serve` takes the queued run; it is SIGKILLed after a few batches committed.
-    let mut a = common::spawn_serve(f.lethe(), &f.c.path().join("serve-a.log"));
+    let mut a = common::spawn_serve(f.lethe(), &f.c.path().join("serve-a.log"), &[]);
     run_ok(f.lethe().args(["run", "purge", "--detach"]));
     let deadline = Instant::now() + Duration::from_secs(30);
     while f.count("1 = 1").await > 251 - 40 {
@@ -513,7 +513,7 @@ async fn crash_and_resume(pg: bool, map: &str, expected: i64, pause_ms: u64) {
     assert!(left > 251 - expected, "killed mid-way: {left} rows left");
 
     // Another serve rescues the run (lease lapsed) and finishes the same plan.
-    let mut serve = common::spawn_serve(f.lethe(), &f.c.path().join("serve-b.log"));
+    let mut serve = common::spawn_serve(f.lethe(), &f.c.path().join("serve-b.log"), &[]);
     let run = common::wait_run_end(|| f.lethe(), "purge", 40);
     common::signal(&serve, libc::SIGTERM);
     common::wait_exit(&mut serve, 30);

@@ -20,7 +20,7 @@ mod schema;
 mod scope;
 mod subject;
 
-pub use schema::{check_data_map, SchemaProblem};
+pub use schema::{check_data_map, preflight, SchemaProblem};
 pub use scope::{Scope, Selector, Slicing, TimeWindow};
 pub use subject::{EraseAction, EraseOutcome, EraseStep};
 

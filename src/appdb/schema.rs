@@ -3,7 +3,7 @@
 
 use super::AppDb;
 use crate::config::{Config, Erasure};
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct SchemaProblem {
@@ -66,6 +66,24 @@ impl AppDb {
             }
         })
     }
+}
+
+/// The check every job and command that touches the application database
+/// runs first: a config error (exit 2) naming the entry when the data map or
+/// `[app]` mapping does not fit the live schema (on SQLite a misspelt column
+/// in double quotes would silently become a string literal). Returns the
+/// warnings.
+pub async fn preflight(config: &Config, db: &AppDb) -> Result<Vec<SchemaProblem>> {
+    let problems = check_data_map(db, config).await?;
+    if let Some(p) = problems.iter().find(|p| p.fatal) {
+        return Err(Error::Config {
+            path: p.location.clone().into(),
+            line: None,
+            column: None,
+            message: format!("data_map entry `{}`: {}", p.table, p.message),
+        });
+    }
+    Ok(problems.into_iter().filter(|p| !p.fatal).collect())
 }
 
 /// Every problem with the data map and `[app]` mapping against the live schema.

@@ -8,7 +8,8 @@ use sqlx::{Acquire, Executor};
 use super::scope::{pg_args, sqlite_args, Bind, Dialect, Sql};
 use super::{quote_ident as q, AppDb};
 use crate::config::{AppMapping, MembershipsTable};
-use crate::error::Result;
+use crate::error::{Error, Result};
+use crate::fence::Fence;
 
 /// One table's erasure step, as the data map says.
 #[derive(Debug, Clone)]
@@ -35,6 +36,14 @@ pub enum EraseOutcome {
     },
     /// The subject became the sole owner of these orgs since intake.
     SoleOwner(Vec<String>),
+}
+
+/// What `erase_sql` renders for a step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StepSql {
+    Apply,
+    CountAll,
+    CountHeld,
 }
 
 /// `col = value` with the value bound as text: on PostgreSQL the parameter is
@@ -229,13 +238,17 @@ impl AppDb {
 
     /// Erases one subject in a single transaction: re-checks sole ownership
     /// inside it (with row locks on PostgreSQL), then applies every step,
-    /// leaving rows of held orgs in place.
+    /// leaving rows of held orgs in place. Each step must change exactly the
+    /// subject's rows outside holds, counted in the same transaction; any
+    /// other count rolls the whole erasure back. `before_commit` is checked
+    /// last, so an attempt that lost its lease commits nothing.
     pub async fn erase_subject(
         &self,
         app: &AppMapping,
         subject_id: &str,
         steps: &[EraseStep],
         held_orgs: &[String],
+        before_commit: &Fence,
     ) -> Result<EraseOutcome> {
         // Column types first (outside the transaction): parameters are cast to them.
         let owner_type = match &app.memberships {
@@ -262,22 +275,37 @@ impl AppDb {
                 let mut changed = BTreeMap::new();
                 let mut kept = BTreeMap::new();
                 for (step, ty) in steps.iter().zip(&types) {
-                    let (text, sql) =
-                        self.erase_sql(step, ty.as_deref(), subject_id, held_orgs, false);
+                    let count =
+                        |part| self.erase_sql(step, ty.as_deref(), subject_id, held_orgs, part);
+                    let (text, sql) = count(StepSql::CountAll);
+                    let total: i64 = sqlx::query_scalar_with(&text, $args(sql.binds)?)
+                        .fetch_one(&mut *$tx)
+                        .await?;
+                    let mut k = 0i64;
+                    if !held_orgs.is_empty() && step.org.is_some() {
+                        let (text, sql) = count(StepSql::CountHeld);
+                        k = sqlx::query_scalar_with(&text, $args(sql.binds)?)
+                            .fetch_one(&mut *$tx)
+                            .await?;
+                        kept.insert(step.table.clone(), k.max(0) as u64);
+                    }
+                    let (text, sql) = count(StepSql::Apply);
                     let n = $tx
                         .execute(sqlx::query_with(&text, $args(sql.binds)?))
                         .await?
                         .rows_affected();
-                    changed.insert(step.table.clone(), n);
-                    if !held_orgs.is_empty() && step.org.is_some() {
-                        let (text, sql) =
-                            self.erase_sql(step, ty.as_deref(), subject_id, held_orgs, true);
-                        let k: i64 = sqlx::query_scalar_with(&text, $args(sql.binds)?)
-                            .fetch_one(&mut *$tx)
-                            .await?;
-                        kept.insert(step.table.clone(), k as u64);
+                    let expected = u64::try_from(total - k).unwrap_or(0);
+                    if n != expected {
+                        // Dropping the transaction rolls every step back.
+                        return Err(Error::Failed(format!(
+                            "erasure in `{}` changed {n} of the subject's {expected} row(s) outside legal holds; \
+                             nothing was applied (does a trigger or rule on the table skip or add rows?)",
+                            step.table
+                        )));
                     }
+                    changed.insert(step.table.clone(), n);
                 }
+                before_commit.check()?;
                 $tx.commit().await?;
                 Ok(EraseOutcome::Done {
                     changed,
@@ -299,20 +327,27 @@ impl AppDb {
         }
     }
 
-    /// The statement for one step; with `count_held`, a count of the rows a hold keeps.
+    /// The statement for one step, or a count of the subject's rows in its
+    /// table (all of them, or those a hold keeps).
     fn erase_sql(
         &self,
         step: &EraseStep,
         subject_type: Option<&str>,
         subject_id: &str,
         held_orgs: &[String],
-        count_held: bool,
+        part: StepSql,
     ) -> (String, Sql) {
         let mut sql = self.sql();
         let mut cond = eq_param(&mut sql, &step.subject, subject_type, subject_id);
+        if part == StepSql::CountAll {
+            return (
+                format!("SELECT count(*) FROM {} WHERE {cond}", q(&step.table)),
+                sql,
+            );
+        }
         if let (false, Some(org)) = (held_orgs.is_empty(), &step.org) {
             let held = sql.in_list(org, held_orgs);
-            if count_held {
+            if part == StepSql::CountHeld {
                 return (
                     format!(
                         "SELECT count(*) FROM {} WHERE {cond} AND {held}",

@@ -51,7 +51,15 @@ pub enum Command {
         json: bool,
     },
     /// Scheduler + workers + HTTP until SIGTERM, then drain.
-    Serve,
+    Serve {
+        /// Schedule only these jobs (repeatable); the others fire on other replicas.
+        /// Workers still take any run already queued.
+        #[arg(long = "only", value_name = "JOB", conflicts_with = "no_schedule")]
+        only: Vec<String>,
+        /// Schedule nothing: only take runs already queued (`lethe run --detach`, other replicas' fires).
+        #[arg(long)]
+        no_schedule: bool,
+    },
     /// Run one job now, through the queue, and wait for it.
     Run {
         /// Job name from jobs/ (or a job kind).
@@ -331,7 +339,7 @@ pub enum AuditCommand {
 
 fn init_logging(format: LogFormat, command: &Command) {
     // serve logs its work; one-off commands keep stderr quiet unless asked (RUST_LOG).
-    let default = if matches!(command, Command::Serve) {
+    let default = if matches!(command, Command::Serve { .. }) {
         "info"
     } else {
         "warn"

@@ -35,7 +35,10 @@ pub async fn dispatch(cli: Cli) -> Result<i32> {
         Command::Demo { dir, json } => demo::run(&dir, json).await,
         Command::Migrate => migrate::run(load(cfg_flag)?).await,
         Command::Check { json } => check::run(cfg_flag, json).await,
-        Command::Serve => serve::run(open(cfg_flag).await?).await,
+        Command::Serve { only, no_schedule } => {
+            let config = serve::only_jobs(load(cfg_flag)?, &only, no_schedule)?;
+            serve::run(Context::open(config).await?).await
+        }
         Command::Run {
             job,
             dry_run,

@@ -183,13 +183,21 @@ pub async fn hold_add(
             )
         }
     };
+    // The chain can never forget: it names a held subject by pseudonym only.
+    let target = match scope {
+        HoldScope::Subject => {
+            let key = crate::dsr::pseudonym_key(&ctx.config)?;
+            format!("subject:{}", crate::dsr::subject_pseudonym(&key, &value))
+        }
+        _ => format!("{}:{value}", scope.as_str()),
+    };
     let actor = actor_cli();
     let hold = ctx.store.hold_add(scope, &value, reason, &actor).await?;
     record(
         ctx.store.as_ref(),
         &actor,
         "hold.added",
-        &format!("{}:{value}", scope.as_str()),
+        &target,
         json!({"hold_id": hold.id, "reason": reason}),
     )
     .await?;

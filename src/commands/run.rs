@@ -77,9 +77,12 @@ async fn prepare(ctx: &Context, job: &str, params: &[String]) -> Result<(JobSpec
 
 /// Checks that fail before a run is queued, so bad config exits 2 and records nothing.
 async fn preflight(ctx: &Context, kind: JobKind) -> Result<(), Error> {
-    if kind == JobKind::RetentionPurge {
+    if matches!(
+        kind,
+        JobKind::RetentionPurge | JobKind::DsrProcess | JobKind::KeysRotate
+    ) {
         let db = crate::appdb::AppDb::connect(&ctx.config.database.url).await?;
-        crate::retention::preflight(&ctx.config, &db).await?;
+        crate::appdb::preflight(&ctx.config, &db).await?;
     }
     Ok(())
 }

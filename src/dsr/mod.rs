@@ -7,7 +7,7 @@ mod process;
 mod report;
 
 pub use jurisdiction::{Deadline, Jurisdiction, JURISDICTIONS};
-pub use process::{process_job, reapply_ledger, ProcessParams};
+pub use process::{process_job, pseudonym_key, reapply_ledger, subject_pseudonym, ProcessParams};
 pub use report::{report_job, send as send_report, sla_report, ReportParams, SlaReport};
 
 use chrono::{DateTime, Utc};
@@ -18,6 +18,29 @@ use crate::appdb::AppDb;
 use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::store::{DsrInsert, DsrRequest, DsrState, HoldScope, NewDsr};
+
+/// What a request asks for. The store keeps the kind as text; a kind this
+/// build does not know (written by a newer version) is an error, never
+/// treated as some other kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DsrKind {
+    Export,
+    Erasure,
+}
+
+impl DsrKind {
+    pub fn parse(s: &str) -> Result<DsrKind> {
+        match s {
+            "export" => Ok(DsrKind::Export),
+            "erasure" => Ok(DsrKind::Erasure),
+            other => Err(Error::Failed(format!(
+                "request kind `{other}` is unknown to this version of Lethe (it knows export and erasure); \
+                 upgrade this worker or reject the request"
+            ))),
+        }
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -85,11 +108,16 @@ pub async fn submit(ctx: &Context, s: Submission<'_>) -> Result<Intake> {
         }
     };
     let subject = normalize_email(s.subject)?;
+    // Evidence links a subject's events by pseudonym when the key is configured.
+    let pseudonym = process::pseudonym_key(&ctx.config)
+        .ok()
+        .map(|k| subject_pseudonym(&k, &subject));
     let j = Jurisdiction::find(s.jurisdiction.unwrap_or("default"))?;
     let app = ctx.config.app.as_ref().ok_or_else(|| {
         Error::Usage("DSRs need [app] in lethe.toml: where subjects (and memberships) live".into())
     })?;
     let db = AppDb::connect(&ctx.config.database.url).await?;
+    crate::appdb::preflight(&ctx.config, &db).await?;
     let now = ctx.store.now().await?;
     let due_at = j.deadline(kind, &ctx.config.dsr).after(now)?;
 
@@ -100,7 +128,7 @@ pub async fn submit(ctx: &Context, s: Submission<'_>) -> Result<Intake> {
         None => {
             reason = Some("not_found");
             detail = Some(format!(
-                "no {} row has {} = {subject}",
+                "no {} row has this {}",
                 app.subjects.table, app.subjects.email
             ));
         }
@@ -186,7 +214,7 @@ pub async fn submit(ctx: &Context, s: Submission<'_>) -> Result<Intake> {
         action,
         &format!("dsr:{}", r.id),
         json!({"kind": r.kind, "jurisdiction": r.jurisdiction, "due_at": r.due_at.to_rfc3339(),
-               "reason": r.reason, "source": r.source}),
+               "reason": r.reason, "source": r.source, "subject": pseudonym}),
     )
     .await?;
     Ok(outcome)

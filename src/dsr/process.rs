@@ -13,9 +13,12 @@ use crate::appdb::{AppDb, EraseAction, EraseOutcome, EraseStep};
 use crate::config::{AnonymizeRule, AppMapping, Config, Erasure, Secret};
 use crate::context::Context;
 use crate::error::{Error, Result};
+use crate::fence::Fence;
 use crate::notify::{self, Message, Role};
 use crate::runner::JobContext;
 use crate::store::{DsrRequest, DsrState, HoldScope};
+
+use super::DsrKind;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -29,7 +32,7 @@ fn default_limit() -> u32 {
     100
 }
 
-fn pseudonym_key(config: &Config) -> Result<Secret> {
+pub fn pseudonym_key(config: &Config) -> Result<Secret> {
     let src = &config.dsr.pseudonym_key;
     src.load().map_err(Error::Usage)?.ok_or_else(|| {
         Error::Usage(format!(
@@ -49,6 +52,14 @@ fn keyed(key: &Secret, what: &str) -> String {
 /// The ledger's key for a subject: a keyed hash of the email, never the email.
 pub fn ledger_key(key: &Secret, email: &str) -> String {
     keyed(key, &format!("ledger:{}", email.to_lowercase()))
+}
+
+/// How Lethe's own rows and evidence name a subject: a keyed hash of the
+/// email, stable per subject (so events about one person can be linked by
+/// someone who holds the key) and never the email itself.
+pub fn subject_pseudonym(key: &Secret, email: &str) -> String {
+    let h = keyed(key, &format!("subject-email:{}", email.to_lowercase()));
+    format!("pseudonym:{}", &h[..24])
 }
 
 /// What erasing one subject does: the steps (children before the subject's
@@ -121,6 +132,7 @@ async fn erase(
     db: &AppDb,
     r: &DsrRequest,
     actor: &str,
+    fence: &Fence,
 ) -> Result<std::result::Result<Value, (String, String)>> {
     let config = ctx.config.as_ref();
     let key = pseudonym_key(config)?;
@@ -145,7 +157,7 @@ async fn erase(
         .collect();
     let ErasePlan { steps, retained } = erase_plan(config, &key, &subject_id);
     match db
-        .erase_subject(app, &subject_id, &steps, &held_orgs)
+        .erase_subject(app, &subject_id, &steps, &held_orgs, fence)
         .await?
     {
         EraseOutcome::SoleOwner(orgs) => Ok(Err((
@@ -162,8 +174,15 @@ async fn erase(
             ctx.store
                 .ledger_add(&ledger_key(&key, &r.subject), r.id)
                 .await?;
-            let evidence = json!({"request": r.id, "rows_changed": changed, "kept_for_legal_holds": kept_for_holds,
-                                  "retained_with_legal_basis": retained});
+            // Their export archives hold every erased row: they go too, now.
+            let exports = ctx
+                .store
+                .dsr_exports_to_delete(ctx.store.now().await?, Some(&r.subject))
+                .await?;
+            let exports_deleted = delete_exports(ctx, actor, exports, "subject erased").await?;
+            let evidence = json!({"request": r.id, "subject": subject_pseudonym(&key, &r.subject),
+                                  "rows_changed": changed, "kept_for_legal_holds": kept_for_holds,
+                                  "retained_with_legal_basis": retained, "exports_deleted": exports_deleted});
             crate::audit::record(
                 ctx.store.as_ref(),
                 actor,
@@ -182,6 +201,7 @@ async fn export(
     db: &AppDb,
     r: &DsrRequest,
     actor: &str,
+    fence: &Fence,
 ) -> Result<std::result::Result<Value, (String, String)>> {
     let config = ctx.config.as_ref();
     let (_, subject_id) = match subject_of(ctx, db, r).await? {
@@ -249,10 +269,15 @@ async fn export(
         config.dsr.export_prefix, r.id
     );
     let size = bytes.len();
-    store.put(&key, bytes.into()).await?;
     let ttl = config.dsr.export_link_ttl;
+    let expires = chrono::Utc::now()
+        + chrono::Duration::from_std(ttl)
+            .map_err(|_| Error::Usage("dsr.export_link_ttl is too large".into()))?;
+    // Tracked before it exists, so a crash after the upload leaves no archive nobody deletes.
+    ctx.store.dsr_export_started(r.id, &key, expires).await?;
+    fence.check()?;
+    store.put(&key, bytes.into()).await?;
     let link = store.presign(&key, ttl).await?;
-    let expires = chrono::Utc::now() + chrono::Duration::seconds(ttl.as_secs() as i64);
     notify::enqueue(
         ctx,
         Message {
@@ -292,6 +317,14 @@ pub async fn process_job(jc: &JobContext) -> Result<Value> {
         return Ok(json!({"dry_run": true, "would_process": ids}));
     }
     let db = AppDb::connect(&ctx.config.database.url).await?;
+    // A data map that does not fit the schema would erase nothing and call it done.
+    crate::appdb::preflight(&ctx.config, &db).await?;
+    let expired = ctx
+        .store
+        .dsr_exports_to_delete(ctx.store.now().await?, None)
+        .await?;
+    let exports_expired = delete_exports(ctx, &jc.actor, expired, "link expired").await?;
+    forget_erased(ctx).await?;
     let (mut completed, mut rejected, mut failed) = (Vec::new(), Vec::new(), Vec::new());
     let mut took_ms: Vec<f64> = Vec::new();
     let bar = crate::progress::bar(
@@ -305,9 +338,11 @@ pub async fn process_job(jc: &JobContext) -> Result<Value> {
         if !ctx.store.dsr_claim(r.id, jc.run.id).await? {
             continue; // another worker took it
         }
-        let outcome = match r.kind.as_str() {
-            "erasure" => erase(ctx, &db, &r, &jc.actor).await,
-            _ => export(ctx, &db, &r, &jc.actor).await,
+        let kind = DsrKind::parse(&r.kind);
+        let outcome = match &kind {
+            Ok(DsrKind::Erasure) => erase(ctx, &db, &r, &jc.actor, &jc.fence).await,
+            Ok(DsrKind::Export) => export(ctx, &db, &r, &jc.actor, &jc.fence).await,
+            Err(e) => Err(Error::Failed(e.to_string())),
         };
         match outcome {
             Ok(Ok(result)) => {
@@ -320,6 +355,9 @@ pub async fn process_job(jc: &JobContext) -> Result<Value> {
                         Some(&result),
                     )
                     .await?;
+                if matches!(kind, Ok(DsrKind::Erasure)) {
+                    forget(ctx, &r.subject).await?;
+                }
                 completed.push(r.id);
                 took_ms.push(started.elapsed().as_secs_f64() * 1000.0);
             }
@@ -373,8 +411,53 @@ pub async fn process_job(jc: &JobContext) -> Result<Value> {
             .get(((p / 100.0) * took_ms.len() as f64).ceil().max(1.0) as usize - 1)
             .map(|v| (v * 10.0).round() / 10.0)
     };
-    Ok(json!({"completed": completed, "rejected": rejected,
-              "per_request_ms": {"median": pct(50.0), "p95": pct(95.0), "max": took_ms.last()}}))
+    Ok(
+        json!({"completed": completed, "rejected": rejected, "exports_expired": exports_expired,
+              "per_request_ms": {"median": pct(50.0), "p95": pct(95.0), "max": took_ms.last()}}),
+    )
+}
+
+/// Deletes export archives from the object store, each with evidence; returns how many.
+async fn delete_exports(
+    ctx: &Context,
+    actor: &str,
+    exports: Vec<(i64, String)>,
+    why: &str,
+) -> Result<usize> {
+    if exports.is_empty() {
+        return Ok(0);
+    }
+    let store = crate::backup::open_store(ctx).await?;
+    for (id, object) in &exports {
+        store.delete(object).await?;
+        ctx.store.dsr_export_deleted(*id).await?;
+        crate::audit::record(
+            ctx.store.as_ref(),
+            actor,
+            "dsr.export_deleted",
+            &format!("dsr:{id}"),
+            json!({"request": id, "object": object, "reason": why}),
+        )
+        .await?;
+    }
+    Ok(exports.len())
+}
+
+/// Replaces an erased subject's email with its pseudonym in Lethe's own rows.
+async fn forget(ctx: &Context, email: &str) -> Result<()> {
+    let key = pseudonym_key(&ctx.config)?;
+    ctx.store
+        .dsr_forget_subject(email, &subject_pseudonym(&key, email))
+        .await?;
+    Ok(())
+}
+
+/// Finishes `forget` for erasures completed by a run that crashed before it.
+async fn forget_erased(ctx: &Context) -> Result<()> {
+    for email in ctx.store.dsr_unforgotten_erasures().await? {
+        forget(ctx, &email).await?;
+    }
+    Ok(())
 }
 
 /// After restoring an older backup: erase again every subject in the ledger.
@@ -403,7 +486,8 @@ pub async fn reapply_ledger(ctx: &Context, target_url: &str) -> Result<Value> {
             memberships: None,
             ..app.clone()
         };
-        db.erase_subject(&no_memberships, &id, &steps, &[]).await?;
+        db.erase_subject(&no_memberships, &id, &steps, &[], &Fence::unleased())
+            .await?;
         reapplied += 1;
     }
     Ok(json!({"reapplied": reapplied}))

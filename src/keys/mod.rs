@@ -113,10 +113,9 @@ async fn orgs(ctx: &Context) -> Result<Vec<(String, Option<DateTime<Utc>>)>> {
         .ok_or_else(|| {
             Error::Usage("keys need [app.orgs] (which orgs exist, and when they closed)".into())
         })?;
-    AppDb::connect(&ctx.config.database.url)
-        .await?
-        .orgs_with_closure(orgs)
-        .await
+    let db = AppDb::connect(&ctx.config.database.url).await?;
+    crate::appdb::preflight(&ctx.config, &db).await?;
+    db.orgs_with_closure(orgs).await
 }
 
 async fn rotate_org(

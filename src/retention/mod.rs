@@ -26,7 +26,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::appdb::{check_data_map, AppDb, Scope, Selector, Slicing, TimeWindow};
+use crate::appdb::{AppDb, Scope, Selector, Slicing, TimeWindow};
 use crate::config::{Config, DataMapEntry};
 use crate::error::{Error, Result};
 use crate::progress;
@@ -115,18 +115,9 @@ pub struct Plan {
     pub items: Vec<PlanItem>,
 }
 
-/// Fails with a config error (exit 2) naming the entry when the data map does not fit the schema.
+/// The application-database preflight (see `appdb::preflight`).
 pub async fn preflight(config: &Config, db: &AppDb) -> Result<Vec<crate::appdb::SchemaProblem>> {
-    let problems = check_data_map(db, config).await?;
-    if let Some(p) = problems.iter().find(|p| p.fatal) {
-        return Err(Error::Config {
-            path: p.location.clone().into(),
-            line: None,
-            column: None,
-            message: format!("data_map entry `{}`: {}", p.table, p.message),
-        });
-    }
-    Ok(problems.into_iter().filter(|p| !p.fatal).collect())
+    crate::appdb::preflight(config, db).await
 }
 
 async fn count_by_org(db: &AppDb, s: &Scope) -> Result<BTreeMap<String, i64>> {

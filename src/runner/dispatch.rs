@@ -18,6 +18,8 @@ pub struct JobContext {
     pub dry_run: bool,
     /// Who the audit log says did it: `worker:<id>`.
     pub actor: String,
+    /// Checked before every side effect commits: the attempt still holds its lease.
+    pub fence: crate::fence::Fence,
 }
 
 impl JobContext {
@@ -70,5 +72,15 @@ async fn test_sleep(jc: &JobContext) -> Result<Value> {
     if p.fail {
         return Err(Error::Failed("test.sleep asked to fail".into()));
     }
+    // A side effect at the end, fenced like every real job's commits.
+    jc.fence.check()?;
+    crate::audit::record(
+        jc.ctx.store.as_ref(),
+        &jc.actor,
+        "test.sleep.finished",
+        &format!("run:{}", jc.run.id),
+        json!({"run_id": jc.run.id, "attempt": jc.run.attempt}),
+    )
+    .await?;
     Ok(json!({"slept_ms": p.ms}))
 }

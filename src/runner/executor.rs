@@ -15,6 +15,7 @@ use super::{retry_delay, JobKind};
 use crate::config::JobSpec;
 use crate::context::Context;
 use crate::error::{Error, Result};
+use crate::fence::Fence;
 use crate::notify;
 use crate::store::{NewRun, Outcome, Run, RunState};
 
@@ -138,8 +139,17 @@ pub async fn execute(
     let job = run.job.clone();
     tracing::info!(run_id = id, job = %job, kind = %run.kind, attempt = run.attempt, "run started");
 
+    // The claim was granted just before this call; the fence's margin covers that gap.
+    let fence = Fence::new(lease, started);
     let (lost_tx, mut lost_rx) = watch::channel(false);
-    let heartbeat = tokio::spawn(heartbeat(ctx.clone(), id, owner.clone(), lease, lost_tx));
+    let heartbeat = tokio::spawn(heartbeat(
+        ctx.clone(),
+        id,
+        owner.clone(),
+        lease,
+        fence.clone(),
+        lost_tx,
+    ));
 
     let outcome_err: std::result::Result<Value, String> = match JobKind::from_str(&run.kind) {
         Err(e) => Err(e),
@@ -150,6 +160,7 @@ pub async fn execute(
                 kind,
                 dry_run: run.dry_run,
                 actor: format!("worker:{owner}"),
+                fence: fence.clone(),
             };
             let timeout = Duration::from_millis(u64::try_from(run.timeout_ms).unwrap_or(0));
             let mut task = tokio::spawn(dispatch(jc));
@@ -170,6 +181,16 @@ pub async fn execute(
                     heartbeat.abort();
                     tracing::warn!(run_id = id, job = %job, "lease lost; attempt abandoned");
                     return fetch(&ctx, id).await;
+                }
+                _ = fence.expired() => {
+                    // Heartbeats kept failing: stop (dropping the task rolls back its open
+                    // transactions) before the store can hand the run to another worker. The
+                    // attempt then ends as failed; if the store is unreachable, finishing fails
+                    // too and the rescuer returns the run once the lease lapses.
+                    task.abort();
+                    let _ = task.await; // its open transactions are rolled back before we report
+                    tracing::warn!(run_id = id, job = %job, "lease could not be renewed; attempt stopped before it could lapse");
+                    Err("stopped: the lease could not be renewed in time (store unreachable?)".to_string())
                 }
                 _ = async { let _ = cancel.wait_for(|c| *c).await; } => {
                     task.abort();
@@ -257,19 +278,24 @@ async fn heartbeat(
     id: i64,
     owner: String,
     lease: Duration,
+    fence: Fence,
     lost: watch::Sender<bool>,
 ) {
-    let every = (lease / 3).max(Duration::from_millis(200));
+    // Four beats a lease: the fence stops the attempt at 3/4 of it, so two
+    // beats in a row may fail or be slow before a healthy attempt is stopped.
+    let every = (lease / 4).max(Duration::from_millis(100));
     loop {
         tokio::time::sleep(every).await;
-        match ctx.store.heartbeat(id, &owner, lease).await {
-            Ok(true) => {}
-            Ok(false) => {
+        let sent = Instant::now();
+        match tokio::time::timeout(lease / 2, ctx.store.heartbeat(id, &owner, lease)).await {
+            Ok(Ok(true)) => fence.renewed(sent),
+            Err(_) => tracing::warn!(run_id = id, "heartbeat timed out"),
+            Ok(Ok(false)) => {
                 let _ = lost.send(true);
                 return;
             }
-            // A blip: keep trying until the lease would lapse; the rescuer decides after that.
-            Err(e) => tracing::warn!(run_id = id, error = %e, "heartbeat failed"),
+            // A blip: keep trying; the fence stops the attempt before the lease lapses.
+            Ok(Err(e)) => tracing::warn!(run_id = id, error = %e, "heartbeat failed"),
         }
     }
 }

@@ -546,6 +546,27 @@ pub trait Store: Send + Sync {
     ) -> Result<bool>;
     async fn ledger_add(&self, subject_key: &str, request_id: i64) -> Result<()>;
     async fn ledger_keys(&self) -> Result<Vec<String>>;
+    /// Records an export archive's object and link expiry before it is uploaded.
+    async fn dsr_export_started(
+        &self,
+        id: i64,
+        object: &str,
+        expires_at: DateTime<Utc>,
+    ) -> Result<()>;
+    /// Export archives still stored whose link expired by `now`, or (with
+    /// `subject`) every one of that subject's: (request id, object key).
+    async fn dsr_exports_to_delete(
+        &self,
+        now: DateTime<Utc>,
+        subject: Option<&str>,
+    ) -> Result<Vec<(i64, String)>>;
+    async fn dsr_export_deleted(&self, id: i64) -> Result<()>;
+    /// Replaces an erased subject's email with its pseudonym in Lethe's own
+    /// rows (requests, their detail text, subject holds); returns rows changed.
+    async fn dsr_forget_subject(&self, email: &str, pseudonym: &str) -> Result<u64>;
+    /// Emails of completed erasures not yet replaced by their pseudonym (a
+    /// crash between completion and `dsr_forget_subject`).
+    async fn dsr_unforgotten_erasures(&self) -> Result<Vec<String>>;
 
     // ---- keys
     async fn keks(&self) -> Result<Vec<OrgKek>>;

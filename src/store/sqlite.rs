@@ -848,6 +848,79 @@ impl Store for SqliteStore {
         )
     }
 
+    async fn dsr_export_started(
+        &self,
+        id: i64,
+        object: &str,
+        expires_at: DateTime<Utc>,
+    ) -> Result<()> {
+        sqlx::query(
+            "UPDATE dsr_requests SET export_object = $2, export_expires_at = $3, export_deleted_at = NULL WHERE id = $1",
+        )
+        .bind(id)
+        .bind(object)
+        .bind(ts(expires_at))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn dsr_exports_to_delete(
+        &self,
+        now: DateTime<Utc>,
+        subject: Option<&str>,
+    ) -> Result<Vec<(i64, String)>> {
+        Ok(sqlx::query_as(
+            "SELECT id, export_object FROM dsr_requests
+             WHERE export_object IS NOT NULL AND export_deleted_at IS NULL
+               AND (CASE WHEN $2 IS NULL THEN export_expires_at <= $1 ELSE subject = $2 END)
+             ORDER BY id",
+        )
+        .bind(ts(now))
+        .bind(subject)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    async fn dsr_export_deleted(&self, id: i64) -> Result<()> {
+        sqlx::query("UPDATE dsr_requests SET export_deleted_at = $2 WHERE id = $1")
+            .bind(id)
+            .bind(ts(Utc::now()))
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn dsr_forget_subject(&self, email: &str, pseudonym: &str) -> Result<u64> {
+        let mut tx = self.pool.begin().await?;
+        let n = sqlx::query(
+            "UPDATE dsr_requests SET subject = $2, detail = replace(detail, $1, $2) WHERE subject = $1",
+        )
+        .bind(email)
+        .bind(pseudonym)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        let h =
+            sqlx::query("UPDATE legal_holds SET value = $2 WHERE scope = 'subject' AND value = $1")
+                .bind(email)
+                .bind(pseudonym)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+        tx.commit().await?;
+        Ok(n + h)
+    }
+
+    async fn dsr_unforgotten_erasures(&self) -> Result<Vec<String>> {
+        Ok(sqlx::query_scalar(
+            "SELECT DISTINCT subject FROM dsr_requests
+             WHERE kind = 'erasure' AND state = 'completed' AND subject LIKE '%@%' ORDER BY 1",
+        )
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
     async fn keks(&self) -> Result<Vec<OrgKek>> {
         let rows = sqlx::query("SELECT * FROM org_keks ORDER BY org")
             .fetch_all(&self.pool)

@@ -244,17 +244,53 @@ pub fn wait_run_end(lethe: impl Fn() -> Command, job: &str, secs: u64) -> serde_
     }
 }
 
-/// `lethe serve` on a free port, stderr to a file in the config folder (for post-mortems).
-pub fn spawn_serve(mut cmd: Command, log: &Path) -> std::process::Child {
+/// A child process that is killed and reaped when dropped, so a test that
+/// fails (panics) half-way leaks no `lethe serve`.
+pub struct Reaped(pub std::process::Child);
+
+impl std::ops::Deref for Reaped {
+    type Target = std::process::Child;
+    fn deref(&self) -> &std::process::Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Reaped {
+    fn deref_mut(&mut self) -> &mut std::process::Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+        }
+        let _ = self.0.wait();
+    }
+}
+
+/// `lethe serve` on a free port, scheduling only the jobs named in `only`
+/// (none: `--no-schedule`, it takes queued runs only), stderr to a file in
+/// the config folder (for post-mortems). Killed when dropped.
+pub fn spawn_serve(mut cmd: Command, log: &Path, only: &[&str]) -> Reaped {
     let err = std::fs::File::create(log).unwrap();
     if !cmd.get_envs().any(|(k, _)| k == "LETHE_HTTP_LISTEN") {
         cmd.env("LETHE_HTTP_LISTEN", "127.0.0.1:0");
     }
-    cmd.arg("serve")
-        .stdout(std::process::Stdio::null())
-        .stderr(err)
-        .spawn()
-        .unwrap()
+    cmd.arg("serve");
+    if only.is_empty() {
+        cmd.arg("--no-schedule");
+    }
+    for job in only {
+        cmd.args(["--only", job]);
+    }
+    Reaped(
+        cmd.stdout(std::process::Stdio::null())
+            .stderr(err)
+            .spawn()
+            .unwrap(),
+    )
 }
 
 /// An S3 client straight to moto (not through Lethe), to check what is stored.
