@@ -666,3 +666,308 @@ async fn restoring_an_older_backup_re_applies_erasures() {
         .unwrap();
     assert_eq!(others, 1);
 }
+
+impl Setup {
+    fn pg(&self) -> bool {
+        self.app_url.starts_with("postgres")
+    }
+    /// Runs statements on the application database.
+    async fn app_exec(&self, sql: &str) {
+        if self.pg() {
+            let pool = sqlx::PgPool::connect(&self.app_url).await.unwrap();
+            sqlx::raw_sql(sql).execute(&pool).await.unwrap();
+        } else {
+            let pool = sqlx::SqlitePool::connect(&self.app_url).await.unwrap();
+            sqlx::raw_sql(sql).execute(&pool).await.unwrap();
+        }
+    }
+    /// Every text value of one column of Lethe's own store (`lethe.` schema on PostgreSQL).
+    async fn store_texts(&self, table: &str, column: &str) -> Vec<String> {
+        if self.pg() {
+            let pool = sqlx::PgPool::connect(&self.app_url).await.unwrap();
+            sqlx::query_scalar(&format!(
+                "SELECT COALESCE({column}::text, '') FROM lethe.{table}"
+            ))
+            .fetch_all(&pool)
+            .await
+            .unwrap()
+        } else {
+            let url = format!("sqlite://{}", self.c.path().join("lethe.db").display());
+            let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
+            sqlx::query_scalar(&format!(
+                "SELECT COALESCE(CAST({column} AS TEXT), '') FROM {table}"
+            ))
+            .fetch_all(&pool)
+            .await
+            .unwrap()
+        }
+    }
+    fn show(&self, id: i64) -> Value {
+        stdout_json(&run_ok(self.lethe().args([
+            "dsr",
+            "show",
+            &id.to_string(),
+            "--json",
+        ])))
+    }
+    fn run_process(&self) -> Value {
+        common::run_job(self.lethe(), "dsr.process", &[])
+    }
+}
+
+/// Issue "trust at the edges": erasure and export edge cases on both databases.
+mod edges {
+    use super::*;
+
+    both!(
+        a_data_map_typo_is_refused_before_anything_is_erased,
+        an_erasure_step_that_skips_the_subjects_rows_rolls_everything_back,
+        an_unknown_request_kind_fails_instead_of_becoming_an_export,
+        exports_are_deleted_when_the_link_expires_and_when_the_subject_is_erased,
+        an_erased_subject_leaves_no_email_in_lethes_store_or_evidence
+    );
+
+    /// A misspelt org column (on SQLite a double-quoted unknown name is a string
+    /// literal) must not turn an erasure into "completed, 0 rows" that also
+    /// deletes rows a legal hold protects.
+    async fn a_data_map_typo_is_refused_before_anything_is_erased(pg: bool) {
+        let Some(s) = setup(pg, "", "").await else {
+            return;
+        };
+        let (_, v) = s.submit("erasure", "member@x.example", &[]);
+        let id = v["id"].as_i64().unwrap();
+        run_ok(
+            s.lethe()
+                .args(["hold", "add", "--org", "1", "--reason", "litigation"]),
+        );
+        let cfg = std::fs::read_to_string(s.c.config()).unwrap();
+        let typo = cfg.replace(
+            "table = \"logs\"\nclass = \"logs\"\ntimestamp = \"created_at\"\norg = \"org_id\"",
+            "table = \"logs\"\nclass = \"logs\"\ntimestamp = \"created_at\"\norg = \"org_idd\"",
+        );
+        assert_ne!(cfg, typo);
+        std::fs::write(s.c.config(), typo).unwrap();
+        let out = s
+            .lethe()
+            .args(["run", "dsr.process", "--json"])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert!(
+            err.contains("lethe.toml") && err.contains("org_idd"),
+            "{err}"
+        );
+        assert_eq!(s.show(id)["state"], "verified", "nothing was processed");
+        assert_eq!(
+            s.scalar("SELECT CAST(count(*) AS TEXT) FROM logs WHERE user_id = 2")
+                .await,
+            "3",
+            "no row erased, held ones least of all"
+        );
+    }
+
+    /// An application rule/trigger that silently skips deletes: the erasure of
+    /// that table changes 0 of the subject's rows. That is a failure, and the
+    /// steps already applied to other tables are rolled back with it.
+    async fn an_erasure_step_that_skips_the_subjects_rows_rolls_everything_back(pg: bool) {
+        let Some(s) = setup(pg, "", "").await else {
+            return;
+        };
+        s.app_exec(if pg {
+            "CREATE RULE keep_logs AS ON DELETE TO logs DO INSTEAD NOTHING"
+        } else {
+            "CREATE TRIGGER keep_logs BEFORE DELETE ON logs BEGIN SELECT RAISE(IGNORE); END"
+        })
+        .await;
+        let (_, v) = s.submit("erasure", "member@x.example", &[]);
+        let id = v["id"].as_i64().unwrap();
+        let run = s.run_process();
+        assert_ne!(run["status"], "succeeded", "{run}");
+        assert!(
+            run["error"]
+                .as_str()
+                .unwrap_or("")
+                .contains("`logs` changed 0 of the subject's 3"),
+            "{run}"
+        );
+        assert_eq!(s.show(id)["state"], "failed");
+        assert_eq!(
+            s.scalar("SELECT email FROM users WHERE id = 2").await,
+            "member@x.example",
+            "the users step (after logs) never committed"
+        );
+        assert_eq!(
+            s.scalar(
+                "SELECT CAST(count(*) AS TEXT) FROM audit WHERE user_id = 2 AND ip IS NOT NULL"
+            )
+            .await,
+            "1",
+            "the audit step (before logs) was rolled back"
+        );
+        let audit = String::from_utf8(run_ok(s.lethe().args(["audit", "export"])).stdout).unwrap();
+        assert!(!audit.contains("\"action\":\"dsr.erased\""));
+    }
+
+    /// A request kind this build does not know (written by a newer Lethe) is an
+    /// error; it is never processed as an export.
+    async fn an_unknown_request_kind_fails_instead_of_becoming_an_export(pg: bool) {
+        let Some(s) = setup(pg, "", "").await else {
+            return;
+        };
+        let (_, v) = s.submit("export", "member@x.example", &[]);
+        let id = v["id"].as_i64().unwrap();
+        if pg {
+            let pool = sqlx::PgPool::connect(&s.app_url).await.unwrap();
+            sqlx::raw_sql(&format!(
+                "ALTER TABLE lethe.dsr_requests DROP CONSTRAINT dsr_requests_kind_check;
+                 UPDATE lethe.dsr_requests SET kind = 'rectification' WHERE id = {id}"
+            ))
+            .execute(&pool)
+            .await
+            .unwrap();
+        } else {
+            use sqlx::Connection;
+            let url = format!("sqlite://{}", s.c.path().join("lethe.db").display());
+            let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
+            sqlx::raw_sql(&format!(
+                "PRAGMA ignore_check_constraints = ON;
+                 UPDATE dsr_requests SET kind = 'rectification' WHERE id = {id}"
+            ))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        }
+        let run = s.run_process();
+        assert_ne!(run["status"], "succeeded", "{run}");
+        assert!(
+            run["error"]
+                .as_str()
+                .unwrap_or("")
+                .contains("`rectification` is unknown"),
+            "{run}"
+        );
+        let shown = s.show(id);
+        assert_eq!(shown["state"], "failed", "{shown}");
+        assert!(
+            !s.c.path().join("objects").exists()
+                || std::fs::read_dir(s.c.path().join("objects"))
+                    .unwrap()
+                    .count()
+                    == 0,
+            "no export archive was written"
+        );
+    }
+
+    /// Export archives hold every row of a person: they are deleted when their
+    /// link expires (`dsr.export_link_ttl`) and at once when the person is erased.
+    async fn exports_are_deleted_when_the_link_expires_and_when_the_subject_is_erased(pg: bool) {
+        let Some(s) = setup(pg, "", "").await else {
+            return;
+        };
+        let cfg = std::fs::read_to_string(s.c.config()).unwrap();
+        std::fs::write(
+            s.c.config(),
+            format!("{cfg}\n[dsr]\nexport_link_ttl = \"3s\"\n"),
+        )
+        .unwrap();
+        let (_, member) = s.submit("export", "member@x.example", &[]);
+        let (_, co2) = s.submit("export", "co2@x.example", &[]);
+        let (_, erase) = s.submit("erasure", "co2@x.example", &[]);
+        let run = s.run_process();
+        assert_eq!(run["status"], "succeeded", "{run}");
+        let object = |id: &Value| {
+            let shown = s.show(id.as_i64().unwrap());
+            s.c.path()
+                .join("objects")
+                .join(shown["result"]["object"].as_str().unwrap())
+        };
+        let (member_obj, co2_obj) = (object(&member["id"]), object(&co2["id"]));
+        assert!(
+            member_obj.exists(),
+            "the member's export is there until its link expires"
+        );
+        assert!(
+            !co2_obj.exists(),
+            "the erased subject's export went with the erasure"
+        );
+        let erased = s.show(erase["id"].as_i64().unwrap());
+        assert_eq!(erased["result"]["exports_deleted"], 1, "{erased}");
+
+        std::thread::sleep(Duration::from_millis(3200));
+        let run = s.run_process();
+        assert_eq!(run["result"]["exports_expired"], 1, "{run}");
+        assert!(!member_obj.exists(), "expired export deleted");
+        let run = s.run_process();
+        assert_eq!(run["result"]["exports_expired"], 0, "deleted once: {run}");
+        let audit = String::from_utf8(run_ok(s.lethe().args(["audit", "export"])).stdout).unwrap();
+        let reasons: Vec<Value> = audit
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|e| e["action"] == "dsr.export_deleted")
+            .map(|e| {
+                let d: Value = match &e["details"] {
+                    Value::String(t) => serde_json::from_str(t).unwrap(),
+                    other => other.clone(),
+                };
+                d["reason"].clone()
+            })
+            .collect();
+        assert_eq!(reasons, vec!["subject erased", "link expired"], "{audit}");
+    }
+
+    /// Lethe keeps the minimum: after an erasure its own rows and its evidence
+    /// name the person by a keyed pseudonym only.
+    async fn an_erased_subject_leaves_no_email_in_lethes_store_or_evidence(pg: bool) {
+        let Some(s) = setup(pg, "", "").await else {
+            return;
+        };
+        let email = "member@x.example";
+        let hold = stdout_json(&run_ok(s.lethe().args([
+            "hold",
+            "add",
+            "--subject",
+            email,
+            "--reason",
+            "pending audit",
+            "--json",
+        ])));
+        run_ok(s.lethe().args([
+            "hold",
+            "release",
+            &hold["id"].to_string(),
+            "--reason",
+            "audit closed",
+        ]));
+        let (_, export) = s.submit("export", email, &[]);
+        let (_, erase) = s.submit("erasure", email, &[]);
+        let run = s.run_process();
+        assert_eq!(run["status"], "succeeded", "{run}");
+        for (table, column) in [
+            ("dsr_requests", "subject"),
+            ("dsr_requests", "detail"),
+            ("dsr_requests", "result"),
+            ("legal_holds", "value"),
+        ] {
+            let values = s.store_texts(table, column).await;
+            assert!(
+                values.iter().all(|v| !v.contains(email)),
+                "{table}.{column} still names the subject: {values:?}"
+            );
+        }
+        for id in [&export["id"], &erase["id"]] {
+            let shown = s.show(id.as_i64().unwrap());
+            assert!(
+                shown["subject"].as_str().unwrap().starts_with("pseudonym:"),
+                "{shown}"
+            );
+        }
+        let audit = String::from_utf8(run_ok(s.lethe().args(["audit", "export"])).stdout).unwrap();
+        assert!(!audit.contains(email), "the chain never names the subject");
+        let pseudonym = s.show(erase["id"].as_i64().unwrap())["subject"].clone();
+        assert!(
+            audit.contains(pseudonym.as_str().unwrap()),
+            "events about the subject are linked by the pseudonym"
+        );
+    }
+}
