@@ -20,6 +20,7 @@ pub mod keys;
 pub mod metrics;
 pub mod notify;
 pub mod objstore;
+pub mod private_file;
 pub mod progress;
 pub mod retention;
 pub mod runner;

@@ -532,3 +532,93 @@ fn log_format_json_writes_one_json_object_per_line_without_secrets() {
         stdout_json(&out);
     }
 }
+
+/// Files holding secrets or personal data are owner-only: the demo's secrets,
+/// the application and store databases, the keyring, stored objects, mail,
+/// and an audit export written with --out.
+#[test]
+fn files_with_secrets_or_personal_data_are_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("demo");
+    demo(&dir);
+    let out = dir.join("audit.jsonl");
+    run_ok(
+        lethe()
+            .arg("--config")
+            .arg(dir.join("lethe.toml"))
+            .args(["audit", "export", "--out"])
+            .arg(&out),
+    );
+    let mut checked = 0;
+    let mut stack = vec![dir.clone()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            let mode = std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
+            if p.is_dir() {
+                assert_eq!(
+                    mode & 0o077,
+                    0,
+                    "{} is open to others ({mode:o})",
+                    p.display()
+                );
+                stack.push(p);
+                continue;
+            }
+            let name = p.file_name().unwrap().to_string_lossy().to_string();
+            let private = d.ends_with("secrets")
+                || d.ends_with("mail")
+                || d.components().any(|c| c.as_os_str() == "objects")
+                || name.contains(".db")
+                || name.ends_with(".json")
+                || name == "audit.jsonl";
+            if private {
+                assert_eq!(mode, 0o600, "{} is {mode:o}", p.display());
+                checked += 1;
+            }
+        }
+    }
+    assert!(
+        checked >= 8,
+        "only {checked} private files found under {}",
+        dir.display()
+    );
+}
+
+/// `serve --only JOB` schedules that job and no other; a name not in the
+/// catalog is a usage error.
+#[test]
+fn serve_only_schedules_the_named_jobs() {
+    let c = ConfigDir::new(None, "poll_interval = \"100ms\"", "");
+    for name in ["wanted", "other"] {
+        c.job(
+            name,
+            "kind = \"test.sleep\"\nschedule = \"* * * * * *\"\n[params]\nms = 1\n",
+        );
+    }
+    run_ok(c.lethe().arg("migrate"));
+    let bad = c
+        .lethe()
+        .args(["serve", "--only", "nope"])
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--only nope"));
+
+    let mut serve = common::spawn_serve(c.lethe(), &c.path().join("serve.log"), &["wanted"]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let runs = |job: &str| {
+        let h = stdout_json(&run_ok(
+            c.lethe().args(["jobs", "history", "--json", "--job", job]),
+        ));
+        h["runs"].as_array().unwrap().len()
+    };
+    while runs("wanted") < 2 {
+        assert!(std::time::Instant::now() < deadline, "wanted never ran");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    common::signal(&serve, libc::SIGTERM);
+    common::wait_exit(&mut serve, 30);
+    assert_eq!(runs("other"), 0, "a job not named was scheduled");
+}

@@ -357,6 +357,7 @@ fn init_logging(format: LogFormat, command: &Command) {
 
 /// Parses arguments, runs the command, returns the process exit code.
 pub fn main() -> i32 {
+    crate::private_file::restrict_process_umask();
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {

@@ -17,7 +17,7 @@ pub async fn export(ctx: Arc<Context>, signed: bool, out: Option<&Path>) -> Resu
     let mut sink: Box<dyn Write> = match out {
         // Write beside the target and rename, so a failed export leaves no half file.
         Some(p) => Box::new(std::io::BufWriter::new(
-            std::fs::File::create(tmp_path(p))
+            crate::private_file::create(&tmp_path(p))
                 .with_context(|| format!("creating {}", p.display()))?,
         )),
         None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),

@@ -44,14 +44,14 @@ pub async fn run(dir: &Path, json_out: bool) -> Result<i32> {
     std::fs::create_dir_all(&secrets)?;
     let key =
         uuid::Uuid::new_v4().simple().to_string() + &uuid::Uuid::new_v4().simple().to_string();
-    std::fs::write(secrets.join("audit-signing-key"), key)?;
+    crate::private_file::write(&secrets.join("audit-signing-key"), key)?;
     let pseudonym =
         uuid::Uuid::new_v4().simple().to_string() + &uuid::Uuid::new_v4().simple().to_string();
-    std::fs::write(secrets.join("pseudonym-key"), pseudonym)?;
+    crate::private_file::write(&secrets.join("pseudonym-key"), pseudonym)?;
     {
         use age::secrecy::ExposeSecret;
-        std::fs::write(
-            secrets.join("age-identity.txt"),
+        crate::private_file::write(
+            &secrets.join("age-identity.txt"),
             format!("{}\n", identity.to_string().expose_secret()),
         )?;
     }

@@ -176,6 +176,8 @@ const ACTIONS: &[&str] = &[
 const MODELS: &[&str] = &["gpt-4o-mini", "claude-3-haiku", "llama-3-8b"];
 
 pub async fn open(path: &Path) -> Result<SqlitePool> {
+    crate::private_file::precreate_sqlite(path)
+        .map_err(|e| crate::error::Error::io(format!("creating {}", path.display()), e))?;
     let opts = SqliteConnectOptions::from_str(&format!("sqlite://{}", path.display()))?
         .create_if_missing(true);
     Ok(SqlitePoolOptions::new()

@@ -73,12 +73,7 @@ impl LocalKms {
     fn save(&self, k: &Keyring) -> Result<()> {
         let tmp = self.path.with_extension("json.partial");
         let text = serde_json::to_string_pretty(k).map_err(|e| Error::Failed(e.to_string()))?;
-        std::fs::write(&tmp, text).map_err(|e| Error::io("writing keyring", e))?;
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            let _ = std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600));
-        }
+        crate::private_file::write(&tmp, text).map_err(|e| Error::io("writing keyring", e))?;
         std::fs::rename(&tmp, &self.path).map_err(|e| Error::io("writing keyring", e))
     }
 

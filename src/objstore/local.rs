@@ -108,8 +108,9 @@ impl ObjectStore for LocalStore {
                 .map_err(|e| error("create folder for", key, e))?;
         }
         let partial = partial_of(&target);
-        let file = tokio::fs::File::create(&partial)
-            .await
+        // Backups and export archives: owner-only from the first byte.
+        let file = crate::private_file::create(&partial)
+            .map(tokio::fs::File::from_std)
             .map_err(|e| error("create", key, e))?;
         Ok(Box::new(LocalUpload {
             key: key.to_string(),

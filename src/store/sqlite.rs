@@ -59,7 +59,10 @@ fn lease_until(lease: Duration) -> String {
 
 impl SqliteStore {
     pub async fn connect(url: &str) -> Result<Self> {
-        let opts = SqliteConnectOptions::from_str(url)?
+        let opts = SqliteConnectOptions::from_str(url)?;
+        crate::private_file::precreate_sqlite(opts.get_filename())
+            .map_err(|e| Error::io(format!("creating {}", opts.get_filename().display()), e))?;
+        let opts = opts
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .busy_timeout(Duration::from_secs(15))
