@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use common::ConfigDir;
 use lethe::context::Context;
+use lethe::fence::Fence;
 use lethe::notify::{self, Message, Role};
 use lethe::store::{Attachment, MailState};
 use tokio::net::TcpListener;
@@ -83,7 +84,7 @@ async fn smtp_delivers_html_text_and_attachment_to_the_sink() {
         .await
         .unwrap()
         .unwrap();
-    let report = notify::flush(&ctx, 10).await.unwrap();
+    let report = notify::flush(&ctx, 10, &Fence::unleased()).await.unwrap();
     assert_eq!((report.sent, report.retrying), (1, 0));
     let found = messages_containing(Path::new(&maildir), &subject);
     assert_eq!(found.len(), 1, "exactly one copy arrived");
@@ -144,10 +145,13 @@ async fn smtp_outage_keeps_mail_queued_and_delivers_it_once_when_back() {
 
     let proxy = forwarder(port, smtp).await; // SMTP is back
     tokio::time::sleep(Duration::from_millis(120)).await; // past the 50ms retry backoff
-    let report = notify::flush(&ctx, 10).await.unwrap();
+    let report = notify::flush(&ctx, 10, &Fence::unleased()).await.unwrap();
     assert_eq!(report.sent, 1);
     assert_eq!(
-        notify::flush(&ctx, 10).await.unwrap().sent,
+        notify::flush(&ctx, 10, &Fence::unleased())
+            .await
+            .unwrap()
+            .sent,
         0,
         "nothing is sent twice"
     );
@@ -168,7 +172,13 @@ async fn file_transport_writes_eml_with_both_parts_and_gives_up_after_max_attemp
     notify::enqueue(&ctx, message(&subject)).await.unwrap();
     // The same dedupe key does not queue a second copy.
     notify::enqueue(&ctx, message(&subject)).await.unwrap();
-    assert_eq!(notify::flush(&ctx, 10).await.unwrap().sent, 1);
+    assert_eq!(
+        notify::flush(&ctx, 10, &Fence::unleased())
+            .await
+            .unwrap()
+            .sent,
+        1
+    );
     let found = messages_containing(&c.path().join("mail"), &subject);
     assert_eq!(found.len(), 1);
     assert_multipart(&found[0]);
@@ -182,7 +192,7 @@ async fn file_transport_writes_eml_with_both_parts_and_gives_up_after_max_attemp
     std::fs::write(blocked.path().join("blocked"), b"a file, not a folder").unwrap();
     let ctx = open(&blocked).await;
     notify::enqueue(&ctx, message("will fail")).await.unwrap();
-    let r = notify::flush(&ctx, 10).await.unwrap();
+    let r = notify::flush(&ctx, 10, &Fence::unleased()).await.unwrap();
     assert_eq!((r.sent, r.failed), (0, 1));
     assert_eq!(
         ctx.store.outbox_list(10).await.unwrap()[0].state,

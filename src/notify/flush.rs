@@ -8,6 +8,7 @@ use serde_json::{json, Value};
 
 use crate::context::Context;
 use crate::error::{Error, Result};
+use crate::fence::Fence;
 use crate::runner::{retry_delay, JobContext};
 
 #[derive(Debug, Deserialize, Default)]
@@ -26,7 +27,8 @@ pub struct FlushReport {
 }
 
 /// Claims and sends due mail until none is due; returns what happened.
-pub async fn flush(ctx: &Context, batch_size: u32) -> Result<FlushReport> {
+/// `fence`: the run's lease, checked before each message leaves.
+pub async fn flush(ctx: &Context, batch_size: u32, fence: &Fence) -> Result<FlushReport> {
     let cfg = &ctx.config.mail;
     let owner = ctx.worker_id.as_str();
     let lease = Duration::from_secs(300);
@@ -37,6 +39,7 @@ pub async fn flush(ctx: &Context, batch_size: u32) -> Result<FlushReport> {
             break;
         }
         for mail in &batch {
+            fence.check()?;
             match ctx.mailer.send(mail).await {
                 Ok(()) => {
                     ctx.store.outbox_sent(mail.id, owner).await?;
@@ -91,6 +94,7 @@ pub async fn flush_job(jc: &JobContext) -> Result<Value> {
     let report = flush(
         &jc.ctx,
         p.batch_size.unwrap_or(jc.ctx.config.mail.batch_size),
+        &jc.fence,
     )
     .await?;
     if report.retrying + report.failed > 0 {
