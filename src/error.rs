@@ -1,8 +1,8 @@
-//! The library's error type and the exit codes DESIGN.md fixes.
+//! The library's error type and the exit codes every command shares.
 
 use std::path::PathBuf;
 
-/// Exit codes shared by every command (DESIGN.md, Commands).
+/// Exit codes shared by every command (a fixed contract).
 pub mod exit {
     pub const OK: i32 = 0;
     pub const FAILED: i32 = 1;

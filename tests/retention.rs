@@ -103,7 +103,10 @@ impl Fixture {
     }
 
     fn lethe(&self) -> std::process::Command {
-        self.c.lethe()
+        let mut cmd = self.c.lethe();
+        // Subject holds name the subject in evidence by its keyed pseudonym.
+        cmd.env("LETHE_PSEUDONYM_KEY", "retention-test-pseudonym-key-0123");
+        cmd
     }
 }
 

@@ -380,7 +380,7 @@ pub fn main() -> i32 {
             return exit::FAILED;
         }
     };
-    match runtime.block_on(commands::dispatch(cli)) {
+    let code = match runtime.block_on(commands::dispatch(cli)) {
         Ok(code) => code,
         Err(e) => {
             let code = e
@@ -389,5 +389,10 @@ pub fn main() -> i32 {
             eprintln!("error: {e:#}");
             code
         }
-    }
+    };
+    // The command is done and its output written: background tasks (a
+    // connection pool's maintenance after an early error return was seen
+    // spinning) must not keep the process from exiting.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    code
 }

@@ -36,7 +36,8 @@ pub fn pseudonym_key(config: &Config) -> Result<Secret> {
     let src = &config.dsr.pseudonym_key;
     src.load().map_err(Error::Usage)?.ok_or_else(|| {
         Error::Usage(format!(
-            "erasure needs the pseudonym key (keyed HMAC) in {}",
+            "erasures and evidence about a subject need the pseudonym key (keyed HMAC) in {}; \
+             set it (the same key on every replica, kept for as long as the erasure ledger)",
             src.describe()
         ))
     })

@@ -19,7 +19,7 @@ use crate::fence::Fence;
 use crate::notify;
 use crate::store::{NewRun, Outcome, Run, RunState};
 
-/// What `lethe run --json` prints (DESIGN.md fixes the first fields).
+/// What `lethe run --json` prints (the first fields are a fixed contract).
 #[derive(Debug, Serialize)]
 pub struct RunReport {
     pub job: String,
