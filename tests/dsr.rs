@@ -724,8 +724,44 @@ mod edges {
         an_erasure_step_that_skips_the_subjects_rows_rolls_everything_back,
         an_unknown_request_kind_fails_instead_of_becoming_an_export,
         exports_are_deleted_when_the_link_expires_and_when_the_subject_is_erased,
-        an_erased_subject_leaves_no_email_in_lethes_store_or_evidence
+        an_erased_subject_leaves_no_email_in_lethes_store_or_evidence,
+        the_sla_report_is_sent_once_per_period_and_says_so
     );
+
+    /// `dsr report --send` a second time in the same report period queues
+    /// nothing and says the report was already sent.
+    async fn the_sla_report_is_sent_once_per_period_and_says_so(pg: bool) {
+        let Some(s) = setup(pg, "", "").await else {
+            return;
+        };
+        let send = || {
+            stdout_json(&run_ok(
+                s.lethe().args(["dsr", "report", "--send", "--json"]),
+            ))
+        };
+        let first = send();
+        assert_eq!(first["already_sent"], false, "{first}");
+        std::thread::sleep(Duration::from_millis(1100));
+        let second = send();
+        assert_eq!(
+            (&second["already_sent"], &second["mail_id"]),
+            (&Value::Bool(true), &first["mail_id"]),
+            "{second}"
+        );
+        let text =
+            String::from_utf8(run_ok(s.lethe().args(["dsr", "report", "--send"])).stdout).unwrap();
+        assert!(text.contains("already sent for the period"), "{text}");
+        run_ok(s.lethe().args(["run", "mail.flush"]));
+        let reports = std::fs::read_dir(s.c.path().join("mail"))
+            .unwrap()
+            .filter(|e| {
+                std::fs::read_to_string(e.as_ref().unwrap().path())
+                    .unwrap()
+                    .contains("DSR SLA report")
+            })
+            .count();
+        assert_eq!(reports, 1);
+    }
 
     /// A misspelt org column (on SQLite a double-quoted unknown name is a string
     /// literal) must not turn an erasure into "completed, 0 rows" that also

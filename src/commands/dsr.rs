@@ -137,7 +137,8 @@ pub async fn report(ctx: Arc<Context>, send: bool, json_out: bool) -> Result<i32
     };
     if json_out {
         let mut v = serde_json::to_value(&r)?;
-        v["mail_id"] = json!(mail);
+        v["mail_id"] = json!(mail.as_ref().map(|m| m.mail_id));
+        v["already_sent"] = json!(mail.as_ref().map(|m| m.already_sent));
         super::print_json(&v)?;
     } else {
         println!(
@@ -155,8 +156,18 @@ pub async fn report(ctx: Arc<Context>, send: bool, json_out: bool) -> Result<i32
             "  completed in the last {} days: {} (median {:?} d, p95 {:?} d, {:?}% within deadline)",
             r.period_days, r.completed_in_period, r.median_days_to_close, r.p95_days_to_close, r.percent_within_deadline
         );
-        if let Some(id) = mail {
-            println!("  queued to the DPO as mail {id}; `lethe run mail.flush` delivers it");
+        match mail {
+            Some(m) if m.already_sent => println!(
+                "  already sent for the period from {} (mail {}); nothing new queued",
+                m.period_start.format("%Y-%m-%d %H:%M UTC"),
+                m.mail_id
+            ),
+            Some(m) => println!(
+                "  queued to the DPO as mail {}; `lethe run mail.flush` delivers it",
+                m.mail_id
+            ),
+            None if send => println!("  not queued: no DPO recipients in [mail.recipients]"),
+            None => {}
         }
     }
     Ok(0)

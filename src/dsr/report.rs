@@ -222,8 +222,29 @@ fn paragraphs(r: &SlaReport) -> Vec<String> {
 }
 
 /// Queues the report mail to the DPO; returns the outbox id.
-pub async fn send(ctx: &Context, r: &SlaReport, csv: String) -> Result<Option<i64>> {
+/// A report queued to the DPO, or the one already queued for this period.
+#[derive(Debug, Clone, Serialize)]
+pub struct Sent {
+    pub mail_id: i64,
+    /// True when this period's report had been sent before: nothing new was queued.
+    pub already_sent: bool,
+    /// The report period (`dsr.report_period`) this report stands for.
+    pub period_start: DateTime<Utc>,
+}
+
+/// The start of the report period containing `t`. Periods are aligned to
+/// the Unix epoch, so every replica and every caller agrees on them.
+fn period_start(t: DateTime<Utc>, period: std::time::Duration) -> DateTime<Utc> {
+    let len = i64::try_from(period.as_secs()).unwrap_or(i64::MAX).max(1);
+    DateTime::from_timestamp(t.timestamp().div_euclid(len) * len, 0).unwrap_or(t)
+}
+
+/// Queues the report to the DPO, at most once per report period: a second
+/// send in the same period (a manual `--send` after the scheduled one, two
+/// replicas, a retry) returns the first one's mail and queues nothing.
+pub async fn send(ctx: &Context, r: &SlaReport, csv: String) -> Result<Option<Sent>> {
     let day = r.generated_at.format("%Y-%m-%d");
+    let start = period_start(r.generated_at, ctx.config.dsr.report_period);
     let queued = notify::enqueue(
         ctx,
         Message {
@@ -241,13 +262,18 @@ pub async fn send(ctx: &Context, r: &SlaReport, csv: String) -> Result<Option<i6
                 content: csv,
             }],
             dedupe_key: Some(format!(
-                "dsr-sla:{}",
-                r.generated_at.format("%Y-%m-%dT%H:%M:%S")
+                "dsr-sla:{}:{}",
+                ctx.config.dsr.report_period.as_secs(),
+                start.timestamp()
             )),
         },
     )
     .await?;
-    Ok(queued.map(|(id, _)| id))
+    Ok(queued.map(|(mail_id, created)| Sent {
+        mail_id,
+        already_sent: !created,
+        period_start: start,
+    }))
 }
 
 pub async fn report_job(jc: &JobContext) -> Result<Value> {
@@ -259,6 +285,24 @@ pub async fn report_job(jc: &JobContext) -> Result<Value> {
         send(&jc.ctx, &r, csv).await?
     };
     let mut v = serde_json::to_value(&r).unwrap_or_default();
-    v["mail_id"] = json!(mail);
+    v["mail_id"] = json!(mail.as_ref().map(|m| m.mail_id));
+    v["already_sent"] = json!(mail.as_ref().map(|m| m.already_sent));
     Ok(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn periods_are_epoch_aligned_and_contain_their_instant() {
+        let week = std::time::Duration::from_secs(7 * 86_400);
+        let t = DateTime::parse_from_rfc3339("2026-11-30T08:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let s = period_start(t, week);
+        assert!(s <= t && t - s < chrono::Duration::days(7));
+        assert_eq!(s.timestamp() % (7 * 86_400), 0);
+        assert_eq!(period_start(t + chrono::Duration::seconds(1), week), s);
+    }
 }
