@@ -133,3 +133,77 @@ fn fall_back_in_new_york_fires_a_repeated_local_time_once_through_serve() {
         "2026-11-01T05:30:00Z",
     );
 }
+
+/// A breach detected at midnight: its 72 h deadlines' T-48h mark is the next
+/// midnight. `serve` runs `breach.tick` every (fake) minute from 23:55 for an
+/// hour: no reminder before the mark, then one per party and recipient role
+/// within the minute after it, and no repeat on the ~60 ticks that follow.
+#[test]
+fn breach_reminders_go_out_at_their_mark_once_through_serve() {
+    let Some(lib) = common::server_env("LETHE_TEST_LIBFAKETIME") else {
+        return;
+    };
+    let c = ConfigDir::new(
+        None,
+        "poll_interval = \"10s\"\nlease = \"2h\"\ncatch_up = \"skip\"",
+        "",
+    );
+    c.job(
+        "dst",
+        "kind = \"breach.tick\"\nschedule = \"0 * * * * *\"\n",
+    );
+    run_ok(c.lethe().arg("migrate"));
+    let opened = stdout_json(&run_ok(
+        faked(c.lethe(), &lib, "2026-06-01 00:30:00", 1).args([
+            "breach",
+            "open",
+            "--title",
+            "laptop lost",
+            "--detected-at",
+            "2026-06-01T00:00:00Z",
+            "--jurisdiction",
+            "gdpr",
+            "--json",
+        ]),
+    ));
+    let parties: Vec<String> = opened["parties"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["due_at"] == "2026-06-04T00:00:00Z")
+        .map(|p| p["party"].as_str().unwrap().to_string())
+        .collect();
+    assert!(!parties.is_empty(), "{opened}");
+    serve_for(&c, &lib, "2026-06-01 23:55:00", 600, 7);
+
+    let audit = String::from_utf8(run_ok(c.lethe().args(["audit", "export"])).stdout).unwrap();
+    let reminders: Vec<(String, String)> = audit
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|e| e["action"] == "mail.queued")
+        .filter_map(|e| {
+            let subject = e["details"]["subject"].as_str()?.to_string();
+            subject
+                .contains("(T-")
+                .then(|| (e["at"].as_str().unwrap_or("").to_string(), subject))
+        })
+        .collect();
+    assert_eq!(reminders.len(), parties.len() * 2, "{reminders:#?}");
+    for (at, subject) in &reminders {
+        assert!(subject.contains("(T-48h)"), "{subject}");
+        assert!(
+            at.as_str() >= "2026-06-02T00:00:00" && at.as_str() < "2026-06-02T00:02:00",
+            "reminder queued at {at}, not in the minute after the mark"
+        );
+    }
+    for party in &parties {
+        assert_eq!(
+            reminders
+                .iter()
+                .filter(|(_, s)| s.contains(&format!("notify {party} ")))
+                .count(),
+            2,
+            "{party}: one reminder to ops and one to the DPO"
+        );
+    }
+}
