@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use crate::appdb::AppDb;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
@@ -15,6 +16,10 @@ pub struct Context {
     pub metrics: Metrics,
     /// Identifies this process in leases: host, pid and a random suffix.
     pub worker_id: String,
+    /// The application database's pool, opened on first use and shared by every
+    /// job and HTTP request of this process (a pool per request exhausted
+    /// PostgreSQL's connections under load).
+    app_db: tokio::sync::OnceCell<AppDb>,
 }
 
 impl Context {
@@ -39,7 +44,20 @@ impl Context {
             mailer,
             metrics: Metrics::new(),
             worker_id: worker_id(),
+            app_db: tokio::sync::OnceCell::new(),
         }))
+    }
+
+    /// The process's application-database pool (`database.max_connections`);
+    /// connects on first use, and again after a failed first attempt.
+    pub async fn app_db(&self) -> Result<AppDb> {
+        let db = self
+            .app_db
+            .get_or_try_init(|| {
+                AppDb::connect_pool(&self.config.database.url, self.config.database.max_connections)
+            })
+            .await?;
+        Ok(db.clone())
     }
 }
 

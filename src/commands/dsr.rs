@@ -1,5 +1,6 @@
 //! `lethe dsr submit|list|show|extend|report`.
 
+use super::out::outln;
 use std::sync::Arc;
 
 use anyhow::Result;
@@ -37,7 +38,7 @@ pub async fn submit(
         v["blocking_orgs"] = json!(blocking);
         super::print_json(&v)?;
     } else if accepted {
-        println!(
+        outln!(
             "request {} accepted ({} for {}, {}), due {}",
             r.id,
             r.kind,
@@ -46,7 +47,7 @@ pub async fn submit(
             r.due_at.format("%Y-%m-%d %H:%M UTC")
         );
     } else {
-        println!(
+        outln!(
             "request {} REJECTED: {} — {}",
             r.id,
             r.reason.as_deref().unwrap_or("?"),
@@ -113,14 +114,14 @@ pub async fn show(ctx: Arc<Context>, id: i64, json_out: bool) -> Result<i32> {
     if json_out {
         super::print_json(&v)?;
     } else {
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        outln!("{}", serde_json::to_string_pretty(&v)?);
     }
     Ok(0)
 }
 
 pub async fn extend(ctx: Arc<Context>, id: i64, days: u32, reason: &str) -> Result<i32> {
     let r = dsr::extend(&ctx, id, days, reason).await?;
-    println!(
+    outln!(
         "request {id} now due {} ({} days of extension in total)",
         r.due_at.format("%Y-%m-%d %H:%M UTC"),
         r.extended_days
@@ -140,23 +141,23 @@ pub async fn report(ctx: Arc<Context>, send: bool, json_out: bool) -> Result<i32
         v["mail_id"] = json!(mail);
         super::print_json(&v)?;
     } else {
-        println!(
+        outln!(
             "DSR SLA report ({})",
             r.generated_at.format("%Y-%m-%d %H:%M UTC")
         );
-        println!("  open by state: {:?}", r.open_by_state);
-        println!("  open by days left: {:?}", r.open_by_days_left);
-        println!(
+        outln!("  open by state: {:?}", r.open_by_state);
+        outln!("  open by days left: {:?}", r.open_by_days_left);
+        outln!(
             "  overdue: {}, at risk: {}",
             r.overdue.len(),
             r.at_risk.len()
         );
-        println!(
+        outln!(
             "  completed in the last {} days: {} (median {:?} d, p95 {:?} d, {:?}% within deadline)",
             r.period_days, r.completed_in_period, r.median_days_to_close, r.p95_days_to_close, r.percent_within_deadline
         );
         if let Some(id) = mail {
-            println!("  queued to the DPO as mail {id}; `lethe run mail.flush` delivers it");
+            outln!("  queued to the DPO as mail {id}; `lethe run mail.flush` delivers it");
         }
     }
     Ok(0)

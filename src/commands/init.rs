@@ -1,5 +1,6 @@
 //! `lethe init`: a starter config on embedded backends (SQLite, local folders).
 
+use super::out::outln;
 use std::path::Path;
 
 use anyhow::{Context as _, Result};
@@ -196,8 +197,8 @@ pub fn write_starter(
 
 pub fn run(dir: &Path, force: bool) -> Result<i32> {
     for p in write_starter(dir, STARTER_CONFIG, force)? {
-        println!("wrote {}", p.display());
+        outln!("wrote {}", p.display());
     }
-    println!("next: edit lethe.toml, then `lethe migrate && lethe check`");
+    outln!("next: edit lethe.toml, then `lethe migrate && lethe check`");
     Ok(0)
 }

@@ -2,6 +2,13 @@
 
 use std::time::Duration;
 
+/// The longest duration any setting accepts: 36500d (100 years). Lethe adds
+/// and subtracts durations to and from timestamps (deadlines, leases, cutoffs);
+/// within this bound every such sum stays far inside chrono's range, so no
+/// setting can make a job panic at run time.
+pub const MAX_DURATION: Duration = Duration::from_secs(36_500 * 86_400);
+
+/// Parses a duration between 0 and [`MAX_DURATION`].
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let t = text.trim();
     let split = t
@@ -11,8 +18,18 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let n: u64 = num
         .parse()
         .map_err(|_| format!("`{text}` does not start with a whole number; write e.g. `30s`"))?;
+    let too_long = || {
+        format!(
+            "`{text}` is too long: durations go from 0s to {} (100 years)",
+            format_duration(MAX_DURATION)
+        )
+    };
     let secs = match unit {
-        "ms" => return Ok(Duration::from_millis(n)),
+        "ms" => {
+            return Some(Duration::from_millis(n))
+                .filter(|d| *d <= MAX_DURATION)
+                .ok_or_else(too_long)
+        }
         "s" => 1,
         "m" => 60,
         "h" => 3600,
@@ -26,7 +43,8 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     };
     n.checked_mul(secs)
         .map(Duration::from_secs)
-        .ok_or_else(|| format!("`{text}` is too large"))
+        .filter(|d| *d <= MAX_DURATION)
+        .ok_or_else(too_long)
 }
 
 pub fn format_duration(d: Duration) -> String {
@@ -63,7 +81,22 @@ mod tests {
         assert!(parse_duration("s").unwrap_err().contains("whole number"));
         assert!(parse_duration("99999999999999999w")
             .unwrap_err()
-            .contains("too large"));
+            .contains("too long"));
+    }
+
+    #[test]
+    fn the_limit_is_inclusive_in_every_unit() {
+        assert_eq!(parse_duration("36500d").unwrap(), MAX_DURATION);
+        assert_eq!(parse_duration("3153600000s").unwrap(), MAX_DURATION);
+        assert_eq!(parse_duration("3153600000000ms").unwrap(), MAX_DURATION);
+        for over in ["36501d", "5215w", "3153600001s", "3153600000001ms", "99999999999w"] {
+            let e = parse_duration(over).unwrap_err();
+            assert!(e.contains("0s to 36500d"), "{over}: {e}");
+        }
+        let now = chrono::Utc::now();
+        let max = chrono::Duration::from_std(MAX_DURATION).unwrap();
+        assert!(now.checked_add_signed(max * 3).is_some());
+        assert!(now.checked_sub_signed(max * 3).is_some());
     }
 
     #[test]

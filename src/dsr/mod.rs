@@ -14,7 +14,6 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::json;
 
-use crate::appdb::AppDb;
 use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::store::{DsrInsert, DsrRequest, DsrState, HoldScope, NewDsr};
@@ -89,7 +88,7 @@ pub async fn submit(ctx: &Context, s: Submission<'_>) -> Result<Intake> {
     let app = ctx.config.app.as_ref().ok_or_else(|| {
         Error::Usage("DSRs need [app] in lethe.toml: where subjects (and memberships) live".into())
     })?;
-    let db = AppDb::connect(&ctx.config.database.url).await?;
+    let db = ctx.app_db().await?;
     let now = ctx.store.now().await?;
     let due_at = j.deadline(kind, &ctx.config.dsr).after(now)?;
 
@@ -199,8 +198,10 @@ pub async fn extend(ctx: &Context, id: i64, days: u32, reason: &str) -> Result<D
             "--reason is required: the subject must be told why".into(),
         ));
     }
-    if days == 0 {
-        return Err(Error::Usage("--days must be at least 1".into()));
+    if !(1..=3650).contains(&days) {
+        return Err(Error::Usage(format!(
+            "--days must be between 1 and 3650 (got {days})"
+        )));
     }
     let r = ctx
         .store
@@ -216,7 +217,10 @@ pub async fn extend(ctx: &Context, id: i64, days: u32, reason: &str) -> Result<D
     let j = Jurisdiction::find(&r.jurisdiction)?;
     let base_due = j.deadline(&r.kind, &ctx.config.dsr).after(r.received_at)?;
     let limit = j.extension.map(|e| e.after(base_due)).transpose()?;
-    let new_due = r.due_at + chrono::Duration::days(i64::from(days));
+    let new_due = r
+        .due_at
+        .checked_add_days(chrono::Days::new(u64::from(days)))
+        .ok_or_else(|| Error::Usage(format!("--days {days} is out of range")))?;
     match limit {
         None => return Err(Error::Usage(format!("{} allows no extension", j.name))),
         Some(max) if new_due > max => {
@@ -231,7 +235,7 @@ pub async fn extend(ctx: &Context, id: i64, days: u32, reason: &str) -> Result<D
         Some(_) => {}
     }
     ctx.store
-        .dsr_extend(id, new_due, days as i32, reason)
+        .dsr_extend(id, new_due, i32::try_from(days).unwrap_or(i32::MAX), reason)
         .await?;
     crate::audit::record(
         ctx.store.as_ref(),

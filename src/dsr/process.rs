@@ -291,7 +291,7 @@ pub async fn process_job(jc: &JobContext) -> Result<Value> {
         let ids: Vec<i64> = due.iter().map(|r| r.id).collect();
         return Ok(json!({"dry_run": true, "would_process": ids}));
     }
-    let db = AppDb::connect(&ctx.config.database.url).await?;
+    let db = ctx.app_db().await?;
     let (mut completed, mut rejected, mut failed) = (Vec::new(), Vec::new(), Vec::new());
     let mut took_ms: Vec<f64> = Vec::new();
     let bar = crate::progress::bar(

@@ -81,7 +81,23 @@ impl JobKind {
 fn check<T: DeserializeOwned>(params: &Value) -> Result<(), String> {
     serde_json::from_value::<T>(params.clone())
         .map(|_| ())
-        .map_err(|e| e.to_string())
+        .map_err(|e| e.to_string())?;
+    check_durations(params)
+}
+
+/// Params that are durations must parse (and be in range) at load, not at 3 a.m.
+fn check_durations(params: &Value) -> Result<(), String> {
+    for key in ["keep", "rpo", "reminders"] {
+        let values = match params.get(key) {
+            Some(Value::String(s)) => vec![s.as_str()],
+            Some(Value::Array(a)) => a.iter().filter_map(Value::as_str).collect(),
+            _ => continue,
+        };
+        for v in values {
+            crate::config::parse_duration(v).map_err(|m| format!("{key}: {m}"))?;
+        }
+    }
+    Ok(())
 }
 
 impl fmt::Display for JobKind {
