@@ -97,6 +97,7 @@ pub async fn run(dir: &Path, json_out: bool) -> Result<i32> {
         let (r, outcome) = match crate::dsr::submit(&ctx, sub).await? {
             crate::dsr::Intake::Accepted(r) | crate::dsr::Intake::Replayed(r) => (r, "accepted"),
             crate::dsr::Intake::Rejected { request, .. } => (request, "rejected"),
+            crate::dsr::Intake::KeyReused(r) => (r, "key_reused"),
         };
         dsrs.push(json!({"id": r.id, "kind": kind, "subject": subject, "intake": outcome, "reason": r.reason}));
     }

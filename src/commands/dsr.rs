@@ -32,6 +32,14 @@ pub async fn submit(
             request,
             blocking_orgs,
         } => (request, blocking_orgs, false),
+        // The CLI sends no idempotency key; kept exhaustive for the API's case.
+        Intake::KeyReused(r) => {
+            return Err(Error::Usage(format!(
+                "the idempotency key was already used for request {}",
+                r.id
+            ))
+            .into())
+        }
     };
     if json_out {
         let mut v = dsr::view(&ctx, &r, now);

@@ -60,6 +60,8 @@ pub struct Submission<'a> {
 pub enum Intake {
     Accepted(DsrRequest),
     Replayed(DsrRequest),
+    /// The idempotency key was first used for this other request; nothing recorded.
+    KeyReused(DsrRequest),
     Rejected {
         request: DsrRequest,
         blocking_orgs: Vec<String>,
@@ -138,12 +140,17 @@ pub async fn submit(ctx: &Context, s: Submission<'_>) -> Result<Intake> {
         detail,
         source: s.source.into(),
         idempotency_key: s.idempotency_key.map(str::to_string),
+        request_hash: match s.idempotency_key {
+            Some(_) => Some(request_hash(ctx, kind, &subject, j.code)?),
+            None => None,
+        },
         received_at: now,
         due_at,
     };
     let actor = format!("{}:{}", s.source, crate::audit::actor_cli());
     let outcome = match ctx.store.dsr_insert(&new).await? {
         DsrInsert::Replayed(r) => return Ok(Intake::Replayed(r)),
+        DsrInsert::KeyConflict(r) => return Ok(Intake::KeyReused(r)),
         DsrInsert::Duplicate(existing) => {
             let dup = NewDsr {
                 state: DsrState::Rejected,
@@ -153,6 +160,7 @@ pub async fn submit(ctx: &Context, s: Submission<'_>) -> Result<Intake> {
                     existing.id
                 )),
                 idempotency_key: None,
+                request_hash: None,
                 ..new
             };
             match ctx.store.dsr_insert(&dup).await? {
@@ -177,6 +185,7 @@ pub async fn submit(ctx: &Context, s: Submission<'_>) -> Result<Intake> {
         Intake::Accepted(r) => (r, "dsr.received"),
         Intake::Rejected { request, .. } => (request, "dsr.rejected"),
         Intake::Replayed(r) => (r, "dsr.replayed"),
+        Intake::KeyReused(_) => return Ok(outcome),
     };
     // The subject's email is personal data: evidence names the request, not the person.
     crate::audit::record(
@@ -189,6 +198,26 @@ pub async fn submit(ctx: &Context, s: Submission<'_>) -> Result<Intake> {
     )
     .await?;
     Ok(outcome)
+}
+
+/// What an idempotency key is bound to: the canonical request (kind, normalized
+/// subject, resolved jurisdiction), as `scheme:hex`. Keyed HMAC under the
+/// pseudonym key when one is configured, so Lethe's store holds no plain hash
+/// of an email an erasure later replaces by its pseudonym.
+fn request_hash(ctx: &Context, kind: &str, subject: &str, jurisdiction: &str) -> Result<String> {
+    use hmac::Mac;
+    use sha2::Digest;
+    let canonical = json!({"jurisdiction": jurisdiction, "kind": kind, "subject": subject}).to_string();
+    let key = ctx.config.dsr.pseudonym_key.load().map_err(Error::Usage)?;
+    Ok(match key {
+        Some(k) => {
+            let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(k.expose().as_bytes())
+                .map_err(|e| Error::Usage(format!("pseudonym key: {e}")))?;
+            mac.update(canonical.as_bytes());
+            format!("hmac-sha256:{}", hex::encode(mac.finalize().into_bytes()))
+        }
+        None => format!("sha256:{}", hex::encode(sha2::Sha256::digest(canonical.as_bytes()))),
+    })
 }
 
 /// `dsr extend ID --days N --reason TEXT`, within the jurisdiction's limit.
