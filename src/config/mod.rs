@@ -439,9 +439,9 @@ impl SourceFile<'_> {
         key: &str,
         range: std::ops::RangeInclusive<Duration>,
     ) -> Result<Duration> {
-        let d = parse_duration(value.get_ref())
+        let d = duration::parse_bounded(value.get_ref())
             .map_err(|m| self.error_at(value.span(), format!("{key}: {m}")))?;
-        if range.contains(&d) {
+        if let Some(d) = d.filter(|d| range.contains(d)) {
             return Ok(d);
         }
         Err(self.error_at(
