@@ -54,7 +54,10 @@ impl Context {
         let db = self
             .app_db
             .get_or_try_init(|| {
-                AppDb::connect_pool(&self.config.database.url, self.config.database.max_connections)
+                AppDb::connect_pool(
+                    &self.config.database.url,
+                    self.config.database.max_connections,
+                )
             })
             .await?;
         Ok(db.clone())

@@ -588,7 +588,12 @@ fn audit_verify_tells_intact_unsigned_from_signed_and_never_says_ok_unchecked() 
     let v: serde_json::Value = serde_json::from_str(&json).unwrap();
     assert_eq!(
         (&v["ok"], &v["intact"], &v["signature"], &v["verdict"]),
-        (&true.into(), &true.into(), &"absent".into(), &"unsigned".into()),
+        (
+            &true.into(),
+            &true.into(),
+            &"absent".into(),
+            &"unsigned".into()
+        ),
         "{v}"
     );
     // --require-signature makes it a failure.
@@ -597,7 +602,10 @@ fn audit_verify_tells_intact_unsigned_from_signed_and_never_says_ok_unchecked() 
     assert!(text.contains("UNSIGNED"), "{text}");
     let (code, json) = verify(&c, &plain, Some(key), &["--require-signature", "--json"]);
     assert_eq!(code, Some(1));
-    assert_eq!(serde_json::from_str::<serde_json::Value>(&json).unwrap()["ok"], false);
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&json).unwrap()["ok"],
+        false
+    );
     // ... and needs a key to check one (exit 2, naming where the key comes from).
     let (code, text) = verify(&c, &signed, None, &["--require-signature"]);
     assert_eq!(code, Some(2), "{text}");
@@ -615,12 +623,18 @@ fn audit_verify_tells_intact_unsigned_from_signed_and_never_says_ok_unchecked() 
     }
     let (_, json) = verify(&c, &signed, None, &["--json"]);
     let v: serde_json::Value = serde_json::from_str(&json).unwrap();
-    assert_eq!((&v["signature"], &v["verdict"]), (&"unchecked".into(), &"unchecked".into()));
+    assert_eq!(
+        (&v["signature"], &v["verdict"]),
+        (&"unchecked".into(), &"unchecked".into())
+    );
 
     // Signed, with the key: OK.
     let (code, text) = verify(&c, &signed, Some(key), &["--require-signature"]);
     assert_eq!(code, Some(0), "{text}");
-    assert!(text.starts_with("OK:") && text.contains("signature valid"), "{text}");
+    assert!(
+        text.starts_with("OK:") && text.contains("signature valid"),
+        "{text}"
+    );
 
     // Tampered: BROKEN at the altered line, with or without a signature.
     for file in [&plain, &signed] {
@@ -685,27 +699,66 @@ fn numeric_arguments_are_range_checked_with_exit_2() {
     let c = ConfigDir::new(None, "", "");
     run_ok(c.lethe().arg("migrate"));
     for (args, flag) in [
-        (vec!["dsr", "extend", "1", "--days", "4294967295", "--reason", "x"], "--days"),
-        (vec!["dsr", "extend", "1", "--days", "3651", "--reason", "x"], "--days"),
-        (vec!["dsr", "extend", "1", "--days", "0", "--reason", "x"], "--days"),
-        (vec!["dsr", "extend", "1", "--days=-1", "--reason", "x"], "--days"),
+        (
+            vec![
+                "dsr",
+                "extend",
+                "1",
+                "--days",
+                "4294967295",
+                "--reason",
+                "x",
+            ],
+            "--days",
+        ),
+        (
+            vec!["dsr", "extend", "1", "--days", "3651", "--reason", "x"],
+            "--days",
+        ),
+        (
+            vec!["dsr", "extend", "1", "--days", "0", "--reason", "x"],
+            "--days",
+        ),
+        (
+            vec!["dsr", "extend", "1", "--days=-1", "--reason", "x"],
+            "--days",
+        ),
         (vec!["dsr", "list", "--limit", "0"], "--limit"),
         (vec!["dsr", "list", "--limit", "4294967296"], "--limit"),
         (vec!["jobs", "history", "--limit", "10001"], "--limit"),
         (
-            vec!["breach", "open", "--title", "t", "--detected-at", "2026-01-01T00:00:00Z", "--subjects=-5"],
+            vec![
+                "breach",
+                "open",
+                "--title",
+                "t",
+                "--detected-at",
+                "2026-01-01T00:00:00Z",
+                "--subjects=-5",
+            ],
             "--subjects",
         ),
     ] {
         let out = c.lethe().args(&args).output().unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
-        assert!(err.contains(flag), "{args:?}: the error names {flag}: {err}");
+        assert!(
+            err.contains(flag),
+            "{args:?}: the error names {flag}: {err}"
+        );
         assert!(!err.contains("panicked"), "{args:?}: {err}");
     }
     let out = c
         .lethe()
-        .args(["dsr", "extend", "1", "--days", "4294967295", "--reason", "x"])
+        .args([
+            "dsr",
+            "extend",
+            "1",
+            "--days",
+            "4294967295",
+            "--reason",
+            "x",
+        ])
         .output()
         .unwrap();
     assert!(
@@ -733,20 +786,44 @@ fn dsr_extend_at_the_largest_days_is_refused_by_the_jurisdiction_not_a_panic() {
     assert!(status.success());
     run_ok(c.lethe().arg("migrate"));
     let r = stdout_json(&run_ok(c.lethe().args([
-        "dsr", "submit", "--kind", "export", "--subject", "a@x.example", "--jurisdiction", "gdpr", "--json",
+        "dsr",
+        "submit",
+        "--kind",
+        "export",
+        "--subject",
+        "a@x.example",
+        "--jurisdiction",
+        "gdpr",
+        "--json",
     ])));
     let id = r["id"].to_string();
     for days in ["3650", "4294967295"] {
         let out = c
             .lethe()
-            .args(["dsr", "extend", &id, "--days", days, "--reason", "complex request"])
+            .args([
+                "dsr",
+                "extend",
+                &id,
+                "--days",
+                days,
+                "--reason",
+                "complex request",
+            ])
             .output()
             .unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "--days {days}: {err}");
         assert!(!err.contains("panicked"), "{err}");
     }
-    run_ok(c.lethe().args(["dsr", "extend", &id, "--days", "30", "--reason", "complex request"]));
+    run_ok(c.lethe().args([
+        "dsr",
+        "extend",
+        &id,
+        "--days",
+        "30",
+        "--reason",
+        "complex request",
+    ]));
 }
 
 /// Huge durations and counts in lethe.toml or a job file are refused at load
@@ -755,17 +832,61 @@ fn dsr_extend_at_the_largest_days_is_refused_by_the_jurisdiction_not_a_panic() {
 #[test]
 fn huge_durations_and_counts_are_refused_at_load_and_limits_run() {
     let cases = [
-        ("[runner]\n", "lease = \"99999999999w\"", "runner.lease must be between 1s and 1w"),
-        ("[runner]\n", "poll_interval = \"0s\"", "runner.poll_interval must be between 10ms and 1h"),
-        ("[mail]\n", "max_attempts = 0", "mail.max_attempts must be between 1 and 1000"),
-        ("[store]\n", "max_connections = 0", "store.max_connections must be between 1 and 1000"),
-        ("[database]\n", "max_connections = 100000", "database.max_connections must be between 1 and 1000"),
-        ("", "[keys]\ndek_rotation = \"99999999999w\"", "must be between 0s and 36500d"),
-        ("", "[keys]\nconcurrency = 100", "keys.concurrency must be between 1 and 64"),
-        ("", "[dsr]\nreport_period = \"99999999999w\"", "must be between 0s and 36500d"),
-        ("", "[dsr]\nexport_link_ttl = \"36501d\"", "must be between 0s and 36500d"),
-        ("", "[breach]\nreminders = [\"6h\", \"99999999999w\"]", "must be between 0s and 36500d"),
-        ("[http]\n", "queue_timeout = \"2m\"", "http.queue_timeout must be between 0s and 1m"),
+        (
+            "[runner]\n",
+            "lease = \"99999999999w\"",
+            "runner.lease must be between 1s and 1w",
+        ),
+        (
+            "[runner]\n",
+            "poll_interval = \"0s\"",
+            "runner.poll_interval must be between 10ms and 1h",
+        ),
+        (
+            "[mail]\n",
+            "max_attempts = 0",
+            "mail.max_attempts must be between 1 and 1000",
+        ),
+        (
+            "[store]\n",
+            "max_connections = 0",
+            "store.max_connections must be between 1 and 1000",
+        ),
+        (
+            "[database]\n",
+            "max_connections = 100000",
+            "database.max_connections must be between 1 and 1000",
+        ),
+        (
+            "",
+            "[keys]\ndek_rotation = \"99999999999w\"",
+            "must be between 0s and 36500d",
+        ),
+        (
+            "",
+            "[keys]\nconcurrency = 100",
+            "keys.concurrency must be between 1 and 64",
+        ),
+        (
+            "",
+            "[dsr]\nreport_period = \"99999999999w\"",
+            "must be between 0s and 36500d",
+        ),
+        (
+            "",
+            "[dsr]\nexport_link_ttl = \"36501d\"",
+            "must be between 0s and 36500d",
+        ),
+        (
+            "",
+            "[breach]\nreminders = [\"6h\", \"99999999999w\"]",
+            "must be between 0s and 36500d",
+        ),
+        (
+            "[http]\n",
+            "queue_timeout = \"2m\"",
+            "http.queue_timeout must be between 0s and 1m",
+        ),
     ];
     for (section, line, want) in cases {
         let c = ConfigDir::new(None, "", "");
@@ -784,20 +905,35 @@ fn huge_durations_and_counts_are_refused_at_load_and_limits_run() {
         let out = c.lethe().arg("check").output().unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{line}: {err}");
-        assert!(err.contains(&format!("lethe.toml:{line_no}:")), "{line}: {err}");
+        assert!(
+            err.contains(&format!("lethe.toml:{line_no}:")),
+            "{line}: {err}"
+        );
         assert!(err.contains(want), "{line}: {err}");
     }
     // A job file: the timeout and a duration param.
     for (body, want) in [
-        ("timeout = \"99999999999w\"\n", "timeout must be between 1ms and 36500d"),
-        ("[params]\nkeep = \"99999999999w\"\n", "keep: `99999999999w` is too long"),
+        (
+            "timeout = \"99999999999w\"\n",
+            "timeout must be between 1ms and 36500d",
+        ),
+        (
+            "[params]\nkeep = \"99999999999w\"\n",
+            "keep: `99999999999w` is too long",
+        ),
     ] {
         let c = ConfigDir::new(None, "", "");
-        c.job("prune", &format!("kind = \"runner.prune\"\nschedule = \"0 0 3 * * *\"\n{body}"));
+        c.job(
+            "prune",
+            &format!("kind = \"runner.prune\"\nschedule = \"0 0 3 * * *\"\n{body}"),
+        );
         let out = c.lethe().arg("check").output().unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{body}: {err}");
-        assert!(err.contains("prune.toml:") && err.contains(want), "{body}: {err}");
+        assert!(
+            err.contains("prune.toml:") && err.contains(want),
+            "{body}: {err}"
+        );
     }
 
     // At the limits: loads, and the jobs that use these durations run.
@@ -816,11 +952,19 @@ fn huge_durations_and_counts_are_refused_at_load_and_limits_run() {
     }
     run_ok(c.lethe().arg("migrate"));
     run_ok(c.lethe().args([
-        "breach", "open", "--title", "t", "--detected-at", "2026-01-01T00:00:00Z",
+        "breach",
+        "open",
+        "--title",
+        "t",
+        "--detected-at",
+        "2026-01-01T00:00:00Z",
     ]));
     for kind in ["dsr.sla_report", "breach.tick", "runner.prune"] {
         let v = stdout_json(&run_ok(c.lethe().args(["run", kind, "--json"])));
         assert_eq!(v["status"], "succeeded", "{kind}: {v}");
     }
-    run_ok(c.lethe().args(["run", "runner.prune", "--param", "keep=\"36500d\""]));
+    run_ok(
+        c.lethe()
+            .args(["run", "runner.prune", "--param", "keep=\"36500d\""]),
+    );
 }

@@ -40,9 +40,11 @@ impl Drop for Api {
 impl Api {
     /// Every request in the store, by subject.
     fn requests_by_subject(&self) -> HashMap<String, Vec<Value>> {
-        let list = stdout_json(&run_ok(self.c.lethe().args([
-            "dsr", "list", "--json", "--limit", "10000",
-        ])));
+        let list = stdout_json(&run_ok(
+            self.c
+                .lethe()
+                .args(["dsr", "list", "--json", "--limit", "10000"]),
+        ));
         let mut by: HashMap<String, Vec<Value>> = HashMap::new();
         for r in list["requests"].as_array().unwrap() {
             by.entry(r["subject"].as_str().unwrap().to_string())
@@ -53,7 +55,8 @@ impl Api {
     }
 
     fn post(&self, idem: Option<&[u8]>, body: &str) -> Reply {
-        let mut headers: Vec<(&str, &[u8])> = vec![("Authorization", b"Bearer k-http-edges-0123456789")];
+        let mut headers: Vec<(&str, &[u8])> =
+            vec![("Authorization", b"Bearer k-http-edges-0123456789")];
         if let Some(k) = idem {
             headers.push(("Idempotency-Key", k));
         }
@@ -69,7 +72,12 @@ CREATE TABLE memberships (org_id INTEGER, user_id INTEGER, role TEXT);";
 async fn start(pg: bool, users: usize, database: &str, http: &str) -> Option<(Api, String)> {
     use sha2::Digest;
     let inserts: String = (0..users)
-        .map(|i| format!("INSERT INTO users (id, email) VALUES ({}, 'u{i}@x.example');\n", i + 1))
+        .map(|i| {
+            format!(
+                "INSERT INTO users (id, email) VALUES ({}, 'u{i}@x.example');\n",
+                i + 1
+            )
+        })
         .collect();
     let (c, app_db) = if pg {
         let app = common::fresh_pg_db().await?;
@@ -223,7 +231,11 @@ async fn a_burst_of_300_submits_is_bounded_and_answered_201_or_503_with_retry_af
     let (mut rounds, mut busy) = (0, 0);
     while !pending.is_empty() {
         rounds += 1;
-        assert!(rounds <= 60, "{} submits still refused after 60 rounds", pending.len());
+        assert!(
+            rounds <= 60,
+            "{} submits still refused after 60 rounds",
+            pending.len()
+        );
         let a = api.clone();
         let batch = pending.clone();
         let replies: Vec<(usize, Reply)> = tokio::task::spawn_blocking(move || {
@@ -234,7 +246,10 @@ async fn a_burst_of_300_submits_is_bounded_and_answered_201_or_503_with_retry_af
                         let a = &a;
                         s.spawn(move || {
                             let key = format!("burst-{i}");
-                            (i, a.post(Some(key.as_bytes()), &erasure(&format!("u{i}@x.example"))))
+                            (
+                                i,
+                                a.post(Some(key.as_bytes()), &erasure(&format!("u{i}@x.example"))),
+                            )
                         })
                     })
                     .collect();
@@ -270,7 +285,10 @@ async fn a_burst_of_300_submits_is_bounded_and_answered_201_or_503_with_retry_af
         (1..=2).contains(&peak),
         "the app database saw {peak} connections from lethe; its pool is 2"
     );
-    assert!(busy > 0, "the limit never bit: 4 slots, 200 ms queue, 300 at once");
+    assert!(
+        busy > 0,
+        "the limit never bit: 4 slots, 200 ms queue, 300 at once"
+    );
     let by_subject = api.requests_by_subject();
     for (i, id) in &accepted {
         let rs = &by_subject[&format!("u{i}@x.example")];
@@ -316,7 +334,10 @@ async fn idempotency_key_is_bound_to_its_request(pg: bool) {
         assert_eq!(r.body["request_id"], first.body["id"]);
     }
     let by = api.requests_by_subject();
-    assert!(!by.contains_key("u1@x.example"), "the conflicting request was recorded");
+    assert!(
+        !by.contains_key("u1@x.example"),
+        "the conflicting request was recorded"
+    );
     assert_eq!(by["u0@x.example"].len(), 1, "{:?}", by["u0@x.example"]);
 
     let long_ok = "k".repeat(255);
@@ -330,7 +351,12 @@ async fn idempotency_key_is_bound_to_its_request(pg: bool) {
         (long_ok.as_bytes(), 201),
     ] {
         let r = api.post(Some(key), &erasure("u2@x.example"));
-        assert_eq!(r.code, want, "key {:?}: {r:?}", String::from_utf8_lossy(key));
+        assert_eq!(
+            r.code,
+            want,
+            "key {:?}: {r:?}",
+            String::from_utf8_lossy(key)
+        );
         if want == 400 {
             let msg = r.body["error"].as_str().unwrap_or_default();
             assert!(
@@ -361,9 +387,17 @@ async fn idempotency_key_is_bound_to_its_request(pg: bool) {
             by.get(&format!("u{b}@x.example")).map_or(0, Vec::len),
         );
         if r3.code == 201 {
-            assert_eq!((codes, na, nb), (vec![201, 422, 422], 0, 1), "round {round}");
+            assert_eq!(
+                (codes, na, nb),
+                (vec![201, 422, 422], 0, 1),
+                "round {round}"
+            );
         } else {
-            assert_eq!((codes, na, nb), (vec![200, 201, 422], 1, 0), "round {round}");
+            assert_eq!(
+                (codes, na, nb),
+                (vec![200, 201, 422], 1, 0),
+                "round {round}"
+            );
             assert_eq!(r1.body["id"], r2.body["id"], "round {round}");
         }
     }

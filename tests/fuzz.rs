@@ -384,12 +384,28 @@ const COUNT_KEYS: &[(&str, &str)] = &[
 fn duration_text() -> impl Strategy<Value = String> {
     prop_oneof![
         "[0-9]{1,22}(ms|s|m|h|d|w)",
-        (any::<u64>(), prop::sample::select(vec!["ms", "s", "m", "h", "d", "w"]))
+        (
+            any::<u64>(),
+            prop::sample::select(vec!["ms", "s", "m", "h", "d", "w"])
+        )
             .prop_map(|(n, u)| format!("{n}{u}")),
         prop::sample::select(vec![
-            "99999999999w", "36500d", "36501d", "5214w", "5215w", "876000h", "876001h",
-            "3153600000s", "3153600001s", "3153600000000ms", "3153600000001ms", "0s", "0ms",
-            "1ms", "7d", "604801s",
+            "99999999999w",
+            "36500d",
+            "36501d",
+            "5214w",
+            "5215w",
+            "876000h",
+            "876001h",
+            "3153600000s",
+            "3153600001s",
+            "3153600000000ms",
+            "3153600000001ms",
+            "0s",
+            "0ms",
+            "1ms",
+            "7d",
+            "604801s",
         ])
         .prop_map(str::to_string),
     ]
@@ -449,8 +465,14 @@ fn assert_usable(d: std::time::Duration) -> Result<(), TestCaseError> {
     prop_assert!(c.is_ok(), "{d:?} does not fit chrono");
     let c = c.unwrap();
     for k in 1..=3 {
-        prop_assert!(now.checked_add_signed(c * k).is_some(), "now + {k}×{d:?} overflows");
-        prop_assert!(now.checked_sub_signed(c * k).is_some(), "now - {k}×{d:?} overflows");
+        prop_assert!(
+            now.checked_add_signed(c * k).is_some(),
+            "now + {k}×{d:?} overflows"
+        );
+        prop_assert!(
+            now.checked_sub_signed(c * k).is_some(),
+            "now - {k}×{d:?} overflows"
+        );
     }
     prop_assert!(chrono::Duration::try_seconds(d.as_secs() as i64).is_some());
     Ok(())
@@ -459,10 +481,23 @@ fn assert_usable(d: std::time::Duration) -> Result<(), TestCaseError> {
 /// A refused setting is a config error naming file:line:col and the allowed range.
 fn assert_clean_refusal(e: &lethe::Error, what: &str) -> Result<(), TestCaseError> {
     prop_assert_eq!(e.exit_code(), 2, "{}: {}", what, e);
-    let lethe::Error::Config { line, column, message, .. } = e else {
-        return Err(TestCaseError::fail(format!("{what}: not a config error: {e}")));
+    let lethe::Error::Config {
+        line,
+        column,
+        message,
+        ..
+    } = e
+    else {
+        return Err(TestCaseError::fail(format!(
+            "{what}: not a config error: {e}"
+        )));
     };
-    prop_assert!(line.is_some() && column.is_some(), "{}: no line:col: {}", what, e);
+    prop_assert!(
+        line.is_some() && column.is_some(),
+        "{}: no line:col: {}",
+        what,
+        e
+    );
     prop_assert!(!message.is_empty());
     Ok(())
 }

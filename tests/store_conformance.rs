@@ -714,7 +714,8 @@ async fn dsr_idempotency_key_replays_the_same_request_and_refuses_a_different_on
         got.sort();
         // Whichever body wins, exactly one row exists under the key.
         assert!(
-            got == ["conflict", "created", "replayed"] || got == ["conflict", "conflict", "created"],
+            got == ["conflict", "created", "replayed"]
+                || got == ["conflict", "conflict", "created"],
             "round {round}: {got:?}"
         );
     }

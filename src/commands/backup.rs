@@ -64,7 +64,8 @@ pub async fn verify(ctx: Arc<Context>, id: &str, json_out: bool) -> Result<i32> 
     } else if r.ok {
         outln!(
             "backup {id}: OK — restored and {} tables match ({} ms)",
-            r.tables, r.restore_ms
+            r.tables,
+            r.restore_ms
         );
     } else {
         outln!(

@@ -200,7 +200,8 @@ pub async fn run(dir: &Path, json_out: bool) -> Result<i32> {
         outln!();
         outln!(
             "  audit chain: {events} events, verified {}, signature {}",
-            verified.ok, verified.signature
+            verified.ok,
+            verified.signature
         );
         outln!(
             "  mail: {mail_files} message(s) in {}",

@@ -59,7 +59,11 @@ pub async fn rotate(ctx: Arc<Context>, org: Option<&str>, json_out: bool) -> Res
     } else {
         outln!(
             "{} orgs: {} new DEK versions, {} re-wrapped, {} KEKs rotated, shredded: {}",
-            v["orgs"], v["deks_created"], v["rewrapped"], v["keks_rotated"], v["shredded"]
+            v["orgs"],
+            v["deks_created"],
+            v["rewrapped"],
+            v["keks_rotated"],
+            v["shredded"]
         );
     }
     Ok(0)

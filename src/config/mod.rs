@@ -558,8 +558,12 @@ impl Config {
             1..=1000,
             4,
         )?;
-        let store_max_connections =
-            src.count(store_raw.max_connections, "store.max_connections", 1..=1000, 8)?;
+        let store_max_connections = src.count(
+            store_raw.max_connections,
+            "store.max_connections",
+            1..=1000,
+            8,
+        )?;
         let runner = load_runner(&src, raw.runner, &dir)?;
         let http = load_http(&src, raw.http)?;
         let mail = load_mail(&src, raw.mail, &dir)?;
@@ -704,7 +708,12 @@ fn load_runner(src: &SourceFile, raw: RawRunner, dir: &Path) -> Result<RunnerCon
         )?,
         // A lease is renewed every third of itself; past a week a crashed
         // worker's run would wait that long for rescue.
-        lease: dur(&raw.lease, "runner.lease", secs(1)..=secs(7 * 86_400), secs(60))?,
+        lease: dur(
+            &raw.lease,
+            "runner.lease",
+            secs(1)..=secs(7 * 86_400),
+            secs(60),
+        )?,
         retry_base: dur(
             &raw.retry_base,
             "runner.retry_base",
@@ -758,9 +767,11 @@ fn load_http(src: &SourceFile, raw: RawHttp) -> Result<HttpConfig> {
         listen,
         max_concurrency: src.count(raw.max_concurrency, "http.max_concurrency", 1..=1024, 8)?,
         queue_timeout: match &raw.queue_timeout {
-            Some(t) => {
-                src.duration_in(t, "http.queue_timeout", Duration::ZERO..=Duration::from_secs(60))?
-            }
+            Some(t) => src.duration_in(
+                t,
+                "http.queue_timeout",
+                Duration::ZERO..=Duration::from_secs(60),
+            )?,
             None => Duration::from_secs(5),
         },
         api_key_hashes: raw

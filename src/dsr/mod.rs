@@ -207,7 +207,8 @@ pub async fn submit(ctx: &Context, s: Submission<'_>) -> Result<Intake> {
 fn request_hash(ctx: &Context, kind: &str, subject: &str, jurisdiction: &str) -> Result<String> {
     use hmac::Mac;
     use sha2::Digest;
-    let canonical = json!({"jurisdiction": jurisdiction, "kind": kind, "subject": subject}).to_string();
+    let canonical =
+        json!({"jurisdiction": jurisdiction, "kind": kind, "subject": subject}).to_string();
     let key = ctx.config.dsr.pseudonym_key.load().map_err(Error::Usage)?;
     Ok(match key {
         Some(k) => {
@@ -216,7 +217,10 @@ fn request_hash(ctx: &Context, kind: &str, subject: &str, jurisdiction: &str) ->
             mac.update(canonical.as_bytes());
             format!("hmac-sha256:{}", hex::encode(mac.finalize().into_bytes()))
         }
-        None => format!("sha256:{}", hex::encode(sha2::Sha256::digest(canonical.as_bytes()))),
+        None => format!(
+            "sha256:{}",
+            hex::encode(sha2::Sha256::digest(canonical.as_bytes()))
+        ),
     })
 }
 

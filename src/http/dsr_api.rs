@@ -105,25 +105,19 @@ pub struct SubmitBody {
 /// The `Idempotency-Key` header: absent, or one value of 1 to 255 visible
 /// ASCII characters. Anything else is refused, not ignored: a client that
 /// sent a key relies on it.
-fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Response> {
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, String> {
     let mut values = headers.get_all("idempotency-key").iter();
     let Some(v) = values.next() else {
         return Ok(None);
     };
     if values.next().is_some() {
-        return Err(problem(
-            StatusCode::BAD_REQUEST,
-            "Idempotency-Key: send one header, not several",
-        ));
+        return Err("Idempotency-Key: send one header, not several".into());
     }
     let b = v.as_bytes();
     if b.is_empty() || b.len() > 255 || !b.iter().all(|c| (0x21..=0x7e).contains(c)) {
-        return Err(problem(
-            StatusCode::BAD_REQUEST,
-            format!(
-                "Idempotency-Key must be 1 to 255 visible ASCII characters (no spaces or non-ASCII), e.g. a UUID; got {} bytes",
-                b.len()
-            ),
+        return Err(format!(
+            "Idempotency-Key must be 1 to 255 visible ASCII characters (no spaces or non-ASCII), e.g. a UUID; got {} bytes",
+            b.len()
         ));
     }
     Ok(Some(String::from_utf8_lossy(b).into_owned()))
@@ -139,7 +133,7 @@ pub async fn submit(
     }
     let idem = match idempotency_key(&headers) {
         Ok(k) => k,
-        Err(r) => return r,
+        Err(m) => return problem(StatusCode::BAD_REQUEST, m),
     };
     let Json(body) = match body {
         Ok(b) => b,

@@ -39,9 +39,7 @@ pub fn router(ctx: Arc<Context>, shutdown: Shutdown) -> Router {
         .route("/v1/dsr/{id}", get(dsr_api::get))
         .layer(axum::extract::DefaultBodyLimit::max(DSR_BODY_LIMIT))
         .with_state(AppState {
-            dsr_slots: Arc::new(tokio::sync::Semaphore::new(
-                ctx.config.http.max_concurrency,
-            )),
+            dsr_slots: Arc::new(tokio::sync::Semaphore::new(ctx.config.http.max_concurrency)),
             ctx,
             shutdown,
         })

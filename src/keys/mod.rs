@@ -112,10 +112,7 @@ async fn orgs(ctx: &Context) -> Result<Vec<(String, Option<DateTime<Utc>>)>> {
         .ok_or_else(|| {
             Error::Usage("keys need [app.orgs] (which orgs exist, and when they closed)".into())
         })?;
-    ctx.app_db()
-        .await?
-        .orgs_with_closure(orgs)
-        .await
+    ctx.app_db().await?.orgs_with_closure(orgs).await
 }
 
 async fn rotate_org(
