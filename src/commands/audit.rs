@@ -30,7 +30,9 @@ pub async fn export(ctx: Arc<Context>, signed: bool, out: Option<&Path>) -> Resu
     drop(sink);
     if let Some(p) = out {
         std::fs::rename(tmp_path(p), p).with_context(|| format!("writing {}", p.display()))?;
-        eprintln!(
+        // A note on stderr; a closed stderr is no reason to fail the export.
+        let _ = writeln!(
+            std::io::stderr(),
             "exported {n} events to {}{}",
             p.display(),
             if signed { " (signed)" } else { "" }

@@ -556,7 +556,7 @@ impl Config {
             raw.database.max_connections,
             "database.max_connections",
             1..=1000,
-            4,
+            8,
         )?;
         let store_max_connections = src.count(
             store_raw.max_connections,
