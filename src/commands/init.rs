@@ -62,6 +62,7 @@ pub const STARTER_CONFIG: &str = r#"# Lethe configuration. Relative paths are re
 # The application database Lethe keeps promises about.
 # PostgreSQL: url = "postgres://lethe@db.internal/app" and the password in $LETHE_DATABASE_URL.
 url = "sqlite://app.db"
+# max_connections = 8       # one pool per process, shared by jobs and the DSR API
 
 [store]
 # Lethe's own state (queue, audit chain, outbox). Defaults to database.url;
@@ -80,6 +81,8 @@ jobs_dir = "jobs"
 
 [http]
 listen = "127.0.0.1:8080"   # /healthz /readyz /metrics
+# max_concurrency = 8       # DSR API requests at once; more wait queue_timeout, then 503 + Retry-After
+# queue_timeout = "5s"
 
 [mail]
 from = "Lethe <lethe@example.com>"
