@@ -116,6 +116,11 @@ async fn start(pg: bool, users: usize, database: &str, http: &str) -> Option<(Ap
     let addr = format!("127.0.0.1:{}", common::free_port());
     let mut cmd = c.lethe();
     cmd.env("LETHE_HTTP_LISTEN", &addr);
+    if !pg {
+        // SQLite runs with the pseudonym key (request hashes are keyed HMACs),
+        // PostgreSQL without (plain SHA-256): both paths are covered.
+        cmd.env("LETHE_PSEUDONYM_KEY", "test-pseudonym-key-0123456789");
+    }
     let serve = common::spawn_serve(cmd, &c.path().join("serve.log"));
     let api = Api { c, serve, addr };
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -339,6 +344,18 @@ async fn idempotency_key_is_bound_to_its_request(pg: bool) {
         "the conflicting request was recorded"
     );
     assert_eq!(by["u0@x.example"].len(), 1, "{:?}", by["u0@x.example"]);
+    if !pg {
+        // With the pseudonym key, the store holds a keyed hash, not a plain one of the email.
+        let store = format!("sqlite://{}", api.c.path().join("lethe.db").display());
+        let pool = sqlx::SqlitePool::connect(&store).await.unwrap();
+        let h: String = sqlx::query_scalar(
+            "SELECT request_hash FROM dsr_requests WHERE idempotency_key = 'key-1'",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        assert!(h.starts_with("hmac-sha256:") && h.len() == 12 + 64, "{h}");
+    }
 
     let long_ok = "k".repeat(255);
     let long_bad = "k".repeat(256);

@@ -209,11 +209,17 @@ fn request_hash(ctx: &Context, kind: &str, subject: &str, jurisdiction: &str) ->
     use sha2::Digest;
     let canonical =
         json!({"jurisdiction": jurisdiction, "kind": kind, "subject": subject}).to_string();
-    let key = ctx.config.dsr.pseudonym_key.load().map_err(Error::Usage)?;
+    // An unreadable key file is the server's problem (500 on the API), not the caller's.
+    let key = ctx
+        .config
+        .dsr
+        .pseudonym_key
+        .load()
+        .map_err(|m| Error::Failed(format!("pseudonym key: {m}")))?;
     Ok(match key {
         Some(k) => {
             let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(k.expose().as_bytes())
-                .map_err(|e| Error::Usage(format!("pseudonym key: {e}")))?;
+                .map_err(|e| Error::Failed(format!("pseudonym key: {e}")))?;
             mac.update(canonical.as_bytes());
             format!("hmac-sha256:{}", hex::encode(mac.finalize().into_bytes()))
         }
