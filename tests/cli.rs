@@ -687,6 +687,19 @@ fn a_closed_stdout_ends_commands_quietly() {
             assert_ne!(out.status.code(), Some(101), "{args:?}: {err}");
         }
     }
+    // Any other write failure (a full disk) is not silent: exit 1, said on stderr.
+    if let Ok(full) = std::fs::OpenOptions::new().write(true).open("/dev/full") {
+        let out = c
+            .lethe()
+            .args(["jobs", "list", "--json"])
+            .stdout(full)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(err.contains("error: writing to stdout"), "{err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
     // `audit export | head -c1` left no file behind and the chain is untouched.
     let file = c.path().join("after.jsonl");
     run_ok(c.lethe().args(["audit", "export", "--out"]).arg(&file));
