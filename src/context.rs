@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use crate::appdb::AppDb;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
@@ -15,6 +16,13 @@ pub struct Context {
     pub metrics: Metrics,
     /// Identifies this process in leases: host, pid and a random suffix.
     pub worker_id: String,
+    /// The application database's pool, opened on first use and shared by every
+    /// job and HTTP request of this process (a pool per request exhausted
+    /// PostgreSQL's connections under load).
+    app_db: tokio::sync::OnceCell<AppDb>,
+    /// Set once `appdb::preflight` passed in this process (intake checks once,
+    /// not per request; jobs check on every run).
+    app_db_checked: tokio::sync::OnceCell<()>,
 }
 
 impl Context {
@@ -39,7 +47,36 @@ impl Context {
             mailer,
             metrics: Metrics::new(),
             worker_id: worker_id(),
+            app_db: tokio::sync::OnceCell::new(),
+            app_db_checked: tokio::sync::OnceCell::new(),
         }))
+    }
+
+    /// The process's application-database pool (`database.max_connections`);
+    /// connects on first use, and again after a failed first attempt.
+    pub async fn app_db(&self) -> Result<AppDb> {
+        let db = self
+            .app_db
+            .get_or_try_init(|| {
+                AppDb::connect_pool(
+                    &self.config.database.url,
+                    self.config.database.max_connections,
+                )
+            })
+            .await?;
+        Ok(db.clone())
+    }
+
+    /// `app_db` after the data map was checked against the live schema
+    /// (`appdb::preflight`) once in this process.
+    pub async fn app_db_checked(&self) -> Result<AppDb> {
+        let db = self.app_db().await?;
+        self.app_db_checked
+            .get_or_try_init(|| async {
+                crate::appdb::preflight(&self.config, &db).await.map(|_| ())
+            })
+            .await?;
+        Ok(db)
     }
 }
 

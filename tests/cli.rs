@@ -622,3 +622,452 @@ fn serve_only_schedules_the_named_jobs() {
     common::wait_exit(&mut serve, 30);
     assert_eq!(runs("other"), 0, "a job not named was scheduled");
 }
+
+/// A SQLite config with a runner.prune job, migrated, with a few audit events.
+fn audited_dir() -> ConfigDir {
+    let c = ConfigDir::new(None, "", "");
+    c.job(
+        "prune",
+        "kind = \"runner.prune\"\nschedule = \"0 0 3 * * *\"\n",
+    );
+    run_ok(c.lethe().arg("migrate"));
+    run_ok(c.lethe().args(["run", "prune"]));
+    run_ok(c.lethe().args(["run", "prune"]));
+    c
+}
+
+fn verify(c: &ConfigDir, file: &Path, key: Option<&str>, extra: &[&str]) -> (Option<i32>, String) {
+    let mut cmd = c.lethe();
+    if let Some(k) = key {
+        cmd.env("AUDIT_SIGNING_KEY", k);
+    }
+    let out = cmd
+        .args(["audit", "verify"])
+        .args(extra)
+        .arg(file)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code(), text)
+}
+
+#[test]
+fn audit_verify_tells_intact_unsigned_from_signed_and_never_says_ok_unchecked() {
+    let c = audited_dir();
+    let key = "audit-signing-key-for-verify";
+    let plain = c.path().join("plain.jsonl");
+    let signed = c.path().join("signed.jsonl");
+    run_ok(c.lethe().args(["audit", "export", "--out"]).arg(&plain));
+    run_ok(
+        c.lethe()
+            .env("AUDIT_SIGNING_KEY", key)
+            .args(["audit", "export", "--signed", "--out"])
+            .arg(&signed),
+    );
+
+    // Unsigned, key configured: intact but unsigned, exit 0 — not BROKEN, not OK.
+    let (code, text) = verify(&c, &plain, Some(key), &[]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.starts_with("INTACT, UNSIGNED"), "{text}");
+    assert!(!text.contains("BROKEN"), "{text}");
+    let (_, json) = verify(&c, &plain, Some(key), &["--json"]);
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(
+        (&v["ok"], &v["intact"], &v["signature"], &v["verdict"]),
+        (
+            &true.into(),
+            &true.into(),
+            &"absent".into(),
+            &"unsigned".into()
+        ),
+        "{v}"
+    );
+    // --require-signature makes it a failure.
+    let (code, text) = verify(&c, &plain, Some(key), &["--require-signature"]);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("UNSIGNED"), "{text}");
+    let (code, json) = verify(&c, &plain, Some(key), &["--require-signature", "--json"]);
+    assert_eq!(code, Some(1));
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&json).unwrap()["ok"],
+        false
+    );
+    // ... and needs a key to check one (exit 2, naming where the key comes from).
+    let (code, text) = verify(&c, &signed, None, &["--require-signature"]);
+    assert_eq!(code, Some(2), "{text}");
+    assert!(text.contains("AUDIT_SIGNING_KEY"), "{text}");
+
+    // Without a key nothing is `OK` unqualified.
+    for file in [&signed, &plain] {
+        let (code, text) = verify(&c, file, None, &[]);
+        assert_eq!(code, Some(0), "{text}");
+        assert!(!text.starts_with("OK"), "{text}");
+        assert!(
+            text.contains("signature not checked (no key in $AUDIT_SIGNING_KEY)"),
+            "{text}"
+        );
+    }
+    let (_, json) = verify(&c, &signed, None, &["--json"]);
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(
+        (&v["signature"], &v["verdict"]),
+        (&"unchecked".into(), &"unchecked".into())
+    );
+
+    // Signed, with the key: OK.
+    let (code, text) = verify(&c, &signed, Some(key), &["--require-signature"]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.starts_with("OK:") && text.contains("signature valid"),
+        "{text}"
+    );
+
+    // Tampered: BROKEN at the altered line, with or without a signature.
+    for file in [&plain, &signed] {
+        let text = std::fs::read_to_string(file).unwrap();
+        let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
+        lines[1] = lines[1].replacen("\"actor\":\"", "\"actor\":\"mallory-", 1);
+        let bad = c.path().join("bad.jsonl");
+        std::fs::write(&bad, lines.join("\n") + "\n").unwrap();
+        let (code, out) = verify(&c, &bad, Some(key), &[]);
+        assert_eq!(code, Some(1), "{out}");
+        assert!(out.starts_with("BROKEN at line 2"), "{out}");
+    }
+}
+
+/// Spawns `cmd` with its stdout a pipe whose reader is already gone.
+fn run_with_closed_stdout(mut cmd: std::process::Command) -> std::process::Output {
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn a_closed_stdout_ends_commands_quietly() {
+    let c = audited_dir();
+    let cases: Vec<(Vec<&str>, i32)> = vec![
+        (vec!["jobs", "list", "--json"], 0),
+        (vec!["jobs", "list"], 0),
+        (vec!["jobs", "history", "--json"], 0),
+        (vec!["run", "prune", "--json"], 0),
+        (vec!["run", "prune"], 0),
+        (vec!["audit", "export"], 0),
+        (vec!["dsr", "list"], 0),
+        (vec!["check"], 1),
+    ];
+    for (args, want) in cases {
+        let mut cmd = c.lethe();
+        cmd.args(&args);
+        let out = run_with_closed_stdout(cmd);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+        assert!(!err.contains("Broken pipe"), "{args:?}: {err}");
+        // `check` fails here on its own account (no [app]); the others succeed.
+        if want == 0 {
+            assert_eq!(out.status.code(), Some(0), "{args:?}: {err}");
+        } else {
+            assert_ne!(out.status.code(), Some(101), "{args:?}: {err}");
+        }
+    }
+    // Any other write failure (a full disk) is not silent: exit 1, said on stderr.
+    if let Ok(full) = std::fs::OpenOptions::new().write(true).open("/dev/full") {
+        let out = c
+            .lethe()
+            .args(["jobs", "list", "--json"])
+            .stdout(full)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(err.contains("error: writing to stdout"), "{err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+    // `audit export | head -c1` left no file behind and the chain is untouched.
+    let file = c.path().join("after.jsonl");
+    run_ok(c.lethe().args(["audit", "export", "--out"]).arg(&file));
+    assert_eq!(verify(&c, &file, None, &[]).0, Some(0));
+}
+
+#[test]
+fn numeric_arguments_are_range_checked_with_exit_2() {
+    // A working config, so exit 2 can only come from the argument itself.
+    let c = ConfigDir::new(None, "", "");
+    run_ok(c.lethe().arg("migrate"));
+    for (args, flag) in [
+        (
+            vec![
+                "dsr",
+                "extend",
+                "1",
+                "--days",
+                "4294967295",
+                "--reason",
+                "x",
+            ],
+            "--days",
+        ),
+        (
+            vec!["dsr", "extend", "1", "--days", "3651", "--reason", "x"],
+            "--days",
+        ),
+        (
+            vec!["dsr", "extend", "1", "--days", "0", "--reason", "x"],
+            "--days",
+        ),
+        (
+            vec!["dsr", "extend", "1", "--days=-1", "--reason", "x"],
+            "--days",
+        ),
+        (vec!["dsr", "list", "--limit", "0"], "--limit"),
+        (vec!["dsr", "list", "--limit", "4294967296"], "--limit"),
+        (vec!["jobs", "history", "--limit", "10001"], "--limit"),
+        (
+            vec![
+                "breach",
+                "open",
+                "--title",
+                "t",
+                "--detected-at",
+                "2026-01-01T00:00:00Z",
+                "--subjects=-5",
+            ],
+            "--subjects",
+        ),
+    ] {
+        let out = c.lethe().args(&args).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(
+            err.contains(flag),
+            "{args:?}: the error names {flag}: {err}"
+        );
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+    }
+    let out = c
+        .lethe()
+        .args([
+            "dsr",
+            "extend",
+            "1",
+            "--days",
+            "4294967295",
+            "--reason",
+            "x",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("1..=3650"),
+        "the error names the range: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// With a real request: the largest `--days` reaches the jurisdiction's limit
+/// check (exit 2) instead of overflowing the deadline.
+#[test]
+fn dsr_extend_at_the_largest_days_is_refused_by_the_jurisdiction_not_a_panic() {
+    let app = "[app]\nsubjects = { table = \"users\", id = \"id\", email = \"email\" }\n";
+    let c = ConfigDir::full(None, None, "", "", app);
+    let status = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(format!(
+            "import sqlite3; c = sqlite3.connect({:?}); c.execute('CREATE TABLE users (id INTEGER PRIMARY KEY, email TEXT)'); \
+             c.execute(\"INSERT INTO users VALUES (1, 'a@x.example')\"); c.commit()",
+            c.path().join("app.db").display().to_string()
+        ))
+        .status()
+        .unwrap();
+    assert!(status.success());
+    run_ok(c.lethe().arg("migrate"));
+    let r = stdout_json(&run_ok(c.lethe().args([
+        "dsr",
+        "submit",
+        "--kind",
+        "export",
+        "--subject",
+        "a@x.example",
+        "--jurisdiction",
+        "gdpr",
+        "--json",
+    ])));
+    let id = r["id"].to_string();
+    for days in ["3650", "4294967295"] {
+        let out = c
+            .lethe()
+            .args([
+                "dsr",
+                "extend",
+                &id,
+                "--days",
+                days,
+                "--reason",
+                "complex request",
+            ])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "--days {days}: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+    run_ok(c.lethe().args([
+        "dsr",
+        "extend",
+        &id,
+        "--days",
+        "30",
+        "--reason",
+        "complex request",
+    ]));
+}
+
+/// Huge durations and counts in lethe.toml or a job file are refused at load
+/// (exit 2, file:line:col, the allowed range) — they used to pass `check` and
+/// panic in the job; values at the limit load and the jobs using them run.
+#[test]
+fn huge_durations_and_counts_are_refused_at_load_and_limits_run() {
+    let cases = [
+        (
+            "[runner]\n",
+            "lease = \"99999999999w\"",
+            "runner.lease must be between 1s and 1w",
+        ),
+        (
+            "[runner]\n",
+            "poll_interval = \"0s\"",
+            "runner.poll_interval must be between 10ms and 1h",
+        ),
+        (
+            "[mail]\n",
+            "max_attempts = 0",
+            "mail.max_attempts must be between 1 and 1000",
+        ),
+        (
+            "[store]\n",
+            "max_connections = 0",
+            "store.max_connections must be between 1 and 1000",
+        ),
+        (
+            "[database]\n",
+            "max_connections = 100000",
+            "database.max_connections must be between 1 and 1000",
+        ),
+        (
+            "",
+            "[keys]\ndek_rotation = \"99999999999w\"",
+            "must be between 0s and 36500d",
+        ),
+        (
+            "",
+            "[keys]\nconcurrency = 100",
+            "keys.concurrency must be between 1 and 64",
+        ),
+        (
+            "",
+            "[dsr]\nreport_period = \"99999999999w\"",
+            "must be between 0s and 36500d",
+        ),
+        (
+            "",
+            "[dsr]\nexport_link_ttl = \"36501d\"",
+            "must be between 0s and 36500d",
+        ),
+        (
+            "",
+            "[breach]\nreminders = [\"6h\", \"99999999999w\"]",
+            "must be between 0s and 36500d",
+        ),
+        (
+            "[http]\n",
+            "queue_timeout = \"2m\"",
+            "http.queue_timeout must be between 0s and 1m",
+        ),
+    ];
+    for (section, line, want) in cases {
+        let c = ConfigDir::new(None, "", "");
+        let cfg = std::fs::read_to_string(c.config()).unwrap();
+        let cfg = if section.is_empty() {
+            format!("{cfg}\n{line}\n")
+        } else {
+            cfg.replacen(section, &format!("{section}{line}\n"), 1)
+        };
+        std::fs::write(c.config(), &cfg).unwrap();
+        let line_no = cfg
+            .lines()
+            .position(|l| !l.is_empty() && line.ends_with(l) && !l.starts_with('['))
+            .unwrap()
+            + 1;
+        let out = c.lethe().arg("check").output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{line}: {err}");
+        assert!(
+            err.contains(&format!("lethe.toml:{line_no}:")),
+            "{line}: {err}"
+        );
+        assert!(err.contains(want), "{line}: {err}");
+    }
+    // A job file: the timeout and a duration param.
+    for (body, want) in [
+        (
+            "timeout = \"99999999999w\"\n",
+            "timeout must be between 1ms and 36500d",
+        ),
+        (
+            "[params]\nkeep = \"99999999999w\"\n",
+            "keep: `99999999999w` is too long",
+        ),
+    ] {
+        let c = ConfigDir::new(None, "", "");
+        c.job(
+            "prune",
+            &format!("kind = \"runner.prune\"\nschedule = \"0 0 3 * * *\"\n{body}"),
+        );
+        let out = c.lethe().arg("check").output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{body}: {err}");
+        assert!(
+            err.contains("prune.toml:") && err.contains(want),
+            "{body}: {err}"
+        );
+    }
+
+    // At the limits: loads, and the jobs that use these durations run.
+    let c = ConfigDir::new(None, "lease = \"7d\"", "");
+    let cfg = std::fs::read_to_string(c.config()).unwrap();
+    std::fs::write(
+        c.config(),
+        format!("{cfg}\n[dsr]\nreport_period = \"36500d\"\nexport_link_ttl = \"36500d\"\n[breach]\nreminders = [\"36500d\"]\n"),
+    )
+    .unwrap();
+    for kind in ["dsr.sla_report", "breach.tick", "runner.prune"] {
+        c.job(
+            kind,
+            &format!("kind = \"{kind}\"\nschedule = \"0 0 3 * * *\"\ntimeout = \"36500d\"\n"),
+        );
+    }
+    run_ok(c.lethe().arg("migrate"));
+    run_ok(c.lethe().args([
+        "breach",
+        "open",
+        "--title",
+        "t",
+        "--detected-at",
+        "2026-01-01T00:00:00Z",
+    ]));
+    for kind in ["dsr.sla_report", "breach.tick", "runner.prune"] {
+        let v = stdout_json(&run_ok(c.lethe().args(["run", kind, "--json"])));
+        assert_eq!(v["status"], "succeeded", "{kind}: {v}");
+    }
+    run_ok(
+        c.lethe()
+            .args(["run", "runner.prune", "--param", "keep=\"36500d\""]),
+    );
+}

@@ -325,10 +325,245 @@ proptest! {
             let only_trailing = trim(&bad) == trim(good)
                 || (mode == 0 && at % good.len() == good.len() - 1);
             prop_assert!(
-                !r.ok || only_trailing,
+                !(r.ok && r.signature == "valid") || only_trailing,
                 "tampering went unnoticed: {r:?}\n{}",
                 String::from_utf8_lossy(&bad)
             );
+            // Intact but unsigned (what `--require-signature` refuses) is only
+            // ever a file cut at the end: every other change breaks the chain.
+            if r.ok && r.signature != "valid" {
+                prop_assert_eq!(r.signature, "absent");
+                prop_assert!(
+                    good.starts_with(&trim(&bad)),
+                    "an altered file passed as intact-unsigned: {:?}\n{}",
+                    r,
+                    String::from_utf8_lossy(&bad)
+                );
+            }
+        }
+    }
+}
+
+/// Every duration setting, as (section, key); `breach.reminders` is a list.
+const DURATION_KEYS: &[(&str, &str)] = &[
+    ("runner", "poll_interval"),
+    ("runner", "lease"),
+    ("runner", "retry_base"),
+    ("runner", "retry_max"),
+    ("runner", "drain_timeout"),
+    ("http", "queue_timeout"),
+    ("mail", "retry_base"),
+    ("dsr", "default_deadline"),
+    ("dsr", "at_risk"),
+    ("dsr", "export_link_ttl"),
+    ("dsr", "report_period"),
+    ("keys", "dek_rotation"),
+    ("keys", "kek_rotation"),
+    ("keys", "shred_after"),
+    ("backup", "rpo"),
+    ("breach", "reminders"),
+];
+
+/// Every count setting, as (section, key).
+const COUNT_KEYS: &[(&str, &str)] = &[
+    ("database", "max_connections"),
+    ("store", "max_connections"),
+    ("runner", "workers"),
+    ("http", "max_concurrency"),
+    ("mail", "max_attempts"),
+    ("mail", "batch_size"),
+    ("keys", "concurrency"),
+    ("keys", "deletion_window_days"),
+    ("object_store", "upload_concurrency"),
+    ("backup", "zstd_threads"),
+    ("backup", "zstd_level"),
+    ("backup", "part_size_mib"),
+];
+
+/// Hostile and boundary durations: huge, at and just past the 100-year limit, zero.
+fn duration_text() -> impl Strategy<Value = String> {
+    prop_oneof![
+        "[0-9]{1,22}(ms|s|m|h|d|w)",
+        (
+            any::<u64>(),
+            prop::sample::select(vec!["ms", "s", "m", "h", "d", "w"])
+        )
+            .prop_map(|(n, u)| format!("{n}{u}")),
+        prop::sample::select(vec![
+            "99999999999w",
+            "36500d",
+            "36501d",
+            "5214w",
+            "5215w",
+            "876000h",
+            "876001h",
+            "3153600000s",
+            "3153600001s",
+            "3153600000000ms",
+            "3153600000001ms",
+            "0s",
+            "0ms",
+            "1ms",
+            "7d",
+            "604801s",
+        ])
+        .prop_map(str::to_string),
+    ]
+}
+
+/// `VALID_CONFIG` with `section.key = value` set (replacing any line of that key).
+fn with_setting(section: &str, key: &str, value: &str) -> String {
+    let mut out = Vec::new();
+    let mut current = "";
+    for line in VALID_CONFIG.lines() {
+        if line.starts_with('[') {
+            current = line;
+        }
+        if current == format!("[{section}]") && line.starts_with(&format!("{key} =")) {
+            continue;
+        }
+        out.push(line.to_string());
+        if line == format!("[{section}]") {
+            out.push(format!("{key} = {value}"));
+        }
+    }
+    assert!(
+        out.iter().any(|l| l == &format!("[{section}]")),
+        "VALID_CONFIG has no [{section}]"
+    );
+    out.join("\n")
+}
+
+/// Every duration a loaded config holds.
+fn durations(c: &lethe::config::Config) -> Vec<std::time::Duration> {
+    let mut d = vec![
+        c.runner.poll_interval,
+        c.runner.lease,
+        c.runner.retry_base,
+        c.runner.retry_max,
+        c.runner.drain_timeout,
+        c.http.queue_timeout,
+        c.mail.retry_base,
+        c.dsr.default_deadline,
+        c.dsr.at_risk,
+        c.dsr.export_link_ttl,
+        c.dsr.report_period,
+        c.keys.dek_rotation,
+        c.keys.kek_rotation,
+        c.keys.shred_after,
+        c.backup.rpo,
+    ];
+    d.extend(c.breach.reminders.iter().copied());
+    d.extend(c.jobs.iter().map(|j| j.timeout));
+    d
+}
+
+/// What the jobs do with durations: timestamps a few durations away from now.
+fn assert_usable(d: std::time::Duration) -> Result<(), TestCaseError> {
+    let now = chrono::Utc::now();
+    let c = chrono::Duration::from_std(d);
+    prop_assert!(c.is_ok(), "{d:?} does not fit chrono");
+    let c = c.unwrap();
+    for k in 1..=3 {
+        prop_assert!(
+            now.checked_add_signed(c * k).is_some(),
+            "now + {k}×{d:?} overflows"
+        );
+        prop_assert!(
+            now.checked_sub_signed(c * k).is_some(),
+            "now - {k}×{d:?} overflows"
+        );
+    }
+    prop_assert!(chrono::Duration::try_seconds(d.as_secs() as i64).is_some());
+    Ok(())
+}
+
+/// A refused setting is a config error naming file:line:col and the allowed range.
+fn assert_clean_refusal(e: &lethe::Error, what: &str) -> Result<(), TestCaseError> {
+    prop_assert_eq!(e.exit_code(), 2, "{}: {}", what, e);
+    let lethe::Error::Config {
+        line,
+        column,
+        message,
+        ..
+    } = e
+    else {
+        return Err(TestCaseError::fail(format!(
+            "{what}: not a config error: {e}"
+        )));
+    };
+    prop_assert!(
+        line.is_some() && column.is_some(),
+        "{}: no line:col: {}",
+        what,
+        e
+    );
+    prop_assert!(!message.is_empty());
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(fuzz_config())]
+
+    /// Any duration in any duration setting: the config is refused at load
+    /// (exit 2, file:line:col, the range), or every duration it holds is
+    /// usable in timestamp arithmetic without overflow.
+    #[test]
+    fn every_duration_setting_is_refused_or_usable(
+        at in 0..DURATION_KEYS.len(),
+        text in duration_text(),
+    ) {
+        let (section, key) = DURATION_KEYS[at];
+        let value = if key == "reminders" { format!("[\"48h\", \"{text}\"]") } else { format!("\"{text}\"") };
+        let cfg = with_setting(section, key, &value);
+        match lethe::config::Config::from_text(config_path(), &cfg) {
+            Ok(c) => {
+                for d in durations(&c) {
+                    assert_usable(d)?;
+                }
+                prop_assert!(c.runner.poll_interval > std::time::Duration::ZERO);
+                prop_assert!(c.runner.lease >= std::time::Duration::from_secs(1));
+            }
+            Err(e) => {
+                assert_clean_refusal(&e, &format!("{section}.{key} = {value}"))?;
+                let m = e.to_string();
+                prop_assert!(m.contains(" to ") || m.contains("between"), "no range in: {}", m);
+            }
+        }
+    }
+
+    /// A job's timeout: refused at load with file:line:col, or usable.
+    #[test]
+    fn every_job_timeout_is_refused_or_usable(text in duration_text()) {
+        let job = VALID_JOB.replace("timeout = \"2h\"", &format!("timeout = \"{text}\""));
+        match lethe::config::job_from_text(Path::new("jobs/purge.toml"), &job) {
+            Ok(j) => assert_usable(j.timeout)?,
+            Err(e) => assert_clean_refusal(&e, &text)?,
+        }
+    }
+
+    /// Any integer in any count setting: refused at load with file:line:col, or
+    /// a value of at least 1 (a zero pool, worker count or batch would hang).
+    #[test]
+    fn every_count_setting_is_refused_or_positive(
+        at in 0..COUNT_KEYS.len(),
+        n in prop_oneof![
+            any::<i64>(),
+            -2i64..70,
+            prop::sample::select(vec![0i64, 1, 64, 65, 1000, 1001, 100_000, 100_001, u32::MAX as i64, i64::MAX]),
+        ],
+    ) {
+        let (section, key) = COUNT_KEYS[at];
+        let cfg = with_setting(section, key, &n.to_string());
+        match lethe::config::Config::from_text(config_path(), &cfg) {
+            Ok(c) => {
+                prop_assert!(n >= 1, "{section}.{key} = {n} loaded");
+                prop_assert!(c.store.max_connections >= 1 && c.database.max_connections >= 1);
+                prop_assert!(c.runner.workers >= 1 && c.http.max_concurrency >= 1);
+                prop_assert!(c.mail.max_attempts >= 1 && c.mail.batch_size >= 1);
+                prop_assert!(c.keys.concurrency >= 1 && c.backup.zstd_threads >= 1);
+            }
+            Err(e) => assert_clean_refusal(&e, &format!("{section}.{key} = {n}"))?,
         }
     }
 }

@@ -63,6 +63,7 @@ conformance!(
     audit_appends_form_one_chain_even_concurrently,
     outbox_dedupes_leases_retries_and_delivers,
     dsr_left_in_progress_by_a_crashed_run_is_taken_again,
+    dsr_idempotency_key_replays_the_same_request_and_refuses_a_different_one,
 );
 
 fn new_run(job: &str, at: chrono::DateTime<Utc>) -> NewRun {
@@ -576,6 +577,7 @@ async fn dsr_left_in_progress_by_a_crashed_run_is_taken_again(s: Arc<dyn Store>)
         detail: None,
         source: "cli".into(),
         idempotency_key: None,
+        request_hash: None,
         received_at: Utc::now(),
         due_at: Utc::now() + CDuration::days(30),
     };
@@ -612,4 +614,109 @@ async fn dsr_left_in_progress_by_a_crashed_run_is_taken_again(s: Arc<dyn Store>)
     let got = s.dsr_get(req.id).await.unwrap().unwrap();
     assert_eq!(got.state, lethe::store::DsrState::InProgress);
     assert_eq!(got.attempts, 3);
+}
+
+fn keyed_dsr(subject: &str, key: &str, hash: Option<&str>) -> lethe::store::NewDsr {
+    lethe::store::NewDsr {
+        kind: "erasure".into(),
+        subject: subject.into(),
+        jurisdiction: "gdpr".into(),
+        state: lethe::store::DsrState::Verified,
+        reason: None,
+        detail: None,
+        source: "api".into(),
+        idempotency_key: Some(key.into()),
+        request_hash: hash.map(str::to_string),
+        received_at: Utc::now(),
+        due_at: Utc::now() + CDuration::days(30),
+    }
+}
+
+/// "created", "replayed:ID", "conflict:ID" or "duplicate:ID".
+fn insert_outcome(i: lethe::store::DsrInsert) -> (String, i64) {
+    use lethe::store::DsrInsert::*;
+    match i {
+        Created(r) => ("created".into(), r.id),
+        Replayed(r) => ("replayed".into(), r.id),
+        KeyConflict(r) => ("conflict".into(), r.id),
+        Duplicate(r) => ("duplicate".into(), r.id),
+    }
+}
+
+async fn dsr_idempotency_key_replays_the_same_request_and_refuses_a_different_one(
+    s: Arc<dyn Store>,
+) {
+    let first = keyed_dsr("a@x.example", "k1", Some("sha256:aa"));
+    let (what, id) = insert_outcome(s.dsr_insert(&first).await.unwrap());
+    assert_eq!(what, "created");
+    assert_eq!(
+        insert_outcome(s.dsr_insert(&first).await.unwrap()),
+        ("replayed".into(), id),
+        "same key, same request: the first request"
+    );
+    assert_eq!(
+        insert_outcome(
+            s.dsr_insert(&keyed_dsr("b@x.example", "k1", Some("sha256:bb")))
+                .await
+                .unwrap()
+        ),
+        ("conflict".into(), id),
+        "same key, different request: a conflict, not the first request"
+    );
+    // The same fields hashed under another scheme (the pseudonym key was
+    // configured in between) compare by fields.
+    assert_eq!(
+        insert_outcome(
+            s.dsr_insert(&keyed_dsr("a@x.example", "k1", Some("hmac-sha256:cc")))
+                .await
+                .unwrap()
+        )
+        .0,
+        "replayed"
+    );
+    // A row from before request hashes: compared by its fields.
+    let (_, legacy) = insert_outcome(
+        s.dsr_insert(&keyed_dsr("c@x.example", "k-old", None))
+            .await
+            .unwrap(),
+    );
+    assert_eq!(
+        insert_outcome(
+            s.dsr_insert(&keyed_dsr("c@x.example", "k-old", Some("sha256:cc")))
+                .await
+                .unwrap()
+        ),
+        ("replayed".into(), legacy)
+    );
+    let mut other = keyed_dsr("c@x.example", "k-old", Some("sha256:cc"));
+    other.kind = "export".into();
+    assert_eq!(
+        insert_outcome(s.dsr_insert(&other).await.unwrap()).0,
+        "conflict"
+    );
+
+    // Racing inserts under one key: one request; a racing different request is refused.
+    for round in 0..5 {
+        let key = format!("race-{round}");
+        let same = keyed_dsr(&format!("same{round}@x.example"), &key, Some("sha256:11"));
+        let diff = keyed_dsr(&format!("diff{round}@x.example"), &key, Some("sha256:22"));
+        let (s1, s2, s3) = (s.clone(), s.clone(), s.clone());
+        let (a, b, c) = (same.clone(), same.clone(), diff);
+        let (ra, rb, rc) = tokio::join!(
+            tokio::spawn(async move { s1.dsr_insert(&a).await.unwrap() }),
+            tokio::spawn(async move { s2.dsr_insert(&b).await.unwrap() }),
+            tokio::spawn(async move { s3.dsr_insert(&c).await.unwrap() }),
+        );
+        let mut got: Vec<String> = [ra, rb, rc]
+            .into_iter()
+            .map(|r| insert_outcome(r.unwrap()).0)
+            .collect();
+        got.sort();
+        // Whichever body wins, exactly one row exists under the key.
+        assert!(
+            got == ["conflict", "created", "replayed"]
+                || got == ["conflict", "conflict", "created"],
+            "round {round}: {got:?}"
+        );
+    }
 }

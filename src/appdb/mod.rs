@@ -39,12 +39,20 @@ pub enum AppDb {
 }
 
 impl AppDb {
+    /// A small pool for one-off use (`check`, a restore target). Jobs and the
+    /// API share the process's pool instead: `Context::app_db`.
     pub async fn connect(url: &str) -> Result<AppDb> {
+        Self::connect_pool(url, 4).await
+    }
+
+    /// A pool of at most `max_connections`; a caller that cannot get one within
+    /// 15 s gets `PoolTimedOut` (the API answers 503, not 500).
+    pub async fn connect_pool(url: &str, max_connections: u32) -> Result<AppDb> {
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             let opts = PgConnectOptions::from_str(url)?.application_name("lethe");
             Ok(AppDb::Postgres(
                 PgPoolOptions::new()
-                    .max_connections(4)
+                    .max_connections(max_connections)
                     .acquire_timeout(Duration::from_secs(15))
                     .connect_with(opts)
                     .await?,
@@ -56,7 +64,8 @@ impl AppDb {
                 .busy_timeout(Duration::from_secs(15));
             Ok(AppDb::Sqlite(
                 SqlitePoolOptions::new()
-                    .max_connections(4)
+                    .max_connections(max_connections)
+                    .acquire_timeout(Duration::from_secs(15))
                     .connect_with(opts)
                     .await?,
             ))

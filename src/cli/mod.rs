@@ -1,5 +1,6 @@
 //! clap definitions; each subcommand parses, calls `commands::*`, prints.
 
+use std::io::Write as _;
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -168,7 +169,7 @@ pub enum DsrCommand {
     List {
         #[arg(long)]
         status: Option<String>,
-        #[arg(long, default_value_t = 50)]
+        #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=10_000))]
         limit: u32,
         #[arg(long)]
         json: bool,
@@ -182,7 +183,8 @@ pub enum DsrCommand {
     /// Extend a deadline, within what the jurisdiction allows.
     Extend {
         id: i64,
-        #[arg(long)]
+        /// 1 to 3650; the jurisdiction's limit applies on top.
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=3650))]
         days: u32,
         #[arg(long)]
         reason: String,
@@ -228,7 +230,7 @@ pub enum BreachCommand {
         #[arg(long = "org")]
         orgs: Vec<String>,
         /// How many data subjects are affected.
-        #[arg(long, default_value_t = 0)]
+        #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(i64).range(0..=100_000_000_000))]
         subjects: i64,
         #[arg(long)]
         json: bool,
@@ -311,7 +313,7 @@ pub enum JobsCommand {
     },
     /// Recent runs, newest first.
     History {
-        #[arg(long, default_value_t = 20)]
+        #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=10_000))]
         limit: u32,
         #[arg(long)]
         job: Option<String>,
@@ -330,8 +332,13 @@ pub enum AuditCommand {
         out: Option<PathBuf>,
     },
     /// Check an export's chain and signature; names the first broken line.
+    /// Exit 0 when the chain is intact (an unsigned file says `INTACT, UNSIGNED`),
+    /// 1 when it is broken or, with --require-signature, not validly signed.
     Verify {
         file: PathBuf,
+        /// Fail (exit 1) unless the file carries a signature valid under the key.
+        #[arg(long)]
+        require_signature: bool,
         #[arg(long)]
         json: bool,
     },
@@ -376,7 +383,10 @@ pub fn main() -> i32 {
     {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
+            let _ = writeln!(
+                std::io::stderr(),
+                "error: cannot start the async runtime: {e}"
+            );
             return exit::FAILED;
         }
     };
@@ -386,7 +396,8 @@ pub fn main() -> i32 {
             let code = e
                 .downcast_ref::<Error>()
                 .map_or(exit::FAILED, Error::exit_code);
-            eprintln!("error: {e:#}");
+            // stderr may be a closed pipe too: never panic on the way out.
+            let _ = writeln!(std::io::stderr(), "error: {e:#}");
             code
         }
     };
@@ -394,5 +405,5 @@ pub fn main() -> i32 {
     // connection pool's maintenance after an early error return was seen
     // spinning) must not keep the process from exiting.
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));
-    code
+    commands::out::finish(code)
 }

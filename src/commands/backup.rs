@@ -1,5 +1,6 @@
 //! `lethe backup list|verify|restore`.
 
+use super::out::outln;
 use std::sync::Arc;
 
 use anyhow::Result;
@@ -61,12 +62,13 @@ pub async fn verify(ctx: Arc<Context>, id: &str, json_out: bool) -> Result<i32> 
     if json_out {
         super::print_json(&r)?;
     } else if r.ok {
-        println!(
+        outln!(
             "backup {id}: OK — restored and {} tables match ({} ms)",
-            r.tables, r.restore_ms
+            r.tables,
+            r.restore_ms
         );
     } else {
-        println!(
+        outln!(
             "backup {id}: FAILED — {}",
             r.error.clone().unwrap_or_else(|| r.mismatches.join("; "))
         );
@@ -87,7 +89,7 @@ pub async fn restore(ctx: Arc<Context>, id: &str, to: &str, json_out: bool) -> R
     if json_out {
         super::print_json(&v)?;
     } else {
-        println!(
+        outln!(
             "backup {id} restored to {} in {} ms",
             v["restored_to"].as_str().unwrap_or(""),
             v["restore_ms"]

@@ -1,5 +1,6 @@
 //! `lethe breach open|list|notify`.
 
+use super::out::outln;
 use std::sync::Arc;
 
 use anyhow::Result;
@@ -39,9 +40,9 @@ pub async fn open(
     if json_out {
         super::print_json(&b)?;
     } else {
-        println!("breach {} opened: {}", b.id, b.title);
+        outln!("breach {} opened: {}", b.id, b.title);
         for p in &b.parties {
-            println!(
+            outln!(
                 "  notify {:<10} by {}  ({})",
                 p.party,
                 p.due_at.format("%Y-%m-%d %H:%M UTC"),
@@ -94,7 +95,7 @@ pub async fn list(ctx: Arc<Context>, json_out: bool) -> Result<i32> {
 
 pub async fn notify(ctx: Arc<Context>, id: i64, party: &str, note: Option<&str>) -> Result<i32> {
     let b = breach::notified(&ctx, id, party, note).await?;
-    println!(
+    outln!(
         "breach {}: {party} recorded as notified; its reminders stop",
         b.id
     );

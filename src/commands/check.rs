@@ -1,6 +1,7 @@
 //! `lethe check`: config, job catalog, store, app database, mail, secrets.
 //! Exit 2 for a bad config, 1 when something configured does not work.
 
+use super::out::outln;
 use std::path::Path;
 
 use anyhow::Result;
@@ -162,7 +163,7 @@ pub async fn run(flag: Option<&Path>, json: bool) -> Result<i32> {
         })?;
     } else {
         for c in &checks {
-            println!("{:<5} {:<18} {}", c.status.to_uppercase(), c.name, c.detail);
+            outln!("{:<5} {:<18} {}", c.status.to_uppercase(), c.name, c.detail);
         }
     }
     // A data map that does not fit the schema is bad config: exit 2, like a TOML error.

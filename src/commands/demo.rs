@@ -1,6 +1,7 @@
 //! `lethe demo`: a self-contained tour on embedded backends. Builds DIR with a
 //! sample app database, config, store, mail folder; runs every job kind once.
 
+use super::out::outln;
 use std::path::Path;
 
 use anyhow::{Context as _, Result};
@@ -96,6 +97,7 @@ pub async fn run(dir: &Path, json_out: bool) -> Result<i32> {
         let (r, outcome) = match crate::dsr::submit(&ctx, sub).await? {
             crate::dsr::Intake::Accepted(r) | crate::dsr::Intake::Replayed(r) => (r, "accepted"),
             crate::dsr::Intake::Rejected { request, .. } => (request, "rejected"),
+            crate::dsr::Intake::KeyReused(r) => (r, "key_reused"),
         };
         dsrs.push(json!({"id": r.id, "kind": kind, "subject": subject, "intake": outcome, "reason": r.reason}));
     }
@@ -155,16 +157,16 @@ pub async fn run(dir: &Path, json_out: bool) -> Result<i32> {
             "mail": {"folder": ctx.config.mail.dir.display().to_string(), "messages": mail_files},
         }))?;
     } else {
-        println!("Lethe demo in {}", dir.display());
-        println!(
+        outln!("Lethe demo in {}", dir.display());
+        outln!(
             "  seeded app.db: {} orgs, {} users, {} memberships, {} API logs, {} webhooks, {} audit logs, {} documents, {} LLM logs",
             seeded.orgs, seeded.users, seeded.memberships, seeded.api_request_logs, seeded.webhook_deliveries,
             seeded.audit_logs, seeded.documents, seeded.llm_interactions
         );
-        println!("  owner@demo.example is the sole owner of Acme Analytics; member@demo.example is a member");
-        println!();
+        outln!("  owner@demo.example is the sole owner of Acme Analytics; member@demo.example is a member");
+        outln!();
         for d in &dsrs {
-            println!(
+            outln!(
                 "  dsr #{} {} for {}: {}{}",
                 d["id"],
                 d["kind"].as_str().unwrap_or(""),
@@ -176,7 +178,7 @@ pub async fn run(dir: &Path, json_out: bool) -> Result<i32> {
                     .unwrap_or_default()
             );
         }
-        println!();
+        outln!();
         let rows: Vec<Vec<String>> = runs
             .iter()
             .map(|r| {
@@ -195,23 +197,24 @@ pub async fn run(dir: &Path, json_out: bool) -> Result<i32> {
             })
             .collect();
         super::print_table(&["JOB KIND", "STATUS", "TIME", "RESULT"], &rows);
-        println!();
-        println!(
+        outln!();
+        outln!(
             "  audit chain: {events} events, verified {}, signature {}",
-            verified.ok, verified.signature
+            verified.ok,
+            verified.signature
         );
-        println!(
+        outln!(
             "  mail: {mail_files} message(s) in {}",
             ctx.config.mail.dir.display()
         );
-        println!();
-        println!("Try, in {}:", dir.display());
-        println!("  lethe run retention.purge --dry-run   # what the data map says has expired");
-        println!(
+        outln!();
+        outln!("Try, in {}:", dir.display());
+        outln!("  lethe run retention.purge --dry-run   # what the data map says has expired");
+        outln!(
             "  lethe run retention.purge             # delete it, with evidence in the audit chain"
         );
-        println!("  lethe backup list; lethe backup verify ID");
-        println!("  lethe jobs history; lethe audit export --signed --out audit.jsonl && lethe audit verify audit.jsonl");
+        outln!("  lethe backup list; lethe backup verify ID");
+        outln!("  lethe jobs history; lethe audit export --signed --out audit.jsonl && lethe audit verify audit.jsonl");
     }
     Ok(if all_ok { 0 } else { 1 })
 }

@@ -1,5 +1,6 @@
 //! `lethe dsr submit|list|show|extend|report`.
 
+use super::out::outln;
 use std::sync::Arc;
 
 use anyhow::Result;
@@ -31,13 +32,21 @@ pub async fn submit(
             request,
             blocking_orgs,
         } => (request, blocking_orgs, false),
+        // The CLI sends no idempotency key; kept exhaustive for the API's case.
+        Intake::KeyReused(r) => {
+            return Err(Error::Usage(format!(
+                "the idempotency key was already used for request {}",
+                r.id
+            ))
+            .into())
+        }
     };
     if json_out {
         let mut v = dsr::view(&ctx, &r, now);
         v["blocking_orgs"] = json!(blocking);
         super::print_json(&v)?;
     } else if accepted {
-        println!(
+        outln!(
             "request {} accepted ({} for {}, {}), due {}",
             r.id,
             r.kind,
@@ -46,7 +55,7 @@ pub async fn submit(
             r.due_at.format("%Y-%m-%d %H:%M UTC")
         );
     } else {
-        println!(
+        outln!(
             "request {} REJECTED: {} — {}",
             r.id,
             r.reason.as_deref().unwrap_or("?"),
@@ -113,14 +122,14 @@ pub async fn show(ctx: Arc<Context>, id: i64, json_out: bool) -> Result<i32> {
     if json_out {
         super::print_json(&v)?;
     } else {
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        outln!("{}", serde_json::to_string_pretty(&v)?);
     }
     Ok(0)
 }
 
 pub async fn extend(ctx: Arc<Context>, id: i64, days: u32, reason: &str) -> Result<i32> {
     let r = dsr::extend(&ctx, id, days, reason).await?;
-    println!(
+    outln!(
         "request {id} now due {} ({} days of extension in total)",
         r.due_at.format("%Y-%m-%d %H:%M UTC"),
         r.extended_days
@@ -141,32 +150,32 @@ pub async fn report(ctx: Arc<Context>, send: bool, json_out: bool) -> Result<i32
         v["already_sent"] = json!(mail.as_ref().map(|m| m.already_sent));
         super::print_json(&v)?;
     } else {
-        println!(
+        outln!(
             "DSR SLA report ({})",
             r.generated_at.format("%Y-%m-%d %H:%M UTC")
         );
-        println!("  open by state: {:?}", r.open_by_state);
-        println!("  open by days left: {:?}", r.open_by_days_left);
-        println!(
+        outln!("  open by state: {:?}", r.open_by_state);
+        outln!("  open by days left: {:?}", r.open_by_days_left);
+        outln!(
             "  overdue: {}, at risk: {}",
             r.overdue.len(),
             r.at_risk.len()
         );
-        println!(
+        outln!(
             "  completed in the last {} days: {} (median {:?} d, p95 {:?} d, {:?}% within deadline)",
             r.period_days, r.completed_in_period, r.median_days_to_close, r.p95_days_to_close, r.percent_within_deadline
         );
         match mail {
-            Some(m) if m.already_sent => println!(
+            Some(m) if m.already_sent => outln!(
                 "  already sent for the period from {} (mail {}); nothing new queued",
                 m.period_start.format("%Y-%m-%d %H:%M UTC"),
                 m.mail_id
             ),
-            Some(m) => println!(
+            Some(m) => outln!(
                 "  queued to the DPO as mail {}; `lethe run mail.flush` delivers it",
                 m.mail_id
             ),
-            None if send => println!("  not queued: no DPO recipients in [mail.recipients]"),
+            None if send => outln!("  not queued: no DPO recipients in [mail.recipients]"),
             None => {}
         }
     }

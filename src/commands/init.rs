@@ -1,5 +1,6 @@
 //! `lethe init`: a starter config on embedded backends (SQLite, local folders).
 
+use super::out::outln;
 use std::path::Path;
 
 use anyhow::{Context as _, Result};
@@ -61,6 +62,7 @@ pub const STARTER_CONFIG: &str = r#"# Lethe configuration. Relative paths are re
 # The application database Lethe keeps promises about.
 # PostgreSQL: url = "postgres://lethe@db.internal/app" and the password in $LETHE_DATABASE_URL.
 url = "sqlite://app.db"
+# max_connections = 8       # one pool per process, shared by jobs and the DSR API
 
 [store]
 # Lethe's own state (queue, audit chain, outbox). Defaults to database.url;
@@ -79,6 +81,8 @@ jobs_dir = "jobs"
 
 [http]
 listen = "127.0.0.1:8080"   # /healthz /readyz /metrics
+# max_concurrency = 8       # DSR API requests at once; more wait queue_timeout, then 503 + Retry-After
+# queue_timeout = "5s"
 
 [mail]
 from = "Lethe <lethe@example.com>"
@@ -196,8 +200,8 @@ pub fn write_starter(
 
 pub fn run(dir: &Path, force: bool) -> Result<i32> {
     for p in write_starter(dir, STARTER_CONFIG, force)? {
-        println!("wrote {}", p.display());
+        outln!("wrote {}", p.display());
     }
-    println!("next: edit lethe.toml, then `lethe migrate && lethe check`");
+    outln!("next: edit lethe.toml, then `lethe migrate && lethe check`");
     Ok(0)
 }

@@ -1,5 +1,6 @@
 //! `lethe keys status|rotate`.
 
+use super::out::outln;
 use std::sync::Arc;
 
 use anyhow::Result;
@@ -56,9 +57,13 @@ pub async fn rotate(ctx: Arc<Context>, org: Option<&str>, json_out: bool) -> Res
     if json_out {
         super::print_json(&v)?;
     } else {
-        println!(
+        outln!(
             "{} orgs: {} new DEK versions, {} re-wrapped, {} KEKs rotated, shredded: {}",
-            v["orgs"], v["deks_created"], v["rewrapped"], v["keks_rotated"], v["shredded"]
+            v["orgs"],
+            v["deks_created"],
+            v["rewrapped"],
+            v["keks_rotated"],
+            v["shredded"]
         );
     }
     Ok(0)

@@ -1,3 +1,4 @@
+use super::out::outln;
 use anyhow::Result;
 
 use crate::config::{redact_url, Config};
@@ -15,6 +16,6 @@ pub async fn run(config: Config) -> Result<i32> {
         serde_json::json!({"backend": ctx.store.backend()}),
     )
     .await?;
-    println!("worker schema is up to date ({url})");
+    outln!("worker schema is up to date ({url})");
     Ok(0)
 }

@@ -10,6 +10,7 @@ mod init;
 mod jobs;
 mod keys;
 mod migrate;
+pub mod out;
 mod retention;
 mod run;
 mod serve;
@@ -20,6 +21,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::Result;
+
+use out::outln;
 
 use crate::cli::{
     AuditCommand, BackupCommand, BreachCommand, Cli, Command, DsrCommand, HoldCommand, JobsCommand,
@@ -63,7 +66,11 @@ pub async fn dispatch(cli: Cli) -> Result<i32> {
             AuditCommand::Export { signed, out } => {
                 audit::export(open(cfg_flag).await?, signed, out.as_deref()).await
             }
-            AuditCommand::Verify { file, json } => audit::verify(cfg_flag, &file, json),
+            AuditCommand::Verify {
+                file,
+                require_signature,
+                json,
+            } => audit::verify(cfg_flag, &file, require_signature, json),
         },
         Command::Retention { command } => {
             let ctx = open(cfg_flag).await?;
@@ -177,7 +184,7 @@ async fn open(flag: Option<&Path>) -> Result<Arc<Context>> {
 }
 
 pub(crate) fn print_json<T: serde::Serialize>(value: &T) -> Result<()> {
-    println!("{}", serde_json::to_string_pretty(value)?);
+    outln!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
 }
 
@@ -197,7 +204,7 @@ pub(crate) fn print_table(headers: &[&str], rows: &[Vec<String>]) {
             .enumerate()
             .map(|(i, c)| format!("{c:<w$}", w = widths.get(i).copied().unwrap_or(0)))
             .collect();
-        println!("{}", parts.join("  ").trim_end());
+        outln!("{}", parts.join("  ").trim_end());
     };
     line(headers.iter().map(|h| h.to_string()).collect());
     for r in rows {

@@ -1,11 +1,11 @@
 //! `lethe retention set|list|unset` (per-org overrides) and `lethe hold add|list|release`.
 
+use super::out::outln;
 use std::sync::Arc;
 
 use anyhow::Result;
 use serde_json::json;
 
-use crate::appdb::AppDb;
 use crate::audit::{actor_cli, record};
 use crate::context::Context;
 use crate::error::Error;
@@ -23,7 +23,7 @@ fn require_reason(reason: &str) -> Result<(), Error> {
 
 async fn require_org(ctx: &Context, org: &str) -> Result<(), Error> {
     if let Some(orgs) = ctx.config.app.as_ref().and_then(|a| a.orgs.as_ref()) {
-        let db = AppDb::connect(&ctx.config.database.url).await?;
+        let db = ctx.app_db().await?;
         if !db.org_exists(orgs, org).await? {
             return Err(Error::Usage(format!(
                 "org `{org}` is not in `{}`.`{}`",
@@ -84,7 +84,7 @@ pub async fn set(
     if json_out {
         super::print_json(&o)?;
     } else {
-        println!("org {org}: class {class} now kept {} ({reason})", o.period);
+        outln!("org {org}: class {class} now kept {} ({reason})", o.period);
     }
     Ok(0)
 }
@@ -102,7 +102,7 @@ pub async fn unset(ctx: Arc<Context>, class: &str, org: &str, reason: &str) -> R
         json!({"class": class, "reason": reason}),
     )
     .await?;
-    println!("org {org}: class {class} back to the data map's retention");
+    outln!("org {org}: class {class} back to the data map's retention");
     Ok(0)
 }
 
@@ -140,7 +140,7 @@ pub async fn list(ctx: Arc<Context>, json_out: bool) -> Result<i32> {
         .collect();
     super::print_table(&["CLASS", "TABLE", "RETENTION"], &rows);
     if !overrides.is_empty() {
-        println!();
+        outln!();
         let rows: Vec<Vec<String>> = overrides
             .iter()
             .map(|o| {
@@ -204,7 +204,7 @@ pub async fn hold_add(
     if json_out {
         super::print_json(&hold)?;
     } else {
-        println!("hold {} on {} {value}: {reason}", hold.id, scope.as_str());
+        outln!("hold {} on {} {value}: {reason}", hold.id, scope.as_str());
     }
     Ok(0)
 }
@@ -253,6 +253,6 @@ pub async fn hold_release(ctx: Arc<Context>, id: i64, reason: &str) -> Result<i3
         json!({"reason": reason}),
     )
     .await?;
-    println!("hold {id} released");
+    outln!("hold {id} released");
     Ok(0)
 }

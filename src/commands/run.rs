@@ -1,3 +1,4 @@
+use super::out::outln;
 use std::str::FromStr;
 use std::sync::Arc;
 
@@ -22,7 +23,7 @@ pub async fn run(
     if json {
         super::print_json(&report)?;
     } else {
-        println!(
+        outln!(
             "{} ({}) {} after {} attempt(s){}",
             report.job,
             report.kind,
@@ -31,13 +32,13 @@ pub async fn run(
             if report.dry_run { " [dry run]" } else { "" }
         );
         if let Some(r) = &report.result {
-            println!("{}", serde_json::to_string_pretty(r)?);
+            outln!("{}", serde_json::to_string_pretty(r)?);
         }
         if let Some(e) = &report.error {
-            println!("error: {e}");
+            outln!("error: {e}");
         }
         if let Some(t) = report.next_attempt_at {
-            println!("the run stays queued; `lethe serve` retries it at {t}");
+            outln!("the run stays queued; `lethe serve` retries it at {t}");
         }
     }
     Ok(if report.succeeded() { 0 } else { 1 })
@@ -59,7 +60,7 @@ pub async fn detach(
             "run_id": run_id, "scheduled_for": scheduled_for, "dry_run": dry_run,
         }))?;
     } else {
-        println!(
+        outln!(
             "{} ({}) queued as run {run_id}; `lethe serve` takes it — follow with `lethe jobs history --job {}`",
             spec.name, spec.kind, spec.name
         );
@@ -81,7 +82,7 @@ async fn preflight(ctx: &Context, kind: JobKind) -> Result<(), Error> {
         kind,
         JobKind::RetentionPurge | JobKind::DsrProcess | JobKind::KeysRotate
     ) {
-        let db = crate::appdb::AppDb::connect(&ctx.config.database.url).await?;
+        let db = ctx.app_db().await?;
         crate::appdb::preflight(&ctx.config, &db).await?;
     }
     Ok(())

@@ -105,16 +105,10 @@ pub fn from_text(path: &Path, text: &str) -> Result<JobSpec> {
     let schedule = Schedule::parse(raw.schedule.get_ref(), tz)
         .map_err(|m| src.error_at(raw.schedule.span(), m))?;
     let timeout = match &raw.timeout {
-        Some(t) => src.duration(t, "timeout")?,
+        Some(t) => src.duration_in(t, "timeout", Duration::from_millis(1)..=super::MAX_DURATION)?,
         None => Duration::from_secs(3600),
     };
-    let max_attempts = match raw.max_attempts {
-        Some(m) if *m.get_ref() == 0 || *m.get_ref() > 100 => {
-            return Err(src.error_at(m.span(), "max_attempts must be between 1 and 100"))
-        }
-        Some(m) => m.into_inner(),
-        None => 3,
-    };
+    let max_attempts = src.count(raw.max_attempts, "max_attempts", 1..=100, 3)?;
     let (params, params_span) = match raw.params {
         Some(p) => {
             let span = p.span();

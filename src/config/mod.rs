@@ -11,7 +11,7 @@ mod secret;
 pub use data_map::{
     AnonymizeRule, AppMapping, DataMapEntry, Erasure, MembershipsTable, OrgsTable, SubjectsTable,
 };
-pub use duration::{format_duration, parse_duration};
+pub use duration::{format_duration, parse_duration, MAX_DURATION};
 pub use jobs::{from_text as job_from_text, CatchUp, JobSpec};
 pub use secret::{redact_url, url_has_password, Secret, SecretSource};
 
@@ -147,6 +147,8 @@ pub struct BackupConfig {
 pub struct DatabaseConfig {
     /// The application database (the data Lethe keeps promises about).
     pub url: String,
+    /// Pool size: one pool per process, shared by jobs and the DSR API.
+    pub max_connections: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -171,6 +173,9 @@ pub struct RunnerConfig {
 #[derive(Debug, Clone)]
 pub struct HttpConfig {
     pub listen: SocketAddr,
+    /// DSR API requests handled at once; more wait up to `queue_timeout`, then get 503.
+    pub max_concurrency: usize,
+    pub queue_timeout: Duration,
     /// SHA-256 (hex) of the API keys the DSR intake API accepts. Only hashes live in config.
     pub api_key_hashes: Vec<String>,
 }
@@ -264,7 +269,7 @@ struct RawKeys {
     kek_rotation: Option<Spanned<String>>,
     shred_after: Option<Spanned<String>>,
     deletion_window_days: Option<Spanned<i32>>,
-    concurrency: Option<usize>,
+    concurrency: Option<Spanned<usize>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -289,7 +294,7 @@ struct RawObjectStore {
     region: Option<String>,
     #[serde(default)]
     path_style: bool,
-    upload_concurrency: Option<usize>,
+    upload_concurrency: Option<Spanned<usize>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -300,7 +305,7 @@ struct RawBackup {
     identity_env: Option<String>,
     identity_file: Option<String>,
     zstd_level: Option<Spanned<i32>>,
-    zstd_threads: Option<u32>,
+    zstd_threads: Option<Spanned<u32>>,
     part_size_mib: Option<Spanned<u64>>,
     prefix: Option<String>,
     rpo: Option<Spanned<String>>,
@@ -313,13 +318,14 @@ struct RawBackup {
 #[serde(deny_unknown_fields)]
 struct RawDatabase {
     url: Spanned<String>,
+    max_connections: Option<Spanned<u32>>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawStore {
     url: Option<Spanned<String>>,
-    max_connections: Option<u32>,
+    max_connections: Option<Spanned<u32>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -339,6 +345,8 @@ struct RawRunner {
 #[serde(deny_unknown_fields)]
 struct RawHttp {
     listen: Option<Spanned<String>>,
+    max_concurrency: Option<Spanned<usize>>,
+    queue_timeout: Option<Spanned<String>>,
     #[serde(default)]
     api_key_hashes: Vec<Spanned<String>>,
 }
@@ -350,9 +358,9 @@ struct RawMail {
     transport: MailTransportKind,
     dir: Option<String>,
     smtp: Option<RawSmtp>,
-    max_attempts: Option<u32>,
+    max_attempts: Option<Spanned<u32>>,
     retry_base: Option<Spanned<String>>,
-    batch_size: Option<u32>,
+    batch_size: Option<Spanned<u32>>,
     #[serde(default)]
     recipients: RawRecipients,
 }
@@ -419,9 +427,58 @@ impl SourceFile<'_> {
         })
     }
 
+    /// A duration between 0 and [`MAX_DURATION`].
     pub fn duration(&self, value: &Spanned<String>, key: &str) -> Result<Duration> {
-        parse_duration(value.get_ref())
-            .map_err(|m| self.error_at(value.span(), format!("{key}: {m}")))
+        self.duration_in(value, key, Duration::ZERO..=MAX_DURATION)
+    }
+
+    /// A duration within `range`; the error names the key and the range.
+    pub fn duration_in(
+        &self,
+        value: &Spanned<String>,
+        key: &str,
+        range: std::ops::RangeInclusive<Duration>,
+    ) -> Result<Duration> {
+        let d = duration::parse_bounded(value.get_ref())
+            .map_err(|m| self.error_at(value.span(), format!("{key}: {m}")))?;
+        if let Some(d) = d.filter(|d| range.contains(d)) {
+            return Ok(d);
+        }
+        Err(self.error_at(
+            value.span(),
+            format!(
+                "{key} must be between {} and {} (got `{}`)",
+                format_duration(*range.start()),
+                format_duration(*range.end()),
+                value.get_ref()
+            ),
+        ))
+    }
+
+    /// A count within `range` (default when absent); the error names the key and the range.
+    pub fn count<T>(
+        &self,
+        value: Option<Spanned<T>>,
+        key: &str,
+        range: std::ops::RangeInclusive<T>,
+        default: T,
+    ) -> Result<T>
+    where
+        T: PartialOrd + Copy + std::fmt::Display,
+    {
+        match value {
+            None => Ok(default),
+            Some(v) if range.contains(v.get_ref()) => Ok(v.into_inner()),
+            Some(v) => Err(self.error_at(
+                v.span(),
+                format!(
+                    "{key} must be between {} and {} (got {})",
+                    range.start(),
+                    range.end(),
+                    v.get_ref()
+                ),
+            )),
+        }
     }
 }
 
@@ -495,6 +552,18 @@ impl Config {
             (None, None) => database_url.clone(),
         };
 
+        let database_max_connections = src.count(
+            raw.database.max_connections,
+            "database.max_connections",
+            1..=1000,
+            8,
+        )?;
+        let store_max_connections = src.count(
+            store_raw.max_connections,
+            "store.max_connections",
+            1..=1000,
+            8,
+        )?;
         let runner = load_runner(&src, raw.runner, &dir)?;
         let http = load_http(&src, raw.http)?;
         let mail = load_mail(&src, raw.mail, &dir)?;
@@ -534,10 +603,13 @@ impl Config {
         Ok(Config {
             path: path.to_path_buf(),
             dir,
-            database: DatabaseConfig { url: database_url },
+            database: DatabaseConfig {
+                url: database_url,
+                max_connections: database_max_connections,
+            },
             store: StoreConfig {
                 url: store_url,
-                max_connections: store_raw.max_connections.unwrap_or(8),
+                max_connections: store_max_connections,
             },
             runner,
             http,
@@ -613,47 +685,53 @@ fn resolve_sqlite_url(url: &str, dir: &Path) -> String {
 }
 
 fn load_runner(src: &SourceFile, raw: RawRunner, dir: &Path) -> Result<RunnerConfig> {
-    let dur = |v: &Option<Spanned<String>>, key: &str, default: Duration| -> Result<Duration> {
+    const MS: Duration = Duration::from_millis(1);
+    let dur = |v: &Option<Spanned<String>>,
+               key: &str,
+               range: std::ops::RangeInclusive<Duration>,
+               default: Duration|
+     -> Result<Duration> {
         match v {
-            Some(s) => src.duration(s, key),
+            Some(s) => src.duration_in(s, key, range),
             None => Ok(default),
         }
     };
-    let workers = match raw.workers {
-        Some(w) if *w.get_ref() == 0 || *w.get_ref() > 64 => {
-            return Err(src.error_at(w.span(), "runner.workers must be between 1 and 64"))
-        }
-        Some(w) => w.into_inner(),
-        None => 2,
-    };
-    let lease = dur(&raw.lease, "runner.lease", Duration::from_secs(60))?;
-    if lease < Duration::from_secs(1) {
-        let span = raw.lease.as_ref().map(|s| s.span()).unwrap_or(0..0);
-        return Err(src.error_at(span, "runner.lease must be at least 1s"));
-    }
+    let secs = Duration::from_secs;
     Ok(RunnerConfig {
-        workers,
+        workers: src.count(raw.workers, "runner.workers", 1..=64, 2)?,
+        // Zero would poll the store in a busy loop.
         poll_interval: dur(
             &raw.poll_interval,
             "runner.poll_interval",
-            Duration::from_secs(1),
+            10 * MS..=secs(3600),
+            secs(1),
         )?,
-        lease,
+        // A lease is renewed every third of itself; past a week a crashed
+        // worker's run would wait that long for rescue.
+        lease: dur(
+            &raw.lease,
+            "runner.lease",
+            secs(1)..=secs(7 * 86_400),
+            secs(60),
+        )?,
         retry_base: dur(
             &raw.retry_base,
             "runner.retry_base",
-            Duration::from_secs(30),
+            Duration::ZERO..=MAX_DURATION,
+            secs(30),
         )?,
         retry_max: dur(
             &raw.retry_max,
             "runner.retry_max",
-            Duration::from_secs(3600),
+            Duration::ZERO..=MAX_DURATION,
+            secs(3600),
         )?,
         catch_up: raw.catch_up.unwrap_or(CatchUp::Latest),
         drain_timeout: dur(
             &raw.drain_timeout,
             "runner.drain_timeout",
-            Duration::from_secs(30),
+            Duration::ZERO..=MAX_DURATION,
+            secs(30),
         )?,
         jobs_dir: dir.join(raw.jobs_dir.unwrap_or_else(|| "jobs".to_string())),
     })
@@ -687,6 +765,15 @@ fn load_http(src: &SourceFile, raw: RawHttp) -> Result<HttpConfig> {
     }
     Ok(HttpConfig {
         listen,
+        max_concurrency: src.count(raw.max_concurrency, "http.max_concurrency", 1..=1024, 8)?,
+        queue_timeout: match &raw.queue_timeout {
+            Some(t) => src.duration_in(
+                t,
+                "http.queue_timeout",
+                Duration::ZERO..=Duration::from_secs(60),
+            )?,
+            None => Duration::from_secs(5),
+        },
         api_key_hashes: raw
             .api_key_hashes
             .into_iter()
@@ -717,7 +804,11 @@ fn load_mail(src: &SourceFile, raw: RawMail, dir: &Path) -> Result<MailConfig> {
                 file: s.password_file.map(|f| dir.join(f)),
             },
             timeout: match &s.timeout {
-                Some(t) => src.duration(t, "mail.smtp.timeout")?,
+                Some(t) => src.duration_in(
+                    t,
+                    "mail.smtp.timeout",
+                    Duration::from_millis(100)..=Duration::from_secs(3600),
+                )?,
                 None => Duration::from_secs(30),
             },
         }),
@@ -733,12 +824,12 @@ fn load_mail(src: &SourceFile, raw: RawMail, dir: &Path) -> Result<MailConfig> {
         transport: raw.transport,
         dir: dir.join(raw.dir.unwrap_or_else(|| "mail".to_string())),
         smtp,
-        max_attempts: raw.max_attempts.unwrap_or(10).max(1),
+        max_attempts: src.count(raw.max_attempts, "mail.max_attempts", 1..=1000, 10)?,
         retry_base: match &raw.retry_base {
             Some(t) => src.duration(t, "mail.retry_base")?,
             None => Duration::from_secs(30),
         },
-        batch_size: raw.batch_size.unwrap_or(50).max(1),
+        batch_size: src.count(raw.batch_size, "mail.batch_size", 1..=100_000, 50)?,
         dpo: raw
             .recipients
             .dpo
@@ -783,7 +874,7 @@ fn load_keys(src: &SourceFile, raw: RawKeys, dir: &Path) -> Result<KeysConfig> {
         kek_rotation: dur(&raw.kek_rotation, "keys.kek_rotation", 365 * 86_400)?,
         shred_after: dur(&raw.shred_after, "keys.shred_after", 30 * 86_400)?,
         deletion_window_days: window,
-        concurrency: raw.concurrency.unwrap_or(8).clamp(1, 64),
+        concurrency: src.count(raw.concurrency, "keys.concurrency", 1..=64, 8)?,
     })
 }
 
@@ -850,7 +941,12 @@ fn load_object_store(
         endpoint: raw.endpoint,
         region: raw.region,
         path_style: raw.path_style,
-        upload_concurrency: raw.upload_concurrency.unwrap_or(4).clamp(1, 64),
+        upload_concurrency: src.count(
+            raw.upload_concurrency,
+            "object_store.upload_concurrency",
+            1..=64,
+            4,
+        )?,
     })
 }
 
@@ -899,7 +995,7 @@ fn load_backup(src: &SourceFile, raw: RawBackup, dir: &Path) -> Result<BackupCon
             file: raw.identity_file.map(|f| dir.join(f)),
         },
         zstd_level: level,
-        zstd_threads: raw.zstd_threads.unwrap_or(2).clamp(1, 64),
+        zstd_threads: src.count(raw.zstd_threads, "backup.zstd_threads", 1..=64, 2)?,
         part_size: usize::try_from(part_mib * 1024 * 1024).unwrap_or(16 << 20),
         prefix: raw.prefix.unwrap_or_else(|| "backups/".to_string()),
         rpo: match &raw.rpo {

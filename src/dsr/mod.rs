@@ -14,7 +14,6 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::json;
 
-use crate::appdb::AppDb;
 use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::store::{DsrInsert, DsrRequest, DsrState, HoldScope, NewDsr};
@@ -84,6 +83,8 @@ pub struct Submission<'a> {
 pub enum Intake {
     Accepted(DsrRequest),
     Replayed(DsrRequest),
+    /// The idempotency key was first used for this other request; nothing recorded.
+    KeyReused(DsrRequest),
     Rejected {
         request: DsrRequest,
         blocking_orgs: Vec<String>,
@@ -116,8 +117,7 @@ pub async fn submit(ctx: &Context, s: Submission<'_>) -> Result<Intake> {
     let app = ctx.config.app.as_ref().ok_or_else(|| {
         Error::Usage("DSRs need [app] in lethe.toml: where subjects (and memberships) live".into())
     })?;
-    let db = AppDb::connect(&ctx.config.database.url).await?;
-    crate::appdb::preflight(&ctx.config, &db).await?;
+    let db = ctx.app_db_checked().await?;
     let now = ctx.store.now().await?;
     let due_at = j.deadline(kind, &ctx.config.dsr).after(now)?;
 
@@ -167,12 +167,17 @@ pub async fn submit(ctx: &Context, s: Submission<'_>) -> Result<Intake> {
         detail,
         source: s.source.into(),
         idempotency_key: s.idempotency_key.map(str::to_string),
+        request_hash: match s.idempotency_key {
+            Some(_) => Some(request_hash(ctx, kind, &subject, j.code)?),
+            None => None,
+        },
         received_at: now,
         due_at,
     };
     let actor = format!("{}:{}", s.source, crate::audit::actor_cli());
     let outcome = match ctx.store.dsr_insert(&new).await? {
         DsrInsert::Replayed(r) => return Ok(Intake::Replayed(r)),
+        DsrInsert::KeyConflict(r) => return Ok(Intake::KeyReused(r)),
         DsrInsert::Duplicate(existing) => {
             let dup = NewDsr {
                 state: DsrState::Rejected,
@@ -182,6 +187,7 @@ pub async fn submit(ctx: &Context, s: Submission<'_>) -> Result<Intake> {
                     existing.id
                 )),
                 idempotency_key: None,
+                request_hash: None,
                 ..new
             };
             match ctx.store.dsr_insert(&dup).await? {
@@ -206,6 +212,7 @@ pub async fn submit(ctx: &Context, s: Submission<'_>) -> Result<Intake> {
         Intake::Accepted(r) => (r, "dsr.received"),
         Intake::Rejected { request, .. } => (request, "dsr.rejected"),
         Intake::Replayed(r) => (r, "dsr.replayed"),
+        Intake::KeyReused(_) => return Ok(outcome),
     };
     // The subject's email is personal data: evidence names the request, not the person.
     crate::audit::record(
@@ -220,6 +227,36 @@ pub async fn submit(ctx: &Context, s: Submission<'_>) -> Result<Intake> {
     Ok(outcome)
 }
 
+/// What an idempotency key is bound to: the canonical request (kind, normalized
+/// subject, resolved jurisdiction), as `scheme:hex`. Keyed HMAC under the
+/// pseudonym key when one is configured, so Lethe's store holds no plain hash
+/// of an email an erasure later replaces by its pseudonym.
+fn request_hash(ctx: &Context, kind: &str, subject: &str, jurisdiction: &str) -> Result<String> {
+    use hmac::Mac;
+    use sha2::Digest;
+    let canonical =
+        json!({"jurisdiction": jurisdiction, "kind": kind, "subject": subject}).to_string();
+    // An unreadable key file is the server's problem (500 on the API), not the caller's.
+    let key = ctx
+        .config
+        .dsr
+        .pseudonym_key
+        .load()
+        .map_err(|m| Error::Failed(format!("pseudonym key: {m}")))?;
+    Ok(match key {
+        Some(k) => {
+            let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(k.expose().as_bytes())
+                .map_err(|e| Error::Failed(format!("pseudonym key: {e}")))?;
+            mac.update(canonical.as_bytes());
+            format!("hmac-sha256:{}", hex::encode(mac.finalize().into_bytes()))
+        }
+        None => format!(
+            "sha256:{}",
+            hex::encode(sha2::Sha256::digest(canonical.as_bytes()))
+        ),
+    })
+}
+
 /// `dsr extend ID --days N --reason TEXT`, within the jurisdiction's limit.
 pub async fn extend(ctx: &Context, id: i64, days: u32, reason: &str) -> Result<DsrRequest> {
     if reason.trim().is_empty() {
@@ -227,8 +264,10 @@ pub async fn extend(ctx: &Context, id: i64, days: u32, reason: &str) -> Result<D
             "--reason is required: the subject must be told why".into(),
         ));
     }
-    if days == 0 {
-        return Err(Error::Usage("--days must be at least 1".into()));
+    if !(1..=3650).contains(&days) {
+        return Err(Error::Usage(format!(
+            "--days must be between 1 and 3650 (got {days})"
+        )));
     }
     let r = ctx
         .store
@@ -244,7 +283,10 @@ pub async fn extend(ctx: &Context, id: i64, days: u32, reason: &str) -> Result<D
     let j = Jurisdiction::find(&r.jurisdiction)?;
     let base_due = j.deadline(&r.kind, &ctx.config.dsr).after(r.received_at)?;
     let limit = j.extension.map(|e| e.after(base_due)).transpose()?;
-    let new_due = r.due_at + chrono::Duration::days(i64::from(days));
+    let new_due = r
+        .due_at
+        .checked_add_days(chrono::Days::new(u64::from(days)))
+        .ok_or_else(|| Error::Usage(format!("--days {days} is out of range")))?;
     match limit {
         None => return Err(Error::Usage(format!("{} allows no extension", j.name))),
         Some(max) if new_due > max => {
@@ -259,7 +301,7 @@ pub async fn extend(ctx: &Context, id: i64, days: u32, reason: &str) -> Result<D
         Some(_) => {}
     }
     ctx.store
-        .dsr_extend(id, new_due, days as i32, reason)
+        .dsr_extend(id, new_due, i32::try_from(days).unwrap_or(i32::MAX), reason)
         .await?;
     crate::audit::record(
         ctx.store.as_ref(),

@@ -317,7 +317,7 @@ pub async fn process_job(jc: &JobContext) -> Result<Value> {
         let ids: Vec<i64> = due.iter().map(|r| r.id).collect();
         return Ok(json!({"dry_run": true, "would_process": ids}));
     }
-    let db = AppDb::connect(&ctx.config.database.url).await?;
+    let db = ctx.app_db().await?;
     // A data map that does not fit the schema would erase nothing and call it done.
     crate::appdb::preflight(&ctx.config, &db).await?;
     let expired = ctx

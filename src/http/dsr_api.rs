@@ -1,10 +1,13 @@
 //! The DSR intake API for the application:
 //! `POST /v1/dsr`, `GET /v1/dsr/{id}`, `GET /v1/dsr?status=`.
 //! Authenticated by `Authorization: Bearer KEY`, checked against SHA-256
-//! hashes in config; `Idempotency-Key` makes a retried submit one request.
+//! hashes in config; `Idempotency-Key` makes a retried submit one request,
+//! and is refused (422) when reused for a different request. At most
+//! `http.max_concurrency` requests run at once; a burst beyond that waits up to
+//! `http.queue_timeout`, then gets 503 with `Retry-After` (never a 500).
 
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
@@ -40,7 +43,42 @@ fn unauthorized(s: &AppState, headers: &HeaderMap) -> Option<Response> {
     }
 }
 
+/// 503 with `Retry-After`: the client should come back, nothing is wrong with its request.
+fn busy(message: &str) -> Response {
+    let mut r = problem(StatusCode::SERVICE_UNAVAILABLE, message);
+    r.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    r
+}
+
+/// One of the `http.max_concurrency` slots, waiting up to `http.queue_timeout`.
+async fn admit(s: &AppState) -> Result<tokio::sync::OwnedSemaphorePermit, Response> {
+    let wait = s.ctx.config.http.queue_timeout;
+    match tokio::time::timeout(wait, s.dsr_slots.clone().acquire_owned()).await {
+        Ok(Ok(permit)) => Ok(permit),
+        _ => Err(busy(
+            "too many DSR API requests at once; retry after Retry-After seconds",
+        )),
+    }
+}
+
+/// A database that is saturated or briefly unreachable: worth a retry, not a 500.
+fn unavailable(e: &Error) -> bool {
+    match e {
+        Error::Database(sqlx::Error::PoolTimedOut | sqlx::Error::Io(_)) => true,
+        // too_many_connections, cannot_connect_now, connection exceptions
+        Error::Database(sqlx::Error::Database(d)) => d
+            .code()
+            .is_some_and(|c| c == "53300" || c == "57P03" || c.starts_with("08")),
+        _ => false,
+    }
+}
+
 fn from_error(e: Error) -> Response {
+    if unavailable(&e) {
+        tracing::warn!(error = %e, "DSR API: database busy or unreachable; answered 503");
+        return busy("the database is busy; retry after Retry-After seconds");
+    }
     match e {
         Error::Usage(m) | Error::Config { message: m, .. } => {
             problem(StatusCode::UNPROCESSABLE_ENTITY, m)
@@ -64,6 +102,27 @@ pub struct SubmitBody {
     jurisdiction: Option<String>,
 }
 
+/// The `Idempotency-Key` header: absent, or one value of 1 to 255 visible
+/// ASCII characters. Anything else is refused, not ignored: a client that
+/// sent a key relies on it.
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, String> {
+    let mut values = headers.get_all("idempotency-key").iter();
+    let Some(v) = values.next() else {
+        return Ok(None);
+    };
+    if values.next().is_some() {
+        return Err("Idempotency-Key: send one header, not several".into());
+    }
+    let b = v.as_bytes();
+    if b.is_empty() || b.len() > 255 || !b.iter().all(|c| (0x21..=0x7e).contains(c)) {
+        return Err(format!(
+            "Idempotency-Key must be 1 to 255 visible ASCII characters (no spaces or non-ASCII), e.g. a UUID; got {} bytes",
+            b.len()
+        ));
+    }
+    Ok(Some(String::from_utf8_lossy(b).into_owned()))
+}
+
 pub async fn submit(
     State(s): State<AppState>,
     headers: HeaderMap,
@@ -72,14 +131,24 @@ pub async fn submit(
     if let Some(r) = unauthorized(&s, &headers) {
         return r;
     }
+    let idem = match idempotency_key(&headers) {
+        Ok(k) => k,
+        Err(m) => return problem(StatusCode::BAD_REQUEST, m),
+    };
     let Json(body) = match body {
         Ok(b) => b,
+        Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            return problem(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("body: larger than {} bytes", super::DSR_BODY_LIMIT),
+            )
+        }
         Err(e) => return problem(StatusCode::BAD_REQUEST, format!("body: {e}")),
     };
-    let idem = headers
-        .get("idempotency-key")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
+    let _slot = match admit(&s).await {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
     let sub = Submission {
         kind: &body.kind,
         subject: &body.subject,
@@ -95,6 +164,18 @@ pub async fn submit(
         Ok(Intake::Replayed(r)) => {
             (StatusCode::OK, Json(dsr::view(&s.ctx, &r, now))).into_response()
         }
+        Ok(Intake::KeyReused(first)) => (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Json(json!({
+                "error": format!(
+                    "Idempotency-Key conflict: the same key was already used for a different request (request {}); a new request needs a new key",
+                    first.id
+                ),
+                "conflict": "idempotency_key",
+                "request_id": first.id,
+            })),
+        )
+            .into_response(),
         Ok(Intake::Rejected {
             request,
             blocking_orgs,
@@ -116,6 +197,10 @@ pub async fn get(State(s): State<AppState>, headers: HeaderMap, Path(id): Path<i
     if let Some(r) = unauthorized(&s, &headers) {
         return r;
     }
+    let _slot = match admit(&s).await {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
     match s.ctx.store.dsr_get(id).await {
         Ok(Some(r)) => Json(dsr::view(&s.ctx, &r, chrono::Utc::now())).into_response(),
         Ok(None) => problem(StatusCode::NOT_FOUND, format!("no request {id}")),
@@ -137,6 +222,10 @@ pub async fn list(
     if let Some(r) = unauthorized(&s, &headers) {
         return r;
     }
+    let _slot = match admit(&s).await {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
     let state = match q.status.as_deref().map(DsrState::parse).transpose() {
         Ok(st) => st,
         Err(e) => return from_error(e),

@@ -19,7 +19,13 @@ use crate::runner::Shutdown;
 pub(crate) struct AppState {
     ctx: Arc<Context>,
     shutdown: Shutdown,
+    /// DSR API requests in flight (`http.max_concurrency`): the pools behind
+    /// them are bounded, so a burst waits here briefly and is then told to retry.
+    dsr_slots: Arc<tokio::sync::Semaphore>,
 }
+
+/// Largest DSR API request body: a submit is three short strings.
+const DSR_BODY_LIMIT: usize = 16 * 1024;
 
 pub fn router(ctx: Arc<Context>, shutdown: Shutdown) -> Router {
     Router::new()
@@ -31,7 +37,12 @@ pub fn router(ctx: Arc<Context>, shutdown: Shutdown) -> Router {
             axum::routing::post(dsr_api::submit).get(dsr_api::list),
         )
         .route("/v1/dsr/{id}", get(dsr_api::get))
-        .with_state(AppState { ctx, shutdown })
+        .layer(axum::extract::DefaultBodyLimit::max(DSR_BODY_LIMIT))
+        .with_state(AppState {
+            dsr_slots: Arc::new(tokio::sync::Semaphore::new(ctx.config.http.max_concurrency)),
+            ctx,
+            shutdown,
+        })
 }
 
 /// Binds first (so a taken port fails `serve` at once), then serves until shutdown.

@@ -21,7 +21,6 @@ use serde_json::{json, Value};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
-use crate::appdb::AppDb;
 use crate::config::KmsProvider;
 use crate::context::Context;
 use crate::error::{Error, Result};
@@ -113,7 +112,7 @@ async fn orgs(ctx: &Context) -> Result<Vec<(String, Option<DateTime<Utc>>)>> {
         .ok_or_else(|| {
             Error::Usage("keys need [app.orgs] (which orgs exist, and when they closed)".into())
         })?;
-    let db = AppDb::connect(&ctx.config.database.url).await?;
+    let db = ctx.app_db().await?;
     crate::appdb::preflight(&ctx.config, &db).await?;
     db.orgs_with_closure(orgs).await
 }

@@ -596,7 +596,7 @@ pub async fn purge_job(jc: &JobContext) -> Result<Value> {
     let p: PurgeParams = jc.params()?;
     let config = jc.ctx.config.as_ref();
     let store = jc.ctx.store.as_ref();
-    let db = AppDb::connect(&config.database.url).await?;
+    let db = jc.ctx.app_db().await?;
     let warnings = preflight(config, &db).await?;
 
     let mut stats = Stats::default();

@@ -81,7 +81,40 @@ impl JobKind {
 fn check<T: DeserializeOwned>(params: &Value) -> Result<(), String> {
     serde_json::from_value::<T>(params.clone())
         .map(|_| ())
-        .map_err(|e| e.to_string())
+        .map_err(|e| e.to_string())?;
+    check_durations(params)
+}
+
+/// Numeric params (whatever the kind) and their allowed ranges: a zero batch
+/// would loop forever, a huge pause or timeout would stall a run for years.
+const COUNT_PARAMS: &[(&str, u64, u64)] = &[
+    ("batch_size", 1, 10_000_000),
+    ("max_batch_size", 1, 100_000_000),
+    ("target_batch_ms", 1, 3_600_000),
+    ("max_transaction_ms", 1, 3_600_000),
+    ("pause_ms", 0, 3_600_000),
+    ("limit", 1, 1_000_000),
+];
+
+/// Params that are durations or counts must parse and be in range at load, not at 3 a.m.
+fn check_durations(params: &Value) -> Result<(), String> {
+    for (key, min, max) in COUNT_PARAMS {
+        let Some(v) = params.get(*key) else { continue };
+        if !v.as_u64().is_some_and(|n| (*min..=*max).contains(&n)) {
+            return Err(format!("{key} must be between {min} and {max} (got {v})"));
+        }
+    }
+    for key in ["keep", "rpo", "reminders"] {
+        let values = match params.get(key) {
+            Some(Value::String(s)) => vec![s.as_str()],
+            Some(Value::Array(a)) => a.iter().filter_map(Value::as_str).collect(),
+            _ => continue,
+        };
+        for v in values {
+            crate::config::parse_duration(v).map_err(|m| format!("{key}: {m}"))?;
+        }
+    }
+    Ok(())
 }
 
 impl fmt::Display for JobKind {
@@ -104,5 +137,36 @@ impl FromStr for JobKind {
             "unknown job kind `{s}`; this build knows: {}",
             known.join(", ")
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn numeric_and_duration_params_are_range_checked() {
+        let purge = JobKind::RetentionPurge;
+        assert!(purge.validate_params(&json!({"batch_size": 5000})).is_ok());
+        for bad in [
+            json!({"batch_size": 0}),
+            json!({"batch_size": 10_000_001}),
+            json!({"pause_ms": 3_600_001u64}),
+            json!({"max_transaction_ms": u64::MAX}),
+        ] {
+            let e = purge.validate_params(&bad).unwrap_err();
+            assert!(e.contains("must be between"), "{bad}: {e}");
+        }
+        let prune = JobKind::RunnerPrune;
+        assert!(prune.validate_params(&json!({"keep": "36500d"})).is_ok());
+        let e = prune
+            .validate_params(&json!({"keep": "99999999999w"}))
+            .unwrap_err();
+        assert!(e.contains("keep:") && e.contains("36500d"), "{e}");
+        let e = JobKind::BreachTick
+            .validate_params(&json!({"reminders": ["6h", "36501d"]}))
+            .unwrap_err();
+        assert!(e.contains("reminders:"), "{e}");
     }
 }

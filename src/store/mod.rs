@@ -345,6 +345,9 @@ pub struct DsrRequest {
     pub detail: Option<String>,
     pub source: String,
     pub idempotency_key: Option<String>,
+    /// What the idempotency key was first used for (see `NewDsr::request_hash`).
+    #[serde(skip)]
+    pub request_hash: Option<String>,
     pub received_at: DateTime<Utc>,
     pub due_at: DateTime<Utc>,
     pub extended_days: i32,
@@ -365,6 +368,9 @@ pub struct NewDsr {
     pub detail: Option<String>,
     pub source: String,
     pub idempotency_key: Option<String>,
+    /// A hash of the canonical request (`scheme:hex`); a later insert under the
+    /// same key must carry the same hash to be a replay.
+    pub request_hash: Option<String>,
     pub received_at: DateTime<Utc>,
     pub due_at: DateTime<Utc>,
 }
@@ -373,10 +379,36 @@ pub struct NewDsr {
 #[derive(Debug, Clone)]
 pub enum DsrInsert {
     Created(DsrRequest),
-    /// The idempotency key was used before: this is that request.
+    /// The idempotency key was used before for the same request: this is that request.
     Replayed(DsrRequest),
+    /// The idempotency key was used before for a different request (this one).
+    KeyConflict(DsrRequest),
     /// An open request of this kind for this subject exists.
     Duplicate(DsrRequest),
+}
+
+impl NewDsr {
+    /// Whether `prior`, found under this request's idempotency key, is this
+    /// same request (a replay) or a different one (a conflict). Hashes are
+    /// compared when both have one under the same scheme; otherwise (rows from
+    /// before request hashes, or the pseudonym key configured in between) the
+    /// fields themselves.
+    pub fn replay_of(&self, prior: DsrRequest) -> DsrInsert {
+        let scheme = |h: &str| h.split_once(':').map(|(s, _)| s.to_string());
+        let same = match (&prior.request_hash, &self.request_hash) {
+            (Some(a), Some(b)) if scheme(a) == scheme(b) => a == b,
+            _ => {
+                prior.kind == self.kind
+                    && prior.subject == self.subject
+                    && prior.jurisdiction == self.jurisdiction
+            }
+        };
+        if same {
+            DsrInsert::Replayed(prior)
+        } else {
+            DsrInsert::KeyConflict(prior)
+        }
+    }
 }
 
 /// An org's key-encryption key in the KMS.

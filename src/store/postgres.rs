@@ -677,13 +677,13 @@ impl Store for PgStore {
                 .fetch_optional(&self.pool)
                 .await?;
             if let Some(row) = prior {
-                return Ok(DsrInsert::Replayed(dsr_from_row(&row)?));
+                return Ok(r.replay_of(dsr_from_row(&row)?));
             }
         }
         let res = sqlx::query(
             "INSERT INTO dsr_requests (kind, subject, jurisdiction, state, reason, detail, source, idempotency_key,
-                                       received_at, due_at, updated_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $9) RETURNING *",
+                                       received_at, due_at, updated_at, request_hash)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $9, $11) RETURNING *",
         )
         .bind(&r.kind)
         .bind(&r.subject)
@@ -695,6 +695,7 @@ impl Store for PgStore {
         .bind(&r.idempotency_key)
         .bind(r.received_at)
         .bind(r.due_at)
+        .bind(&r.request_hash)
         .fetch_one(&self.pool)
         .await;
         match res {
@@ -708,7 +709,7 @@ impl Store for PgStore {
                             .fetch_optional(&self.pool)
                             .await?
                     {
-                        return Ok(DsrInsert::Replayed(dsr_from_row(&row)?));
+                        return Ok(r.replay_of(dsr_from_row(&row)?));
                     }
                 }
                 let row = sqlx::query(
@@ -1169,6 +1170,7 @@ fn dsr_from_row(r: &PgRow) -> Result<DsrRequest> {
         detail: r.try_get("detail")?,
         source: r.try_get("source")?,
         idempotency_key: r.try_get("idempotency_key")?,
+        request_hash: r.try_get("request_hash")?,
         received_at: r.try_get("received_at")?,
         due_at: r.try_get("due_at")?,
         extended_days: r.try_get("extended_days")?,
