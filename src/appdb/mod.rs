@@ -80,6 +80,14 @@ impl AppDb {
         Ok(())
     }
 
+    /// Closes every connection (a SQLite file can then be renamed or vacuumed).
+    pub async fn close(&self) {
+        match self {
+            AppDb::Postgres(p) => p.close().await,
+            AppDb::Sqlite(p) => p.close().await,
+        }
+    }
+
     /// Names of the user tables, to check the data map against.
     pub async fn tables(&self) -> Result<Vec<String>> {
         Ok(match self {
