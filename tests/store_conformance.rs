@@ -49,6 +49,7 @@ macro_rules! conformance {
 }
 
 conformance!(
+    ledger_check_value_is_recorded_once,
     reports_migrated,
     enqueue_is_unique_per_job_and_fire,
     claim_leases_heartbeats_and_finishes,
@@ -612,4 +613,12 @@ async fn dsr_left_in_progress_by_a_crashed_run_is_taken_again(s: Arc<dyn Store>)
     let got = s.dsr_get(req.id).await.unwrap().unwrap();
     assert_eq!(got.state, lethe::store::DsrState::InProgress);
     assert_eq!(got.attempts, 3);
+}
+
+async fn ledger_check_value_is_recorded_once(s: Arc<dyn Store>) {
+    assert_eq!(s.ledger_check().await.unwrap(), None);
+    assert_eq!(s.ledger_check_init("first").await.unwrap(), "first");
+    // A second key never replaces the first: the caller sees the stored value and refuses.
+    assert_eq!(s.ledger_check_init("second").await.unwrap(), "first");
+    assert_eq!(s.ledger_check().await.unwrap().as_deref(), Some("first"));
 }
