@@ -140,7 +140,22 @@ impl Setup {
         }
     }
 
-    /// Nothing of a restore into `target` is left: no file, no temporary file, no database.
+    /// An empty PostgreSQL database made before the restore (SQLite: a new file name).
+    async fn empty_target(&self, name: &str) -> String {
+        let target = self.target(name);
+        if self.pg {
+            let (base, db) = target.rsplit_once('/').unwrap();
+            exec(
+                &format!("{base}/postgres"),
+                &format!("CREATE DATABASE {db}"),
+            )
+            .await;
+        }
+        target
+    }
+
+    /// Nothing of a restore into `target` is left: no file, no temporary file; no
+    /// database if the restore would have created it, else no relation in it.
     async fn assert_nothing_at(&self, target: &str) {
         if self.pg {
             let db = target.rsplit_once('/').unwrap().1;
@@ -149,7 +164,13 @@ impl Setup {
                 &format!("SELECT count(*) FROM pg_database WHERE datname = '{db}'"),
             )
             .await;
-            assert_eq!(n, 0, "the database {db} this restore created was dropped");
+            if n == 1 {
+                assert_eq!(
+                    relations(target).await,
+                    0,
+                    "the restore left relations in {db}"
+                );
+            }
         } else {
             let path = Path::new(target.strip_prefix("sqlite://").unwrap());
             assert!(!path.exists(), "{} was left behind", path.display());
@@ -186,6 +207,26 @@ async fn query_one(url: &str, q: &str) -> i64 {
         pool.close().await;
         n
     }
+}
+
+/// Relations outside the system schemas.
+async fn relations(url: &str) -> i64 {
+    query_one(
+        url,
+        "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+         WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg_toast%'",
+    )
+    .await
+}
+
+async fn pg_db_exists(target: &str) -> bool {
+    let db = target.rsplit_once('/').unwrap().1;
+    query_one(
+        &std::env::var("LETHE_TEST_PG_URL").unwrap(),
+        &format!("SELECT count(*) FROM pg_database WHERE datname = '{db}'"),
+    )
+    .await
+        == 1
 }
 
 async fn exec(url: &str, q: &str) {
@@ -283,12 +324,21 @@ async fn a_missing_or_wrong_key_is_refused_up_front_and_leaves_nothing(pg: bool)
     let Some(s) = setup(pg).await else { return };
     let id = s.backup();
     s.erase("member@x.example");
-    let target = s.target("restored");
-
-    let none = s.restore(&id, &target, None);
+    // PostgreSQL: a database the restore would create is not created.
+    let fresh = s.target("fresh");
+    let none = s.restore(&id, &fresh, None);
     let err = String::from_utf8_lossy(&none.stderr);
     assert_eq!(none.status.code(), Some(2), "{err}");
     assert!(err.contains("LETHE_PSEUDONYM_KEY"), "{err}");
+    s.assert_nothing_at(&fresh).await;
+    if pg {
+        assert!(!pg_db_exists(&fresh).await);
+    }
+
+    // PostgreSQL: an existing empty database stays empty.
+    let target = s.empty_target("restored").await;
+    let none = s.restore(&id, &target, None);
+    assert_eq!(none.status.code(), Some(2));
     s.assert_nothing_at(&target).await;
 
     let wrong = s.restore(&id, &target, Some("another-key-0123456789"));
@@ -365,7 +415,7 @@ async fn a_missing_or_wrong_key_is_refused_up_front_and_leaves_nothing(pg: bool)
         .iter()
         .filter(|e| e["action"] == "backup.restore_failed")
         .count();
-    assert_eq!(failed, 2, "both refusals are evidence");
+    assert_eq!(failed, 3, "every refusal is evidence");
 }
 
 async fn a_failed_re_application_leaves_nothing(pg: bool) {
@@ -377,58 +427,49 @@ async fn a_failed_re_application_leaves_nothing(pg: bool) {
     exec(&s.app_url, "ALTER TABLE logs RENAME COLUMN uid TO user_id").await;
     s.erase("member@x.example");
 
-    let target = s.target("restored");
-    let out = s.restore(&id, &target, Some(KEY));
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(err.contains("user_id"), "{err}");
-    s.assert_nothing_at(&target).await;
-
+    // PostgreSQL: a database that existed (empty) before is kept, and emptied of what
+    // the restore added; what was in it before stays.
+    let existing = s.empty_target("existing").await;
     if pg {
-        // A database that existed (empty) before is kept, and emptied of what the restore added.
-        let target = s.target("existing");
-        let (base, name) = target.rsplit_once('/').unwrap();
         exec(
-            &format!("{base}/postgres"),
-            &format!("CREATE DATABASE {name}"),
-        )
-        .await;
-        exec(
-            &target,
+            &existing,
             "CREATE SCHEMA keepme; CREATE TYPE keepme.mood AS ENUM ('ok');",
         )
         .await;
-        let out = s.restore(&id, &target, Some(KEY));
-        assert_eq!(
-            out.status.code(),
-            Some(1),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let left = query_one(
-            &target,
-            "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-             WHERE n.nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast')",
-        )
-        .await;
-        assert_eq!(left, 0, "nothing the failed restore created is left");
+    }
+    let out = s.restore(&id, &existing, Some(KEY));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("user_id"), "{err}");
+    s.assert_nothing_at(&existing).await;
+    if pg {
         let kept = query_one(
-            &target,
+            &existing,
             "SELECT count(*) FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace
              WHERE n.nspname = 'keepme' AND t.typname = 'mood'",
         )
         .await;
         assert_eq!(kept, 1, "what was there before is kept");
-        // Now empty again: a good backup restores into it.
-        let good = s.backup();
-        let ok = s.restore(&good, &target, Some(KEY));
-        assert_eq!(
-            ok.status.code(),
-            Some(0),
-            "{}",
-            String::from_utf8_lossy(&ok.stderr)
-        );
     }
+
+    // PostgreSQL: a database the restore created is dropped again.
+    let fresh = s.target("fresh");
+    let out = s.restore(&id, &fresh, Some(KEY));
+    assert_eq!(out.status.code(), Some(1));
+    s.assert_nothing_at(&fresh).await;
+    if pg {
+        assert!(!pg_db_exists(&fresh).await);
+    }
+
+    // Emptied again, the existing target takes a good backup.
+    let good = s.backup();
+    let ok = s.restore(&good, &existing, Some(KEY));
+    assert_eq!(
+        ok.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
 }
 
 async fn re_application_keeps_the_rows_holds_kept(pg: bool) {
@@ -451,7 +492,7 @@ async fn re_application_keeps_the_rows_holds_kept(pg: bool) {
         "the live erasure kept org 1's rows"
     );
 
-    let target = s.target("held");
+    let target = s.empty_target("held").await;
     let out = s.restore(&id, &target, Some(KEY));
     assert_eq!(
         out.status.code(),
@@ -479,7 +520,7 @@ async fn re_application_keeps_the_rows_holds_kept(pg: bool) {
     s.erase("late@x.example");
     let live5 = rows_of(&s.app_url, 5).await;
     assert!(live5[1].is_empty() && live5[2].is_empty(), "{live5:?}");
-    let target = s.target("released");
+    let target = s.empty_target("released").await;
     let out = s.restore(&id, &target, Some(KEY));
     assert_eq!(
         out.status.code(),
@@ -505,7 +546,7 @@ async fn re_application_keeps_the_rows_holds_kept(pg: bool) {
         "--reason",
         "subpoena",
     ]));
-    let target = s.target("subject_held");
+    let target = s.empty_target("subject_held").await;
     let out = s.restore(&id, &target, Some(KEY));
     let r = stdout_json(&out);
     assert_eq!(
