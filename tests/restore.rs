@@ -324,6 +324,19 @@ async fn a_missing_or_wrong_key_is_refused_up_front_and_leaves_nothing(pg: bool)
     let Some(s) = setup(pg).await else { return };
     let id = s.backup();
     s.erase("member@x.example");
+    // Created after the backup and erased: a ledger entry the backup has no subject for.
+    exec(
+        &s.app_url,
+        "INSERT INTO users (id, email, name) VALUES (6, 'new@x.example', 'Nia New')",
+    )
+    .await;
+    s.erase("new@x.example");
+    // PostgreSQL: an existing empty database stays empty.
+    let target = s.empty_target("restored").await;
+    let none = s.restore(&id, &target, None);
+    assert_eq!(none.status.code(), Some(2));
+    s.assert_nothing_at(&target).await;
+
     // PostgreSQL: a database the restore would create is not created.
     let fresh = s.target("fresh");
     let none = s.restore(&id, &fresh, None);
@@ -334,12 +347,6 @@ async fn a_missing_or_wrong_key_is_refused_up_front_and_leaves_nothing(pg: bool)
     if pg {
         assert!(!pg_db_exists(&fresh).await);
     }
-
-    // PostgreSQL: an existing empty database stays empty.
-    let target = s.empty_target("restored").await;
-    let none = s.restore(&id, &target, None);
-    assert_eq!(none.status.code(), Some(2));
-    s.assert_nothing_at(&target).await;
 
     let wrong = s.restore(&id, &target, Some("another-key-0123456789"));
     let err = String::from_utf8_lossy(&wrong.stderr);

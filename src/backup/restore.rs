@@ -2,9 +2,10 @@
 //! restored database becomes visible, and a restore that fails leaves nothing:
 //! SQLite is restored into a 0600 temporary file beside the target and renamed
 //! into place (never over an existing file) only after the ledger is applied;
-//! PostgreSQL is restored into the target database and re-applied in the same
-//! run, and on failure the database is dropped if this restore created it, or
-//! emptied of what the restore added if it existed (empty) before.
+//! PostgreSQL: a new database is restored and re-applied under a temporary
+//! name and renamed to the target at the end (dropped on failure); an existing
+//! empty database is restored and re-applied in place under a lock, and on
+//! failure emptied of what the restore added (never dropped).
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -144,21 +145,60 @@ async fn restore_pg(
     url: &str,
     ledger: &LedgerReapply,
 ) -> Result<(Decoded, ReapplyReport)> {
-    let created = ensure_database(url).await?;
-    // Held by another restore (maybe of the database just created): not ours to drop.
+    if database_exists(url).await? {
+        restore_pg_existing(ctx, b, url, ledger).await
+    } else {
+        restore_pg_new(ctx, b, url, ledger).await
+    }
+}
+
+/// A new database: restored and re-applied under a temporary name, renamed to
+/// the target only then (a crash leaves no database of the target's name), and
+/// dropped on failure.
+async fn restore_pg_new(
+    ctx: &Context,
+    b: &BackupRecord,
+    url: &str,
+    ledger: &LedgerReapply,
+) -> Result<(Decoded, ReapplyReport)> {
+    let (server, name) = maintenance_url(url)?;
+    let tmp_name = format!(
+        "lethe_restore_{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..16]
+    );
+    let tmp_url = source::pg_create_database(&server, &tmp_name).await?;
+    let result = async {
+        let decoded = restore_into_pg(ctx, b, &tmp_url).await?;
+        let report = ledger.apply(ctx, &tmp_url).await?;
+        rename_database(&server, &tmp_name, &name).await?;
+        Ok::<_, Error>((decoded, report))
+    }
+    .await;
+    if result.is_err() {
+        if let Err(e) = source::pg_drop_database(&server, &tmp_name).await {
+            tracing::error!(error = %e, database = %tmp_name, "could not drop the failed restore's database: drop it by hand");
+        }
+    }
+    result
+}
+
+/// An existing database: it must be empty; restored and re-applied in place
+/// under a lock, and on failure emptied of what the restore added (never dropped).
+async fn restore_pg_existing(
+    ctx: &Context,
+    b: &BackupRecord,
+    url: &str,
+    ledger: &LedgerReapply,
+) -> Result<(Decoded, ReapplyReport)> {
     let mut conn = lock_target(url).await?;
     let tables = source::pg_user_table_count_on(&mut conn).await?;
     if tables > 0 {
         conn.close().await?;
         return Err(Error::Usage(format!(
-            "the target database has {tables} tables; restore into an empty database (or a new name: it is created)"
+            "the target database has {tables} tables; restore into an empty database, or name one that does not exist (it is created)"
         )));
     }
-    let before = if created {
-        None
-    } else {
-        Some(Catalog::snapshot(&mut conn).await?)
-    };
+    let before = Catalog::snapshot(&mut conn).await?;
     let result = async {
         let decoded = restore_into_pg(ctx, b, url).await?;
         let report = ledger.apply(ctx, url).await?;
@@ -169,23 +209,50 @@ async fn restore_pg(
         conn.close().await?;
         return result;
     };
-    let cleanup = match before {
-        Some(before) => {
-            let r = before.remove_new(&mut conn).await;
-            let _ = conn.close().await;
-            r
-        }
-        None => {
-            let _ = conn.close().await;
-            let (server, name) = maintenance_url(url)?;
-            source::pg_drop_database(&server, &name).await
-        }
-    };
+    let cleanup = before.remove_new(&mut conn).await;
+    let _ = conn.close().await;
     match cleanup {
         Ok(()) => Err(e),
         Err(ce) => Err(Error::Backup(format!(
             "{e} — and removing what the failed restore left in the target failed too: {ce}"
         ))),
+    }
+}
+
+async fn database_exists(url: &str) -> Result<bool> {
+    match PgConnection::connect(url).await {
+        Ok(c) => {
+            c.close().await?;
+            Ok(true)
+        }
+        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("3D000") => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Renames the restored database to the target; refuses if the target appeared meanwhile.
+async fn rename_database(server: &str, from: &str, to: &str) -> Result<()> {
+    let mut admin = PgConnection::connect(server).await?;
+    let sql = format!("ALTER DATABASE {} RENAME TO {}", q(from), q(to));
+    let mut tries = 0;
+    let r = loop {
+        match admin.execute(sql.as_str()).await {
+            // The restore's own sessions may take a moment to end on the server.
+            Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("55006") && tries < 50 => {
+                tries += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            other => break other,
+        }
+    };
+    admin.close().await?;
+    match r {
+        Ok(_) => Ok(()),
+        // 23505: both renamed at once.
+        Err(sqlx::Error::Database(e)) if matches!(e.code().as_deref(), Some("42P04" | "23505")) => Err(Error::Usage(
+            format!("the database {to} was created meanwhile (another restore?); restore into a new name"),
+        )),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -209,36 +276,6 @@ fn percent_decode(s: &str) -> String {
         .next()
         .map(|(_, v)| v.into_owned())
         .unwrap_or_default()
-}
-
-/// Creates the target database when it does not exist; true if this call created it.
-async fn ensure_database(url: &str) -> Result<bool> {
-    match PgConnection::connect(url).await {
-        Ok(c) => {
-            c.close().await?;
-            Ok(false)
-        }
-        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("3D000") => {
-            let (server, name) = maintenance_url(url)?;
-            let mut admin = PgConnection::connect(&server).await?;
-            let r = admin
-                .execute(format!("CREATE DATABASE {}", q(&name)).as_str())
-                .await;
-            admin.close().await?;
-            match r {
-                Ok(_) => Ok(true),
-                // Another restore created it a moment ago (42P04, or 23505 when both
-                // inserted at once): it is not ours.
-                Err(sqlx::Error::Database(e))
-                    if matches!(e.code().as_deref(), Some("42P04" | "23505")) =>
-                {
-                    Ok(false)
-                }
-                Err(e) => Err(e.into()),
-            }
-        }
-        Err(e) => Err(e.into()),
-    }
 }
 
 /// A session holding the target's restore lock until it is closed.
