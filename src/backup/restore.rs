@@ -112,6 +112,8 @@ async fn restore_sqlite(
     if report.reapplied > 0 {
         // Deleted rows stay readable in free pages until the file is rewritten.
         let mut conn = sqlx::SqliteConnection::connect(&tmp_url).await?;
+        // The rewrite's scratch copy stays in memory, not in a file under /tmp.
+        conn.execute("PRAGMA temp_store = MEMORY").await?;
         conn.execute("VACUUM").await?;
         conn.close().await?;
     }
