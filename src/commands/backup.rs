@@ -105,9 +105,11 @@ pub async fn restore(ctx: Arc<Context>, id: &str, to: &str, json_out: bool) -> R
         super::print_json(&v)?;
     } else {
         println!(
-            "backup {id} restored to {} in {} ms",
+            "backup {id} restored to {} in {} ms; {} erasure(s) re-applied, {} subject(s) kept for legal holds",
             v["restored_to"].as_str().unwrap_or(""),
-            v["restore_ms"]
+            v["restore_ms"],
+            v["erasures_reapplied"],
+            v["subjects_held"]
         );
     }
     Ok(0)

@@ -134,7 +134,7 @@ impl LedgerReapply {
         app_mapping(ctx)?;
         let key = checked_key(ctx).await.map_err(|e| match e {
             Error::Usage(m) => Error::Usage(format!(
-                "the erasure ledger has {} entries to re-apply to the restored database: {m}",
+                "the erasure ledger holds {} erasure(s) to re-apply to the restored database: {m}",
                 entries.len()
             )),
             other => other,
