@@ -505,3 +505,114 @@ fn a_bad_recipient_key_is_a_config_error() {
         "{err}"
     );
 }
+
+/// Rewrites the stored manifest of the only backup with `edit`.
+fn tamper_manifest(s: &Setup, edit: impl FnOnce(&mut serde_json::Map<String, Value>)) {
+    let path =
+        s.c.path()
+            .join("objects")
+            .join(s.list()[0]["manifest"].as_str().unwrap());
+    let mut m: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    edit(m.as_object_mut().unwrap());
+    std::fs::write(&path, serde_json::to_vec_pretty(&m).unwrap()).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn verify_fails_on_a_manifest_without_row_counts_or_with_none() {
+    for (what, edit) in [
+        (
+            "missing",
+            Box::new(|m: &mut serde_json::Map<String, Value>| {
+                m.remove("row_counts");
+            }) as Box<dyn FnOnce(&mut serde_json::Map<String, Value>)>,
+        ),
+        (
+            "empty",
+            Box::new(|m: &mut serde_json::Map<String, Value>| {
+                m.insert("row_counts".into(), serde_json::json!({}));
+            }),
+        ),
+        (
+            "altered",
+            Box::new(|m: &mut serde_json::Map<String, Value>| {
+                m.insert("row_counts".into(), serde_json::json!({"users": 500}));
+            }),
+        ),
+    ] {
+        let s = sqlite_setup("").await;
+        let id = s.run("backup.create", &[])["result"]["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        tamper_manifest(&s, edit);
+        let out = s
+            .lethe()
+            .args(["backup", "verify", &id, "--json"])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{what}");
+        let r = stdout_json(&out);
+        assert_eq!(r["ok"], false, "{what}: {r}");
+        assert!(
+            r["error"].as_str().unwrap_or("").contains("row_counts")
+                || r["error"].as_str().unwrap_or("").contains("differs"),
+            "{what}: {r}"
+        );
+        assert_eq!(
+            s.list()[0]["verify_ok"],
+            false,
+            "{what}: not marked verified"
+        );
+        // The job fails too, and ops are mailed as for any failed verification.
+        let v = s.run("backup.verify", &["--param", &format!("id=\"{id}\"")]);
+        assert_eq!(v["status"], "dead", "{what}: {v}");
+        s.run("mail.flush", &[]);
+        let mails: Vec<String> = std::fs::read_dir(s.c.path().join("mail"))
+            .unwrap()
+            .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap())
+            .collect();
+        assert!(
+            mails.iter().any(|m| m.contains("FAILED verification")),
+            "{what}"
+        );
+        assert_eq!(s.run("backup.rpo_check", &[])["result"]["ok"], false);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn verify_fails_on_an_s3_manifest_without_row_counts() {
+    let Some((s, s3, bucket)) = pg_s3_setup(true, "").await else {
+        return;
+    };
+    let id = s.run("backup.create", &[])["result"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let key = format!("lethe/{}", s.list()[0]["manifest"].as_str().unwrap());
+    let body = s3
+        .get_object()
+        .bucket(&bucket)
+        .key(&key)
+        .send()
+        .await
+        .unwrap();
+    let mut m: Value =
+        serde_json::from_slice(&body.body.collect().await.unwrap().into_bytes()).unwrap();
+    m.as_object_mut().unwrap().remove("row_counts");
+    s3.put_object()
+        .bucket(&bucket)
+        .key(&key)
+        .body(serde_json::to_vec(&m).unwrap().into())
+        .send()
+        .await
+        .unwrap();
+    let out = s
+        .lethe()
+        .args(["backup", "verify", &id, "--json"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let r = stdout_json(&out);
+    assert!(r["error"].as_str().unwrap().contains("row_counts"), "{r}");
+    assert_eq!(s.list()[0]["verify_ok"], false);
+}

@@ -1000,6 +1000,19 @@ mod edges {
         }
         let audit = String::from_utf8(run_ok(s.lethe().args(["audit", "export"])).stdout).unwrap();
         assert!(!audit.contains(email), "the chain never names the subject");
+        if !pg {
+            // Nor do the SQLite files' bytes (free pages, the WAL).
+            for f in ["app.db", "lethe.db", "lethe.db-wal", "app.db-wal"] {
+                let path = s.c.path().join(f);
+                let Ok(bytes) = std::fs::read(&path) else {
+                    continue;
+                };
+                assert!(
+                    !bytes.windows(email.len()).any(|w| w == email.as_bytes()),
+                    "{f} still holds the erased email in its bytes"
+                );
+            }
+        }
         let pseudonym = s.show(erase["id"].as_i64().unwrap())["subject"].clone();
         assert!(
             audit.contains(pseudonym.as_str().unwrap()),

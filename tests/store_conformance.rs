@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use chrono::{Duration as CDuration, Utc};
 use lethe::store::{
-    self, MailState, NewAuditEvent, NewMail, NewRun, Outcome, RunFilter, RunState, Store,
+    self, DsrInsert, DsrState, HoldScope, MailState, NewAuditEvent, NewDsr, NewMail, NewRun,
+    Outcome, RunFilter, RunState, Store,
 };
 use serde_json::json;
 
@@ -49,6 +50,9 @@ macro_rules! conformance {
 }
 
 conformance!(
+    ledger_check_value_is_recorded_once,
+    dsr_exports_are_listed_for_deletion_by_expiry_or_subject_once,
+    dsr_forget_subject_replaces_the_email_everywhere_in_the_store,
     reports_migrated,
     enqueue_is_unique_per_job_and_fire,
     claim_leases_heartbeats_and_finishes,
@@ -719,4 +723,115 @@ async fn dsr_idempotency_key_replays_the_same_request_and_refuses_a_different_on
             "round {round}: {got:?}"
         );
     }
+}
+
+async fn ledger_check_value_is_recorded_once(s: Arc<dyn Store>) {
+    assert_eq!(s.ledger_check().await.unwrap(), None);
+    assert_eq!(s.ledger_check_init("first").await.unwrap(), "first");
+    // A second key never replaces the first: the caller sees the stored value and refuses.
+    assert_eq!(s.ledger_check_init("second").await.unwrap(), "first");
+    assert_eq!(s.ledger_check().await.unwrap().as_deref(), Some("first"));
+}
+
+/// A verified request of `kind` for `subject`, received now.
+async fn dsr_of(s: &Arc<dyn Store>, kind: &str, subject: &str) -> i64 {
+    let now = s.now().await.unwrap();
+    let new = NewDsr {
+        kind: kind.into(),
+        subject: subject.into(),
+        jurisdiction: "gdpr".into(),
+        state: DsrState::Verified,
+        reason: None,
+        detail: Some(format!("about {subject}")),
+        source: "cli".into(),
+        idempotency_key: None,
+        request_hash: None,
+        received_at: now,
+        due_at: now + chrono::Duration::days(30),
+    };
+    match s.dsr_insert(&new).await.unwrap() {
+        DsrInsert::Created(r) => r.id,
+        _ => panic!("not created"),
+    }
+}
+
+async fn dsr_exports_are_listed_for_deletion_by_expiry_or_subject_once(s: Arc<dyn Store>) {
+    let now = s.now().await.unwrap();
+    let old = dsr_of(&s, "export", "old@x.example").await;
+    let fresh = dsr_of(&s, "export", "fresh@x.example").await;
+    let never = dsr_of(&s, "export", "never@x.example").await;
+    s.dsr_export_started(old, "exports/old", now - chrono::Duration::hours(1))
+        .await
+        .unwrap();
+    s.dsr_export_started(fresh, "exports/fresh", now + chrono::Duration::days(7))
+        .await
+        .unwrap();
+    let due = s.dsr_exports_to_delete(now, None).await.unwrap();
+    assert_eq!(
+        due,
+        vec![(old, "exports/old".to_string())],
+        "only the expired one"
+    );
+    let of = s
+        .dsr_exports_to_delete(now, Some("fresh@x.example"))
+        .await
+        .unwrap();
+    assert_eq!(
+        of,
+        vec![(fresh, "exports/fresh".to_string())],
+        "the subject's, expired or not"
+    );
+    assert!(
+        s.dsr_exports_to_delete(now, Some("never@x.example"))
+            .await
+            .unwrap()
+            .is_empty(),
+        "request {never} stored no archive"
+    );
+    s.dsr_export_deleted(old).await.unwrap();
+    assert!(
+        s.dsr_exports_to_delete(now, None).await.unwrap().is_empty(),
+        "deleted once"
+    );
+}
+
+async fn dsr_forget_subject_replaces_the_email_everywhere_in_the_store(s: Arc<dyn Store>) {
+    let email = "gone@x.example";
+    let export = dsr_of(&s, "export", email).await;
+    let erasure = dsr_of(&s, "erasure", email).await;
+    let other = dsr_of(&s, "export", "stays@x.example").await;
+    let hold = s
+        .hold_add(HoldScope::Subject, email, "audit", "cli:test")
+        .await
+        .unwrap();
+    s.dsr_transition(
+        erasure,
+        &[DsrState::Verified],
+        DsrState::Completed,
+        None,
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        s.dsr_unforgotten_erasures().await.unwrap(),
+        vec![email.to_string()]
+    );
+    let changed = s.dsr_forget_subject(email, "pseudonym:abc").await.unwrap();
+    assert_eq!(changed, 3, "two requests and one hold");
+    for id in [export, erasure] {
+        let r = s.dsr_get(id).await.unwrap().unwrap();
+        assert_eq!(r.subject, "pseudonym:abc");
+        assert_eq!(r.detail.as_deref(), Some("about pseudonym:abc"));
+    }
+    assert_eq!(
+        s.dsr_get(other).await.unwrap().unwrap().subject,
+        "stays@x.example"
+    );
+    let held = s.holds(true).await.unwrap();
+    assert_eq!(
+        held.iter().find(|h| h.id == hold.id).unwrap().value,
+        "pseudonym:abc"
+    );
+    assert!(s.dsr_unforgotten_erasures().await.unwrap().is_empty());
 }

@@ -59,9 +59,11 @@ impl AppDb {
             ))
         } else if url.starts_with("sqlite:") {
             // Never create the application database: a typo must not look like an empty app.
+            // secure_delete: an erased row's bytes are overwritten, not left in free pages.
             let opts = SqliteConnectOptions::from_str(url)?
                 .create_if_missing(false)
-                .busy_timeout(Duration::from_secs(15));
+                .busy_timeout(Duration::from_secs(15))
+                .pragma("secure_delete", "ON");
             Ok(AppDb::Sqlite(
                 SqlitePoolOptions::new()
                     .max_connections(max_connections)
@@ -87,6 +89,14 @@ impl AppDb {
             }
         }
         Ok(())
+    }
+
+    /// Closes every connection (a SQLite file can then be renamed or vacuumed).
+    pub async fn close(&self) {
+        match self {
+            AppDb::Postgres(p) => p.close().await,
+            AppDb::Sqlite(p) => p.close().await,
+        }
     }
 
     /// Names of the user tables, to check the data map against.

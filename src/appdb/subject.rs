@@ -106,13 +106,13 @@ impl AppDb {
             .collect())
     }
 
-    /// Ids of the subjects whose (lower-cased) email `keep` accepts. Rows are
-    /// streamed, so memory holds only the matches, whatever the table's size.
+    /// Ids and (lower-cased) emails of the subjects whose email `keep` accepts.
+    /// Rows are streamed, so memory holds only the matches, whatever the table's size.
     pub async fn subjects_matching(
         &self,
         app: &AppMapping,
         keep: impl Fn(&str) -> bool,
-    ) -> Result<Vec<String>> {
+    ) -> Result<Vec<(String, String)>> {
         use futures_util::TryStreamExt;
         let sql = self.sql();
         let id = sql.as_text(&app.subjects.id);
@@ -127,7 +127,7 @@ impl AppDb {
                 let mut rows = sqlx::query_as::<_, (String, String)>(&text).fetch($pool);
                 while let Some((id, email)) = rows.try_next().await? {
                     if keep(&email) {
-                        out.push(id);
+                        out.push((id, email));
                     }
                 }
             }};

@@ -6,12 +6,17 @@
 //! ops when the newest verified backup is too old.
 
 pub mod gfs;
+mod manifest;
 mod pipeline;
+mod restore;
 mod source;
+mod verify;
 
+pub use manifest::{Manifest, MANIFEST_FORMAT};
 pub use pipeline::{decode, encode, parse_identities, parse_recipients, PartSink};
+pub use restore::restore;
+pub use verify::{verify, VerifyReport};
 
-use std::collections::BTreeMap;
 use std::io::Write;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -29,8 +34,6 @@ use crate::objstore::{self, ObjectStore};
 use crate::runner::JobContext;
 use crate::store::BackupRecord;
 use source::Db;
-
-pub const MANIFEST_FORMAT: u32 = 1;
 
 fn object_store(ctx: &Context) -> Result<&crate::config::ObjectStoreConfig> {
     ctx.config.object_store.as_ref().ok_or_else(|| {
@@ -181,21 +184,34 @@ pub async fn create(ctx: &Context, run_id: Option<i64>) -> Result<BackupRecord> 
         }
     };
     let duration_ms = started.elapsed().as_millis() as u64;
-    let manifest = json!({
-        "format": MANIFEST_FORMAT,
-        "id": id,
-        "created_at": created_at.to_rfc3339(),
-        "object": object_key,
-        "stored_bytes": enc.stored_bytes,
-        "raw_bytes": enc.raw_bytes,
-        "sha256": enc.sha256,
-        "compression": {"algorithm": "zstd", "level": level, "threads": threads},
-        "encryption": {"algorithm": "age", "recipients": cfg.recipients},
-        "database": {"kind": db.kind(), "server_version": server_version},
-        "row_counts": row_counts,
-        "timings": {"total_ms": duration_ms},
-        "lethe_version": env!("CARGO_PKG_VERSION"),
-    });
+    let manifest = Manifest {
+        format: MANIFEST_FORMAT,
+        id: id.clone(),
+        created_at: created_at.to_rfc3339(),
+        object: object_key.clone(),
+        stored_bytes: enc.stored_bytes,
+        raw_bytes: enc.raw_bytes,
+        sha256: enc.sha256.clone(),
+        compression: manifest::Compression {
+            algorithm: "zstd".into(),
+            level,
+            threads,
+        },
+        encryption: manifest::Encryption {
+            algorithm: "age".into(),
+            recipients: cfg.recipients.clone(),
+        },
+        database: manifest::Database {
+            kind: db.kind().into(),
+            server_version,
+        },
+        row_counts,
+        timings: manifest::Timings {
+            total_ms: duration_ms,
+        },
+        lethe_version: env!("CARGO_PKG_VERSION").into(),
+    }
+    .to_value();
     let body = serde_json::to_vec_pretty(&manifest).map_err(|e| Error::Backup(e.to_string()))?;
     store.put(&manifest_key, body.into()).await?;
     let record = BackupRecord {
@@ -262,10 +278,15 @@ async fn download_decoded(
         let ids = parse_identities(secret.expose())?;
         let (mut out, finish) = make_sink()?;
         let r = decode(SyncIoBridge::new(reader), &ids, &mut out);
+        // A buffered file's last write can fail here (disk full): not on drop, unseen.
+        let flushed = out
+            .flush()
+            .map_err(|e| Error::io("writing the restored database", e));
         drop(out);
         let fin = finish();
         let d = r?;
         fin?;
+        flushed?;
         Ok::<_, Error>(d)
     })
     .await
@@ -279,184 +300,55 @@ async fn download_decoded(
     Ok(decoded)
 }
 
-/// Restores `b` into `target` (an empty PostgreSQL database URL or a new SQLite path).
-async fn restore_into(ctx: &Context, b: &BackupRecord, target: &Db) -> Result<pipeline::Decoded> {
-    match target {
-        Db::Postgres(url) => {
-            let mut cmd = source::pg_command(
-                &source::pg_tool("pg_restore", ctx.config.backup.pg_bin.as_deref()),
-                url,
-            );
-            cmd.args(["--no-owner", "--no-privileges", "--exit-on-error"]);
-            download_decoded(ctx, b, move || {
-                let mut child = source::spawn_piped(cmd, true)?;
-                let stderr = source::collect_stderr(&mut child);
-                let stdin = child
-                    .stdin
-                    .take()
-                    .ok_or_else(|| Error::Backup("pg_restore has no stdin".into()))?;
-                let finish = move || {
-                    let status = child
-                        .wait()
-                        .map_err(|e| Error::Backup(format!("pg_restore: {e}")))?;
-                    let err = stderr.join().unwrap_or_default();
-                    if status.success() {
-                        Ok(())
-                    } else {
-                        Err(Error::Backup(format!(
-                            "pg_restore failed ({status}): {err}"
-                        )))
-                    }
-                };
-                Ok((
-                    Box::new(stdin) as Box<dyn Write + Send>,
-                    Box::new(finish) as Box<dyn FnOnce() -> Result<()> + Send>,
-                ))
-            })
-            .await
-        }
-        Db::Sqlite(path) => {
-            let path = path.clone();
-            download_decoded(ctx, b, move || {
-                let f = std::fs::File::create_new(&path).map_err(|e| {
-                    Error::Usage(format!(
-                        "cannot create {}: {e} (restore into a new file)",
-                        path.display()
-                    ))
-                })?;
-                Ok((
-                    Box::new(std::io::BufWriter::new(f)) as Box<dyn Write + Send>,
-                    Box::new(|| Ok(())) as Box<dyn FnOnce() -> Result<()> + Send>,
-                ))
-            })
-            .await
-        }
-    }
+/// Restores `b` into the (empty) PostgreSQL database at `url` with pg_restore.
+async fn restore_into_pg(ctx: &Context, b: &BackupRecord, url: &str) -> Result<pipeline::Decoded> {
+    let mut cmd = source::pg_command(
+        &source::pg_tool("pg_restore", ctx.config.backup.pg_bin.as_deref()),
+        url,
+    );
+    cmd.args(["--no-owner", "--no-privileges", "--exit-on-error"]);
+    download_decoded(ctx, b, move || {
+        let mut child = source::spawn_piped(cmd, true)?;
+        let stderr = source::collect_stderr(&mut child);
+        let stdin = child
+            .stdin
+            .take()
+            .ok_or_else(|| Error::Backup("pg_restore has no stdin".into()))?;
+        let finish = move || {
+            let status = child
+                .wait()
+                .map_err(|e| Error::Backup(format!("pg_restore: {e}")))?;
+            let err = stderr.join().unwrap_or_default();
+            if status.success() {
+                Ok(())
+            } else {
+                Err(Error::Backup(format!(
+                    "pg_restore failed ({status}): {err}"
+                )))
+            }
+        };
+        Ok((
+            Box::new(stdin) as Box<dyn Write + Send>,
+            Box::new(finish) as Box<dyn FnOnce() -> Result<()> + Send>,
+        ))
+    })
+    .await
 }
 
-#[derive(Debug, serde::Serialize)]
-pub struct VerifyReport {
-    pub id: String,
-    pub ok: bool,
-    pub restore_ms: u64,
-    pub tables: usize,
-    pub mismatches: Vec<String>,
-    pub error: Option<String>,
-}
-
-/// Download, decrypt, decompress, check the hash, restore into scratch, compare row counts.
-pub async fn verify(ctx: &Context, id: &str) -> Result<VerifyReport> {
-    let b = find(ctx, id).await?;
-    let expected: BTreeMap<String, i64> =
-        serde_json::from_value(b.manifest["row_counts"].clone()).unwrap_or_default();
-    let started = Instant::now();
-    let outcome: Result<BTreeMap<String, i64>> = match Db::from_url(&ctx.config.database.url)? {
-        Db::Postgres(app_url) => {
-            let server = ctx.config.backup.scratch_url.clone().unwrap_or(app_url);
-            let name = format!("lethe_verify_{}", uuid::Uuid::new_v4().simple());
-            let scratch = source::pg_create_database(&server, &name).await?;
-            let r = async {
-                restore_into(ctx, &b, &Db::Postgres(scratch.clone())).await?;
-                let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&scratch).await?;
-                source::pg_row_counts(&mut conn).await
-            }
-            .await;
-            if let Err(e) = source::pg_drop_database(&server, &name).await {
-                tracing::warn!(error = %e, database = %name, "could not drop the scratch database");
-            }
-            r
-        }
-        Db::Sqlite(_) => {
-            let dir = tempfile::tempdir().map_err(|e| Error::io("scratch folder", e))?;
-            let path = dir.path().join("restore.db");
-            match restore_into(ctx, &b, &Db::Sqlite(path.clone())).await {
-                Ok(_) => source::sqlite_row_counts(&path).await,
-                Err(e) => Err(e),
-            }
-        }
-    };
-    let restore_ms = started.elapsed().as_millis() as u64;
-    let report = match outcome {
-        Ok(actual) => {
-            let mismatches: Vec<String> = expected
-                .iter()
-                .filter(|(t, n)| actual.get(*t) != Some(n))
-                .map(|(t, n)| {
-                    format!(
-                        "{t}: backup had {n} rows, restore has {}",
-                        actual.get(t).map_or("none".into(), |a| a.to_string())
-                    )
-                })
-                .collect();
-            VerifyReport {
-                id: b.id.clone(),
-                ok: mismatches.is_empty(),
-                restore_ms,
-                tables: expected.len(),
-                mismatches,
-                error: None,
-            }
-        }
-        Err(e) => VerifyReport {
-            id: b.id.clone(),
-            ok: false,
-            restore_ms,
-            tables: expected.len(),
-            mismatches: vec![],
-            error: Some(e.to_string()),
-        },
-    };
-    let error_text = report
-        .error
-        .clone()
-        .or_else(|| (!report.mismatches.is_empty()).then(|| report.mismatches.join("; ")));
-    ctx.store
-        .backup_verified(
-            &b.id,
-            report.ok,
-            Some(restore_ms as i64),
-            error_text.as_deref(),
-        )
-        .await?;
-    Ok(report)
-}
-
-/// `backup restore ID --to URL`: into an empty PostgreSQL database or a new SQLite file.
-pub async fn restore(ctx: &Context, id: &str, to: &str) -> Result<Value> {
-    let b = find(ctx, id).await?;
-    let target = Db::from_url(to)?;
-    match (&target, b.manifest["database"]["kind"].as_str()) {
-        (Db::Postgres(url), Some("postgres")) => {
-            let n = source::pg_user_table_count(url).await?;
-            if n > 0 {
-                return Err(Error::Usage(format!(
-                    "the target database has {n} tables; restore into an empty database (CREATE DATABASE …)"
-                )));
-            }
-        }
-        (Db::Sqlite(p), Some("sqlite")) if p.exists() => {
-            return Err(Error::Usage(format!(
-                "{} exists; restore into a new file",
-                p.display()
-            )));
-        }
-        (Db::Sqlite(_), Some("sqlite")) => {}
-        (_, kind) => {
-            return Err(Error::Usage(format!(
-                "backup {id} is a {} backup; restore it into a {} URL",
-                kind.unwrap_or("?"),
-                kind.unwrap_or("?")
-            )))
-        }
-    }
-    let started = Instant::now();
-    let decoded = restore_into(ctx, &b, &target).await?;
-    // Subjects erased after this backup was taken must stay erased.
-    let ledger = crate::dsr::reapply_ledger(ctx, to).await?;
-    Ok(json!({
-        "id": b.id, "restored_to": crate::config::redact_url(to), "raw_bytes": decoded.raw_bytes,
-        "restore_ms": started.elapsed().as_millis() as u64, "erasures_reapplied": ledger["reapplied"],
-    }))
+/// Restores the SQLite backup `b` into `file` (new and empty, made by the caller).
+async fn restore_into_file(
+    ctx: &Context,
+    b: &BackupRecord,
+    file: std::fs::File,
+) -> Result<pipeline::Decoded> {
+    download_decoded(ctx, b, move || {
+        let finish = || Ok(());
+        Ok((
+            Box::new(std::io::BufWriter::new(file)) as Box<dyn Write + Send>,
+            Box::new(finish) as Box<dyn FnOnce() -> Result<()> + Send>,
+        ))
+    })
+    .await
 }
 
 // ---- jobs ----------------------------------------------------------------------

@@ -238,16 +238,14 @@ pub async fn pg_drop_database(server_url: &str, name: &str) -> Result<()> {
     Ok(())
 }
 
-pub async fn pg_user_table_count(url: &str) -> Result<i64> {
-    let mut conn = sqlx::PgConnection::connect(url).await?;
-    let n: i64 = sqlx::query_scalar(
+/// Base tables outside the system schemas: a restore target must have none.
+pub async fn pg_user_table_count_on(conn: &mut sqlx::PgConnection) -> Result<i64> {
+    Ok(sqlx::query_scalar(
         "SELECT count(*) FROM information_schema.tables
          WHERE table_type = 'BASE TABLE' AND table_schema NOT IN ('pg_catalog', 'information_schema')",
     )
-    .fetch_one(&mut conn)
-    .await?;
-    conn.close().await?;
-    Ok(n)
+    .fetch_one(conn)
+    .await?)
 }
 
 pub fn spawn_piped(mut cmd: Command, stdin: bool) -> Result<Child> {

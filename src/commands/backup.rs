@@ -77,7 +77,24 @@ pub async fn verify(ctx: Arc<Context>, id: &str, json_out: bool) -> Result<i32> 
 }
 
 pub async fn restore(ctx: Arc<Context>, id: &str, to: &str, json_out: bool) -> Result<i32> {
-    let v = crate::backup::restore(&ctx, id, to).await?;
+    let v = match crate::backup::restore(&ctx, id, to).await {
+        Ok(v) => v,
+        Err(e) => {
+            // A refused or failed restore is evidence too (it left nothing behind).
+            let failed = record(
+                ctx.store.as_ref(),
+                &actor_cli(),
+                "backup.restore_failed",
+                &format!("backup:{id}"),
+                json!({"restored_to": crate::config::redact_url(to), "error": e.to_string()}),
+            )
+            .await;
+            if let Err(re) = failed {
+                tracing::warn!(error = %re, "could not record the failed restore");
+            }
+            return Err(e.into());
+        }
+    };
     record(
         ctx.store.as_ref(),
         &actor_cli(),
@@ -90,9 +107,11 @@ pub async fn restore(ctx: Arc<Context>, id: &str, to: &str, json_out: bool) -> R
         super::print_json(&v)?;
     } else {
         outln!(
-            "backup {id} restored to {} in {} ms",
+            "backup {id} restored to {} in {} ms; {} erasure(s) re-applied, {} subject(s) kept for legal holds",
             v["restored_to"].as_str().unwrap_or(""),
-            v["restore_ms"]
+            v["restore_ms"],
+            v["erasures_reapplied"],
+            v["subjects_held"]
         );
     }
     Ok(0)

@@ -3,11 +3,13 @@
 //! arithmetic; processing (export, erasure); the SLA report to the DPO.
 
 mod jurisdiction;
+mod ledger;
 mod process;
 mod report;
 
 pub use jurisdiction::{Deadline, Jurisdiction, JURISDICTIONS};
-pub use process::{process_job, pseudonym_key, reapply_ledger, subject_pseudonym, ProcessParams};
+pub use ledger::{reapply_ledger, LedgerReapply, ReapplyReport};
+pub use process::{process_job, pseudonym_key, subject_pseudonym, ProcessParams};
 pub use report::{report_job, send as send_report, sla_report, ReportParams, SlaReport};
 
 use chrono::{DateTime, Utc};

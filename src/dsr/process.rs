@@ -16,7 +16,7 @@ use crate::error::{Error, Result};
 use crate::fence::Fence;
 use crate::notify::{self, Message, Role};
 use crate::runner::JobContext;
-use crate::store::{DsrRequest, DsrState, HoldScope};
+use crate::store::{DsrRequest, DsrState};
 
 use super::DsrKind;
 
@@ -43,7 +43,7 @@ pub fn pseudonym_key(config: &Config) -> Result<Secret> {
     })
 }
 
-fn keyed(key: &Secret, what: &str) -> String {
+pub(super) fn keyed(key: &Secret, what: &str) -> String {
     use hmac::Mac;
     let mut m = crate::audit::signer(key.expose().as_bytes());
     m.update(what.as_bytes());
@@ -65,12 +65,12 @@ pub fn subject_pseudonym(key: &Secret, email: &str) -> String {
 
 /// What erasing one subject does: the steps (children before the subject's
 /// own row), and the tables kept with their legal basis.
-struct ErasePlan {
-    steps: Vec<EraseStep>,
-    retained: BTreeMap<String, String>,
+pub(super) struct ErasePlan {
+    pub(super) steps: Vec<EraseStep>,
+    pub(super) retained: BTreeMap<String, String>,
 }
 
-fn erase_plan(config: &Config, key: &Secret, subject_id: &str) -> ErasePlan {
+pub(super) fn erase_plan(config: &Config, key: &Secret, subject_id: &str) -> ErasePlan {
     let pseudonym = format!(
         "erased-{}",
         &keyed(key, &format!("subject:{subject_id}"))[..20]
@@ -136,26 +136,19 @@ async fn erase(
     fence: &Fence,
 ) -> Result<std::result::Result<Value, (String, String)>> {
     let config = ctx.config.as_ref();
-    let key = pseudonym_key(config)?;
+    let key = super::ledger::checked_key(ctx).await?;
     let (app, subject_id) = match subject_of(ctx, db, r).await? {
         Ok(found) => found,
         Err(rejection) => return Ok(Err(rejection)),
     };
-    let holds = ctx.store.holds(false).await?;
-    if let Some(h) = holds
-        .iter()
-        .find(|h| h.scope == HoldScope::Subject && h.value == r.subject)
-    {
+    let holds = super::ledger::HoldsInForce::load(ctx).await?;
+    if let Some(h) = holds.subject_hold(&r.subject) {
         return Ok(Err((
             "legal_hold".into(),
             format!("legal hold {}: {}", h.id, h.reason),
         )));
     }
-    let held_orgs: Vec<String> = holds
-        .iter()
-        .filter(|h| h.scope == HoldScope::Org)
-        .map(|h| h.value.clone())
-        .collect();
+    let held_orgs = holds.held_orgs();
     let ErasePlan { steps, retained } = erase_plan(config, &key, &subject_id);
     match db
         .erase_subject(app, &subject_id, &steps, &held_orgs, fence)
@@ -446,7 +439,8 @@ async fn delete_exports(
 
 /// Replaces an erased subject's email with its pseudonym in Lethe's own rows.
 async fn forget(ctx: &Context, email: &str) -> Result<()> {
-    let key = pseudonym_key(&ctx.config)?;
+    // The ledger's key: a wrong one would write pseudonyms nobody can match.
+    let key = super::ledger::checked_key(ctx).await?;
     ctx.store
         .dsr_forget_subject(email, &subject_pseudonym(&key, email))
         .await?;
@@ -459,37 +453,4 @@ async fn forget_erased(ctx: &Context) -> Result<()> {
         forget(ctx, &email).await?;
     }
     Ok(())
-}
-
-/// After restoring an older backup: erase again every subject in the ledger.
-pub async fn reapply_ledger(ctx: &Context, target_url: &str) -> Result<Value> {
-    let keys: std::collections::HashSet<String> =
-        ctx.store.ledger_keys().await?.into_iter().collect();
-    if keys.is_empty() {
-        return Ok(json!({"reapplied": 0}));
-    }
-    let config = ctx.config.as_ref();
-    let app = config
-        .app
-        .as_ref()
-        .ok_or_else(|| Error::Usage("re-applying erasures needs [app]".into()))?;
-    let key = pseudonym_key(config)?;
-    let db = AppDb::connect(target_url).await?;
-    let mut reapplied = 0u64;
-    // All matches first, then the erasures: no write while the scan is open.
-    let erased = db
-        .subjects_matching(app, |email| keys.contains(&ledger_key(&key, email)))
-        .await?;
-    for id in erased {
-        let steps = erase_plan(config, &key, &id).steps;
-        // Ownership may differ in old data; the ledger's promise wins: no sole-owner veto here.
-        let no_memberships = AppMapping {
-            memberships: None,
-            ..app.clone()
-        };
-        db.erase_subject(&no_memberships, &id, &steps, &[], &Fence::unleased())
-            .await?;
-        reapplied += 1;
-    }
-    Ok(json!({"reapplied": reapplied}))
 }

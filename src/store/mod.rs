@@ -578,6 +578,11 @@ pub trait Store: Send + Sync {
     ) -> Result<bool>;
     async fn ledger_add(&self, subject_key: &str, request_id: i64) -> Result<()>;
     async fn ledger_keys(&self) -> Result<Vec<String>>;
+    /// The keyed check value of the pseudonym key the ledger is written with, if recorded.
+    async fn ledger_check(&self) -> Result<Option<String>>;
+    /// Records `value` unless a check value exists already; returns the one stored
+    /// (so two first users with different keys cannot both win).
+    async fn ledger_check_init(&self, value: &str) -> Result<String>;
     /// Records an export archive's object and link expiry before it is uploaded.
     async fn dsr_export_started(
         &self,

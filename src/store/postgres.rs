@@ -844,6 +844,30 @@ impl Store for PgStore {
         )
     }
 
+    async fn ledger_check(&self) -> Result<Option<String>> {
+        Ok(
+            sqlx::query_scalar("SELECT check_value FROM erasure_ledger_check WHERE id = 1")
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+
+    async fn ledger_check_init(&self, value: &str) -> Result<String> {
+        sqlx::query(
+            "INSERT INTO erasure_ledger_check (id, check_value, created_at) VALUES (1, $1, $2)
+             ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(value)
+        .bind(Utc::now())
+        .execute(&self.pool)
+        .await?;
+        Ok(
+            sqlx::query_scalar("SELECT check_value FROM erasure_ledger_check WHERE id = 1")
+                .fetch_one(&self.pool)
+                .await?,
+        )
+    }
+
     async fn dsr_export_started(
         &self,
         id: i64,

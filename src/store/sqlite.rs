@@ -66,7 +66,9 @@ impl SqliteStore {
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .busy_timeout(Duration::from_secs(15))
-            .foreign_keys(true);
+            .foreign_keys(true)
+            // Replaced emails (`dsr_forget_subject`) must not linger in free pages.
+            .pragma("secure_delete", "ON");
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
             .connect_with(opts)
@@ -852,6 +854,30 @@ impl Store for SqliteStore {
         )
     }
 
+    async fn ledger_check(&self) -> Result<Option<String>> {
+        Ok(
+            sqlx::query_scalar("SELECT check_value FROM erasure_ledger_check WHERE id = 1")
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+
+    async fn ledger_check_init(&self, value: &str) -> Result<String> {
+        sqlx::query(
+            "INSERT INTO erasure_ledger_check (id, check_value, created_at) VALUES (1, $1, $2)
+             ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(value)
+        .bind(ts(Utc::now()))
+        .execute(&self.pool)
+        .await?;
+        Ok(
+            sqlx::query_scalar("SELECT check_value FROM erasure_ledger_check WHERE id = 1")
+                .fetch_one(&self.pool)
+                .await?,
+        )
+    }
+
     async fn dsr_export_started(
         &self,
         id: i64,
@@ -913,6 +939,11 @@ impl Store for SqliteStore {
                 .await?
                 .rows_affected();
         tx.commit().await?;
+        // The old pages with the email sit in the WAL until a checkpoint: write
+        // them back (zeroed by secure_delete) and truncate the WAL now.
+        sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+            .execute(&self.pool)
+            .await?;
         Ok(n + h)
     }
 
