@@ -366,8 +366,8 @@ async fn deadlines_and_extensions_follow_the_jurisdiction() {
         .unwrap();
     assert_eq!(
         out.status.code(),
-        Some(2),
-        "GDPR: at most two further months"
+        Some(3),
+        "GDPR: at most two further months (a policy refusal)"
     );
     assert!(String::from_utf8_lossy(&out.stderr).contains("two further months"));
     let out = s
@@ -398,7 +398,7 @@ async fn deadlines_and_extensions_follow_the_jurisdiction() {
         ])
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(2), "UU PDP allows no extension");
+    assert_eq!(out.status.code(), Some(3), "UU PDP allows no extension");
 
     let ccpa = s
         .submit("export", "co2@x.example", &["--jurisdiction", "cpra"])
@@ -420,7 +420,7 @@ async fn deadlines_and_extensions_follow_the_jurisdiction() {
             .unwrap()
             .status
             .code(),
-        Some(2)
+        Some(3)
     );
 
     for (args, hint) in [
@@ -1019,4 +1019,107 @@ mod edges {
             "events about the subject are linked by the pseudonym"
         );
     }
+}
+
+/// GDPR Art. 12(3): an extension is valid only when decided, and told to the
+/// subject, within the deadline in force. Under a fake clock: a request due
+/// 2026-02-28 cannot be extended on 2026-03-12 (exit 3), and it stays
+/// overdue in `dsr list` and in the SLA report; one extended in time, with
+/// the subject told, moves its deadline and records when they were told.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_extension_after_the_deadline_is_refused_and_the_miss_stays_visible() {
+    let Some(lib) = common::server_env("LETHE_TEST_LIBFAKETIME") else {
+        return;
+    };
+    let s = setup(false, "", "").await.unwrap();
+    let at = |t: &str| common::faked(s.lethe(), &lib, t, 1);
+    let submit = |who: &str| {
+        stdout_json(&run_ok(at("2026-01-31 10:00:00").args([
+            "dsr",
+            "submit",
+            "--kind",
+            "export",
+            "--subject",
+            who,
+            "--jurisdiction",
+            "gdpr",
+            "--json",
+        ])))
+    };
+    let late = submit("member@x.example");
+    let in_time = submit("co1@x.example");
+    // The fake clock runs on from its start: compare to the second.
+    let second = |v: &Value| v.as_str().unwrap_or("")[..19].to_string();
+    assert_eq!(second(&late["due_at"]), "2026-02-28T10:00:00");
+    let (late_id, ok_id) = (late["id"].to_string(), in_time["id"].to_string());
+
+    let out = at("2026-03-12 09:00:00")
+        .args([
+            "dsr",
+            "extend",
+            &late_id,
+            "--days",
+            "30",
+            "--reason",
+            "complex",
+            "--notified-at",
+            "2026-03-12T08:00:00Z",
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(err.contains("has passed"), "{err}");
+
+    // Told after its deadline: not valid either. Told in time: extended.
+    let out = at("2026-02-20 09:00:00")
+        .args([
+            "dsr",
+            "extend",
+            &ok_id,
+            "--days",
+            "30",
+            "--reason",
+            "complex",
+            "--notified-at",
+            "2026-02-19T17:00:00Z",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let shown = stdout_json(&run_ok(
+        at("2026-02-20 09:00:00").args(["dsr", "show", &ok_id, "--json"]),
+    ));
+    assert_eq!(second(&shown["due_at"]), "2026-03-30T10:00:00");
+    assert_eq!(shown["extension_notified_at"], "2026-02-19T17:00:00Z");
+
+    let list = stdout_json(&run_ok(
+        at("2026-03-12 09:00:00").args(["dsr", "list", "--json"]),
+    ));
+    let sla = |id: &str| {
+        list["requests"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["id"].to_string() == id)
+            .map(|r| r["sla"].clone())
+            .unwrap()
+    };
+    assert_eq!(sla(&late_id), "overdue");
+    assert_eq!(sla(&ok_id), "on_track", "extended in time to 2026-03-30");
+    let report = stdout_json(&run_ok(
+        at("2026-03-12 09:00:00").args(["dsr", "report", "--json"]),
+    ));
+    let overdue: Vec<String> = report["overdue"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].to_string())
+        .collect();
+    assert_eq!(overdue, vec![late_id]);
 }

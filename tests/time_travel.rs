@@ -6,20 +6,10 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::Duration;
 
-use common::{run_ok, stdout_json, ConfigDir, Reaped};
+use common::{faked, run_ok, stdout_json, ConfigDir, Reaped};
 use serde_json::Value;
-
-/// `cmd` with its clock starting at `start` (UTC) and running `speed` times
-/// faster than real time (sleeps shrink by the same factor).
-fn faked(mut cmd: Command, lib: &str, start: &str, speed: u32) -> Command {
-    cmd.env("LD_PRELOAD", lib)
-        .env("FAKETIME", format!("@{start} x{speed}"))
-        .env("TZ", "UTC");
-    cmd
-}
 
 /// A config whose one job `dst` runs at `schedule` in `zone`.
 fn dst_config(schedule: &str, zone: &str) -> ConfigDir {

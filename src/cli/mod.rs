@@ -186,8 +186,13 @@ pub enum DsrCommand {
         /// 1 to 3650; the jurisdiction's limit applies on top.
         #[arg(long, value_parser = clap::value_parser!(u32).range(1..=3650))]
         days: u32,
+        /// Why, as told to the subject.
         #[arg(long)]
         reason: String,
+        /// When the subject was told of the extension (RFC 3339; default now).
+        /// Must be before the deadline in force.
+        #[arg(long)]
+        notified_at: Option<String>,
     },
     /// The SLA report (with --send, mailed to the DPO through the outbox).
     Report {

@@ -127,8 +127,14 @@ pub async fn show(ctx: Arc<Context>, id: i64, json_out: bool) -> Result<i32> {
     Ok(0)
 }
 
-pub async fn extend(ctx: Arc<Context>, id: i64, days: u32, reason: &str) -> Result<i32> {
-    let r = dsr::extend(&ctx, id, days, reason).await?;
+pub async fn extend(
+    ctx: Arc<Context>,
+    id: i64,
+    days: u32,
+    reason: &str,
+    notified_at: Option<&str>,
+) -> Result<i32> {
+    let r = dsr::extend(&ctx, id, days, reason, notified_at).await?;
     outln!(
         "request {id} now due {} ({} days of extension in total)",
         r.due_at.format("%Y-%m-%d %H:%M UTC"),

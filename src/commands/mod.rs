@@ -103,9 +103,12 @@ pub async fn dispatch(cli: Cli) -> Result<i32> {
                     json,
                 } => dsr::list(ctx, status.as_deref(), limit, json).await,
                 DsrCommand::Show { id, json } => dsr::show(ctx, id, json).await,
-                DsrCommand::Extend { id, days, reason } => {
-                    dsr::extend(ctx, id, days, &reason).await
-                }
+                DsrCommand::Extend {
+                    id,
+                    days,
+                    reason,
+                    notified_at,
+                } => dsr::extend(ctx, id, days, &reason, notified_at.as_deref()).await,
                 DsrCommand::Report { send, json } => dsr::report(ctx, send, json).await,
             }
         }

@@ -259,8 +259,19 @@ fn request_hash(ctx: &Context, kind: &str, subject: &str, jurisdiction: &str) ->
     })
 }
 
-/// `dsr extend ID --days N --reason TEXT`, within the jurisdiction's limit.
-pub async fn extend(ctx: &Context, id: i64, days: u32, reason: &str) -> Result<DsrRequest> {
+/// `dsr extend ID --days N --reason TEXT [--notified-at T]`. GDPR Art. 12(3)
+/// and CCPA §1798.130 allow an extension only when the subject is told within
+/// the deadline in force, so an extension is refused (exit 3) once that
+/// deadline has passed: a missed deadline stays missed, and since no later
+/// step can move a passed deadline, "completed after `due_at`" is exactly
+/// "ever late" for the reports.
+pub async fn extend(
+    ctx: &Context,
+    id: i64,
+    days: u32,
+    reason: &str,
+    notified_at: Option<&str>,
+) -> Result<DsrRequest> {
     if reason.trim().is_empty() {
         return Err(Error::Usage(
             "--reason is required: the subject must be told why".into(),
@@ -282,6 +293,66 @@ pub async fn extend(ctx: &Context, id: i64, days: u32, reason: &str) -> Result<D
             r.state.as_str()
         )));
     }
+    let now = ctx.store.now().await?;
+    let due = r.due_at.format("%Y-%m-%d %H:%M UTC");
+    if now > r.due_at {
+        return Err(Error::Refused(format!(
+            "request {id}'s deadline in force ({due}) has passed; an extension must be decided and the \
+             subject told before it, so the request stays overdue"
+        )));
+    }
+    let notified = match notified_at {
+        None => now,
+        Some(t) => chrono::DateTime::parse_from_rfc3339(t)
+            .map_err(|e| {
+                Error::Usage(format!(
+                    "--notified-at `{t}` is not an RFC 3339 time such as 2026-03-01T09:00:00Z ({e})"
+                ))
+            })?
+            .with_timezone(&Utc),
+    };
+    if notified > now || notified < r.received_at {
+        return Err(Error::Usage(format!(
+            "--notified-at must lie between the request's receipt ({}) and now",
+            r.received_at.format("%Y-%m-%d %H:%M UTC")
+        )));
+    }
+    if notified > r.due_at {
+        return Err(Error::Refused(format!(
+            "the subject was told after the deadline in force ({due}); the extension is not valid"
+        )));
+    }
+    let new_due = within_extension_limit(ctx, &r, days)?;
+    let ext = crate::store::DsrExtension {
+        from_due_at: r.due_at,
+        due_at: new_due,
+        days: i32::try_from(days).unwrap_or(i32::MAX),
+        reason: reason.to_string(),
+        extended_at: now,
+        notified_at: notified,
+    };
+    if !ctx.store.dsr_extend(id, &ext).await? {
+        return Err(Error::Refused(format!(
+            "request {id} changed meanwhile (closed, extended, or its deadline passed); nothing extended"
+        )));
+    }
+    crate::audit::record(
+        ctx.store.as_ref(),
+        &crate::audit::actor_cli(),
+        "dsr.extended",
+        &format!("dsr:{id}"),
+        json!({"days": days, "from_due_at": r.due_at.to_rfc3339(), "due_at": new_due.to_rfc3339(),
+               "reason": reason, "subject_notified_at": notified.to_rfc3339()}),
+    )
+    .await?;
+    ctx.store
+        .dsr_get(id)
+        .await?
+        .ok_or_else(|| Error::NotFound(format!("no request {id}")))
+}
+
+/// The new deadline `days` later, refused (exit 3) past the jurisdiction's limit.
+fn within_extension_limit(ctx: &Context, r: &DsrRequest, days: u32) -> Result<DateTime<Utc>> {
     let j = Jurisdiction::find(&r.jurisdiction)?;
     let base_due = j.deadline(&r.kind, &ctx.config.dsr).after(r.received_at)?;
     let limit = j.extension.map(|e| e.after(base_due)).transpose()?;
@@ -290,31 +361,14 @@ pub async fn extend(ctx: &Context, id: i64, days: u32, reason: &str) -> Result<D
         .checked_add_days(chrono::Days::new(u64::from(days)))
         .ok_or_else(|| Error::Usage(format!("--days {days} is out of range")))?;
     match limit {
-        None => return Err(Error::Usage(format!("{} allows no extension", j.name))),
-        Some(max) if new_due > max => {
-            return Err(Error::Usage(format!(
-                "{} allows extending to {} at the latest ({}); {days} more days would reach {}",
-                j.name,
-                max.format("%Y-%m-%d %H:%M UTC"),
-                j.extension_text,
-                new_due.format("%Y-%m-%d %H:%M UTC")
-            )))
-        }
-        Some(_) => {}
+        None => Err(Error::Refused(format!("{} allows no extension", j.name))),
+        Some(max) if new_due > max => Err(Error::Refused(format!(
+            "{} allows extending to {} at the latest ({}); {days} more days would reach {}",
+            j.name,
+            max.format("%Y-%m-%d %H:%M UTC"),
+            j.extension_text,
+            new_due.format("%Y-%m-%d %H:%M UTC")
+        ))),
+        Some(_) => Ok(new_due),
     }
-    ctx.store
-        .dsr_extend(id, new_due, i32::try_from(days).unwrap_or(i32::MAX), reason)
-        .await?;
-    crate::audit::record(
-        ctx.store.as_ref(),
-        &crate::audit::actor_cli(),
-        "dsr.extended",
-        &format!("dsr:{id}"),
-        json!({"days": days, "due_at": new_due.to_rfc3339(), "reason": reason}),
-    )
-    .await?;
-    ctx.store
-        .dsr_get(id)
-        .await?
-        .ok_or_else(|| Error::NotFound(format!("no request {id}")))
 }

@@ -352,10 +352,24 @@ pub struct DsrRequest {
     pub due_at: DateTime<Utc>,
     pub extended_days: i32,
     pub extension_reason: Option<String>,
+    /// When the last extension was decided, and when the subject was told of it.
+    pub extended_at: Option<DateTime<Utc>>,
+    pub extension_notified_at: Option<DateTime<Utc>>,
     pub completed_at: Option<DateTime<Utc>>,
     pub attempts: i32,
     pub result: Option<serde_json::Value>,
     pub updated_at: DateTime<Utc>,
+}
+
+/// One extension of a request's deadline.
+#[derive(Debug, Clone)]
+pub struct DsrExtension {
+    pub from_due_at: DateTime<Utc>,
+    pub due_at: DateTime<Utc>,
+    pub days: i32,
+    pub reason: String,
+    pub extended_at: DateTime<Utc>,
+    pub notified_at: DateTime<Utc>,
 }
 
 #[derive(Debug, Clone)]
@@ -569,13 +583,10 @@ pub trait Store: Send + Sync {
         reason: Option<&str>,
         result: Option<&serde_json::Value>,
     ) -> Result<bool>;
-    async fn dsr_extend(
-        &self,
-        id: i64,
-        due_at: DateTime<Utc>,
-        days: i32,
-        reason: &str,
-    ) -> Result<bool>;
+    /// Moves an open request's deadline, only while the deadline it replaces
+    /// (`e.from_due_at`) is still in force and not yet passed at `e.extended_at`;
+    /// false otherwise (nothing changed).
+    async fn dsr_extend(&self, id: i64, e: &DsrExtension) -> Result<bool>;
     async fn ledger_add(&self, subject_key: &str, request_id: i64) -> Result<()>;
     async fn ledger_keys(&self) -> Result<Vec<String>>;
     /// The keyed check value of the pseudonym key the ledger is written with, if recorded.

@@ -800,23 +800,20 @@ impl Store for PgStore {
         Ok(n == 1)
     }
 
-    async fn dsr_extend(
-        &self,
-        id: i64,
-        due_at: DateTime<Utc>,
-        days: i32,
-        reason: &str,
-    ) -> Result<bool> {
+    async fn dsr_extend(&self, id: i64, e: &DsrExtension) -> Result<bool> {
         let n = sqlx::query(
             "UPDATE dsr_requests SET due_at = $2, extended_days = extended_days + $3,
-                    extension_reason = $4, updated_at = $5
-             WHERE id = $1 AND state IN ('received', 'verified', 'in_progress', 'failed')",
+                    extension_reason = $4, extended_at = $5, extension_notified_at = $6, updated_at = $5
+             WHERE id = $1 AND state IN ('received', 'verified', 'in_progress', 'failed')
+               AND due_at = $7 AND due_at >= $5",
         )
         .bind(id)
-        .bind(due_at)
-        .bind(days)
-        .bind(reason)
-        .bind(Utc::now())
+        .bind(e.due_at)
+        .bind(e.days)
+        .bind(&e.reason)
+        .bind(e.extended_at)
+        .bind(e.notified_at)
+        .bind(e.from_due_at)
         .execute(&self.pool)
         .await?
         .rows_affected();
@@ -1199,6 +1196,8 @@ fn dsr_from_row(r: &PgRow) -> Result<DsrRequest> {
         due_at: r.try_get("due_at")?,
         extended_days: r.try_get("extended_days")?,
         extension_reason: r.try_get("extension_reason")?,
+        extended_at: r.try_get("extended_at")?,
+        extension_notified_at: r.try_get("extension_notified_at")?,
         completed_at: r.try_get("completed_at")?,
         attempts: r.try_get("attempts")?,
         result: r.try_get("result")?,

@@ -810,23 +810,20 @@ impl Store for SqliteStore {
         Ok(n == 1)
     }
 
-    async fn dsr_extend(
-        &self,
-        id: i64,
-        due_at: DateTime<Utc>,
-        days: i32,
-        reason: &str,
-    ) -> Result<bool> {
+    async fn dsr_extend(&self, id: i64, e: &DsrExtension) -> Result<bool> {
         let n = sqlx::query(
             "UPDATE dsr_requests SET due_at = $2, extended_days = extended_days + $3,
-                    extension_reason = $4, updated_at = $5
-             WHERE id = $1 AND state IN ('received', 'verified', 'in_progress', 'failed')",
+                    extension_reason = $4, extended_at = $5, extension_notified_at = $6, updated_at = $5
+             WHERE id = $1 AND state IN ('received', 'verified', 'in_progress', 'failed')
+               AND due_at = $7 AND due_at >= $5",
         )
         .bind(id)
-        .bind(ts(due_at))
-        .bind(days)
-        .bind(reason)
-        .bind(ts(Utc::now()))
+        .bind(ts(e.due_at))
+        .bind(e.days)
+        .bind(&e.reason)
+        .bind(ts(e.extended_at))
+        .bind(ts(e.notified_at))
+        .bind(ts(e.from_due_at))
         .execute(&self.pool)
         .await?
         .rows_affected();
@@ -1218,6 +1215,8 @@ fn dsr_from_row(r: &SqliteRow) -> Result<DsrRequest> {
         due_at: get_ts(r, "due_at")?,
         extended_days: r.try_get("extended_days")?,
         extension_reason: r.try_get("extension_reason")?,
+        extended_at: get_ts_opt(r, "extended_at")?,
+        extension_notified_at: get_ts_opt(r, "extension_notified_at")?,
         completed_at: get_ts_opt(r, "completed_at")?,
         attempts: r.try_get("attempts")?,
         result: r

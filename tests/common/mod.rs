@@ -322,3 +322,13 @@ pub fn run_job(mut cmd: Command, job: &str, extra: &[&str]) -> serde_json::Value
     );
     v
 }
+
+/// `cmd` with its clock starting at `start` (UTC, `YYYY-MM-DD HH:MM:SS`) and
+/// running `speed` times faster than real time, through libfaketime (`lib`,
+/// from `LETHE_TEST_LIBFAKETIME`). Only a SQLite store follows this clock.
+pub fn faked(mut cmd: Command, lib: &str, start: &str, speed: u32) -> Command {
+    cmd.env("LD_PRELOAD", lib)
+        .env("FAKETIME", format!("@{start} x{speed}"))
+        .env("TZ", "UTC");
+    cmd
+}
