@@ -19,10 +19,12 @@ macro_rules! on_pool {
 mod schema;
 mod scope;
 mod subject;
+mod timeform;
 
 pub use schema::{check_data_map, SchemaProblem};
-pub use scope::{Scope, Selector, Slicing, TimeWindow};
+pub use scope::{Deleted, Scope, Selector, Slicing, TimeWindow};
 pub use subject::{EraseAction, EraseOutcome, EraseStep};
+pub use timeform::{DetectedForm, TimeForm};
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -41,7 +43,11 @@ pub enum AppDb {
 impl AppDb {
     pub async fn connect(url: &str) -> Result<AppDb> {
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            let opts = PgConnectOptions::from_str(url)?.application_name("lethe");
+            // UTC, whatever the server's default: a `timestamp` or `date` column is
+            // compared with a cutoff as UTC, not as the server's local time.
+            let opts = PgConnectOptions::from_str(url)?
+                .application_name("lethe")
+                .options([("TimeZone", "UTC")]);
             Ok(AppDb::Postgres(
                 PgPoolOptions::new()
                     .max_connections(4)
