@@ -3,7 +3,8 @@
 //! `Z` or `±HH:MM` offsets (an INTEGER once compared as text, so every row
 //! looked expired); org closure dates too. What cannot be read is refused
 //! (exit 2) before anything is deleted. On PostgreSQL `timestamp` and `date`
-//! are read as UTC whatever the server's time zone. NULL never expires.
+//! are read as UTC whatever the server's time zone (sqlx opens sessions in UTC;
+//! guarded here). NULL never expires.
 
 mod common;
 
@@ -97,11 +98,6 @@ async fn sqlite_purge_reads_each_storage_form() {
     ];
     for (declared, named, value) in forms {
         let (c, url) = sqlite_dir(EVENTS_30D, &events_sql(declared, value)).await;
-        let detail = form_check(&c);
-        assert!(
-            detail.contains("`events`.`ts`") && detail.contains(named),
-            "{named}: {detail}"
-        );
         let v = purge(&c);
         assert_eq!(v["result"]["deleted"], 4, "{named}: {v}");
         let left = app_i64(&url, "SELECT count(*) FROM events").await;
@@ -114,6 +110,11 @@ async fn sqlite_purge_reads_each_storage_form() {
         assert_eq!(
             app_i64(&url, "SELECT count(*) FROM events WHERE ts IS NULL").await,
             1
+        );
+        let detail = form_check(&c);
+        assert!(
+            detail.contains("`events`.`ts`") && detail.contains(named),
+            "{named}: {detail}"
         );
     }
 }
@@ -190,11 +191,6 @@ INSERT INTO events (org_id, created_at) VALUES (1, datetime('now', '-1 days')), 
     (3, datetime('now', '-1 days')), (3, datetime('now', '-5 days')), (2, datetime('now', '-100 days'));
 ";
     let (c, url) = sqlite_dir(map, sql).await;
-    let forms = form_check(&c);
-    assert!(
-        forms.contains("`orgs`.`closed_at`: unix seconds"),
-        "{forms}"
-    );
     let v = purge(&c);
     assert_eq!(
         v["result"]["deleted"], 3,
@@ -207,6 +203,11 @@ INSERT INTO events (org_id, created_at) VALUES (1, datetime('now', '-1 days')), 
     assert_eq!(
         app_i64(&url, "SELECT count(*) FROM events WHERE org_id IN (1, 2)").await,
         2
+    );
+    let forms = form_check(&c);
+    assert!(
+        forms.contains("`orgs`.`closed_at`: unix seconds"),
+        "{forms}"
     );
 }
 

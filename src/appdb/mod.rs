@@ -43,11 +43,9 @@ pub enum AppDb {
 impl AppDb {
     pub async fn connect(url: &str) -> Result<AppDb> {
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            // UTC, whatever the server's default: a `timestamp` or `date` column is
-            // compared with a cutoff as UTC, not as the server's local time.
-            let opts = PgConnectOptions::from_str(url)?
-                .application_name("lethe")
-                .options([("TimeZone", "UTC")]);
+            // sqlx starts every session with TimeZone=UTC (over the server's and the
+            // database's default), so `timestamp` and `date` columns compare as UTC.
+            let opts = PgConnectOptions::from_str(url)?.application_name("lethe");
             Ok(AppDb::Postgres(
                 PgPoolOptions::new()
                     .max_connections(4)

@@ -3,7 +3,7 @@
 //! seconds or milliseconds (INTEGER), julian days (REAL) or ISO-8601 text in
 //! several shapes, and comparing the wrong form is silently wrong (an INTEGER
 //! is less than any TEXT, so every row looks expired). PostgreSQL compares
-//! its time types natively; the session time zone is UTC (see `connect`).
+//! its time types natively (sessions are in UTC: see `AppDb::connect`).
 //!
 //! Detection reads the declared type, the oldest and newest value (numbers
 //! sort before text, text before blobs, so both ends reveal mixed storage),
