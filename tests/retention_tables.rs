@@ -443,3 +443,59 @@ async fn postgres_row_batches_beyond_the_plan_stop_the_purge() {
 async fn postgres_windows_beyond_the_plan_stop_the_purge() {
     rows_beyond_the_plan_stop_the_purge(true, &one_rule(), 151, 91).await;
 }
+
+/// Injects: a legal hold on org 2 added while the purge deletes org 2's rows.
+/// Must hold: from the next statement on, no held row is deleted, and the run
+/// still succeeds (fewer rows than planned is not an error).
+async fn a_hold_added_mid_run_stops_deletes_at_once(pg: bool, map: &str) {
+    let Some(app) = plain_app(pg, map, "batch_size = 3\npause_ms = 150").await else {
+        return;
+    };
+    let child = app
+        .c
+        .lethe()
+        .args(["run", "purge", "--json"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while app.count("1 = 1").await == 251 {
+        assert!(
+            Instant::now() < deadline,
+            "the purge never started deleting"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    run_ok(
+        app.c
+            .lethe()
+            .args(["hold", "add", "--org", "2", "--reason", "subpoena"]),
+    );
+    // One statement may have been under way when the hold was written.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let org2 = app.count("org_id = 2").await;
+    let out = child.wait_with_output().unwrap();
+    let v = stdout_json(&out);
+    assert_eq!(v["status"], "succeeded", "{v}");
+    assert_eq!(
+        app.count("org_id = 2").await,
+        org2,
+        "no row of the held org went after the hold: {v}"
+    );
+    assert!(org2 > 20, "the hold came early enough to matter: {org2}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sqlite_a_hold_added_mid_run_stops_deletes_at_once() {
+    a_hold_added_mid_run_stops_deletes_at_once(false, TWO_RULES).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_a_hold_added_mid_run_stops_deletes_at_once() {
+    a_hold_added_mid_run_stops_deletes_at_once(true, TWO_RULES).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_windows_a_hold_added_mid_run_stops_deletes_at_once() {
+    a_hold_added_mid_run_stops_deletes_at_once(true, &one_rule()).await;
+}

@@ -2,9 +2,13 @@
 //! and org, in short bounded batches; respects per-org overrides and legal
 //! holds; leaves counts and cutoffs (never values) in the audit chain.
 //!
-//! A run first writes a *plan* as a checkpoint: each scope's cutoffs and how
-//! many rows it selects per org. Cutoffs come from the run's `scheduled_for`,
-//! so a retried run after a crash deletes exactly the same set. Batches are
+//! A run first writes a *plan* as a checkpoint: each scope's cutoffs (whole
+//! seconds), the storage form of each compared timestamp, and how many rows it
+//! selects per org. Cutoffs come from the run's `scheduled_for`, so a retried
+//! run after a crash deletes exactly the same set. The plan's count is also a
+//! budget: a statement that would take the item past it is rolled back and the
+//! run fails, rather than delete rows nobody planned. Holds are read again
+//! before every statement. Batches are
 //! plain `DELETE`s (counting per org while deleting would double their cost);
 //! the per-org evidence is the plan's counts when the deleted total matches
 //! the plan, and otherwise (a crash, a hold added mid-run, the application
@@ -13,7 +17,7 @@
 //! On PostgreSQL a single age rule is deleted in windows of its timestamp
 //! sized from the rows the last window held, each under a statement timeout:
 //! a window that would run too long is rolled back and redone in row batches.
-//! Elsewhere rows go in `LIMIT`ed batches by ctid/rowid.
+//! Elsewhere rows go in `LIMIT`ed batches by `(tableoid, ctid)` or rowid.
 
 mod rules;
 
@@ -526,24 +530,14 @@ struct ItemProgress {
 async fn delete_item(
     jc: &JobContext,
     db: &AppDb,
-    config: &Config,
     p: &PurgeParams,
     index: usize,
     item: &PlanItem,
-    planned_scope: &Scope,
+    scope: &Scope,
     done: &mut Progress,
     stats: &mut Stats,
 ) -> Result<()> {
-    let store = jc.ctx.store.as_ref();
-    // Holds added since the plan was made are honoured too.
-    let current = active_holds(store, db, config).await?;
-    let mut scope = planned_scope.clone();
-    scope
-        .exclude_orgs
-        .extend(current.orgs.into_iter().map(|(_, o)| o));
-    scope
-        .exclude_subjects
-        .extend(current.subjects.into_iter().map(|(_, s)| s));
+    // Holds added since the plan was made are honoured too: the batcher reads them before every statement.
     let mut batcher = Batcher {
         jc,
         db,
@@ -562,9 +556,9 @@ async fn delete_item(
     match scope.selectors.as_slice() {
         [Selector::Before { column, cutoff, .. }] if db.slicing() == Slicing::TimeWindows => {
             let (column, cutoff) = (column.clone(), *cutoff);
-            batcher.windows(&scope, &column, cutoff, item.planned).await
+            batcher.windows(scope, &column, cutoff, item.planned).await
         }
-        _ => batcher.row_batches(&scope).await,
+        _ => batcher.row_batches(scope).await,
     }
 }
 
@@ -587,6 +581,19 @@ impl Batcher<'_> {
     fn budget(&self) -> u64 {
         let deleted = self.done.items.get(&self.index).map_or(0, |d| d.deleted);
         u64::try_from(self.item.planned - deleted).unwrap_or(0)
+    }
+
+    /// `s` without the rows of the holds active now: a hold added mid-run
+    /// keeps its rows from the next statement on.
+    async fn held_out(&self, s: &Scope) -> Result<Scope> {
+        let current =
+            active_holds(self.jc.ctx.store.as_ref(), self.db, &self.jc.ctx.config).await?;
+        let mut s = s.clone();
+        s.exclude_orgs
+            .extend(current.orgs.into_iter().map(|(_, o)| o));
+        s.exclude_subjects
+            .extend(current.subjects.into_iter().map(|(_, x)| x));
+        Ok(s)
     }
 
     /// A statement deleted more than the plan allows: it was rolled back, and the run stops.
@@ -633,7 +640,8 @@ impl Batcher<'_> {
         loop {
             let started = Instant::now();
             let budget = self.budget().min(u64::from(self.rows));
-            let n = match self.db.delete_batch(scope, self.rows, budget).await? {
+            let s = self.held_out(scope).await?;
+            let n = match self.db.delete_batch(&s, self.rows, budget).await? {
                 Deleted::Rows(n) => n,
                 Deleted::OverBudget(n) => return Err(self.over_plan(n, budget)),
                 Deleted::TooSlow => {
@@ -695,6 +703,7 @@ impl Batcher<'_> {
             }
             let started = Instant::now();
             let budget = self.budget();
+            let slice = self.held_out(&slice).await?;
             let n = match self.db.delete_within(&slice, limit, budget).await? {
                 Deleted::Rows(n) => n,
                 Deleted::OverBudget(n) => return Err(self.over_plan(n, budget)),
@@ -855,7 +864,6 @@ pub async fn purge_job(jc: &JobContext) -> Result<Value> {
                 delete_item(
                     jc,
                     &db,
-                    config,
                     &p,
                     index,
                     item,
