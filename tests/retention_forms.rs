@@ -136,6 +136,12 @@ async fn sqlite_unreadable_timestamps_are_refused_with_exit_2() {
             "99/99/9999 99:99",
         ),
         (
+            "empty strings",
+            events_sql("TEXT", |a| format!("datetime('now', '{a}')"))
+                + "INSERT INTO events (user_id, ts) VALUES (99, '');",
+            "empty text",
+        ),
+        (
             "seconds and milliseconds",
             events_sql("INTEGER", |a| format!("CAST(strftime('%s', 'now', '{a}') AS INTEGER)"))
                 + "INSERT INTO events (user_id, ts) VALUES (99, CAST(strftime('%s', 'now') AS INTEGER) * 1000);",

@@ -409,6 +409,16 @@ async fn rows_beyond_the_plan_stop_the_purge(pg: bool, map: &str, planned: i64, 
         deleted <= planned,
         "never more than the plan: {deleted} rows went, plan {planned}"
     );
+    // What went before the stop is in the audit chain.
+    let audit = String::from_utf8(run_ok(app.c.lethe().args(["audit", "export"])).stdout).unwrap();
+    let stopped: Value = audit
+        .lines()
+        .filter(|l| l.contains("retention.purge_stopped"))
+        .map(|l| serde_json::from_str(l).unwrap())
+        .next()
+        .expect("a retention.purge_stopped event");
+    assert_eq!(stopped["details"]["deleted"], deleted, "{stopped}");
+    assert_eq!(stopped["details"]["planned"], planned, "{stopped}");
     assert_eq!(
         app.count(&format!(
             "body = 'secret' AND org_id <> 4 AND NOT ({})",

@@ -328,7 +328,7 @@ impl AppDb {
                UNION ALL SELECT * FROM (SELECT {shape} FROM {t} WHERE {c} IS NOT NULL ORDER BY {c} LIMIT 1)
                UNION ALL SELECT * FROM (SELECT {shape} FROM {t} WHERE {c} IS NOT NULL ORDER BY {c} DESC LIMIT 1)
                UNION ALL SELECT * FROM (SELECT {shape} FROM {t} WHERE {c} IS NOT NULL LIMIT 200)
-             ) GROUP BY s ORDER BY 2 DESC LIMIT 100"
+             ) GROUP BY s ORDER BY 2 DESC"
         );
         let found: Vec<(String, i64)> = sqlx::query_as(&text).bind(bound).fetch_all(p).await?;
         let mut shapes = Vec::new();
@@ -343,8 +343,13 @@ impl AppDb {
         }
         if let Some((s, n)) = bad.into_iter().next() {
             // The shape (digits as 9), never the value itself.
+            let shape = if s.is_empty() {
+                "empty text ''".to_string()
+            } else {
+                format!("shaped `{s}`, digits shown as 9")
+            };
             return Err(Error::Usage(format!(
-                "it holds text that is not an ISO-8601 timestamp (at least {n} value(s) shaped `{s}`, digits shown as 9)"
+                "it holds text that is not an ISO-8601 timestamp (at least {n} value(s) {shape})"
             )));
         }
         Ok(text_form(&shapes))

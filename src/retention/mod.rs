@@ -802,6 +802,27 @@ async fn deleted_by_org(
     Ok(by_org)
 }
 
+/// Rows an item deleted before it failed are evidence too (the retry or the
+/// next run records the rest). Counts only: an error text could carry values.
+async fn record_stopped(jc: &JobContext, item: &PlanItem, done: Option<&ItemProgress>) {
+    let deleted = done.map_or(0, |d| d.deleted);
+    let details = json!({"run_id": jc.run.id, "class": item.class, "rules": item.rules,
+                         "orgs": item.only_orgs, "deleted": deleted, "planned": item.planned});
+    let target = format!("table:{}", item.table);
+    let store = jc.ctx.store.as_ref();
+    if let Err(e) = crate::audit::record(
+        store,
+        &jc.actor,
+        "retention.purge_stopped",
+        &target,
+        details,
+    )
+    .await
+    {
+        tracing::warn!(error = %e, table = %item.table, "could not record the stopped purge");
+    }
+}
+
 pub async fn purge_job(jc: &JobContext) -> Result<Value> {
     let p: PurgeParams = jc.params()?;
     let config = jc.ctx.config.as_ref();
@@ -861,7 +882,7 @@ pub async fn purge_job(jc: &JobContext) -> Result<Value> {
         } else {
             let before = done.items.get(&index).cloned();
             if !before.as_ref().is_some_and(|d| d.finished) {
-                delete_item(
+                let outcome = delete_item(
                     jc,
                     &db,
                     &p,
@@ -871,7 +892,11 @@ pub async fn purge_job(jc: &JobContext) -> Result<Value> {
                     &mut done,
                     &mut stats,
                 )
-                .await?;
+                .await;
+                if let Err(e) = outcome {
+                    record_stopped(jc, item, done.items.get(&index)).await;
+                    return Err(e);
+                }
             }
             // Resumed: a batch may have committed just before the crash, unrecorded;
             // then only what is left tells what went.
