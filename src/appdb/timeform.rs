@@ -256,7 +256,8 @@ impl AppDb {
                 .bind(column)
                 .fetch_optional(p)
                 .await?
-                .unwrap_or_default();
+                .filter(|t: &String| !t.is_empty())
+                .unwrap_or_else(|| "no type".into());
         let (t, c) = (q(table), q(column));
         let end = |dir: &str| {
             format!("SELECT typeof({c}), CAST({c} AS REAL) FROM {t} WHERE {c} IS NOT NULL ORDER BY {c} {dir} LIMIT 1")
