@@ -1106,7 +1106,7 @@ async fn an_extension_after_the_deadline_is_refused_and_the_miss_stays_visible()
             .as_array()
             .unwrap()
             .iter()
-            .find(|r| r["id"].to_string() == id)
+            .find(|r| r["id"] == id.parse::<i64>().unwrap())
             .map(|r| r["sla"].clone())
             .unwrap()
     };

@@ -19,10 +19,12 @@ macro_rules! on_pool {
 mod schema;
 mod scope;
 mod subject;
+mod timeform;
 
 pub use schema::{check_data_map, preflight, SchemaProblem};
-pub use scope::{Scope, Selector, Slicing, TimeWindow};
+pub use scope::{Deleted, Scope, Selector, Slicing, TimeWindow};
 pub use subject::{EraseAction, EraseOutcome, EraseStep};
+pub use timeform::{DetectedForm, TimeForm};
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -49,6 +51,8 @@ impl AppDb {
     /// 15 s gets `PoolTimedOut` (the API answers 503, not 500).
     pub async fn connect_pool(url: &str, max_connections: u32) -> Result<AppDb> {
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            // sqlx starts every session with TimeZone=UTC (over the server's and the
+            // database's default), so `timestamp` and `date` columns compare as UTC.
             let opts = PgConnectOptions::from_str(url)?.application_name("lethe");
             Ok(AppDb::Postgres(
                 PgPoolOptions::new()

@@ -86,6 +86,33 @@ pub async fn preflight(config: &Config, db: &AppDb) -> Result<Vec<SchemaProblem>
     Ok(problems.into_iter().filter(|p| !p.fatal).collect())
 }
 
+impl AppDb {
+    /// Partitions and inheritance children of `table` (at any depth) that hold
+    /// rows but no index starting with `column`: an index on a parent does not
+    /// cover its children unless it is a partitioned index. PostgreSQL only.
+    pub async fn unindexed_children(&self, table: &str, column: &str) -> Result<Vec<String>> {
+        let AppDb::Postgres(p) = self else {
+            return Ok(vec![]);
+        };
+        Ok(sqlx::query_scalar(
+            "WITH RECURSIVE kids(oid) AS (
+               SELECT i.inhrelid FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhparent
+               JOIN pg_namespace n ON n.oid = c.relnamespace
+               WHERE n.nspname = current_schema() AND c.relname = $1
+               UNION SELECT i.inhrelid FROM pg_inherits i JOIN kids k ON i.inhparent = k.oid)
+             SELECT c.relname::text FROM kids k JOIN pg_class c ON c.oid = k.oid
+             WHERE c.relkind = 'r' AND NOT EXISTS (
+               SELECT 1 FROM pg_index i JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = i.indkey[0]
+               WHERE i.indrelid = c.oid AND a.attname = $2)
+             ORDER BY 1",
+        )
+        .bind(table)
+        .bind(column)
+        .fetch_all(p)
+        .await?)
+    }
+}
+
 /// Every problem with the data map and `[app]` mapping against the live schema.
 pub async fn check_data_map(db: &AppDb, config: &Config) -> Result<Vec<SchemaProblem>> {
     let mut problems = Vec::new();
@@ -181,6 +208,21 @@ pub async fn check_data_map(db: &AppDb, config: &Config) -> Result<Vec<SchemaPro
                     "no index starts with `{ts}`: each purge batch will scan `{}`; add one: CREATE INDEX ON {} ({})",
                     e.table,
                     super::quote_ident(&e.table),
+                    super::quote_ident(ts)
+                ),
+                fatal: false,
+            });
+        }
+        let children = db.unindexed_children(&e.table, ts).await?;
+        if !children.is_empty() {
+            problems.push(SchemaProblem {
+                location: e.location.clone(),
+                table: e.table.clone(),
+                message: format!(
+                    "partitions or child tables of `{}` have no index starting with `{ts}`: {}; \
+                     each purge batch will scan them; index each of them on ({})",
+                    e.table,
+                    children.join(", "),
                     super::quote_ident(ts)
                 ),
                 fatal: false,

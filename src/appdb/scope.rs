@@ -8,22 +8,25 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use sqlx::Arguments;
 
+use super::timeform::{older_than, TimeForm};
 use super::{quote_ident as q, AppDb};
 use crate::error::Result;
 
 #[derive(Debug, Clone)]
 pub enum Selector {
-    /// Rows whose `column` is older than `cutoff`.
+    /// Rows whose `column` (stored as `form`) is older than `cutoff`.
     Before {
         column: String,
         cutoff: DateTime<Utc>,
+        form: TimeForm,
     },
-    /// Rows of orgs closed before `cutoff`.
+    /// Rows of orgs closed before `cutoff` (`closed_at` stored as `form`).
     OrgClosed {
         orgs_table: String,
         orgs_id: String,
         closed_at: String,
         cutoff: DateTime<Utc>,
+        form: TimeForm,
     },
     /// Rows whose subject column is one of these ids.
     Subjects(Vec<String>),
@@ -64,6 +67,17 @@ pub enum Slicing {
     RowBatches,
 }
 
+/// What one budgeted delete statement did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Deleted {
+    /// Committed, this many rows.
+    Rows(u64),
+    /// It would have deleted more rows than its budget: rolled back, nothing deleted.
+    OverBudget(u64),
+    /// It would have run longer than its time limit: rolled back, nothing deleted.
+    TooSlow,
+}
+
 #[derive(Clone, Copy)]
 pub(super) enum Dialect {
     Postgres,
@@ -73,6 +87,8 @@ pub(super) enum Dialect {
 pub(super) enum Bind {
     Time(DateTime<Utc>),
     Text(String),
+    Int(i64),
+    Real(f64),
     List(Vec<String>),
 }
 
@@ -109,20 +125,22 @@ impl Sql {
 
     fn selector(&mut self, s: &Scope, sel: &Selector) -> String {
         match sel {
-            Selector::Before { column, cutoff } => {
-                let ph = self.placeholder(Bind::Time(*cutoff));
-                format!("{} < {ph}", q(column))
-            }
+            Selector::Before {
+                column,
+                cutoff,
+                form,
+            } => older_than(self, column, *cutoff, *form),
             Selector::OrgClosed {
                 orgs_table,
                 orgs_id,
                 closed_at,
                 cutoff,
+                form,
             } => match &s.org {
                 Some(org) => {
-                    let ph = self.placeholder(Bind::Time(*cutoff));
+                    let closed = older_than(self, closed_at, *cutoff, *form);
                     format!(
-                        "{} IN (SELECT {} FROM {} WHERE {c} IS NOT NULL AND {c} < {ph})",
+                        "{} IN (SELECT {} FROM {} WHERE {c} IS NOT NULL AND {closed})",
                         q(org),
                         q(orgs_id),
                         q(orgs_table),
@@ -187,6 +205,8 @@ pub(super) fn pg_args(binds: Vec<Bind>) -> Result<sqlx::postgres::PgArguments> {
         let r = match b {
             Bind::Time(t) => a.add(t),
             Bind::Text(s) => a.add(s),
+            Bind::Int(i) => a.add(i),
+            Bind::Real(f) => a.add(f),
             Bind::List(v) => a.add(v),
         };
         r.map_err(sqlx::Error::Encode)?;
@@ -201,6 +221,8 @@ pub(super) fn sqlite_args(binds: Vec<Bind>) -> Result<sqlx::sqlite::SqliteArgume
             // The application's own text timestamps: SQLite's `datetime()` format.
             Bind::Time(t) => a.add(t.format("%Y-%m-%d %H:%M:%S").to_string()),
             Bind::Text(s) => a.add(s),
+            Bind::Int(i) => a.add(i),
+            Bind::Real(f) => a.add(f),
             Bind::List(v) => a.add(serde_json::to_string(&v).unwrap_or_else(|_| "[]".into())),
         };
         r.map_err(sqlx::Error::Encode)?;
@@ -243,33 +265,67 @@ impl AppDb {
         }
     }
 
-    /// Deletes at most `limit` rows in scope in one short statement; returns how many.
-    pub async fn delete_batch(&self, s: &Scope, limit: u32) -> Result<u64> {
+    /// Deletes at most `limit` rows in scope in one short statement. The
+    /// statement runs in its own transaction, rolled back when it deleted more
+    /// than `budget` rows: then nothing went and the caller decides.
+    pub async fn delete_batch(&self, s: &Scope, limit: u32, budget: u64) -> Result<Deleted> {
         let mut sql = self.sql();
-        let w = sql.where_clause(s);
         let t = q(&s.table);
-        // ctid/rowid: no primary key needed; a row updated meanwhile is simply taken next batch.
+        let w = sql.where_clause(s);
+        // The outer statement checks the scope again, so a row can only go if it is in scope.
+        let again = sql.where_clause(s);
+        // No primary key needed, and a row updated meanwhile is simply taken next batch.
+        // A ctid is unique only within one table: a partitioned or inherited table
+        // repeats it in every partition and child, so the row is `(tableoid, ctid)`.
+        // The `ctid = ANY` keeps the TID scan; the pair then drops other tables' rows.
         let delete = match sql.dialect {
-            Dialect::Postgres => format!("DELETE FROM {t} WHERE ctid = ANY(ARRAY(SELECT ctid FROM {t} WHERE {w} LIMIT {limit}))"),
-            Dialect::Sqlite => format!("DELETE FROM {t} WHERE rowid IN (SELECT rowid FROM {t} WHERE {w} LIMIT {limit})"),
+            Dialect::Postgres => format!(
+                "WITH batch AS MATERIALIZED (SELECT tableoid AS rel, ctid AS tid FROM {t} WHERE {w} LIMIT {limit})
+                 DELETE FROM {t} WHERE ctid = ANY(ARRAY(SELECT tid FROM batch))
+                   AND (tableoid, ctid) IN (SELECT rel, tid FROM batch) AND {again}"
+            ),
+            Dialect::Sqlite => format!(
+                "DELETE FROM {t} WHERE rowid IN (SELECT rowid FROM {t} WHERE {w} LIMIT {limit}) AND {again}"
+            ),
         };
+        let budget = budget.min(u64::from(limit));
         Ok(match self {
-            AppDb::Postgres(p) => sqlx::query_with(&delete, pg_args(sql.binds)?)
-                .execute(p)
-                .await?
-                .rows_affected(),
-            AppDb::Sqlite(p) => sqlx::query_with(&delete, sqlite_args(sql.binds)?)
-                .execute(p)
-                .await?
-                .rows_affected(),
+            AppDb::Postgres(p) => {
+                let mut tx = p.begin().await?;
+                let n = sqlx::query_with(&delete, pg_args(sql.binds)?)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                if n > budget {
+                    tx.rollback().await?;
+                    Deleted::OverBudget(n)
+                } else {
+                    tx.commit().await?;
+                    Deleted::Rows(n)
+                }
+            }
+            AppDb::Sqlite(p) => {
+                let mut tx = p.begin().await?;
+                let n = sqlx::query_with(&delete, sqlite_args(sql.binds)?)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                if n > budget {
+                    tx.rollback().await?;
+                    Deleted::OverBudget(n)
+                } else {
+                    tx.commit().await?;
+                    Deleted::Rows(n)
+                }
+            }
         })
     }
 
     /// Deletes every row in scope (bound it with `scope.range`) in one
-    /// transaction that may last at most `limit`: `None` when it would have
-    /// taken longer, and then nothing was deleted. SQLite has no statement
-    /// timeout; there the limit is not enforced.
-    pub async fn delete_within(&self, s: &Scope, limit: Duration) -> Result<Option<u64>> {
+    /// transaction that may last at most `limit` and delete at most `budget`
+    /// rows; otherwise it is rolled back and nothing was deleted. SQLite has
+    /// no statement timeout; there the time limit is not enforced.
+    pub async fn delete_within(&self, s: &Scope, limit: Duration, budget: u64) -> Result<Deleted> {
         let mut sql = self.sql();
         let w = sql.where_clause(s);
         let delete = format!("DELETE FROM {} WHERE {w}", q(&s.table));
@@ -285,23 +341,35 @@ impl AppDb {
                     .execute(&mut *tx)
                     .await
                 {
+                    Ok(done) if done.rows_affected() > budget => {
+                        tx.rollback().await?;
+                        Ok(Deleted::OverBudget(done.rows_affected()))
+                    }
                     Ok(done) => {
                         tx.commit().await?;
-                        Ok(Some(done.rows_affected()))
+                        Ok(Deleted::Rows(done.rows_affected()))
                     }
                     Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("57014") => {
                         tx.rollback().await?;
-                        Ok(None)
+                        Ok(Deleted::TooSlow)
                     }
                     Err(e) => Err(e.into()),
                 }
             }
-            AppDb::Sqlite(p) => Ok(Some(
-                sqlx::query_with(&delete, sqlite_args(sql.binds)?)
-                    .execute(p)
+            AppDb::Sqlite(p) => {
+                let mut tx = p.begin().await?;
+                let n = sqlx::query_with(&delete, sqlite_args(sql.binds)?)
+                    .execute(&mut *tx)
                     .await?
-                    .rows_affected(),
-            )),
+                    .rows_affected();
+                if n > budget {
+                    tx.rollback().await?;
+                    Ok(Deleted::OverBudget(n))
+                } else {
+                    tx.commit().await?;
+                    Ok(Deleted::Rows(n))
+                }
+            }
         }
     }
 

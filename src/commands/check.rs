@@ -103,6 +103,11 @@ pub async fn run(flag: Option<&Path>, json: bool) -> Result<i32> {
                                 format!("{} tables match the schema", config.data_map.len()),
                             ));
                         }
+                        if !schema_error {
+                            let forms = time_form_checks(&db, &config).await;
+                            schema_error = forms.iter().any(|c| c.status == "error");
+                            checks.extend(forms);
+                        }
                     }
                     Err(e) => checks.push(fail("data map", e.to_string())),
                 }
@@ -174,6 +179,31 @@ pub async fn run(flag: Option<&Path>, json: bool) -> Result<i32> {
     } else {
         exit::FAILED
     })
+}
+
+/// How each timestamp a retention rule compares stores time; one that cannot
+/// be read is bad config (exit 2), like a missing column.
+async fn time_form_checks(db: &AppDb, config: &Config) -> Vec<Check> {
+    let name = "timestamp form";
+    match crate::retention::time_forms(config, db, chrono::Utc::now()).await {
+        Err(e) => vec![fail(name, e.to_string())],
+        Ok(columns) => columns
+            .iter()
+            .map(|c| match &c.found {
+                Ok(d) => ok(
+                    name,
+                    format!(
+                        "`{}`.`{}`: {} (declared {})",
+                        c.table, c.column, d.form, d.declared
+                    ),
+                ),
+                Err(m) => fail(
+                    name,
+                    format!("{}: data_map entry `{}`: {m}", c.location, c.table),
+                ),
+            })
+            .collect(),
+    }
 }
 
 fn job_checks(config: &Config) -> Vec<Check> {

@@ -78,12 +78,15 @@ async fn prepare(ctx: &Context, job: &str, params: &[String]) -> Result<(JobSpec
 
 /// Checks that fail before a run is queued, so bad config exits 2 and records nothing.
 async fn preflight(ctx: &Context, kind: JobKind) -> Result<(), Error> {
-    if matches!(
-        kind,
-        JobKind::RetentionPurge | JobKind::DsrProcess | JobKind::KeysRotate
-    ) {
-        let db = ctx.app_db().await?;
-        crate::appdb::preflight(&ctx.config, &db).await?;
+    match kind {
+        // The schema check plus the timestamp columns' storage forms.
+        JobKind::RetentionPurge => {
+            crate::retention::preflight(&ctx.config, &ctx.app_db().await?).await?;
+        }
+        JobKind::DsrProcess | JobKind::KeysRotate => {
+            crate::appdb::preflight(&ctx.config, &ctx.app_db().await?).await?;
+        }
+        _ => {}
     }
     Ok(())
 }

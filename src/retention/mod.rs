@@ -2,9 +2,13 @@
 //! and org, in short bounded batches; respects per-org overrides and legal
 //! holds; leaves counts and cutoffs (never values) in the audit chain.
 //!
-//! A run first writes a *plan* as a checkpoint: each scope's cutoffs and how
-//! many rows it selects per org. Cutoffs come from the run's `scheduled_for`,
-//! so a retried run after a crash deletes exactly the same set. Batches are
+//! A run first writes a *plan* as a checkpoint: each scope's cutoffs (whole
+//! seconds), the storage form of each compared timestamp, and how many rows it
+//! selects per org. Cutoffs come from the run's `scheduled_for`, so a retried
+//! run after a crash deletes exactly the same set. The plan's count is also a
+//! budget: a statement that would take the item past it is rolled back and the
+//! run fails, rather than delete rows nobody planned. Holds are read again
+//! before every statement. Batches are
 //! plain `DELETE`s (counting per org while deleting would double their cost);
 //! the per-org evidence is the plan's counts when the deleted total matches
 //! the plan, and otherwise (a crash, a hold added mid-run, the application
@@ -13,7 +17,7 @@
 //! On PostgreSQL a single age rule is deleted in windows of its timestamp
 //! sized from the rows the last window held, each under a statement timeout:
 //! a window that would run too long is rolled back and redone in row batches.
-//! Elsewhere rows go in `LIMIT`ed batches by ctid/rowid.
+//! Elsewhere rows go in `LIMIT`ed batches by `(tableoid, ctid)` or rowid.
 
 mod rules;
 
@@ -22,11 +26,11 @@ pub use rules::{Period, RetentionRule};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SubsecRound, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::appdb::{AppDb, Scope, Selector, Slicing, TimeWindow};
+use crate::appdb::{AppDb, Deleted, DetectedForm, Scope, Selector, Slicing, TimeForm, TimeWindow};
 use crate::config::{Config, DataMapEntry};
 use crate::error::{Error, Result};
 use crate::progress;
@@ -89,6 +93,10 @@ fn adapt(batch: u32, took: Duration, target_ms: Option<u64>, max: u32) -> u32 {
 pub struct RuleCutoff {
     pub rule: String,
     pub cutoff: DateTime<Utc>,
+    /// How the column this rule compares stores time, detected for the plan
+    /// (absent in plans written before detection existed: detected on resume).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub form: Option<TimeForm>,
 }
 
 /// One table's rows for a set of orgs: the union of its rules (so no row is
@@ -115,9 +123,143 @@ pub struct Plan {
     pub items: Vec<PlanItem>,
 }
 
-/// The application-database preflight (see `appdb::preflight`).
+/// Fails with a config error (exit 2) naming the entry when the data map does
+/// not fit the schema (`appdb::preflight`), or a timestamp column's storage
+/// cannot be read.
 pub async fn preflight(config: &Config, db: &AppDb) -> Result<Vec<crate::appdb::SchemaProblem>> {
-    crate::appdb::preflight(config, db).await
+    let warnings = crate::appdb::preflight(config, db).await?;
+    for c in time_forms(config, db, Utc::now()).await? {
+        c.form()?;
+    }
+    Ok(warnings)
+}
+
+/// A column that a retention rule compares with a cutoff, and how it stores time.
+#[derive(Debug, Clone)]
+pub struct TimeColumn {
+    /// `lethe.toml:LINE` of the first data map entry that compares it.
+    pub location: String,
+    pub table: String,
+    pub column: String,
+    /// `Err`: what was found and how to fix it.
+    pub found: std::result::Result<DetectedForm, String>,
+}
+
+impl TimeColumn {
+    /// The form, or the config error (exit 2) that names the entry and column.
+    pub fn form(&self) -> Result<TimeForm> {
+        self.found
+            .as_ref()
+            .map(|d| d.form)
+            .map_err(|m| Error::Config {
+                path: self.location.clone().into(),
+                line: None,
+                column: None,
+                message: format!("data_map entry `{}`: {m}", self.table),
+            })
+    }
+}
+
+/// How each column the data map's default rules compare stores time, for
+/// cutoffs taken from `basis` (what `check` reports and `run` refuses on).
+pub async fn time_forms(
+    config: &Config,
+    db: &AppDb,
+    basis: DateTime<Utc>,
+) -> Result<Vec<TimeColumn>> {
+    let mut items = Vec::new();
+    for entry in config.data_map.iter().filter(|e| !e.retention.is_empty()) {
+        let rules = entry
+            .retention
+            .iter()
+            .map(|r| rule_cutoff(*r, basis))
+            .collect::<Result<Vec<_>>>()?;
+        items.push(plan_item(entry, rules, None, vec![], vec![]));
+    }
+    detect_columns(db, config, &items).await
+}
+
+/// The (table, column) a rule compares with its cutoff.
+fn compared_column(entry: &DataMapEntry, rule: &str, config: &Config) -> Result<(String, String)> {
+    let parsed = RetentionRule::parse(rule).map_err(Error::Usage)?;
+    Ok(match parsed {
+        Some(RetentionRule::OrgClosed(_)) => {
+            let orgs = config.app.as_ref().and_then(|a| a.orgs.as_ref());
+            let orgs =
+                orgs.ok_or_else(|| Error::Usage("org_closed rules need [app.orgs]".into()))?;
+            (
+                orgs.table.clone(),
+                orgs.closed_at.clone().unwrap_or_default(),
+            )
+        }
+        _ => (
+            entry.table.clone(),
+            entry.timestamp.clone().unwrap_or_default(),
+        ),
+    })
+}
+
+fn entry_for<'a>(config: &'a Config, table: &str) -> Result<&'a DataMapEntry> {
+    config
+        .data_map
+        .iter()
+        .find(|e| e.table == table)
+        .ok_or_else(|| Error::Failed(format!("table {table} left the data map during the run")))
+}
+
+/// Detects each compared column once, at the latest cutoff it is compared with
+/// (every value that cutoff could select is checked).
+async fn detect_columns(
+    db: &AppDb,
+    config: &Config,
+    items: &[PlanItem],
+) -> Result<Vec<TimeColumn>> {
+    let mut latest: BTreeMap<(String, String), (String, DateTime<Utc>)> = BTreeMap::new();
+    for item in items {
+        let entry = entry_for(config, &item.table)?;
+        for rc in &item.rules {
+            let key = compared_column(entry, &rc.rule, config)?;
+            let slot = latest
+                .entry(key)
+                .or_insert((entry.location.clone(), rc.cutoff));
+            slot.1 = slot.1.max(rc.cutoff);
+        }
+    }
+    let mut out = Vec::new();
+    for ((table, column), (location, cutoff)) in latest {
+        let found = match db.time_form(&table, &column, cutoff).await {
+            Ok(d) => Ok(d),
+            Err(Error::Usage(m)) => Err(m),
+            Err(e) => return Err(e),
+        };
+        out.push(TimeColumn {
+            location,
+            table,
+            column,
+            found,
+        });
+    }
+    Ok(out)
+}
+
+/// Records in every rule the form of the column it compares; a column that
+/// cannot be read refuses the whole plan (config error) before anything is deleted.
+async fn assign_forms(db: &AppDb, config: &Config, items: &mut [PlanItem]) -> Result<()> {
+    let columns = detect_columns(db, config, items).await?;
+    for item in items.iter_mut() {
+        let entry = entry_for(config, &item.table)?;
+        for rc in item.rules.iter_mut() {
+            let key = compared_column(entry, &rc.rule, config)?;
+            let col = columns
+                .iter()
+                .find(|c| (c.table.as_str(), c.column.as_str()) == (key.0.as_str(), key.1.as_str()))
+                .ok_or_else(|| {
+                    Error::Failed(format!("no form detected for {}.{}", key.0, key.1))
+                })?;
+            rc.form = Some(col.form()?);
+        }
+    }
+    Ok(())
 }
 
 async fn count_by_org(db: &AppDb, s: &Scope) -> Result<BTreeMap<String, i64>> {
@@ -159,13 +301,15 @@ async fn active_holds(store: &dyn Store, db: &AppDb, config: &Config) -> Result<
 fn selector(
     entry: &DataMapEntry,
     rule: RetentionRule,
-    cutoff: DateTime<Utc>,
+    rc: &RuleCutoff,
     config: &Config,
 ) -> Result<Selector> {
+    let (cutoff, form) = (rc.cutoff, rc.form.unwrap_or(TimeForm::Native));
     Ok(match rule {
         RetentionRule::Age(_) => Selector::Before {
             column: entry.timestamp.clone().unwrap_or_default(),
             cutoff,
+            form,
         },
         RetentionRule::OrgClosed(_) => {
             let orgs = config
@@ -178,6 +322,7 @@ fn selector(
                 orgs_id: orgs.id.clone(),
                 closed_at: orgs.closed_at.clone().unwrap_or_default(),
                 cutoff,
+                form,
             }
         }
     })
@@ -189,7 +334,7 @@ fn scope(entry: &DataMapEntry, item: &PlanItem, config: &Config) -> Result<Scope
         let rule = RetentionRule::parse(&rc.rule)
             .map_err(Error::Usage)?
             .ok_or_else(|| Error::Usage(format!("plan rule `{}` keeps everything", rc.rule)))?;
-        selectors.push(selector(entry, rule, rc.cutoff, config)?);
+        selectors.push(selector(entry, rule, rc, config)?);
     }
     Ok(Scope {
         table: entry.table.clone(),
@@ -211,6 +356,7 @@ fn rule_cutoff(rule: RetentionRule, basis: DateTime<Utc>) -> Result<RuleCutoff> 
     Ok(RuleCutoff {
         rule: rule.to_string(),
         cutoff,
+        form: None,
     })
 }
 
@@ -266,25 +412,45 @@ pub async fn plan(
             scopes.push((rules, Some(vec![o.org.clone()]), held_orgs.clone()));
         }
         for (rules, only_orgs, exclude_orgs) in scopes {
-            let mut item = PlanItem {
-                table: entry.table.clone(),
-                class: entry.class.clone(),
+            items.push(plan_item(
+                entry,
                 rules,
                 only_orgs,
                 exclude_orgs,
-                exclude_subjects: held_subjects.clone(),
-                planned: 0,
-                planned_by_org: BTreeMap::new(),
-                held: BTreeMap::new(),
-            };
-            let s = scope(entry, &item, config)?;
-            item.planned_by_org = count_by_org(db, &s).await?;
-            item.planned = item.planned_by_org.values().sum();
-            item.held = held_counts(db, &s, &holds).await?;
-            items.push(item);
+                held_subjects.clone(),
+            ));
         }
     }
+    // Every compared column is read in its own storage form; refused before anything is counted.
+    assign_forms(db, config, &mut items).await?;
+    for item in &mut items {
+        let s = scope(entry_for(config, &item.table)?, item, config)?;
+        item.planned_by_org = count_by_org(db, &s).await?;
+        item.planned = item.planned_by_org.values().sum();
+        item.held = held_counts(db, &s, &holds).await?;
+    }
     Ok(Plan { basis, items })
+}
+
+/// An item before counting.
+fn plan_item(
+    entry: &DataMapEntry,
+    rules: Vec<RuleCutoff>,
+    only_orgs: Option<Vec<String>>,
+    exclude_orgs: Vec<String>,
+    exclude_subjects: Vec<String>,
+) -> PlanItem {
+    PlanItem {
+        table: entry.table.clone(),
+        class: entry.class.clone(),
+        rules,
+        only_orgs,
+        exclude_orgs,
+        exclude_subjects,
+        planned: 0,
+        planned_by_org: BTreeMap::new(),
+        held: BTreeMap::new(),
+    }
 }
 
 /// Expired rows that a hold keeps, by hold id.
@@ -355,29 +521,20 @@ struct ItemProgress {
 async fn delete_item(
     jc: &JobContext,
     db: &AppDb,
-    config: &Config,
     p: &PurgeParams,
     index: usize,
     item: &PlanItem,
-    planned_scope: &Scope,
+    scope: &Scope,
     done: &mut Progress,
     stats: &mut Stats,
 ) -> Result<()> {
-    let store = jc.ctx.store.as_ref();
-    // Holds added since the plan was made are honoured too.
-    let current = active_holds(store, db, config).await?;
-    let mut scope = planned_scope.clone();
-    scope
-        .exclude_orgs
-        .extend(current.orgs.into_iter().map(|(_, o)| o));
-    scope
-        .exclude_subjects
-        .extend(current.subjects.into_iter().map(|(_, s)| s));
+    // Holds added since the plan was made are honoured too: the batcher reads them before every statement.
     let mut batcher = Batcher {
         jc,
         db,
         p,
         index,
+        item,
         done,
         stats,
         rows: p.batch_size.max(1),
@@ -388,11 +545,11 @@ async fn delete_item(
         ),
     };
     match scope.selectors.as_slice() {
-        [Selector::Before { column, cutoff }] if db.slicing() == Slicing::TimeWindows => {
+        [Selector::Before { column, cutoff, .. }] if db.slicing() == Slicing::TimeWindows => {
             let (column, cutoff) = (column.clone(), *cutoff);
-            batcher.windows(&scope, &column, cutoff, item.planned).await
+            batcher.windows(scope, &column, cutoff, item.planned).await
         }
-        _ => batcher.row_batches(&scope).await,
+        _ => batcher.row_batches(scope).await,
     }
 }
 
@@ -401,6 +558,7 @@ struct Batcher<'a> {
     db: &'a AppDb,
     p: &'a PurgeParams,
     index: usize,
+    item: &'a PlanItem,
     done: &'a mut Progress,
     stats: &'a mut Stats,
     /// Rows the next batch aims at.
@@ -409,6 +567,38 @@ struct Batcher<'a> {
 }
 
 impl Batcher<'_> {
+    /// Rows this item may still delete: what the plan counted, less what its
+    /// batches deleted (a crash can only make this larger, never smaller).
+    fn budget(&self) -> u64 {
+        let deleted = self.done.items.get(&self.index).map_or(0, |d| d.deleted);
+        u64::try_from(self.item.planned - deleted).unwrap_or(0)
+    }
+
+    /// `s` without the rows of the holds active now: a hold added mid-run
+    /// keeps its rows from the next statement on.
+    async fn held_out(&self, s: &Scope) -> Result<Scope> {
+        let current =
+            active_holds(self.jc.ctx.store.as_ref(), self.db, &self.jc.ctx.config).await?;
+        let mut s = s.clone();
+        s.exclude_orgs
+            .extend(current.orgs.into_iter().map(|(_, o)| o));
+        s.exclude_subjects
+            .extend(current.subjects.into_iter().map(|(_, x)| x));
+        Ok(s)
+    }
+
+    /// A statement deleted more than the plan allows: it was rolled back, and the run stops.
+    fn over_plan(&self, would: u64, budget: u64) -> Error {
+        let deleted = self.done.items.get(&self.index).map_or(0, |d| d.deleted);
+        Error::Failed(format!(
+            "purge of table `{}` stopped: one statement would have deleted {would} rows where at most \
+             {budget} were allowed (plan {}, deleted so far {deleted}, batch size {}); it was rolled back. \
+             Rows entered the scope after the plan was made (inserted, or updated to an older timestamp), \
+             or the table's rows are not told apart; check the table, then run the purge again for a new plan",
+            self.item.table, self.item.planned, self.rows
+        ))
+    }
+
     /// Counts one committed batch and saves progress.
     async fn committed(&mut self, n: u64, took: Duration, progress: ItemProgress) -> Result<()> {
         self.bar.inc(n);
@@ -440,7 +630,16 @@ impl Batcher<'_> {
         let done_before = self.done.items.get(&self.index).and_then(|d| d.done_before);
         loop {
             let started = Instant::now();
-            let n = self.db.delete_batch(scope, self.rows).await?;
+            let budget = self.budget().min(u64::from(self.rows));
+            let s = self.held_out(scope).await?;
+            self.jc.fence.check()?; // each statement commits: only while the lease holds
+            let n = match self.db.delete_batch(&s, self.rows, budget).await? {
+                Deleted::Rows(n) => n,
+                Deleted::OverBudget(n) => return Err(self.over_plan(n, budget)),
+                Deleted::TooSlow => {
+                    return Err(Error::Failed("a row batch has no time limit".into()))
+                }
+            };
             let end = n < u64::from(self.rows);
             let progress = ItemProgress {
                 done_before,
@@ -495,9 +694,13 @@ impl Batcher<'_> {
                 r.upper = upper;
             }
             let started = Instant::now();
-            let n = match self.db.delete_within(&slice, limit).await? {
-                Some(n) => n,
-                None => {
+            let budget = self.budget();
+            let slice = self.held_out(&slice).await?;
+            self.jc.fence.check()?; // each statement commits: only while the lease holds
+            let n = match self.db.delete_within(&slice, limit, budget).await? {
+                Deleted::Rows(n) => n,
+                Deleted::OverBudget(n) => return Err(self.over_plan(n, budget)),
+                Deleted::TooSlow => {
                     // Too slow (denser than the last window, or blocked by a lock):
                     // nothing was deleted; redo this window in bounded row batches.
                     self.stats.windows_redone += 1;
@@ -592,6 +795,27 @@ async fn deleted_by_org(
     Ok(by_org)
 }
 
+/// Rows an item deleted before it failed are evidence too (the retry or the
+/// next run records the rest). Counts only: an error text could carry values.
+async fn record_stopped(jc: &JobContext, item: &PlanItem, done: Option<&ItemProgress>) {
+    let deleted = done.map_or(0, |d| d.deleted);
+    let details = json!({"run_id": jc.run.id, "class": item.class, "rules": item.rules,
+                         "orgs": item.only_orgs, "deleted": deleted, "planned": item.planned});
+    let target = format!("table:{}", item.table);
+    let store = jc.ctx.store.as_ref();
+    if let Err(e) = crate::audit::record(
+        store,
+        &jc.actor,
+        "retention.purge_stopped",
+        &target,
+        details,
+    )
+    .await
+    {
+        tracing::warn!(error = %e, table = %item.table, "could not record the stopped purge");
+    }
+}
+
 pub async fn purge_job(jc: &JobContext) -> Result<Value> {
     let p: PurgeParams = jc.params()?;
     let config = jc.ctx.config.as_ref();
@@ -604,17 +828,22 @@ pub async fn purge_job(jc: &JobContext) -> Result<Value> {
     let stored = store.checkpoint_get(jc.run.id, PLAN_KEY).await?;
     let resumed = stored.is_some();
     let plan: Plan = match stored {
-        Some(v) => serde_json::from_value(v)
-            .map_err(|e| Error::Failed(format!("stored retention plan is unreadable: {e}")))?,
+        Some(v) => {
+            let mut plan: Plan = serde_json::from_value(v)
+                .map_err(|e| Error::Failed(format!("stored retention plan is unreadable: {e}")))?;
+            if plan
+                .items
+                .iter()
+                .any(|i| i.rules.iter().any(|r| r.form.is_none()))
+            {
+                assign_forms(&db, config, &mut plan.items).await?;
+            }
+            plan
+        }
         None => {
-            let plan = plan(
-                config,
-                store,
-                &db,
-                jc.run.scheduled_for,
-                p.classes.as_deref(),
-            )
-            .await?;
+            // Whole seconds: a text cutoff then orders exactly against stored text (see appdb).
+            let basis = jc.run.scheduled_for.trunc_subsecs(0);
+            let plan = plan(config, store, &db, basis, p.classes.as_deref()).await?;
             if !jc.dry_run {
                 let v = serde_json::to_value(&plan).map_err(|e| Error::Failed(e.to_string()))?;
                 store.checkpoint_put(jc.run.id, PLAN_KEY, &v).await?;
@@ -639,26 +868,16 @@ pub async fn purge_job(jc: &JobContext) -> Result<Value> {
     let mut items_out = Vec::new();
     let mut total = 0i64;
     for (index, item) in plan.items.iter().enumerate() {
-        let entry = config
-            .data_map
-            .iter()
-            .find(|e| e.table == item.table)
-            .ok_or_else(|| {
-                Error::Failed(format!(
-                    "table {} left the data map during the run",
-                    item.table
-                ))
-            })?;
+        let entry = entry_for(config, &item.table)?;
         let planned_scope = scope(entry, item, config)?;
         let by_org = if jc.dry_run {
             item.planned_by_org.clone()
         } else {
             let before = done.items.get(&index).cloned();
             if !before.as_ref().is_some_and(|d| d.finished) {
-                delete_item(
+                let outcome = delete_item(
                     jc,
                     &db,
-                    config,
                     &p,
                     index,
                     item,
@@ -666,7 +885,11 @@ pub async fn purge_job(jc: &JobContext) -> Result<Value> {
                     &mut done,
                     &mut stats,
                 )
-                .await?;
+                .await;
+                if let Err(e) = outcome {
+                    record_stopped(jc, item, done.items.get(&index)).await;
+                    return Err(e);
+                }
             }
             // Resumed: a batch may have committed just before the crash, unrecorded;
             // then only what is left tells what went.

@@ -332,3 +332,39 @@ pub fn faked(mut cmd: Command, lib: &str, start: &str, speed: u32) -> Command {
         .env("TZ", "UTC");
     cmd
 }
+
+/// One integer from the application database at `url` (PostgreSQL or SQLite), e.g. a count.
+pub async fn app_i64(url: &str, sql: &str) -> i64 {
+    if url.starts_with("postgres") {
+        let mut conn = sqlx::PgConnection::connect(url)
+            .await
+            .expect("connect app db");
+        sqlx::query_scalar(sql)
+            .fetch_one(&mut conn)
+            .await
+            .expect(sql)
+    } else {
+        let mut conn = sqlx::SqliteConnection::connect(url)
+            .await
+            .expect("connect app db");
+        sqlx::query_scalar(sql)
+            .fetch_one(&mut conn)
+            .await
+            .expect(sql)
+    }
+}
+
+/// Runs SQL (several statements) on the application database at `url`.
+pub async fn app_exec(url: &str, sql: &str) {
+    if url.starts_with("postgres") {
+        let mut conn = sqlx::PgConnection::connect(url)
+            .await
+            .expect("connect app db");
+        sqlx::raw_sql(sql).execute(&mut conn).await.expect(sql);
+    } else {
+        let mut conn = sqlx::SqliteConnection::connect(url)
+            .await
+            .expect("connect app db");
+        sqlx::raw_sql(sql).execute(&mut conn).await.expect(sql);
+    }
+}
