@@ -28,6 +28,9 @@ pub enum Error {
     Refused(String),
     #[error("not found: {0}")]
     NotFound(String),
+    /// The caller may not do this (an API key's scope or org).
+    #[error("forbidden: {0}")]
+    Forbidden(String),
     /// A job or check ran and failed.
     #[error("{0}")]
     Failed(String),
@@ -66,7 +69,7 @@ impl Error {
     pub fn exit_code(&self) -> i32 {
         match self {
             Error::Config { .. } | Error::Usage(_) | Error::NotFound(_) => exit::USAGE,
-            Error::Refused(_) => exit::REFUSED,
+            Error::Refused(_) | Error::Forbidden(_) => exit::REFUSED,
             _ => exit::FAILED,
         }
     }

@@ -61,15 +61,28 @@ impl Api {
 const SCHEMA: &str = "CREATE TABLE users (id INTEGER PRIMARY KEY, email TEXT NOT NULL UNIQUE);
 CREATE TABLE memberships (org_id INTEGER, user_id INTEGER, role TEXT);";
 
-/// `users`: u0@x.example … u{n-1}@x.example. `pg`: app and store in two
+/// `users`: u0@x.example … u{n-1}@x.example, each a member of org 1 (even
+/// i) or org 2 (odd i). `extra`: TOML appended to lethe.toml. `pg`: app and store in two
 /// PostgreSQL databases (so the app's connections can be counted alone).
 async fn start(pg: bool, users: usize, database: &str, http: &str) -> Option<(Api, String)> {
+    start_with(pg, users, database, http, "").await
+}
+
+async fn start_with(
+    pg: bool,
+    users: usize,
+    database: &str,
+    http: &str,
+    extra: &str,
+) -> Option<(Api, String)> {
     use sha2::Digest;
     let inserts: String = (0..users)
         .map(|i| {
             format!(
-                "INSERT INTO users (id, email) VALUES ({}, 'u{i}@x.example');\n",
-                i + 1
+                "INSERT INTO users (id, email) VALUES ({id}, 'u{i}@x.example');\n\
+                 INSERT INTO memberships VALUES ({org}, {id}, 'member');\n",
+                id = i + 1,
+                org = i % 2 + 1
             )
         })
         .collect();
@@ -103,7 +116,8 @@ async fn start(pg: bool, users: usize, database: &str, http: &str) -> Option<(Ap
             .replace(
                 "[http]\n",
                 &format!("[http]\napi_key_hashes = [\"{hash}\"]\n{http}\n"),
-            ),
+            )
+            + extra,
     )
     .unwrap();
     run_ok(c.lethe().arg("migrate"));
@@ -347,7 +361,7 @@ async fn idempotency_key_is_bound_to_its_request(pg: bool) {
         let store = format!("sqlite://{}", api.c.path().join("lethe.db").display());
         let pool = sqlx::SqlitePool::connect(&store).await.unwrap();
         let h: String = sqlx::query_scalar(
-            "SELECT request_hash FROM dsr_requests WHERE idempotency_key = 'key-1'",
+            "SELECT request_hash FROM dsr_requests WHERE idempotency_key LIKE '%:key-1'",
         )
         .fetch_one(&pool)
         .await
@@ -439,5 +453,121 @@ mod postgres {
     #[tokio::test(flavor = "multi_thread")]
     async fn idempotency_key_is_bound_to_its_request() {
         super::idempotency_key_is_bound_to_its_request(true).await
+    }
+}
+
+/// Named, scoped keys: a submit-only key can neither list nor read requests
+/// (403), a read-only key cannot submit, the audit actor names the key, and
+/// a key that acts for one org submits only for its members and reads only
+/// its own requests (another caller's request is a 404, not a 403).
+async fn api_keys_have_names_scopes_and_an_optional_org(pg: bool) {
+    use sha2::Digest;
+    let sha = |k: &str| hex::encode(sha2::Sha256::digest(k.as_bytes()));
+    let extra = format!(
+        "\n[[http.api_keys]]\nname = \"intake\"\nsha256 = \"{}\"\nscopes = [\"submit\"]\n\
+         \n[[http.api_keys]]\nname = \"auditor\"\nsha256 = \"{}\"\nscopes = [\"read\"]\n\
+         \n[[http.api_keys]]\nname = \"tenant-2\"\nsha256 = \"{}\"\nscopes = [\"submit\", \"read\"]\norg = \"2\"\n",
+        sha("k-intake-0123456789"),
+        sha("k-auditor-0123456789"),
+        sha("k-tenant-0123456789")
+    );
+    let Some((api, _)) = start_with(pg, 6, "", "", &extra).await else {
+        return;
+    };
+    let call = |key: &str, method: &str, path: &str, body: &str| {
+        let auth = format!("Bearer {key}");
+        request(
+            &api.addr,
+            method,
+            path,
+            &[("Authorization", auth.as_bytes())],
+            body.as_bytes(),
+        )
+    };
+    let created = call(
+        "k-intake-0123456789",
+        "POST",
+        "/v1/dsr",
+        &erasure("u0@x.example"),
+    );
+    assert_eq!(created.code, 201, "{created:?}");
+    let id = created.body["id"].as_i64().unwrap();
+    for path in ["/v1/dsr".to_string(), format!("/v1/dsr/{id}")] {
+        let r = call("k-intake-0123456789", "GET", &path, "");
+        assert_eq!(r.code, 403, "submit-only key read {path}: {r:?}");
+        assert_eq!(
+            call("k-auditor-0123456789", "GET", &path, "").code,
+            200,
+            "{path}"
+        );
+    }
+    let r = call(
+        "k-auditor-0123456789",
+        "POST",
+        "/v1/dsr",
+        &erasure("u2@x.example"),
+    );
+    assert_eq!(r.code, 403, "read-only key submitted: {r:?}");
+
+    // Org 2's key: u1 is a member of org 2; u4 of org 1; nobody@ does not exist.
+    let own = call(
+        "k-tenant-0123456789",
+        "POST",
+        "/v1/dsr",
+        &erasure("u1@x.example"),
+    );
+    assert_eq!(own.code, 201, "{own:?}");
+    let other = call(
+        "k-tenant-0123456789",
+        "POST",
+        "/v1/dsr",
+        &erasure("u4@x.example"),
+    );
+    let unknown = call(
+        "k-tenant-0123456789",
+        "POST",
+        "/v1/dsr",
+        &erasure("nobody@x.example"),
+    );
+    assert_eq!(
+        (other.code, unknown.code),
+        (403, 403),
+        "{other:?} {unknown:?}"
+    );
+    assert_eq!(
+        other.body, unknown.body,
+        "the same answer: nothing learnt about other orgs"
+    );
+    let listed = call("k-tenant-0123456789", "GET", "/v1/dsr", "");
+    let ids: Vec<i64> = listed.body["requests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(ids, vec![own.body["id"].as_i64().unwrap()]);
+    assert_eq!(
+        call("k-tenant-0123456789", "GET", &format!("/v1/dsr/{id}"), "").code,
+        404
+    );
+
+    let audit = String::from_utf8(run_ok(api.c.lethe().args(["audit", "export"])).stdout).unwrap();
+    let actors: Vec<String> = audit
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|e| e["action"] == "dsr.received")
+        .map(|e| e["actor"].as_str().unwrap_or("").to_string())
+        .collect();
+    assert_eq!(actors, vec!["http:intake", "http:tenant-2"]);
+}
+
+mod scoped_keys {
+    #[tokio::test(flavor = "multi_thread")]
+    async fn sqlite() {
+        super::api_keys_have_names_scopes_and_an_optional_org(false).await
+    }
+    #[tokio::test(flavor = "multi_thread")]
+    async fn postgres() {
+        super::api_keys_have_names_scopes_and_an_optional_org(true).await
     }
 }

@@ -139,6 +139,24 @@ impl AppDb {
         Ok(out)
     }
 
+    /// Whether the subject is a member of `org` (false without `[app.memberships]`).
+    pub async fn is_member(&self, app: &AppMapping, org: &str, subject_id: &str) -> Result<bool> {
+        let Some(m) = &app.memberships else {
+            return Ok(false);
+        };
+        let t = self.column_type(&m.table, &m.subject).await?;
+        let mut sql = self.sql();
+        let subject = eq_param(&mut sql, &m.subject, t.as_deref(), subject_id);
+        let org_col = sql.as_text(&m.org);
+        let ph = sql.placeholder(Bind::Text(org.to_string()));
+        let text = format!(
+            "SELECT count(*) FROM {} WHERE {subject} AND {org_col} = {ph}",
+            q(&m.table)
+        );
+        let n: i64 = on_pool!(self, sql, query_scalar_with(&text), fetch_one);
+        Ok(n > 0)
+    }
+
     /// Orgs (open ones, where closure is mapped) whose only owner is this subject.
     pub async fn sole_owned_orgs(&self, app: &AppMapping, subject_id: &str) -> Result<Vec<String>> {
         let Some(m) = &app.memberships else {

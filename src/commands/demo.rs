@@ -93,6 +93,8 @@ pub async fn run(dir: &Path, json_out: bool) -> Result<i32> {
             jurisdiction: Some("gdpr"),
             source: "demo",
             idempotency_key: None,
+            actor: "demo",
+            for_org: None,
         };
         let (r, outcome) = match crate::dsr::submit(&ctx, sub).await? {
             crate::dsr::Intake::Accepted(r) | crate::dsr::Intake::Replayed(r) => (r, "accepted"),

@@ -18,12 +18,15 @@ pub async fn submit(
     jurisdiction: Option<&str>,
     json_out: bool,
 ) -> Result<i32> {
+    let actor = crate::audit::actor_cli();
     let s = Submission {
         kind,
         subject,
         jurisdiction,
         source: "cli",
         idempotency_key: None,
+        actor: &actor,
+        for_org: None,
     };
     let now = ctx.store.now().await?;
     let (r, blocking, accepted) = match dsr::submit(&ctx, s).await? {

@@ -3,11 +3,13 @@
 //! Every error names the file and, where the TOML parser or a span knows it,
 //! the line and column, so a broken deploy is fixed in one look.
 
+mod api_keys;
 mod data_map;
 mod duration;
 mod jobs;
 mod secret;
 
+pub use api_keys::{ApiKey, ApiScope};
 pub use data_map::{
     AnonymizeRule, AppMapping, DataMapEntry, Erasure, MembershipsTable, OrgsTable, SubjectsTable,
 };
@@ -176,8 +178,9 @@ pub struct HttpConfig {
     /// DSR API requests handled at once; more wait up to `queue_timeout`, then get 503.
     pub max_concurrency: usize,
     pub queue_timeout: Duration,
-    /// SHA-256 (hex) of the API keys the DSR intake API accepts. Only hashes live in config.
-    pub api_key_hashes: Vec<String>,
+    /// The callers the DSR intake API accepts (`[[http.api_keys]]`, and the
+    /// older `api_key_hashes`). Only hashes live in config.
+    pub api_keys: Vec<ApiKey>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -349,6 +352,8 @@ struct RawHttp {
     queue_timeout: Option<Spanned<String>>,
     #[serde(default)]
     api_key_hashes: Vec<Spanned<String>>,
+    #[serde(default)]
+    api_keys: Vec<api_keys::RawApiKey>,
 }
 
 #[derive(Deserialize)]
@@ -755,14 +760,7 @@ fn load_http(src: &SourceFile, raw: RawHttp) -> Result<HttpConfig> {
         })?,
         (None, None) => SocketAddr::from(([127, 0, 0, 1], 8080)),
     };
-    for h in &raw.api_key_hashes {
-        if h.get_ref().len() != 64 || !h.get_ref().chars().all(|c| c.is_ascii_hexdigit()) {
-            return Err(src.error_at(
-                h.span(),
-                "http.api_key_hashes: each entry is the SHA-256 hex of a key (`printf %s KEY | sha256sum`), not the key",
-            ));
-        }
-    }
+    let api_keys = api_keys::load(src, raw.api_keys, raw.api_key_hashes)?;
     Ok(HttpConfig {
         listen,
         max_concurrency: src.count(raw.max_concurrency, "http.max_concurrency", 1..=1024, 8)?,
@@ -774,11 +772,7 @@ fn load_http(src: &SourceFile, raw: RawHttp) -> Result<HttpConfig> {
             )?,
             None => Duration::from_secs(5),
         },
-        api_key_hashes: raw
-            .api_key_hashes
-            .into_iter()
-            .map(|h| h.into_inner().to_lowercase())
-            .collect(),
+        api_keys,
     })
 }
 

@@ -79,6 +79,10 @@ pub struct Submission<'a> {
     pub jurisdiction: Option<&'a str>,
     pub source: &'a str,
     pub idempotency_key: Option<&'a str>,
+    /// Who asks, as the audit log names them: `cli:USER`, `http:KEYNAME`.
+    pub actor: &'a str,
+    /// A caller that acts for one org may submit only for that org's members.
+    pub for_org: Option<&'a str>,
 }
 
 /// The outcome of intake. `Rejected` requests are recorded too (evidence).
@@ -126,7 +130,21 @@ pub async fn submit(ctx: &Context, s: Submission<'_>) -> Result<Intake> {
     let mut reason = None;
     let mut detail = None;
     let mut blocking = Vec::new();
-    match db.subject_id(app, &subject).await? {
+    let subject_id = db.subject_id(app, &subject).await?;
+    if let Some(org) = s.for_org {
+        // The same answer whether the subject is unknown or in another org:
+        // a caller scoped to one org learns nothing about the others.
+        let member = match &subject_id {
+            Some(id) => db.is_member(app, org, id).await?,
+            None => false,
+        };
+        if !member {
+            return Err(Error::Forbidden(format!(
+                "this API key acts for org {org} only, and the subject is not a member of it"
+            )));
+        }
+    }
+    match subject_id {
         None => {
             reason = Some("not_found");
             detail = Some(format!(
@@ -176,7 +194,7 @@ pub async fn submit(ctx: &Context, s: Submission<'_>) -> Result<Intake> {
         received_at: now,
         due_at,
     };
-    let actor = format!("{}:{}", s.source, crate::audit::actor_cli());
+    let actor = s.actor;
     let outcome = match ctx.store.dsr_insert(&new).await? {
         DsrInsert::Replayed(r) => return Ok(Intake::Replayed(r)),
         DsrInsert::KeyConflict(r) => return Ok(Intake::KeyReused(r)),
@@ -219,7 +237,7 @@ pub async fn submit(ctx: &Context, s: Submission<'_>) -> Result<Intake> {
     // The subject's email is personal data: evidence names the request, not the person.
     crate::audit::record(
         ctx.store.as_ref(),
-        &actor,
+        actor,
         action,
         &format!("dsr:{}", r.id),
         json!({"kind": r.kind, "jurisdiction": r.jurisdiction, "due_at": r.due_at.to_rfc3339(),

@@ -1,7 +1,8 @@
 //! The DSR intake API for the application:
 //! `POST /v1/dsr`, `GET /v1/dsr/{id}`, `GET /v1/dsr?status=`.
-//! Authenticated by `Authorization: Bearer KEY`, checked against SHA-256
-//! hashes in config; `Idempotency-Key` makes a retried submit one request,
+//! Authenticated by `Authorization: Bearer KEY`, checked against the SHA-256
+//! hashes of `[[http.api_keys]]`, each a named caller (the audit actor
+//! `http:NAME`) with scopes `submit` and/or `read`, optionally for one org; `Idempotency-Key` makes a retried submit one request,
 //! and is refused (422) when reused for a different request. At most
 //! `http.max_concurrency` requests run at once; a burst beyond that waits up to
 //! `http.queue_timeout`, then gets 503 with `Retry-After` (never a 500).
@@ -15,6 +16,7 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 
 use super::AppState;
+use crate::config::{ApiKey, ApiScope};
 use crate::dsr::{self, Intake, Submission};
 use crate::error::Error;
 use crate::store::DsrState;
@@ -23,24 +25,51 @@ fn problem(status: StatusCode, message: impl Into<String>) -> Response {
     (status, Json(json!({"error": message.into()}))).into_response()
 }
 
-/// `Some(401 response)` unless the request carries a configured API key.
-fn unauthorized(s: &AppState, headers: &HeaderMap) -> Option<Response> {
+/// The caller's API key, if it is configured and has `scope`: else 401
+/// (no or unknown key) or 403 (a key without that scope).
+fn authenticate(
+    s: &AppState,
+    headers: &HeaderMap,
+    scope: ApiScope,
+) -> Result<ApiKey, Box<Response>> {
     let key = headers
         .get("authorization")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
     let Some(key) = key else {
-        return Some(problem(
+        return Err(Box::new(problem(
             StatusCode::UNAUTHORIZED,
             "missing `Authorization: Bearer KEY`",
-        ));
+        )));
     };
     let hash = hex::encode(Sha256::digest(key.trim().as_bytes()));
-    if s.ctx.config.http.api_key_hashes.contains(&hash) {
-        None
-    } else {
-        Some(problem(StatusCode::UNAUTHORIZED, "unknown API key"))
+    let Some(k) = s.ctx.config.http.api_keys.iter().find(|k| k.sha256 == hash) else {
+        return Err(Box::new(problem(
+            StatusCode::UNAUTHORIZED,
+            "unknown API key",
+        )));
+    };
+    if !k.allows(scope) {
+        return Err(Box::new(problem(
+            StatusCode::FORBIDDEN,
+            format!(
+                "API key `{}` has no `{}` scope (see [[http.api_keys]] scopes)",
+                k.name,
+                scope.as_str()
+            ),
+        )));
     }
+    Ok(k.clone())
+}
+
+/// What an org-scoped key may read: only the requests it submitted.
+fn visible_to(key: &ApiKey, r: &crate::store::DsrRequest) -> bool {
+    key.org.is_none() || r.source == source_of(key)
+}
+
+/// The request source recorded for a key's submits.
+fn source_of(key: &ApiKey) -> String {
+    format!("api:{}", key.name)
 }
 
 /// 503 with `Retry-After`: the client should come back, nothing is wrong with its request.
@@ -84,6 +113,7 @@ fn from_error(e: Error) -> Response {
             problem(StatusCode::UNPROCESSABLE_ENTITY, m)
         }
         Error::NotFound(m) => problem(StatusCode::NOT_FOUND, m),
+        Error::Forbidden(m) => problem(StatusCode::FORBIDDEN, m),
         other => {
             tracing::error!(error = %other, "DSR API");
             problem(
@@ -128,9 +158,10 @@ pub async fn submit(
     headers: HeaderMap,
     body: Result<Json<SubmitBody>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
-    if let Some(r) = unauthorized(&s, &headers) {
-        return r;
-    }
+    let key = match authenticate(&s, &headers, ApiScope::Submit) {
+        Ok(k) => k,
+        Err(r) => return *r,
+    };
     let idem = match idempotency_key(&headers) {
         Ok(k) => k,
         Err(m) => return problem(StatusCode::BAD_REQUEST, m),
@@ -149,12 +180,18 @@ pub async fn submit(
         Ok(p) => p,
         Err(r) => return r,
     };
+    let (source, actor) = (source_of(&key), format!("http:{}", key.name));
+    // Idempotency keys are per caller: another key's retry never replays (and
+    // so never reveals) this caller's request.
+    let idem = idem.map(|k| format!("{}:{k}", key.name));
     let sub = Submission {
         kind: &body.kind,
         subject: &body.subject,
         jurisdiction: body.jurisdiction.as_deref(),
-        source: "api",
+        source: &source,
         idempotency_key: idem.as_deref(),
+        actor: &actor,
+        for_org: key.org.as_deref(),
     };
     let now = chrono::Utc::now();
     match dsr::submit(&s.ctx, sub).await {
@@ -194,16 +231,20 @@ pub async fn submit(
 }
 
 pub async fn get(State(s): State<AppState>, headers: HeaderMap, Path(id): Path<i64>) -> Response {
-    if let Some(r) = unauthorized(&s, &headers) {
-        return r;
-    }
+    let key = match authenticate(&s, &headers, ApiScope::Read) {
+        Ok(k) => k,
+        Err(r) => return *r,
+    };
     let _slot = match admit(&s).await {
         Ok(p) => p,
         Err(r) => return r,
     };
     match s.ctx.store.dsr_get(id).await {
-        Ok(Some(r)) => Json(dsr::view(&s.ctx, &r, chrono::Utc::now())).into_response(),
-        Ok(None) => problem(StatusCode::NOT_FOUND, format!("no request {id}")),
+        Ok(Some(r)) if visible_to(&key, &r) => {
+            Json(dsr::view(&s.ctx, &r, chrono::Utc::now())).into_response()
+        }
+        // Another caller's request is as absent as a missing one.
+        Ok(_) => problem(StatusCode::NOT_FOUND, format!("no request {id}")),
         Err(e) => from_error(e),
     }
 }
@@ -219,9 +260,10 @@ pub async fn list(
     headers: HeaderMap,
     Query(q): Query<ListQuery>,
 ) -> Response {
-    if let Some(r) = unauthorized(&s, &headers) {
-        return r;
-    }
+    let key = match authenticate(&s, &headers, ApiScope::Read) {
+        Ok(k) => k,
+        Err(r) => return *r,
+    };
     let _slot = match admit(&s).await {
         Ok(p) => p,
         Err(r) => return r,
@@ -238,7 +280,12 @@ pub async fn list(
     {
         Ok(rs) => {
             let now = chrono::Utc::now();
-            Json(json!({"requests": rs.iter().map(|r| dsr::view(&s.ctx, r, now)).collect::<Vec<_>>()})).into_response()
+            let requests: Vec<_> = rs
+                .iter()
+                .filter(|r| visible_to(&key, r))
+                .map(|r| dsr::view(&s.ctx, r, now))
+                .collect();
+            Json(json!({ "requests": requests })).into_response()
         }
         Err(e) => from_error(e),
     }
