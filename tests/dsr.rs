@@ -725,8 +725,79 @@ mod edges {
         an_unknown_request_kind_fails_instead_of_becoming_an_export,
         exports_are_deleted_when_the_link_expires_and_when_the_subject_is_erased,
         an_erased_subject_leaves_no_email_in_lethes_store_or_evidence,
-        the_sla_report_is_sent_once_per_period_and_says_so
+        the_sla_report_is_sent_once_per_period_and_says_so,
+        a_failure_after_the_erasure_committed_is_completed_by_the_retry
     );
+
+    /// Runs statements on Lethe's own store.
+    async fn store_exec(s: &Setup, sql: &str) {
+        if s.pg() {
+            let pool = sqlx::PgPool::connect(&s.app_url).await.unwrap();
+            sqlx::raw_sql(sql).execute(&pool).await.unwrap();
+        } else {
+            let url = format!("sqlite://{}", s.c.path().join("lethe.db").display());
+            let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
+            sqlx::raw_sql(sql).execute(&pool).await.unwrap();
+        }
+    }
+
+    /// Injects: the store refuses the erasure ledger's insert right after the
+    /// application's transaction committed (a store outage between the two).
+    /// Must hold: that run fails; the retry, finding the subject gone,
+    /// completes the request (not "rejected: not_found"), writes the ledger
+    /// entry and the evidence, so a restore of an older backup erases them again.
+    async fn a_failure_after_the_erasure_committed_is_completed_by_the_retry(pg: bool) {
+        let Some(s) = setup(pg, "", "").await else {
+            return;
+        };
+        let (_, v) = s.submit("erasure", "member@x.example", &[]);
+        let id = v["id"].as_i64().unwrap();
+        store_exec(
+            &s,
+            if pg {
+                "CREATE FUNCTION lethe.no_ledger() RETURNS trigger LANGUAGE plpgsql AS
+                   $$ BEGIN RAISE EXCEPTION 'injected: store outage'; END $$;
+                 CREATE TRIGGER no_ledger BEFORE INSERT ON lethe.erasure_ledger
+                   FOR EACH ROW EXECUTE FUNCTION lethe.no_ledger();"
+            } else {
+                "CREATE TRIGGER no_ledger BEFORE INSERT ON erasure_ledger
+                   BEGIN SELECT RAISE(ABORT, 'injected: store outage'); END;"
+            },
+        )
+        .await;
+        let run = s.run_process();
+        assert_ne!(run["status"], "succeeded", "{run}");
+        assert!(
+            s.scalar("SELECT email FROM users WHERE id = 2")
+                .await
+                .starts_with("erased-"),
+            "the application's erasure had committed"
+        );
+        store_exec(
+            &s,
+            if pg {
+                "DROP TRIGGER no_ledger ON lethe.erasure_ledger"
+            } else {
+                "DROP TRIGGER no_ledger"
+            },
+        )
+        .await;
+        let run = s.run_process();
+        assert_eq!(run["status"], "succeeded", "{run}");
+        let shown = s.show(id);
+        assert_eq!(shown["state"], "completed", "{shown}");
+        assert_eq!(shown["result"]["subject_absent"], true, "{shown}");
+        assert_eq!(
+            s.store_texts("erasure_ledger", "request_id").await,
+            vec![id.to_string()]
+        );
+        let audit = String::from_utf8(run_ok(s.lethe().args(["audit", "export"])).stdout).unwrap();
+        assert_eq!(
+            audit.matches("\"action\":\"dsr.erased\"").count(),
+            1,
+            "{audit}"
+        );
+    }
 
     /// `dsr report --send` a second time in the same report period queues
     /// nothing and says the report was already sent.

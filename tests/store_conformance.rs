@@ -745,7 +745,7 @@ async fn dsr_of(s: &Arc<dyn Store>, kind: &str, subject: &str) -> i64 {
         detail: Some(format!("about {subject}")),
         source: "cli".into(),
         idempotency_key: None,
-        request_hash: None,
+        request_hash: Some("sha256:00".into()),
         received_at: now,
         due_at: now + chrono::Duration::days(30),
     };
@@ -800,8 +800,17 @@ async fn dsr_forget_subject_replaces_the_email_everywhere_in_the_store(s: Arc<dy
     let export = dsr_of(&s, "export", email).await;
     let erasure = dsr_of(&s, "erasure", email).await;
     let other = dsr_of(&s, "export", "stays@x.example").await;
-    let hold = s
+    let released = s
         .hold_add(HoldScope::Subject, email, "audit", "cli:test")
+        .await
+        .unwrap();
+    assert!(s
+        .hold_release(released.id, "done", "cli:test")
+        .await
+        .unwrap());
+    // A hold added meanwhile must keep matching the email.
+    let active = s
+        .hold_add(HoldScope::Subject, email, "new matter", "cli:test")
         .await
         .unwrap();
     s.dsr_transition(
@@ -818,20 +827,24 @@ async fn dsr_forget_subject_replaces_the_email_everywhere_in_the_store(s: Arc<dy
         vec![email.to_string()]
     );
     let changed = s.dsr_forget_subject(email, "pseudonym:abc").await.unwrap();
-    assert_eq!(changed, 3, "two requests and one hold");
+    assert_eq!(changed, 3, "two requests and the released hold");
     for id in [export, erasure] {
         let r = s.dsr_get(id).await.unwrap().unwrap();
         assert_eq!(r.subject, "pseudonym:abc");
         assert_eq!(r.detail.as_deref(), Some("about pseudonym:abc"));
+        assert_eq!(r.request_hash, None, "no hash of the email is kept");
     }
     assert_eq!(
         s.dsr_get(other).await.unwrap().unwrap().subject,
         "stays@x.example"
     );
-    let held = s.holds(true).await.unwrap();
+    let holds = s.holds(true).await.unwrap();
+    let value = |id: i64| holds.iter().find(|h| h.id == id).unwrap().value.clone();
+    assert_eq!(value(released.id), "pseudonym:abc");
     assert_eq!(
-        held.iter().find(|h| h.id == hold.id).unwrap().value,
-        "pseudonym:abc"
+        value(active.id),
+        email,
+        "an active hold still names whom it holds"
     );
     assert!(s.dsr_unforgotten_erasures().await.unwrap().is_empty());
 }

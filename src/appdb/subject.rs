@@ -139,6 +139,20 @@ impl AppDb {
         Ok(out)
     }
 
+    /// After erasures, on SQLite: rebuild the file, because B-tree interior
+    /// pages keep copies of index keys (an erased email among them) that
+    /// `secure_delete` does not reach. PostgreSQL's old row versions go with
+    /// its (auto)vacuum. Returns whether a rebuild ran.
+    pub async fn compact_after_erasure(&self) -> Result<bool> {
+        match self {
+            AppDb::Postgres(_) => Ok(false),
+            AppDb::Sqlite(p) => {
+                sqlx::query("VACUUM").execute(p).await?;
+                Ok(true)
+            }
+        }
+    }
+
     /// Whether the subject is a member of `org` (false without `[app.memberships]`).
     pub async fn is_member(&self, app: &AppMapping, org: &str, subject_id: &str) -> Result<bool> {
         let Some(m) = &app.memberships else {

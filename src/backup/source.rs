@@ -97,7 +97,11 @@ pub fn pg_command(tool: &Path, url: &str) -> Command {
     c
 }
 
-/// Reads a child's stderr on a thread so it never blocks the pipe; returns its tail.
+/// Reads a child's stderr on a thread so it never blocks the pipe; returns its
+/// tail without the lines that can quote row values (PostgreSQL's `DETAIL`,
+/// `CONTEXT` and `LINE` lines: `Key (email)=(…)`, `COPY users, line 3: "…"`).
+/// The error ends up in run history and the append-only audit chain, which
+/// must never hold personal data.
 pub fn collect_stderr(child: &mut Child) -> std::thread::JoinHandle<String> {
     let stderr = child.stderr.take();
     std::thread::spawn(move || {
@@ -105,6 +109,7 @@ pub fn collect_stderr(child: &mut Child) -> std::thread::JoinHandle<String> {
         if let Some(mut e) = stderr {
             let _ = std::io::Read::read_to_string(&mut e, &mut s);
         }
+        let s = without_row_values(&s);
         let tail: String = s
             .chars()
             .rev()
@@ -115,6 +120,26 @@ pub fn collect_stderr(child: &mut Child) -> std::thread::JoinHandle<String> {
             .collect();
         tail.trim().to_string()
     })
+}
+
+fn without_row_values(stderr: &str) -> String {
+    let mut withheld = false;
+    let mut kept: Vec<&str> = Vec::new();
+    for line in stderr.lines() {
+        let t = line.trim_start();
+        if ["DETAIL:", "CONTEXT:", "LINE "]
+            .iter()
+            .any(|p| t.starts_with(p))
+        {
+            withheld = true;
+        } else {
+            kept.push(line);
+        }
+    }
+    if withheld {
+        kept.push("(DETAIL/CONTEXT lines withheld: they can quote row values; run the tool by hand to see them)");
+    }
+    kept.join("\n")
 }
 
 /// A PostgreSQL snapshot held open for the dump and the row counts.
@@ -259,4 +284,18 @@ pub fn spawn_piped(mut cmd: Command, stdin: bool) -> Result<Child> {
             "cannot run {program}: {e} (install the PostgreSQL client tools, or set backup.pg_bin)"
         ))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn row_values_are_withheld_from_tool_errors() {
+        let e = "pg_restore: error: COPY failed for table \"users\": ERROR:  duplicate key value violates unique constraint \"users_email_key\"\nDETAIL:  Key (email)=(a@x.example) already exists.\nCONTEXT:  COPY users, line 3: \"3\ta@x.example\"";
+        let kept = super::without_row_values(e);
+        assert!(
+            kept.contains("users_email_key") && kept.contains("withheld"),
+            "{kept}"
+        );
+        assert!(!kept.contains("a@x.example"), "{kept}");
+    }
 }

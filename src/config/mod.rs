@@ -588,7 +588,10 @@ impl Config {
             .map(|o| load_object_store(&src, o, &dir))
             .transpose()?;
         let backup = load_backup(&src, raw.backup, &dir)?;
-        let dsr = load_dsr(&src, raw.dsr, &dir)?;
+        let on_s3 = object_store
+            .as_ref()
+            .is_some_and(|o| o.url.starts_with("s3://"));
+        let dsr = load_dsr(&src, raw.dsr, &dir, on_s3)?;
         let keys = load_keys(&src, raw.keys, &dir)?;
         let breach = BreachConfig {
             reminders: match &raw.breach.reminders {
@@ -872,7 +875,7 @@ fn load_keys(src: &SourceFile, raw: RawKeys, dir: &Path) -> Result<KeysConfig> {
     })
 }
 
-fn load_dsr(src: &SourceFile, raw: RawDsr, dir: &Path) -> Result<DsrConfig> {
+fn load_dsr(src: &SourceFile, raw: RawDsr, dir: &Path, on_s3: bool) -> Result<DsrConfig> {
     let dur = |v: &Option<Spanned<String>>, key: &str, default: u64| -> Result<Duration> {
         match v {
             Some(s) => src.duration(s, key),
@@ -898,7 +901,19 @@ fn load_dsr(src: &SourceFile, raw: RawDsr, dir: &Path) -> Result<DsrConfig> {
             .into_iter()
             .map(Spanned::into_inner)
             .collect(),
-        export_link_ttl: dur(&raw.export_link_ttl, "dsr.export_link_ttl", 7 * 86_400)?,
+        // S3 signs links for at most 7 days: a longer TTL would fail every export.
+        export_link_ttl: match &raw.export_link_ttl {
+            Some(t) => src.duration_in(
+                t,
+                "dsr.export_link_ttl",
+                Duration::from_secs(1)..=if on_s3 {
+                    Duration::from_secs(7 * 86_400)
+                } else {
+                    MAX_DURATION
+                },
+            )?,
+            None => Duration::from_secs(7 * 86_400),
+        },
         pseudonym_key: SecretSource {
             env: raw
                 .pseudonym_key_env
@@ -1025,6 +1040,23 @@ fn check_address(src: &SourceFile, value: &Spanned<String>, key: &str) -> Result
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_s3_export_link_is_refused_past_seven_days() {
+        let base = "[database]\nurl = \"sqlite://app.db\"\n[mail]\nfrom = \"l@x.example\"\ntransport = \"file\"\ndir = \"mail\"\n";
+        let s3 = "[object_store]\nurl = \"s3://bucket/p\"\n";
+        let ttl = |d: &str| format!("[dsr]\nexport_link_ttl = \"{d}\"\n");
+        let load = |t: String| Config::from_text(Path::new("lethe.toml"), &t);
+        let err = load(format!("{base}{s3}{}", ttl("8d")))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("dsr.export_link_ttl"), "{err}");
+        assert!(load(format!("{base}{s3}{}", ttl("7d"))).is_ok());
+        assert!(
+            load(format!("{base}{}", ttl("30d"))).is_ok(),
+            "a folder store has no such limit"
+        );
+    }
 
     #[test]
     fn line_col_counts_from_one() {

@@ -150,11 +150,14 @@ impl LedgerReapply {
     /// Erases again, in `target_url`, every subject of the ledger found there,
     /// with the live erasure's plan and the holds in force now.
     pub async fn apply(&self, ctx: &Context, target_url: &str) -> Result<ReapplyReport> {
-        let Some(key) = &self.key else {
+        // Read again: an erasure completed, or a hold placed, while the backup
+        // was being restored counts too (`prepare` only checked the key early).
+        let now = Self::prepare(ctx).await?;
+        let Some(key) = &now.key else {
             return Ok(ReapplyReport::default());
         };
         let db = AppDb::connect(target_url).await?;
-        let r = self.apply_on(ctx, &db, key).await;
+        let r = now.apply_on(ctx, &db, key).await;
         db.close().await;
         r
     }

@@ -139,7 +139,15 @@ async fn erase(
     let key = super::ledger::checked_key(ctx).await?;
     let (app, subject_id) = match subject_of(ctx, db, r).await? {
         Ok(found) => found,
-        Err(rejection) => return Ok(Err(rejection)),
+        // Absent from the application: an earlier attempt of this request
+        // committed the erasure but not the steps after it (store or object
+        // store down, lease lost), or the application deleted them. Either way
+        // they asked to be erased: finish the record, so no restore brings them back.
+        Err(_) => {
+            return after_erasure(ctx, r, actor, &key, json!({"subject_absent": true}))
+                .await
+                .map(Ok)
+        }
     };
     let holds = super::ledger::HoldsInForce::load(ctx).await?;
     if let Some(h) = holds.subject_hold(&r.subject) {
@@ -165,29 +173,52 @@ async fn erase(
             changed,
             kept_for_holds,
         } => {
-            ctx.store
-                .ledger_add(&ledger_key(&key, &r.subject), r.id)
-                .await?;
-            // Their export archives hold every erased row: they go too, now.
-            let exports = ctx
-                .store
-                .dsr_exports_to_delete(ctx.store.now().await?, Some(&r.subject))
-                .await?;
-            let exports_deleted = delete_exports(ctx, actor, exports, "subject erased").await?;
-            let evidence = json!({"request": r.id, "subject": subject_pseudonym(&key, &r.subject),
-                                  "rows_changed": changed, "kept_for_legal_holds": kept_for_holds,
-                                  "retained_with_legal_basis": retained, "exports_deleted": exports_deleted});
-            crate::audit::record(
-                ctx.store.as_ref(),
-                actor,
-                "dsr.erased",
-                &format!("dsr:{}", r.id),
-                evidence.clone(),
-            )
-            .await?;
-            Ok(Ok(evidence))
+            let done = json!({"rows_changed": changed, "kept_for_legal_holds": kept_for_holds,
+                              "retained_with_legal_basis": retained});
+            after_erasure(ctx, r, actor, &key, done).await.map(Ok)
         }
     }
+}
+
+/// What follows an erasure's commit in the application database (or finds it
+/// already done): the ledger entry, the subject's export archives deleted, and
+/// the evidence. Each step is idempotent, so a retry after a crash between
+/// them completes the record.
+async fn after_erasure(
+    ctx: &Context,
+    r: &DsrRequest,
+    actor: &str,
+    key: &Secret,
+    done: Value,
+) -> Result<Value> {
+    ctx.store
+        .ledger_add(&ledger_key(key, &r.subject), r.id)
+        .await?;
+    // Their export archives hold every erased row: they go too, now.
+    let exports = ctx
+        .store
+        .dsr_exports_to_delete(ctx.store.now().await?, Some(&r.subject))
+        .await?;
+    let (exports_deleted, exports_failed) =
+        delete_exports(ctx, actor, exports, "subject erased").await?;
+    let mut evidence = json!({"request": r.id, "subject": subject_pseudonym(key, &r.subject),
+                              "exports_deleted": exports_deleted});
+    if exports_failed > 0 {
+        // Still tracked: the expiry sweep of a later run deletes them.
+        evidence["exports_not_deleted"] = json!(exports_failed);
+    }
+    if let (Some(e), Some(d)) = (evidence.as_object_mut(), done.as_object()) {
+        e.extend(d.clone());
+    }
+    crate::audit::record(
+        ctx.store.as_ref(),
+        actor,
+        "dsr.erased",
+        &format!("dsr:{}", r.id),
+        evidence.clone(),
+    )
+    .await?;
+    Ok(evidence)
 }
 
 async fn export(
@@ -310,14 +341,16 @@ pub async fn process_job(jc: &JobContext) -> Result<Value> {
         let ids: Vec<i64> = due.iter().map(|r| r.id).collect();
         return Ok(json!({"dry_run": true, "would_process": ids}));
     }
-    let db = ctx.app_db().await?;
-    // A data map that does not fit the schema would erase nothing and call it done.
-    crate::appdb::preflight(&ctx.config, &db).await?;
+    // Expired archives go first: nothing below (schema drift, a bad request) holds them up.
     let expired = ctx
         .store
         .dsr_exports_to_delete(ctx.store.now().await?, None)
         .await?;
-    let exports_expired = delete_exports(ctx, &jc.actor, expired, "link expired").await?;
+    let (exports_expired, exports_stuck) =
+        delete_exports(ctx, &jc.actor, expired, "link expired").await?;
+    let db = ctx.app_db().await?;
+    // A data map that does not fit the schema would erase nothing and call it done.
+    crate::appdb::preflight(&ctx.config, &db).await?;
     forget_erased(ctx).await?;
     let (mut completed, mut rejected, mut failed) = (Vec::new(), Vec::new(), Vec::new());
     let mut took_ms: Vec<f64> = Vec::new();
@@ -349,10 +382,11 @@ pub async fn process_job(jc: &JobContext) -> Result<Value> {
                         Some(&result),
                     )
                     .await?;
-                if matches!(kind, Ok(DsrKind::Erasure)) {
+                let erasure = matches!(kind, Ok(DsrKind::Erasure));
+                if erasure {
                     forget(ctx, &r.subject).await?;
                 }
-                completed.push(r.id);
+                completed.push((r.id, erasure));
                 took_ms.push(started.elapsed().as_secs_f64() * 1000.0);
             }
             Ok(Err((reason, detail))) => {
@@ -392,11 +426,31 @@ pub async fn process_job(jc: &JobContext) -> Result<Value> {
             }
         }
     }
+    let erased = completed.iter().any(|c| c.1);
+    let compacted = if erased {
+        // The erasures are done either way; a busy application database only delays this.
+        match db.compact_after_erasure().await {
+            Ok(done) => Some(done),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not rebuild the SQLite application database after erasures; the next run tries again");
+                Some(false)
+            }
+        }
+    } else {
+        None
+    };
+    let completed: Vec<i64> = completed.into_iter().map(|c| c.0).collect();
     if !failed.is_empty() {
         return Err(Error::Failed(format!(
             "{} request(s) failed and will be retried: {}",
             failed.len(),
             Value::from(failed)
+        )));
+    }
+    if exports_stuck > 0 {
+        return Err(Error::Failed(format!(
+            "{exports_stuck} expired export archive(s) could not be deleted from the object store \
+             (see the log); they stay tracked and the next run tries again"
         )));
     }
     took_ms.sort_by(|a, b| a.total_cmp(b));
@@ -407,23 +461,31 @@ pub async fn process_job(jc: &JobContext) -> Result<Value> {
     };
     Ok(
         json!({"completed": completed, "rejected": rejected, "exports_expired": exports_expired,
+               "compacted": compacted,
               "per_request_ms": {"median": pct(50.0), "p95": pct(95.0), "max": took_ms.last()}}),
     )
 }
 
-/// Deletes export archives from the object store, each with evidence; returns how many.
+/// Deletes export archives from the object store, each with evidence.
+/// Returns (deleted, not deleted): an archive that cannot be deleted now stays
+/// tracked and is tried again by the next run, without holding up the others.
 async fn delete_exports(
     ctx: &Context,
     actor: &str,
     exports: Vec<(i64, String)>,
     why: &str,
-) -> Result<usize> {
+) -> Result<(usize, usize)> {
     if exports.is_empty() {
-        return Ok(0);
+        return Ok((0, 0));
     }
     let store = crate::backup::open_store(ctx).await?;
+    let (mut deleted, mut failed) = (0, 0);
     for (id, object) in &exports {
-        store.delete(object).await?;
+        if let Err(e) = store.delete(object).await {
+            tracing::warn!(request = id, error = %e, "export archive not deleted; the next run tries again");
+            failed += 1;
+            continue;
+        }
         ctx.store.dsr_export_deleted(*id).await?;
         crate::audit::record(
             ctx.store.as_ref(),
@@ -433,8 +495,9 @@ async fn delete_exports(
             json!({"request": id, "object": object, "reason": why}),
         )
         .await?;
+        deleted += 1;
     }
-    Ok(exports.len())
+    Ok((deleted, failed))
 }
 
 /// Replaces an erased subject's email with its pseudonym in Lethe's own rows.

@@ -80,6 +80,7 @@ pub async fn run_now(
 ) -> Result<RunReport> {
     let (id, _) = enqueue_manual(ctx, spec, params, dry_run).await?;
     let owner = ctx.worker_id.clone();
+    let claimed_at = Instant::now();
     let Some(run) = ctx
         .store
         .claim_run(id, &owner, ctx.config.runner.lease)
@@ -92,7 +93,7 @@ pub async fn run_now(
         )));
     };
     let (_never, cancel) = watch::channel(false);
-    let done = execute(ctx.clone(), run, owner, cancel).await?;
+    let done = execute_claimed_at(ctx.clone(), run, owner, cancel, claimed_at).await?;
     Ok(RunReport::from_run(&done))
 }
 
@@ -131,7 +132,19 @@ pub async fn execute(
     ctx: Arc<Context>,
     run: Run,
     owner: String,
+    cancel: watch::Receiver<bool>,
+) -> Result<Run> {
+    execute_claimed_at(ctx, run, owner, cancel, Instant::now()).await
+}
+
+/// `execute` for a run whose claim was *sent* at `claimed_at`: the store's
+/// lease runs from no earlier than that, so the attempt's fence does too.
+pub async fn execute_claimed_at(
+    ctx: Arc<Context>,
+    run: Run,
+    owner: String,
     mut cancel: watch::Receiver<bool>,
+    claimed_at: Instant,
 ) -> Result<Run> {
     let started = Instant::now();
     let lease = ctx.config.runner.lease;
@@ -139,8 +152,7 @@ pub async fn execute(
     let job = run.job.clone();
     tracing::info!(run_id = id, job = %job, kind = %run.kind, attempt = run.attempt, "run started");
 
-    // The claim was granted just before this call; the fence's margin covers that gap.
-    let fence = Fence::new(lease, started);
+    let fence = Fence::new(lease, claimed_at);
     let (lost_tx, mut lost_rx) = watch::channel(false);
     let heartbeat = tokio::spawn(heartbeat(
         ctx.clone(),

@@ -19,7 +19,7 @@ mod worker_pool;
 
 pub use backoff::retry_delay;
 pub use dispatch::JobContext;
-pub use executor::{enqueue_manual, execute, run_now, RunReport};
+pub use executor::{enqueue_manual, execute, execute_claimed_at, run_now, RunReport};
 pub use job_rescuer::rescue_expired;
 pub use kind::{JobKind, ENV_TEST_JOBS};
 pub use periodic_job_enqueuer::Enqueuer;

@@ -7,7 +7,7 @@ use std::time::Duration;
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 
-use super::{execute, rescue_expired, Enqueuer};
+use super::{execute_claimed_at, rescue_expired, Enqueuer};
 use crate::context::Context;
 use crate::error::Result;
 
@@ -64,13 +64,14 @@ pub async fn serve(ctx: Arc<Context>, shutdown: Shutdown) -> Result<()> {
         }
         // Claim while there are free slots and due runs.
         while let Ok(permit) = slots.clone().try_acquire_owned() {
+            let claimed_at = std::time::Instant::now();
             match ctx.store.claim_next(&ctx.worker_id, cfg.lease).await {
                 Ok(Some(run)) => {
                     let (ctx2, owner, cancel) =
                         (ctx.clone(), ctx.worker_id.clone(), cancel_rx.clone());
                     running.spawn(async move {
                         let _permit = permit;
-                        if let Err(e) = execute(ctx2, run, owner, cancel).await {
+                        if let Err(e) = execute_claimed_at(ctx2, run, owner, cancel, claimed_at).await {
                             tracing::error!(error = %e, "could not record a run's outcome; its lease will lapse and it will be rescued");
                         }
                     });

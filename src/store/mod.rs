@@ -610,7 +610,9 @@ pub trait Store: Send + Sync {
     ) -> Result<Vec<(i64, String)>>;
     async fn dsr_export_deleted(&self, id: i64) -> Result<()>;
     /// Replaces an erased subject's email with its pseudonym in Lethe's own
-    /// rows (requests, their detail text, subject holds); returns rows changed.
+    /// rows (requests and their detail text, released subject holds) and drops
+    /// the requests' idempotency hashes; returns rows changed. An active
+    /// subject hold keeps the email: it must still match it.
     async fn dsr_forget_subject(&self, email: &str, pseudonym: &str) -> Result<u64>;
     /// Emails of completed erasures not yet replaced by their pseudonym (a
     /// crash between completion and `dsr_forget_subject`).

@@ -921,20 +921,23 @@ impl Store for SqliteStore {
     async fn dsr_forget_subject(&self, email: &str, pseudonym: &str) -> Result<u64> {
         let mut tx = self.pool.begin().await?;
         let n = sqlx::query(
-            "UPDATE dsr_requests SET subject = $2, detail = replace(detail, $1, $2) WHERE subject = $1",
+            "UPDATE dsr_requests SET subject = $2, detail = replace(detail, $1, $2), request_hash = NULL
+             WHERE subject = $1",
         )
         .bind(email)
         .bind(pseudonym)
         .execute(&mut *tx)
         .await?
         .rows_affected();
-        let h =
-            sqlx::query("UPDATE legal_holds SET value = $2 WHERE scope = 'subject' AND value = $1")
-                .bind(email)
-                .bind(pseudonym)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
+        let h = sqlx::query(
+            "UPDATE legal_holds SET value = $2
+             WHERE scope = 'subject' AND value = $1 AND released_at IS NOT NULL",
+        )
+        .bind(email)
+        .bind(pseudonym)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
         tx.commit().await?;
         // The old pages with the email sit in the WAL until a checkpoint: write
         // them back (zeroed by secure_delete) and truncate the WAL now.
