@@ -51,6 +51,7 @@ macro_rules! conformance {
 
 conformance!(
     ledger_check_value_is_recorded_once,
+    outbox_has_tells_whether_a_dedupe_key_was_queued,
     dsr_exports_are_listed_for_deletion_by_expiry_or_subject_once,
     dsr_forget_subject_replaces_the_email_everywhere_in_the_store,
     reports_migrated,
@@ -847,4 +848,19 @@ async fn dsr_forget_subject_replaces_the_email_everywhere_in_the_store(s: Arc<dy
         "an active hold still names whom it holds"
     );
     assert!(s.dsr_unforgotten_erasures().await.unwrap().is_empty());
+}
+
+async fn outbox_has_tells_whether_a_dedupe_key_was_queued(s: Arc<dyn Store>) {
+    assert!(!s.outbox_has("rpo:b1").await.unwrap());
+    let mail = NewMail {
+        dedupe_key: Some("rpo:b1".into()),
+        recipients: vec!["ops@x.example".into()],
+        subject: "s".into(),
+        text: "t".into(),
+        html: "<p>t</p>".into(),
+        attachments: vec![],
+    };
+    s.outbox_enqueue(&mail).await.unwrap();
+    assert!(s.outbox_has("rpo:b1").await.unwrap());
+    assert!(!s.outbox_has("rpo:b2").await.unwrap());
 }

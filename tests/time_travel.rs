@@ -6,6 +6,7 @@
 
 mod common;
 
+use std::process::Command;
 use std::time::Duration;
 
 use common::{faked, run_ok, stdout_json, ConfigDir, Reaped};
@@ -196,4 +197,153 @@ fn breach_reminders_go_out_at_their_mark_once_through_serve() {
             "{party}: one reminder to ops and one to the DPO"
         );
     }
+}
+
+/// The shipped backup catalog (create hourly at :00, verify at :20, RPO check
+/// every 10 minutes) with `rpo = "1h"`, run by `serve` under a fake clock.
+struct Backups {
+    c: ConfigDir,
+    lib: String,
+}
+
+impl Backups {
+    fn new(lib: String) -> Backups {
+        let identity = age::x25519::Identity::generate();
+        let c = ConfigDir::full(
+            None,
+            None,
+            "poll_interval = \"30s\"\nlease = \"2h\"",
+            "",
+            &format!(
+                "[object_store]\nurl = \"file://objects\"\n[backup]\nrpo = \"1h\"\nrecipients = [\"{}\"]\nidentity_file = \"age.txt\"\n",
+                identity.to_public()
+            ),
+        );
+        {
+            use age::secrecy::ExposeSecret;
+            std::fs::write(
+                c.path().join("age.txt"),
+                identity.to_string().expose_secret(),
+            )
+            .unwrap();
+        }
+        let app = c.path().join("app.db");
+        let status = Command::new("python3")
+            .arg("-c")
+            .arg(format!(
+                "import sqlite3; c = sqlite3.connect({:?}); c.execute('CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT)'); \
+                 c.executemany('INSERT INTO notes (body) VALUES (?)', [('n',)] * 50); c.commit()",
+                app.display().to_string()
+            ))
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let shipped = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("jobs");
+        for kind in ["backup.create", "backup.verify", "backup.rpo_check"] {
+            let body = std::fs::read_to_string(shipped.join(format!("{kind}.toml"))).unwrap();
+            c.job(kind, &body);
+        }
+        run_ok(c.lethe().arg("migrate"));
+        Backups { c, lib }
+    }
+
+    fn run_at(&self, at: &str, job: &str) {
+        run_ok(faked(self.c.lethe(), &self.lib, at, 1).args(["run", job]));
+    }
+
+    fn serve(&self, start: &str, only: &[&str], real_secs: u64) {
+        // x300: a real second is five fake minutes (slack for a loaded CI machine).
+        let cmd = faked(self.c.lethe(), &self.lib, start, 300);
+        let mut serve = common::spawn_serve(cmd, &self.c.path().join("serve.log"), only);
+        std::thread::sleep(Duration::from_secs(real_secs));
+        common::signal(&serve, libc::SIGTERM);
+        common::wait_exit(&mut serve, 30);
+    }
+
+    /// (fake time queued, subject) of every ops mail about backups.
+    fn alerts(&self) -> Vec<(String, String)> {
+        let audit =
+            String::from_utf8(run_ok(self.c.lethe().args(["audit", "export"])).stdout).unwrap();
+        audit
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|e| e["action"] == "mail.queued")
+            .map(|e| {
+                (
+                    e["at"].as_str().unwrap_or("").to_string(),
+                    e["details"]["subject"].as_str().unwrap_or("").to_string(),
+                )
+            })
+            .filter(|(_, s)| s.contains("RPO") || s.contains("verified"))
+            .collect()
+    }
+
+    fn newest_backup_created(&self) -> String {
+        let list = stdout_json(&run_ok(self.c.lethe().args(["backup", "list", "--json"])));
+        list["backups"][0]["created_at"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+}
+
+/// Two simulated hours of a healthy system send no alert (verification lags
+/// creation by 20 minutes, which is not an RPO breach); with backups stopped,
+/// exactly one alert comes at the first check past the RPO; a new backup
+/// brings exactly one recovery notice.
+#[test]
+fn rpo_alarm_is_silent_when_healthy_once_when_breached_and_says_when_it_recovers() {
+    let Some(lib) = common::server_env("LETHE_TEST_LIBFAKETIME") else {
+        return;
+    };
+    let b = Backups::new(lib);
+    b.run_at("2026-06-01 00:05:00", "backup.create");
+    b.run_at("2026-06-01 00:06:00", "backup.verify");
+    // 00:57 → about 03:05.
+    b.serve(
+        "2026-06-01 00:57:00",
+        &["backup.create", "backup.verify", "backup.rpo_check"],
+        26,
+    );
+    assert_eq!(b.alerts(), vec![], "a healthy system raised an alarm");
+    let list = stdout_json(&run_ok(b.c.lethe().args(["backup", "list", "--json"])));
+    assert!(list["backups"].as_array().unwrap().len() >= 3, "{list}");
+
+    // Backups stop: only the check runs, from 03:09 to about 04:44.
+    let last = b.newest_backup_created();
+    b.serve("2026-06-01 03:09:00", &["backup.rpo_check"], 19);
+    let alerts = b.alerts();
+    let breached: Vec<&(String, String)> = alerts
+        .iter()
+        .filter(|a| a.1.contains("RPO breached"))
+        .collect();
+    assert_eq!(breached.len(), 1, "{alerts:#?}");
+    // The first check (every 10 minutes) after the newest backup's age passed
+    // 1 h: not before that moment, and no later than one check period after it.
+    let created = chrono::DateTime::parse_from_rfc3339(&last).unwrap();
+    let due = (created + chrono::Duration::hours(1)).with_timezone(&chrono::Utc);
+    let at = chrono::NaiveDateTime::parse_from_str(&breached[0].0[..19], "%Y-%m-%dT%H:%M:%S")
+        .unwrap()
+        .and_utc();
+    assert!(
+        at >= due && at < due + chrono::Duration::minutes(11),
+        "alert at {at}; the RPO passed at {due}"
+    );
+
+    // A backup again: one recovery notice, however many checks follow.
+    b.run_at("2026-06-01 04:50:00", "backup.create");
+    b.serve("2026-06-01 04:55:00", &["backup.rpo_check"], 6);
+    let alerts = b.alerts();
+    let recovered = alerts
+        .iter()
+        .filter(|a| a.1.contains("RPO met again"))
+        .count();
+    assert_eq!(recovered, 1, "{alerts:#?}");
+    assert_eq!(
+        alerts
+            .iter()
+            .filter(|a| a.1.contains("RPO breached"))
+            .count(),
+        1
+    );
 }

@@ -9,17 +9,19 @@ pub mod gfs;
 mod manifest;
 mod pipeline;
 mod restore;
+mod rpo;
 mod source;
 mod verify;
 
 pub use manifest::{Manifest, MANIFEST_FORMAT};
 pub use pipeline::{decode, encode, parse_identities, parse_recipients, PartSink};
 pub use restore::restore;
+pub use rpo::{rpo_check_job, RpoParams};
 pub use verify::{verify, VerifyReport};
 
 use std::io::Write;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
@@ -368,13 +370,6 @@ pub struct VerifyParams {
 #[serde(deny_unknown_fields)]
 pub struct PruneParams {}
 
-#[derive(Debug, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-pub struct RpoParams {
-    /// Overrides `backup.rpo`.
-    pub rpo: Option<String>,
-}
-
 pub async fn create_job(jc: &JobContext) -> Result<Value> {
     let _: CreateParams = jc.params()?;
     if jc.dry_run {
@@ -509,66 +504,4 @@ pub async fn prune_job(jc: &JobContext) -> Result<Value> {
     let removed_ids: Vec<&str> = removed.iter().map(|b| b.id.as_str()).collect();
     Ok(json!({"dry_run": jc.dry_run, "policy": keep, "kept": kept,
               if jc.dry_run { "would_remove" } else { "removed" }: removed_ids}))
-}
-
-pub async fn rpo_check_job(jc: &JobContext) -> Result<Value> {
-    let p: RpoParams = jc.params()?;
-    let rpo = match p.rpo {
-        Some(r) => {
-            crate::config::parse_duration(&r).map_err(|m| Error::Usage(format!("rpo: {m}")))?
-        }
-        None => jc.ctx.config.backup.rpo,
-    };
-    let now = jc.ctx.store.now().await?;
-    let newest = jc
-        .ctx
-        .store
-        .backups(false)
-        .await?
-        .into_iter()
-        .find(|b| b.verify_ok == Some(true));
-    let age = newest
-        .as_ref()
-        .map(|b| (now - b.created_at).to_std().unwrap_or(Duration::ZERO));
-    let ok = age.is_some_and(|a| a <= rpo);
-    let mut alerted = false;
-    if !ok && !jc.dry_run {
-        let what = match (&newest, age) {
-            (Some(b), Some(a)) => format!(
-                "The newest verified backup, {}, is {} old; the RPO is {}.",
-                b.id,
-                crate::config::format_duration(Duration::from_secs(a.as_secs())),
-                crate::config::format_duration(rpo)
-            ),
-            _ => format!(
-                "There is no verified backup at all; the RPO is {}.",
-                crate::config::format_duration(rpo)
-            ),
-        };
-        alerted = notify::enqueue(
-            &jc.ctx,
-            Message {
-                role: Role::Ops,
-                subject: "[lethe] RPO at risk: no recent verified backup".into(),
-                paragraphs: vec![
-                    what,
-                    "Check the backup.create and backup.verify runs: `lethe jobs history`.".into(),
-                ],
-                html_extra: None,
-                attachments: vec![],
-                // One alert per stale backup, not one per check.
-                dedupe_key: Some(format!(
-                    "rpo:{}",
-                    newest.as_ref().map_or("none", |b| b.id.as_str())
-                )),
-            },
-        )
-        .await?
-        .is_some_and(|(_, created)| created);
-    }
-    Ok(json!({
-        "ok": ok, "rpo_s": rpo.as_secs(),
-        "newest_verified": newest.as_ref().map(|b| b.id.clone()),
-        "age_s": age.map(|a| a.as_secs()), "alerted": alerted,
-    }))
 }

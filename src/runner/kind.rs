@@ -104,7 +104,7 @@ fn check_durations(params: &Value) -> Result<(), String> {
             return Err(format!("{key} must be between {min} and {max} (got {v})"));
         }
     }
-    for key in ["keep", "rpo", "reminders"] {
+    for key in ["keep", "rpo", "verify_lag", "reminders"] {
         let values = match params.get(key) {
             Some(Value::String(s)) => vec![s.as_str()],
             Some(Value::Array(a)) => a.iter().filter_map(Value::as_str).collect(),

@@ -533,6 +533,8 @@ pub trait Store: Send + Sync {
         retry_at: Option<DateTime<Utc>>,
     ) -> Result<bool>;
     async fn outbox_list(&self, limit: u32) -> Result<Vec<OutboxMail>>;
+    /// Whether a mail with this dedupe key was ever queued (an alert that was raised).
+    async fn outbox_has(&self, dedupe_key: &str) -> Result<bool>;
 
     // ---- retention overrides, legal holds
     /// Inserts or replaces the override for `(class, org)`.

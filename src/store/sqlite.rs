@@ -525,6 +525,14 @@ impl Store for SqliteStore {
         Ok(n == 1)
     }
 
+    async fn outbox_has(&self, dedupe_key: &str) -> Result<bool> {
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM mail_outbox WHERE dedupe_key = $1")
+            .bind(dedupe_key)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(n > 0)
+    }
+
     async fn outbox_list(&self, limit: u32) -> Result<Vec<OutboxMail>> {
         let rows = sqlx::query(&format!(
             "SELECT {MAIL_COLUMNS} FROM mail_outbox ORDER BY id DESC LIMIT $1"

@@ -1,0 +1,228 @@
+//! `backup.rpo_check`: two alarms, because they mean different things.
+//!
+//! - **RPO**: the newest backup that was stored completely (and has not
+//!   failed verification) is older than `backup.rpo` — data written since
+//!   would be lost. One alert per stale backup, and one recovery notice when a
+//!   new backup ends the breach.
+//! - **Verification lag**: the newest *verified* backup is older than the RPO
+//!   plus the lag verification is allowed (`verify_lag`, default: the period
+//!   of the `backup.verify` job's schedule) — backups are made but nobody has
+//!   proved one restorable lately.
+//!
+//! A backup's age runs from its snapshot (`created_at`, when the dump
+//! started). While a `backup.create` run is in flight (queued for a fire that
+//! is due, or running within its timeout) the RPO is not yet breached: the
+//! next recovery point is being written. With the shipped catalog (create
+//! hourly at :00, verify at :20, check every 10 minutes, RPO 1h) a healthy
+//! system raises neither alarm: at :00 the new backup is in flight, at :10 the
+//! newest backup is 10 minutes old, though the newest verified one is 70.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::config::format_duration;
+use crate::context::Context;
+use crate::error::{Error, Result};
+use crate::notify::{self, Message, Role};
+use crate::runner::{JobContext, JobKind};
+use crate::store::{BackupRecord, RunFilter, RunState};
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RpoParams {
+    /// Overrides `backup.rpo`.
+    pub rpo: Option<String>,
+    /// How much later than the RPO the newest verified backup may be
+    /// (default: the period of the `backup.verify` job's schedule, else the RPO).
+    pub verify_lag: Option<String>,
+}
+
+fn duration_param(v: &Option<String>, key: &str) -> Result<Option<Duration>> {
+    v.as_deref()
+        .map(|s| crate::config::parse_duration(s).map_err(|m| Error::Usage(format!("{key}: {m}"))))
+        .transpose()
+}
+
+/// The time between two fires of the catalog's `backup.verify` job.
+fn verify_period(ctx: &Context, now: DateTime<Utc>) -> Option<Duration> {
+    let job = ctx
+        .config
+        .jobs
+        .iter()
+        .find(|j| j.kind == JobKind::BackupVerify && j.enabled)?;
+    let a = job.schedule.next_fire(now)?;
+    let b = job.schedule.next_fire(a)?;
+    (b - a).to_std().ok()
+}
+
+/// Whether a `backup.create` run is being made now: queued for a due fire, or
+/// running and not past its timeout.
+async fn backup_in_flight(ctx: &Context, now: DateTime<Utc>) -> Result<bool> {
+    for job in ctx
+        .config
+        .jobs
+        .iter()
+        .filter(|j| j.kind == JobKind::BackupCreate)
+    {
+        for state in [RunState::Running, RunState::Available] {
+            let runs = ctx
+                .store
+                .list_runs(&RunFilter {
+                    job: Some(job.name.clone()),
+                    state: Some(state),
+                    limit: 10,
+                })
+                .await?;
+            let timeout = chrono::Duration::from_std(job.timeout).unwrap_or_default();
+            if runs.iter().any(|r| match state {
+                RunState::Running => r.started_at.is_some_and(|s| now <= s + timeout),
+                _ => r.run_after <= now,
+            }) {
+                return Ok(true);
+            }
+        }
+    }
+    Ok(false)
+}
+
+fn age(now: DateTime<Utc>, b: Option<&BackupRecord>) -> Option<Duration> {
+    b.map(|b| (now - b.created_at).to_std().unwrap_or(Duration::ZERO))
+}
+
+fn ops(subject: String, paragraphs: Vec<String>, dedupe_key: String) -> Message {
+    Message {
+        role: Role::Ops,
+        subject,
+        paragraphs,
+        html_extra: None,
+        attachments: vec![],
+        dedupe_key: Some(dedupe_key),
+    }
+}
+
+/// Queues `msg` (deduplicated); whether this call created it.
+async fn send(ctx: &Context, msg: Message) -> Result<bool> {
+    Ok(notify::enqueue(ctx, msg)
+        .await?
+        .is_some_and(|(_, created)| created))
+}
+
+pub async fn rpo_check_job(jc: &JobContext) -> Result<Value> {
+    let p: RpoParams = jc.params()?;
+    let ctx = jc.ctx.as_ref();
+    let rpo = duration_param(&p.rpo, "rpo")?.unwrap_or(ctx.config.backup.rpo);
+    let now = ctx.store.now().await?;
+    let lag = match duration_param(&p.verify_lag, "verify_lag")? {
+        Some(l) => l,
+        None => verify_period(ctx, now).unwrap_or(rpo),
+    };
+    // Newest first; a backup that failed verification is no backup.
+    let stored: Vec<BackupRecord> = ctx
+        .store
+        .backups(false)
+        .await?
+        .into_iter()
+        .filter(|b| b.verify_ok != Some(false))
+        .collect();
+    let newest = stored.first();
+    let verified = stored.iter().find(|b| b.verify_ok == Some(true));
+    let (newest_age, verified_age) = (age(now, newest), age(now, verified));
+    let in_flight = backup_in_flight(ctx, now).await?;
+    let rpo_ok = newest_age.is_some_and(|a| a <= rpo) || (newest.is_some() && in_flight);
+    let verified_ok = verified_age.is_some_and(|a| a <= rpo + lag);
+    let (mut alerted, mut recovered, mut lag_alerted) = (false, false, false);
+    if !jc.dry_run {
+        if !rpo_ok {
+            alerted = send(ctx, rpo_alert(newest, newest_age, rpo)).await?;
+        } else if let (Some(n), Some(prev)) = (newest, stored.get(1)) {
+            // A gap longer than the RPO just before the newest backup was a
+            // breach (alerted as `rpo:PREV`); say once that it is over.
+            if n.created_at - prev.created_at > chrono::Duration::from_std(rpo).unwrap_or_default()
+            {
+                recovered = send(ctx, rpo_recovered(n, prev, rpo)).await?;
+            }
+        }
+        // With no backup at all the RPO alert says it all.
+        if !verified_ok && newest.is_some() {
+            lag_alerted = send(ctx, lag_alert(verified, verified_age, rpo, lag)).await?;
+        }
+    }
+    Ok(json!({
+        "ok": rpo_ok && verified_ok, "rpo_ok": rpo_ok, "verified_ok": verified_ok,
+        "backup_in_flight": in_flight,
+        "rpo_s": rpo.as_secs(), "verify_lag_s": lag.as_secs(),
+        "newest": newest.map(|b| b.id.clone()), "age_s": newest_age.map(|a| a.as_secs()),
+        "newest_verified": verified.map(|b| b.id.clone()),
+        "verified_age_s": verified_age.map(|a| a.as_secs()),
+        "alerted": alerted, "recovered": recovered, "verify_lag_alerted": lag_alerted,
+    }))
+}
+
+fn rpo_alert(newest: Option<&BackupRecord>, age: Option<Duration>, rpo: Duration) -> Message {
+    let what = match (newest, age) {
+        (Some(b), Some(a)) => format!(
+            "The newest complete backup, {}, is {} old; the RPO is {}: data written since then would be lost.",
+            b.id,
+            format_duration(Duration::from_secs(a.as_secs())),
+            format_duration(rpo)
+        ),
+        _ => format!("There is no backup at all; the RPO is {}.", format_duration(rpo)),
+    };
+    ops(
+        "[lethe] RPO breached: no recent backup".into(),
+        vec![
+            what,
+            "Check the backup.create runs: `lethe jobs history --job backup.create`.".into(),
+        ],
+        // One alert per stale backup, not one per check.
+        format!("rpo:{}", newest.map_or("none", |b| b.id.as_str())),
+    )
+}
+
+fn rpo_recovered(newest: &BackupRecord, prev: &BackupRecord, rpo: Duration) -> Message {
+    ops(
+        "[lethe] RPO met again".into(),
+        vec![format!(
+            "Backup {} ({}) ends a gap of {} since backup {}, longer than the RPO of {}.",
+            newest.id,
+            newest.created_at.format("%Y-%m-%d %H:%M UTC"),
+            format_duration(
+                (newest.created_at - prev.created_at)
+                    .to_std()
+                    .unwrap_or_default()
+            ),
+            prev.id,
+            format_duration(rpo)
+        )],
+        format!("rpo-recovered:{}", newest.id),
+    )
+}
+
+fn lag_alert(
+    verified: Option<&BackupRecord>,
+    age: Option<Duration>,
+    rpo: Duration,
+    lag: Duration,
+) -> Message {
+    let what = match (verified, age) {
+        (Some(b), Some(a)) => format!(
+            "The newest backup proved restorable, {}, is {} old (allowed: the RPO {} plus {} for verification).",
+            b.id,
+            format_duration(Duration::from_secs(a.as_secs())),
+            format_duration(rpo),
+            format_duration(lag)
+        ),
+        _ => "No backup has been proved restorable yet.".into(),
+    };
+    ops(
+        "[lethe] backups are not being verified".into(),
+        vec![
+            what,
+            "Check the backup.verify runs: `lethe jobs history --job backup.verify`.".into(),
+        ],
+        format!("verify-lag:{}", verified.map_or("none", |b| b.id.as_str())),
+    )
+}
