@@ -119,6 +119,9 @@ pub async fn rpo_check_job(jc: &JobContext) -> Result<Value> {
         Some(l) => l,
         None => verify_period(ctx, now).unwrap_or(rpo),
     };
+    // Asked before the catalog is read: a backup that completes between the
+    // two reads is then either in flight or in the catalog, never neither.
+    let in_flight = backup_in_flight(ctx, now).await?;
     // Newest first; a backup that failed verification is no backup.
     let stored: Vec<BackupRecord> = ctx
         .store
@@ -130,18 +133,18 @@ pub async fn rpo_check_job(jc: &JobContext) -> Result<Value> {
     let newest = stored.first();
     let verified = stored.iter().find(|b| b.verify_ok == Some(true));
     let (newest_age, verified_age) = (age(now, newest), age(now, verified));
-    let in_flight = backup_in_flight(ctx, now).await?;
     let rpo_ok = newest_age.is_some_and(|a| a <= rpo) || (newest.is_some() && in_flight);
     let verified_ok = verified_age.is_some_and(|a| a <= rpo + lag);
     let (mut alerted, mut recovered, mut lag_alerted) = (false, false, false);
     if !jc.dry_run {
         if !rpo_ok {
             alerted = send(ctx, rpo_alert(newest, newest_age, rpo)).await?;
-        } else if let (Some(n), Some(prev)) = (newest, stored.get(1)) {
-            // A gap longer than the RPO just before the newest backup was a
-            // breach (alerted as `rpo:PREV`); say once that it is over.
-            if n.created_at - prev.created_at > chrono::Duration::from_std(rpo).unwrap_or_default()
-            {
+        } else if let Some(n) = newest {
+            // The breach alerted before the newest backup (`rpo:PREV`) is
+            // over: say so once.
+            let prev = stored.get(1);
+            let raised = format!("rpo:{}", prev.map_or("none", |p| p.id.as_str()));
+            if ctx.store.outbox_has(&raised).await? {
                 recovered = send(ctx, rpo_recovered(n, prev, rpo)).await?;
             }
         }
@@ -182,19 +185,25 @@ fn rpo_alert(newest: Option<&BackupRecord>, age: Option<Duration>, rpo: Duration
     )
 }
 
-fn rpo_recovered(newest: &BackupRecord, prev: &BackupRecord, rpo: Duration) -> Message {
-    ops(
-        "[lethe] RPO met again".into(),
-        vec![format!(
-            "Backup {} ({}) ends a gap of {} since backup {}, longer than the RPO of {}.",
-            newest.id,
-            newest.created_at.format("%Y-%m-%d %H:%M UTC"),
+fn rpo_recovered(newest: &BackupRecord, prev: Option<&BackupRecord>, rpo: Duration) -> Message {
+    let since = match prev {
+        Some(p) => format!(
+            "a gap of {} since backup {}",
             format_duration(
-                (newest.created_at - prev.created_at)
+                (newest.created_at - p.created_at)
                     .to_std()
                     .unwrap_or_default()
             ),
-            prev.id,
+            p.id
+        ),
+        None => "a time without any backup".into(),
+    };
+    ops(
+        "[lethe] RPO met again".into(),
+        vec![format!(
+            "Backup {} ({}) ends {since}, longer than the RPO of {}.",
+            newest.id,
+            newest.created_at.format("%Y-%m-%d %H:%M UTC"),
             format_duration(rpo)
         )],
         format!("rpo-recovered:{}", newest.id),
