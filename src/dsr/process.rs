@@ -411,7 +411,8 @@ pub async fn process_job(jc: &JobContext) -> Result<Value> {
                 rejected.push(json!({"id": r.id, "reason": reason}));
             }
             Err(e) => {
-                // Nothing was half-applied (one transaction); the next run retries.
+                // The application's transaction rolled back, or it committed and the
+                // retry completes the record (`after_erasure` is idempotent).
                 let v = json!({"error": e.to_string()});
                 ctx.store
                     .dsr_transition(
