@@ -52,6 +52,9 @@ pub enum Error {
     ObjectStore(String),
     #[error("backup: {0}")]
     Backup(String),
+    /// A service refused the call for its request rate: worth a retry.
+    #[error("{0}")]
+    Throttled(String),
     /// The attempt's lease may have lapsed: it must not commit anything more.
     #[error("lease lost: {0}")]
     LeaseLost(String),

@@ -14,11 +14,21 @@ pub struct AwsKms {
     client: Client,
 }
 
+/// Codes KMS answers when a caller is over its request quota: worth a retry.
+const THROTTLED: &[&str] = &["ThrottlingException", "LimitExceededException"];
+
 fn kms_err<E>(op: &str, e: SdkError<E, HttpResponse>) -> Error
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
 {
-    Error::Failed(format!("KMS {op}: {}", crate::aws_error::describe(&e)))
+    let message = format!("KMS {op}: {}", crate::aws_error::describe(&e));
+    // Decided on the service's error code, never on message text.
+    match &e {
+        SdkError::ServiceError(se) if se.err().code().is_some_and(|c| THROTTLED.contains(&c)) => {
+            Error::Throttled(message)
+        }
+        _ => Error::Failed(message),
+    }
 }
 
 impl AwsKms {

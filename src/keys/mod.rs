@@ -58,7 +58,7 @@ where
     let mut delay = Duration::from_millis(200);
     for attempt in 1.. {
         match f().await {
-            Err(e) if attempt < 6 && e.to_string().contains("Throttl") => {
+            Err(Error::Throttled(_)) if attempt < 6 => {
                 tracing::warn!(what, attempt, "KMS throttled; backing off");
                 tokio::time::sleep(delay).await;
                 delay *= 2;
@@ -336,4 +336,41 @@ pub async fn status(ctx: &Context) -> Result<Value> {
         }));
     }
     Ok(json!({"provider": format!("{:?}", cfg.provider).to_lowercase(), "orgs": rows}))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    /// Retries follow the error's kind (`Throttled`), not its text.
+    #[test]
+    fn only_throttled_calls_are_retried() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let calls = AtomicU32::new(0);
+            let r = with_retry("t", || async {
+                match calls.fetch_add(1, Ordering::SeqCst) {
+                    0 | 1 => Err(Error::Throttled("slow down".into())),
+                    _ => Ok(7),
+                }
+            })
+            .await;
+            assert_eq!((r.ok(), calls.load(Ordering::SeqCst)), (Some(7), 3));
+
+            let calls = AtomicU32::new(0);
+            let r: Result<i32> = with_retry("t", || async {
+                calls.fetch_add(1, Ordering::SeqCst);
+                Err(Error::Failed(
+                    "Throttling in the message is not a throttle".into(),
+                ))
+            })
+            .await;
+            assert!(r.is_err());
+            assert_eq!(calls.load(Ordering::SeqCst), 1);
+        });
+    }
 }
