@@ -289,35 +289,26 @@ impl AppDb {
             ),
         };
         let budget = budget.min(u64::from(limit));
+        // The same transaction on either driver; only the argument type differs.
+        macro_rules! within_budget {
+            ($pool:expr, $args:ident) => {{
+                let mut tx = $pool.begin().await?;
+                let n = sqlx::query_with(&delete, $args(sql.binds)?)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                if n > budget {
+                    tx.rollback().await?;
+                    Deleted::OverBudget(n)
+                } else {
+                    tx.commit().await?;
+                    Deleted::Rows(n)
+                }
+            }};
+        }
         Ok(match self {
-            AppDb::Postgres(p) => {
-                let mut tx = p.begin().await?;
-                let n = sqlx::query_with(&delete, pg_args(sql.binds)?)
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected();
-                if n > budget {
-                    tx.rollback().await?;
-                    Deleted::OverBudget(n)
-                } else {
-                    tx.commit().await?;
-                    Deleted::Rows(n)
-                }
-            }
-            AppDb::Sqlite(p) => {
-                let mut tx = p.begin().await?;
-                let n = sqlx::query_with(&delete, sqlite_args(sql.binds)?)
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected();
-                if n > budget {
-                    tx.rollback().await?;
-                    Deleted::OverBudget(n)
-                } else {
-                    tx.commit().await?;
-                    Deleted::Rows(n)
-                }
-            }
+            AppDb::Postgres(p) => within_budget!(p, pg_args),
+            AppDb::Sqlite(p) => within_budget!(p, sqlite_args),
         })
     }
 
