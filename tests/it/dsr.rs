@@ -3,12 +3,10 @@
 //! SLA report through a real SMTP sink, the HTTP API over real HTTP, and
 //! restores re-applying the erasure ledger.
 
-mod common;
-
 use std::io::Read;
 use std::time::{Duration, Instant};
 
-use common::{run_ok, stdout_json, ConfigDir};
+use crate::common::{run_ok, stdout_json, ConfigDir};
 use serde_json::Value;
 
 const DATA_MAP: &str = r#"
@@ -134,7 +132,7 @@ async fn setup(pg: bool, mail: &str, http: &str) -> Option<Setup> {
         identity.to_public()
     );
     let (c, app_url) = if pg {
-        let url = common::fresh_pg_db().await?;
+        let url = crate::common::fresh_pg_db().await?;
         let pool = sqlx::PgPool::connect(&url).await.unwrap();
         sqlx::raw_sql(
             &FIXTURE
@@ -452,10 +450,10 @@ async fn deadlines_and_extensions_follow_the_jurisdiction() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sla_report_reaches_the_dpo_through_smtp_with_chart_text_and_csv() {
-    let Some(smtp) = common::server_env("LETHE_TEST_SMTP") else {
+    let Some(smtp) = crate::common::server_env("LETHE_TEST_SMTP") else {
         return;
     };
-    let maildir = common::server_env("LETHE_TEST_MAILDIR").unwrap();
+    let maildir = crate::common::server_env("LETHE_TEST_MAILDIR").unwrap();
     let port = smtp.rsplit_once(':').unwrap().1;
     let mail = format!(
         "transport = \"smtp\"\n[mail.smtp]\nhost = \"127.0.0.1\"\nport = {port}\ntls = \"none\""
@@ -552,14 +550,14 @@ async fn http_api_authenticates_is_idempotent_and_refuses_sole_owners() {
     let Some(s) = setup(true, "", &format!("api_key_hashes = [\"{hash}\"]")).await else {
         return;
     };
-    let port = common::free_port();
+    let port = crate::common::free_port();
     let addr = format!("127.0.0.1:{port}");
     // No scheduled job: a dsr.process fire would change the states this test reads.
     let mut cmd = s.lethe();
     cmd.env("LETHE_HTTP_LISTEN", &addr);
-    let mut serve = common::spawn_serve(cmd, &s.c.path().join("serve.log"), &[]);
+    let mut serve = crate::common::spawn_serve(cmd, &s.c.path().join("serve.log"), &[]);
     let deadline = Instant::now() + Duration::from_secs(15);
-    while common::http_get(&addr, "/healthz").is_err() {
+    while crate::common::http_get(&addr, "/healthz").is_err() {
         assert!(Instant::now() < deadline, "serve did not start");
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -612,8 +610,8 @@ async fn http_api_authenticates_is_idempotent_and_refuses_sole_owners() {
         http(&addr, "GET", "/v1/dsr/99999", Some(key), None, "").0,
         404
     );
-    common::signal(&serve, libc::SIGTERM);
-    common::wait_exit(&mut serve, 30);
+    crate::common::signal(&serve, libc::SIGTERM);
+    crate::common::wait_exit(&mut serve, 30);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -711,7 +709,7 @@ impl Setup {
         ])))
     }
     fn run_process(&self) -> Value {
-        common::run_job(self.lethe(), "dsr.process", &[])
+        crate::common::run_job(self.lethe(), "dsr.process", &[])
     }
 }
 
@@ -1099,11 +1097,11 @@ mod edges {
 /// the subject told, moves its deadline and records when they were told.
 #[tokio::test(flavor = "multi_thread")]
 async fn an_extension_after_the_deadline_is_refused_and_the_miss_stays_visible() {
-    let Some(lib) = common::server_env("LETHE_TEST_LIBFAKETIME") else {
+    let Some(lib) = crate::common::server_env("LETHE_TEST_LIBFAKETIME") else {
         return;
     };
     let s = setup(false, "", "").await.unwrap();
-    let at = |t: &str| common::faked(s.lethe(), &lib, t, 1);
+    let at = |t: &str| crate::common::faked(s.lethe(), &lib, t, 1);
     let submit = |who: &str| {
         stdout_json(&run_ok(at("2026-01-31 10:00:00").args([
             "dsr",

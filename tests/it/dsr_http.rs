@@ -3,15 +3,13 @@
 //! `Idempotency-Key` reuse for a different request (422), malformed keys (400),
 //! racing retries, and oversized bodies.
 
-mod common;
-
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{run_ok, stdout_json, ConfigDir};
+use crate::common::{run_ok, stdout_json, ConfigDir};
 use serde_json::Value;
 
 const KEY: &str = "k-http-edges-0123456789";
@@ -27,7 +25,7 @@ memberships = { table = "memberships", org = "org_id", subject = "user_id", role
 struct Api {
     c: ConfigDir,
     /// Killed and reaped when dropped.
-    _serve: common::Reaped,
+    _serve: crate::common::Reaped,
     addr: String,
 }
 
@@ -87,8 +85,8 @@ async fn start_with(
         })
         .collect();
     let (c, app_db) = if pg {
-        let app = common::fresh_pg_db().await?;
-        let store = common::fresh_pg_db().await?;
+        let app = crate::common::fresh_pg_db().await?;
+        let store = crate::common::fresh_pg_db().await?;
         let pool = sqlx::PgPool::connect(&app).await.unwrap();
         sqlx::raw_sql(&format!("{SCHEMA}\n{inserts}"))
             .execute(&pool)
@@ -121,7 +119,7 @@ async fn start_with(
     )
     .unwrap();
     run_ok(c.lethe().arg("migrate"));
-    let addr = format!("127.0.0.1:{}", common::free_port());
+    let addr = format!("127.0.0.1:{}", crate::common::free_port());
     let mut cmd = c.lethe();
     cmd.env("LETHE_HTTP_LISTEN", &addr);
     if !pg {
@@ -129,14 +127,14 @@ async fn start_with(
         // PostgreSQL without (plain SHA-256): both paths are covered.
         cmd.env("LETHE_PSEUDONYM_KEY", "test-pseudonym-key-0123456789");
     }
-    let serve = common::spawn_serve(cmd, &c.path().join("serve.log"), &[]);
+    let serve = crate::common::spawn_serve(cmd, &c.path().join("serve.log"), &[]);
     let api = Api {
         c,
         _serve: serve,
         addr,
     };
     let deadline = Instant::now() + Duration::from_secs(20);
-    while common::http_get(&api.addr, "/readyz").map_or(0, |r| r.0) != 200 {
+    while crate::common::http_get(&api.addr, "/readyz").map_or(0, |r| r.0) != 200 {
         assert!(Instant::now() < deadline, "serve did not become ready");
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -439,7 +437,10 @@ async fn idempotency_key_is_bound_to_its_request(pg: bool) {
     let r = api.post(None, &huge);
     assert_eq!(r.code, 413, "{r:?}");
     assert!(!api.requests_by_subject().contains_key("u30@x.example"));
-    assert_eq!(common::http_get(&api.addr, "/healthz").unwrap().0, 200);
+    assert_eq!(
+        crate::common::http_get(&api.addr, "/healthz").unwrap().0,
+        200
+    );
 }
 
 mod sqlite {

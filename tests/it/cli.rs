@@ -1,8 +1,6 @@
 //! The CLI as a user runs it: exit codes, --json shapes, errors naming files.
 
-mod common;
-
-use common::{lethe, run_ok, stdout_json, ConfigDir};
+use crate::common::{lethe, run_ok, stdout_json, ConfigDir};
 use std::path::Path;
 
 fn demo(dir: &Path) -> serde_json::Value {
@@ -616,7 +614,7 @@ fn serve_only_schedules_the_named_jobs() {
     assert_eq!(bad.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("--only nope"));
 
-    let mut serve = common::spawn_serve(c.lethe(), &c.path().join("serve.log"), &["wanted"]);
+    let mut serve = crate::common::spawn_serve(c.lethe(), &c.path().join("serve.log"), &["wanted"]);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     let runs = |job: &str| {
         let h = stdout_json(&run_ok(
@@ -628,8 +626,8 @@ fn serve_only_schedules_the_named_jobs() {
         assert!(std::time::Instant::now() < deadline, "wanted never ran");
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
-    common::signal(&serve, libc::SIGTERM);
-    common::wait_exit(&mut serve, 30);
+    crate::common::signal(&serve, libc::SIGTERM);
+    crate::common::wait_exit(&mut serve, 30);
     assert_eq!(runs("other"), 0, "a job not named was scheduled");
 }
 

@@ -2,11 +2,9 @@
 //! closure, per-org overrides, legal holds, dry run, evidence, crash resume,
 //! and bad data maps. Every case runs against both databases.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::{run_ok, stdout_json, ConfigDir};
+use crate::common::{run_ok, stdout_json, ConfigDir};
 use serde_json::Value;
 
 const DATA_MAP: &str = r#"
@@ -112,7 +110,7 @@ impl Fixture {
 
 async fn fixture(pg: bool, runner: &str, data_map: &str) -> Option<Fixture> {
     let (c, app_url) = if pg {
-        let url = common::fresh_pg_db().await?;
+        let url = crate::common::fresh_pg_db().await?;
         let pool = sqlx::PgPool::connect(&url).await.unwrap();
         sqlx::raw_sql(PG_FIXTURE).execute(&pool).await.unwrap();
         (
@@ -500,7 +498,7 @@ async fn crash_and_resume(pg: bool, map: &str, expected: i64, pause_ms: u64) {
         &format!("kind = \"retention.purge\"\nschedule = \"0 15 2 * * *\"\nenabled = false\n[params]\nbatch_size = 5\npause_ms = {pause_ms}\n"),
     );
     // A `serve` takes the queued run; it is SIGKILLed after a few batches committed.
-    let mut a = common::spawn_serve(f.lethe(), &f.c.path().join("serve-a.log"), &[]);
+    let mut a = crate::common::spawn_serve(f.lethe(), &f.c.path().join("serve-a.log"), &[]);
     run_ok(f.lethe().args(["run", "purge", "--detach"]));
     let deadline = Instant::now() + Duration::from_secs(30);
     while f.count("1 = 1").await > 251 - 40 {
@@ -510,16 +508,16 @@ async fn crash_and_resume(pg: bool, map: &str, expected: i64, pause_ms: u64) {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    common::signal(&a, libc::SIGKILL);
+    crate::common::signal(&a, libc::SIGKILL);
     a.wait().unwrap();
     let left = f.count("1 = 1").await;
     assert!(left > 251 - expected, "killed mid-way: {left} rows left");
 
     // Another serve rescues the run (lease lapsed) and finishes the same plan.
-    let mut serve = common::spawn_serve(f.lethe(), &f.c.path().join("serve-b.log"), &[]);
-    let run = common::wait_run_end(|| f.lethe(), "purge", 40);
-    common::signal(&serve, libc::SIGTERM);
-    common::wait_exit(&mut serve, 30);
+    let mut serve = crate::common::spawn_serve(f.lethe(), &f.c.path().join("serve-b.log"), &[]);
+    let run = crate::common::wait_run_end(|| f.lethe(), "purge", 40);
+    crate::common::signal(&serve, libc::SIGTERM);
+    crate::common::wait_exit(&mut serve, 30);
 
     assert_eq!(run["attempts"], 2);
     assert_eq!(run["result"]["resumed"], true);

@@ -1,13 +1,11 @@
 //! Mail through the durable outbox to a real SMTP sink (aiosmtpd) and to
 //! `.eml` files; an SMTP outage loses nothing and sends nothing twice.
 
-mod common;
-
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::ConfigDir;
+use crate::common::ConfigDir;
 use lethe::context::Context;
 use lethe::fence::Fence;
 use lethe::notify::{self, Message, Role};
@@ -72,10 +70,10 @@ fn smtp_section(port: u16) -> String {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn smtp_delivers_html_text_and_attachment_to_the_sink() {
-    let Some(smtp) = common::server_env("LETHE_TEST_SMTP") else {
+    let Some(smtp) = crate::common::server_env("LETHE_TEST_SMTP") else {
         return;
     };
-    let maildir = common::server_env("LETHE_TEST_MAILDIR").unwrap();
+    let maildir = crate::common::server_env("LETHE_TEST_MAILDIR").unwrap();
     let port: u16 = smtp.rsplit_once(':').unwrap().1.parse().unwrap();
     let c = ConfigDir::new(None, "", &smtp_section(port));
     let ctx = open(&c).await;
@@ -113,11 +111,11 @@ async fn forwarder(listen_port: u16, target: String) -> tokio::task::JoinHandle<
 
 #[tokio::test(flavor = "multi_thread")]
 async fn smtp_outage_keeps_mail_queued_and_delivers_it_once_when_back() {
-    let Some(smtp) = common::server_env("LETHE_TEST_SMTP") else {
+    let Some(smtp) = crate::common::server_env("LETHE_TEST_SMTP") else {
         return;
     };
-    let maildir = common::server_env("LETHE_TEST_MAILDIR").unwrap();
-    let port = common::free_port(); // nothing listens here yet: SMTP is down
+    let maildir = crate::common::server_env("LETHE_TEST_MAILDIR").unwrap();
+    let port = crate::common::free_port(); // nothing listens here yet: SMTP is down
     let c = ConfigDir::new(None, "", &smtp_section(port));
     c.job(
         "mail",

@@ -6,9 +6,7 @@
 //! are read as UTC whatever the server's time zone (sqlx opens sessions in UTC;
 //! guarded here). NULL never expires.
 
-mod common;
-
-use common::{app_exec, app_i64, run_ok, stdout_json, ConfigDir};
+use crate::common::{app_exec, app_i64, run_ok, stdout_json, ConfigDir};
 use serde_json::Value;
 
 const EVENTS_30D: &str = r#"
@@ -222,7 +220,7 @@ INSERT INTO events (org_id, created_at) VALUES (1, datetime('now', '-1 days')), 
 /// NULL stays; a bigint column is refused with exit 2.
 #[tokio::test(flavor = "multi_thread")]
 async fn postgres_timestamp_and_date_columns_are_read_as_utc() {
-    let Some(url) = common::fresh_pg_db().await else {
+    let Some(url) = crate::common::fresh_pg_db().await else {
         return;
     };
     app_exec(&url, "

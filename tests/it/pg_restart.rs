@@ -2,11 +2,9 @@
 //! rig's shared cluster, so it lives alone in this test binary (cargo runs
 //! test binaries one after another).
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::{run_ok, ConfigDir};
+use crate::common::{run_ok, ConfigDir};
 
 /// Injects: a fast restart of the PostgreSQL cluster that holds both Lethe's
 /// store and the application database, while `serve` is part-way through a
@@ -17,10 +15,10 @@ use common::{run_ok, ConfigDir};
 /// exactly the expired rows deleted and counted once.
 #[tokio::test(flavor = "multi_thread")]
 async fn postgres_restart_mid_purge_is_survived_and_the_run_completes() {
-    let Some(restart) = common::server_env("LETHE_TEST_PG_RESTART") else {
+    let Some(restart) = crate::common::server_env("LETHE_TEST_PG_RESTART") else {
         return;
     };
-    let Some(url) = common::fresh_pg_db().await else {
+    let Some(url) = crate::common::fresh_pg_db().await else {
         return;
     };
     {
@@ -53,11 +51,11 @@ retention = "90d"
          [params]\nbatch_size = 5\npause_ms = 100\n",
     );
     run_ok(c.lethe().arg("migrate"));
-    let port = common::free_port();
+    let port = crate::common::free_port();
     let addr = format!("127.0.0.1:{port}");
     let mut cmd = c.lethe();
     cmd.env("LETHE_HTTP_LISTEN", &addr);
-    let mut serve = common::spawn_serve(cmd, &c.path().join("serve.log"), &[]);
+    let mut serve = crate::common::spawn_serve(cmd, &c.path().join("serve.log"), &[]);
     run_ok(c.lethe().args(["run", "purge", "--detach"]));
 
     let count = || async {
@@ -86,17 +84,17 @@ retention = "90d"
         "the restart landed mid-purge (not after it)"
     );
 
-    let run = common::wait_run_end(|| c.lethe(), "purge", 90);
+    let run = crate::common::wait_run_end(|| c.lethe(), "purge", 90);
     assert!(
         serve.try_wait().unwrap().is_none(),
         "serve survived the restart"
     );
     let ready = (0..50).any(|_| {
         std::thread::sleep(Duration::from_millis(100));
-        common::http_get(&addr, "/readyz").is_ok_and(|(code, _)| code == 200)
+        crate::common::http_get(&addr, "/readyz").is_ok_and(|(code, _)| code == 200)
     });
-    common::signal(&serve, libc::SIGTERM);
-    common::wait_exit(&mut serve, 30);
+    crate::common::signal(&serve, libc::SIGTERM);
+    crate::common::wait_exit(&mut serve, 30);
     assert!(ready, "serve is ready again after the restart");
     assert_eq!(run["state"], "succeeded", "{run}");
     assert_eq!(

@@ -2,11 +2,9 @@
 //! with multipart upload; aborted uploads leave no parts; corruption is caught
 //! by verify; GFS pruning; the RPO alarm mails ops once.
 
-mod common;
-
 use std::path::Path;
 
-use common::{run_ok, stdout_json, ConfigDir};
+use crate::common::{run_ok, stdout_json, ConfigDir};
 use serde_json::Value;
 
 const SQLITE_APP: &str = r#"
@@ -52,7 +50,7 @@ impl Setup {
     }
 
     fn run(&self, job: &str, extra: &[&str]) -> Value {
-        common::run_job(self.lethe(), job, extra)
+        crate::common::run_job(self.lethe(), job, extra)
     }
 
     fn list(&self) -> Vec<Value> {
@@ -101,8 +99,8 @@ async fn pg_s3_setup(
     bucket_exists: bool,
     extra_backup: &str,
 ) -> Option<(Setup, aws_sdk_s3::Client, String)> {
-    let moto = common::server_env("LETHE_TEST_MOTO_URL")?;
-    let url = common::fresh_pg_db().await?;
+    let moto = crate::common::server_env("LETHE_TEST_MOTO_URL")?;
+    let url = crate::common::fresh_pg_db().await?;
     let pool = sqlx::PgPool::connect(&url).await.unwrap();
     sqlx::raw_sql(
         "CREATE TABLE users (id int PRIMARY KEY, email text NOT NULL);
@@ -114,7 +112,7 @@ async fn pg_s3_setup(
     .await
     .unwrap();
     let bucket = format!("lethe-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
-    let s3 = common::s3_client(&moto);
+    let s3 = crate::common::s3_client(&moto);
     if bucket_exists {
         s3.create_bucket().bucket(&bucket).send().await.unwrap();
     }
@@ -305,7 +303,7 @@ async fn postgres_backup_streams_multipart_to_s3_and_verifies_by_restore() {
 
     // Restore into a new empty database: the same rows come back.
     let admin = std::env::var("LETHE_TEST_PG_URL").unwrap();
-    let target = common::fresh_pg_db().await.unwrap();
+    let target = crate::common::fresh_pg_db().await.unwrap();
     run_ok(s.lethe().args(["backup", "restore", &id, "--to", &target]));
     let pool = sqlx::PgPool::connect(&target).await.unwrap();
     let n: i64 = sqlx::query_scalar("SELECT count(*) FROM blobs")

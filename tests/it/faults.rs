@@ -4,15 +4,13 @@
 //! mid-batch: `tests/retention.rs`; PostgreSQL restarted mid-run:
 //! `tests/pg_restart.rs`.)
 
-mod common;
-
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use common::fault_proxy::{s3_error, Fault, FaultProxy, Request, Rule};
-use common::{run_ok, stdout_json, wait_run_end, ConfigDir};
+use crate::common::fault_proxy::{s3_error, Fault, FaultProxy, Request, Rule};
+use crate::common::{run_ok, stdout_json, wait_run_end, ConfigDir};
 use serde_json::Value;
 
 const RUNNER: &str =
@@ -31,8 +29,8 @@ struct S3Setup {
 
 impl S3Setup {
     async fn new(rule: Rule, rows: u32, runner: &str) -> Option<S3Setup> {
-        let moto = common::server_env("LETHE_TEST_MOTO_URL")?;
-        let url = common::fresh_pg_db().await?;
+        let moto = crate::common::server_env("LETHE_TEST_MOTO_URL")?;
+        let url = crate::common::fresh_pg_db().await?;
         let pool = sqlx::PgPool::connect(&url).await.unwrap();
         sqlx::raw_sql(&format!(
             "CREATE TABLE blobs (id int PRIMARY KEY, body text NOT NULL);
@@ -46,7 +44,7 @@ impl S3Setup {
             "faults-{}",
             &uuid::Uuid::new_v4().simple().to_string()[..12]
         );
-        let s3 = common::s3_client(&moto);
+        let s3 = crate::common::s3_client(&moto);
         s3.create_bucket().bucket(&bucket).send().await.unwrap();
         let proxy = FaultProxy::start(&moto, rule).await;
         let identity = age::x25519::Identity::generate();
@@ -87,7 +85,7 @@ impl S3Setup {
     }
 
     fn run(&self, job: &str, extra: &[&str]) -> Value {
-        common::run_job(self.lethe(), job, extra)
+        crate::common::run_job(self.lethe(), job, extra)
     }
 
     /// Multipart uploads still open in the bucket, asked of moto directly.
@@ -251,14 +249,14 @@ async fn serve_killed_mid_upload_is_rescued_and_leaves_no_orphan_parts() {
     let Some(s) = S3Setup::new(rule, 600_000, RUNNER).await else {
         return;
     };
-    let mut a = common::spawn_serve(s.lethe(), &s.c.path().join("serve-a.log"), &[]);
+    let mut a = crate::common::spawn_serve(s.lethe(), &s.c.path().join("serve-a.log"), &[]);
     run_ok(s.lethe().args(["run", "backup.create", "--detach"]));
     let until = Instant::now() + Duration::from_secs(60);
     while s.proxy.count(|r| r.is_upload_part()) == 0 {
         assert!(Instant::now() < until, "no part upload started");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    common::signal(&a, libc::SIGKILL);
+    crate::common::signal(&a, libc::SIGKILL);
     a.wait().unwrap();
     assert_eq!(
         s.open_uploads().await,
@@ -266,10 +264,10 @@ async fn serve_killed_mid_upload_is_rescued_and_leaves_no_orphan_parts() {
         "the killed process left its upload open"
     );
 
-    let mut b = common::spawn_serve(s.lethe(), &s.c.path().join("serve-b.log"), &[]);
+    let mut b = crate::common::spawn_serve(s.lethe(), &s.c.path().join("serve-b.log"), &[]);
     let run = wait_run_end(|| s.lethe(), "backup.create", 120);
-    common::signal(&b, libc::SIGTERM);
-    common::wait_exit(&mut b, 30);
+    crate::common::signal(&b, libc::SIGTERM);
+    crate::common::wait_exit(&mut b, 30);
     assert_eq!(run["state"], "succeeded", "{run}");
     assert_eq!(run["attempts"], 2, "{run}");
     assert_eq!(run["result"]["orphans_aborted"], 1, "{run}");
@@ -285,7 +283,7 @@ async fn serve_killed_mid_upload_is_rescued_and_leaves_no_orphan_parts() {
 /// throttled calls were retried, not skipped.
 #[tokio::test(flavor = "multi_thread")]
 async fn kms_throttling_is_retried_and_rotation_completes() {
-    let Some(moto) = common::server_env("LETHE_TEST_MOTO_URL") else {
+    let Some(moto) = crate::common::server_env("LETHE_TEST_MOTO_URL") else {
         return;
     };
     let seen = Mutex::new(HashSet::new());
@@ -357,7 +355,7 @@ async fn kms_throttling_is_retried_and_rotation_completes() {
 /// one `dsr.erased` event in the audit chain.
 #[tokio::test(flavor = "multi_thread")]
 async fn serve_killed_mid_erasure_applies_nothing_then_the_rescue_erases_once() {
-    let Some(url) = common::fresh_pg_db().await else {
+    let Some(url) = crate::common::fresh_pg_db().await else {
         return;
     };
     let pool = sqlx::PgPool::connect(&url).await.unwrap();
@@ -425,7 +423,7 @@ anonymize = { ip = "null" }
         .fetch_one(&mut *app_tx)
         .await
         .unwrap();
-    let mut a = common::spawn_serve(lethe(), &c.path().join("serve-a.log"), &[]);
+    let mut a = crate::common::spawn_serve(lethe(), &c.path().join("serve-a.log"), &[]);
     run_ok(lethe().args(["run", "dsr", "--detach"]));
     let until = Instant::now() + Duration::from_secs(30);
     loop {
@@ -441,7 +439,7 @@ anonymize = { ip = "null" }
         assert!(Instant::now() < until, "the erasure never reached the lock");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    common::signal(&a, libc::SIGKILL);
+    crate::common::signal(&a, libc::SIGKILL);
     a.wait().unwrap();
     app_tx.rollback().await.unwrap();
     // The dead client's backend wakes, finds its client gone, and rolls back.
@@ -473,10 +471,10 @@ anonymize = { ip = "null" }
     );
     assert_eq!(email, "gone@x.example", "nor was the account anonymised");
 
-    let mut b = common::spawn_serve(lethe(), &c.path().join("serve-b.log"), &[]);
+    let mut b = crate::common::spawn_serve(lethe(), &c.path().join("serve-b.log"), &[]);
     let run = wait_run_end(lethe, "dsr", 60);
-    common::signal(&b, libc::SIGTERM);
-    common::wait_exit(&mut b, 30);
+    crate::common::signal(&b, libc::SIGTERM);
+    crate::common::wait_exit(&mut b, 30);
     assert_eq!(run["state"], "succeeded", "{run}");
     assert_eq!(run["attempts"], 2, "{run}");
     let shown = stdout_json(&run_ok(lethe().args(["dsr", "show", &dsr_id, "--json"])));
@@ -510,7 +508,7 @@ anonymize = { ip = "null" }
 /// its end, so the job's side effect happens exactly once.
 #[tokio::test(flavor = "multi_thread")]
 async fn an_attempt_whose_heartbeats_fail_stops_before_its_lease_lapses() {
-    let Some(url) = common::fresh_pg_db().await else {
+    let Some(url) = crate::common::fresh_pg_db().await else {
         return;
     };
     let runner =
@@ -522,7 +520,7 @@ async fn an_attempt_whose_heartbeats_fail_stops_before_its_lease_lapses() {
     );
     run_ok(c.lethe().arg("migrate"));
     let pool = sqlx::PgPool::connect(&url).await.unwrap();
-    let _serve = common::spawn_serve(c.lethe(), &c.path().join("serve.log"), &[]);
+    let _serve = crate::common::spawn_serve(c.lethe(), &c.path().join("serve.log"), &[]);
     run_ok(c.lethe().args(["run", "long", "--detach"]));
     let events = |action: &'static str| {
         let pool = pool.clone();

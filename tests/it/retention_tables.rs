@@ -6,11 +6,9 @@
 //! never deletes more than its plan: a statement that would is rolled back and
 //! the run fails (both databases).
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::{app_exec, app_i64, run_ok, stdout_json, ConfigDir};
+use crate::common::{app_exec, app_i64, run_ok, stdout_json, ConfigDir};
 use serde_json::Value;
 
 const TWO_RULES: &str = r#"
@@ -110,7 +108,7 @@ fn job(params: &str) -> String {
 }
 
 async fn pg_app(kind: Kind, map: &str, params: &str) -> Option<App> {
-    let url = common::fresh_pg_db().await?;
+    let url = crate::common::fresh_pg_db().await?;
     let (table, rows) = match kind {
         Kind::Partitioned => (PARTITIONED, PG_ROWS),
         Kind::Inherited => (INHERITED, INHERITED_ROWS),
@@ -342,7 +340,7 @@ INSERT INTO events (org_id, user_id, created_at, body) VALUES (NULL, NULL, datet
 
 async fn plain_app(pg: bool, map: &str, params: &str) -> Option<App> {
     let (c, url) = if pg {
-        let url = common::fresh_pg_db().await?;
+        let url = crate::common::fresh_pg_db().await?;
         let table = "CREATE TABLE events (id bigserial PRIMARY KEY, org_id int, user_id int, created_at timestamptz NOT NULL, body text);
                      CREATE INDEX events_created_at ON events (created_at);";
         app_exec(&url, &format!("{PG_APP}{table}{PG_ROWS}")).await;

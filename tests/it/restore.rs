@@ -3,12 +3,10 @@
 //! was written with (checked up front) and the legal holds in force; a
 //! refused or failed restore leaves nothing behind; restores are evidence.
 
-mod common;
-
 use std::path::Path;
 use std::process::{Command, Output};
 
-use common::{run_ok, stdout_json, ConfigDir};
+use crate::common::{run_ok, stdout_json, ConfigDir};
 use serde_json::Value;
 
 const KEY: &str = "test-pseudonym-key-0123456789";
@@ -276,7 +274,7 @@ async fn setup(pg: bool) -> Option<Setup> {
         identity.to_public()
     );
     let (c, app_url) = if pg {
-        let url = common::fresh_pg_db().await?;
+        let url = crate::common::fresh_pg_db().await?;
         exec(
             &url,
             &FIXTURE
@@ -367,7 +365,7 @@ async fn a_missing_or_wrong_key_is_refused_up_front_and_leaves_nothing(pg: bool)
         "--subject",
         "late@x.example",
     ]));
-    let v = common::run_job(
+    let v = crate::common::run_job(
         s.lethe_key(Some("another-key-0123456789")),
         "dsr.process",
         &[],

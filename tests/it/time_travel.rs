@@ -4,12 +4,10 @@
 //! ticks pass. The store is SQLite, whose clock is the process's (a
 //! PostgreSQL store would read the server's real clock).
 
-mod common;
-
 use std::process::Command;
 use std::time::Duration;
 
-use common::{faked, run_ok, stdout_json, ConfigDir, Reaped};
+use crate::common::{faked, run_ok, stdout_json, ConfigDir, Reaped};
 use serde_json::Value;
 
 /// A config whose one job `dst` runs at `schedule` in `zone`.
@@ -32,10 +30,10 @@ fn dst_config(schedule: &str, zone: &str) -> ConfigDir {
 /// Runs `serve` from `start` at `speed` for `real_secs`, then stops it.
 fn serve_for(c: &ConfigDir, lib: &str, start: &str, speed: u32, real_secs: u64) {
     let cmd = faked(c.lethe(), lib, start, speed);
-    let mut serve: Reaped = common::spawn_serve(cmd, &c.path().join("serve.log"), &["dst"]);
+    let mut serve: Reaped = crate::common::spawn_serve(cmd, &c.path().join("serve.log"), &["dst"]);
     std::thread::sleep(Duration::from_secs(real_secs));
-    common::signal(&serve, libc::SIGTERM);
-    common::wait_exit(&mut serve, 30);
+    crate::common::signal(&serve, libc::SIGTERM);
+    crate::common::wait_exit(&mut serve, 30);
 }
 
 fn scheduled(c: &ConfigDir) -> Vec<String> {
@@ -65,7 +63,7 @@ fn announced(c: &ConfigDir, lib: &str, at: &str) -> Value {
 /// the next valid instant (03:00 local), and `serve` enqueues exactly the
 /// instant `jobs list` announced — not one second before it.
 fn spring_forward(zone: &str, start: &str, expect: &str) {
-    let Some(lib) = common::server_env("LETHE_TEST_LIBFAKETIME") else {
+    let Some(lib) = crate::common::server_env("LETHE_TEST_LIBFAKETIME") else {
         return;
     };
     let c = dst_config("0 30 2 * * *", zone);
@@ -95,7 +93,7 @@ fn spring_forward_in_new_york_fires_at_the_announced_instant_through_serve() {
 /// A fall-back night repeats an hour: a job at a local time in it fires
 /// once, at the first occurrence, although `serve` runs through both.
 fn fall_back(zone: &str, schedule: &str, start: &str, expect: &str) {
-    let Some(lib) = common::server_env("LETHE_TEST_LIBFAKETIME") else {
+    let Some(lib) = crate::common::server_env("LETHE_TEST_LIBFAKETIME") else {
         return;
     };
     let c = dst_config(schedule, zone);
@@ -131,7 +129,7 @@ fn fall_back_in_new_york_fires_a_repeated_local_time_once_through_serve() {
 /// within the minute after it, and no repeat on the ~60 ticks that follow.
 #[test]
 fn breach_reminders_go_out_at_their_mark_once_through_serve() {
-    let Some(lib) = common::server_env("LETHE_TEST_LIBFAKETIME") else {
+    let Some(lib) = crate::common::server_env("LETHE_TEST_LIBFAKETIME") else {
         return;
     };
     let c = ConfigDir::new(
@@ -254,10 +252,10 @@ impl Backups {
     fn serve(&self, start: &str, only: &[&str], real_secs: u64) {
         // x300: a real second is five fake minutes (slack for a loaded CI machine).
         let cmd = faked(self.c.lethe(), &self.lib, start, 300);
-        let mut serve = common::spawn_serve(cmd, &self.c.path().join("serve.log"), only);
+        let mut serve = crate::common::spawn_serve(cmd, &self.c.path().join("serve.log"), only);
         std::thread::sleep(Duration::from_secs(real_secs));
-        common::signal(&serve, libc::SIGTERM);
-        common::wait_exit(&mut serve, 30);
+        crate::common::signal(&serve, libc::SIGTERM);
+        crate::common::wait_exit(&mut serve, 30);
     }
 
     /// (fake time queued, subject) of every ops mail about backups.
@@ -293,7 +291,7 @@ impl Backups {
 /// brings exactly one recovery notice.
 #[test]
 fn rpo_alarm_is_silent_when_healthy_once_when_breached_and_says_when_it_recovers() {
-    let Some(lib) = common::server_env("LETHE_TEST_LIBFAKETIME") else {
+    let Some(lib) = crate::common::server_env("LETHE_TEST_LIBFAKETIME") else {
         return;
     };
     let b = Backups::new(lib);

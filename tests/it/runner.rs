@@ -1,13 +1,11 @@
 //! The runner through the library: retries with backoff, dead runs mailed to
 //! ops, timeouts, and the enqueuer's no-back-fill rule — on SQLite and PostgreSQL.
 
-mod common;
-
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::common::ConfigDir;
 use chrono::Utc;
-use common::ConfigDir;
 use lethe::context::Context;
 use lethe::runner::{execute, run_now, Enqueuer};
 use lethe::store::{NewRun, RunFilter, RunState};
@@ -24,7 +22,7 @@ async fn open(c: &ConfigDir) -> Arc<Context> {
 
 async fn config(pg: bool, runner: &str) -> Option<ConfigDir> {
     let url = if pg {
-        Some(common::fresh_pg_db().await?)
+        Some(crate::common::fresh_pg_db().await?)
     } else {
         None
     };

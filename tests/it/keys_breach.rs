@@ -1,11 +1,9 @@
 //! Key rotation against the local keyring and against moto's KMS over HTTP;
 //! breach deadlines, reminders exactly once, escalation, through the SMTP sink.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{run_ok, stdout_json, ConfigDir};
+use crate::common::{run_ok, stdout_json, ConfigDir};
 use serde_json::Value;
 
 const APP: &str = r#"
@@ -129,7 +127,7 @@ async fn local_keyring_rotates_rewraps_and_shreds() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn aws_kms_rotates_rewraps_and_schedules_deletion() {
-    let Some(moto) = common::server_env("LETHE_TEST_MOTO_URL") else {
+    let Some(moto) = crate::common::server_env("LETHE_TEST_MOTO_URL") else {
         return;
     };
     let keys = format!("provider = \"aws\"\nkms_endpoint = \"{moto}\"\nregion = \"us-east-1\"\ndek_rotation = \"2s\"\nkek_rotation = \"2s\"\nconcurrency = 4");
@@ -166,10 +164,10 @@ fn hours_ago(h: i64) -> String {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn breach_reminders_are_sent_once_and_stop_when_notified() {
-    let Some(smtp) = common::server_env("LETHE_TEST_SMTP") else {
+    let Some(smtp) = crate::common::server_env("LETHE_TEST_SMTP") else {
         return;
     };
-    let maildir = common::server_env("LETHE_TEST_MAILDIR").unwrap();
+    let maildir = crate::common::server_env("LETHE_TEST_MAILDIR").unwrap();
     let port = smtp.rsplit_once(':').unwrap().1;
     let c = setup("", &format!("transport = \"smtp\"\n[mail.smtp]\nhost = \"127.0.0.1\"\nport = {port}\ntls = \"none\"")).await;
     let title = format!("Leaked export {}", uuid::Uuid::new_v4());

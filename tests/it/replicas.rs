@@ -2,13 +2,11 @@
 //! across replicas, a SIGKILLed worker's run is rescued and completed, SIGTERM
 //! drains, and the HTTP endpoints answer.
 
-mod common;
-
 use std::collections::HashMap;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::{signal, wait_exit, ConfigDir, Reaped};
+use crate::common::{signal, wait_exit, ConfigDir, Reaped};
 use serde_json::Value;
 use sqlx::Row;
 
@@ -28,9 +26,9 @@ fn spawn_serve(c: &ConfigDir, listen: Option<u16>, job: &str) -> Reaped {
 }
 
 async fn pg_config() -> Option<(ConfigDir, sqlx::PgPool)> {
-    let url = common::fresh_pg_db().await?;
+    let url = crate::common::fresh_pg_db().await?;
     let c = ConfigDir::new(Some(&url), RUNNER, "");
-    common::run_ok(c.lethe().arg("migrate"));
+    crate::common::run_ok(c.lethe().arg("migrate"));
     let pool = sqlx::PgPool::connect(&url).await.unwrap();
     Some((c, pool))
 }
@@ -186,21 +184,21 @@ async fn serve_answers_health_readiness_metrics_and_drains_on_sigterm() {
         "work",
         "kind = \"test.sleep\"\nschedule = \"0 0 0 1 1 *\"\n[params]\nms = 1500\n",
     );
-    common::run_ok(c.lethe().arg("migrate"));
-    let port = common::free_port();
+    crate::common::run_ok(c.lethe().arg("migrate"));
+    let port = crate::common::free_port();
     let addr = format!("127.0.0.1:{port}");
     let mut child = spawn_serve(&c, Some(port), "work");
 
     let deadline = Instant::now() + Duration::from_secs(15);
-    while common::http_get(&addr, "/healthz").is_err() {
+    while crate::common::http_get(&addr, "/healthz").is_err() {
         assert!(Instant::now() < deadline, "serve did not listen on {addr}");
         std::thread::sleep(Duration::from_millis(50));
     }
     assert_eq!(
-        common::http_get(&addr, "/healthz").unwrap(),
+        crate::common::http_get(&addr, "/healthz").unwrap(),
         (200, "ok\n".into())
     );
-    assert_eq!(common::http_get(&addr, "/readyz").unwrap().0, 200);
+    assert_eq!(crate::common::http_get(&addr, "/readyz").unwrap().0, 200);
 
     // The yearly job's latest fire runs at start; SIGTERM while it sleeps.
     let store = c.path().join("lethe.db");
@@ -220,7 +218,7 @@ async fn serve_answers_health_readiness_metrics_and_drains_on_sigterm() {
         assert!(Instant::now() < deadline, "the run never started");
         std::thread::sleep(Duration::from_millis(20));
     }
-    let (code, metrics) = common::http_get(&addr, "/metrics").unwrap();
+    let (code, metrics) = crate::common::http_get(&addr, "/metrics").unwrap();
     assert_eq!(code, 200);
     assert!(
         metrics.contains("lethe_queue_depth{state=\"running\"} 1"),
@@ -252,13 +250,13 @@ async fn metrics_count_attempts_and_durations() {
         "quick",
         "kind = \"test.sleep\"\nschedule = \"* * * * * *\"\n[params]\nms = 10\n",
     );
-    common::run_ok(c.lethe().arg("migrate"));
-    let port = common::free_port();
+    crate::common::run_ok(c.lethe().arg("migrate"));
+    let port = crate::common::free_port();
     let addr = format!("127.0.0.1:{port}");
     let mut child = spawn_serve(&c, Some(port), "quick");
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        if let Ok((200, m)) = common::http_get(&addr, "/metrics") {
+        if let Ok((200, m)) = crate::common::http_get(&addr, "/metrics") {
             if m.contains("lethe_job_attempts_total{job=\"quick\",outcome=\"succeeded\"}")
                 && m.contains("lethe_job_duration_seconds_count{job=\"quick\"}")
             {

@@ -2,8 +2,6 @@
 //! (River's riverdrivertest is the model): every case below exists once and
 //! is instantiated for SQLite and for a real PostgreSQL.
 
-mod common;
-
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,7 +22,7 @@ async fn sqlite_store() -> Option<(Arc<dyn Store>, tempfile::TempDir)> {
 }
 
 async fn pg_store() -> Option<(Arc<dyn Store>, tempfile::TempDir)> {
-    let url = common::fresh_pg_db().await?;
+    let url = crate::common::fresh_pg_db().await?;
     let s = store::connect(&url, 10).await.unwrap();
     s.migrate().await.unwrap();
     // Migrating twice (a second replica starting) is a no-op.
@@ -532,7 +530,7 @@ async fn outbox_dedupes_leases_retries_and_delivers(s: Arc<dyn Store>) {
 /// The audit table rejects UPDATE and DELETE at the database, not just in code.
 #[tokio::test]
 async fn postgres_audit_table_is_append_only() {
-    let Some(url) = common::fresh_pg_db().await else {
+    let Some(url) = crate::common::fresh_pg_db().await else {
         return;
     };
     let s = store::connect(&url, 2).await.unwrap();

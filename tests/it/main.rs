@@ -1,0 +1,23 @@
+//! Every integration test in one binary: each module is one area, linked once
+//! against the library (one link of aws-sdk and sqlx instead of one per file).
+
+mod backup;
+mod cli;
+mod common;
+mod deploy;
+mod dsr;
+mod dsr_http;
+mod faults;
+mod fuzz;
+mod keys_breach;
+mod mail;
+mod pg_restart;
+mod replicas;
+mod restore;
+mod retention;
+mod retention_forms;
+mod retention_tables;
+mod runner;
+mod store_conformance;
+mod time_travel;
+mod timestamp_forms;
