@@ -9,7 +9,7 @@ use toml::Spanned;
 
 use super::SourceFile;
 use crate::error::Result;
-use crate::retention::RetentionRule;
+use crate::policy::RetentionRule;
 
 #[derive(Debug, Clone)]
 pub struct AppMapping {

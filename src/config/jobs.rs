@@ -9,7 +9,8 @@ use toml::Spanned;
 
 use super::SourceFile;
 use crate::error::{Error, Result};
-use crate::runner::{JobKind, Schedule};
+use crate::policy::Schedule;
+use crate::runner::JobKind;
 
 /// What the scheduler does about fires missed while no replica was running.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]

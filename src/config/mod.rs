@@ -5,17 +5,15 @@
 
 mod api_keys;
 mod data_map;
-mod duration;
 mod jobs;
-mod secret;
 
+pub use crate::policy::{format_duration, parse_duration, MAX_DURATION};
+pub use crate::secret::{redact_url, url_has_password, Secret, SecretSource};
 pub use api_keys::{ApiKey, ApiScope};
 pub use data_map::{
     AnonymizeRule, AppMapping, DataMapEntry, Erasure, MembershipsTable, OrgsTable, SubjectsTable,
 };
-pub use duration::{format_duration, parse_duration, MAX_DURATION};
 pub use jobs::{from_text as job_from_text, CatchUp, JobSpec};
-pub use secret::{redact_url, url_has_password, Secret, SecretSource};
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -444,7 +442,7 @@ impl SourceFile<'_> {
         key: &str,
         range: std::ops::RangeInclusive<Duration>,
     ) -> Result<Duration> {
-        let d = duration::parse_bounded(value.get_ref())
+        let d = crate::policy::parse_bounded(value.get_ref())
             .map_err(|m| self.error_at(value.span(), format!("{key}: {m}")))?;
         if let Some(d) = d.filter(|d| range.contains(d)) {
             return Ok(d);

@@ -19,9 +19,7 @@
 //! a window that would run too long is rolled back and redone in row batches.
 //! Elsewhere rows go in `LIMIT`ed batches by `(tableoid, ctid)` or rowid.
 
-mod rules;
-
-pub use rules::{Period, RetentionRule};
+pub use crate::policy::{Period, RetentionRule};
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};

@@ -14,14 +14,13 @@ pub mod job_cleaner;
 mod job_rescuer;
 mod kind;
 mod periodic_job_enqueuer;
-mod schedule;
 mod worker_pool;
 
+pub use crate::policy::Schedule;
 pub use backoff::retry_delay;
 pub use dispatch::JobContext;
 pub use executor::{enqueue_manual, execute, execute_claimed_at, run_now, RunReport};
 pub use job_rescuer::rescue_expired;
 pub use kind::{JobKind, ENV_TEST_JOBS};
 pub use periodic_job_enqueuer::Enqueuer;
-pub use schedule::Schedule;
 pub use worker_pool::{serve, Shutdown};

@@ -15,6 +15,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
+pub use crate::chain::{AuditEvent, NewAuditEvent};
 use crate::error::{Error, Result};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -133,27 +134,6 @@ pub struct RunCount {
     pub job: String,
     pub state: RunState,
     pub count: i64,
-}
-
-/// One audit event as stored. `details` is the canonical JSON text that was hashed.
-#[derive(Debug, Clone)]
-pub struct AuditEvent {
-    pub seq: i64,
-    pub at: DateTime<Utc>,
-    pub actor: String,
-    pub action: String,
-    pub target: String,
-    pub details: String,
-    pub prev_hash: String,
-    pub hash: String,
-}
-
-#[derive(Debug, Clone)]
-pub struct NewAuditEvent {
-    pub actor: String,
-    pub action: String,
-    pub target: String,
-    pub details: serde_json::Value,
 }
 
 #[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
@@ -661,33 +641,8 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<Arc<dyn Store>> 
     } else {
         Err(Error::Usage(format!(
             "store URL `{}` must start with postgres:// or sqlite://",
-            crate::config::redact_url(url)
+            crate::secret::redact_url(url)
         )))
-    }
-}
-
-/// Hash of the canonical encoding; the chain's contract lives in `audit`.
-pub(crate) fn chain_event(
-    prev: Option<&AuditEvent>,
-    e: &NewAuditEvent,
-    at: DateTime<Utc>,
-) -> AuditEvent {
-    let seq = prev.map_or(1, |p| p.seq + 1);
-    let prev_hash = prev.map_or_else(crate::audit::genesis_hash, |p| p.hash.clone());
-    let at = crate::audit::truncate_micros(at);
-    let details = crate::audit::canonical_json(&e.details);
-    let hash = crate::audit::event_hash(
-        &prev_hash, seq, at, &e.actor, &e.action, &e.target, &details,
-    );
-    AuditEvent {
-        seq,
-        at,
-        actor: e.actor.clone(),
-        action: e.action.clone(),
-        target: e.target.clone(),
-        details,
-        prev_hash,
-        hash,
     }
 }
 

@@ -402,7 +402,7 @@ impl Store for SqliteStore {
             .fetch_optional(&mut *tx)
             .await?;
         let prev = prev.as_ref().map(audit_from_row).transpose()?;
-        let e = chain_event(prev.as_ref(), event, Utc::now());
+        let e = crate::chain::chain_event(prev.as_ref(), event, Utc::now());
         sqlx::query(
             "INSERT INTO audit_events (seq, at, actor, action, target, details, prev_hash, hash)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",

@@ -1,0 +1,12 @@
+//! The vocabulary promises are written in: durations, schedules, retention
+//! periods. Pure values with their parsers; no I/O, no other module of this
+//! crate below it.
+
+mod duration;
+mod retention;
+mod schedule;
+
+pub(crate) use duration::parse_bounded;
+pub use duration::{format_duration, parse_duration, MAX_DURATION};
+pub use retention::{Period, RetentionRule};
+pub use schedule::Schedule;
