@@ -17,6 +17,7 @@ pub mod dsr;
 pub mod error;
 pub mod fence;
 pub mod http;
+pub mod jobs;
 pub mod keys;
 pub mod metrics;
 pub mod notify;

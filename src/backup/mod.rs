@@ -16,7 +16,11 @@ mod verify;
 pub use manifest::{Manifest, MANIFEST_FORMAT};
 pub use pipeline::{decode, encode, parse_identities, parse_recipients, PartSink};
 pub use restore::restore;
-pub use rpo::{rpo_check_job, RpoParams};
+pub use rpo::{rpo_check_job, RpoParams, RpoReport};
+
+/// The kinds the RPO check looks for in the catalog.
+pub const CREATE_KIND: &str = "backup.create";
+pub const VERIFY_KIND: &str = "backup.verify";
 pub use verify::{verify, VerifyReport};
 
 use std::io::Write;
@@ -33,7 +37,7 @@ use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::notify::{self, Message, Role};
 use crate::objstore::{self, ObjectStore};
-use crate::runner::JobContext;
+use crate::runner::{JobContext, JobParams};
 use crate::store::BackupRecord;
 use source::Db;
 
@@ -359,6 +363,8 @@ async fn restore_into_file(
 #[serde(deny_unknown_fields)]
 pub struct CreateParams {}
 
+impl JobParams for CreateParams {}
+
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct VerifyParams {
@@ -366,12 +372,15 @@ pub struct VerifyParams {
     pub id: Option<String>,
 }
 
+impl JobParams for VerifyParams {}
+
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct PruneParams {}
 
-pub async fn create_job(jc: &JobContext) -> Result<Value> {
-    let _: CreateParams = jc.params()?;
+impl JobParams for PruneParams {}
+
+pub async fn create_job(jc: &JobContext, _: CreateParams) -> Result<Value> {
     if jc.dry_run {
         let store = open_store(&jc.ctx).await?;
         return Ok(
@@ -412,8 +421,7 @@ pub async fn create_job(jc: &JobContext) -> Result<Value> {
     }))
 }
 
-pub async fn verify_job(jc: &JobContext) -> Result<Value> {
-    let p: VerifyParams = jc.params()?;
+pub async fn verify_job(jc: &JobContext, p: VerifyParams) -> Result<Value> {
     let all = jc.ctx.store.backups(false).await?;
     let id = match p.id {
         Some(id) => id,
@@ -462,8 +470,7 @@ pub async fn verify_job(jc: &JobContext) -> Result<Value> {
     Ok(serde_json::to_value(r).unwrap_or_default())
 }
 
-pub async fn prune_job(jc: &JobContext) -> Result<Value> {
-    let _: PruneParams = jc.params()?;
+pub async fn prune_job(jc: &JobContext, _: PruneParams) -> Result<Value> {
     let keep = jc.ctx.config.backup.keep;
     let all = jc.ctx.store.backups(false).await?;
     let candidates: Vec<gfs::Candidate> = all

@@ -20,30 +20,45 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
 
+use super::{CREATE_KIND, VERIFY_KIND};
 use crate::config::format_duration;
 use crate::context::Context;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::notify::{self, Message, Role};
-use crate::runner::{JobContext, JobKind};
+use crate::policy::DurationParam;
+use crate::runner::{JobContext, JobParams};
 use crate::store::{BackupRecord, RunFilter, RunState};
 
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct RpoParams {
     /// Overrides `backup.rpo`.
-    pub rpo: Option<String>,
+    pub rpo: Option<DurationParam>,
     /// How much later than the RPO the newest verified backup may be
     /// (default: the period of the `backup.verify` job's schedule, else the RPO).
-    pub verify_lag: Option<String>,
+    pub verify_lag: Option<DurationParam>,
 }
 
-fn duration_param(v: &Option<String>, key: &str) -> Result<Option<Duration>> {
-    v.as_deref()
-        .map(|s| crate::config::parse_duration(s).map_err(|m| Error::Usage(format!("{key}: {m}"))))
-        .transpose()
+impl JobParams for RpoParams {}
+
+/// What a check found and whether it alerted; ages and limits in seconds.
+#[derive(Debug, Serialize)]
+pub struct RpoReport {
+    pub ok: bool,
+    pub rpo_ok: bool,
+    pub verified_ok: bool,
+    pub backup_in_flight: bool,
+    pub rpo_s: u64,
+    pub verify_lag_s: u64,
+    pub newest: Option<String>,
+    pub age_s: Option<u64>,
+    pub newest_verified: Option<String>,
+    pub verified_age_s: Option<u64>,
+    pub alerted: bool,
+    pub recovered: bool,
+    pub verify_lag_alerted: bool,
 }
 
 /// The time between two fires of the catalog's `backup.verify` job.
@@ -52,7 +67,7 @@ fn verify_period(ctx: &Context, now: DateTime<Utc>) -> Option<Duration> {
         .config
         .jobs
         .iter()
-        .find(|j| j.kind == JobKind::BackupVerify && j.enabled)?;
+        .find(|j| j.kind == VERIFY_KIND && j.enabled)?;
     let a = job.schedule.next_fire(now)?;
     let b = job.schedule.next_fire(a)?;
     (b - a).to_std().ok()
@@ -61,12 +76,7 @@ fn verify_period(ctx: &Context, now: DateTime<Utc>) -> Option<Duration> {
 /// Whether a `backup.create` run is being made now: queued for a due fire, or
 /// running and not past its timeout.
 async fn backup_in_flight(ctx: &Context, now: DateTime<Utc>) -> Result<bool> {
-    for job in ctx
-        .config
-        .jobs
-        .iter()
-        .filter(|j| j.kind == JobKind::BackupCreate)
-    {
+    for job in ctx.config.jobs.iter().filter(|j| j.kind == CREATE_KIND) {
         for state in [RunState::Running, RunState::Available] {
             let runs = ctx
                 .store
@@ -110,13 +120,12 @@ async fn send(ctx: &Context, msg: Message) -> Result<bool> {
         .is_some_and(|(_, created)| created))
 }
 
-pub async fn rpo_check_job(jc: &JobContext) -> Result<Value> {
-    let p: RpoParams = jc.params()?;
+pub async fn rpo_check_job(jc: &JobContext, p: RpoParams) -> Result<RpoReport> {
     let ctx = jc.ctx.as_ref();
-    let rpo = duration_param(&p.rpo, "rpo")?.unwrap_or(ctx.config.backup.rpo);
+    let rpo = p.rpo.map_or(ctx.config.backup.rpo, |d| d.get());
     let now = ctx.store.now().await?;
-    let lag = match duration_param(&p.verify_lag, "verify_lag")? {
-        Some(l) => l,
+    let lag = match p.verify_lag {
+        Some(l) => l.get(),
         None => verify_period(ctx, now).unwrap_or(rpo),
     };
     // Asked before the catalog is read: a backup that completes between the
@@ -153,15 +162,21 @@ pub async fn rpo_check_job(jc: &JobContext) -> Result<Value> {
             lag_alerted = send(ctx, lag_alert(verified, verified_age, rpo, lag)).await?;
         }
     }
-    Ok(json!({
-        "ok": rpo_ok && verified_ok, "rpo_ok": rpo_ok, "verified_ok": verified_ok,
-        "backup_in_flight": in_flight,
-        "rpo_s": rpo.as_secs(), "verify_lag_s": lag.as_secs(),
-        "newest": newest.map(|b| b.id.clone()), "age_s": newest_age.map(|a| a.as_secs()),
-        "newest_verified": verified.map(|b| b.id.clone()),
-        "verified_age_s": verified_age.map(|a| a.as_secs()),
-        "alerted": alerted, "recovered": recovered, "verify_lag_alerted": lag_alerted,
-    }))
+    Ok(RpoReport {
+        ok: rpo_ok && verified_ok,
+        rpo_ok,
+        verified_ok,
+        backup_in_flight: in_flight,
+        rpo_s: rpo.as_secs(),
+        verify_lag_s: lag.as_secs(),
+        newest: newest.map(|b| b.id.clone()),
+        age_s: newest_age.map(|a| a.as_secs()),
+        newest_verified: verified.map(|b| b.id.clone()),
+        verified_age_s: verified_age.map(|a| a.as_secs()),
+        alerted,
+        recovered,
+        verify_lag_alerted: lag_alerted,
+    })
 }
 
 fn rpo_alert(newest: Option<&BackupRecord>, age: Option<Duration>, rpo: Duration) -> Message {

@@ -10,7 +10,8 @@ use serde_json::{json, Value};
 use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::notify::{self, Message, Role};
-use crate::runner::JobContext;
+use crate::policy::DurationParam;
+use crate::runner::{JobContext, JobParams};
 use crate::store::{Breach, BreachParty};
 
 /// Who must be told, by when, under which rule.
@@ -283,8 +284,10 @@ fn hours_left_text(d: Duration) -> String {
 #[serde(deny_unknown_fields)]
 pub struct TickParams {
     /// Marks before each deadline, e.g. ["48h", "24h", "6h"] (default: breach.reminders).
-    pub reminders: Option<Vec<String>>,
+    pub reminders: Option<Vec<DurationParam>>,
 }
+
+impl JobParams for TickParams {}
 
 /// One pass: for each party not yet notified, the most urgent mark passed gets
 /// its reminder (once), and a passed deadline its escalation (once).
@@ -317,16 +320,9 @@ pub async fn tick(ctx: &Context, marks: &[std::time::Duration]) -> Result<Value>
     Ok(json!({"open_parties": open, "sent": sent}))
 }
 
-pub async fn tick_job(jc: &JobContext) -> Result<Value> {
-    let p: TickParams = jc.params()?;
+pub async fn tick_job(jc: &JobContext, p: TickParams) -> Result<Value> {
     let marks = match p.reminders {
-        Some(list) => list
-            .iter()
-            .map(|m| {
-                crate::config::parse_duration(m)
-                    .map_err(|e| Error::Usage(format!("reminders: {e}")))
-            })
-            .collect::<Result<Vec<_>>>()?,
+        Some(list) => list.iter().map(DurationParam::get).collect(),
         None => jc.ctx.config.breach.reminders.clone(),
     };
     if jc.dry_run {

@@ -70,7 +70,7 @@ pub fn verify(
     require_signature: bool,
     json: bool,
 ) -> Result<i32> {
-    let (key, key_source) = match Config::load(&config::resolve_path(cfg_flag)) {
+    let (key, key_source) = match crate::jobs::load_config(&config::resolve_path(cfg_flag)) {
         Ok(c) => (
             c.audit.signing_key.load().map_err(Error::Usage)?,
             c.audit.signing_key.describe(),

@@ -50,7 +50,7 @@ fn fail(name: &str, detail: impl Into<String>) -> Check {
 
 pub async fn run(flag: Option<&Path>, json: bool) -> Result<i32> {
     let path = config::resolve_path(flag);
-    let config = match Config::load(&path) {
+    let config = match crate::jobs::load_config(&path) {
         Ok(c) => c,
         Err(e) => {
             if json {

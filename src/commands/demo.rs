@@ -7,11 +7,10 @@ use std::path::Path;
 use anyhow::{Context as _, Result};
 use serde_json::json;
 
-use crate::config::Config;
 use crate::context::Context;
 use crate::error::Error;
 use crate::notify::{self, Message, Role};
-use crate::runner::{run_now, JobKind, RunReport};
+use crate::runner::{run_now, RunReport};
 
 const MARKER: &str = ".lethe-demo";
 
@@ -57,7 +56,7 @@ pub async fn run(dir: &Path, json_out: bool) -> Result<i32> {
         )?;
     }
 
-    let config = Config::load(&dir.join("lethe.toml"))?;
+    let config = crate::jobs::load_config(&dir.join("lethe.toml"))?;
     let ctx = Context::open_unchecked(config).await?;
     ctx.store.migrate().await?;
 
@@ -118,18 +117,19 @@ pub async fn run(dir: &Path, json_out: bool) -> Result<i32> {
     .await?;
 
     let mut runs: Vec<RunReport> = Vec::new();
-    for kind in JobKind::ALL {
+    let registry = crate::jobs::registry();
+    for kind in registry.kinds() {
         let spec = ctx
             .config
             .jobs
             .iter()
-            .find(|j| j.kind == *kind)
+            .find(|j| j.kind == kind)
             .cloned()
             .ok_or_else(|| Error::Failed(format!("the starter catalog has no {kind} job")))?;
         // The purge runs as a dry run: the tour shows what would go and leaves the sample
         // intact, so `lethe run retention.purge` afterwards has real work to show.
-        let dry_run = *kind == JobKind::RetentionPurge;
-        let report = run_now(&ctx, &spec, spec.params.clone(), dry_run).await?;
+        let dry_run = kind == "retention.purge";
+        let report = run_now(&ctx, &registry, &spec, spec.params.clone(), dry_run).await?;
         runs.push(report);
     }
 

@@ -178,8 +178,9 @@ pub async fn dispatch(cli: Cli) -> Result<i32> {
     }
 }
 
+/// The config with every job's kind and params checked against the registry.
 fn load(flag: Option<&Path>) -> Result<Config> {
-    Ok(Config::load(&config::resolve_path(flag))?)
+    Ok(crate::jobs::load_config(&config::resolve_path(flag))?)
 }
 
 async fn open(flag: Option<&Path>) -> Result<Arc<Context>> {

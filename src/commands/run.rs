@@ -1,5 +1,4 @@
 use super::out::outln;
-use std::str::FromStr;
 use std::sync::Arc;
 
 use anyhow::Result;
@@ -8,7 +7,7 @@ use serde_json::Value;
 use crate::config::JobSpec;
 use crate::context::Context;
 use crate::error::Error;
-use crate::runner::{enqueue_manual, run_now, JobKind, Schedule};
+use crate::runner::{enqueue_manual, run_now, Registry, Schedule};
 
 pub async fn run(
     ctx: Arc<Context>,
@@ -17,9 +16,10 @@ pub async fn run(
     params: &[String],
     json: bool,
 ) -> Result<i32> {
-    let (spec, params) = prepare(&ctx, job, params).await?;
+    let registry = crate::jobs::registry();
+    let (spec, params) = prepare(&ctx, &registry, job, params).await?;
     crate::progress::enable_on_terminal();
-    let report = run_now(&ctx, &spec, params, dry_run).await?;
+    let report = run_now(&ctx, &registry, &spec, params, dry_run).await?;
     if json {
         super::print_json(&report)?;
     } else {
@@ -52,11 +52,11 @@ pub async fn detach(
     params: &[String],
     json: bool,
 ) -> Result<i32> {
-    let (spec, params) = prepare(&ctx, job, params).await?;
+    let (spec, params) = prepare(&ctx, &crate::jobs::registry(), job, params).await?;
     let (run_id, scheduled_for) = enqueue_manual(&ctx, &spec, params, dry_run).await?;
     if json {
         super::print_json(&serde_json::json!({
-            "job": spec.name, "kind": spec.kind.to_string(), "status": "queued",
+            "job": spec.name, "kind": spec.kind, "status": "queued",
             "run_id": run_id, "scheduled_for": scheduled_for, "dry_run": dry_run,
         }))?;
     } else {
@@ -69,35 +69,26 @@ pub async fn detach(
 }
 
 /// The job, its merged params, and the checks that must pass before it is queued.
-async fn prepare(ctx: &Context, job: &str, params: &[String]) -> Result<(JobSpec, Value), Error> {
-    let spec = find_job(ctx, job)?;
-    let params = merge_params(&spec, params)?;
-    preflight(ctx, spec.kind).await?;
+/// The kind's preflight fails before a run is queued, so bad config exits 2 and records nothing.
+async fn prepare(
+    ctx: &Context,
+    registry: &Registry,
+    job: &str,
+    params: &[String],
+) -> Result<(JobSpec, Value), Error> {
+    let spec = find_job(ctx, registry, job)?;
+    let params = merge_params(registry, &spec, params)?;
+    registry.preflight(&spec.kind, ctx).await?;
     Ok((spec, params))
 }
 
-/// Checks that fail before a run is queued, so bad config exits 2 and records nothing.
-async fn preflight(ctx: &Context, kind: JobKind) -> Result<(), Error> {
-    match kind {
-        // The schema check plus the timestamp columns' storage forms.
-        JobKind::RetentionPurge => {
-            crate::retention::preflight(&ctx.config, &ctx.app_db().await?).await?;
-        }
-        JobKind::DsrProcess | JobKind::KeysRotate => {
-            crate::appdb::preflight(&ctx.config, &ctx.app_db().await?).await?;
-        }
-        _ => {}
-    }
-    Ok(())
-}
-
 /// By job name; else the one job of that kind; else an ad-hoc job of that kind with defaults.
-fn find_job(ctx: &Context, name: &str) -> Result<JobSpec, Error> {
+fn find_job(ctx: &Context, registry: &Registry, name: &str) -> Result<JobSpec, Error> {
     let jobs = &ctx.config.jobs;
     if let Some(j) = jobs.iter().find(|j| j.name == name) {
         return Ok(j.clone());
     }
-    let kind = JobKind::from_str(name).map_err(|_| {
+    let kind = registry.kind(name).map_err(|_| {
         let names: Vec<&str> = jobs.iter().map(|j| j.name.as_str()).collect();
         Error::Usage(format!(
             "no job named `{name}` in {}; known jobs: {}",
@@ -114,7 +105,7 @@ fn find_job(ctx: &Context, name: &str) -> Result<JobSpec, Error> {
         [one] => Ok((*one).clone()),
         [] => Ok(JobSpec {
             name: kind.to_string(),
-            kind,
+            kind: kind.to_string(),
             schedule: Schedule::parse("0 0 0 1 1 *", chrono_tz::UTC).map_err(Error::Usage)?,
             timeout: std::time::Duration::from_secs(3600),
             max_attempts: 3,
@@ -123,6 +114,8 @@ fn find_job(ctx: &Context, name: &str) -> Result<JobSpec, Error> {
             catch_up: None,
             params: Value::Object(Default::default()),
             source: ctx.config.path.clone(),
+            kind_at: None,
+            params_at: None,
         }),
         many => Err(Error::Usage(format!(
             "several jobs have kind {kind}: {}; name one",
@@ -134,7 +127,7 @@ fn find_job(ctx: &Context, name: &str) -> Result<JobSpec, Error> {
     }
 }
 
-fn merge_params(spec: &JobSpec, overrides: &[String]) -> Result<Value, Error> {
+fn merge_params(registry: &Registry, spec: &JobSpec, overrides: &[String]) -> Result<Value, Error> {
     let mut params = spec.params.clone();
     let Value::Object(map) = &mut params else {
         return Err(Error::Usage("job params are not a table".into()));
@@ -150,8 +143,8 @@ fn merge_params(spec: &JobSpec, overrides: &[String]) -> Result<Value, Error> {
             .unwrap_or_else(|| Value::String(v.to_string()));
         map.insert(k.trim().to_string(), value);
     }
-    spec.kind
-        .validate_params(&params)
+    registry
+        .validate(&spec.kind, &params)
         .map_err(|m| Error::Usage(format!("--param for {}: {m}", spec.kind)))?;
     Ok(params)
 }

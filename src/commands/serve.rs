@@ -54,7 +54,7 @@ pub async fn run(ctx: Arc<Context>) -> Result<i32> {
     });
 
     let http = tokio::spawn(crate::http::serve(listener, ctx.clone(), shutdown.clone()));
-    let result = runner::serve(ctx, shutdown.clone()).await;
+    let result = runner::serve(ctx, Arc::new(crate::jobs::registry()), shutdown.clone()).await;
     shutdown.trigger();
     let _ = http.await;
     result?;

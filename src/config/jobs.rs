@@ -1,4 +1,6 @@
-//! `jobs/NAME.toml`: one scheduled job a file.
+//! `jobs/NAME.toml`: one scheduled job a file. The kind and its params stay
+//! text and JSON here: the job registry (`crate::jobs`) checks them right after
+//! the config loads, pointing its errors into this file.
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -10,7 +12,6 @@ use toml::Spanned;
 use super::SourceFile;
 use crate::error::{Error, Result};
 use crate::policy::Schedule;
-use crate::runner::JobKind;
 
 /// What the scheduler does about fires missed while no replica was running.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
@@ -25,7 +26,8 @@ pub enum CatchUp {
 #[derive(Debug, Clone)]
 pub struct JobSpec {
     pub name: String,
-    pub kind: JobKind,
+    /// Checked against the job registry after load, not here.
+    pub kind: String,
     pub schedule: Schedule,
     pub timeout: Duration,
     pub max_attempts: u32,
@@ -34,6 +36,30 @@ pub struct JobSpec {
     pub catch_up: Option<CatchUp>,
     pub params: serde_json::Value,
     pub source: PathBuf,
+    /// Where `kind` and `[params]` are written (line, column), for errors found after load.
+    pub kind_at: Option<(usize, usize)>,
+    pub params_at: Option<(usize, usize)>,
+}
+
+impl JobSpec {
+    /// An error about the kind, pointing at `kind = ...` in the job file.
+    pub fn kind_error(&self, message: impl Into<String>) -> Error {
+        self.error_at(self.kind_at, message)
+    }
+
+    /// An error about the params, pointing at `[params]` in the job file.
+    pub fn params_error(&self, message: impl Into<String>) -> Error {
+        self.error_at(self.params_at, message)
+    }
+
+    fn error_at(&self, at: Option<(usize, usize)>, message: impl Into<String>) -> Error {
+        Error::Config {
+            path: self.source.clone(),
+            line: at.map(|a| a.0),
+            column: at.map(|a| a.1),
+            message: message.into(),
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -89,8 +115,6 @@ pub fn from_text(path: &Path, text: &str) -> Result<JobSpec> {
         .to_string();
     let raw: RawJob = src.parse()?;
 
-    let kind =
-        JobKind::from_str(raw.kind.get_ref()).map_err(|m| src.error_at(raw.kind.span(), m))?;
     let tz = match &raw.timezone {
         Some(t) => chrono_tz::Tz::from_str(t.get_ref()).map_err(|_| {
             src.error_at(
@@ -119,12 +143,12 @@ pub fn from_text(path: &Path, text: &str) -> Result<JobSpec> {
         }
         None => (serde_json::Value::Object(Default::default()), 0..0),
     };
-    kind.validate_params(&params)
-        .map_err(|m| src.error_at(params_span, format!("[params] for kind {kind}: {m}")))?;
 
     Ok(JobSpec {
         name,
-        kind,
+        kind_at: Some(super::line_col(text, raw.kind.span().start)),
+        params_at: Some(super::line_col(text, params_span.start)),
+        kind: raw.kind.into_inner(),
         schedule,
         timeout,
         max_attempts,

@@ -15,7 +15,7 @@ use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::fence::Fence;
 use crate::notify::{self, Message, Role};
-use crate::runner::JobContext;
+use crate::runner::{in_range, JobContext, JobParams};
 use crate::store::{DsrRequest, DsrState};
 
 use super::DsrKind;
@@ -26,6 +26,12 @@ pub struct ProcessParams {
     /// At most this many requests per run.
     #[serde(default = "default_limit")]
     pub limit: u32,
+}
+
+impl JobParams for ProcessParams {
+    fn validate(&self) -> Result<(), String> {
+        in_range("limit", self.limit.into(), 1, 1_000_000)
+    }
 }
 
 fn default_limit() -> u32 {
@@ -333,8 +339,7 @@ async fn export(
     Ok(Ok(evidence))
 }
 
-pub async fn process_job(jc: &JobContext) -> Result<Value> {
-    let p: ProcessParams = jc.params()?;
+pub async fn process_job(jc: &JobContext, p: ProcessParams) -> Result<Value> {
     let ctx = jc.ctx.as_ref();
     let due = ctx.store.dsr_due(p.limit.max(1), jc.run.id).await?;
     if jc.dry_run {

@@ -13,12 +13,14 @@ use super::{sla, Sla};
 use crate::context::Context;
 use crate::error::Result;
 use crate::notify::{self, html_escape, Message, Role};
-use crate::runner::JobContext;
+use crate::runner::{JobContext, JobParams};
 use crate::store::{Attachment, DsrState};
 
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct ReportParams {}
+
+impl JobParams for ReportParams {}
 
 #[derive(Debug, Serialize)]
 pub struct SlaReport {
@@ -276,8 +278,7 @@ pub async fn send(ctx: &Context, r: &SlaReport, csv: String) -> Result<Option<Se
     }))
 }
 
-pub async fn report_job(jc: &JobContext) -> Result<Value> {
-    let _: ReportParams = jc.params()?;
+pub async fn report_job(jc: &JobContext, _: ReportParams) -> Result<Value> {
     let (r, csv) = sla_report(&jc.ctx).await?;
     let mail = if jc.dry_run {
         None

@@ -24,7 +24,7 @@ use tokio::task::JoinSet;
 use crate::config::KmsProvider;
 use crate::context::Context;
 use crate::error::{Error, Result};
-use crate::runner::JobContext;
+use crate::runner::{JobContext, JobParams};
 use crate::store::{OrgDek, OrgKek};
 
 #[async_trait]
@@ -91,6 +91,8 @@ pub struct RotateParams {
     /// Only this org (default: all).
     pub org: Option<String>,
 }
+
+impl JobParams for RotateParams {}
 
 #[derive(Debug, Default, Serialize)]
 struct OrgOutcome {
@@ -299,8 +301,7 @@ pub async fn rotate(ctx: &Arc<Context>, only: Option<&str>, actor: &str) -> Resu
     }))
 }
 
-pub async fn rotate_job(jc: &JobContext) -> Result<Value> {
-    let p: RotateParams = jc.params()?;
+pub async fn rotate_job(jc: &JobContext, p: RotateParams) -> Result<Value> {
     if jc.dry_run {
         return Ok(json!({"dry_run": true, "orgs": orgs(&jc.ctx).await?.len()}));
     }

@@ -3,20 +3,12 @@
 
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+use serde::Serialize;
 
 use crate::context::Context;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::fence::Fence;
-use crate::runner::{retry_delay, JobContext};
-
-#[derive(Debug, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-pub struct FlushParams {
-    /// Overrides `mail.batch_size` for this job.
-    pub batch_size: Option<u32>,
-}
+use crate::runner::retry_delay;
 
 #[derive(Debug, Default, Serialize)]
 pub struct FlushReport {
@@ -76,36 +68,4 @@ pub async fn flush(ctx: &Context, batch_size: u32, fence: &Fence) -> Result<Flus
         }
     }
     Ok(report)
-}
-
-pub async fn flush_job(jc: &JobContext) -> Result<Value> {
-    let p: FlushParams = jc.params()?;
-    if jc.dry_run {
-        let pending = jc
-            .ctx
-            .store
-            .outbox_list(1000)
-            .await?
-            .iter()
-            .filter(|m| m.state.as_str() == "pending")
-            .count();
-        return Ok(json!({"dry_run": true, "pending": pending}));
-    }
-    let report = flush(
-        &jc.ctx,
-        p.batch_size.unwrap_or(jc.ctx.config.mail.batch_size),
-        &jc.fence,
-    )
-    .await?;
-    if report.retrying + report.failed > 0 {
-        // Failing the run makes an SMTP outage visible in history and metrics; the mail itself stays queued.
-        return Err(Error::Mail(format!(
-            "{} delivered, {} not delivered (will retry), {} given up: {}",
-            report.sent,
-            report.retrying,
-            report.failed,
-            report.last_error.unwrap_or_default()
-        )));
-    }
-    Ok(serde_json::to_value(report).unwrap_or_default())
 }

@@ -5,7 +5,7 @@ mod flush;
 mod templates;
 mod transport;
 
-pub use flush::{flush, flush_job, FlushParams, FlushReport};
+pub use flush::{flush, FlushReport};
 pub use templates::{html_escape, render_html, render_text};
 pub use transport::Mailer;
 

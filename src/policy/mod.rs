@@ -3,10 +3,12 @@
 //! crate below it.
 
 mod duration;
+mod duration_param;
 mod retention;
 mod schedule;
 
 pub(crate) use duration::parse_bounded;
 pub use duration::{format_duration, parse_duration, MAX_DURATION};
+pub use duration_param::DurationParam;
 pub use retention::{Period, RetentionRule};
 pub use schedule::Schedule;

@@ -32,7 +32,7 @@ use crate::appdb::{AppDb, Deleted, DetectedForm, Scope, Selector, Slicing, TimeF
 use crate::config::{Config, DataMapEntry};
 use crate::error::{Error, Result};
 use crate::progress;
-use crate::runner::JobContext;
+use crate::runner::{in_range, JobContext, JobParams};
 use crate::store::{HoldScope, Store};
 
 const PLAN_KEY: &str = "retention.plan";
@@ -59,6 +59,19 @@ pub struct PurgeParams {
     /// Only these data classes (default: all).
     #[serde(default)]
     pub classes: Option<Vec<String>>,
+}
+
+impl JobParams for PurgeParams {
+    /// A zero batch would loop forever, a huge pause or timeout stall a run for years.
+    fn validate(&self) -> Result<(), String> {
+        in_range("batch_size", self.batch_size.into(), 1, 10_000_000)?;
+        in_range("max_batch_size", self.max_batch_size.into(), 1, 100_000_000)?;
+        if let Some(t) = self.target_batch_ms {
+            in_range("target_batch_ms", t, 1, 3_600_000)?;
+        }
+        in_range("max_transaction_ms", self.max_transaction_ms, 1, 3_600_000)?;
+        in_range("pause_ms", self.pause_ms, 0, 3_600_000)
+    }
 }
 
 fn default_batch() -> u32 {
@@ -814,8 +827,7 @@ async fn record_stopped(jc: &JobContext, item: &PlanItem, done: Option<&ItemProg
     }
 }
 
-pub async fn purge_job(jc: &JobContext) -> Result<Value> {
-    let p: PurgeParams = jc.params()?;
+pub async fn purge_job(jc: &JobContext, p: PurgeParams) -> Result<Value> {
     let config = jc.ctx.config.as_ref();
     let store = jc.ctx.store.as_ref();
     let db = jc.ctx.app_db().await?;

@@ -1,7 +1,6 @@
 //! One attempt of one run: heartbeat the lease, enforce the timeout, record the
 //! outcome, schedule the retry or declare the run dead and tell ops.
 
-use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -10,8 +9,7 @@ use serde::Serialize;
 use serde_json::{json, Value};
 use tokio::sync::watch;
 
-use super::dispatch::{dispatch, JobContext};
-use super::{retry_delay, JobKind};
+use super::{retry_delay, JobContext, Registry};
 use crate::config::JobSpec;
 use crate::context::Context;
 use crate::error::{Error, Result};
@@ -74,6 +72,7 @@ impl RunReport {
 /// `lethe run JOB`: the same queue path as a cron fire, executed here and now.
 pub async fn run_now(
     ctx: &Arc<Context>,
+    registry: &Registry,
     spec: &JobSpec,
     params: Value,
     dry_run: bool,
@@ -93,7 +92,7 @@ pub async fn run_now(
         )));
     };
     let (_never, cancel) = watch::channel(false);
-    let done = execute_claimed_at(ctx.clone(), run, owner, cancel, claimed_at).await?;
+    let done = execute_claimed_at(ctx.clone(), registry, run, owner, cancel, claimed_at).await?;
     Ok(RunReport::from_run(&done))
 }
 
@@ -108,7 +107,7 @@ pub async fn enqueue_manual(
     let now = ctx.store.now().await?;
     let new = NewRun {
         job: spec.name.clone(),
-        kind: spec.kind.to_string(),
+        kind: spec.kind.clone(),
         scheduled_for: crate::audit::truncate_micros(now),
         trigger: "manual".into(),
         max_attempts: i32::try_from(spec.max_attempts).unwrap_or(i32::MAX),
@@ -130,17 +129,19 @@ pub async fn enqueue_manual(
 /// `cancel` set to true makes the attempt stop and go back to the queue (shutdown).
 pub async fn execute(
     ctx: Arc<Context>,
+    registry: &Registry,
     run: Run,
     owner: String,
     cancel: watch::Receiver<bool>,
 ) -> Result<Run> {
-    execute_claimed_at(ctx, run, owner, cancel, Instant::now()).await
+    execute_claimed_at(ctx, registry, run, owner, cancel, Instant::now()).await
 }
 
 /// `execute` for a run whose claim was *sent* at `claimed_at`: the store's
 /// lease runs from no earlier than that, so the attempt's fence does too.
 pub async fn execute_claimed_at(
     ctx: Arc<Context>,
+    registry: &Registry,
     run: Run,
     owner: String,
     mut cancel: watch::Receiver<bool>,
@@ -163,9 +164,9 @@ pub async fn execute_claimed_at(
         lost_tx,
     ));
 
-    let outcome_err: std::result::Result<Value, String> = match JobKind::from_str(&run.kind) {
+    let outcome_err: std::result::Result<Value, String> = match registry.runner(&run.kind) {
         Err(e) => Err(e),
-        Ok(kind) => {
+        Ok((kind, run_job)) => {
             let jc = JobContext {
                 ctx: ctx.clone(),
                 run: run.clone(),
@@ -175,7 +176,7 @@ pub async fn execute_claimed_at(
                 fence: fence.clone(),
             };
             let timeout = Duration::from_millis(u64::try_from(run.timeout_ms).unwrap_or(0));
-            let mut task = tokio::spawn(dispatch(jc));
+            let mut task = tokio::spawn(run_job(jc));
             tokio::select! {
                 joined = tokio::time::timeout(timeout, &mut task) => match joined {
                     Ok(Ok(Ok(v))) => Ok(v),

@@ -5,22 +5,24 @@
 //! - `worker_pool`: claims due runs and executes them, draining on shutdown.
 //! - `executor`: one attempt: lease heartbeat, timeout, outcome, retries, dead-letter mail.
 //! - `job_rescuer`: returns runs whose lease lapsed (their worker died) to the queue.
-//! - `job_cleaner`: the `runner.prune` job, deleting old finished runs.
+//! - `job_cleaner`: deletes old finished runs (the `runner.prune` kind calls it).
+//! - `job` / `registry`: the `Job` trait and the kinds a build knows. The runner
+//!   imports no job kind; `crate::jobs::registry()` lists them and is passed in.
 
 mod backoff;
-pub mod dispatch;
 mod executor;
+mod job;
 pub mod job_cleaner;
 mod job_rescuer;
-mod kind;
 mod periodic_job_enqueuer;
+mod registry;
 mod worker_pool;
 
 pub use crate::policy::Schedule;
 pub use backoff::retry_delay;
-pub use dispatch::JobContext;
 pub use executor::{enqueue_manual, execute, execute_claimed_at, run_now, RunReport};
+pub use job::{in_range, Job, JobContext, JobParams};
 pub use job_rescuer::rescue_expired;
-pub use kind::{JobKind, ENV_TEST_JOBS};
 pub use periodic_job_enqueuer::Enqueuer;
+pub use registry::Registry;
 pub use worker_pool::{serve, Shutdown};

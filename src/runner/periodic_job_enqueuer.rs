@@ -70,7 +70,7 @@ impl Enqueuer {
 fn new_run(job: &JobSpec, fire: DateTime<Utc>) -> NewRun {
     NewRun {
         job: job.name.clone(),
-        kind: job.kind.to_string(),
+        kind: job.kind.clone(),
         scheduled_for: fire,
         trigger: "schedule".into(),
         max_attempts: i32::try_from(job.max_attempts).unwrap_or(i32::MAX),

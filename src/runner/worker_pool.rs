@@ -7,7 +7,7 @@ use std::time::Duration;
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 
-use super::{execute_claimed_at, rescue_expired, Enqueuer};
+use super::{execute_claimed_at, rescue_expired, Enqueuer, Registry};
 use crate::context::Context;
 use crate::error::Result;
 
@@ -41,7 +41,7 @@ impl Shutdown {
 }
 
 /// Runs until `shutdown` fires, then drains for at most `runner.drain_timeout`.
-pub async fn serve(ctx: Arc<Context>, shutdown: Shutdown) -> Result<()> {
+pub async fn serve(ctx: Arc<Context>, registry: Arc<Registry>, shutdown: Shutdown) -> Result<()> {
     let cfg = &ctx.config.runner;
     let mut enqueuer = Enqueuer::new(ctx.clone()).await?;
     let slots = Arc::new(Semaphore::new(cfg.workers));
@@ -67,11 +67,15 @@ pub async fn serve(ctx: Arc<Context>, shutdown: Shutdown) -> Result<()> {
             let claimed_at = std::time::Instant::now();
             match ctx.store.claim_next(&ctx.worker_id, cfg.lease).await {
                 Ok(Some(run)) => {
-                    let (ctx2, owner, cancel) =
-                        (ctx.clone(), ctx.worker_id.clone(), cancel_rx.clone());
+                    let (ctx2, registry, owner, cancel) = (
+                        ctx.clone(),
+                        registry.clone(),
+                        ctx.worker_id.clone(),
+                        cancel_rx.clone(),
+                    );
                     running.spawn(async move {
                         let _permit = permit;
-                        if let Err(e) = execute_claimed_at(ctx2, run, owner, cancel, claimed_at).await {
+                        if let Err(e) = execute_claimed_at(ctx2, &registry, run, owner, cancel, claimed_at).await {
                             tracing::error!(error = %e, "could not record a run's outcome; its lease will lapse and it will be rescued");
                         }
                     });

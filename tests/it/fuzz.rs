@@ -203,7 +203,8 @@ fn load(text: &str) {
 #[test]
 fn the_unmutated_fixtures_are_valid() {
     lethe::config::Config::from_text(config_path(), VALID_CONFIG).unwrap();
-    lethe::config::job_from_text(Path::new("jobs/purge.toml"), VALID_JOB).unwrap();
+    let spec = lethe::config::job_from_text(Path::new("jobs/purge.toml"), VALID_JOB).unwrap();
+    lethe::jobs::registry().check_job(&spec).unwrap();
 }
 
 proptest! {
@@ -222,8 +223,13 @@ proptest! {
     #[test]
     fn job_loader_never_panics(edits in prop::collection::vec(edit(), 0..6), text in any::<String>()) {
         let path = Path::new("jobs/purge.toml");
-        let _ = lethe::config::job_from_text(path, &apply(VALID_JOB, &edits));
-        let _ = lethe::config::job_from_text(path, &text);
+        let registry = lethe::jobs::registry();
+        for text in [apply(VALID_JOB, &edits), text] {
+            // The registry checks kind and params after load: it must not panic either.
+            if let Ok(spec) = lethe::config::job_from_text(path, &text) {
+                let _ = registry.check_job(&spec);
+            }
+        }
     }
 
     #[test]

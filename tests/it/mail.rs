@@ -126,9 +126,15 @@ async fn smtp_outage_keeps_mail_queued_and_delivers_it_once_when_back() {
     notify::enqueue(&ctx, message(&subject)).await.unwrap();
 
     let spec = ctx.config.job("mail").unwrap().clone();
-    let down = lethe::runner::run_now(&ctx, &spec, spec.params.clone(), false)
-        .await
-        .unwrap();
+    let down = lethe::runner::run_now(
+        &ctx,
+        &lethe::jobs::registry(),
+        &spec,
+        spec.params.clone(),
+        false,
+    )
+    .await
+    .unwrap();
     assert_eq!(
         down.status, "failed",
         "an SMTP outage fails the flush run visibly"

@@ -48,9 +48,15 @@ async fn failing_job_retries_with_backoff_then_dies_and_ops_are_mailed(c: Config
     c.job("flaky", "kind = \"test.sleep\"\nschedule = \"0 0 3 * * *\"\nmax_attempts = 2\n[params]\nfail = true\n");
     let ctx = open(&c).await;
     let spec = ctx.config.job("flaky").unwrap().clone();
-    let first = run_now(&ctx, &spec, spec.params.clone(), false)
-        .await
-        .unwrap();
+    let first = run_now(
+        &ctx,
+        &lethe::jobs::registry(),
+        &spec,
+        spec.params.clone(),
+        false,
+    )
+    .await
+    .unwrap();
     assert_eq!((first.status, first.attempts), ("failed", 1));
     assert!(first.error.as_deref().unwrap().contains("asked to fail"));
     let next = first
@@ -71,7 +77,9 @@ async fn failing_job_retries_with_backoff_then_dies_and_ops_are_mailed(c: Config
         .expect("retry is due");
     assert_eq!((run.id, run.attempt), (first.run_id, 2));
     let (_tx, rx) = watch::channel(false);
-    let done = execute(ctx.clone(), run, "w2".into(), rx).await.unwrap();
+    let done = execute(ctx.clone(), &lethe::jobs::registry(), run, "w2".into(), rx)
+        .await
+        .unwrap();
     assert_eq!(done.state, RunState::Dead);
 
     let mail = ctx.store.outbox_list(10).await.unwrap();
@@ -95,9 +103,15 @@ async fn timeout_fails_the_attempt(c: ConfigDir) {
     let ctx = open(&c).await;
     let spec = ctx.config.job("slow").unwrap().clone();
     let started = std::time::Instant::now();
-    let r = run_now(&ctx, &spec, spec.params.clone(), false)
-        .await
-        .unwrap();
+    let r = run_now(
+        &ctx,
+        &lethe::jobs::registry(),
+        &spec,
+        spec.params.clone(),
+        false,
+    )
+    .await
+    .unwrap();
     assert!(
         started.elapsed() < Duration::from_secs(3),
         "the timeout cut the 5s sleep"

@@ -160,15 +160,12 @@ ops = ["ops@test.example"]
 
     pub fn lethe(&self) -> Command {
         let mut c = lethe();
-        c.arg("--config")
-            .arg(self.config())
-            .env("LETHE_ENABLE_TEST_JOBS", "1");
+        c.arg("--config").arg(self.config());
         c
     }
 
     pub fn load(&self) -> lethe::config::Config {
-        std::env::set_var("LETHE_ENABLE_TEST_JOBS", "1");
-        lethe::config::Config::load(&self.config()).expect("test config loads")
+        lethe::jobs::load_config(&self.config()).expect("test config loads")
     }
 }
 

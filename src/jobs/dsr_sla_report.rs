@@ -1,0 +1,18 @@
+//! `dsr.sla_report`: the periodic DSR deadline report, mailed to the DPO.
+
+use serde_json::Value;
+
+use crate::error::Result;
+use crate::runner::{Job, JobContext};
+
+pub struct DsrSlaReport;
+
+impl Job for DsrSlaReport {
+    const KIND: &'static str = "dsr.sla_report";
+    type Params = crate::dsr::ReportParams;
+    type Output = Value;
+
+    async fn run(jc: &JobContext, params: Self::Params) -> Result<Value> {
+        crate::dsr::report_job(jc, params).await
+    }
+}
