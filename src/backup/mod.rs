@@ -28,7 +28,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use chrono::{DateTime, Utc};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 use tokio_util::io::SyncIoBridge;
@@ -421,7 +421,15 @@ pub async fn create_job(jc: &JobContext, _: CreateParams) -> Result<Value> {
     }))
 }
 
-pub async fn verify_job(jc: &JobContext, p: VerifyParams) -> Result<Value> {
+/// A dry run names the backup it would verify; a real one reports the check.
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+pub enum VerifyOutput {
+    DryRun { dry_run: bool, would_verify: String },
+    Verified(VerifyReport),
+}
+
+pub async fn verify_job(jc: &JobContext, p: VerifyParams) -> Result<VerifyOutput> {
     let all = jc.ctx.store.backups(false).await?;
     let id = match p.id {
         Some(id) => id,
@@ -435,7 +443,10 @@ pub async fn verify_job(jc: &JobContext, p: VerifyParams) -> Result<Value> {
             })?,
     };
     if jc.dry_run {
-        return Ok(json!({"dry_run": true, "would_verify": id}));
+        return Ok(VerifyOutput::DryRun {
+            dry_run: true,
+            would_verify: id,
+        });
     }
     let r = verify(&jc.ctx, &id).await?;
     crate::audit::record(
@@ -467,7 +478,7 @@ pub async fn verify_job(jc: &JobContext, p: VerifyParams) -> Result<Value> {
             r.error.unwrap_or_else(|| r.mismatches.join("; "))
         )));
     }
-    Ok(serde_json::to_value(r).unwrap_or_default())
+    Ok(VerifyOutput::Verified(r))
 }
 
 pub async fn prune_job(jc: &JobContext, _: PruneParams) -> Result<Value> {

@@ -10,7 +10,9 @@ mod report;
 pub use jurisdiction::{Deadline, Jurisdiction, JURISDICTIONS};
 pub use ledger::{reapply_ledger, LedgerReapply, ReapplyReport};
 pub use process::{process_job, pseudonym_key, subject_pseudonym, ProcessParams};
-pub use report::{report_job, send as send_report, sla_report, ReportParams, SlaReport};
+pub use report::{
+    report_job, send as send_report, sla_report, ReportOutput, ReportParams, SlaReport,
+};
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;

@@ -278,17 +278,27 @@ pub async fn send(ctx: &Context, r: &SlaReport, csv: String) -> Result<Option<Se
     }))
 }
 
-pub async fn report_job(jc: &JobContext, _: ReportParams) -> Result<Value> {
-    let (r, csv) = sla_report(&jc.ctx).await?;
+/// The report, and the mail that carries it (none in a dry run).
+#[derive(Debug, Serialize)]
+pub struct ReportOutput {
+    #[serde(flatten)]
+    pub report: SlaReport,
+    pub mail_id: Option<i64>,
+    pub already_sent: Option<bool>,
+}
+
+pub async fn report_job(jc: &JobContext, _: ReportParams) -> Result<ReportOutput> {
+    let (report, csv) = sla_report(&jc.ctx).await?;
     let mail = if jc.dry_run {
         None
     } else {
-        send(&jc.ctx, &r, csv).await?
+        send(&jc.ctx, &report, csv).await?
     };
-    let mut v = serde_json::to_value(&r).unwrap_or_default();
-    v["mail_id"] = json!(mail.as_ref().map(|m| m.mail_id));
-    v["already_sent"] = json!(mail.as_ref().map(|m| m.already_sent));
-    Ok(v)
+    Ok(ReportOutput {
+        report,
+        mail_id: mail.as_ref().map(|m| m.mail_id),
+        already_sent: mail.as_ref().map(|m| m.already_sent),
+    })
 }
 
 #[cfg(test)]

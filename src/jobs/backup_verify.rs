@@ -1,7 +1,5 @@
 //! `backup.verify`: restores a backup into a scratch database and checks it.
 
-use serde_json::Value;
-
 use crate::error::Result;
 use crate::runner::{Job, JobContext};
 
@@ -10,9 +8,9 @@ pub struct BackupVerify;
 impl Job for BackupVerify {
     const KIND: &'static str = crate::backup::VERIFY_KIND;
     type Params = crate::backup::VerifyParams;
-    type Output = Value;
+    type Output = crate::backup::VerifyOutput;
 
-    async fn run(jc: &JobContext, params: Self::Params) -> Result<Value> {
+    async fn run(jc: &JobContext, params: Self::Params) -> Result<Self::Output> {
         crate::backup::verify_job(jc, params).await
     }
 }

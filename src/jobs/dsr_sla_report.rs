@@ -1,7 +1,5 @@
 //! `dsr.sla_report`: the periodic DSR deadline report, mailed to the DPO.
 
-use serde_json::Value;
-
 use crate::error::Result;
 use crate::runner::{Job, JobContext};
 
@@ -10,9 +8,9 @@ pub struct DsrSlaReport;
 impl Job for DsrSlaReport {
     const KIND: &'static str = "dsr.sla_report";
     type Params = crate::dsr::ReportParams;
-    type Output = Value;
+    type Output = crate::dsr::ReportOutput;
 
-    async fn run(jc: &JobContext, params: Self::Params) -> Result<Value> {
+    async fn run(jc: &JobContext, params: Self::Params) -> Result<Self::Output> {
         crate::dsr::report_job(jc, params).await
     }
 }
