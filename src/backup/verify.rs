@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-use super::{find, open_store, restore_into_file, restore_into_pg, source, Manifest};
+use super::{find, restore_into_file, restore_into_pg, source, Manifest};
 use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::store::BackupRecord;
@@ -29,7 +29,7 @@ async fn checked_manifest(ctx: &Context, b: &BackupRecord) -> Result<Manifest> {
         &b.manifest,
         &format!("the catalog's manifest of backup {}", b.id),
     )?;
-    let bytes = open_store(ctx).await?.get_bytes(&b.manifest_key).await?;
+    let bytes = ctx.object_store().await?.get_bytes(&b.manifest_key).await?;
     let stored = Manifest::from_slice(
         &bytes,
         &format!("the manifest {} in the object store", b.manifest_key),

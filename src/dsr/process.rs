@@ -269,12 +269,12 @@ async fn export(
     } else {
         &config.dsr.export_recipients
     };
-    let recipients = crate::backup::parse_recipients(keys)?;
+    let recipients = crate::archive::parse_recipients(keys)?;
     let sealed = tokio::task::spawn_blocking(move || -> Result<(Vec<u8>, String)> {
         let (tx, mut rx) = tokio::sync::mpsc::channel(1 << 16);
-        let enc = crate::backup::encode(
+        let enc = crate::archive::encode(
             &archive[..],
-            crate::backup::PartSink::new(8 << 20, tx),
+            crate::archive::PartSink::new(8 << 20, tx),
             &recipients,
             3,
             1,
@@ -288,7 +288,7 @@ async fn export(
     .await
     .map_err(|e| Error::Failed(format!("export encryption crashed: {e}")))??;
     let (bytes, sha256) = sealed;
-    let store = crate::backup::open_store(ctx).await?;
+    let store = ctx.object_store().await?;
     let key = format!(
         "{}dsr-{}-export.tar.zst.age",
         config.dsr.export_prefix, r.id
@@ -479,7 +479,7 @@ async fn delete_exports(
     if exports.is_empty() {
         return Ok((0, 0));
     }
-    let store = crate::backup::open_store(ctx).await?;
+    let store = ctx.object_store().await?;
     let (mut deleted, mut failed) = (0, 0);
     for (id, object) in &exports {
         if let Err(e) = store.delete(object).await {

@@ -5,49 +5,21 @@
 //! never leaves the KMS), rotates KEKs per policy and crypto-shreds closed
 //! orgs past their retention. Providers: AWS KMS and a local keyring file.
 
-mod aws;
-mod local;
-
-pub use aws::AwsKms;
-pub use local::LocalKms;
+pub use crate::kms::{AwsKms, Kms, LocalKms};
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
-use crate::config::KmsProvider;
 use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::runner::JobContext;
 use crate::store::{OrgDek, OrgKek};
-
-#[async_trait]
-pub trait Kms: Send + Sync {
-    fn describe(&self) -> String;
-    async fn create_kek(&self, org: &str) -> Result<String>;
-    /// A fresh DEK wrapped under the KEK; the plaintext is dropped, never stored.
-    async fn generate_dek(&self, kek_id: &str) -> Result<Vec<u8>>;
-    /// Re-wraps under the KEK's current backing key, inside the KMS.
-    async fn rewrap(&self, kek_id: &str, wrapped: &[u8]) -> Result<Vec<u8>>;
-    async fn rotate_kek(&self, kek_id: &str) -> Result<()>;
-    async fn schedule_deletion(&self, kek_id: &str, days: i32) -> Result<()>;
-}
-
-pub async fn open(ctx: &Context) -> Result<Arc<dyn Kms>> {
-    let k = &ctx.config.keys;
-    Ok(match k.provider {
-        KmsProvider::Local => Arc::new(LocalKms::new(k.keyring_file.clone())),
-        KmsProvider::Aws => {
-            Arc::new(AwsKms::new(k.kms_endpoint.as_deref(), k.region.as_deref()).await)
-        }
-    })
-}
 
 /// Retries throttled KMS calls with backoff; other errors return at once.
 async fn with_retry<T, F, Fut>(what: &str, mut f: F) -> Result<T>
@@ -232,7 +204,7 @@ async fn rotate_org(
 
 /// `keys.rotate` / `lethe keys rotate`: every org (or one), with bounded concurrency toward the KMS.
 pub async fn rotate(ctx: &Arc<Context>, only: Option<&str>, actor: &str) -> Result<Value> {
-    let kms = open(ctx).await?;
+    let kms = ctx.kms().await?;
     // Micro precision: the KEK version string must survive a round trip through either store.
     let now = crate::audit::truncate_micros(ctx.store.now().await?);
     let mut list = orgs(ctx).await?;

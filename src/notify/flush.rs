@@ -9,7 +9,8 @@ use serde_json::{json, Value};
 use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::fence::Fence;
-use crate::runner::{retry_delay, JobContext};
+use crate::policy::retry_delay;
+use crate::runner::JobContext;
 
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]

@@ -7,7 +7,6 @@
 //! - `job_rescuer`: returns runs whose lease lapsed (their worker died) to the queue.
 //! - `job_cleaner`: the `runner.prune` job, deleting old finished runs.
 
-mod backoff;
 pub mod dispatch;
 mod executor;
 pub mod job_cleaner;
@@ -16,8 +15,8 @@ mod kind;
 mod periodic_job_enqueuer;
 mod worker_pool;
 
+pub use crate::policy::retry_delay;
 pub use crate::policy::Schedule;
-pub use backoff::retry_delay;
 pub use dispatch::JobContext;
 pub use executor::{enqueue_manual, execute, execute_claimed_at, run_now, RunReport};
 pub use job_rescuer::rescue_expired;

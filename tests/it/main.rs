@@ -10,6 +10,7 @@ mod dsr_http;
 mod faults;
 mod fuzz;
 mod keys_breach;
+mod layering;
 mod mail;
 mod pg_restart;
 mod replicas;
