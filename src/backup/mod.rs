@@ -86,8 +86,8 @@ async fn upload_stream(
 /// Checkpoint naming the object an attempt is uploading.
 const UPLOAD_KEY: &str = "backup.upload";
 
-/// `backup.create`: returns the catalog row.
-pub async fn create(ctx: &Context, run_id: Option<i64>) -> Result<BackupRecord> {
+/// `backup.create`: returns the catalog row (committed with `actor`'s evidence).
+pub async fn create(ctx: &Context, run_id: Option<i64>, actor: &str) -> Result<BackupRecord> {
     let cfg = &ctx.config.backup;
     let recipients = parse_recipients(&cfg.recipients)?;
     let store = ctx.object_store().await?;
@@ -220,7 +220,14 @@ pub async fn create(ctx: &Context, run_id: Option<i64>) -> Result<BackupRecord> 
         verify_error: None,
         deleted_at: None,
     };
-    ctx.store.backup_insert(&record).await?;
+    let b = &record;
+    let event = crate::store::evidence(
+        actor,
+        "backup.created",
+        &format!("backup:{}", b.id),
+        json!({"object": b.object_key, "sha256": b.sha256, "stored_bytes": b.stored_bytes, "raw_bytes": b.raw_bytes}),
+    );
+    ctx.store.backup_insert(&record, &event).await?;
     Ok(record)
 }
 
@@ -385,15 +392,7 @@ pub async fn create_job(jc: &JobContext) -> Result<Value> {
             }
         }
     }
-    let b = create(&jc.ctx, Some(jc.run.id)).await?;
-    crate::audit::record(
-        jc.ctx.store.as_ref(),
-        &jc.actor,
-        "backup.created",
-        &format!("backup:{}", b.id),
-        json!({"object": b.object_key, "sha256": b.sha256, "stored_bytes": b.stored_bytes, "raw_bytes": b.raw_bytes}),
-    )
-    .await?;
+    let b = create(&jc.ctx, Some(jc.run.id), &jc.actor).await?;
     Ok(json!({
         "id": b.id, "object": b.object_key, "manifest": b.manifest_key, "sha256": b.sha256,
         "stored_bytes": b.stored_bytes, "raw_bytes": b.raw_bytes,
@@ -421,15 +420,7 @@ pub async fn verify_job(jc: &JobContext) -> Result<Value> {
     if jc.dry_run {
         return Ok(json!({"dry_run": true, "would_verify": id}));
     }
-    let r = verify(&jc.ctx, &id).await?;
-    crate::audit::record(
-        jc.ctx.store.as_ref(),
-        &jc.actor,
-        if r.ok { "backup.verified" } else { "backup.verify_failed" },
-        &format!("backup:{id}"),
-        json!({"restore_ms": r.restore_ms, "tables": r.tables, "mismatches": r.mismatches, "error": r.error}),
-    )
-    .await?;
+    let r = verify(&jc.ctx, &id, &jc.actor).await?;
     if !r.ok {
         notify::enqueue(
             &jc.ctx,
@@ -482,15 +473,13 @@ pub async fn prune_job(jc: &JobContext) -> Result<Value> {
         for b in &removed {
             store.delete(&b.object_key).await?;
             store.delete(&b.manifest_key).await?;
-            jc.ctx.store.backup_deleted(&b.id).await?;
-            crate::audit::record(
-                jc.ctx.store.as_ref(),
+            let event = crate::store::evidence(
                 &jc.actor,
                 "backup.pruned",
                 &format!("backup:{}", b.id),
                 json!({"created_at": b.created_at.to_rfc3339(), "policy": keep}),
-            )
-            .await?;
+            );
+            jc.ctx.store.backup_deleted(&b.id, &event).await?;
         }
     }
     let removed_ids: Vec<&str> = removed.iter().map(|b| b.id.as_str()).collect();

@@ -96,8 +96,9 @@ async fn scratch_restore(
 }
 
 /// Checks the manifest, downloads, decrypts, decompresses, checks the hash,
-/// restores into scratch and compares row counts with the manifest's.
-pub async fn verify(ctx: &Context, id: &str) -> Result<VerifyReport> {
+/// restores into scratch and compares row counts with the manifest's. The
+/// result is stored with `actor`'s evidence.
+pub async fn verify(ctx: &Context, id: &str, actor: &str) -> Result<VerifyReport> {
     let b = find(ctx, id).await?;
     let started = Instant::now();
     let outcome = async {
@@ -141,12 +142,24 @@ pub async fn verify(ctx: &Context, id: &str) -> Result<VerifyReport> {
         .error
         .clone()
         .or_else(|| (!report.mismatches.is_empty()).then(|| report.mismatches.join("; ")));
+    let r = &report;
+    let event = crate::store::evidence(
+        actor,
+        if r.ok {
+            "backup.verified"
+        } else {
+            "backup.verify_failed"
+        },
+        &format!("backup:{id}"),
+        serde_json::json!({"restore_ms": r.restore_ms, "tables": r.tables, "mismatches": r.mismatches, "error": r.error}),
+    );
     ctx.store
         .backup_verified(
             &b.id,
             report.ok,
             Some(restore_ms as i64),
             error_text.as_deref(),
+            &event,
         )
         .await?;
     Ok(report)

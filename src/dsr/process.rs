@@ -181,9 +181,9 @@ async fn erase(
 }
 
 /// What follows an erasure's commit in the application database (or finds it
-/// already done): the ledger entry, the subject's export archives deleted, and
-/// the evidence. Each step is idempotent, so a retry after a crash between
-/// them completes the record.
+/// already done): the subject's export archives deleted, then the ledger entry
+/// committed with the evidence. Each step is idempotent, so a retry after a
+/// crash between them completes the record.
 async fn after_erasure(
     ctx: &Context,
     r: &DsrRequest,
@@ -191,9 +191,6 @@ async fn after_erasure(
     key: &Secret,
     done: Value,
 ) -> Result<Value> {
-    ctx.store
-        .ledger_add(&ledger_key(key, &r.subject), r.id)
-        .await?;
     // Their export archives hold every erased row: they go too, now.
     let exports = ctx
         .store
@@ -210,14 +207,15 @@ async fn after_erasure(
     if let (Some(e), Some(d)) = (evidence.as_object_mut(), done.as_object()) {
         e.extend(d.clone());
     }
-    crate::audit::record(
-        ctx.store.as_ref(),
+    let event = crate::store::evidence(
         actor,
         "dsr.erased",
         &format!("dsr:{}", r.id),
         evidence.clone(),
-    )
-    .await?;
+    );
+    ctx.store
+        .ledger_add(&ledger_key(key, &r.subject), r.id, &event)
+        .await?;
     Ok(evidence)
 }
 
@@ -380,6 +378,7 @@ pub async fn process_job(jc: &JobContext) -> Result<Value> {
                         DsrState::Completed,
                         None,
                         Some(&result),
+                        None,
                     )
                     .await?;
                 let erasure = matches!(kind, Ok(DsrKind::Erasure));
@@ -391,6 +390,12 @@ pub async fn process_job(jc: &JobContext) -> Result<Value> {
             }
             Ok(Err((reason, detail))) => {
                 let v = json!({"detail": detail});
+                let event = crate::store::evidence(
+                    &jc.actor,
+                    "dsr.rejected",
+                    &format!("dsr:{}", r.id),
+                    json!({"reason": reason}),
+                );
                 ctx.store
                     .dsr_transition(
                         r.id,
@@ -398,16 +403,9 @@ pub async fn process_job(jc: &JobContext) -> Result<Value> {
                         DsrState::Rejected,
                         Some(&reason),
                         Some(&v),
+                        Some(&event),
                     )
                     .await?;
-                crate::audit::record(
-                    ctx.store.as_ref(),
-                    &jc.actor,
-                    "dsr.rejected",
-                    &format!("dsr:{}", r.id),
-                    json!({"reason": reason}),
-                )
-                .await?;
                 rejected.push(json!({"id": r.id, "reason": reason}));
             }
             Err(e) => {
@@ -421,6 +419,7 @@ pub async fn process_job(jc: &JobContext) -> Result<Value> {
                         DsrState::Failed,
                         None,
                         Some(&v),
+                        None,
                     )
                     .await?;
                 failed.push(json!({"id": r.id, "error": e.to_string()}));
@@ -487,15 +486,13 @@ async fn delete_exports(
             failed += 1;
             continue;
         }
-        ctx.store.dsr_export_deleted(*id).await?;
-        crate::audit::record(
-            ctx.store.as_ref(),
+        let event = crate::store::evidence(
             actor,
             "dsr.export_deleted",
             &format!("dsr:{id}"),
             json!({"request": id, "object": object, "reason": why}),
-        )
-        .await?;
+        );
+        ctx.store.dsr_export_deleted(*id, &event).await?;
         deleted += 1;
     }
     Ok((deleted, failed))

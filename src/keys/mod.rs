@@ -118,7 +118,7 @@ async fn rotate_org(
                 rotated_at: now,
                 shredded_at: None,
             };
-            store.kek_put(&k).await?;
+            store.kek_put(&k, None).await?;
             out.created_kek = true;
             k
         }
@@ -130,28 +130,31 @@ async fn rotate_org(
             kms.schedule_deletion(&kek.kek_id, cfg.deletion_window_days)
         })
         .await?;
-        let destroyed = store.deks_destroy(&org).await?;
         kek.shredded_at = Some(now);
-        store.kek_put(&kek).await?;
-        crate::audit::record(store, &actor, "keys.shredded", &format!("org:{org}"),
-            json!({"kek_id": kek.kek_id, "deks_destroyed": destroyed, "deletion_window_days": cfg.deletion_window_days,
-                   "closed_at": closed_at.map(|c| c.to_rfc3339())})).await?;
+        let event = |destroyed: &u64| {
+            crate::store::evidence(
+                &actor,
+                "keys.shredded",
+                &format!("org:{org}"),
+                json!({"kek_id": kek.kek_id, "deks_destroyed": destroyed, "deletion_window_days": cfg.deletion_window_days,
+                       "closed_at": closed_at.map(|c| c.to_rfc3339())}),
+            )
+        };
+        store.deks_destroy(&org, &kek, &event).await?;
         out.shredded = true;
         return Ok(out);
     }
     if !out.created_kek && (now - kek.rotated_at).to_std().unwrap_or_default() >= cfg.kek_rotation {
         with_retry("rotate key", || kms.rotate_kek(&kek.kek_id)).await?;
         kek.rotated_at = now;
-        store.kek_put(&kek).await?;
-        out.rotated_kek = true;
-        crate::audit::record(
-            store,
+        let event = crate::store::evidence(
             &actor,
             "keys.kek_rotated",
             &format!("org:{org}"),
             json!({"kek_id": kek.kek_id}),
-        )
-        .await?;
+        );
+        store.kek_put(&kek, Some(&event)).await?;
+        out.rotated_kek = true;
     }
     let deks = store.deks(Some(&org)).await?;
     let active = deks.iter().max_by_key(|d| d.version);
@@ -159,45 +162,47 @@ async fn rotate_org(
     {
         let version = active.map_or(1, |d| d.version + 1);
         let wrapped = with_retry("generate data key", || kms.generate_dek(&kek.kek_id)).await?;
-        store
-            .dek_insert(&OrgDek {
-                org: org.clone(),
-                version,
-                kek_id: kek.kek_id.clone(),
-                kek_version: version_of(&kek),
-                wrapped: b64(&wrapped),
-                created_at: now,
-                rewrapped_at: None,
-            })
-            .await?;
-        out.new_dek_version = Some(version);
-        crate::audit::record(
-            store,
+        let event = crate::store::evidence(
             &actor,
             "keys.dek_rotated",
             &format!("org:{org}"),
             json!({"version": version, "kek_id": kek.kek_id}),
-        )
-        .await?;
+        );
+        store
+            .dek_insert(
+                &OrgDek {
+                    org: org.clone(),
+                    version,
+                    kek_id: kek.kek_id.clone(),
+                    kek_version: version_of(&kek),
+                    wrapped: b64(&wrapped),
+                    created_at: now,
+                    rewrapped_at: None,
+                },
+                &event,
+            )
+            .await?;
+        out.new_dek_version = Some(version);
     }
     let current = version_of(&kek);
+    // Re-wrapped under the KMS first, then stored together with their evidence.
+    let mut rewraps = Vec::new();
     for d in deks.iter().filter(|d| d.kek_version != current) {
         let blob = unb64(&d.wrapped)?;
         let re = with_retry("re-encrypt", || kms.rewrap(&kek.kek_id, &blob)).await?;
-        store
-            .dek_rewrapped(&org, d.version, &current, &b64(&re))
-            .await?;
-        out.rewrapped += 1;
+        rewraps.push((d.version, b64(&re)));
     }
-    if out.rewrapped > 0 {
-        crate::audit::record(
-            store,
+    if !rewraps.is_empty() {
+        out.rewrapped = rewraps.len();
+        let event = crate::store::evidence(
             &actor,
             "keys.rewrapped",
             &format!("org:{org}"),
             json!({"deks": out.rewrapped, "kek_id": kek.kek_id}),
-        )
-        .await?;
+        );
+        store
+            .dek_rewrapped(&org, &current, &rewraps, &event)
+            .await?;
     }
     Ok(out)
 }

@@ -7,6 +7,7 @@ mod common;
 mod deploy;
 mod dsr;
 mod dsr_http;
+mod evidence_crash;
 mod faults;
 mod fuzz;
 mod keys_breach;
