@@ -5,8 +5,10 @@ use std::sync::Arc;
 use crate::appdb::AppDb;
 use crate::config::Config;
 use crate::error::{Error, Result};
+use crate::kms::Kms;
+use crate::mail::Mailer;
 use crate::metrics::Metrics;
-use crate::notify::Mailer;
+use crate::objstore::ObjectStore;
 use crate::store::{self, Store};
 
 pub struct Context {
@@ -23,6 +25,10 @@ pub struct Context {
     /// Set once `appdb::preflight` passed in this process (intake checks once,
     /// not per request; jobs check on every run).
     app_db_checked: tokio::sync::OnceCell<()>,
+    /// The backup/export object store and the KMS client, built on first use
+    /// and shared (one HTTP connection pool per process, not per call).
+    object_store: tokio::sync::OnceCell<Arc<dyn ObjectStore>>,
+    kms: tokio::sync::OnceCell<Arc<dyn Kms>>,
 }
 
 impl Context {
@@ -49,6 +55,8 @@ impl Context {
             worker_id: worker_id(),
             app_db: tokio::sync::OnceCell::new(),
             app_db_checked: tokio::sync::OnceCell::new(),
+            object_store: tokio::sync::OnceCell::new(),
+            kms: tokio::sync::OnceCell::new(),
         }))
     }
 
@@ -77,6 +85,31 @@ impl Context {
             })
             .await?;
         Ok(db)
+    }
+}
+
+impl Context {
+    /// The `[object_store]` backups and exports go to, opened once per process.
+    pub async fn object_store(&self) -> Result<Arc<dyn ObjectStore>> {
+        let store = self
+            .object_store
+            .get_or_try_init(|| async {
+                let cfg = self.config.object_store.as_ref().ok_or_else(|| {
+                    Error::Usage("no [object_store] in the config: add url = \"file://backups\" or \"s3://bucket/prefix\"".into())
+                })?;
+                crate::objstore::open(cfg).await
+            })
+            .await?;
+        Ok(store.clone())
+    }
+
+    /// The `[keys]` provider's client, built once per process.
+    pub async fn kms(&self) -> Result<Arc<dyn Kms>> {
+        let kms = self
+            .kms
+            .get_or_try_init(|| crate::kms::open(&self.config.keys))
+            .await?;
+        Ok(kms.clone())
     }
 }
 

@@ -3,8 +3,9 @@
 //! See ARCHITECTURE.md for the map.
 
 pub mod appdb;
+pub mod archive;
 pub mod audit;
-pub mod aws_error;
+pub mod aws;
 pub mod backup;
 pub mod breach;
 pub mod chain;
@@ -14,11 +15,14 @@ pub mod config;
 pub mod context;
 pub mod demo;
 pub mod dsr;
+pub mod entry;
 pub mod error;
 pub mod fence;
 pub mod http;
 pub mod jobs;
 pub mod keys;
+pub mod kms;
+pub mod mail;
 pub mod metrics;
 pub mod notify;
 pub mod objstore;

@@ -1,3 +1,3 @@
 fn main() {
-    std::process::exit(lethe::cli::main());
+    std::process::exit(lethe::entry::main());
 }

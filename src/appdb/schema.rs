@@ -114,8 +114,16 @@ impl AppDb {
 }
 
 /// Every problem with the data map and `[app]` mapping against the live schema.
+/// The tables and columns the config names, each with where it is named.
+type Wanted = Vec<(String, String, Vec<(String, String)>)>;
+
 pub async fn check_data_map(db: &AppDb, config: &Config) -> Result<Vec<SchemaProblem>> {
-    let mut problems = Vec::new();
+    let mut problems = missing_columns(db, wanted_columns(config)).await?;
+    unindexed_timestamps(db, config, &mut problems).await?;
+    Ok(problems)
+}
+
+fn wanted_columns(config: &Config) -> Wanted {
     let cfg_loc = config.path.display().to_string();
     let need = |location: &str, table: &str, columns: Vec<(&str, &str)>| {
         let cols: Vec<(String, String)> = columns
@@ -169,6 +177,11 @@ pub async fn check_data_map(db: &AppDb, config: &Config) -> Result<Vec<SchemaPro
         }
         wanted.push(need(&e.location, &e.table, cols));
     }
+    wanted
+}
+
+async fn missing_columns(db: &AppDb, wanted: Wanted) -> Result<Vec<SchemaProblem>> {
+    let mut problems = Vec::new();
     for (location, table, cols) in wanted {
         match db.columns(&table).await? {
             None => problems.push(SchemaProblem {
@@ -194,7 +207,15 @@ pub async fn check_data_map(db: &AppDb, config: &Config) -> Result<Vec<SchemaPro
             }
         }
     }
-    // A purge by age without an index on the timestamp scans the whole table every batch.
+    Ok(problems)
+}
+
+/// A purge by age without an index on the timestamp scans the whole table every batch.
+async fn unindexed_timestamps(
+    db: &AppDb,
+    config: &Config,
+    problems: &mut Vec<SchemaProblem>,
+) -> Result<()> {
     for e in &config.data_map {
         let Some(ts) = &e.timestamp else { continue };
         if e.retention.is_empty() || problems.iter().any(|p| p.table == e.table && p.fatal) {
@@ -229,5 +250,5 @@ pub async fn check_data_map(db: &AppDb, config: &Config) -> Result<Vec<SchemaPro
             });
         }
     }
-    Ok(problems)
+    Ok(())
 }

@@ -282,15 +282,7 @@ impl AppDb {
         held_orgs: &[String],
         before_commit: &Fence,
     ) -> Result<EraseOutcome> {
-        // Column types first (outside the transaction): parameters are cast to them.
-        let owner_type = match &app.memberships {
-            Some(m) => self.column_type(&m.table, &m.subject).await?,
-            None => None,
-        };
-        let mut types = Vec::with_capacity(steps.len());
-        for s in steps {
-            types.push(self.column_type(&s.table, &s.subject).await?);
-        }
+        let (owner_type, types) = self.erase_column_types(app, steps).await?;
         // The same steps on either driver; only the transaction and argument types differ.
         macro_rules! erase_in {
             ($tx:ident, $args:ident) => {{
@@ -357,6 +349,24 @@ impl AppDb {
                 erase_in!(tx, sqlite_args)
             }
         }
+    }
+
+    /// The owner column's type and each step's subject column type, read
+    /// before the erasure's transaction: parameters are cast to them.
+    async fn erase_column_types(
+        &self,
+        app: &AppMapping,
+        steps: &[EraseStep],
+    ) -> Result<(Option<String>, Vec<Option<String>>)> {
+        let owner_type = match &app.memberships {
+            Some(m) => self.column_type(&m.table, &m.subject).await?,
+            None => None,
+        };
+        let mut types = Vec::with_capacity(steps.len());
+        for s in steps {
+            types.push(self.column_type(&s.table, &s.subject).await?);
+        }
+        Ok((owner_type, types))
     }
 
     /// The statement for one step, or a count of the subject's rows in its

@@ -7,14 +7,13 @@
 
 pub mod gfs;
 mod manifest;
-mod pipeline;
 mod restore;
 mod rpo;
 mod source;
 mod verify;
 
+pub use crate::archive::{decode, encode, parse_identities, parse_recipients, PartSink};
 pub use manifest::{Manifest, MANIFEST_FORMAT};
-pub use pipeline::{decode, encode, parse_identities, parse_recipients, PartSink};
 pub use restore::restore;
 pub use rpo::{rpo_check_job, RpoParams, RpoReport};
 
@@ -24,7 +23,6 @@ pub const VERIFY_KIND: &str = "backup.verify";
 pub use verify::{verify, VerifyReport};
 
 use std::io::Write;
-use std::sync::Arc;
 use std::time::Instant;
 
 use chrono::{DateTime, Utc};
@@ -36,20 +34,10 @@ use tokio_util::io::SyncIoBridge;
 use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::notify::{self, Message, Role};
-use crate::objstore::{self, ObjectStore};
+use crate::objstore::ObjectStore;
 use crate::runner::{JobContext, JobParams};
 use crate::store::BackupRecord;
 use source::Db;
-
-fn object_store(ctx: &Context) -> Result<&crate::config::ObjectStoreConfig> {
-    ctx.config.object_store.as_ref().ok_or_else(|| {
-        Error::Usage("no [object_store] in the config: add url = \"file://backups\" or \"s3://bucket/prefix\"".into())
-    })
-}
-
-pub async fn open_store(ctx: &Context) -> Result<Arc<dyn ObjectStore>> {
-    objstore::open(object_store(ctx)?).await
-}
 
 fn new_id(now: DateTime<Utc>) -> String {
     format!(
@@ -64,8 +52,8 @@ async fn upload_stream(
     ctx: &Context,
     store: &dyn ObjectStore,
     key: &str,
-    produce: impl FnOnce(PartSink) -> Result<pipeline::Encoded> + Send + 'static,
-) -> Result<pipeline::Encoded> {
+    produce: impl FnOnce(PartSink) -> Result<crate::archive::Encoded> + Send + 'static,
+) -> Result<crate::archive::Encoded> {
     let cfg = &ctx.config.backup;
     // One part waits in the channel; the store itself bounds the parts in flight.
     let (tx, mut rx) = mpsc::channel(1);
@@ -102,11 +90,11 @@ async fn upload_stream(
 /// Checkpoint naming the object an attempt is uploading.
 const UPLOAD_KEY: &str = "backup.upload";
 
-/// `backup.create`: returns the catalog row.
-pub async fn create(ctx: &Context, run_id: Option<i64>) -> Result<BackupRecord> {
+/// `backup.create`: returns the catalog row (committed with `actor`'s evidence).
+pub async fn create(ctx: &Context, run_id: Option<i64>, actor: &str) -> Result<BackupRecord> {
     let cfg = &ctx.config.backup;
     let recipients = parse_recipients(&cfg.recipients)?;
-    let store = open_store(ctx).await?;
+    let store = ctx.object_store().await?;
     let db = Db::from_url(&ctx.config.database.url)?;
     let started = Instant::now();
     let created_at = Utc::now();
@@ -236,7 +224,14 @@ pub async fn create(ctx: &Context, run_id: Option<i64>) -> Result<BackupRecord> 
         verify_error: None,
         deleted_at: None,
     };
-    ctx.store.backup_insert(&record).await?;
+    let b = &record;
+    let event = crate::store::evidence(
+        actor,
+        "backup.created",
+        &format!("backup:{}", b.id),
+        json!({"object": b.object_key, "sha256": b.sha256, "stored_bytes": b.stored_bytes, "raw_bytes": b.raw_bytes}),
+    );
+    ctx.store.backup_insert(&record, &event).await?;
     Ok(record)
 }
 
@@ -275,8 +270,8 @@ async fn download_decoded(
             Box<dyn FnOnce() -> Result<()> + Send>,
         )> + Send
         + 'static,
-) -> Result<pipeline::Decoded> {
-    let store = open_store(ctx).await?;
+) -> Result<crate::archive::Decoded> {
+    let store = ctx.object_store().await?;
     let secret = identity(ctx)?;
     let reader = store.get(&b.object_key).await?;
     let decoded = tokio::task::spawn_blocking(move || {
@@ -307,7 +302,11 @@ async fn download_decoded(
 }
 
 /// Restores `b` into the (empty) PostgreSQL database at `url` with pg_restore.
-async fn restore_into_pg(ctx: &Context, b: &BackupRecord, url: &str) -> Result<pipeline::Decoded> {
+async fn restore_into_pg(
+    ctx: &Context,
+    b: &BackupRecord,
+    url: &str,
+) -> Result<crate::archive::Decoded> {
     let mut cmd = source::pg_command(
         &source::pg_tool("pg_restore", ctx.config.backup.pg_bin.as_deref()),
         url,
@@ -346,7 +345,7 @@ async fn restore_into_file(
     ctx: &Context,
     b: &BackupRecord,
     file: std::fs::File,
-) -> Result<pipeline::Decoded> {
+) -> Result<crate::archive::Decoded> {
     download_decoded(ctx, b, move || {
         let finish = || Ok(());
         Ok((
@@ -382,7 +381,7 @@ impl JobParams for PruneParams {}
 
 pub async fn create_job(jc: &JobContext, _: CreateParams) -> Result<Value> {
     if jc.dry_run {
-        let store = open_store(&jc.ctx).await?;
+        let store = jc.ctx.object_store().await?;
         return Ok(
             json!({"dry_run": true, "store": store.describe(), "recipients": jc.ctx.config.backup.recipients.len()}),
         );
@@ -392,7 +391,7 @@ pub async fn create_job(jc: &JobContext, _: CreateParams) -> Result<Value> {
     let mut orphans_aborted = 0;
     if let Some(prev) = jc.ctx.store.checkpoint_get(jc.run.id, UPLOAD_KEY).await? {
         if let Some(object) = prev["object"].as_str() {
-            orphans_aborted = open_store(&jc.ctx).await?.abort_uploads(object).await?;
+            orphans_aborted = jc.ctx.object_store().await?.abort_uploads(object).await?;
             if orphans_aborted > 0 {
                 tracing::warn!(
                     object,
@@ -402,15 +401,7 @@ pub async fn create_job(jc: &JobContext, _: CreateParams) -> Result<Value> {
             }
         }
     }
-    let b = create(&jc.ctx, Some(jc.run.id)).await?;
-    crate::audit::record(
-        jc.ctx.store.as_ref(),
-        &jc.actor,
-        "backup.created",
-        &format!("backup:{}", b.id),
-        json!({"object": b.object_key, "sha256": b.sha256, "stored_bytes": b.stored_bytes, "raw_bytes": b.raw_bytes}),
-    )
-    .await?;
+    let b = create(&jc.ctx, Some(jc.run.id), &jc.actor).await?;
     Ok(json!({
         "id": b.id, "object": b.object_key, "manifest": b.manifest_key, "sha256": b.sha256,
         "stored_bytes": b.stored_bytes, "raw_bytes": b.raw_bytes,
@@ -448,15 +439,7 @@ pub async fn verify_job(jc: &JobContext, p: VerifyParams) -> Result<VerifyOutput
             would_verify: id,
         });
     }
-    let r = verify(&jc.ctx, &id).await?;
-    crate::audit::record(
-        jc.ctx.store.as_ref(),
-        &jc.actor,
-        if r.ok { "backup.verified" } else { "backup.verify_failed" },
-        &format!("backup:{id}"),
-        json!({"restore_ms": r.restore_ms, "tables": r.tables, "mismatches": r.mismatches, "error": r.error}),
-    )
-    .await?;
+    let r = verify(&jc.ctx, &id, &jc.actor).await?;
     if !r.ok {
         notify::enqueue(
             &jc.ctx,
@@ -504,19 +487,17 @@ pub async fn prune_job(jc: &JobContext, _: PruneParams) -> Result<Value> {
         }
     }
     if !jc.dry_run && !removed.is_empty() {
-        let store = open_store(&jc.ctx).await?;
+        let store = jc.ctx.object_store().await?;
         for b in &removed {
             store.delete(&b.object_key).await?;
             store.delete(&b.manifest_key).await?;
-            jc.ctx.store.backup_deleted(&b.id).await?;
-            crate::audit::record(
-                jc.ctx.store.as_ref(),
+            let event = crate::store::evidence(
                 &jc.actor,
                 "backup.pruned",
                 &format!("backup:{}", b.id),
                 json!({"created_at": b.created_at.to_rfc3339(), "policy": keep}),
-            )
-            .await?;
+            );
+            jc.ctx.store.backup_deleted(&b.id, &event).await?;
         }
     }
     let removed_ids: Vec<&str> = removed.iter().map(|b| b.id.as_str()).collect();

@@ -15,7 +15,7 @@ use sqlx::{Connection, Executor, PgConnection};
 
 use super::{find, identity, restore_into_file, restore_into_pg, source, Manifest};
 use crate::appdb::quote_ident as q;
-use crate::backup::pipeline::Decoded;
+use crate::archive::Decoded;
 use crate::context::Context;
 use crate::dsr::{LedgerReapply, ReapplyReport};
 use crate::error::{Error, Result};

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-use super::{find, open_store, restore_into_file, restore_into_pg, source, Manifest};
+use super::{find, restore_into_file, restore_into_pg, source, Manifest};
 use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::store::BackupRecord;
@@ -29,7 +29,7 @@ async fn checked_manifest(ctx: &Context, b: &BackupRecord) -> Result<Manifest> {
         &b.manifest,
         &format!("the catalog's manifest of backup {}", b.id),
     )?;
-    let bytes = open_store(ctx).await?.get_bytes(&b.manifest_key).await?;
+    let bytes = ctx.object_store().await?.get_bytes(&b.manifest_key).await?;
     let stored = Manifest::from_slice(
         &bytes,
         &format!("the manifest {} in the object store", b.manifest_key),
@@ -96,8 +96,9 @@ async fn scratch_restore(
 }
 
 /// Checks the manifest, downloads, decrypts, decompresses, checks the hash,
-/// restores into scratch and compares row counts with the manifest's.
-pub async fn verify(ctx: &Context, id: &str) -> Result<VerifyReport> {
+/// restores into scratch and compares row counts with the manifest's. The
+/// result is stored with `actor`'s evidence.
+pub async fn verify(ctx: &Context, id: &str, actor: &str) -> Result<VerifyReport> {
     let b = find(ctx, id).await?;
     let started = Instant::now();
     let outcome = async {
@@ -141,12 +142,24 @@ pub async fn verify(ctx: &Context, id: &str) -> Result<VerifyReport> {
         .error
         .clone()
         .or_else(|| (!report.mismatches.is_empty()).then(|| report.mismatches.join("; ")));
+    let r = &report;
+    let event = crate::store::evidence(
+        actor,
+        if r.ok {
+            "backup.verified"
+        } else {
+            "backup.verify_failed"
+        },
+        &format!("backup:{id}"),
+        serde_json::json!({"restore_ms": r.restore_ms, "tables": r.tables, "mismatches": r.mismatches, "error": r.error}),
+    );
     ctx.store
         .backup_verified(
             &b.id,
             report.ok,
             Some(restore_ms as i64),
             error_text.as_deref(),
+            &event,
         )
         .await?;
     Ok(report)

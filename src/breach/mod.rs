@@ -151,18 +151,18 @@ pub async fn open(ctx: &Context, o: Opening) -> Result<Breach> {
         created_at: now,
         parties: parties(&jurisdictions, o.detected_at)?,
     };
-    let id = ctx.store.breach_insert(&b).await?;
     let actor = crate::audit::actor_cli();
-    crate::audit::record(
-        ctx.store.as_ref(),
-        &actor,
-        "breach.opened",
-        &format!("breach:{id}"),
-        json!({"title": b.title, "detected_at": b.detected_at.to_rfc3339(), "jurisdictions": b.jurisdictions,
-               "orgs": b.orgs, "subjects": b.subjects,
-               "deadlines": b.parties.iter().map(|p| json!({"party": p.party, "due_at": p.due_at.to_rfc3339()})).collect::<Vec<_>>()}),
-    )
-    .await?;
+    let event = |id: &i64| {
+        crate::store::evidence(
+            &actor,
+            "breach.opened",
+            &format!("breach:{id}"),
+            json!({"title": b.title, "detected_at": b.detected_at.to_rfc3339(), "jurisdictions": b.jurisdictions,
+                   "orgs": b.orgs, "subjects": b.subjects,
+                   "deadlines": b.parties.iter().map(|p| json!({"party": p.party, "due_at": p.due_at.to_rfc3339()})).collect::<Vec<_>>()}),
+        )
+    };
+    let id = ctx.store.breach_insert(&b, &event).await?;
     let stored = get(ctx, id).await?;
     for role in [Role::Ops, Role::Dpo] {
         notify::enqueue(ctx, mail(&stored, None, "opened", role)).await?;
@@ -197,16 +197,16 @@ pub async fn notified(ctx: &Context, id: i64, party: &str, note: Option<&str>) -
         )));
     }
     let actor = crate::audit::actor_cli();
-    ctx.store.breach_notified(id, party, &actor, note).await?;
     let now = ctx.store.now().await?;
-    crate::audit::record(
-        ctx.store.as_ref(),
+    let event = crate::store::evidence(
         &actor,
         "breach.notified",
         &format!("breach:{id}"),
         json!({"party": party, "due_at": p.due_at.to_rfc3339(), "on_time": now <= p.due_at, "note": note}),
-    )
-    .await?;
+    );
+    ctx.store
+        .breach_notified(id, party, &actor, note, &event)
+        .await?;
     get(ctx, id).await
 }
 

@@ -50,15 +50,7 @@ pub async fn list(ctx: Arc<Context>, all: bool, json_out: bool) -> Result<i32> {
 }
 
 pub async fn verify(ctx: Arc<Context>, id: &str, json_out: bool) -> Result<i32> {
-    let r = crate::backup::verify(&ctx, id).await?;
-    record(
-        ctx.store.as_ref(),
-        &actor_cli(),
-        if r.ok { "backup.verified" } else { "backup.verify_failed" },
-        &format!("backup:{id}"),
-        json!({"restore_ms": r.restore_ms, "tables": r.tables, "mismatches": r.mismatches, "error": r.error}),
-    )
-    .await?;
+    let r = crate::backup::verify(&ctx, id, &actor_cli()).await?;
     if json_out {
         super::print_json(&r)?;
     } else if r.ok {

@@ -6,11 +6,11 @@ use std::sync::Arc;
 use anyhow::Result;
 use serde_json::json;
 
-use crate::audit::{actor_cli, record};
+use crate::audit::actor_cli;
 use crate::context::Context;
 use crate::error::Error;
 use crate::retention::Period;
-use crate::store::{HoldScope, RetentionOverride};
+use crate::store::{evidence, HoldScope, LegalHold, RetentionOverride};
 
 fn require_reason(reason: &str) -> Result<(), Error> {
     if reason.trim().is_empty() {
@@ -72,15 +72,13 @@ pub async fn set(
         set_by: actor_cli(),
         set_at: chrono::Utc::now(),
     };
-    ctx.store.override_set(&o).await?;
-    record(
-        ctx.store.as_ref(),
+    let event = evidence(
         &o.set_by,
         "retention.override_set",
         &format!("org:{org}"),
         json!({"class": class, "period": o.period, "reason": reason}),
-    )
-    .await?;
+    );
+    ctx.store.override_set(&o, &event).await?;
     if json_out {
         super::print_json(&o)?;
     } else {
@@ -91,17 +89,15 @@ pub async fn set(
 
 pub async fn unset(ctx: Arc<Context>, class: &str, org: &str, reason: &str) -> Result<i32> {
     require_reason(reason)?;
-    if !ctx.store.override_unset(class, org).await? {
-        return Err(Error::NotFound(format!("no override for class {class} and org {org}")).into());
-    }
-    record(
-        ctx.store.as_ref(),
+    let event = evidence(
         &actor_cli(),
         "retention.override_unset",
         &format!("org:{org}"),
         json!({"class": class, "reason": reason}),
-    )
-    .await?;
+    );
+    if !ctx.store.override_unset(class, org, &event).await? {
+        return Err(Error::NotFound(format!("no override for class {class} and org {org}")).into());
+    }
     outln!("org {org}: class {class} back to the data map's retention");
     Ok(0)
 }
@@ -192,15 +188,18 @@ pub async fn hold_add(
         _ => format!("{}:{value}", scope.as_str()),
     };
     let actor = actor_cli();
-    let hold = ctx.store.hold_add(scope, &value, reason, &actor).await?;
-    record(
-        ctx.store.as_ref(),
-        &actor,
-        "hold.added",
-        &target,
-        json!({"hold_id": hold.id, "reason": reason}),
-    )
-    .await?;
+    let event = |hold: &LegalHold| {
+        evidence(
+            &actor,
+            "hold.added",
+            &target,
+            json!({"hold_id": hold.id, "reason": reason}),
+        )
+    };
+    let hold = ctx
+        .store
+        .hold_add(scope, &value, reason, &actor, &event)
+        .await?;
     if json_out {
         super::print_json(&hold)?;
     } else {
@@ -240,19 +239,17 @@ pub async fn hold_list(ctx: Arc<Context>, all: bool, json_out: bool) -> Result<i
 pub async fn hold_release(ctx: Arc<Context>, id: i64, reason: &str) -> Result<i32> {
     require_reason(reason)?;
     let actor = actor_cli();
-    if !ctx.store.hold_release(id, reason, &actor).await? {
-        return Err(
-            Error::NotFound(format!("no active hold {id} (see `lethe hold list --all`)")).into(),
-        );
-    }
-    record(
-        ctx.store.as_ref(),
+    let event = evidence(
         &actor,
         "hold.released",
         &format!("hold:{id}"),
         json!({"reason": reason}),
-    )
-    .await?;
+    );
+    if !ctx.store.hold_release(id, reason, &actor, &event).await? {
+        return Err(
+            Error::NotFound(format!("no active hold {id} (see `lethe hold list --all`)")).into(),
+        );
+    }
     outln!("hold {id} released");
     Ok(0)
 }

@@ -125,7 +125,7 @@ pub(super) fn load_entries(
     let mut out: Vec<DataMapEntry> = Vec::new();
     for e in raw {
         let span = e.table.span();
-        let table = e.table.into_inner();
+        let table = e.table.get_ref().clone();
         let err = |m: String| src.error_at(span.clone(), format!("data_map entry `{table}`: {m}"));
         if table.trim().is_empty() {
             return Err(err("`table` is empty".into()));
@@ -133,83 +133,9 @@ pub(super) fn load_entries(
         if out.iter().any(|o| o.table == table) {
             return Err(err("this table is mapped twice; merge the entries".into()));
         }
-        let rules = match e.retention {
-            None => vec![],
-            Some(r) => {
-                let texts = match r.get_ref() {
-                    OneOrMany::One(s) => vec![s.clone()],
-                    OneOrMany::Many(v) => v.clone(),
-                };
-                let mut rules = Vec::new();
-                for t in texts {
-                    let parsed = RetentionRule::parse(&t).map_err(|m| {
-                        src.error_at(r.span(), format!("data_map entry `{table}`: retention {m}"))
-                    })?;
-                    rules.extend(parsed);
-                }
-                rules
-            }
-        };
-        for rule in &rules {
-            match rule {
-                RetentionRule::Age(_) if e.timestamp.is_none() => {
-                    return Err(err(format!(
-                        "retention `{rule}` needs a `timestamp` column to measure age; add `timestamp = \"created_at\"` (or the table's time column)"
-                    )))
-                }
-                RetentionRule::OrgClosed(_) if e.org.is_none() => {
-                    return Err(err(format!("retention `{rule}` needs an `org` column naming the row's org")))
-                }
-                RetentionRule::OrgClosed(_) if app.and_then(|a| a.orgs.as_ref()).and_then(|o| o.closed_at.as_ref()).is_none() => {
-                    return Err(err(format!(
-                        "retention `{rule}` needs [app.orgs] with `closed_at`, e.g. orgs = {{ table = \"orgs\", id = \"id\", closed_at = \"closed_at\" }}"
-                    )))
-                }
-                _ => {}
-            }
-        }
-        let erasure = match e.erasure.as_ref().map(|s| s.get_ref().as_str()) {
-            None | Some("delete") => Erasure::Delete,
-            Some("anonymize") => {
-                let cols = e.anonymize.clone().unwrap_or_default();
-                if cols.is_empty() {
-                    return Err(err("erasure = \"anonymize\" needs `anonymize = { column = \"null\" | \"hmac\" | \"fixed:VALUE\" }`".into()));
-                }
-                let mut rules = Vec::new();
-                for (col, how) in cols {
-                    let rule = match how.as_str() {
-                        "null" => AnonymizeRule::Null,
-                        "hmac" => AnonymizeRule::Hmac,
-                        f if f.starts_with("fixed:") => AnonymizeRule::Fixed(f["fixed:".len()..].to_string()),
-                        other => {
-                            return Err(err(format!(
-                                "anonymize rule `{other}` for column `{col}`: use \"null\", \"hmac\" or \"fixed:VALUE\""
-                            )))
-                        }
-                    };
-                    rules.push((col, rule));
-                }
-                Erasure::Anonymize(rules)
-            }
-            Some("retain") => Erasure::Retain {
-                legal_basis: e.legal_basis.clone().filter(|b| !b.trim().is_empty()).ok_or_else(|| {
-                    err("erasure = \"retain\" needs `legal_basis`, e.g. \"tax law: invoices kept 10 years\"".into())
-                })?,
-            },
-            Some(other) => {
-                let span = e.erasure.as_ref().map(|s| s.span()).unwrap_or(span.clone());
-                return Err(src.error_at(
-                    span,
-                    format!("data_map entry `{table}`: erasure `{other}` is not one of delete, anonymize, retain"),
-                ));
-            }
-        };
-        if e.anonymize.is_some() && !matches!(erasure, Erasure::Anonymize(_)) {
-            return Err(err(
-                "`anonymize` is set but erasure is not \"anonymize\"".into()
-            ));
-        }
-        let (line, _) = super::line_col(src.text, span.start);
+        let rules = entry_rules(src, &e, &table, app)?;
+        let erasure = entry_erasure(src, &e, &table)?;
+        let (line, _) = super::source::line_col(src.text, span.start);
         out.push(DataMapEntry {
             location: format!("{}:{line}", src.path.display()),
             table,
@@ -223,4 +149,99 @@ pub(super) fn load_entries(
         });
     }
     Ok(out)
+}
+
+/// An entry's retention rules, and the columns and tables each rule needs.
+fn entry_rules(
+    src: &SourceFile,
+    e: &RawEntry,
+    table: &str,
+    app: Option<&AppMapping>,
+) -> Result<Vec<RetentionRule>> {
+    let err = |m: String| src.error_at(e.table.span(), format!("data_map entry `{table}`: {m}"));
+    let rules = match &e.retention {
+        None => vec![],
+        Some(r) => {
+            let texts = match r.get_ref() {
+                OneOrMany::One(s) => vec![s.clone()],
+                OneOrMany::Many(v) => v.clone(),
+            };
+            let mut rules = Vec::new();
+            for t in texts {
+                let parsed = RetentionRule::parse(&t).map_err(|m| {
+                    src.error_at(r.span(), format!("data_map entry `{table}`: retention {m}"))
+                })?;
+                rules.extend(parsed);
+            }
+            rules
+        }
+    };
+    for rule in &rules {
+        match rule {
+            RetentionRule::Age(_) if e.timestamp.is_none() => {
+                return Err(err(format!(
+                    "retention `{rule}` needs a `timestamp` column to measure age; add `timestamp = \"created_at\"` (or the table's time column)"
+                )))
+            }
+            RetentionRule::OrgClosed(_) if e.org.is_none() => {
+                return Err(err(format!("retention `{rule}` needs an `org` column naming the row's org")))
+            }
+            RetentionRule::OrgClosed(_) if app.and_then(|a| a.orgs.as_ref()).and_then(|o| o.closed_at.as_ref()).is_none() => {
+                return Err(err(format!(
+                    "retention `{rule}` needs [app.orgs] with `closed_at`, e.g. orgs = {{ table = \"orgs\", id = \"id\", closed_at = \"closed_at\" }}"
+                )))
+            }
+            _ => {}
+        }
+    }
+    Ok(rules)
+}
+
+/// An entry's erasure: delete (default), anonymize with per-column rules, or
+/// retain with a legal basis.
+fn entry_erasure(src: &SourceFile, e: &RawEntry, table: &str) -> Result<Erasure> {
+    let err = |m: String| src.error_at(e.table.span(), format!("data_map entry `{table}`: {m}"));
+    let span = e.table.span();
+    let erasure = match e.erasure.as_ref().map(|s| s.get_ref().as_str()) {
+        None | Some("delete") => Erasure::Delete,
+        Some("anonymize") => {
+            let cols = e.anonymize.clone().unwrap_or_default();
+            if cols.is_empty() {
+                return Err(err("erasure = \"anonymize\" needs `anonymize = { column = \"null\" | \"hmac\" | \"fixed:VALUE\" }`".into()));
+            }
+            let mut rules = Vec::new();
+            for (col, how) in cols {
+                let rule = match how.as_str() {
+                    "null" => AnonymizeRule::Null,
+                    "hmac" => AnonymizeRule::Hmac,
+                    f if f.starts_with("fixed:") => AnonymizeRule::Fixed(f["fixed:".len()..].to_string()),
+                    other => {
+                        return Err(err(format!(
+                            "anonymize rule `{other}` for column `{col}`: use \"null\", \"hmac\" or \"fixed:VALUE\""
+                        )))
+                    }
+                };
+                rules.push((col, rule));
+            }
+            Erasure::Anonymize(rules)
+        }
+        Some("retain") => Erasure::Retain {
+            legal_basis: e.legal_basis.clone().filter(|b| !b.trim().is_empty()).ok_or_else(|| {
+                err("erasure = \"retain\" needs `legal_basis`, e.g. \"tax law: invoices kept 10 years\"".into())
+            })?,
+        },
+        Some(other) => {
+            let span = e.erasure.as_ref().map(|s| s.span()).unwrap_or(span.clone());
+            return Err(src.error_at(
+                span,
+                format!("data_map entry `{table}`: erasure `{other}` is not one of delete, anonymize, retain"),
+            ));
+        }
+    };
+    if e.anonymize.is_some() && !matches!(erasure, Erasure::Anonymize(_)) {
+        return Err(err(
+            "`anonymize` is set but erasure is not \"anonymize\"".into()
+        ));
+    }
+    Ok(erasure)
 }

@@ -146,8 +146,8 @@ pub fn from_text(path: &Path, text: &str) -> Result<JobSpec> {
 
     Ok(JobSpec {
         name,
-        kind_at: Some(super::line_col(text, raw.kind.span().start)),
-        params_at: Some(super::line_col(text, params_span.start)),
+        kind_at: Some(super::source::line_col(text, raw.kind.span().start)),
+        params_at: Some(super::source::line_col(text, params_span.start)),
         kind: raw.kind.into_inner(),
         schedule,
         timeout,

@@ -197,7 +197,23 @@ pub async fn submit(ctx: &Context, s: Submission<'_>) -> Result<Intake> {
         due_at,
     };
     let actor = s.actor;
-    let outcome = match ctx.store.dsr_insert(&new).await? {
+    // A created request commits with its evidence. The subject's email is
+    // personal data: evidence names the request, not the person.
+    let event = |r: &DsrRequest| {
+        let action = if r.state == DsrState::Rejected {
+            "dsr.rejected"
+        } else {
+            "dsr.received"
+        };
+        crate::store::evidence(
+            actor,
+            action,
+            &format!("dsr:{}", r.id),
+            json!({"kind": r.kind, "jurisdiction": r.jurisdiction, "due_at": r.due_at.to_rfc3339(),
+                   "reason": r.reason, "source": r.source, "subject": pseudonym}),
+        )
+    };
+    let outcome = match ctx.store.dsr_insert(&new, &event).await? {
         DsrInsert::Replayed(r) => return Ok(Intake::Replayed(r)),
         DsrInsert::KeyConflict(r) => return Ok(Intake::KeyReused(r)),
         DsrInsert::Duplicate(existing) => {
@@ -212,7 +228,7 @@ pub async fn submit(ctx: &Context, s: Submission<'_>) -> Result<Intake> {
                 request_hash: None,
                 ..new
             };
-            match ctx.store.dsr_insert(&dup).await? {
+            match ctx.store.dsr_insert(&dup, &event).await? {
                 DsrInsert::Created(r) => Intake::Rejected {
                     request: r,
                     blocking_orgs: vec![],
@@ -230,22 +246,6 @@ pub async fn submit(ctx: &Context, s: Submission<'_>) -> Result<Intake> {
         },
         DsrInsert::Created(r) => Intake::Accepted(r),
     };
-    let (r, action) = match &outcome {
-        Intake::Accepted(r) => (r, "dsr.received"),
-        Intake::Rejected { request, .. } => (request, "dsr.rejected"),
-        Intake::Replayed(r) => (r, "dsr.replayed"),
-        Intake::KeyReused(_) => return Ok(outcome),
-    };
-    // The subject's email is personal data: evidence names the request, not the person.
-    crate::audit::record(
-        ctx.store.as_ref(),
-        actor,
-        action,
-        &format!("dsr:{}", r.id),
-        json!({"kind": r.kind, "jurisdiction": r.jurisdiction, "due_at": r.due_at.to_rfc3339(),
-               "reason": r.reason, "source": r.source, "subject": pseudonym}),
-    )
-    .await?;
     Ok(outcome)
 }
 
@@ -351,20 +351,18 @@ pub async fn extend(
         extended_at: now,
         notified_at: notified,
     };
-    if !ctx.store.dsr_extend(id, &ext).await? {
-        return Err(Error::Refused(format!(
-            "request {id} changed meanwhile (closed, extended, or its deadline passed); nothing extended"
-        )));
-    }
-    crate::audit::record(
-        ctx.store.as_ref(),
+    let event = crate::store::evidence(
         &crate::audit::actor_cli(),
         "dsr.extended",
         &format!("dsr:{id}"),
         json!({"days": days, "from_due_at": r.due_at.to_rfc3339(), "due_at": new_due.to_rfc3339(),
                "reason": reason, "subject_notified_at": notified.to_rfc3339()}),
-    )
-    .await?;
+    );
+    if !ctx.store.dsr_extend(id, &ext, &event).await? {
+        return Err(Error::Refused(format!(
+            "request {id} changed meanwhile (closed, extended, or its deadline passed); nothing extended"
+        )));
+    }
     ctx.store
         .dsr_get(id)
         .await?

@@ -187,9 +187,9 @@ async fn erase(
 }
 
 /// What follows an erasure's commit in the application database (or finds it
-/// already done): the ledger entry, the subject's export archives deleted, and
-/// the evidence. Each step is idempotent, so a retry after a crash between
-/// them completes the record.
+/// already done): the subject's export archives deleted, then the ledger entry
+/// committed with the evidence. Each step is idempotent, so a retry after a
+/// crash between them completes the record.
 async fn after_erasure(
     ctx: &Context,
     r: &DsrRequest,
@@ -197,9 +197,6 @@ async fn after_erasure(
     key: &Secret,
     done: Value,
 ) -> Result<Value> {
-    ctx.store
-        .ledger_add(&ledger_key(key, &r.subject), r.id)
-        .await?;
     // Their export archives hold every erased row: they go too, now.
     let exports = ctx
         .store
@@ -216,14 +213,15 @@ async fn after_erasure(
     if let (Some(e), Some(d)) = (evidence.as_object_mut(), done.as_object()) {
         e.extend(d.clone());
     }
-    crate::audit::record(
-        ctx.store.as_ref(),
+    let event = crate::store::evidence(
         actor,
         "dsr.erased",
         &format!("dsr:{}", r.id),
         evidence.clone(),
-    )
-    .await?;
+    );
+    ctx.store
+        .ledger_add(&ledger_key(key, &r.subject), r.id, &event)
+        .await?;
     Ok(evidence)
 }
 
@@ -275,12 +273,12 @@ async fn export(
     } else {
         &config.dsr.export_recipients
     };
-    let recipients = crate::backup::parse_recipients(keys)?;
+    let recipients = crate::archive::parse_recipients(keys)?;
     let sealed = tokio::task::spawn_blocking(move || -> Result<(Vec<u8>, String)> {
         let (tx, mut rx) = tokio::sync::mpsc::channel(1 << 16);
-        let enc = crate::backup::encode(
+        let enc = crate::archive::encode(
             &archive[..],
-            crate::backup::PartSink::new(8 << 20, tx),
+            crate::archive::PartSink::new(8 << 20, tx),
             &recipients,
             3,
             1,
@@ -294,7 +292,7 @@ async fn export(
     .await
     .map_err(|e| Error::Failed(format!("export encryption crashed: {e}")))??;
     let (bytes, sha256) = sealed;
-    let store = crate::backup::open_store(ctx).await?;
+    let store = ctx.object_store().await?;
     let key = format!(
         "{}dsr-{}-export.tar.zst.age",
         config.dsr.export_prefix, r.id
@@ -385,6 +383,7 @@ pub async fn process_job(jc: &JobContext, p: ProcessParams) -> Result<Value> {
                         DsrState::Completed,
                         None,
                         Some(&result),
+                        None,
                     )
                     .await?;
                 let erasure = matches!(kind, Ok(DsrKind::Erasure));
@@ -396,6 +395,12 @@ pub async fn process_job(jc: &JobContext, p: ProcessParams) -> Result<Value> {
             }
             Ok(Err((reason, detail))) => {
                 let v = json!({"detail": detail});
+                let event = crate::store::evidence(
+                    &jc.actor,
+                    "dsr.rejected",
+                    &format!("dsr:{}", r.id),
+                    json!({"reason": reason}),
+                );
                 ctx.store
                     .dsr_transition(
                         r.id,
@@ -403,16 +408,9 @@ pub async fn process_job(jc: &JobContext, p: ProcessParams) -> Result<Value> {
                         DsrState::Rejected,
                         Some(&reason),
                         Some(&v),
+                        Some(&event),
                     )
                     .await?;
-                crate::audit::record(
-                    ctx.store.as_ref(),
-                    &jc.actor,
-                    "dsr.rejected",
-                    &format!("dsr:{}", r.id),
-                    json!({"reason": reason}),
-                )
-                .await?;
                 rejected.push(json!({"id": r.id, "reason": reason}));
             }
             Err(e) => {
@@ -426,6 +424,7 @@ pub async fn process_job(jc: &JobContext, p: ProcessParams) -> Result<Value> {
                         DsrState::Failed,
                         None,
                         Some(&v),
+                        None,
                     )
                     .await?;
                 failed.push(json!({"id": r.id, "error": e.to_string()}));
@@ -484,7 +483,7 @@ async fn delete_exports(
     if exports.is_empty() {
         return Ok((0, 0));
     }
-    let store = crate::backup::open_store(ctx).await?;
+    let store = ctx.object_store().await?;
     let (mut deleted, mut failed) = (0, 0);
     for (id, object) in &exports {
         if let Err(e) = store.delete(object).await {
@@ -492,15 +491,13 @@ async fn delete_exports(
             failed += 1;
             continue;
         }
-        ctx.store.dsr_export_deleted(*id).await?;
-        crate::audit::record(
-            ctx.store.as_ref(),
+        let event = crate::store::evidence(
             actor,
             "dsr.export_deleted",
             &format!("dsr:{id}"),
             json!({"request": id, "object": object, "reason": why}),
-        )
-        .await?;
+        );
+        ctx.store.dsr_export_deleted(*id, &event).await?;
         deleted += 1;
     }
     Ok((deleted, failed))

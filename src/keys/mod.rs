@@ -5,49 +5,21 @@
 //! never leaves the KMS), rotates KEKs per policy and crypto-shreds closed
 //! orgs past their retention. Providers: AWS KMS and a local keyring file.
 
-mod aws;
-mod local;
-
-pub use aws::AwsKms;
-pub use local::LocalKms;
+pub use crate::kms::{AwsKms, Kms, LocalKms};
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
-use crate::config::KmsProvider;
 use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::runner::{JobContext, JobParams};
 use crate::store::{OrgDek, OrgKek};
-
-#[async_trait]
-pub trait Kms: Send + Sync {
-    fn describe(&self) -> String;
-    async fn create_kek(&self, org: &str) -> Result<String>;
-    /// A fresh DEK wrapped under the KEK; the plaintext is dropped, never stored.
-    async fn generate_dek(&self, kek_id: &str) -> Result<Vec<u8>>;
-    /// Re-wraps under the KEK's current backing key, inside the KMS.
-    async fn rewrap(&self, kek_id: &str, wrapped: &[u8]) -> Result<Vec<u8>>;
-    async fn rotate_kek(&self, kek_id: &str) -> Result<()>;
-    async fn schedule_deletion(&self, kek_id: &str, days: i32) -> Result<()>;
-}
-
-pub async fn open(ctx: &Context) -> Result<Arc<dyn Kms>> {
-    let k = &ctx.config.keys;
-    Ok(match k.provider {
-        KmsProvider::Local => Arc::new(LocalKms::new(k.keyring_file.clone())),
-        KmsProvider::Aws => {
-            Arc::new(AwsKms::new(k.kms_endpoint.as_deref(), k.region.as_deref()).await)
-        }
-    })
-}
 
 /// Retries throttled KMS calls with backoff; other errors return at once.
 async fn with_retry<T, F, Fut>(what: &str, mut f: F) -> Result<T>
@@ -148,7 +120,7 @@ async fn rotate_org(
                 rotated_at: now,
                 shredded_at: None,
             };
-            store.kek_put(&k).await?;
+            store.kek_put(&k, None).await?;
             out.created_kek = true;
             k
         }
@@ -160,28 +132,31 @@ async fn rotate_org(
             kms.schedule_deletion(&kek.kek_id, cfg.deletion_window_days)
         })
         .await?;
-        let destroyed = store.deks_destroy(&org).await?;
         kek.shredded_at = Some(now);
-        store.kek_put(&kek).await?;
-        crate::audit::record(store, &actor, "keys.shredded", &format!("org:{org}"),
-            json!({"kek_id": kek.kek_id, "deks_destroyed": destroyed, "deletion_window_days": cfg.deletion_window_days,
-                   "closed_at": closed_at.map(|c| c.to_rfc3339())})).await?;
+        let event = |destroyed: &u64| {
+            crate::store::evidence(
+                &actor,
+                "keys.shredded",
+                &format!("org:{org}"),
+                json!({"kek_id": kek.kek_id, "deks_destroyed": destroyed, "deletion_window_days": cfg.deletion_window_days,
+                       "closed_at": closed_at.map(|c| c.to_rfc3339())}),
+            )
+        };
+        store.deks_destroy(&org, &kek, &event).await?;
         out.shredded = true;
         return Ok(out);
     }
     if !out.created_kek && (now - kek.rotated_at).to_std().unwrap_or_default() >= cfg.kek_rotation {
         with_retry("rotate key", || kms.rotate_kek(&kek.kek_id)).await?;
         kek.rotated_at = now;
-        store.kek_put(&kek).await?;
-        out.rotated_kek = true;
-        crate::audit::record(
-            store,
+        let event = crate::store::evidence(
             &actor,
             "keys.kek_rotated",
             &format!("org:{org}"),
             json!({"kek_id": kek.kek_id}),
-        )
-        .await?;
+        );
+        store.kek_put(&kek, Some(&event)).await?;
+        out.rotated_kek = true;
     }
     let deks = store.deks(Some(&org)).await?;
     let active = deks.iter().max_by_key(|d| d.version);
@@ -189,52 +164,54 @@ async fn rotate_org(
     {
         let version = active.map_or(1, |d| d.version + 1);
         let wrapped = with_retry("generate data key", || kms.generate_dek(&kek.kek_id)).await?;
-        store
-            .dek_insert(&OrgDek {
-                org: org.clone(),
-                version,
-                kek_id: kek.kek_id.clone(),
-                kek_version: version_of(&kek),
-                wrapped: b64(&wrapped),
-                created_at: now,
-                rewrapped_at: None,
-            })
-            .await?;
-        out.new_dek_version = Some(version);
-        crate::audit::record(
-            store,
+        let event = crate::store::evidence(
             &actor,
             "keys.dek_rotated",
             &format!("org:{org}"),
             json!({"version": version, "kek_id": kek.kek_id}),
-        )
-        .await?;
+        );
+        store
+            .dek_insert(
+                &OrgDek {
+                    org: org.clone(),
+                    version,
+                    kek_id: kek.kek_id.clone(),
+                    kek_version: version_of(&kek),
+                    wrapped: b64(&wrapped),
+                    created_at: now,
+                    rewrapped_at: None,
+                },
+                &event,
+            )
+            .await?;
+        out.new_dek_version = Some(version);
     }
     let current = version_of(&kek);
+    // Re-wrapped under the KMS first, then stored together with their evidence.
+    let mut rewraps = Vec::new();
     for d in deks.iter().filter(|d| d.kek_version != current) {
         let blob = unb64(&d.wrapped)?;
         let re = with_retry("re-encrypt", || kms.rewrap(&kek.kek_id, &blob)).await?;
-        store
-            .dek_rewrapped(&org, d.version, &current, &b64(&re))
-            .await?;
-        out.rewrapped += 1;
+        rewraps.push((d.version, b64(&re)));
     }
-    if out.rewrapped > 0 {
-        crate::audit::record(
-            store,
+    if !rewraps.is_empty() {
+        out.rewrapped = rewraps.len();
+        let event = crate::store::evidence(
             &actor,
             "keys.rewrapped",
             &format!("org:{org}"),
             json!({"deks": out.rewrapped, "kek_id": kek.kek_id}),
-        )
-        .await?;
+        );
+        store
+            .dek_rewrapped(&org, &current, &rewraps, &event)
+            .await?;
     }
     Ok(out)
 }
 
 /// `keys.rotate` / `lethe keys rotate`: every org (or one), with bounded concurrency toward the KMS.
 pub async fn rotate(ctx: &Arc<Context>, only: Option<&str>, actor: &str) -> Result<Value> {
-    let kms = open(ctx).await?;
+    let kms = ctx.kms().await?;
     // Micro precision: the KEK version string must survive a round trip through either store.
     let now = crate::audit::truncate_micros(ctx.store.now().await?);
     let mut list = orgs(ctx).await?;

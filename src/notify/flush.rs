@@ -8,7 +8,7 @@ use serde::Serialize;
 use crate::context::Context;
 use crate::error::Result;
 use crate::fence::Fence;
-use crate::runner::retry_delay;
+use crate::policy::retry_delay;
 
 #[derive(Debug, Default, Serialize)]
 pub struct FlushReport {

@@ -2,12 +2,9 @@
 //! reminder is never lost because SMTP was down; `mail.flush` delivers it.
 
 mod flush;
-mod templates;
-mod transport;
 
+pub use crate::mail::{html_escape, render_html, render_text, Mailer};
 pub use flush::{flush, FlushReport};
-pub use templates::{html_escape, render_html, render_text};
-pub use transport::Mailer;
 
 use serde_json::json;
 

@@ -29,11 +29,7 @@ pub struct S3Store {
 
 impl S3Store {
     pub async fn new(cfg: &ObjectStoreConfig, bucket: &str, prefix: &str) -> Result<Self> {
-        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
-        if let Some(r) = &cfg.region {
-            loader = loader.region(aws_config::Region::new(r.clone()));
-        }
-        let shared = loader.load().await;
+        let shared = crate::aws::sdk_config(cfg.region.as_deref()).await;
         let mut b = aws_sdk_s3::config::Builder::from(&shared).force_path_style(cfg.path_style);
         if let Some(e) = &cfg.endpoint {
             b = b.endpoint_url(e);
@@ -94,7 +90,7 @@ fn sdk<E>(op: &str, key: &str, e: SdkError<E, HttpResponse>) -> crate::error::Er
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
 {
-    error(op, key, crate::aws_error::describe(&e))
+    error(op, key, crate::aws::describe(&e))
 }
 
 struct S3Upload {

@@ -9,7 +9,6 @@
 //! - `job` / `registry`: the `Job` trait and the kinds a build knows. The runner
 //!   imports no job kind; `crate::jobs::registry()` lists them and is passed in.
 
-mod backoff;
 mod executor;
 mod job;
 pub mod job_cleaner;
@@ -18,8 +17,8 @@ mod periodic_job_enqueuer;
 mod registry;
 mod worker_pool;
 
+pub use crate::policy::retry_delay;
 pub use crate::policy::Schedule;
-pub use backoff::retry_delay;
 pub use executor::{enqueue_manual, execute, execute_claimed_at, run_now, RunReport};
 pub use job::{in_range, Job, JobContext, JobParams};
 pub use job_rescuer::rescue_expired;

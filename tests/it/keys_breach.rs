@@ -137,6 +137,7 @@ async fn aws_kms_rotates_rewraps_and_schedules_deletion() {
     let kms = aws_sdk_kms::Client::from_conf(
         aws_sdk_kms::config::Builder::new()
             .behavior_version(aws_sdk_kms::config::BehaviorVersion::latest())
+            .http_client(lethe::aws::http_client())
             .region(aws_sdk_kms::config::Region::new("us-east-1"))
             .endpoint_url(&moto)
             .credentials_provider(aws_sdk_kms::config::Credentials::new(

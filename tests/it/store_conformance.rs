@@ -8,8 +8,9 @@ use std::time::Duration;
 
 use chrono::{Duration as CDuration, Utc};
 use lethe::store::{
-    self, DsrInsert, DsrState, HoldScope, MailState, NewAuditEvent, NewDsr, NewMail, NewRun,
-    Outcome, RunFilter, RunState, Store,
+    self, Backend, BackupRecord, Breach, BreachParty, DsrExtension, DsrInsert, DsrRequest,
+    DsrState, HoldScope, LegalHold, MailState, NewAuditEvent, NewDsr, NewMail, NewRun, OrgDek,
+    OrgKek, Outcome, RetentionOverride, RunFilter, RunState, Store,
 };
 use serde_json::json;
 
@@ -67,6 +68,17 @@ conformance!(
     outbox_dedupes_leases_retries_and_delivers,
     dsr_left_in_progress_by_a_crashed_run_is_taken_again,
     dsr_idempotency_key_replays_the_same_request_and_refuses_a_different_one,
+    overrides_are_set_replaced_and_unset_with_evidence,
+    holds_are_added_released_once_and_listed_with_evidence,
+    backup_catalog_inserts_verifies_and_deletes_with_evidence,
+    dsr_list_filters_by_state_newest_first,
+    dsr_transition_moves_only_from_the_given_states,
+    dsr_extend_moves_an_open_deadline_once_with_evidence,
+    ledger_add_upserts_keys_with_evidence,
+    keys_are_stored_rotated_rewrapped_and_destroyed_with_evidence,
+    a_failed_change_appends_no_evidence,
+    breaches_open_with_parties_and_record_each_notification_once,
+    checkpoints_are_per_run_and_key_and_replaced,
 );
 
 fn new_run(job: &str, at: chrono::DateTime<Utc>) -> NewRun {
@@ -584,7 +596,8 @@ async fn dsr_left_in_progress_by_a_crashed_run_is_taken_again(s: Arc<dyn Store>)
         received_at: Utc::now(),
         due_at: Utc::now() + CDuration::days(30),
     };
-    let lethe::store::DsrInsert::Created(req) = s.dsr_insert(&new).await.unwrap() else {
+    let lethe::store::DsrInsert::Created(req) = s.dsr_insert(&new, &dsr_event).await.unwrap()
+    else {
         panic!("not created");
     };
     let a = s.enqueue(&new_run("dsr-a", past())).await.unwrap().unwrap();
@@ -650,18 +663,21 @@ async fn dsr_idempotency_key_replays_the_same_request_and_refuses_a_different_on
     s: Arc<dyn Store>,
 ) {
     let first = keyed_dsr("a@x.example", "k1", Some("sha256:aa"));
-    let (what, id) = insert_outcome(s.dsr_insert(&first).await.unwrap());
+    let (what, id) = insert_outcome(s.dsr_insert(&first, &dsr_event).await.unwrap());
     assert_eq!(what, "created");
     assert_eq!(
-        insert_outcome(s.dsr_insert(&first).await.unwrap()),
+        insert_outcome(s.dsr_insert(&first, &dsr_event).await.unwrap()),
         ("replayed".into(), id),
         "same key, same request: the first request"
     );
     assert_eq!(
         insert_outcome(
-            s.dsr_insert(&keyed_dsr("b@x.example", "k1", Some("sha256:bb")))
-                .await
-                .unwrap()
+            s.dsr_insert(
+                &keyed_dsr("b@x.example", "k1", Some("sha256:bb")),
+                &dsr_event
+            )
+            .await
+            .unwrap()
         ),
         ("conflict".into(), id),
         "same key, different request: a conflict, not the first request"
@@ -670,31 +686,37 @@ async fn dsr_idempotency_key_replays_the_same_request_and_refuses_a_different_on
     // configured in between) compare by fields.
     assert_eq!(
         insert_outcome(
-            s.dsr_insert(&keyed_dsr("a@x.example", "k1", Some("hmac-sha256:cc")))
-                .await
-                .unwrap()
+            s.dsr_insert(
+                &keyed_dsr("a@x.example", "k1", Some("hmac-sha256:cc")),
+                &dsr_event
+            )
+            .await
+            .unwrap()
         )
         .0,
         "replayed"
     );
     // A row from before request hashes: compared by its fields.
     let (_, legacy) = insert_outcome(
-        s.dsr_insert(&keyed_dsr("c@x.example", "k-old", None))
+        s.dsr_insert(&keyed_dsr("c@x.example", "k-old", None), &dsr_event)
             .await
             .unwrap(),
     );
     assert_eq!(
         insert_outcome(
-            s.dsr_insert(&keyed_dsr("c@x.example", "k-old", Some("sha256:cc")))
-                .await
-                .unwrap()
+            s.dsr_insert(
+                &keyed_dsr("c@x.example", "k-old", Some("sha256:cc")),
+                &dsr_event
+            )
+            .await
+            .unwrap()
         ),
         ("replayed".into(), legacy)
     );
     let mut other = keyed_dsr("c@x.example", "k-old", Some("sha256:cc"));
     other.kind = "export".into();
     assert_eq!(
-        insert_outcome(s.dsr_insert(&other).await.unwrap()).0,
+        insert_outcome(s.dsr_insert(&other, &dsr_event).await.unwrap()).0,
         "conflict"
     );
 
@@ -706,9 +728,9 @@ async fn dsr_idempotency_key_replays_the_same_request_and_refuses_a_different_on
         let (s1, s2, s3) = (s.clone(), s.clone(), s.clone());
         let (a, b, c) = (same.clone(), same.clone(), diff);
         let (ra, rb, rc) = tokio::join!(
-            tokio::spawn(async move { s1.dsr_insert(&a).await.unwrap() }),
-            tokio::spawn(async move { s2.dsr_insert(&b).await.unwrap() }),
-            tokio::spawn(async move { s3.dsr_insert(&c).await.unwrap() }),
+            tokio::spawn(async move { s1.dsr_insert(&a, &dsr_event).await.unwrap() }),
+            tokio::spawn(async move { s2.dsr_insert(&b, &dsr_event).await.unwrap() }),
+            tokio::spawn(async move { s3.dsr_insert(&c, &dsr_event).await.unwrap() }),
         );
         let mut got: Vec<String> = [ra, rb, rc]
             .into_iter()
@@ -748,7 +770,7 @@ async fn dsr_of(s: &Arc<dyn Store>, kind: &str, subject: &str) -> i64 {
         received_at: now,
         due_at: now + chrono::Duration::days(30),
     };
-    match s.dsr_insert(&new).await.unwrap() {
+    match s.dsr_insert(&new, &dsr_event).await.unwrap() {
         DsrInsert::Created(r) => r.id,
         _ => panic!("not created"),
     }
@@ -787,7 +809,9 @@ async fn dsr_exports_are_listed_for_deletion_by_expiry_or_subject_once(s: Arc<dy
             .is_empty(),
         "request {never} stored no archive"
     );
-    s.dsr_export_deleted(old).await.unwrap();
+    s.dsr_export_deleted(old, &ev("dsr.export_deleted", "dsr"))
+        .await
+        .unwrap();
     assert!(
         s.dsr_exports_to_delete(now, None).await.unwrap().is_empty(),
         "deleted once"
@@ -800,22 +824,34 @@ async fn dsr_forget_subject_replaces_the_email_everywhere_in_the_store(s: Arc<dy
     let erasure = dsr_of(&s, "erasure", email).await;
     let other = dsr_of(&s, "export", "stays@x.example").await;
     let released = s
-        .hold_add(HoldScope::Subject, email, "audit", "cli:test")
+        .hold_add(HoldScope::Subject, email, "audit", "cli:test", &hold_event)
         .await
         .unwrap();
     assert!(s
-        .hold_release(released.id, "done", "cli:test")
+        .hold_release(
+            released.id,
+            "done",
+            "cli:test",
+            &ev("hold.released", "hold")
+        )
         .await
         .unwrap());
     // A hold added meanwhile must keep matching the email.
     let active = s
-        .hold_add(HoldScope::Subject, email, "new matter", "cli:test")
+        .hold_add(
+            HoldScope::Subject,
+            email,
+            "new matter",
+            "cli:test",
+            &hold_event,
+        )
         .await
         .unwrap();
     s.dsr_transition(
         erasure,
         &[DsrState::Verified],
         DsrState::Completed,
+        None,
         None,
         None,
     )
@@ -861,4 +897,609 @@ async fn outbox_has_tells_whether_a_dedupe_key_was_queued(s: Arc<dyn Store>) {
     s.outbox_enqueue(&mail).await.unwrap();
     assert!(s.outbox_has("rpo:b1").await.unwrap());
     assert!(!s.outbox_has("rpo:b2").await.unwrap());
+}
+
+#[tokio::test]
+async fn sqlite_backend_is_named() {
+    let (s, _keep) = sqlite_store().await.unwrap();
+    assert_eq!(s.backend(), Backend::Sqlite);
+}
+
+#[tokio::test]
+async fn postgres_backend_is_named() {
+    if let Some((s, _keep)) = pg_store().await {
+        assert_eq!(s.backend(), Backend::Postgres);
+    }
+}
+
+fn ev(action: &str, target: &str) -> NewAuditEvent {
+    store::evidence("cli:test", action, target, json!({"n": 1}))
+}
+
+fn dsr_event(r: &DsrRequest) -> NewAuditEvent {
+    store::evidence(
+        "cli:test",
+        "dsr.received",
+        &format!("dsr:{}", r.id),
+        json!({}),
+    )
+}
+
+fn hold_event(h: &LegalHold) -> NewAuditEvent {
+    store::evidence(
+        "cli:test",
+        "hold.added",
+        &format!("hold:{}", h.id),
+        json!({"hold_id": h.id}),
+    )
+}
+
+/// `(action, target)` of every audit event, in chain order.
+async fn trail(s: &Arc<dyn Store>) -> Vec<(String, String)> {
+    s.audit_page(0, 1000)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| (e.action, e.target))
+        .collect()
+}
+
+fn pair(a: &str, t: &str) -> (String, String) {
+    (a.to_string(), t.to_string())
+}
+
+async fn overrides_are_set_replaced_and_unset_with_evidence(s: Arc<dyn Store>) {
+    assert!(s.overrides().await.unwrap().is_empty());
+    let mut o = RetentionOverride {
+        class: "events".into(),
+        org: "7".into(),
+        period: "30d".into(),
+        reason: "contract".into(),
+        set_by: "cli:test".into(),
+        set_at: lethe::audit::truncate_micros(Utc::now()),
+    };
+    s.override_set(&o, &ev("retention.override_set", "org:7"))
+        .await
+        .unwrap();
+    o.period = "2y".into();
+    s.override_set(&o, &ev("retention.override_set", "org:7"))
+        .await
+        .unwrap();
+    let got = s.overrides().await.unwrap();
+    assert_eq!(got.len(), 1, "(class, org) is replaced, not added");
+    assert_eq!((got[0].period.as_str(), got[0].set_at), ("2y", o.set_at));
+    assert!(s
+        .override_unset("events", "7", &ev("retention.override_unset", "org:7"))
+        .await
+        .unwrap());
+    assert!(
+        !s.override_unset("events", "7", &ev("retention.override_unset", "org:7"))
+            .await
+            .unwrap(),
+        "nothing left to unset"
+    );
+    assert!(s.overrides().await.unwrap().is_empty());
+    assert_eq!(
+        trail(&s).await,
+        vec![
+            pair("retention.override_set", "org:7"),
+            pair("retention.override_set", "org:7"),
+            pair("retention.override_unset", "org:7"),
+        ],
+        "one event per change, none for the unset that changed nothing"
+    );
+}
+
+async fn holds_are_added_released_once_and_listed_with_evidence(s: Arc<dyn Store>) {
+    let h = s
+        .hold_add(HoldScope::Org, "42", "litigation", "cli:a", &hold_event)
+        .await
+        .unwrap();
+    assert_eq!(
+        (h.scope, h.value.as_str(), h.created_by.as_str()),
+        (HoldScope::Org, "42", "cli:a")
+    );
+    assert!(h.released_at.is_none());
+    let events = s.audit_page(0, 10).await.unwrap();
+    assert_eq!(events.len(), 1);
+    assert_eq!(
+        events[0].target,
+        format!("hold:{}", h.id),
+        "built from the new row"
+    );
+    assert_eq!(s.holds(false).await.unwrap().len(), 1);
+    assert!(s
+        .hold_release(h.id, "settled", "cli:b", &ev("hold.released", "hold"))
+        .await
+        .unwrap());
+    assert!(
+        !s.hold_release(h.id, "again", "cli:b", &ev("hold.released", "hold"))
+            .await
+            .unwrap(),
+        "a released hold is not released twice"
+    );
+    assert!(!s
+        .hold_release(h.id + 100, "none", "cli:b", &ev("hold.released", "hold"))
+        .await
+        .unwrap());
+    assert!(s.holds(false).await.unwrap().is_empty());
+    let all = s.holds(true).await.unwrap();
+    assert_eq!(all.len(), 1);
+    assert!(all[0].released_at.is_some());
+    assert_eq!(all[0].released_by.as_deref(), Some("cli:b"));
+    assert_eq!(all[0].release_reason.as_deref(), Some("settled"));
+    assert_eq!(s.audit_page(0, 10).await.unwrap().len(), 2);
+}
+
+fn backup(id: &str, at: chrono::DateTime<Utc>) -> BackupRecord {
+    BackupRecord {
+        id: id.into(),
+        created_at: lethe::audit::truncate_micros(at),
+        run_id: Some(9),
+        object_key: format!("backups/{id}.tar.zst.age"),
+        manifest_key: format!("backups/{id}.json"),
+        stored_bytes: 10,
+        raw_bytes: 40,
+        sha256: "ab".repeat(32),
+        manifest: json!({"row_counts": {"users": 3}}),
+        verified_at: None,
+        verify_ok: None,
+        restore_ms: None,
+        verify_error: None,
+        deleted_at: None,
+    }
+}
+
+async fn backup_catalog_inserts_verifies_and_deletes_with_evidence(s: Arc<dyn Store>) {
+    let old = backup("b-old", Utc::now() - CDuration::hours(2));
+    s.backup_insert(&old, &ev("backup.created", "backup:b-old"))
+        .await
+        .unwrap();
+    s.backup_insert(
+        &backup("b-new", Utc::now()),
+        &ev("backup.created", "backup:b-new"),
+    )
+    .await
+    .unwrap();
+    let all = s.backups(false).await.unwrap();
+    let ids: Vec<&str> = all.iter().map(|b| b.id.as_str()).collect();
+    assert_eq!(ids, ["b-new", "b-old"], "newest first");
+    let got = all.iter().find(|b| b.id == "b-old").unwrap();
+    assert_eq!(
+        (got.created_at, &got.manifest, got.run_id),
+        (old.created_at, &old.manifest, Some(9))
+    );
+    assert_eq!((got.verified_at, got.verify_ok), (None, None));
+    s.backup_verified(
+        "b-old",
+        false,
+        Some(12),
+        Some("count mismatch"),
+        &ev("backup.verify_failed", "backup:b-old"),
+    )
+    .await
+    .unwrap();
+    s.backup_verified(
+        "b-new",
+        true,
+        Some(5),
+        None,
+        &ev("backup.verified", "backup:b-new"),
+    )
+    .await
+    .unwrap();
+    let all = s.backups(false).await.unwrap();
+    let get = |id: &str| all.iter().find(|b| b.id == id).unwrap().clone();
+    let (o, n) = (get("b-old"), get("b-new"));
+    assert_eq!((o.verify_ok, o.restore_ms), (Some(false), Some(12)));
+    assert_eq!(o.verify_error.as_deref(), Some("count mismatch"));
+    assert!(o.verified_at.is_some());
+    assert_eq!((n.verify_ok, n.verify_error), (Some(true), None));
+    s.backup_deleted("b-old", &ev("backup.pruned", "backup:b-old"))
+        .await
+        .unwrap();
+    assert_eq!(s.backups(false).await.unwrap().len(), 1);
+    let with_deleted = s.backups(true).await.unwrap();
+    assert_eq!(with_deleted.len(), 2);
+    assert!(with_deleted
+        .iter()
+        .any(|b| b.id == "b-old" && b.deleted_at.is_some()));
+    let actions: Vec<String> = trail(&s).await.into_iter().map(|t| t.0).collect();
+    assert_eq!(
+        actions,
+        [
+            "backup.created",
+            "backup.created",
+            "backup.verify_failed",
+            "backup.verified",
+            "backup.pruned"
+        ]
+    );
+}
+
+async fn dsr_list_filters_by_state_newest_first(s: Arc<dyn Store>) {
+    let a = dsr_of(&s, "export", "a@x.example").await;
+    let b = dsr_of(&s, "export", "b@x.example").await;
+    let c = dsr_of(&s, "erasure", "c@x.example").await;
+    assert!(s
+        .dsr_transition(
+            b,
+            &[DsrState::Verified],
+            DsrState::Rejected,
+            Some("no"),
+            None,
+            None
+        )
+        .await
+        .unwrap());
+    let ids = |v: Vec<DsrRequest>| v.into_iter().map(|r| r.id).collect::<Vec<_>>();
+    assert_eq!(ids(s.dsr_list(None, 10).await.unwrap()), [c, b, a]);
+    assert_eq!(ids(s.dsr_list(None, 2).await.unwrap()), [c, b]);
+    assert_eq!(
+        ids(s.dsr_list(Some(DsrState::Rejected), 10).await.unwrap()),
+        [b]
+    );
+    assert_eq!(
+        ids(s.dsr_list(Some(DsrState::Verified), 10).await.unwrap()),
+        [c, a]
+    );
+    assert!(s
+        .dsr_list(Some(DsrState::Failed), 10)
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+async fn dsr_transition_moves_only_from_the_given_states(s: Arc<dyn Store>) {
+    let id = dsr_of(&s, "export", "t@x.example").await;
+    let event = ev("dsr.rejected", &format!("dsr:{id}"));
+    assert!(
+        !s.dsr_transition(
+            id,
+            &[DsrState::InProgress, DsrState::Failed],
+            DsrState::Rejected,
+            Some("x"),
+            None,
+            Some(&event)
+        )
+        .await
+        .unwrap(),
+        "not in a from state: unchanged"
+    );
+    assert!(
+        trail(&s).await.iter().all(|t| t.0 != "dsr.rejected"),
+        "and no evidence"
+    );
+    let result = json!({"rows": 3});
+    assert!(s
+        .dsr_transition(
+            id,
+            &[DsrState::Received, DsrState::Verified],
+            DsrState::Completed,
+            None,
+            Some(&result),
+            Some(&event)
+        )
+        .await
+        .unwrap());
+    let r = s.dsr_get(id).await.unwrap().unwrap();
+    assert_eq!(r.state, DsrState::Completed);
+    assert_eq!(r.result, Some(result));
+    assert!(r.completed_at.is_some());
+    assert_eq!(
+        trail(&s).await.last().unwrap(),
+        &pair("dsr.rejected", &format!("dsr:{id}"))
+    );
+    assert!(s.dsr_get(id + 1000).await.unwrap().is_none());
+}
+
+async fn dsr_extend_moves_an_open_deadline_once_with_evidence(s: Arc<dyn Store>) {
+    let id = dsr_of(&s, "export", "e@x.example").await;
+    let r = s.dsr_get(id).await.unwrap().unwrap();
+    let now = lethe::audit::truncate_micros(Utc::now());
+    let ext = DsrExtension {
+        from_due_at: r.due_at,
+        due_at: r.due_at + CDuration::days(60),
+        days: 60,
+        reason: "complex".into(),
+        extended_at: now,
+        notified_at: now,
+    };
+    let event = ev("dsr.extended", &format!("dsr:{id}"));
+    assert!(s.dsr_extend(id, &ext, &event).await.unwrap());
+    let got = s.dsr_get(id).await.unwrap().unwrap();
+    assert_eq!((got.due_at, got.extended_days), (ext.due_at, 60));
+    assert_eq!(got.extension_reason.as_deref(), Some("complex"));
+    assert_eq!(
+        (got.extended_at, got.extension_notified_at),
+        (Some(now), Some(now))
+    );
+    assert!(
+        !s.dsr_extend(id, &ext, &event).await.unwrap(),
+        "the deadline it replaces is no longer in force"
+    );
+    let closed = dsr_of(&s, "erasure", "e@x.example").await;
+    let c = s.dsr_get(closed).await.unwrap().unwrap();
+    s.dsr_transition(
+        closed,
+        &[DsrState::Verified],
+        DsrState::Completed,
+        None,
+        None,
+        None,
+    )
+    .await
+    .unwrap();
+    let late = DsrExtension {
+        from_due_at: c.due_at,
+        ..ext.clone()
+    };
+    assert!(
+        !s.dsr_extend(closed, &late, &event).await.unwrap(),
+        "closed requests keep their deadline"
+    );
+    let passed = DsrExtension {
+        from_due_at: ext.due_at,
+        extended_at: ext.due_at + CDuration::days(1),
+        ..ext
+    };
+    assert!(
+        !s.dsr_extend(id, &passed, &event).await.unwrap(),
+        "a passed deadline is not extended"
+    );
+    let n = trail(&s)
+        .await
+        .iter()
+        .filter(|t| t.0 == "dsr.extended")
+        .count();
+    assert_eq!(n, 1, "evidence only for the extension that happened");
+}
+
+async fn ledger_add_upserts_keys_with_evidence(s: Arc<dyn Store>) {
+    assert!(s.ledger_keys().await.unwrap().is_empty());
+    s.ledger_add("k2", 1, &ev("dsr.erased", "dsr:1"))
+        .await
+        .unwrap();
+    s.ledger_add("k1", 2, &ev("dsr.erased", "dsr:2"))
+        .await
+        .unwrap();
+    s.ledger_add("k1", 3, &ev("dsr.erased", "dsr:3"))
+        .await
+        .unwrap();
+    assert_eq!(
+        s.ledger_keys().await.unwrap(),
+        ["k1", "k2"],
+        "sorted, one per subject key"
+    );
+    assert_eq!(
+        trail(&s).await,
+        vec![
+            pair("dsr.erased", "dsr:1"),
+            pair("dsr.erased", "dsr:2"),
+            pair("dsr.erased", "dsr:3")
+        ]
+    );
+}
+
+fn dek(org: &str, version: i32, kek_version: &str) -> OrgDek {
+    OrgDek {
+        org: org.into(),
+        version,
+        kek_id: format!("kek-{org}"),
+        kek_version: kek_version.into(),
+        wrapped: format!("w-{org}-{version}"),
+        created_at: lethe::audit::truncate_micros(Utc::now()),
+        rewrapped_at: None,
+    }
+}
+
+async fn keys_are_stored_rotated_rewrapped_and_destroyed_with_evidence(s: Arc<dyn Store>) {
+    assert!(s.keks().await.unwrap().is_empty());
+    let t0 = lethe::audit::truncate_micros(Utc::now() - CDuration::days(1));
+    let mut kek = OrgKek {
+        org: "a".into(),
+        kek_id: "kek-a".into(),
+        rotated_at: t0,
+        shredded_at: None,
+    };
+    s.kek_put(&kek, None).await.unwrap();
+    assert!(
+        trail(&s).await.is_empty(),
+        "creating a key has no evidence of its own"
+    );
+    kek.rotated_at = lethe::audit::truncate_micros(Utc::now());
+    s.kek_put(&kek, Some(&ev("keys.kek_rotated", "org:a")))
+        .await
+        .unwrap();
+    let keks = s.keks().await.unwrap();
+    assert_eq!(keks.len(), 1, "one row per org");
+    assert_eq!(
+        (keks[0].rotated_at, keks[0].shredded_at),
+        (kek.rotated_at, None)
+    );
+    for d in [dek("b", 1, "v1"), dek("a", 2, "v1"), dek("a", 1, "v1")] {
+        s.dek_insert(&d, &ev("keys.dek_rotated", "org"))
+            .await
+            .unwrap();
+    }
+    let all = s.deks(None).await.unwrap();
+    let keys: Vec<(String, i32)> = all.iter().map(|d| (d.org.clone(), d.version)).collect();
+    assert_eq!(keys, [("a".into(), 1), ("a".into(), 2), ("b".into(), 1)]);
+    assert_eq!(all[0].wrapped, "w-a-1");
+    let rewraps = vec![(1, "re-a-1".to_string()), (2, "re-a-2".to_string())];
+    s.dek_rewrapped("a", "v2", &rewraps, &ev("keys.rewrapped", "org:a"))
+        .await
+        .unwrap();
+    let a = s.deks(Some("a")).await.unwrap();
+    assert_eq!(a.len(), 2);
+    assert!(a
+        .iter()
+        .all(|d| d.kek_version == "v2" && d.rewrapped_at.is_some()));
+    assert_eq!(
+        (a[0].wrapped.as_str(), a[1].wrapped.as_str()),
+        ("re-a-1", "re-a-2")
+    );
+    kek.shredded_at = Some(lethe::audit::truncate_micros(Utc::now()));
+    let destroyed = s
+        .deks_destroy("a", &kek, &|n: &u64| {
+            store::evidence(
+                "cli:test",
+                "keys.shredded",
+                "org:a",
+                json!({"deks_destroyed": n}),
+            )
+        })
+        .await
+        .unwrap();
+    assert_eq!(destroyed, 2);
+    assert!(s.deks(Some("a")).await.unwrap().is_empty());
+    assert_eq!(
+        s.deks(Some("b")).await.unwrap().len(),
+        1,
+        "other orgs keep theirs"
+    );
+    assert_eq!(s.keks().await.unwrap()[0].shredded_at, kek.shredded_at);
+    let events = s.audit_page(0, 100).await.unwrap();
+    let actions: Vec<&str> = events.iter().map(|e| e.action.as_str()).collect();
+    assert_eq!(
+        actions,
+        [
+            "keys.kek_rotated",
+            "keys.dek_rotated",
+            "keys.dek_rotated",
+            "keys.dek_rotated",
+            "keys.rewrapped",
+            "keys.shredded"
+        ]
+    );
+    assert_eq!(
+        events[5].details, r#"{"deks_destroyed":2}"#,
+        "built from the count"
+    );
+}
+
+async fn a_failed_change_appends_no_evidence(s: Arc<dyn Store>) {
+    s.dek_insert(&dek("a", 1, "v1"), &ev("keys.dek_rotated", "org:a"))
+        .await
+        .unwrap();
+    assert!(
+        s.dek_insert(&dek("a", 1, "v1"), &ev("keys.dek_rotated", "org:a"))
+            .await
+            .is_err(),
+        "(org, version) exists"
+    );
+    assert_eq!(trail(&s).await.len(), 1, "the failed insert left no event");
+    s.append_audit(&ev("after", "x")).await.unwrap();
+    let events = s.audit_page(0, 10).await.unwrap();
+    assert_eq!(
+        events.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        [1, 2],
+        "the chain has no gap"
+    );
+}
+
+async fn breaches_open_with_parties_and_record_each_notification_once(s: Arc<dyn Store>) {
+    let detected = lethe::audit::truncate_micros(Utc::now() - CDuration::hours(3));
+    let party = |p: &str, h: i64| BreachParty {
+        party: p.into(),
+        rule: format!("{p} rule"),
+        due_at: detected + CDuration::hours(h),
+        notified_at: None,
+        notified_by: None,
+        note: None,
+    };
+    let b = Breach {
+        id: 0,
+        title: "laptop lost".into(),
+        detected_at: detected,
+        jurisdictions: json!(["gdpr"]),
+        orgs: json!(["1", "2"]),
+        subjects: 12,
+        created_at: lethe::audit::truncate_micros(Utc::now()),
+        parties: vec![party("subjects", 96), party("authority", 72)],
+    };
+    let id = s
+        .breach_insert(&b, &|id: &i64| ev("breach.opened", &format!("breach:{id}")))
+        .await
+        .unwrap();
+    assert_eq!(
+        trail(&s).await,
+        vec![pair("breach.opened", &format!("breach:{id}"))]
+    );
+    let id2 = s
+        .breach_insert(
+            &Breach {
+                parties: vec![],
+                ..b.clone()
+            },
+            &|id: &i64| ev("breach.opened", &format!("breach:{id}")),
+        )
+        .await
+        .unwrap();
+    assert!(id2 > id);
+    let all = s.breaches().await.unwrap();
+    assert_eq!(all.len(), 2);
+    let got = &all[0];
+    assert_eq!(
+        (got.id, got.title.as_str(), got.subjects),
+        (id, "laptop lost", 12)
+    );
+    assert_eq!(
+        (&got.jurisdictions, &got.orgs, got.detected_at),
+        (&b.jurisdictions, &b.orgs, detected)
+    );
+    let names: Vec<&str> = got.parties.iter().map(|p| p.party.as_str()).collect();
+    assert_eq!(names, ["authority", "subjects"], "earliest deadline first");
+    assert!(all[1].parties.is_empty());
+    let event = ev("breach.notified", &format!("breach:{id}"));
+    assert!(s
+        .breach_notified(id, "authority", "cli:dpo", Some("ref 7"), &event)
+        .await
+        .unwrap());
+    assert!(
+        !s.breach_notified(id, "authority", "cli:dpo", None, &event)
+            .await
+            .unwrap(),
+        "recorded once"
+    );
+    assert!(!s
+        .breach_notified(id, "nobody", "cli:dpo", None, &event)
+        .await
+        .unwrap());
+    let p = s.breaches().await.unwrap()[0].parties[0].clone();
+    assert!(p.notified_at.is_some());
+    assert_eq!(
+        (p.notified_by.as_deref(), p.note.as_deref()),
+        (Some("cli:dpo"), Some("ref 7"))
+    );
+    let notified = trail(&s)
+        .await
+        .iter()
+        .filter(|t| t.0 == "breach.notified")
+        .count();
+    assert_eq!(notified, 1);
+}
+
+async fn checkpoints_are_per_run_and_key_and_replaced(s: Arc<dyn Store>) {
+    let a = s.enqueue(&new_run("cp-a", past())).await.unwrap().unwrap();
+    let b = s.enqueue(&new_run("cp-b", past())).await.unwrap().unwrap();
+    assert_eq!(s.checkpoint_get(a, "k").await.unwrap(), None);
+    s.checkpoint_put(a, "k", &json!({"table": "users", "last": 10}))
+        .await
+        .unwrap();
+    s.checkpoint_put(a, "k", &json!({"table": "users", "last": 20}))
+        .await
+        .unwrap();
+    s.checkpoint_put(a, "other", &json!([1, 2])).await.unwrap();
+    assert_eq!(
+        s.checkpoint_get(a, "k").await.unwrap(),
+        Some(json!({"table": "users", "last": 20})),
+        "replaced"
+    );
+    assert_eq!(
+        s.checkpoint_get(a, "other").await.unwrap(),
+        Some(json!([1, 2]))
+    );
+    assert_eq!(s.checkpoint_get(b, "k").await.unwrap(), None, "per run");
+    assert_eq!(s.get_run(a).await.unwrap().unwrap().job, "cp-a");
 }

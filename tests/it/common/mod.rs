@@ -294,6 +294,7 @@ pub fn spawn_serve(mut cmd: Command, log: &Path, only: &[&str]) -> Reaped {
 pub fn s3_client(moto: &str) -> aws_sdk_s3::Client {
     let conf = aws_sdk_s3::config::Builder::new()
         .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
+        .http_client(lethe::aws::http_client())
         .region(aws_sdk_s3::config::Region::new("us-east-1"))
         .endpoint_url(moto)
         .force_path_style(true)

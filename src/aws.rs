@@ -1,9 +1,30 @@
-//! AWS SDK errors (S3, KMS) as a person can act on them: the service's code
-//! and message with the HTTP status and what to check, or why a request never
-//! got an answer — not the SDK's debug chain with the raw response.
+//! The AWS SDK plumbing S3 and KMS share: the shared config loaded with one
+//! HTTPS client (rustls on *ring*, the one TLS crypto provider in this binary,
+//! as sqlx and lettre use), and SDK errors as a person can act on them — the
+//! service's code and message with the HTTP status and what to check, or why
+//! a request never got an answer, not the SDK's debug chain.
 
 use aws_sdk_s3::config::http::HttpResponse;
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+
+/// The shared SDK config: credentials and region from the environment (or
+/// `region`), HTTP through rustls with the *ring* provider.
+pub async fn sdk_config(region: Option<&str>) -> aws_config::SdkConfig {
+    let mut loader =
+        aws_config::defaults(aws_config::BehaviorVersion::latest()).http_client(http_client());
+    if let Some(r) = region {
+        loader = loader.region(aws_config::Region::new(r.to_string()));
+    }
+    loader.load().await
+}
+
+/// The SDK's HTTPS client on rustls with the *ring* provider.
+pub fn http_client() -> aws_sdk_s3::config::SharedHttpClient {
+    use aws_smithy_http_client::tls::{rustls_provider::CryptoMode, Provider};
+    aws_smithy_http_client::Builder::new()
+        .tls_provider(Provider::Rustls(CryptoMode::Ring))
+        .build_https()
+}
 
 pub fn describe<E>(e: &SdkError<E, HttpResponse>) -> String
 where

@@ -21,7 +21,7 @@ fn kms_err<E>(op: &str, e: SdkError<E, HttpResponse>) -> Error
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
 {
-    let message = format!("KMS {op}: {}", crate::aws_error::describe(&e));
+    let message = format!("KMS {op}: {}", crate::aws::describe(&e));
     // Decided on the service's error code, never on message text.
     match &e {
         SdkError::ServiceError(se) if se.err().code().is_some_and(|c| THROTTLED.contains(&c)) => {
@@ -33,11 +33,7 @@ where
 
 impl AwsKms {
     pub async fn new(endpoint: Option<&str>, region: Option<&str>) -> Self {
-        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
-        if let Some(r) = region {
-            loader = loader.region(aws_config::Region::new(r.to_string()));
-        }
-        let shared = loader.load().await;
+        let shared = crate::aws::sdk_config(region).await;
         let mut b = aws_sdk_kms::config::Builder::from(&shared);
         if let Some(e) = endpoint {
             b = b.endpoint_url(e);

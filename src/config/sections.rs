@@ -1,0 +1,428 @@
+//! One loader per config section: raw TOML in, validated section out.
+
+use std::path::Path;
+use std::time::Duration;
+
+use toml::Spanned;
+
+use super::raw::*;
+use super::source::*;
+use super::*;
+use crate::error::Result;
+
+pub(super) fn load_runner(src: &SourceFile, raw: RawRunner, dir: &Path) -> Result<RunnerConfig> {
+    const MS: Duration = Duration::from_millis(1);
+    let dur = |v: &Option<Spanned<String>>,
+               key: &str,
+               range: std::ops::RangeInclusive<Duration>,
+               default: Duration|
+     -> Result<Duration> {
+        match v {
+            Some(s) => src.duration_in(s, key, range),
+            None => Ok(default),
+        }
+    };
+    let secs = Duration::from_secs;
+    Ok(RunnerConfig {
+        workers: src.count(raw.workers, "runner.workers", 1..=64, 2)?,
+        // Zero would poll the store in a busy loop.
+        poll_interval: dur(
+            &raw.poll_interval,
+            "runner.poll_interval",
+            10 * MS..=secs(3600),
+            secs(1),
+        )?,
+        // A lease is renewed every third of itself; past a week a crashed
+        // worker's run would wait that long for rescue.
+        lease: dur(
+            &raw.lease,
+            "runner.lease",
+            secs(1)..=secs(7 * 86_400),
+            secs(60),
+        )?,
+        retry_base: dur(
+            &raw.retry_base,
+            "runner.retry_base",
+            Duration::ZERO..=MAX_DURATION,
+            secs(30),
+        )?,
+        retry_max: dur(
+            &raw.retry_max,
+            "runner.retry_max",
+            Duration::ZERO..=MAX_DURATION,
+            secs(3600),
+        )?,
+        catch_up: raw.catch_up.unwrap_or(CatchUp::Latest),
+        drain_timeout: dur(
+            &raw.drain_timeout,
+            "runner.drain_timeout",
+            Duration::ZERO..=MAX_DURATION,
+            secs(30),
+        )?,
+        jobs_dir: dir.join(raw.jobs_dir.unwrap_or_else(|| "jobs".to_string())),
+    })
+}
+
+pub(super) fn load_http(src: &SourceFile, raw: RawHttp) -> Result<HttpConfig> {
+    let listen = match (env_nonempty(ENV_HTTP_LISTEN), raw.listen) {
+        (Some(v), _) => v.parse().map_err(|_| {
+            src.error(format!(
+                "${ENV_HTTP_LISTEN}=`{v}` is not an address like 127.0.0.1:8080"
+            ))
+        })?,
+        (None, Some(v)) => v.get_ref().parse().map_err(|_| {
+            src.error_at(
+                v.span(),
+                format!(
+                    "http.listen `{}` is not an address like 127.0.0.1:8080",
+                    v.get_ref()
+                ),
+            )
+        })?,
+        (None, None) => SocketAddr::from(([127, 0, 0, 1], 8080)),
+    };
+    let api_keys = api_keys::load(src, raw.api_keys, raw.api_key_hashes)?;
+    Ok(HttpConfig {
+        listen,
+        max_concurrency: src.count(raw.max_concurrency, "http.max_concurrency", 1..=1024, 8)?,
+        queue_timeout: match &raw.queue_timeout {
+            Some(t) => src.duration_in(
+                t,
+                "http.queue_timeout",
+                Duration::ZERO..=Duration::from_secs(60),
+            )?,
+            None => Duration::from_secs(5),
+        },
+        api_keys,
+    })
+}
+
+pub(super) fn load_mail(src: &SourceFile, raw: RawMail, dir: &Path) -> Result<MailConfig> {
+    check_address(src, &raw.from, "mail.from")?;
+    for r in raw.recipients.dpo.iter().chain(raw.recipients.ops.iter()) {
+        check_address(src, r, "mail.recipients")?;
+    }
+    let smtp = match raw.smtp {
+        Some(s) => Some(SmtpConfig {
+            port: s.port.unwrap_or(match s.tls {
+                Some(SmtpTls::Tls) => 465,
+                Some(SmtpTls::None) => 25,
+                _ => 587,
+            }),
+            host: s.host,
+            tls: s.tls.unwrap_or(SmtpTls::Starttls),
+            username: s.username,
+            password: SecretSource {
+                env: s
+                    .password_env
+                    .unwrap_or_else(|| ENV_SMTP_PASSWORD.to_string()),
+                file: s.password_file.map(|f| dir.join(f)),
+            },
+            timeout: match &s.timeout {
+                Some(t) => src.duration_in(
+                    t,
+                    "mail.smtp.timeout",
+                    Duration::from_millis(100)..=Duration::from_secs(3600),
+                )?,
+                None => Duration::from_secs(30),
+            },
+        }),
+        None => None,
+    };
+    if raw.transport == MailTransportKind::Smtp && smtp.is_none() {
+        return Err(src.error(
+            "mail.transport is \"smtp\" but there is no [mail.smtp] table with at least `host`",
+        ));
+    }
+    Ok(MailConfig {
+        from: raw.from.into_inner(),
+        transport: raw.transport,
+        dir: dir.join(raw.dir.unwrap_or_else(|| "mail".to_string())),
+        smtp,
+        max_attempts: src.count(raw.max_attempts, "mail.max_attempts", 1..=1000, 10)?,
+        retry_base: match &raw.retry_base {
+            Some(t) => src.duration(t, "mail.retry_base")?,
+            None => Duration::from_secs(30),
+        },
+        batch_size: src.count(raw.batch_size, "mail.batch_size", 1..=100_000, 50)?,
+        dpo: raw
+            .recipients
+            .dpo
+            .into_iter()
+            .map(Spanned::into_inner)
+            .collect(),
+        ops: raw
+            .recipients
+            .ops
+            .into_iter()
+            .map(Spanned::into_inner)
+            .collect(),
+    })
+}
+
+pub(super) fn load_keys(src: &SourceFile, raw: RawKeys, dir: &Path) -> Result<KeysConfig> {
+    let dur = |v: &Option<Spanned<String>>, key: &str, default: u64| -> Result<Duration> {
+        match v {
+            Some(s) => src.duration(s, key),
+            None => Ok(Duration::from_secs(default)),
+        }
+    };
+    let window = match raw.deletion_window_days {
+        Some(w) if !(7..=30).contains(w.get_ref()) => {
+            return Err(src.error_at(
+                w.span(),
+                "keys.deletion_window_days must be between 7 and 30 (what AWS KMS accepts)",
+            ))
+        }
+        Some(w) => w.into_inner(),
+        None => 7,
+    };
+    Ok(KeysConfig {
+        provider: raw.provider.unwrap_or(KmsProvider::Local),
+        keyring_file: dir.join(raw.keyring_file.unwrap_or_else(|| "keyring.json".into())),
+        kms_endpoint: raw.kms_endpoint,
+        region: raw.region,
+        dek_rotation: dur(&raw.dek_rotation, "keys.dek_rotation", 90 * 86_400)?,
+        kek_rotation: dur(&raw.kek_rotation, "keys.kek_rotation", 365 * 86_400)?,
+        shred_after: dur(&raw.shred_after, "keys.shred_after", 30 * 86_400)?,
+        deletion_window_days: window,
+        concurrency: src.count(raw.concurrency, "keys.concurrency", 1..=64, 8)?,
+    })
+}
+
+pub(super) fn load_dsr(
+    src: &SourceFile,
+    raw: RawDsr,
+    dir: &Path,
+    on_s3: bool,
+) -> Result<DsrConfig> {
+    let dur = |v: &Option<Spanned<String>>, key: &str, default: u64| -> Result<Duration> {
+        match v {
+            Some(s) => src.duration(s, key),
+            None => Ok(Duration::from_secs(default)),
+        }
+    };
+    for r in &raw.export_recipients {
+        r.get_ref().parse::<age::x25519::Recipient>().map_err(|e| {
+            src.error_at(
+                r.span(),
+                format!(
+                    "dsr.export_recipients: `{}` is not an age public key: {e}",
+                    r.get_ref()
+                ),
+            )
+        })?;
+    }
+    Ok(DsrConfig {
+        default_deadline: dur(&raw.default_deadline, "dsr.default_deadline", 30 * 86_400)?,
+        at_risk: dur(&raw.at_risk, "dsr.at_risk", 7 * 86_400)?,
+        export_recipients: raw
+            .export_recipients
+            .into_iter()
+            .map(Spanned::into_inner)
+            .collect(),
+        // S3 signs links for at most 7 days: a longer TTL would fail every export.
+        export_link_ttl: match &raw.export_link_ttl {
+            Some(t) => src.duration_in(
+                t,
+                "dsr.export_link_ttl",
+                Duration::from_secs(1)..=if on_s3 {
+                    Duration::from_secs(7 * 86_400)
+                } else {
+                    MAX_DURATION
+                },
+            )?,
+            None => Duration::from_secs(7 * 86_400),
+        },
+        pseudonym_key: SecretSource {
+            env: raw
+                .pseudonym_key_env
+                .unwrap_or_else(|| ENV_PSEUDONYM_KEY.to_string()),
+            file: raw.pseudonym_key_file.map(|f| dir.join(f)),
+        },
+        report_period: dur(&raw.report_period, "dsr.report_period", 7 * 86_400)?,
+        export_prefix: raw.export_prefix.unwrap_or_else(|| "exports/".into()),
+    })
+}
+
+pub(super) fn load_object_store(
+    src: &SourceFile,
+    raw: RawObjectStore,
+    dir: &Path,
+) -> Result<ObjectStoreConfig> {
+    let url = raw.url.get_ref().clone();
+    let url = if let Some(path) = url.strip_prefix("file://") {
+        if path.starts_with('/') {
+            url.clone()
+        } else {
+            format!("file://{}", dir.join(path).display())
+        }
+    } else if url.starts_with("s3://") && url.len() > 5 {
+        url.clone()
+    } else {
+        return Err(src.error_at(
+            raw.url.span(),
+            format!("object_store.url `{url}` must be s3://BUCKET[/PREFIX] or file://PATH"),
+        ));
+    };
+    Ok(ObjectStoreConfig {
+        url,
+        endpoint: raw.endpoint,
+        region: raw.region,
+        path_style: raw.path_style,
+        upload_concurrency: src.count(
+            raw.upload_concurrency,
+            "object_store.upload_concurrency",
+            1..=64,
+            4,
+        )?,
+    })
+}
+
+pub(super) fn load_backup(src: &SourceFile, raw: RawBackup, dir: &Path) -> Result<BackupConfig> {
+    for r in &raw.recipients {
+        r.get_ref().parse::<age::x25519::Recipient>().map_err(|e| {
+            src.error_at(
+                r.span(),
+                format!(
+                    "backup.recipients: `{}` is not an age public key (age1…): {e}",
+                    r.get_ref()
+                ),
+            )
+        })?;
+    }
+    let level = match raw.zstd_level {
+        Some(l) if !(1..=19).contains(l.get_ref()) => {
+            return Err(src.error_at(l.span(), "backup.zstd_level must be between 1 and 19"))
+        }
+        Some(l) => l.into_inner(),
+        None => 3,
+    };
+    let part_mib = match raw.part_size_mib {
+        Some(p) if !(5..=512).contains(p.get_ref()) => {
+            return Err(src.error_at(
+                p.span(),
+                "backup.part_size_mib must be between 5 (S3's minimum) and 512",
+            ))
+        }
+        Some(p) => p.into_inner(),
+        None => 16,
+    };
+    if let Some(u) = &raw.scratch_url {
+        reject_password(src, u, "backup.scratch_url", ENV_DATABASE_URL)?;
+    }
+    Ok(BackupConfig {
+        recipients: raw
+            .recipients
+            .into_iter()
+            .map(Spanned::into_inner)
+            .collect(),
+        identity: SecretSource {
+            env: raw
+                .identity_env
+                .unwrap_or_else(|| ENV_AGE_IDENTITY.to_string()),
+            file: raw.identity_file.map(|f| dir.join(f)),
+        },
+        zstd_level: level,
+        zstd_threads: src.count(raw.zstd_threads, "backup.zstd_threads", 1..=64, 2)?,
+        part_size: usize::try_from(part_mib * 1024 * 1024).unwrap_or(16 << 20),
+        prefix: raw.prefix.unwrap_or_else(|| "backups/".to_string()),
+        rpo: match &raw.rpo {
+            Some(r) => src.duration(r, "backup.rpo")?,
+            None => Duration::from_secs(3600),
+        },
+        keep: raw.keep.unwrap_or(KeepPolicy {
+            last: 3,
+            hourly: 24,
+            daily: 7,
+            weekly: 4,
+            monthly: 12,
+            yearly: 3,
+        }),
+        scratch_url: raw.scratch_url.map(Spanned::into_inner),
+        pg_bin: raw.pg_bin.map(PathBuf::from),
+    })
+}
+
+fn check_address(src: &SourceFile, value: &Spanned<String>, key: &str) -> Result<()> {
+    value
+        .get_ref()
+        .parse::<lettre::message::Mailbox>()
+        .map(|_| ())
+        .map_err(|e| {
+            src.error_at(
+                value.span(),
+                format!("{key}: `{}` is not a mail address ({e})", value.get_ref()),
+            )
+        })
+}
+
+/// `[database]` and `[store]`: URLs (environment first, never a password in
+/// the file), SQLite paths resolved against the config folder, pool sizes.
+pub(super) fn load_database_and_store(
+    src: &SourceFile,
+    database: RawDatabase,
+    store: Option<RawStore>,
+    dir: &Path,
+) -> Result<(DatabaseConfig, StoreConfig)> {
+    let database_url = match env_nonempty(ENV_DATABASE_URL) {
+        Some(url) => url,
+        None => {
+            reject_password(src, &database.url, "database.url", ENV_DATABASE_URL)?;
+            database.url.get_ref().clone()
+        }
+    };
+    let database_url = resolve_sqlite_url(&database_url, dir);
+    check_db_url(src, &database.url, &database_url, "database.url")?;
+
+    let store = store.unwrap_or(RawStore {
+        url: None,
+        max_connections: None,
+    });
+    let store_url = match (env_nonempty(ENV_STORE_URL), &store.url) {
+        (Some(url), _) => resolve_sqlite_url(&url, dir),
+        (None, Some(url)) => {
+            reject_password(src, url, "store.url", ENV_STORE_URL)?;
+            let resolved = resolve_sqlite_url(url.get_ref(), dir);
+            check_db_url(src, url, &resolved, "store.url")?;
+            resolved
+        }
+        (None, None) => database_url.clone(),
+    };
+
+    let database_max_connections = src.count(
+        database.max_connections,
+        "database.max_connections",
+        1..=1000,
+        8,
+    )?;
+    let store_max_connections =
+        src.count(store.max_connections, "store.max_connections", 1..=1000, 8)?;
+    Ok((
+        DatabaseConfig {
+            url: database_url,
+            max_connections: database_max_connections,
+        },
+        StoreConfig {
+            url: store_url,
+            max_connections: store_max_connections,
+        },
+    ))
+}
+
+/// `[breach]`: reminder marks before each party's deadline (48 h, 24 h, 6 h by default).
+pub(super) fn load_breach(src: &SourceFile, raw: RawBreach) -> Result<BreachConfig> {
+    Ok(BreachConfig {
+        reminders: match &raw.reminders {
+            Some(list) => list
+                .iter()
+                .map(|m| src.duration(m, "breach.reminders"))
+                .collect::<Result<Vec<_>>>()?,
+            None => vec![
+                Duration::from_secs(48 * 3600),
+                Duration::from_secs(24 * 3600),
+                Duration::from_secs(6 * 3600),
+            ],
+        },
+    })
+}

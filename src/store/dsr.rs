@@ -1,0 +1,367 @@
+//! Data subject requests: intake (idempotent, one open request per subject
+//! and kind), claiming by a run, state transitions and deadline extensions.
+//! Audited changes commit with their evidence.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use super::{EventFor, NewAuditEvent};
+use crate::error::{Error, Result};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DsrState {
+    Received,
+    Verified,
+    InProgress,
+    Completed,
+    Rejected,
+    Failed,
+}
+
+impl DsrState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DsrState::Received => "received",
+            DsrState::Verified => "verified",
+            DsrState::InProgress => "in_progress",
+            DsrState::Completed => "completed",
+            DsrState::Rejected => "rejected",
+            DsrState::Failed => "failed",
+        }
+    }
+    pub fn parse(s: &str) -> Result<Self> {
+        Ok(match s {
+            "received" => DsrState::Received,
+            "verified" => DsrState::Verified,
+            "in_progress" => DsrState::InProgress,
+            "completed" => DsrState::Completed,
+            "rejected" => DsrState::Rejected,
+            "failed" => DsrState::Failed,
+            other => return Err(Error::Usage(format!("unknown DSR state `{other}`; use received, verified, in_progress, completed, rejected or failed"))),
+        })
+    }
+    pub fn is_open(self) -> bool {
+        matches!(
+            self,
+            DsrState::Received | DsrState::Verified | DsrState::InProgress | DsrState::Failed
+        )
+    }
+}
+
+super::types::text_enum!(DsrState);
+
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct DsrRequest {
+    pub id: i64,
+    pub kind: String,
+    pub subject: String,
+    pub jurisdiction: String,
+    pub state: DsrState,
+    pub reason: Option<String>,
+    pub detail: Option<String>,
+    pub source: String,
+    pub idempotency_key: Option<String>,
+    /// What the idempotency key was first used for (see `NewDsr::request_hash`).
+    #[serde(skip)]
+    pub request_hash: Option<String>,
+    pub received_at: DateTime<Utc>,
+    pub due_at: DateTime<Utc>,
+    pub extended_days: i32,
+    pub extension_reason: Option<String>,
+    /// When the last extension was decided, and when the subject was told of it.
+    pub extended_at: Option<DateTime<Utc>>,
+    pub extension_notified_at: Option<DateTime<Utc>>,
+    pub completed_at: Option<DateTime<Utc>>,
+    pub attempts: i32,
+    pub result: Option<serde_json::Value>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// One extension of a request's deadline.
+#[derive(Debug, Clone)]
+pub struct DsrExtension {
+    pub from_due_at: DateTime<Utc>,
+    pub due_at: DateTime<Utc>,
+    pub days: i32,
+    pub reason: String,
+    pub extended_at: DateTime<Utc>,
+    pub notified_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewDsr {
+    pub kind: String,
+    pub subject: String,
+    pub jurisdiction: String,
+    pub state: DsrState,
+    pub reason: Option<String>,
+    pub detail: Option<String>,
+    pub source: String,
+    pub idempotency_key: Option<String>,
+    /// A hash of the canonical request (`scheme:hex`); a later insert under the
+    /// same key must carry the same hash to be a replay.
+    pub request_hash: Option<String>,
+    pub received_at: DateTime<Utc>,
+    pub due_at: DateTime<Utc>,
+}
+
+/// What inserting a request did.
+#[derive(Debug, Clone)]
+pub enum DsrInsert {
+    Created(DsrRequest),
+    /// The idempotency key was used before for the same request: this is that request.
+    Replayed(DsrRequest),
+    /// The idempotency key was used before for a different request (this one).
+    KeyConflict(DsrRequest),
+    /// An open request of this kind for this subject exists.
+    Duplicate(DsrRequest),
+}
+
+impl NewDsr {
+    /// Whether `prior`, found under this request's idempotency key, is this
+    /// same request (a replay) or a different one (a conflict). Hashes are
+    /// compared when both have one under the same scheme; otherwise (rows from
+    /// before request hashes, or the pseudonym key configured in between) the
+    /// fields themselves.
+    pub fn replay_of(&self, prior: DsrRequest) -> DsrInsert {
+        let scheme = |h: &str| h.split_once(':').map(|(s, _)| s.to_string());
+        let same = match (&prior.request_hash, &self.request_hash) {
+            (Some(a), Some(b)) if scheme(a) == scheme(b) => a == b,
+            _ => {
+                prior.kind == self.kind
+                    && prior.subject == self.subject
+                    && prior.jurisdiction == self.jurisdiction
+            }
+        };
+        if same {
+            DsrInsert::Replayed(prior)
+        } else {
+            DsrInsert::KeyConflict(prior)
+        }
+    }
+}
+
+/// Requests run `$2` may take: verified, failed, or in progress under a run
+/// that is not running (crashed) or is `$2` itself (an earlier attempt).
+pub(super) const DSR_TAKEABLE: &str = "(state IN ('verified', 'failed') OR (state = 'in_progress' AND (claimed_by_run IS NULL OR claimed_by_run = $2 OR NOT EXISTS (SELECT 1 FROM job_runs r WHERE r.id = claimed_by_run AND r.state = 'running'))))";
+
+#[async_trait]
+pub trait DsrRequests: Send + Sync {
+    /// Inserts a request; when one is created, the evidence `event` builds from
+    /// it commits with it (a replay, a key conflict or a duplicate writes nothing).
+    async fn dsr_insert(&self, r: &NewDsr, event: EventFor<'_, DsrRequest>) -> Result<DsrInsert>;
+    async fn dsr_get(&self, id: i64) -> Result<Option<DsrRequest>>;
+    async fn dsr_list(&self, state: Option<DsrState>, limit: u32) -> Result<Vec<DsrRequest>>;
+    /// Requests run `run_id` may process, earliest deadline first: verified,
+    /// failed (a retry), or left in progress by a run that is not running any
+    /// more (it crashed) or that is `run_id` itself in an earlier attempt.
+    async fn dsr_due(&self, limit: u32, run_id: i64) -> Result<Vec<DsrRequest>>;
+    /// Takes one of those requests for `run_id` (state `in_progress`); false
+    /// if another run has it.
+    async fn dsr_claim(&self, id: i64, run_id: i64) -> Result<bool>;
+    /// Moves a request from one state to another, with its evidence if any;
+    /// false (and no evidence) if it was not in `from`.
+    async fn dsr_transition(
+        &self,
+        id: i64,
+        from: &[DsrState],
+        to: DsrState,
+        reason: Option<&str>,
+        result: Option<&serde_json::Value>,
+        event: Option<&NewAuditEvent>,
+    ) -> Result<bool>;
+    /// Moves an open request's deadline, only while the deadline it replaces
+    /// (`e.from_due_at`) is still in force and not yet passed at `e.extended_at`;
+    /// false otherwise (nothing changed, no evidence).
+    async fn dsr_extend(&self, id: i64, e: &DsrExtension, event: &NewAuditEvent) -> Result<bool>;
+}
+
+/// Six states at most: `from` is bound as six nullable parameters (`x IN (…, NULL)`
+/// matches nothing extra), so the same SQL runs on both databases.
+pub(super) fn from_states(from: &[DsrState]) -> [Option<DsrState>; 6] {
+    std::array::from_fn(|i| from.get(i).copied())
+}
+
+macro_rules! impl_dsr_requests {
+    ($store:ty) => {
+        impl $store {
+            async fn dsr_by_key(&self, key: &str) -> Result<Option<DsrRequest>> {
+                Ok(sqlx::query_as("SELECT * FROM dsr_requests WHERE idempotency_key = $1")
+                    .bind(key)
+                    .fetch_optional(&self.pool)
+                    .await?)
+            }
+
+            /// After a unique violation: a racing idempotent retry, or the open-request index.
+            async fn dsr_insert_conflict(&self, r: &NewDsr) -> Result<DsrInsert> {
+                if let Some(key) = &r.idempotency_key {
+                    if let Some(prior) = self.dsr_by_key(key).await? {
+                        return Ok(r.replay_of(prior));
+                    }
+                }
+                let open: DsrRequest = sqlx::query_as(
+                    "SELECT * FROM dsr_requests WHERE subject = $1 AND kind = $2
+                     AND state IN ('received', 'verified', 'in_progress', 'failed') ORDER BY id LIMIT 1",
+                )
+                .bind(&r.subject)
+                .bind(&r.kind)
+                .fetch_one(&self.pool)
+                .await?;
+                Ok(DsrInsert::Duplicate(open))
+            }
+        }
+
+        #[async_trait::async_trait]
+        impl DsrRequests for $store {
+            async fn dsr_insert(
+                &self,
+                r: &NewDsr,
+                event: EventFor<'_, DsrRequest>,
+            ) -> Result<DsrInsert> {
+                if let Some(key) = &r.idempotency_key {
+                    if let Some(prior) = self.dsr_by_key(key).await? {
+                        return Ok(r.replay_of(prior));
+                    }
+                }
+                let mut tx = self.write_tx().await?;
+                let res: std::result::Result<DsrRequest, sqlx::Error> = sqlx::query_as(
+                    "INSERT INTO dsr_requests (kind, subject, jurisdiction, state, reason, detail, source,
+                                               idempotency_key, received_at, due_at, updated_at, request_hash)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $9, $11) RETURNING *",
+                )
+                .bind(&r.kind)
+                .bind(&r.subject)
+                .bind(&r.jurisdiction)
+                .bind(r.state)
+                .bind(&r.reason)
+                .bind(&r.detail)
+                .bind(&r.source)
+                .bind(&r.idempotency_key)
+                .bind(Ts(r.received_at))
+                .bind(Ts(r.due_at))
+                .bind(&r.request_hash)
+                .fetch_one(&mut *tx)
+                .await;
+                match res {
+                    Ok(created) => {
+                        Self::commit_with(tx, Some(&event(&created)), "dsr_insert").await?;
+                        Ok(DsrInsert::Created(created))
+                    }
+                    Err(e) if super::is_unique_violation(&e) => {
+                        // The failed statement may have aborted the transaction: look outside it.
+                        drop(tx);
+                        self.dsr_insert_conflict(r).await
+                    }
+                    Err(e) => Err(e.into()),
+                }
+            }
+
+            async fn dsr_get(&self, id: i64) -> Result<Option<DsrRequest>> {
+                Ok(sqlx::query_as("SELECT * FROM dsr_requests WHERE id = $1")
+                    .bind(id)
+                    .fetch_optional(&self.pool)
+                    .await?)
+            }
+
+            async fn dsr_list(&self, state: Option<DsrState>, limit: u32) -> Result<Vec<DsrRequest>> {
+                Ok(sqlx::query_as(
+                    "SELECT * FROM dsr_requests WHERE ($1 IS NULL OR state = $1) ORDER BY id DESC LIMIT $2",
+                )
+                .bind(state)
+                .bind(i64::from(limit))
+                .fetch_all(&self.pool)
+                .await?)
+            }
+
+            async fn dsr_due(&self, limit: u32, run_id: i64) -> Result<Vec<DsrRequest>> {
+                Ok(sqlx::query_as(&format!(
+                    "SELECT * FROM dsr_requests WHERE {DSR_TAKEABLE} ORDER BY due_at, id LIMIT $1"
+                ))
+                .bind(i64::from(limit))
+                .bind(run_id)
+                .fetch_all(&self.pool)
+                .await?)
+            }
+
+            async fn dsr_claim(&self, id: i64, run_id: i64) -> Result<bool> {
+                let n = sqlx::query(&format!(
+                    "UPDATE dsr_requests SET state = 'in_progress', claimed_by_run = $2,
+                            attempts = attempts + 1, updated_at = $3
+                     WHERE id = $1 AND {DSR_TAKEABLE}"
+                ))
+                .bind(id)
+                .bind(run_id)
+                .bind(Ts::now())
+                .execute(&self.pool)
+                .await?
+                .rows_affected();
+                Ok(n == 1)
+            }
+
+            async fn dsr_transition(
+                &self,
+                id: i64,
+                from: &[DsrState],
+                to: DsrState,
+                reason: Option<&str>,
+                result: Option<&serde_json::Value>,
+                event: Option<&NewAuditEvent>,
+            ) -> Result<bool> {
+                let mut tx = self.write_tx().await?;
+                let mut q = sqlx::query(
+                    "UPDATE dsr_requests SET state = $2, reason = COALESCE($3, reason), result = COALESCE($4, result),
+                            attempts = attempts + CASE WHEN $2 = 'in_progress' THEN 1 ELSE 0 END,
+                            completed_at = CASE WHEN $2 = 'completed' THEN $5 ELSE completed_at END, updated_at = $5
+                     WHERE id = $1 AND state IN ($6, $7, $8, $9, $10, $11)",
+                )
+                .bind(id)
+                .bind(to)
+                .bind(reason)
+                .bind(result)
+                .bind(Ts::now());
+                for s in super::dsr::from_states(from) {
+                    q = q.bind(s);
+                }
+                let n = q.execute(&mut *tx).await?.rows_affected();
+                if n != 1 {
+                    return Ok(false);
+                }
+                Self::commit_with(tx, event, "dsr_transition").await?;
+                Ok(true)
+            }
+
+            async fn dsr_extend(
+                &self,
+                id: i64,
+                e: &DsrExtension,
+                event: &NewAuditEvent,
+            ) -> Result<bool> {
+                let mut tx = self.write_tx().await?;
+                let n = sqlx::query(
+                    "UPDATE dsr_requests SET due_at = $2, extended_days = extended_days + $3,
+                            extension_reason = $4, extended_at = $5, extension_notified_at = $6, updated_at = $5
+                     WHERE id = $1 AND state IN ('received', 'verified', 'in_progress', 'failed')
+                       AND due_at = $7 AND due_at >= $5",
+                )
+                .bind(id)
+                .bind(Ts(e.due_at))
+                .bind(e.days)
+                .bind(&e.reason)
+                .bind(Ts(e.extended_at))
+                .bind(Ts(e.notified_at))
+                .bind(Ts(e.from_due_at))
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                if n != 1 {
+                    return Ok(false);
+                }
+                Self::commit_with(tx, Some(event), "dsr_extend").await?;
+                Ok(true)
+            }
+        }
+    };
+}
+pub(super) use impl_dsr_requests;

@@ -1,0 +1,184 @@
+//! What outlives a DSR: the erasure ledger (keyed pseudonyms that restores
+//! re-apply) and its key check value, export archives tracked until deleted,
+//! and replacing an erased subject's email in Lethe's own rows.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+use super::NewAuditEvent;
+use crate::error::Result;
+
+#[async_trait]
+pub trait DsrLedger: Send + Sync {
+    /// Records an erasure in the ledger, with the erasure's evidence.
+    async fn ledger_add(
+        &self,
+        subject_key: &str,
+        request_id: i64,
+        event: &NewAuditEvent,
+    ) -> Result<()>;
+    async fn ledger_keys(&self) -> Result<Vec<String>>;
+    /// The keyed check value of the pseudonym key the ledger is written with, if recorded.
+    async fn ledger_check(&self) -> Result<Option<String>>;
+    /// Records `value` unless a check value exists already; returns the one stored
+    /// (so two first users with different keys cannot both win).
+    async fn ledger_check_init(&self, value: &str) -> Result<String>;
+    /// Records an export archive's object and link expiry before it is uploaded.
+    async fn dsr_export_started(
+        &self,
+        id: i64,
+        object: &str,
+        expires_at: DateTime<Utc>,
+    ) -> Result<()>;
+    /// Export archives still stored whose link expired by `now`, or (with
+    /// `subject`) every one of that subject's: (request id, object key).
+    async fn dsr_exports_to_delete(
+        &self,
+        now: DateTime<Utc>,
+        subject: Option<&str>,
+    ) -> Result<Vec<(i64, String)>>;
+    /// Marks an export archive deleted, with its evidence.
+    async fn dsr_export_deleted(&self, id: i64, event: &NewAuditEvent) -> Result<()>;
+    /// Replaces an erased subject's email with its pseudonym in Lethe's own
+    /// rows (requests and their detail text, released subject holds) and drops
+    /// the requests' idempotency hashes; returns rows changed. An active
+    /// subject hold keeps the email: it must still match it.
+    async fn dsr_forget_subject(&self, email: &str, pseudonym: &str) -> Result<u64>;
+    /// Emails of completed erasures not yet replaced by their pseudonym (a
+    /// crash between completion and `dsr_forget_subject`).
+    async fn dsr_unforgotten_erasures(&self) -> Result<Vec<String>>;
+}
+
+/// `impl DsrLedger` for a driver, which provides `after_forget` (what must
+/// follow a forget on its database).
+macro_rules! impl_dsr_ledger {
+    ($store:ty) => {
+        #[async_trait::async_trait]
+        impl DsrLedger for $store {
+            async fn ledger_add(
+                &self,
+                subject_key: &str,
+                request_id: i64,
+                event: &NewAuditEvent,
+            ) -> Result<()> {
+                let mut tx = self.write_tx().await?;
+                sqlx::query(
+                    "INSERT INTO erasure_ledger (subject_key, request_id, erased_at) VALUES ($1, $2, $3)
+                     ON CONFLICT (subject_key) DO UPDATE SET request_id = $2, erased_at = $3",
+                )
+                .bind(subject_key)
+                .bind(request_id)
+                .bind(Ts::now())
+                .execute(&mut *tx)
+                .await?;
+                Self::commit_with(tx, Some(event), "ledger_add").await
+            }
+
+            async fn ledger_keys(&self) -> Result<Vec<String>> {
+                Ok(sqlx::query_scalar("SELECT subject_key FROM erasure_ledger ORDER BY subject_key")
+                    .fetch_all(&self.pool)
+                    .await?)
+            }
+
+            async fn ledger_check(&self) -> Result<Option<String>> {
+                Ok(sqlx::query_scalar("SELECT check_value FROM erasure_ledger_check WHERE id = 1")
+                    .fetch_optional(&self.pool)
+                    .await?)
+            }
+
+            async fn ledger_check_init(&self, value: &str) -> Result<String> {
+                sqlx::query(
+                    "INSERT INTO erasure_ledger_check (id, check_value, created_at) VALUES (1, $1, $2)
+                     ON CONFLICT (id) DO NOTHING",
+                )
+                .bind(value)
+                .bind(Ts::now())
+                .execute(&self.pool)
+                .await?;
+                Ok(sqlx::query_scalar("SELECT check_value FROM erasure_ledger_check WHERE id = 1")
+                    .fetch_one(&self.pool)
+                    .await?)
+            }
+
+            async fn dsr_export_started(
+                &self,
+                id: i64,
+                object: &str,
+                expires_at: DateTime<Utc>,
+            ) -> Result<()> {
+                sqlx::query(
+                    "UPDATE dsr_requests SET export_object = $2, export_expires_at = $3, export_deleted_at = NULL
+                     WHERE id = $1",
+                )
+                .bind(id)
+                .bind(object)
+                .bind(Ts(expires_at))
+                .execute(&self.pool)
+                .await?;
+                Ok(())
+            }
+
+            async fn dsr_exports_to_delete(
+                &self,
+                now: DateTime<Utc>,
+                subject: Option<&str>,
+            ) -> Result<Vec<(i64, String)>> {
+                Ok(sqlx::query_as(
+                    "SELECT id, export_object FROM dsr_requests
+                     WHERE export_object IS NOT NULL AND export_deleted_at IS NULL
+                       AND (CASE WHEN $2 IS NULL THEN export_expires_at <= $1 ELSE subject = $2 END)
+                     ORDER BY id",
+                )
+                .bind(Ts(now))
+                .bind(subject)
+                .fetch_all(&self.pool)
+                .await?)
+            }
+
+            async fn dsr_export_deleted(&self, id: i64, event: &NewAuditEvent) -> Result<()> {
+                let mut tx = self.write_tx().await?;
+                sqlx::query("UPDATE dsr_requests SET export_deleted_at = $2 WHERE id = $1")
+                    .bind(id)
+                    .bind(Ts::now())
+                    .execute(&mut *tx)
+                    .await?;
+                Self::commit_with(tx, Some(event), "dsr_export_deleted").await
+            }
+
+            async fn dsr_forget_subject(&self, email: &str, pseudonym: &str) -> Result<u64> {
+                let mut tx = self.write_tx().await?;
+                let n = sqlx::query(
+                    "UPDATE dsr_requests SET subject = $2, detail = replace(detail, $1, $2), request_hash = NULL
+                     WHERE subject = $1",
+                )
+                .bind(email)
+                .bind(pseudonym)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                let h = sqlx::query(
+                    "UPDATE legal_holds SET value = $2
+                     WHERE scope = 'subject' AND value = $1 AND released_at IS NOT NULL",
+                )
+                .bind(email)
+                .bind(pseudonym)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                tx.commit().await?;
+                self.after_forget().await?;
+                Ok(n + h)
+            }
+
+            async fn dsr_unforgotten_erasures(&self) -> Result<Vec<String>> {
+                Ok(sqlx::query_scalar(
+                    "SELECT DISTINCT subject FROM dsr_requests
+                     WHERE kind = 'erasure' AND state = 'completed' AND subject LIKE '%@%' ORDER BY 1",
+                )
+                .fetch_all(&self.pool)
+                .await?)
+            }
+        }
+    };
+}
+pub(super) use impl_dsr_ledger;
