@@ -1,5 +1,5 @@
 //! `jobs/NAME.toml`: one scheduled job a file. The kind and its params stay
-//! text and JSON here: the job registry (`crate::jobs`) checks them right after
+//! text and JSON here: the job registry (the `jobs` module) checks them right after
 //! the config loads, pointing its errors into this file.
 
 use std::path::{Path, PathBuf};

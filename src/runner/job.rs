@@ -1,5 +1,5 @@
 //! What a job kind is to the runner: a name, typed params checked at load,
-//! a typed result, and `run`. The runner knows no kind; `crate::jobs` lists them.
+//! a typed result, and `run`. The runner knows no kind; the `jobs` module lists them.
 
 use std::future::Future;
 use std::sync::Arc;

@@ -7,7 +7,7 @@
 //! - `job_rescuer`: returns runs whose lease lapsed (their worker died) to the queue.
 //! - `job_cleaner`: deletes old finished runs (the `runner.prune` kind calls it).
 //! - `job` / `registry`: the `Job` trait and the kinds a build knows. The runner
-//!   imports no job kind; `crate::jobs::registry()` lists them and is passed in.
+//!   imports no job kind; `jobs::registry()` lists them and is passed in.
 
 mod executor;
 mod job;

@@ -1,5 +1,5 @@
 //! The kinds a build knows, with their types erased to JSON in and JSON out.
-//! Built by `crate::jobs::registry()`; the runner only looks kinds up here.
+//! Built by `jobs::registry()`; the runner only looks kinds up here.
 
 use std::future::Future;
 use std::pin::Pin;

@@ -93,21 +93,8 @@ fn sources() -> Vec<PathBuf> {
     files
 }
 
-/// Imports that break the layering while the job registry is being moved out
-/// of `runner` (issue 12); each must still exist, so the list only shrinks.
-const PENDING: &[(&str, &str)] = &[
-    ("config", "runner"),
-    ("notify", "runner"),
-    ("runner", "backup"),
-    ("runner", "breach"),
-    ("runner", "dsr"),
-    ("runner", "keys"),
-    ("runner", "retention"),
-];
-
 #[test]
 fn no_module_imports_one_above_it() {
-    let mut pending_seen = BTreeSet::new();
     let layers = declared_layers();
     let mut errors = Vec::new();
     let mut seen = BTreeSet::new();
@@ -127,10 +114,6 @@ fn no_module_imports_one_above_it() {
             if dep == module {
                 continue;
             }
-            if PENDING.contains(&(module.as_str(), dep.as_str())) {
-                pending_seen.insert((module.clone(), dep.clone()));
-                continue;
-            }
             match layers.get(&dep) {
                 Some(&l) if l < own => {}
                 Some(_) => errors.push(format!(
@@ -145,13 +128,6 @@ fn no_module_imports_one_above_it() {
         if !seen.contains(m) {
             errors.push(format!(
                 "ARCHITECTURE.md lists `{m}` but src/ has no such module"
-            ));
-        }
-    }
-    for (m, d) in PENDING {
-        if !pending_seen.contains(&(m.to_string(), d.to_string())) {
-            errors.push(format!(
-                "`{m}` no longer imports `{d}`: remove it from PENDING"
             ));
         }
     }
