@@ -169,6 +169,8 @@ pub struct AuditEvent {
     pub details: String,
     pub prev_hash: String,
     pub hash: String,
+    /// The [`HashRule`] number the hash was computed under, as stored.
+    pub rule: i64,
 }
 
 #[derive(Debug, Clone)]
@@ -184,10 +186,17 @@ pub fn chain_event(prev: Option<&AuditEvent>, e: &NewAuditEvent, at: DateTime<Ut
     let seq = prev.map_or(1, |p| p.seq + 1);
     let prev_hash = prev.map_or_else(genesis_hash, |p| p.hash.clone());
     let at = truncate_micros(at);
-    let details = canonical_json(&e.details);
-    let hash = event_hash(
-        &prev_hash, seq, at, &e.actor, &e.action, &e.target, &details,
-    );
+    let rule = HashRule::CURRENT;
+    let details = rule.canonical(&e.details);
+    let fields = EventFields {
+        seq,
+        at,
+        actor: &e.actor,
+        action: &e.action,
+        target: &e.target,
+        details_canonical: &details,
+    };
+    let hash = event_hash_under(rule, &prev_hash, &fields);
     AuditEvent {
         seq,
         at,
@@ -197,6 +206,7 @@ pub fn chain_event(prev: Option<&AuditEvent>, e: &NewAuditEvent, at: DateTime<Ut
         details,
         prev_hash,
         hash,
+        rule: rule.number(),
     }
 }
 

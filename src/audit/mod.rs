@@ -1,9 +1,7 @@
 //! Tamper-evident evidence: a SHA-256 hash chain over every state change,
 //! exported as JSONL with an optional trailing HMAC-SHA-256 signature block.
 //!
-//! hash(n) = SHA-256( prev_hash(n) ‖ "\n" ‖ canonical JSON of {seq, at, actor, action, target, details} )
-//! where canonical JSON is compact with object keys sorted, and `at` is
-//! RFC 3339 UTC with exactly six fractional digits.
+//! The chain's definition (what is hashed, under which rule) is in `chain`.
 
 mod export;
 mod verify;
@@ -19,13 +17,14 @@ use crate::error::Result;
 use crate::store::Store;
 
 pub use crate::chain::{
-    canonical_json, event_hash, genesis_hash, truncate_micros, AuditEvent, NewAuditEvent, AT_FORMAT,
+    canonical_json, event_hash, event_hash_under, genesis_hash, truncate_micros, AuditEvent,
+    EventFields, HashRule, NewAuditEvent, AT_FORMAT,
 };
 
 /// The JSONL line of an event, as exported.
 pub fn event_line(e: &AuditEvent) -> Value {
     let details: Value = serde_json::from_str(&e.details).unwrap_or(Value::Null);
-    json!({
+    let mut line = json!({
         "seq": e.seq,
         "at": e.at.format(AT_FORMAT).to_string(),
         "actor": e.actor,
@@ -34,7 +33,12 @@ pub fn event_line(e: &AuditEvent) -> Value {
         "details": details,
         "prev_hash": e.prev_hash,
         "hash": e.hash,
-    })
+    });
+    // Rule 1 lines stay as they were exported before rules were numbered.
+    if e.rule != HashRule::SortedJson.number() {
+        line["rule"] = json!(e.rule);
+    }
+    line
 }
 
 pub type Signer = Hmac<Sha256>;

@@ -7,7 +7,7 @@ use hmac::Mac;
 use serde::Serialize;
 use serde_json::Value;
 
-use super::{event_hash, finish_hex, genesis_hash, signer, AT_FORMAT};
+use super::{event_hash_under, finish_hex, genesis_hash, signer, EventFields, HashRule, AT_FORMAT};
 use crate::config::Secret;
 use crate::error::{Error, Result};
 
@@ -63,6 +63,7 @@ const EVENT_FIELDS: &[&str] = &[
     "details",
     "prev_hash",
     "hash",
+    "rule",
 ];
 
 /// Checks one event line against the expected predecessor; returns its hash.
@@ -86,16 +87,24 @@ fn check_event(
     let at = chrono::NaiveDateTime::parse_from_str(at_text, AT_FORMAT)
         .map_err(|e| format!("field `at` is not a timestamp: {e}"))?
         .and_utc();
-    let details = super::canonical_json(field(v, "details")?);
-    let computed = event_hash(
-        prev,
+    // No `rule`: an event hashed before rules were numbered (rule 1).
+    let rule = match v.get("rule") {
+        None => HashRule::SortedJson,
+        Some(r) => r
+            .as_i64()
+            .and_then(HashRule::from_number)
+            .ok_or_else(|| format!("unknown hash rule {r} (this build knows 1 and 2)"))?,
+    };
+    let details = rule.canonical(field(v, "details")?);
+    let fields = EventFields {
         seq,
         at,
-        str_field(v, "actor")?,
-        str_field(v, "action")?,
-        str_field(v, "target")?,
-        &details,
-    );
+        actor: str_field(v, "actor")?,
+        action: str_field(v, "action")?,
+        target: str_field(v, "target")?,
+        details_canonical: &details,
+    };
+    let computed = event_hash_under(rule, prev, &fields);
     let stated = str_field(v, "hash")?;
     if computed != stated {
         return Err("hash does not match the line's content (the line was altered)".into());

@@ -26,6 +26,7 @@ pub(super) struct AuditRow {
     details: String,
     prev_hash: String,
     hash: String,
+    hash_rule: i16,
 }
 
 impl From<AuditRow> for AuditEvent {
@@ -39,6 +40,7 @@ impl From<AuditRow> for AuditEvent {
             details: r.details,
             prev_hash: r.prev_hash,
             hash: r.hash,
+            rule: i64::from(r.hash_rule),
         }
     }
 }
@@ -62,8 +64,8 @@ macro_rules! impl_audit_log {
                 let prev = prev.map(AuditEvent::from);
                 let e = crate::chain::chain_event(prev.as_ref(), event, Utc::now());
                 sqlx::query(
-                    "INSERT INTO audit_events (seq, at, actor, action, target, details, prev_hash, hash)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                    "INSERT INTO audit_events (seq, at, actor, action, target, details, prev_hash, hash, hash_rule)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
                 )
                 .bind(e.seq)
                 .bind(Ts(e.at))
@@ -73,6 +75,7 @@ macro_rules! impl_audit_log {
                 .bind(&e.details)
                 .bind(&e.prev_hash)
                 .bind(&e.hash)
+                .bind(i16::try_from(e.rule).unwrap_or(i16::MAX))
                 .execute(&mut *conn)
                 .await?;
                 Ok(e)

@@ -161,9 +161,6 @@ const OVERSIZED: &[&str] = &[
     "src/retention/mod.rs::windows",
     "src/retention/mod.rs::purge_job",
     "src/runner/executor.rs::execute_claimed_at",
-    "src/store/mod.rs",
-    "src/store/postgres.rs",
-    "src/store/sqlite.rs",
 ];
 
 /// The demo seeder writes one long, linear script of sample rows.

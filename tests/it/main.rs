@@ -10,6 +10,7 @@ mod dsr_http;
 mod evidence_crash;
 mod faults;
 mod fuzz;
+mod hash_rules;
 mod keys_breach;
 mod layering;
 mod mail;
