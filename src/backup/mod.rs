@@ -22,7 +22,9 @@ pub const CREATE_KIND: &str = "backup.create";
 pub const VERIFY_KIND: &str = "backup.verify";
 pub use verify::{verify, VerifyReport};
 
+use std::collections::BTreeMap;
 use std::io::Write;
+use std::path::Path;
 use std::time::Instant;
 
 use chrono::{DateTime, Utc};
@@ -90,6 +92,14 @@ async fn upload_stream(
 /// Checkpoint naming the object an attempt is uploading.
 const UPLOAD_KEY: &str = "backup.upload";
 
+/// What one dump produced: the stored object's sizes and hash, and the
+/// source's row counts and server version (from the same snapshot).
+struct Dumped {
+    enc: crate::archive::Encoded,
+    row_counts: BTreeMap<String, i64>,
+    server_version: String,
+}
+
 /// `backup.create`: returns the catalog row (committed with `actor`'s evidence).
 pub async fn create(ctx: &Context, run_id: Option<i64>, actor: &str) -> Result<BackupRecord> {
     let cfg = &ctx.config.backup;
@@ -111,101 +121,25 @@ pub async fn create(ctx: &Context, run_id: Option<i64>, actor: &str) -> Result<B
             .checkpoint_put(run_id, UPLOAD_KEY, &json!({ "object": object_key }))
             .await?;
     }
-    let (level, threads) = (cfg.zstd_level, cfg.zstd_threads);
-
-    let (enc, row_counts, server_version) = match &db {
+    let dumped = match &db {
         Db::Postgres(url) => {
-            let mut snap = source::PgSnapshot::open(url).await?;
-            let mut cmd =
-                source::pg_command(&source::pg_tool("pg_dump", cfg.pg_bin.as_deref()), url);
-            cmd.args([
-                "--format=custom",
-                "--compress=0",
-                &format!("--snapshot={}", snap.id),
-            ]);
-            let mut child = source::spawn_piped(cmd, false)?;
-            let stderr = source::collect_stderr(&mut child);
-            let stdout = child
-                .stdout
-                .take()
-                .ok_or_else(|| Error::Backup("pg_dump has no stdout".into()))?;
-            let rec = recipients.clone();
-            let upload = upload_stream(ctx, store.as_ref(), &object_key, move |sink| {
-                let r = encode(stdout, sink, &rec, level, threads);
-                let status = child
-                    .wait()
-                    .map_err(|e| Error::Backup(format!("pg_dump: {e}")))?;
-                let err = stderr.join().unwrap_or_default();
-                if !status.success() {
-                    return Err(Error::Backup(format!("pg_dump failed ({status}): {err}")));
-                }
-                r
-            });
-            let (enc, counts) = tokio::join!(upload, snap.row_counts());
-            let (enc, counts) = (enc?, counts?);
-            let version = snap.server_version.clone();
-            snap.close().await?;
-            (enc, counts, version)
+            dump_postgres(ctx, store.as_ref(), url, &object_key, &recipients).await?
         }
         Db::Sqlite(path) => {
-            let tmp = tempfile::Builder::new()
-                .prefix("lethe-backup-")
-                .suffix(".db")
-                .tempfile()
-                .map_err(|e| Error::io("creating a temporary file for the SQLite snapshot", e))?;
-            let tmp_path = tmp.path().to_path_buf();
-            drop(tmp); // VACUUM INTO wants to create the file itself
-            let result = async {
-                source::sqlite_snapshot(path, &tmp_path).await?;
-                let counts = source::sqlite_row_counts(&tmp_path).await?;
-                let file = std::fs::File::open(&tmp_path)
-                    .map_err(|e| Error::io("reading the SQLite snapshot", e))?;
-                let rec = recipients.clone();
-                let enc = upload_stream(ctx, store.as_ref(), &object_key, move |sink| {
-                    encode(file, sink, &rec, level, threads)
-                })
-                .await?;
-                Ok::<_, Error>((enc, counts))
-            }
-            .await;
-            let _ = std::fs::remove_file(&tmp_path);
-            let (enc, counts) = result?;
-            (
-                enc,
-                counts,
-                format!("sqlite {}", source::sqlite_version(path).await?),
-            )
+            dump_sqlite(ctx, store.as_ref(), path, &object_key, &recipients).await?
         }
     };
     let duration_ms = started.elapsed().as_millis() as u64;
-    let manifest = Manifest {
-        format: MANIFEST_FORMAT,
-        id: id.clone(),
-        created_at: created_at.to_rfc3339(),
-        object: object_key.clone(),
-        stored_bytes: enc.stored_bytes,
-        raw_bytes: enc.raw_bytes,
-        sha256: enc.sha256.clone(),
-        compression: manifest::Compression {
-            algorithm: "zstd".into(),
-            level,
-            threads,
-        },
-        encryption: manifest::Encryption {
-            algorithm: "age".into(),
-            recipients: cfg.recipients.clone(),
-        },
-        database: manifest::Database {
-            kind: db.kind().into(),
-            server_version,
-        },
-        row_counts,
-        timings: manifest::Timings {
-            total_ms: duration_ms,
-        },
-        lethe_version: env!("CARGO_PKG_VERSION").into(),
-    }
-    .to_value();
+    let m = manifest_for(
+        ctx,
+        &id,
+        created_at,
+        &object_key,
+        db.kind(),
+        dumped,
+        duration_ms,
+    );
+    let manifest = m.to_value();
     let body = serde_json::to_vec_pretty(&manifest).map_err(|e| Error::Backup(e.to_string()))?;
     store.put(&manifest_key, body.into()).await?;
     let record = BackupRecord {
@@ -214,9 +148,9 @@ pub async fn create(ctx: &Context, run_id: Option<i64>, actor: &str) -> Result<B
         run_id,
         object_key,
         manifest_key,
-        stored_bytes: enc.stored_bytes as i64,
-        raw_bytes: enc.raw_bytes as i64,
-        sha256: enc.sha256.clone(),
+        stored_bytes: m.stored_bytes as i64,
+        raw_bytes: m.raw_bytes as i64,
+        sha256: m.sha256.clone(),
         manifest,
         verified_at: None,
         verify_ok: None,
@@ -233,6 +167,132 @@ pub async fn create(ctx: &Context, run_id: Option<i64>, actor: &str) -> Result<B
     );
     ctx.store.backup_insert(&record, &event).await?;
     Ok(record)
+}
+
+/// `pg_dump` of an exported snapshot, uploaded while the row counts are read
+/// from the same snapshot (so they describe exactly what was dumped).
+async fn dump_postgres(
+    ctx: &Context,
+    store: &dyn ObjectStore,
+    url: &str,
+    object_key: &str,
+    recipients: &[age::x25519::Recipient],
+) -> Result<Dumped> {
+    let cfg = &ctx.config.backup;
+    let (level, threads) = (cfg.zstd_level, cfg.zstd_threads);
+    let mut snap = source::PgSnapshot::open(url).await?;
+    let mut cmd = source::pg_command(&source::pg_tool("pg_dump", cfg.pg_bin.as_deref()), url);
+    cmd.args([
+        "--format=custom",
+        "--compress=0",
+        &format!("--snapshot={}", snap.id),
+    ]);
+    let mut child = source::spawn_piped(cmd, false)?;
+    let stderr = source::collect_stderr(&mut child);
+    let stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| Error::Backup("pg_dump has no stdout".into()))?;
+    let rec = recipients.to_vec();
+    let upload = upload_stream(ctx, store, object_key, move |sink| {
+        let r = encode(stdout, sink, &rec, level, threads);
+        let status = child
+            .wait()
+            .map_err(|e| Error::Backup(format!("pg_dump: {e}")))?;
+        let err = stderr.join().unwrap_or_default();
+        if !status.success() {
+            return Err(Error::Backup(format!("pg_dump failed ({status}): {err}")));
+        }
+        r
+    });
+    let (enc, counts) = tokio::join!(upload, snap.row_counts());
+    let (enc, row_counts) = (enc?, counts?);
+    let server_version = snap.server_version.clone();
+    snap.close().await?;
+    Ok(Dumped {
+        enc,
+        row_counts,
+        server_version,
+    })
+}
+
+/// SQLite: `VACUUM INTO` a temporary copy (a consistent snapshot), count its
+/// rows and upload it; the copy is removed whatever happens.
+async fn dump_sqlite(
+    ctx: &Context,
+    store: &dyn ObjectStore,
+    path: &Path,
+    object_key: &str,
+    recipients: &[age::x25519::Recipient],
+) -> Result<Dumped> {
+    let cfg = &ctx.config.backup;
+    let (level, threads) = (cfg.zstd_level, cfg.zstd_threads);
+    let tmp = tempfile::Builder::new()
+        .prefix("lethe-backup-")
+        .suffix(".db")
+        .tempfile()
+        .map_err(|e| Error::io("creating a temporary file for the SQLite snapshot", e))?;
+    let tmp_path = tmp.path().to_path_buf();
+    drop(tmp); // VACUUM INTO wants to create the file itself
+    let result = async {
+        source::sqlite_snapshot(path, &tmp_path).await?;
+        let counts = source::sqlite_row_counts(&tmp_path).await?;
+        let file = std::fs::File::open(&tmp_path)
+            .map_err(|e| Error::io("reading the SQLite snapshot", e))?;
+        let rec = recipients.to_vec();
+        let enc = upload_stream(ctx, store, object_key, move |sink| {
+            encode(file, sink, &rec, level, threads)
+        })
+        .await?;
+        Ok::<_, Error>((enc, counts))
+    }
+    .await;
+    let _ = std::fs::remove_file(&tmp_path);
+    let (enc, row_counts) = result?;
+    Ok(Dumped {
+        enc,
+        row_counts,
+        server_version: format!("sqlite {}", source::sqlite_version(path).await?),
+    })
+}
+
+/// The manifest stored beside the backup object (what verify and restore
+/// check the object against).
+fn manifest_for(
+    ctx: &Context,
+    id: &str,
+    created_at: DateTime<Utc>,
+    object_key: &str,
+    db_kind: &str,
+    dumped: Dumped,
+    total_ms: u64,
+) -> Manifest {
+    let cfg = &ctx.config.backup;
+    Manifest {
+        format: MANIFEST_FORMAT,
+        id: id.to_string(),
+        created_at: created_at.to_rfc3339(),
+        object: object_key.to_string(),
+        stored_bytes: dumped.enc.stored_bytes,
+        raw_bytes: dumped.enc.raw_bytes,
+        sha256: dumped.enc.sha256,
+        compression: manifest::Compression {
+            algorithm: "zstd".into(),
+            level: cfg.zstd_level,
+            threads: cfg.zstd_threads,
+        },
+        encryption: manifest::Encryption {
+            algorithm: "age".into(),
+            recipients: cfg.recipients.clone(),
+        },
+        database: manifest::Database {
+            kind: db_kind.into(),
+            server_version: dumped.server_version,
+        },
+        row_counts: dumped.row_counts,
+        timings: manifest::Timings { total_ms },
+        lethe_version: env!("CARGO_PKG_VERSION").into(),
+    }
 }
 
 /// The age identity text; parsed up front so a bad key fails before any download.

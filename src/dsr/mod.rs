@@ -18,6 +18,8 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::json;
 
+use crate::appdb::AppDb;
+use crate::config::AppMapping;
 use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::store::{DsrInsert, DsrRequest, DsrState, HoldScope, NewDsr};
@@ -129,64 +131,22 @@ pub async fn submit(ctx: &Context, s: Submission<'_>) -> Result<Intake> {
     let now = ctx.store.now().await?;
     let due_at = j.deadline(kind, &ctx.config.dsr).after(now)?;
 
-    let mut reason = None;
-    let mut detail = None;
-    let mut blocking = Vec::new();
     let subject_id = db.subject_id(app, &subject).await?;
     if let Some(org) = s.for_org {
-        // The same answer whether the subject is unknown or in another org:
-        // a caller scoped to one org learns nothing about the others.
-        let member = match &subject_id {
-            Some(id) => db.is_member(app, org, id).await?,
-            None => false,
-        };
-        if !member {
-            return Err(Error::Forbidden(format!(
-                "this API key acts for org {org} only, and the subject is not a member of it"
-            )));
-        }
+        require_member(&db, app, org, subject_id.as_deref()).await?;
     }
-    match subject_id {
-        None => {
-            reason = Some("not_found");
-            detail = Some(format!(
-                "no {} row has this {}",
-                app.subjects.table, app.subjects.email
-            ));
-        }
-        Some(id) => {
-            let holds = ctx.store.holds(false).await?;
-            if kind == "erasure" {
-                if let Some(h) = holds
-                    .iter()
-                    .find(|h| h.scope == HoldScope::Subject && h.value == subject)
-                {
-                    reason = Some("legal_hold");
-                    detail = Some(format!("legal hold {}: {}", h.id, h.reason));
-                } else {
-                    blocking = db.sole_owned_orgs(app, &id).await?;
-                    if !blocking.is_empty() {
-                        reason = Some("sole_owner");
-                        detail = Some(format!(
-                            "the subject is the sole owner of org(s) {}; transfer ownership or close the org(s) first",
-                            blocking.join(", ")
-                        ));
-                    }
-                }
-            }
-        }
-    }
+    let check = intake_check(ctx, &db, app, kind, &subject, subject_id).await?;
     let new = NewDsr {
         kind: kind.into(),
         subject: subject.clone(),
         jurisdiction: j.code.into(),
-        state: if reason.is_some() {
+        state: if check.reason.is_some() {
             DsrState::Rejected
         } else {
             DsrState::Verified
         },
-        reason: reason.map(str::to_string),
-        detail,
+        reason: check.reason.map(str::to_string),
+        detail: check.detail,
         source: s.source.into(),
         idempotency_key: s.idempotency_key.map(str::to_string),
         request_hash: match s.idempotency_key {
@@ -196,7 +156,92 @@ pub async fn submit(ctx: &Context, s: Submission<'_>) -> Result<Intake> {
         received_at: now,
         due_at,
     };
-    let actor = s.actor;
+    record_intake(ctx, new, s.actor, pseudonym, check.blocking).await
+}
+
+/// A caller scoped to `org` may submit only for the org's members.
+async fn require_member(
+    db: &AppDb,
+    app: &AppMapping,
+    org: &str,
+    subject_id: Option<&str>,
+) -> Result<()> {
+    // The same answer whether the subject is unknown or in another org:
+    // a caller scoped to one org learns nothing about the others.
+    let member = match subject_id {
+        Some(id) => db.is_member(app, org, id).await?,
+        None => false,
+    };
+    if !member {
+        return Err(Error::Forbidden(format!(
+            "this API key acts for org {org} only, and the subject is not a member of it"
+        )));
+    }
+    Ok(())
+}
+
+/// Why intake rejects a request (`reason` is `None` when it does not).
+struct IntakeCheck {
+    reason: Option<&'static str>,
+    detail: Option<String>,
+    /// Orgs the subject solely owns: an erasure would leave them ownerless.
+    blocking: Vec<String>,
+}
+
+/// Rejects an unknown subject, and an erasure under a legal hold or of a
+/// sole owner of an org.
+async fn intake_check(
+    ctx: &Context,
+    db: &AppDb,
+    app: &AppMapping,
+    kind: &str,
+    subject: &str,
+    subject_id: Option<String>,
+) -> Result<IntakeCheck> {
+    let mut check = IntakeCheck {
+        reason: None,
+        detail: None,
+        blocking: Vec::new(),
+    };
+    let Some(id) = subject_id else {
+        check.reason = Some("not_found");
+        check.detail = Some(format!(
+            "no {} row has this {}",
+            app.subjects.table, app.subjects.email
+        ));
+        return Ok(check);
+    };
+    let holds = ctx.store.holds(false).await?;
+    if kind == "erasure" {
+        if let Some(h) = holds
+            .iter()
+            .find(|h| h.scope == HoldScope::Subject && h.value == subject)
+        {
+            check.reason = Some("legal_hold");
+            check.detail = Some(format!("legal hold {}: {}", h.id, h.reason));
+        } else {
+            check.blocking = db.sole_owned_orgs(app, &id).await?;
+            if !check.blocking.is_empty() {
+                check.reason = Some("sole_owner");
+                check.detail = Some(format!(
+                    "the subject is the sole owner of org(s) {}; transfer ownership or close the org(s) first",
+                    check.blocking.join(", ")
+                ));
+            }
+        }
+    }
+    Ok(check)
+}
+
+/// Inserts the request with its evidence; a duplicate of an open request is
+/// recorded as a rejected request of its own.
+async fn record_intake(
+    ctx: &Context,
+    new: NewDsr,
+    actor: &str,
+    pseudonym: Option<String>,
+    blocking: Vec<String>,
+) -> Result<Intake> {
     // A created request commits with its evidence. The subject's email is
     // personal data: evidence names the request, not the person.
     let event = |r: &DsrRequest| {
@@ -314,6 +359,43 @@ pub async fn extend(
         )));
     }
     let now = ctx.store.now().await?;
+    let notified = subject_notified_at(&r, now, notified_at)?;
+    let new_due = within_extension_limit(ctx, &r, days)?;
+    let ext = crate::store::DsrExtension {
+        from_due_at: r.due_at,
+        due_at: new_due,
+        days: i32::try_from(days).unwrap_or(i32::MAX),
+        reason: reason.to_string(),
+        extended_at: now,
+        notified_at: notified,
+    };
+    let event = crate::store::evidence(
+        &crate::audit::actor_cli(),
+        "dsr.extended",
+        &format!("dsr:{id}"),
+        json!({"days": days, "from_due_at": r.due_at.to_rfc3339(), "due_at": new_due.to_rfc3339(),
+               "reason": reason, "subject_notified_at": notified.to_rfc3339()}),
+    );
+    if !ctx.store.dsr_extend(id, &ext, &event).await? {
+        return Err(Error::Refused(format!(
+            "request {id} changed meanwhile (closed, extended, or its deadline passed); nothing extended"
+        )));
+    }
+    ctx.store
+        .dsr_get(id)
+        .await?
+        .ok_or_else(|| Error::NotFound(format!("no request {id}")))
+}
+
+/// When the subject was told of the extension (`--notified-at`, else now):
+/// refused (exit 3) unless both now and that time are within the deadline in
+/// force, since the law wants the subject told before it.
+fn subject_notified_at(
+    r: &DsrRequest,
+    now: DateTime<Utc>,
+    notified_at: Option<&str>,
+) -> Result<DateTime<Utc>> {
+    let id = r.id;
     let due = r.due_at.format("%Y-%m-%d %H:%M UTC");
     if now > r.due_at {
         return Err(Error::Refused(format!(
@@ -342,31 +424,7 @@ pub async fn extend(
             "the subject was told after the deadline in force ({due}); the extension is not valid"
         )));
     }
-    let new_due = within_extension_limit(ctx, &r, days)?;
-    let ext = crate::store::DsrExtension {
-        from_due_at: r.due_at,
-        due_at: new_due,
-        days: i32::try_from(days).unwrap_or(i32::MAX),
-        reason: reason.to_string(),
-        extended_at: now,
-        notified_at: notified,
-    };
-    let event = crate::store::evidence(
-        &crate::audit::actor_cli(),
-        "dsr.extended",
-        &format!("dsr:{id}"),
-        json!({"days": days, "from_due_at": r.due_at.to_rfc3339(), "due_at": new_due.to_rfc3339(),
-               "reason": reason, "subject_notified_at": notified.to_rfc3339()}),
-    );
-    if !ctx.store.dsr_extend(id, &ext, &event).await? {
-        return Err(Error::Refused(format!(
-            "request {id} changed meanwhile (closed, extended, or its deadline passed); nothing extended"
-        )));
-    }
-    ctx.store
-        .dsr_get(id)
-        .await?
-        .ok_or_else(|| Error::NotFound(format!("no request {id}")))
+    Ok(notified)
 }
 
 /// The new deadline `days` later, refused (exit 3) past the jurisdiction's limit.

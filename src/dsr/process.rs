@@ -237,61 +237,8 @@ async fn export(
         Ok(found) => found,
         Err(rejection) => return Ok(Err(rejection)),
     };
-    let mut tar = tar::Builder::new(Vec::new());
-    let mut counts = BTreeMap::new();
-    for e in config.data_map.iter().filter(|e| e.export) {
-        let Some(col) = &e.subject else { continue };
-        let rows = db.subject_rows(&e.table, col, &subject_id).await?;
-        counts.insert(e.table.clone(), rows.len());
-        let body = format!("[{}]\n", rows.join(",\n"));
-        let mut header = tar::Header::new_gnu();
-        header.set_size(body.len() as u64);
-        header.set_mode(0o600);
-        header.set_mtime(chrono::Utc::now().timestamp().max(0) as u64);
-        header.set_cksum();
-        tar.append_data(&mut header, format!("{}.json", e.table), body.as_bytes())
-            .map_err(|e| Error::io("building the export archive", e))?;
-    }
-    let readme = format!(
-        "Data export for request {} ({}), created {}.\nOne JSON file per table; each holds the rows about the subject.\n",
-        r.id,
-        r.jurisdiction,
-        chrono::Utc::now().to_rfc3339()
-    );
-    let mut header = tar::Header::new_gnu();
-    header.set_size(readme.len() as u64);
-    header.set_mode(0o600);
-    header.set_cksum();
-    tar.append_data(&mut header, "README.txt", readme.as_bytes())
-        .map_err(|e| Error::io("export archive", e))?;
-    let archive = tar
-        .into_inner()
-        .map_err(|e| Error::io("export archive", e))?;
-
-    let keys = if config.dsr.export_recipients.is_empty() {
-        &config.backup.recipients
-    } else {
-        &config.dsr.export_recipients
-    };
-    let recipients = crate::archive::parse_recipients(keys)?;
-    let sealed = tokio::task::spawn_blocking(move || -> Result<(Vec<u8>, String)> {
-        let (tx, mut rx) = tokio::sync::mpsc::channel(1 << 16);
-        let enc = crate::archive::encode(
-            &archive[..],
-            crate::archive::PartSink::new(8 << 20, tx),
-            &recipients,
-            3,
-            1,
-        )?;
-        let mut out = Vec::with_capacity(enc.stored_bytes as usize);
-        while let Ok(p) = rx.try_recv() {
-            out.extend_from_slice(&p);
-        }
-        Ok((out, enc.sha256))
-    })
-    .await
-    .map_err(|e| Error::Failed(format!("export encryption crashed: {e}")))??;
-    let (bytes, sha256) = sealed;
+    let (archive, counts) = export_archive(config, db, r, &subject_id).await?;
+    let (bytes, sha256) = seal_export(config, archive).await?;
     let store = ctx.object_store().await?;
     let key = format!(
         "{}dsr-{}-export.tar.zst.age",
@@ -335,6 +282,75 @@ async fn export(
     )
     .await?;
     Ok(Ok(evidence))
+}
+
+/// The export as a tar (in memory): one JSON file per exported table plus a
+/// README; returns it with the row count per table.
+async fn export_archive(
+    config: &Config,
+    db: &AppDb,
+    r: &DsrRequest,
+    subject_id: &str,
+) -> Result<(Vec<u8>, BTreeMap<String, usize>)> {
+    let mut tar = tar::Builder::new(Vec::new());
+    let mut counts = BTreeMap::new();
+    for e in config.data_map.iter().filter(|e| e.export) {
+        let Some(col) = &e.subject else { continue };
+        let rows = db.subject_rows(&e.table, col, subject_id).await?;
+        counts.insert(e.table.clone(), rows.len());
+        let body = format!("[{}]\n", rows.join(",\n"));
+        let mut header = tar::Header::new_gnu();
+        header.set_size(body.len() as u64);
+        header.set_mode(0o600);
+        header.set_mtime(chrono::Utc::now().timestamp().max(0) as u64);
+        header.set_cksum();
+        tar.append_data(&mut header, format!("{}.json", e.table), body.as_bytes())
+            .map_err(|e| Error::io("building the export archive", e))?;
+    }
+    let readme = format!(
+        "Data export for request {} ({}), created {}.\nOne JSON file per table; each holds the rows about the subject.\n",
+        r.id,
+        r.jurisdiction,
+        chrono::Utc::now().to_rfc3339()
+    );
+    let mut header = tar::Header::new_gnu();
+    header.set_size(readme.len() as u64);
+    header.set_mode(0o600);
+    header.set_cksum();
+    tar.append_data(&mut header, "README.txt", readme.as_bytes())
+        .map_err(|e| Error::io("export archive", e))?;
+    let archive = tar
+        .into_inner()
+        .map_err(|e| Error::io("export archive", e))?;
+    Ok((archive, counts))
+}
+
+/// zstd + age to the export keys (the backup keys when none are set), on a
+/// blocking thread; returns the sealed bytes and their SHA-256.
+async fn seal_export(config: &Config, archive: Vec<u8>) -> Result<(Vec<u8>, String)> {
+    let keys = if config.dsr.export_recipients.is_empty() {
+        &config.backup.recipients
+    } else {
+        &config.dsr.export_recipients
+    };
+    let recipients = crate::archive::parse_recipients(keys)?;
+    tokio::task::spawn_blocking(move || -> Result<(Vec<u8>, String)> {
+        let (tx, mut rx) = tokio::sync::mpsc::channel(1 << 16);
+        let enc = crate::archive::encode(
+            &archive[..],
+            crate::archive::PartSink::new(8 << 20, tx),
+            &recipients,
+            3,
+            1,
+        )?;
+        let mut out = Vec::with_capacity(enc.stored_bytes as usize);
+        while let Ok(p) = rx.try_recv() {
+            out.extend_from_slice(&p);
+        }
+        Ok((out, enc.sha256))
+    })
+    .await
+    .map_err(|e| Error::task("export encryption", e))?
 }
 
 pub async fn process_job(jc: &JobContext, p: ProcessParams) -> Result<Value> {

@@ -110,42 +110,16 @@ async fn rotate_org(
         out.shredded = true;
         return Ok(out);
     }
-    let mut kek = match existing {
-        Some(k) => k,
-        None => {
-            let id = with_retry("create key", || kms.create_kek(&org)).await?;
-            let k = OrgKek {
-                org: org.clone(),
-                kek_id: id,
-                rotated_at: now,
-                shredded_at: None,
-            };
-            store.kek_put(&k, None).await?;
-            out.created_kek = true;
-            k
-        }
-    };
+    let (mut kek, created) = org_kek(&ctx, kms.as_ref(), &org, existing, now).await?;
+    out.created_kek = created;
     let shred_due =
         closed_at.map(|c| c + chrono::Duration::seconds(cfg.shred_after.as_secs() as i64));
     if shred_due.is_some_and(|d| d <= now) {
-        with_retry("schedule key deletion", || {
-            kms.schedule_deletion(&kek.kek_id, cfg.deletion_window_days)
-        })
-        .await?;
-        kek.shredded_at = Some(now);
-        let event = |destroyed: &u64| {
-            crate::store::evidence(
-                &actor,
-                "keys.shredded",
-                &format!("org:{org}"),
-                json!({"kek_id": kek.kek_id, "deks_destroyed": destroyed, "deletion_window_days": cfg.deletion_window_days,
-                       "closed_at": closed_at.map(|c| c.to_rfc3339())}),
-            )
-        };
-        store.deks_destroy(&org, &kek, &event).await?;
+        shred(&ctx, kms.as_ref(), &org, &mut kek, closed_at, now, &actor).await?;
         out.shredded = true;
         return Ok(out);
     }
+    // A KEK created just now is fresh: no rotation in the same run.
     if !out.created_kek && (now - kek.rotated_at).to_std().unwrap_or_default() >= cfg.kek_rotation {
         with_retry("rotate key", || kms.rotate_kek(&kek.kek_id)).await?;
         kek.rotated_at = now;
@@ -158,14 +132,85 @@ async fn rotate_org(
         store.kek_put(&kek, Some(&event)).await?;
         out.rotated_kek = true;
     }
-    let deks = store.deks(Some(&org)).await?;
+    rotate_deks(&ctx, kms.as_ref(), &org, &kek, now, &actor, &mut out).await?;
+    Ok(out)
+}
+
+/// The org's key-encryption key: the stored one, or one created in the KMS
+/// (and stored) on first use; `true` when it was created.
+async fn org_kek(
+    ctx: &Context,
+    kms: &dyn Kms,
+    org: &str,
+    existing: Option<OrgKek>,
+    now: DateTime<Utc>,
+) -> Result<(OrgKek, bool)> {
+    if let Some(k) = existing {
+        return Ok((k, false));
+    }
+    let id = with_retry("create key", || kms.create_kek(org)).await?;
+    let k = OrgKek {
+        org: org.to_string(),
+        kek_id: id,
+        rotated_at: now,
+        shredded_at: None,
+    };
+    ctx.store.kek_put(&k, None).await?;
+    Ok((k, true))
+}
+
+/// Crypto-shredding of a closed org: the KMS deletes the KEK after its
+/// window, and the wrapped DEKs are destroyed together with the evidence.
+async fn shred(
+    ctx: &Context,
+    kms: &dyn Kms,
+    org: &str,
+    kek: &mut OrgKek,
+    closed_at: Option<DateTime<Utc>>,
+    now: DateTime<Utc>,
+    actor: &str,
+) -> Result<()> {
+    let cfg = &ctx.config.keys;
+    with_retry("schedule key deletion", || {
+        kms.schedule_deletion(&kek.kek_id, cfg.deletion_window_days)
+    })
+    .await?;
+    kek.shredded_at = Some(now);
+    let kek = &*kek;
+    let event = |destroyed: &u64| {
+        crate::store::evidence(
+            actor,
+            "keys.shredded",
+            &format!("org:{org}"),
+            json!({"kek_id": kek.kek_id, "deks_destroyed": destroyed, "deletion_window_days": cfg.deletion_window_days,
+                   "closed_at": closed_at.map(|c| c.to_rfc3339())}),
+        )
+    };
+    ctx.store.deks_destroy(org, kek, &event).await?;
+    Ok(())
+}
+
+/// A new DEK when the newest is older than `dek_rotation` (or there is
+/// none), then every DEK wrapped under an older KEK version re-wrapped.
+async fn rotate_deks(
+    ctx: &Context,
+    kms: &dyn Kms,
+    org: &str,
+    kek: &OrgKek,
+    now: DateTime<Utc>,
+    actor: &str,
+    out: &mut OrgOutcome,
+) -> Result<()> {
+    let cfg = &ctx.config.keys;
+    let store = ctx.store.as_ref();
+    let deks = store.deks(Some(org)).await?;
     let active = deks.iter().max_by_key(|d| d.version);
     if active.is_none_or(|d| (now - d.created_at).to_std().unwrap_or_default() >= cfg.dek_rotation)
     {
         let version = active.map_or(1, |d| d.version + 1);
         let wrapped = with_retry("generate data key", || kms.generate_dek(&kek.kek_id)).await?;
         let event = crate::store::evidence(
-            &actor,
+            actor,
             "keys.dek_rotated",
             &format!("org:{org}"),
             json!({"version": version, "kek_id": kek.kek_id}),
@@ -173,10 +218,10 @@ async fn rotate_org(
         store
             .dek_insert(
                 &OrgDek {
-                    org: org.clone(),
+                    org: org.to_string(),
                     version,
                     kek_id: kek.kek_id.clone(),
-                    kek_version: version_of(&kek),
+                    kek_version: version_of(kek),
                     wrapped: b64(&wrapped),
                     created_at: now,
                     rewrapped_at: None,
@@ -186,7 +231,7 @@ async fn rotate_org(
             .await?;
         out.new_dek_version = Some(version);
     }
-    let current = version_of(&kek);
+    let current = version_of(kek);
     // Re-wrapped under the KMS first, then stored together with their evidence.
     let mut rewraps = Vec::new();
     for d in deks.iter().filter(|d| d.kek_version != current) {
@@ -197,16 +242,14 @@ async fn rotate_org(
     if !rewraps.is_empty() {
         out.rewrapped = rewraps.len();
         let event = crate::store::evidence(
-            &actor,
+            actor,
             "keys.rewrapped",
             &format!("org:{org}"),
             json!({"deks": out.rewrapped, "kek_id": kek.kek_id}),
         );
-        store
-            .dek_rewrapped(&org, &current, &rewraps, &event)
-            .await?;
+        store.dek_rewrapped(org, &current, &rewraps, &event).await?;
     }
-    Ok(out)
+    Ok(())
 }
 
 /// `keys.rotate` / `lethe keys rotate`: every org (or one), with bounded concurrency toward the KMS.
