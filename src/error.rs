@@ -44,6 +44,20 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// JSON that Lethe wrote or stored could not be encoded or read back.
+    #[error("{context}: {source}")]
+    Json {
+        context: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    /// A blocking task (compression, encryption) panicked or was cancelled.
+    #[error("{context}: {source}")]
+    Task {
+        context: String,
+        #[source]
+        source: tokio::task::JoinError,
+    },
     #[error("mail error: {0}")]
     Mail(String),
     #[error("audit log: {0}")]
@@ -79,6 +93,20 @@ impl Error {
 
     pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
         Error::Io {
+            context: context.into(),
+            source,
+        }
+    }
+
+    pub fn json(context: impl Into<String>, source: serde_json::Error) -> Self {
+        Error::Json {
+            context: context.into(),
+            source,
+        }
+    }
+
+    pub fn task(context: impl Into<String>, source: tokio::task::JoinError) -> Self {
+        Error::Task {
             context: context.into(),
             source,
         }

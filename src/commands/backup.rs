@@ -108,3 +108,13 @@ pub async fn restore(ctx: Arc<Context>, id: &str, to: &str, json_out: bool) -> R
     }
     Ok(0)
 }
+
+/// `lethe backup …`: one arm a subcommand.
+pub async fn dispatch(ctx: Arc<Context>, command: crate::cli::BackupCommand) -> Result<i32> {
+    use crate::cli::BackupCommand;
+    match command {
+        BackupCommand::List { all, json } => list(ctx, all, json).await,
+        BackupCommand::Verify { id, json } => verify(ctx, &id, json).await,
+        BackupCommand::Restore { id, to, json } => restore(ctx, &id, &to, json).await,
+    }
+}

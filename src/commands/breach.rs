@@ -101,3 +101,31 @@ pub async fn notify(ctx: Arc<Context>, id: i64, party: &str, note: Option<&str>)
     );
     Ok(0)
 }
+
+/// `lethe breach …`: one arm a subcommand.
+pub async fn dispatch(ctx: Arc<Context>, command: crate::cli::BreachCommand) -> Result<i32> {
+    use crate::cli::BreachCommand;
+    match command {
+        BreachCommand::Open {
+            title,
+            detected_at,
+            jurisdictions,
+            orgs,
+            subjects,
+            json,
+        } => {
+            open(
+                ctx,
+                title,
+                &detected_at,
+                jurisdictions,
+                orgs,
+                subjects,
+                json,
+            )
+            .await
+        }
+        BreachCommand::List { json } => list(ctx, json).await,
+        BreachCommand::Notify { id, party, note } => notify(ctx, id, &party, note.as_deref()).await,
+    }
+}

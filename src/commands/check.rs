@@ -74,6 +74,49 @@ pub async fn run(flag: Option<&Path>, json: bool) -> Result<i32> {
         ),
     )];
     checks.extend(job_checks(&config));
+    let schema_error = database_checks(&config, &mut checks).await;
+    checks.push(match config.audit.signing_key.load() {
+        Ok(Some(_)) => ok(
+            "audit signing key",
+            format!("present in {}", config.audit.signing_key.describe()),
+        ),
+        Ok(None) => warn(
+            "audit signing key",
+            format!(
+                "not set ({}); `audit export --signed` will refuse",
+                config.audit.signing_key.describe()
+            ),
+        ),
+        Err(e) => fail("audit signing key", e),
+    });
+
+    store_and_mail_checks(config, &mut checks).await;
+
+    let ok_all = checks.iter().all(|c| c.status != "error");
+    if json {
+        super::print_json(&Report {
+            ok: ok_all,
+            config: path.display().to_string(),
+            checks,
+        })?;
+    } else {
+        for c in &checks {
+            outln!("{:<5} {:<18} {}", c.status.to_uppercase(), c.name, c.detail);
+        }
+    }
+    // A data map that does not fit the schema is bad config: exit 2, like a TOML error.
+    Ok(if schema_error {
+        exit::USAGE
+    } else if ok_all {
+        exit::OK
+    } else {
+        exit::FAILED
+    })
+}
+
+/// The application database: reachable, the data map against its schema, and
+/// the timestamp forms; true when the schema does not fit (bad config).
+async fn database_checks(config: &Config, checks: &mut Vec<Check>) -> bool {
     let mut schema_error = false;
     let db_url = redact_url(&config.database.url);
     match AppDb::connect(&config.database.url).await {
@@ -83,7 +126,7 @@ pub async fn run(flag: Option<&Path>, json: bool) -> Result<i32> {
                     "database",
                     format!("{db_url} reachable, {} tables", t.len()),
                 ));
-                match check_data_map(&db, &config).await {
+                match check_data_map(&db, config).await {
                     Ok(problems) => {
                         for p in &problems {
                             let detail = format!(
@@ -104,7 +147,7 @@ pub async fn run(flag: Option<&Path>, json: bool) -> Result<i32> {
                             ));
                         }
                         if !schema_error {
-                            let forms = time_form_checks(&db, &config).await;
+                            let forms = time_form_checks(&db, config).await;
                             schema_error = forms.iter().any(|c| c.status == "error");
                             checks.extend(forms);
                         }
@@ -116,21 +159,11 @@ pub async fn run(flag: Option<&Path>, json: bool) -> Result<i32> {
         },
         Err(e) => checks.push(fail("database", format!("{db_url}: {e}"))),
     }
-    checks.push(match config.audit.signing_key.load() {
-        Ok(Some(_)) => ok(
-            "audit signing key",
-            format!("present in {}", config.audit.signing_key.describe()),
-        ),
-        Ok(None) => warn(
-            "audit signing key",
-            format!(
-                "not set ({}); `audit export --signed` will refuse",
-                config.audit.signing_key.describe()
-            ),
-        ),
-        Err(e) => fail("audit signing key", e),
-    });
+    schema_error
+}
 
+/// The store (reachable, migrated), mail (transport, recipients).
+async fn store_and_mail_checks(config: Config, checks: &mut Vec<Check>) {
     let store_url = redact_url(&config.store.url);
     match Context::open_unchecked(config).await {
         Err(Error::Mail(m)) => checks.push(fail("mail", m)),
@@ -158,27 +191,6 @@ pub async fn run(flag: Option<&Path>, json: bool) -> Result<i32> {
             }
         }
     }
-
-    let ok_all = checks.iter().all(|c| c.status != "error");
-    if json {
-        super::print_json(&Report {
-            ok: ok_all,
-            config: path.display().to_string(),
-            checks,
-        })?;
-    } else {
-        for c in &checks {
-            outln!("{:<5} {:<18} {}", c.status.to_uppercase(), c.name, c.detail);
-        }
-    }
-    // A data map that does not fit the schema is bad config: exit 2, like a TOML error.
-    Ok(if schema_error {
-        exit::USAGE
-    } else if ok_all {
-        exit::OK
-    } else {
-        exit::FAILED
-    })
 }
 
 /// How each timestamp a retention rule compares stores time; one that cannot

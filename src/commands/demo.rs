@@ -19,6 +19,83 @@ pub async fn run(dir: &Path, json_out: bool) -> Result<i32> {
     let now = chrono::Utc::now();
     let seeded = crate::demo::seed(&dir.join("app.db"), now).await?;
 
+    write_demo_config(dir)?;
+
+    let config = crate::jobs::load_config(&dir.join("lethe.toml"))?;
+    let ctx = Context::open_unchecked(config).await?;
+    ctx.store.migrate().await?;
+
+    notify::enqueue(
+        &ctx,
+        Message {
+            role: Role::Ops,
+            subject: "[lethe] demo started".into(),
+            paragraphs: vec![format!(
+                "The demo seeded {} orgs and {} users with three years of activity in {}.",
+                seeded.orgs,
+                seeded.users,
+                dir.join("app.db").display()
+            )],
+            html_extra: None,
+            attachments: vec![],
+            dedupe_key: Some("demo-started".into()),
+        },
+    )
+    .await?;
+
+    let dsrs = submit_sample_requests(&ctx).await?;
+
+    // One breach, found 30 hours ago: its 72-hour deadlines are 42 hours away.
+    let breach = crate::breach::open(
+        &ctx,
+        crate::breach::Opening {
+            title: "API keys of one tenant exposed in a public repository".into(),
+            detected_at: now - chrono::Duration::hours(30),
+            jurisdictions: vec!["gdpr".into(), "uu_pdp".into()],
+            orgs: vec!["3".into()],
+            subjects: 42,
+        },
+    )
+    .await?;
+
+    let runs = run_every_kind(&ctx).await?;
+
+    // Prove the evidence holds: export the chain and verify it, signed.
+    let mut buf = Vec::new();
+    let key = ctx.config.audit.signing_key.load().map_err(Error::Usage)?;
+    let events = crate::audit::export(ctx.store.as_ref(), &mut buf, key.as_ref()).await?;
+    let verified = crate::audit::verify(std::io::Cursor::new(buf), key.as_ref())?;
+    let mail_files = std::fs::read_dir(&ctx.config.mail.dir)
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .filter(|e| e.path().extension().is_some_and(|x| x == "eml"))
+                .count()
+        })
+        .unwrap_or(0);
+
+    let all_ok = runs.iter().all(RunReport::succeeded) && verified.ok;
+    if json_out {
+        super::print_json(&json!({
+            "dir": dir.display().to_string(),
+            "config": dir.join("lethe.toml").display().to_string(),
+            "seeded": seeded,
+            "dsr": dsrs,
+            "breach": {"id": breach.id, "parties": breach.parties},
+            "runs": runs,
+            "audit": {"events": events, "verified": verified.ok, "signature": verified.signature},
+            "mail": {"folder": ctx.config.mail.dir.display().to_string(), "messages": mail_files},
+        }))?;
+    } else {
+        print_tour(
+            dir, &seeded, &dsrs, &runs, events, &verified, mail_files, &ctx,
+        );
+    }
+    Ok(if all_ok { 0 } else { 1 })
+}
+
+/// The demo's lethe.toml (the starter config with a fresh age recipient) and
+/// its secrets: audit signing key, pseudonym key, age identity, all 0600.
+fn write_demo_config(dir: &Path) -> Result<()> {
     let identity = age::x25519::Identity::generate();
     let config_text = super::init::STARTER_CONFIG
         .replace("example.com", "demo.example")
@@ -55,31 +132,12 @@ pub async fn run(dir: &Path, json_out: bool) -> Result<i32> {
             format!("{}\n", identity.to_string().expose_secret()),
         )?;
     }
+    Ok(())
+}
 
-    let config = crate::jobs::load_config(&dir.join("lethe.toml"))?;
-    let ctx = Context::open_unchecked(config).await?;
-    ctx.store.migrate().await?;
-
-    notify::enqueue(
-        &ctx,
-        Message {
-            role: Role::Ops,
-            subject: "[lethe] demo started".into(),
-            paragraphs: vec![format!(
-                "The demo seeded {} orgs and {} users with three years of activity in {}.",
-                seeded.orgs,
-                seeded.users,
-                dir.join("app.db").display()
-            )],
-            html_extra: None,
-            attachments: vec![],
-            dedupe_key: Some("demo-started".into()),
-        },
-    )
-    .await?;
-
-    // A few requests: the sole owner's erasure is refused; a member's export and
-    // another user's erasure go through dsr.process below.
+/// A few requests: the sole owner's erasure is refused; a member's export and
+/// another user's erasure go through dsr.process.
+async fn submit_sample_requests(ctx: &Context) -> Result<Vec<serde_json::Value>> {
     let mut dsrs = Vec::new();
     for (kind, subject) in [
         ("erasure", crate::demo::SOLE_OWNER.to_string()),
@@ -95,27 +153,18 @@ pub async fn run(dir: &Path, json_out: bool) -> Result<i32> {
             actor: "demo",
             for_org: None,
         };
-        let (r, outcome) = match crate::dsr::submit(&ctx, sub).await? {
+        let (r, outcome) = match crate::dsr::submit(ctx, sub).await? {
             crate::dsr::Intake::Accepted(r) | crate::dsr::Intake::Replayed(r) => (r, "accepted"),
             crate::dsr::Intake::Rejected { request, .. } => (request, "rejected"),
             crate::dsr::Intake::KeyReused(r) => (r, "key_reused"),
         };
         dsrs.push(json!({"id": r.id, "kind": kind, "subject": subject, "intake": outcome, "reason": r.reason}));
     }
+    Ok(dsrs)
+}
 
-    // One breach, found 30 hours ago: its 72-hour deadlines are 42 hours away.
-    let breach = crate::breach::open(
-        &ctx,
-        crate::breach::Opening {
-            title: "API keys of one tenant exposed in a public repository".into(),
-            detected_at: now - chrono::Duration::hours(30),
-            jurisdictions: vec!["gdpr".into(), "uu_pdp".into()],
-            orgs: vec!["3".into()],
-            subjects: 42,
-        },
-    )
-    .await?;
-
+/// Every registered kind once, in registry order, through the real executor.
+async fn run_every_kind(ctx: &std::sync::Arc<Context>) -> Result<Vec<RunReport>> {
     let mut runs: Vec<RunReport> = Vec::new();
     let registry = crate::jobs::registry();
     for kind in registry.kinds() {
@@ -129,96 +178,81 @@ pub async fn run(dir: &Path, json_out: bool) -> Result<i32> {
         // The purge runs as a dry run: the tour shows what would go and leaves the sample
         // intact, so `lethe run retention.purge` afterwards has real work to show.
         let dry_run = kind == "retention.purge";
-        let report = run_now(&ctx, &registry, &spec, spec.params.clone(), dry_run).await?;
+        let report = run_now(ctx, &registry, &spec, spec.params.clone(), dry_run).await?;
         runs.push(report);
     }
+    Ok(runs)
+}
 
-    // Prove the evidence holds: export the chain and verify it, signed.
-    let mut buf = Vec::new();
-    let key = ctx.config.audit.signing_key.load().map_err(Error::Usage)?;
-    let events = crate::audit::export(ctx.store.as_ref(), &mut buf, key.as_ref()).await?;
-    let verified = crate::audit::verify(std::io::Cursor::new(buf), key.as_ref())?;
-    let mail_files = std::fs::read_dir(&ctx.config.mail.dir)
-        .map(|d| {
-            d.filter_map(|e| e.ok())
-                .filter(|e| e.path().extension().is_some_and(|x| x == "eml"))
-                .count()
-        })
-        .unwrap_or(0);
-
-    let all_ok = runs.iter().all(RunReport::succeeded) && verified.ok;
-    if json_out {
-        super::print_json(&json!({
-            "dir": dir.display().to_string(),
-            "config": dir.join("lethe.toml").display().to_string(),
-            "seeded": seeded,
-            "dsr": dsrs,
-            "breach": {"id": breach.id, "parties": breach.parties},
-            "runs": runs,
-            "audit": {"events": events, "verified": verified.ok, "signature": verified.signature},
-            "mail": {"folder": ctx.config.mail.dir.display().to_string(), "messages": mail_files},
-        }))?;
-    } else {
-        outln!("Lethe demo in {}", dir.display());
+#[allow(clippy::too_many_arguments)]
+fn print_tour(
+    dir: &Path,
+    seeded: &crate::demo::Seeded,
+    dsrs: &[serde_json::Value],
+    runs: &[RunReport],
+    events: u64,
+    verified: &crate::audit::VerifyReport,
+    mail_files: usize,
+    ctx: &Context,
+) {
+    outln!("Lethe demo in {}", dir.display());
+    outln!(
+        "  seeded app.db: {} orgs, {} users, {} memberships, {} API logs, {} webhooks, {} audit logs, {} documents, {} LLM logs",
+        seeded.orgs, seeded.users, seeded.memberships, seeded.api_request_logs, seeded.webhook_deliveries,
+        seeded.audit_logs, seeded.documents, seeded.llm_interactions
+    );
+    outln!(
+        "  owner@demo.example is the sole owner of Acme Analytics; member@demo.example is a member"
+    );
+    outln!();
+    for d in dsrs {
         outln!(
-            "  seeded app.db: {} orgs, {} users, {} memberships, {} API logs, {} webhooks, {} audit logs, {} documents, {} LLM logs",
-            seeded.orgs, seeded.users, seeded.memberships, seeded.api_request_logs, seeded.webhook_deliveries,
-            seeded.audit_logs, seeded.documents, seeded.llm_interactions
+            "  dsr #{} {} for {}: {}{}",
+            d["id"],
+            d["kind"].as_str().unwrap_or(""),
+            d["subject"].as_str().unwrap_or(""),
+            d["intake"].as_str().unwrap_or(""),
+            d["reason"]
+                .as_str()
+                .map(|r| format!(" ({r})"))
+                .unwrap_or_default()
         );
-        outln!("  owner@demo.example is the sole owner of Acme Analytics; member@demo.example is a member");
-        outln!();
-        for d in &dsrs {
-            outln!(
-                "  dsr #{} {} for {}: {}{}",
-                d["id"],
-                d["kind"].as_str().unwrap_or(""),
-                d["subject"].as_str().unwrap_or(""),
-                d["intake"].as_str().unwrap_or(""),
-                d["reason"]
-                    .as_str()
-                    .map(|r| format!(" ({r})"))
-                    .unwrap_or_default()
-            );
-        }
-        outln!();
-        let rows: Vec<Vec<String>> = runs
-            .iter()
-            .map(|r| {
-                vec![
-                    format!("{}{}", r.kind, if r.dry_run { " (dry run)" } else { "" }),
-                    r.status.to_string(),
-                    format!("{} ms", r.duration_ms.unwrap_or(0)),
-                    r.result
-                        .as_ref()
-                        .map(|v| v.to_string())
-                        .unwrap_or_default()
-                        .chars()
-                        .take(70)
-                        .collect(),
-                ]
-            })
-            .collect();
-        super::print_table(&["JOB KIND", "STATUS", "TIME", "RESULT"], &rows);
-        outln!();
-        outln!(
-            "  audit chain: {events} events, verified {}, signature {}",
-            verified.ok,
-            verified.signature
-        );
-        outln!(
-            "  mail: {mail_files} message(s) in {}",
-            ctx.config.mail.dir.display()
-        );
-        outln!();
-        outln!("Try, in {}:", dir.display());
-        outln!("  lethe run retention.purge --dry-run   # what the data map says has expired");
-        outln!(
-            "  lethe run retention.purge             # delete it, with evidence in the audit chain"
-        );
-        outln!("  lethe backup list; lethe backup verify ID");
-        outln!("  lethe jobs history; lethe audit export --signed --out audit.jsonl && lethe audit verify audit.jsonl");
     }
-    Ok(if all_ok { 0 } else { 1 })
+    outln!();
+    let rows: Vec<Vec<String>> = runs
+        .iter()
+        .map(|r| {
+            vec![
+                format!("{}{}", r.kind, if r.dry_run { " (dry run)" } else { "" }),
+                r.status.to_string(),
+                format!("{} ms", r.duration_ms.unwrap_or(0)),
+                r.result
+                    .as_ref()
+                    .map(|v| v.to_string())
+                    .unwrap_or_default()
+                    .chars()
+                    .take(70)
+                    .collect(),
+            ]
+        })
+        .collect();
+    super::print_table(&["JOB KIND", "STATUS", "TIME", "RESULT"], &rows);
+    outln!();
+    outln!(
+        "  audit chain: {events} events, verified {}, signature {}",
+        verified.ok,
+        verified.signature
+    );
+    outln!(
+        "  mail: {mail_files} message(s) in {}",
+        ctx.config.mail.dir.display()
+    );
+    outln!();
+    outln!("Try, in {}:", dir.display());
+    outln!("  lethe run retention.purge --dry-run   # what the data map says has expired");
+    outln!("  lethe run retention.purge             # delete it, with evidence in the audit chain");
+    outln!("  lethe backup list; lethe backup verify ID");
+    outln!("  lethe jobs history; lethe audit export --signed --out audit.jsonl && lethe audit verify audit.jsonl");
 }
 
 /// Creates DIR, or replaces a previous demo's DIR; never deletes anything else.

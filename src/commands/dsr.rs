@@ -190,3 +190,29 @@ pub async fn report(ctx: Arc<Context>, send: bool, json_out: bool) -> Result<i32
     }
     Ok(0)
 }
+
+/// `lethe dsr …`: one arm a subcommand.
+pub async fn dispatch(ctx: Arc<Context>, command: crate::cli::DsrCommand) -> Result<i32> {
+    use crate::cli::DsrCommand;
+    match command {
+        DsrCommand::Submit {
+            kind,
+            subject,
+            jurisdiction,
+            json,
+        } => submit(ctx, &kind, &subject, jurisdiction.as_deref(), json).await,
+        DsrCommand::List {
+            status,
+            limit,
+            json,
+        } => list(ctx, status.as_deref(), limit, json).await,
+        DsrCommand::Show { id, json } => show(ctx, id, json).await,
+        DsrCommand::Extend {
+            id,
+            days,
+            reason,
+            notified_at,
+        } => extend(ctx, id, days, &reason, notified_at.as_deref()).await,
+        DsrCommand::Report { send, json } => report(ctx, send, json).await,
+    }
+}

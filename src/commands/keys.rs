@@ -68,3 +68,12 @@ pub async fn rotate(ctx: Arc<Context>, org: Option<&str>, json_out: bool) -> Res
     }
     Ok(0)
 }
+
+/// `lethe keys …`: one arm a subcommand.
+pub async fn dispatch(ctx: Arc<Context>, command: crate::cli::KeysCommand) -> Result<i32> {
+    use crate::cli::KeysCommand;
+    match command {
+        KeysCommand::Status { json } => status(ctx, json).await,
+        KeysCommand::Rotate { org, json } => rotate(ctx, org.as_deref(), json).await,
+    }
+}

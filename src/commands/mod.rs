@@ -24,10 +24,7 @@ use anyhow::Result;
 
 use out::outln;
 
-use crate::cli::{
-    AuditCommand, BackupCommand, BreachCommand, Cli, Command, DsrCommand, HoldCommand, JobsCommand,
-    KeysCommand, RetentionCommand,
-};
+use crate::cli::{AuditCommand, Cli, Command, JobsCommand};
 use crate::config::{self, Config};
 use crate::context::Context;
 
@@ -72,109 +69,12 @@ pub async fn dispatch(cli: Cli) -> Result<i32> {
                 json,
             } => audit::verify(cfg_flag, &file, require_signature, json),
         },
-        Command::Retention { command } => {
-            let ctx = open(cfg_flag).await?;
-            match command {
-                RetentionCommand::Set {
-                    class,
-                    org,
-                    period,
-                    reason,
-                    json,
-                } => retention::set(ctx, &class, &org, &period, &reason, json).await,
-                RetentionCommand::List { json } => retention::list(ctx, json).await,
-                RetentionCommand::Unset { class, org, reason } => {
-                    retention::unset(ctx, &class, &org, &reason).await
-                }
-            }
-        }
-        Command::Dsr { command } => {
-            let ctx = open(cfg_flag).await?;
-            match command {
-                DsrCommand::Submit {
-                    kind,
-                    subject,
-                    jurisdiction,
-                    json,
-                } => dsr::submit(ctx, &kind, &subject, jurisdiction.as_deref(), json).await,
-                DsrCommand::List {
-                    status,
-                    limit,
-                    json,
-                } => dsr::list(ctx, status.as_deref(), limit, json).await,
-                DsrCommand::Show { id, json } => dsr::show(ctx, id, json).await,
-                DsrCommand::Extend {
-                    id,
-                    days,
-                    reason,
-                    notified_at,
-                } => dsr::extend(ctx, id, days, &reason, notified_at.as_deref()).await,
-                DsrCommand::Report { send, json } => dsr::report(ctx, send, json).await,
-            }
-        }
-        Command::Keys { command } => {
-            let ctx = open(cfg_flag).await?;
-            match command {
-                KeysCommand::Status { json } => keys::status(ctx, json).await,
-                KeysCommand::Rotate { org, json } => keys::rotate(ctx, org.as_deref(), json).await,
-            }
-        }
-        Command::Breach { command } => {
-            let ctx = open(cfg_flag).await?;
-            match command {
-                BreachCommand::Open {
-                    title,
-                    detected_at,
-                    jurisdictions,
-                    orgs,
-                    subjects,
-                    json,
-                } => {
-                    breach::open(
-                        ctx,
-                        title,
-                        &detected_at,
-                        jurisdictions,
-                        orgs,
-                        subjects,
-                        json,
-                    )
-                    .await
-                }
-                BreachCommand::List { json } => breach::list(ctx, json).await,
-                BreachCommand::Notify { id, party, note } => {
-                    breach::notify(ctx, id, &party, note.as_deref()).await
-                }
-            }
-        }
-        Command::Backup { command } => {
-            let ctx = open(cfg_flag).await?;
-            match command {
-                BackupCommand::List { all, json } => backup::list(ctx, all, json).await,
-                BackupCommand::Verify { id, json } => backup::verify(ctx, &id, json).await,
-                BackupCommand::Restore { id, to, json } => {
-                    backup::restore(ctx, &id, &to, json).await
-                }
-            }
-        }
-        Command::Hold { command } => {
-            let ctx = open(cfg_flag).await?;
-            match command {
-                HoldCommand::Add {
-                    org,
-                    subject,
-                    reason,
-                    json,
-                } => {
-                    retention::hold_add(ctx, org.as_deref(), subject.as_deref(), &reason, json)
-                        .await
-                }
-                HoldCommand::List { all, json } => retention::hold_list(ctx, all, json).await,
-                HoldCommand::Release { id, reason } => {
-                    retention::hold_release(ctx, id, &reason).await
-                }
-            }
-        }
+        Command::Retention { command } => retention::dispatch(open(cfg_flag).await?, command).await,
+        Command::Dsr { command } => dsr::dispatch(open(cfg_flag).await?, command).await,
+        Command::Keys { command } => keys::dispatch(open(cfg_flag).await?, command).await,
+        Command::Breach { command } => breach::dispatch(open(cfg_flag).await?, command).await,
+        Command::Backup { command } => backup::dispatch(open(cfg_flag).await?, command).await,
+        Command::Hold { command } => retention::dispatch_hold(open(cfg_flag).await?, command).await,
     }
 }
 

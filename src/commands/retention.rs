@@ -253,3 +253,34 @@ pub async fn hold_release(ctx: Arc<Context>, id: i64, reason: &str) -> Result<i3
     outln!("hold {id} released");
     Ok(0)
 }
+
+/// `lethe retention …`: one arm a subcommand.
+pub async fn dispatch(ctx: Arc<Context>, command: crate::cli::RetentionCommand) -> Result<i32> {
+    use crate::cli::RetentionCommand;
+    match command {
+        RetentionCommand::Set {
+            class,
+            org,
+            period,
+            reason,
+            json,
+        } => set(ctx, &class, &org, &period, &reason, json).await,
+        RetentionCommand::List { json } => list(ctx, json).await,
+        RetentionCommand::Unset { class, org, reason } => unset(ctx, &class, &org, &reason).await,
+    }
+}
+
+/// `lethe hold …`: one arm a subcommand.
+pub async fn dispatch_hold(ctx: Arc<Context>, command: crate::cli::HoldCommand) -> Result<i32> {
+    use crate::cli::HoldCommand;
+    match command {
+        HoldCommand::Add {
+            org,
+            subject,
+            reason,
+            json,
+        } => hold_add(ctx, org.as_deref(), subject.as_deref(), &reason, json).await,
+        HoldCommand::List { all, json } => hold_list(ctx, all, json).await,
+        HoldCommand::Release { id, reason } => hold_release(ctx, id, &reason).await,
+    }
+}

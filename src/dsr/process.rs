@@ -390,73 +390,19 @@ pub async fn process_job(jc: &JobContext, p: ProcessParams) -> Result<Value> {
             Ok(DsrKind::Export) => export(ctx, &db, &r, &jc.actor, &jc.fence).await,
             Err(e) => Err(Error::Failed(e.to_string())),
         };
-        match outcome {
-            Ok(Ok(result)) => {
-                ctx.store
-                    .dsr_transition(
-                        r.id,
-                        &[DsrState::InProgress],
-                        DsrState::Completed,
-                        None,
-                        Some(&result),
-                        None,
-                    )
-                    .await?;
-                let erasure = matches!(kind, Ok(DsrKind::Erasure));
-                if erasure {
-                    forget(ctx, &r.subject).await?;
-                }
+        let erasure = matches!(kind, Ok(DsrKind::Erasure));
+        match record_outcome(jc, &r, erasure, outcome).await? {
+            Recorded::Completed => {
                 completed.push((r.id, erasure));
                 took_ms.push(started.elapsed().as_secs_f64() * 1000.0);
             }
-            Ok(Err((reason, detail))) => {
-                let v = json!({"detail": detail});
-                let event = crate::store::evidence(
-                    &jc.actor,
-                    "dsr.rejected",
-                    &format!("dsr:{}", r.id),
-                    json!({"reason": reason}),
-                );
-                ctx.store
-                    .dsr_transition(
-                        r.id,
-                        &[DsrState::InProgress],
-                        DsrState::Rejected,
-                        Some(&reason),
-                        Some(&v),
-                        Some(&event),
-                    )
-                    .await?;
-                rejected.push(json!({"id": r.id, "reason": reason}));
-            }
-            Err(e) => {
-                // The application's transaction rolled back, or it committed and the
-                // retry completes the record (`after_erasure` is idempotent).
-                let v = json!({"error": e.to_string()});
-                ctx.store
-                    .dsr_transition(
-                        r.id,
-                        &[DsrState::InProgress],
-                        DsrState::Failed,
-                        None,
-                        Some(&v),
-                        None,
-                    )
-                    .await?;
-                failed.push(json!({"id": r.id, "error": e.to_string()}));
-            }
+            Recorded::Rejected(v) => rejected.push(v),
+            Recorded::Failed(v) => failed.push(v),
         }
     }
     let erased = completed.iter().any(|c| c.1);
     let compacted = if erased {
-        // The erasures are done either way; a busy application database only delays this.
-        match db.compact_after_erasure().await {
-            Ok(done) => Some(done),
-            Err(e) => {
-                tracing::warn!(error = %e, "could not rebuild the SQLite application database after erasures; the next run tries again");
-                Some(false)
-            }
-        }
+        Some(compact(&db).await)
     } else {
         None
     };
@@ -485,6 +431,92 @@ pub async fn process_job(jc: &JobContext, p: ProcessParams) -> Result<Value> {
                "compacted": compacted,
               "per_request_ms": {"median": pct(50.0), "p95": pct(95.0), "max": took_ms.last()}}),
     )
+}
+
+/// What one request's attempt came to, as recorded in the store.
+enum Recorded {
+    Completed,
+    Rejected(Value),
+    Failed(Value),
+}
+
+/// Moves a request to completed, rejected or failed after its attempt (an
+/// erasure's subject is then forgotten in Lethe's own rows).
+async fn record_outcome(
+    jc: &JobContext,
+    r: &DsrRequest,
+    erasure: bool,
+    outcome: Result<std::result::Result<Value, (String, String)>>,
+) -> Result<Recorded> {
+    let ctx = jc.ctx.as_ref();
+    match outcome {
+        Ok(Ok(result)) => {
+            ctx.store
+                .dsr_transition(
+                    r.id,
+                    &[DsrState::InProgress],
+                    DsrState::Completed,
+                    None,
+                    Some(&result),
+                    None,
+                )
+                .await?;
+            if erasure {
+                forget(ctx, &r.subject).await?;
+            }
+            Ok(Recorded::Completed)
+        }
+        Ok(Err((reason, detail))) => {
+            let v = json!({"detail": detail});
+            let event = crate::store::evidence(
+                &jc.actor,
+                "dsr.rejected",
+                &format!("dsr:{}", r.id),
+                json!({"reason": reason}),
+            );
+            ctx.store
+                .dsr_transition(
+                    r.id,
+                    &[DsrState::InProgress],
+                    DsrState::Rejected,
+                    Some(&reason),
+                    Some(&v),
+                    Some(&event),
+                )
+                .await?;
+            Ok(Recorded::Rejected(json!({"id": r.id, "reason": reason})))
+        }
+        Err(e) => {
+            // The application's transaction rolled back, or it committed and the
+            // retry completes the record (`after_erasure` is idempotent).
+            let v = json!({"error": e.to_string()});
+            ctx.store
+                .dsr_transition(
+                    r.id,
+                    &[DsrState::InProgress],
+                    DsrState::Failed,
+                    None,
+                    Some(&v),
+                    None,
+                )
+                .await?;
+            Ok(Recorded::Failed(
+                json!({"id": r.id, "error": e.to_string()}),
+            ))
+        }
+    }
+}
+
+/// Rebuilds a SQLite application database after erasures; the erasures are
+/// done either way, a busy database only delays this.
+async fn compact(db: &AppDb) -> bool {
+    match db.compact_after_erasure().await {
+        Ok(done) => done,
+        Err(e) => {
+            tracing::warn!(error = %e, "could not rebuild the SQLite application database after erasures; the next run tries again");
+            false
+        }
+    }
 }
 
 /// Deletes export archives from the object store, each with evidence.

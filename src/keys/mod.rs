@@ -296,7 +296,10 @@ pub async fn rotate(ctx: &Arc<Context>, only: Option<&str>, actor: &str) -> Resu
     let mut errors = Vec::new();
     while let Some(r) = tasks.join_next().await {
         bar.inc(1);
-        match r.map_err(|e| Error::Failed(e.to_string())).and_then(|x| x) {
+        match r
+            .map_err(|e| Error::task("key rotation task", e))
+            .and_then(|x| x)
+        {
             Ok(o) => outcomes.push(o),
             Err(e) => errors.push(e.to_string()),
         }

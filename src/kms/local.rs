@@ -61,7 +61,7 @@ impl LocalKms {
     fn load(&self) -> Result<Keyring> {
         match std::fs::read_to_string(&self.path) {
             Ok(t) => serde_json::from_str(&t)
-                .map_err(|e| Error::Failed(format!("keyring {}: {e}", self.path.display()))),
+                .map_err(|e| Error::json(format!("keyring {}", self.path.display()), e)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Keyring::default()),
             Err(e) => Err(Error::io(
                 format!("reading keyring {}", self.path.display()),
@@ -72,7 +72,7 @@ impl LocalKms {
 
     fn save(&self, k: &Keyring) -> Result<()> {
         let tmp = self.path.with_extension("json.partial");
-        let text = serde_json::to_string_pretty(k).map_err(|e| Error::Failed(e.to_string()))?;
+        let text = serde_json::to_string_pretty(k).map_err(|e| Error::json("keyring", e))?;
         crate::private_file::write(&tmp, text).map_err(|e| Error::io("writing keyring", e))?;
         std::fs::rename(&tmp, &self.path).map_err(|e| Error::io("writing keyring", e))
     }

@@ -178,16 +178,12 @@ pub async fn execute_claimed_at(
             let timeout = Duration::from_millis(u64::try_from(run.timeout_ms).unwrap_or(0));
             let mut task = tokio::spawn(run_job(jc));
             tokio::select! {
-                joined = tokio::time::timeout(timeout, &mut task) => match joined {
-                    Ok(Ok(Ok(v))) => Ok(v),
-                    Ok(Ok(Err(e))) => Err(e.to_string()),
-                    Ok(Err(join)) if join.is_panic() => Err("the job panicked (a bug: please report it)".into()),
-                    Ok(Err(join)) => Err(format!("the job task ended: {join}")),
-                    Err(_) => {
+                joined = tokio::time::timeout(timeout, &mut task) => {
+                    if joined.is_err() {
                         task.abort();
-                        Err(format!("timed out after {}", crate::config::format_duration(timeout)))
                     }
-                },
+                    attempt_result(joined, timeout)
+                }
                 _ = async { let _ = lost_rx.wait_for(|lost| *lost).await; } => {
                     // Another replica rescued this run; stop now so it is not done twice.
                     task.abort();
@@ -218,8 +214,59 @@ pub async fn execute_claimed_at(
     };
     heartbeat.abort();
 
-    let elapsed = started.elapsed();
-    let (outcome, label) = match outcome_err {
+    finish_attempt(&ctx, &run, &owner, outcome_err, started.elapsed()).await
+}
+
+/// Records the attempt's outcome (if this worker still holds the lease), its
+/// metrics, evidence and alerts; returns the run as stored.
+async fn finish_attempt(
+    ctx: &Context,
+    run: &Run,
+    owner: &str,
+    result: std::result::Result<Value, String>,
+    elapsed: Duration,
+) -> Result<Run> {
+    let (outcome, label) = outcome_of(ctx, run, result).await?;
+    ctx.metrics
+        .observe_attempt(&run.job, label, elapsed.as_secs_f64());
+    if !ctx.store.finish(run.id, owner, &outcome).await? {
+        tracing::warn!(run_id = run.id, job = %run.job, "run was rescued by another worker before it finished; outcome dropped");
+        return fetch(ctx, run.id).await;
+    }
+    let done = fetch(ctx, run.id).await?;
+    after_outcome(ctx, &done, &format!("worker:{owner}"), elapsed).await?;
+    Ok(done)
+}
+
+/// The job task's end as the attempt's result: its value, or why it failed.
+fn attempt_result(
+    joined: std::result::Result<
+        std::result::Result<Result<Value>, tokio::task::JoinError>,
+        tokio::time::error::Elapsed,
+    >,
+    timeout: Duration,
+) -> std::result::Result<Value, String> {
+    match joined {
+        Ok(Ok(Ok(v))) => Ok(v),
+        Ok(Ok(Err(e))) => Err(e.to_string()),
+        Ok(Err(join)) if join.is_panic() => {
+            Err("the job panicked (a bug: please report it)".into())
+        }
+        Ok(Err(join)) => Err(format!("the job task ended: {join}")),
+        Err(_) => Err(format!(
+            "timed out after {}",
+            crate::config::format_duration(timeout)
+        )),
+    }
+}
+
+/// Succeeded, dead (out of attempts), or a retry after backoff from the store's clock.
+async fn outcome_of(
+    ctx: &Context,
+    run: &Run,
+    result: std::result::Result<Value, String>,
+) -> Result<(Outcome, &'static str)> {
+    Ok(match result {
         Ok(result) => (Outcome::Succeeded { result }, "succeeded"),
         Err(error) if run.attempt >= run.max_attempts => (Outcome::Dead { error }, "dead"),
         Err(error) => {
@@ -232,16 +279,7 @@ pub async fn execute_claimed_at(
                 + chrono::Duration::milliseconds(crate::store::millis(delay));
             (Outcome::Retry { error, run_after }, "failed")
         }
-    };
-    ctx.metrics
-        .observe_attempt(&job, label, elapsed.as_secs_f64());
-    if !ctx.store.finish(id, &owner, &outcome).await? {
-        tracing::warn!(run_id = id, job = %job, "run was rescued by another worker before it finished; outcome dropped");
-        return fetch(&ctx, id).await;
-    }
-    let done = fetch(&ctx, id).await?;
-    after_outcome(&ctx, &done, &format!("worker:{owner}"), elapsed).await?;
-    Ok(done)
+    })
 }
 
 /// Evidence and alerts for a finished attempt.

@@ -143,19 +143,6 @@ fn the_import_scanner_sees_grouped_and_path_imports() {
     );
 }
 
-/// Files and functions still over the limits while issue 12's split is under
-/// way; each entry must still be over (so the list only shrinks).
-const OVERSIZED: &[&str] = &[
-    "src/commands/check.rs::run",
-    "src/commands/demo.rs::run",
-    "src/commands/mod.rs::dispatch",
-    "src/dsr/process.rs::process_job",
-    "src/retention/mod.rs",
-    "src/retention/mod.rs::windows",
-    "src/retention/mod.rs::purge_job",
-    "src/runner/executor.rs::execute_claimed_at",
-];
-
 /// The demo seeder writes one long, linear script of sample rows.
 const EXEMPT_FUNCTIONS: &[&str] = &["src/demo/mod.rs::seed"];
 
@@ -216,18 +203,13 @@ fn files_and_functions_stay_small() {
             }
         }
     }
-    let unexpected: Vec<_> = over
+    let report: Vec<_> = over
         .iter()
-        .filter(|(name, _)| !OVERSIZED.contains(&name.as_str()))
         .map(|(name, n)| format!("{name}: {n} lines"))
         .collect();
-    let stale: Vec<_> = OVERSIZED
-        .iter()
-        .filter(|name| !over.iter().any(|(o, _)| o == *name))
-        .collect();
     assert!(
-        unexpected.is_empty() && stale.is_empty(),
-        "over the limits (files 600, functions 80 lines):\n{}\nno longer over (remove from OVERSIZED): {stale:?}",
-        unexpected.join("\n")
+        report.is_empty(),
+        "over the limits (files 600, functions 80 lines):\n{}",
+        report.join("\n")
     );
 }
