@@ -9,6 +9,7 @@ pub mod aws;
 pub mod backup;
 pub mod breach;
 pub mod chain;
+pub mod cipher;
 pub mod cli;
 pub mod commands;
 pub mod config;
