@@ -16,11 +16,13 @@ macro_rules! on_pool {
     };
 }
 
+mod keys;
 mod schema;
 mod scope;
 mod subject;
 mod timeform;
 
+pub use keys::AppKey;
 pub use schema::{check_data_map, preflight, SchemaProblem};
 pub use scope::{Deleted, Scope, Selector, Slicing, TimeWindow};
 pub use subject::{EraseAction, EraseOutcome, EraseStep};

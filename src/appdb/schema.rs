@@ -158,6 +158,20 @@ fn wanted_columns(config: &Config) -> Wanted {
                 ],
             ));
         }
+        if let Some(k) = &app.keys {
+            wanted.push(need(
+                &cfg_loc,
+                &k.table,
+                vec![
+                    ("app.keys.org", &k.org),
+                    ("app.keys.version", &k.version),
+                    ("app.keys.wrapped_key", &k.wrapped_key),
+                    ("app.keys.kms_key_id", &k.kms_key_id),
+                    ("app.keys.state", &k.state),
+                    ("app.keys.created_at", &k.created_at),
+                ],
+            ));
+        }
     }
     for e in &config.data_map {
         let mut cols: Vec<(&str, &str)> = Vec::new();
@@ -174,6 +188,9 @@ fn wanted_columns(config: &Config) -> Wanted {
             for (c, _) in rules {
                 cols.push(("anonymize", c));
             }
+        }
+        for c in &e.encrypted {
+            cols.push(("encrypted", c));
         }
         wanted.push(need(&e.location, &e.table, cols));
     }

@@ -16,6 +16,50 @@ pub struct AppMapping {
     pub subjects: SubjectsTable,
     pub orgs: Option<OrgsTable>,
     pub memberships: Option<MembershipsTable>,
+    /// The application's table of wrapped per-org data keys (`[app.keys]`).
+    pub keys: Option<KeysTable>,
+}
+
+/// Where the application keeps its wrapped data keys: one row an org and
+/// DEK version. Column names default to the names below.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeysTable {
+    pub table: String,
+    #[serde(default = "default_keys_org")]
+    pub org: String,
+    #[serde(default = "default_keys_version")]
+    pub version: String,
+    /// The DEK as the KMS wrapped it (base64 text).
+    #[serde(default = "default_keys_wrapped")]
+    pub wrapped_key: String,
+    /// The KMS key (KEK) that wrapped it.
+    #[serde(default = "default_keys_kek")]
+    pub kms_key_id: String,
+    /// `active`, `retired` or `destroyed`.
+    #[serde(default = "default_keys_state")]
+    pub state: String,
+    #[serde(default = "default_keys_created")]
+    pub created_at: String,
+}
+
+fn default_keys_org() -> String {
+    "org_id".into()
+}
+fn default_keys_version() -> String {
+    "version".into()
+}
+fn default_keys_wrapped() -> String {
+    "wrapped_key".into()
+}
+fn default_keys_kek() -> String {
+    "kms_key_id".into()
+}
+fn default_keys_state() -> String {
+    "state".into()
+}
+fn default_keys_created() -> String {
+    "created_at".into()
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -74,6 +118,8 @@ pub struct DataMapEntry {
     pub retention: Vec<RetentionRule>,
     pub erasure: Erasure,
     pub export: bool,
+    /// Columns holding `lethe1:` ciphertexts under the row's org's data key.
+    pub encrypted: Vec<String>,
     /// `lethe.toml:LINE`, for errors found later against the live schema.
     pub location: String,
 }
@@ -84,6 +130,7 @@ pub(super) struct RawApp {
     subjects: SubjectsTable,
     orgs: Option<OrgsTable>,
     memberships: Option<MembershipsTable>,
+    keys: Option<KeysTable>,
 }
 
 #[derive(Deserialize)]
@@ -107,6 +154,8 @@ pub(super) struct RawEntry {
     legal_basis: Option<String>,
     #[serde(default)]
     export: bool,
+    #[serde(default)]
+    encrypted: Vec<String>,
 }
 
 pub(super) fn load_app(raw: Option<RawApp>) -> Option<AppMapping> {
@@ -114,6 +163,7 @@ pub(super) fn load_app(raw: Option<RawApp>) -> Option<AppMapping> {
         subjects: r.subjects,
         orgs: r.orgs,
         memberships: r.memberships,
+        keys: r.keys,
     })
 }
 
@@ -135,6 +185,7 @@ pub(super) fn load_entries(
         }
         let rules = entry_rules(src, &e, &table, app)?;
         let erasure = entry_erasure(src, &e, &table)?;
+        let encrypted = entry_encrypted(src, &e, &table, app)?;
         let (line, _) = super::source::line_col(src.text, span.start);
         out.push(DataMapEntry {
             location: format!("{}:{line}", src.path.display()),
@@ -146,6 +197,7 @@ pub(super) fn load_entries(
             retention: rules,
             erasure,
             export: e.export,
+            encrypted,
         });
     }
     Ok(out)
@@ -244,4 +296,84 @@ fn entry_erasure(src: &SourceFile, e: &RawEntry, table: &str) -> Result<Erasure>
         ));
     }
     Ok(erasure)
+}
+
+/// Encrypted columns need the row's org (whose data key encrypts them) and
+/// `[app.keys]` (where that key lives); each is named once.
+fn entry_encrypted(
+    src: &SourceFile,
+    e: &RawEntry,
+    table: &str,
+    app: Option<&AppMapping>,
+) -> Result<Vec<String>> {
+    let err = |m: String| src.error_at(e.table.span(), format!("data_map entry `{table}`: {m}"));
+    if e.encrypted.is_empty() {
+        return Ok(Vec::new());
+    }
+    if e.org.is_none() {
+        return Err(err("`encrypted` columns need an `org` column: each row is encrypted under its org's data key".into()));
+    }
+    if app.and_then(|a| a.keys.as_ref()).is_none() {
+        return Err(err("`encrypted` columns need [app.keys], the table of the orgs' wrapped data keys, e.g. keys = { table = \"org_data_keys\" }".into()));
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for c in &e.encrypted {
+        if c.trim().is_empty() || !seen.insert(c.as_str()) {
+            return Err(err(format!(
+                "encrypted column `{c}` is empty or listed twice"
+            )));
+        }
+    }
+    Ok(e.encrypted.clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use crate::config::Config;
+
+    const BASE: &str = "[database]\nurl = \"sqlite://app.db\"\n[mail]\nfrom = \"l@x.example\"\ntransport = \"file\"\ndir = \"mail\"\n";
+
+    fn load(app: &str, entry: &str) -> crate::error::Result<Config> {
+        let text = format!("{BASE}[app]\nsubjects = {{ table = \"users\", id = \"id\", email = \"email\" }}\n{app}\n[[data_map]]\n{entry}\n");
+        Config::from_text(Path::new("lethe.toml"), &text)
+    }
+
+    #[test]
+    fn encrypted_columns_need_an_org_column_and_the_app_key_table() {
+        let keys = "keys = { table = \"org_data_keys\" }";
+        let entry = "table = \"customers\"\nclass = \"pii\"\norg = \"org_id\"\nencrypted = [\"nik\", \"phone\"]";
+        let c = load(keys, entry).unwrap();
+        assert_eq!(c.data_map[0].encrypted, ["nik", "phone"]);
+        let k = c.app.as_ref().and_then(|a| a.keys.as_ref()).unwrap();
+        assert_eq!(
+            (
+                k.table.as_str(),
+                k.org.as_str(),
+                k.version.as_str(),
+                k.wrapped_key.as_str()
+            ),
+            ("org_data_keys", "org_id", "version", "wrapped_key")
+        );
+        assert_eq!(
+            (k.kms_key_id.as_str(), k.state.as_str()),
+            ("kms_key_id", "state")
+        );
+
+        let no_org = "table = \"customers\"\nclass = \"pii\"\nencrypted = [\"nik\"]";
+        let e = load(keys, no_org).unwrap_err().to_string();
+        assert!(
+            e.contains("lethe.toml:") && e.contains("need an `org` column"),
+            "{e}"
+        );
+        let e = load("", entry).unwrap_err().to_string();
+        assert!(e.contains("[app.keys]"), "{e}");
+        let twice = "table = \"customers\"\nclass = \"pii\"\norg = \"org_id\"\nencrypted = [\"nik\", \"nik\"]";
+        let e = load(keys, twice).unwrap_err().to_string();
+        assert!(e.contains("listed twice"), "{e}");
+        let typo = "keys = { table = \"org_data_keys\", wraped_key = \"k\" }";
+        let e = load(typo, entry).unwrap_err().to_string();
+        assert!(e.contains("wraped_key"), "{e}");
+    }
 }

@@ -14,7 +14,8 @@ pub use crate::policy::{format_duration, parse_duration, MAX_DURATION};
 pub use crate::secret::{redact_url, url_has_password, Secret, SecretSource};
 pub use api_keys::{ApiKey, ApiScope};
 pub use data_map::{
-    AnonymizeRule, AppMapping, DataMapEntry, Erasure, MembershipsTable, OrgsTable, SubjectsTable,
+    AnonymizeRule, AppMapping, DataMapEntry, Erasure, KeysTable, MembershipsTable, OrgsTable,
+    SubjectsTable,
 };
 pub use jobs::{from_text as job_from_text, CatchUp, JobSpec};
 

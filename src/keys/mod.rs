@@ -7,6 +7,8 @@
 
 pub use crate::kms::{AwsKms, Kms, LocalKms};
 
+mod app_table;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -74,6 +76,10 @@ struct OrgOutcome {
     new_dek_version: Option<i32>,
     rewrapped: usize,
     shredded: bool,
+    /// The application's key table (`[app.keys]`), when configured.
+    app_keys_added: u64,
+    app_keys_rewrapped: u64,
+    app_keys_destroyed: u64,
 }
 
 /// Orgs and their closure time from `[app.orgs]`.
@@ -108,6 +114,7 @@ async fn rotate_org(
     };
     if existing.as_ref().is_some_and(|k| k.shredded_at.is_some()) {
         out.shredded = true;
+        app_table::shred_org(&ctx, &org, &actor, &mut out).await?;
         return Ok(out);
     }
     let (mut kek, created) = org_kek(&ctx, kms.as_ref(), &org, existing, now).await?;
@@ -117,6 +124,7 @@ async fn rotate_org(
     if shred_due.is_some_and(|d| d <= now) {
         shred(&ctx, kms.as_ref(), &org, &mut kek, closed_at, now, &actor).await?;
         out.shredded = true;
+        app_table::shred_org(&ctx, &org, &actor, &mut out).await?;
         return Ok(out);
     }
     // A KEK created just now is fresh: no rotation in the same run.
@@ -133,6 +141,7 @@ async fn rotate_org(
         out.rotated_kek = true;
     }
     rotate_deks(&ctx, kms.as_ref(), &org, &kek, now, &actor, &mut out).await?;
+    app_table::sync_org(&ctx, &org, &actor, &mut out).await?;
     Ok(out)
 }
 

@@ -318,3 +318,109 @@ async fn bad_breach_input_is_refused_with_exit_2() {
         "nothing half-recorded"
     );
 }
+
+/// Rows of the app's key table as (org, version, state, wrapped non-empty).
+async fn app_keys(c: &ConfigDir) -> Vec<(i64, i64, String, String)> {
+    let url = format!("sqlite://{}", c.path().join("app.db").display());
+    let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
+    sqlx::query_as("SELECT org_id, version, state, wrapped_key FROM org_data_keys ORDER BY 1, 2")
+        .fetch_all(&pool)
+        .await
+        .unwrap()
+}
+
+async fn app_sql(c: &ConfigDir, sql: &str) {
+    let url = format!("sqlite://{}", c.path().join("app.db").display());
+    crate::common::app_exec(&url, sql).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_apps_key_table_follows_rotation_crashes_and_shredding() {
+    let c = ConfigDir::full(
+        None,
+        None,
+        "",
+        "",
+        &format!(
+            "{APP}keys = {{ table = \"org_data_keys\" }}\n\n[keys]\nprovider = \"local\"\ndek_rotation = \"4s\"\nkek_rotation = \"4s\"\nshred_after = \"30d\"\n"
+        ),
+    );
+    app_sql(
+        &c,
+        "CREATE TABLE users (id INTEGER PRIMARY KEY, email TEXT);
+         CREATE TABLE orgs (id INTEGER PRIMARY KEY, closed_at TEXT);
+         INSERT INTO orgs VALUES (1, NULL), (2, NULL), (3, NULL);
+         CREATE TABLE org_data_keys (org_id INTEGER NOT NULL, version INTEGER NOT NULL, wrapped_key TEXT NOT NULL,
+             kms_key_id TEXT NOT NULL, state TEXT NOT NULL, created_at TEXT NOT NULL, PRIMARY KEY (org_id, version));",
+    )
+    .await;
+    run_ok(c.lethe().arg("migrate"));
+
+    rotate(&c);
+    let first = app_keys(&c).await;
+    assert_eq!(
+        first
+            .iter()
+            .map(|k| (k.0, k.1, k.2.as_str()))
+            .collect::<Vec<_>>(),
+        [(1, 1, "active"), (2, 1, "active"), (3, 1, "active")]
+    );
+    assert!(
+        first.iter().all(|k| !k.3.is_empty()),
+        "wrapped keys written"
+    );
+
+    // A crash after the store's commit, before the table was written: the next run repairs it.
+    app_sql(&c, "DELETE FROM org_data_keys WHERE org_id = 2").await;
+    let repaired = rotate(&c);
+    assert_eq!(app_keys(&c).await, first, "{repaired}");
+
+    // Past both rotation periods: version 2 added, version 1 re-wrapped under the rotated KEK.
+    std::thread::sleep(Duration::from_millis(4100));
+    rotate(&c);
+    let later = app_keys(&c).await;
+    assert_eq!(later.len(), 6, "{later:?}");
+    for org in 1..=3 {
+        let v1 = later.iter().find(|k| k.0 == org && k.1 == 1).unwrap();
+        let v1_before = first.iter().find(|k| k.0 == org).unwrap();
+        assert_ne!(v1.3, v1_before.3, "org {org}: version 1 re-wrapped");
+        assert!(later
+            .iter()
+            .any(|k| k.0 == org && k.1 == 2 && k.2 == "active"));
+    }
+
+    // Org 3 closes and passes shred_after: every version of it destroyed, the others untouched.
+    app_sql(
+        &c,
+        "UPDATE orgs SET closed_at = datetime('now', '-400 days') WHERE id = 3",
+    )
+    .await;
+    let shred = rotate(&c);
+    assert_eq!(shred["shredded"], serde_json::json!(["3"]), "{shred}");
+    let after = app_keys(&c).await;
+    let org3 = |keys: &[(i64, i64, String, String)]| -> Vec<(i64, i64, String, String)> {
+        keys.iter().filter(|k| k.0 == 3).cloned().collect()
+    };
+    assert_eq!(org3(&after).len(), 2, "{after:?}");
+    for k in &after {
+        if k.0 == 3 {
+            assert_eq!((k.2.as_str(), k.3.as_str()), ("destroyed", ""), "{k:?}");
+        } else {
+            assert!(
+                k.2 == "active" && !k.3.is_empty(),
+                "org {} untouched: {k:?}",
+                k.0
+            );
+        }
+    }
+    // Idempotent, and a destroyed version is never written again.
+    rotate(&c);
+    assert_eq!(org3(&app_keys(&c).await), org3(&after));
+    let audit = String::from_utf8(run_ok(c.lethe().args(["audit", "export"])).stdout).unwrap();
+    for action in ["keys.app_table_synced", "keys.app_table_shredded"] {
+        assert!(
+            audit.contains(&format!("\"action\":\"{action}\"")),
+            "{action} evidence"
+        );
+    }
+}

@@ -1,6 +1,7 @@
 //! Every integration test in one binary: each module is one area, linked once
 //! against the library (one link of aws-sdk and sqlx instead of one per file).
 
+mod app_keys;
 mod backup;
 mod cli;
 mod common;
@@ -15,6 +16,7 @@ mod keys_breach;
 mod layering;
 mod mail;
 mod pg_restart;
+mod reference_app;
 mod replicas;
 mod restore;
 mod retention;

@@ -1,0 +1,138 @@
+//! A reference application (`tests/reference_app/app.py`: Python's
+//! `cryptography` AES-GCM and boto3 KMS against moto) reads and writes
+//! encrypted PII through the key table Lethe keeps, exactly as a real
+//! application would: before rotation, after a KEK rotation with re-wrap and a
+//! new DEK version, and after its org is crypto-shredded. Lethe empties a
+//! shredded org's wrapped keys in the table, so its values stop decrypting
+//! whatever the KMS does (moto does not refuse Decrypt for a key pending
+//! deletion, so the test relies on the table alone).
+
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::common::{app_exec, run_ok, server_env, stdout_json, ConfigDir};
+
+const NIKS: [(i64, i64, &str); 4] = [
+    (1, 1, "3171234567890001"),
+    (2, 1, "3171234567890002"),
+    (3, 2, "3273012345670003"),
+    (4, 2, "3273012345670004"),
+];
+
+fn app(c: &ConfigDir, python: &str, moto: &str, command: &str) -> Value {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/reference_app/app.py");
+    let out = Command::new(python)
+        .arg(script)
+        .arg(command)
+        .arg(c.path().join("app.db"))
+        .env("AWS_ENDPOINT_URL", moto)
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .env("AWS_REGION", "us-east-1")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "app.py {command}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if command == "read" {
+        stdout_json(&out)
+    } else {
+        Value::Null
+    }
+}
+
+fn plaintexts(shredded_org: Option<i64>) -> Value {
+    let map: serde_json::Map<String, Value> = NIKS
+        .iter()
+        .map(|(id, org, nik)| {
+            let v = if Some(*org) == shredded_org {
+                Value::Null
+            } else {
+                json!(nik)
+            };
+            (id.to_string(), v)
+        })
+        .collect();
+    Value::Object(map)
+}
+
+async fn stored_versions(c: &ConfigDir) -> Vec<u32> {
+    let url = format!("sqlite://{}", c.path().join("app.db").display());
+    let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
+    let niks: Vec<String> = sqlx::query_scalar("SELECT nik FROM customers ORDER BY id")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    niks.iter()
+        .map(|n| lethe::cipher::dek_version(n).unwrap_or_else(|e| panic!("{e}")))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reference_application_reads_and_writes_through_lethes_key_table() {
+    let (Some(moto), Some(python)) = (
+        server_env("LETHE_TEST_MOTO_URL"),
+        server_env("LETHE_TEST_PYTHON"),
+    ) else {
+        return;
+    };
+    let extra = format!(
+        "[app]\nsubjects = {{ table = \"users\", id = \"id\", email = \"email\" }}\norgs = {{ table = \"orgs\", id = \"id\", closed_at = \"closed_at\" }}\nkeys = {{ table = \"org_data_keys\" }}\n\n[keys]\nprovider = \"aws\"\nkms_endpoint = \"{moto}\"\nregion = \"us-east-1\"\ndek_rotation = \"4s\"\nkek_rotation = \"4s\"\nshred_after = \"30d\"\n\n[[data_map]]\ntable = \"customers\"\nclass = \"customer_pii\"\norg = \"org_id\"\nencrypted = [\"nik\"]\n"
+    );
+    let c = ConfigDir::full(None, None, "", "", &extra);
+    let url = format!("sqlite://{}", c.path().join("app.db").display());
+    app_exec(
+        &url,
+        "CREATE TABLE users (id INTEGER PRIMARY KEY, email TEXT);
+         CREATE TABLE orgs (id INTEGER PRIMARY KEY, closed_at TEXT);
+         INSERT INTO orgs VALUES (1, NULL), (2, NULL);
+         CREATE TABLE org_data_keys (org_id INTEGER NOT NULL, version INTEGER NOT NULL, wrapped_key TEXT NOT NULL,
+             kms_key_id TEXT NOT NULL, state TEXT NOT NULL, created_at TEXT NOT NULL, PRIMARY KEY (org_id, version));
+         CREATE TABLE customers (id INTEGER PRIMARY KEY, org_id INTEGER NOT NULL, nik TEXT NOT NULL);",
+    )
+    .await;
+    for (id, org, nik) in NIKS {
+        app_exec(
+            &url,
+            &format!("INSERT INTO customers VALUES ({id}, {org}, '{nik}')"),
+        )
+        .await;
+    }
+    run_ok(c.lethe().arg("migrate"));
+    let check = run_ok(c.lethe().arg("check"));
+    assert!(check.status.success());
+
+    // Keys created: the application encrypts under version 1 and reads everything back.
+    run_ok(c.lethe_aws().args(["keys", "rotate", "--json"]));
+    app(&c, &python, &moto, "write");
+    assert_eq!(stored_versions(&c).await, [1, 1, 1, 1]);
+    assert_eq!(app(&c, &python, &moto, "read"), plaintexts(None));
+
+    // KEK rotated, version 1 re-wrapped in place, version 2 added: the old
+    // values still read, and a rewrite moves them to version 2.
+    std::thread::sleep(Duration::from_millis(4100));
+    let r = stdout_json(&run_ok(c.lethe_aws().args(["keys", "rotate", "--json"])));
+    assert_eq!(
+        (r["keks_rotated"].as_u64(), r["deks_created"].as_u64()),
+        (Some(2), Some(2)),
+        "{r}"
+    );
+    assert_eq!(app(&c, &python, &moto, "read"), plaintexts(None));
+    app(&c, &python, &moto, "write");
+    assert_eq!(stored_versions(&c).await, [2, 2, 2, 2]);
+    assert_eq!(app(&c, &python, &moto, "read"), plaintexts(None));
+
+    // Org 2 closed long ago: shredded; its values no longer decrypt, org 1's do.
+    app_exec(
+        &url,
+        "UPDATE orgs SET closed_at = datetime('now', '-400 days') WHERE id = 2",
+    )
+    .await;
+    let r = stdout_json(&run_ok(c.lethe_aws().args(["keys", "rotate", "--json"])));
+    assert_eq!(r["shredded"], json!(["2"]), "{r}");
+    assert_eq!(app(&c, &python, &moto, "read"), plaintexts(Some(2)));
+}
