@@ -161,6 +161,55 @@ impl AppDb {
     }
 }
 
+/// How many stored values each org has under each DEK version, in one
+/// encrypted column; values not in the `lethe1` format are counted apart.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Census {
+    pub by_version: std::collections::BTreeMap<(String, u32), u64>,
+    pub unreadable: u64,
+}
+
+impl AppDb {
+    /// Reads every non-NULL value of `column` once (streamed: memory stays
+    /// flat) and counts it under its org and header version. Never decrypts.
+    pub async fn ciphertext_census(
+        &self,
+        table: &str,
+        org_column: &str,
+        column: &str,
+        census: &mut Census,
+    ) -> Result<()> {
+        use futures_util::TryStreamExt;
+        let sql = self.sql();
+        let text = format!(
+            "SELECT {}, {} FROM {} WHERE {} IS NOT NULL",
+            sql.as_text(org_column),
+            sql.as_text(column),
+            q(table),
+            q(column)
+        );
+        let mut count = |org: String, value: String| match crate::cipher::dek_version(&value) {
+            Ok(v) => *census.by_version.entry((org, v)).or_default() += 1,
+            Err(_) => census.unreadable += 1,
+        };
+        match self {
+            AppDb::Postgres(p) => {
+                let mut rows = sqlx::query_as::<_, (String, String)>(&text).fetch(p);
+                while let Some((org, value)) = rows.try_next().await? {
+                    count(org, value);
+                }
+            }
+            AppDb::Sqlite(p) => {
+                let mut rows = sqlx::query_as::<_, (String, String)>(&text).fetch(p);
+                while let Some((org, value)) = rows.try_next().await? {
+                    count(org, value);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 impl AppDb {
     /// Runs one bound statement; the rows it changed.
     async fn rows_changed(&self, text: &str, sql: Sql) -> Result<u64> {

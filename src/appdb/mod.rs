@@ -22,7 +22,7 @@ mod scope;
 mod subject;
 mod timeform;
 
-pub use keys::AppKey;
+pub use keys::{AppKey, Census};
 pub use schema::{check_data_map, preflight, SchemaProblem};
 pub use scope::{Deleted, Scope, Selector, Slicing, TimeWindow};
 pub use subject::{EraseAction, EraseOutcome, EraseStep};

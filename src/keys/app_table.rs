@@ -7,10 +7,10 @@
 
 use std::collections::BTreeMap;
 
-use serde_json::json;
+use serde_json::{json, Value};
 
 use super::OrgOutcome;
-use crate::appdb::AppKey;
+use crate::appdb::{AppKey, Census};
 use crate::context::Context;
 use crate::error::Result;
 
@@ -89,4 +89,121 @@ pub(super) async fn shred_org(
         .await?;
     }
     Ok(())
+}
+
+/// Every encrypted column's values counted by org and DEK version.
+pub(super) async fn census(ctx: &Context) -> Result<Census> {
+    let mut census = Census::default();
+    if ctx
+        .config
+        .app
+        .as_ref()
+        .and_then(|a| a.keys.as_ref())
+        .is_none()
+    {
+        return Ok(census);
+    }
+    let db = ctx.app_db().await?;
+    for e in ctx
+        .config
+        .data_map
+        .iter()
+        .filter(|e| !e.encrypted.is_empty())
+    {
+        // Load-time validation guarantees an org column for encrypted entries.
+        let Some(org) = &e.org else { continue };
+        for column in &e.encrypted {
+            db.ciphertext_census(&e.table, org, column, &mut census)
+                .await?;
+        }
+    }
+    Ok(census)
+}
+
+/// The org's newest active version: the one new values are encrypted under.
+fn newest_active(keys: &[AppKey]) -> Option<i64> {
+    keys.iter()
+        .filter(|k| k.state == "active")
+        .map(|k| k.version)
+        .max()
+}
+
+/// Active versions other than the newest that no stored value uses any more
+/// become `retired`, with evidence; returns how many per org.
+pub(super) async fn retire_unused(
+    ctx: &Context,
+    census: &Census,
+    actor: &str,
+) -> Result<BTreeMap<String, u64>> {
+    let mut retired = BTreeMap::new();
+    let Some(t) = ctx.config.app.as_ref().and_then(|a| a.keys.as_ref()) else {
+        return Ok(retired);
+    };
+    let db = ctx.app_db().await?;
+    let keys = db.app_keys(t, None).await?;
+    for k in keys.iter().filter(|k| k.state == "active") {
+        let org_keys: Vec<AppKey> = keys.iter().filter(|o| o.org == k.org).cloned().collect();
+        let in_use = u32::try_from(k.version)
+            .ok()
+            .and_then(|v| census.by_version.get(&(k.org.clone(), v)))
+            .copied()
+            .unwrap_or(0);
+        if Some(k.version) == newest_active(&org_keys) || in_use > 0 {
+            continue;
+        }
+        if db.app_key_retire(t, &k.org, k.version).await? {
+            *retired.entry(k.org.clone()).or_default() += 1;
+            crate::audit::record(
+                ctx.store.as_ref(),
+                actor,
+                "keys.version_retired",
+                &format!("org:{}", k.org),
+                json!({"table": t.table, "version": k.version}),
+            )
+            .await?;
+        }
+    }
+    Ok(retired)
+}
+
+/// Per org: its versions in the table with their state and stored values, and
+/// how many values are under a version other than the newest active one.
+/// `None` without `[app.keys]`; an org with values but no key rows has every
+/// value stale.
+pub(super) async fn status(ctx: &Context) -> Result<Option<BTreeMap<String, Value>>> {
+    let mut out = BTreeMap::new();
+    let Some(t) = ctx.config.app.as_ref().and_then(|a| a.keys.as_ref()) else {
+        return Ok(None);
+    };
+    let census = census(ctx).await?;
+    let keys = ctx.app_db().await?.app_keys(t, None).await?;
+    let mut by_org: BTreeMap<String, Vec<AppKey>> = BTreeMap::new();
+    for (org, _) in census.by_version.keys() {
+        by_org.entry(org.clone()).or_default();
+    }
+    for k in keys {
+        by_org.entry(k.org.clone()).or_default().push(k);
+    }
+    for (org, versions) in by_org {
+        let newest = newest_active(&versions);
+        let stale: u64 = census
+            .by_version
+            .iter()
+            .filter(|((o, v), _)| *o == org && Some(i64::from(*v)) != newest)
+            .map(|(_, n)| n)
+            .sum();
+        let listed: Vec<Value> = versions
+            .iter()
+            .map(|k| {
+                let n = u32::try_from(k.version)
+                    .ok()
+                    .and_then(|v| census.by_version.get(&(org.clone(), v)))
+                    .copied()
+                    .unwrap_or(0);
+                json!({"version": k.version, "state": k.state, "ciphertexts": n})
+            })
+            .collect();
+        out.insert(org, json!({"stale_ciphertexts": stale, "versions": listed}));
+    }
+    Ok(Some(out))
 }

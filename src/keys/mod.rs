@@ -80,6 +80,7 @@ struct OrgOutcome {
     app_keys_added: u64,
     app_keys_rewrapped: u64,
     app_keys_destroyed: u64,
+    app_keys_retired: u64,
 }
 
 /// Orgs and their closure time from `[app.orgs]`.
@@ -314,6 +315,14 @@ pub async fn rotate(ctx: &Arc<Context>, only: Option<&str>, actor: &str) -> Resu
         }
     }
     outcomes.sort_by(|a, b| a.org.cmp(&b.org));
+    if errors.is_empty() {
+        // Versions nothing is encrypted under any more: after every org is done.
+        let census = app_table::census(ctx).await?;
+        let retired = app_table::retire_unused(ctx, &census, actor).await?;
+        for o in outcomes.iter_mut() {
+            o.app_keys_retired = retired.get(&o.org).copied().unwrap_or(0);
+        }
+    }
     if !errors.is_empty() {
         return Err(Error::Failed(format!(
             "{} org(s) failed: {}",
@@ -347,6 +356,7 @@ pub async fn status(ctx: &Context) -> Result<Value> {
     let deks = ctx.store.deks(None).await?;
     let cfg = &ctx.config.keys;
     let mut rows = Vec::new();
+    let mut app = app_table::status(ctx).await?;
     for (org, closed) in orgs(ctx).await? {
         let kek = keks.iter().find(|k| k.org == org);
         let active = deks
@@ -367,6 +377,15 @@ pub async fn status(ctx: &Context) -> Result<Value> {
             "shredded": kek.is_some_and(|k| k.shredded_at.is_some()),
             "shredded_at": kek.and_then(|k| k.shredded_at.map(|t| t.to_rfc3339())),
         }));
+        // With [app.keys]: the org's versions in the table and its stale values.
+        if let Some(app) = app.as_mut() {
+            let extra = app
+                .remove(&org)
+                .unwrap_or_else(|| json!({"stale_ciphertexts": 0, "versions": []}));
+            if let (Value::Object(extra), Some(Value::Object(row))) = (extra, rows.last_mut()) {
+                row.extend(extra);
+            }
+        }
     }
     Ok(json!({"provider": format!("{:?}", cfg.provider).to_lowercase(), "orgs": rows}))
 }

@@ -72,6 +72,34 @@ async fn stored_versions(c: &ConfigDir) -> Vec<u32> {
         .collect()
 }
 
+/// An org's stale ciphertexts and its (version, state, values under it).
+type OrgKeys = (u64, Vec<(i64, String, u64)>);
+
+fn key_status(c: &ConfigDir) -> Vec<OrgKeys> {
+    let v = stdout_json(&run_ok(c.lethe_aws().args(["keys", "status", "--json"])));
+    v["orgs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| {
+            let versions = o["versions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|k| {
+                    let state = k["state"].as_str().unwrap().to_string();
+                    (
+                        k["version"].as_i64().unwrap(),
+                        state,
+                        k["ciphertexts"].as_u64().unwrap(),
+                    )
+                })
+                .collect();
+            (o["stale_ciphertexts"].as_u64().unwrap(), versions)
+        })
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_reference_application_reads_and_writes_through_lethes_key_table() {
     let (Some(moto), Some(python)) = (
@@ -122,9 +150,31 @@ async fn a_reference_application_reads_and_writes_through_lethes_key_table() {
         "{r}"
     );
     assert_eq!(app(&c, &python, &moto, "read"), plaintexts(None));
+    // Every value is under version 1 while version 2 is the newest: all stale, v1 still in use.
+    let v = |rows: &[(i64, &str, u64)]| {
+        rows.iter()
+            .map(|(a, b, c)| (*a, b.to_string(), *c))
+            .collect::<Vec<_>>()
+    };
+    let both = |stale: u64, rows: &[(i64, &str, u64)]| vec![(stale, v(rows)), (stale, v(rows))];
+    assert_eq!(
+        key_status(&c),
+        both(2, &[(1, "active", 2), (2, "active", 0)])
+    );
     app(&c, &python, &moto, "write");
     assert_eq!(stored_versions(&c).await, [2, 2, 2, 2]);
     assert_eq!(app(&c, &python, &moto, "read"), plaintexts(None));
+    assert_eq!(
+        key_status(&c),
+        both(0, &[(1, "active", 0), (2, "active", 2)])
+    );
+    // Nothing is under version 1 any more: the next rotation retires it.
+    let r = stdout_json(&run_ok(c.lethe_aws().args(["keys", "rotate", "--json"])));
+    assert_eq!(r["details"][0]["app_keys_retired"], 1, "{r}");
+    assert_eq!(
+        key_status(&c),
+        both(0, &[(1, "retired", 0), (2, "active", 2)])
+    );
 
     // Org 2 closed long ago: shredded; its values no longer decrypt, org 1's do.
     app_exec(
