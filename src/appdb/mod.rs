@@ -16,12 +16,14 @@ macro_rules! on_pool {
     };
 }
 
+mod ciphertexts;
 mod keys;
 mod schema;
 mod scope;
 mod subject;
 mod timeform;
 
+pub use ciphertexts::{CipherRow, Rewrite, RowPos};
 pub use keys::{AppKey, Census};
 pub use schema::{check_data_map, preflight, SchemaProblem};
 pub use scope::{Deleted, Scope, Selector, Slicing, TimeWindow};

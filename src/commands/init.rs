@@ -14,6 +14,10 @@ pub const STARTER_JOBS: &[(&str, &str)] = &[
         include_str!("../../jobs/keys.rotate.toml"),
     ),
     (
+        "keys.reencrypt.toml",
+        include_str!("../../jobs/keys.reencrypt.toml"),
+    ),
+    (
         "breach.tick.toml",
         include_str!("../../jobs/breach.tick.toml"),
     ),

@@ -9,6 +9,7 @@ mod backup_verify;
 mod breach_tick;
 mod dsr_process;
 mod dsr_sla_report;
+mod keys_reencrypt;
 mod keys_rotate;
 mod mail_flush;
 mod retention_purge;
@@ -33,6 +34,7 @@ pub fn registry() -> Registry {
     r.register::<dsr_process::DsrProcess>();
     r.register::<dsr_sla_report::DsrSlaReport>();
     r.register::<keys_rotate::KeysRotate>();
+    r.register::<keys_reencrypt::KeysReencrypt>();
     r.register::<breach_tick::BreachTick>();
     r.register::<runner_prune::RunnerPrune>();
     r.register::<mail_flush::MailFlush>();
@@ -126,6 +128,7 @@ mod tests {
                 "dsr.process",
                 "dsr.sla_report",
                 "keys.rotate",
+                "keys.reencrypt",
                 "breach.tick",
                 "runner.prune",
                 "mail.flush",

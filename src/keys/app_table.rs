@@ -11,8 +11,14 @@ use serde_json::{json, Value};
 
 use super::OrgOutcome;
 use crate::appdb::{AppKey, Census};
+use crate::config::KeysTable;
 use crate::context::Context;
 use crate::error::Result;
+
+/// `[app.keys]`, when the application keeps its data keys in a table.
+fn key_table(ctx: &Context) -> Option<&KeysTable> {
+    ctx.config.app.as_ref().and_then(|a| a.keys.as_ref())
+}
 
 /// Adds the versions the table lacks and re-wraps those whose wrapping changed.
 pub(super) async fn sync_org(
@@ -21,7 +27,7 @@ pub(super) async fn sync_org(
     actor: &str,
     out: &mut OrgOutcome,
 ) -> Result<()> {
-    let Some(t) = ctx.config.app.as_ref().and_then(|a| a.keys.as_ref()) else {
+    let Some(t) = key_table(ctx) else {
         return Ok(());
     };
     let db = ctx.app_db().await?;
@@ -73,7 +79,7 @@ pub(super) async fn shred_org(
     actor: &str,
     out: &mut OrgOutcome,
 ) -> Result<()> {
-    let Some(t) = ctx.config.app.as_ref().and_then(|a| a.keys.as_ref()) else {
+    let Some(t) = key_table(ctx) else {
         return Ok(());
     };
     let n = ctx.app_db().await?.app_keys_destroy(t, org).await?;
@@ -94,13 +100,7 @@ pub(super) async fn shred_org(
 /// Every encrypted column's values counted by org and DEK version.
 pub(super) async fn census(ctx: &Context) -> Result<Census> {
     let mut census = Census::default();
-    if ctx
-        .config
-        .app
-        .as_ref()
-        .and_then(|a| a.keys.as_ref())
-        .is_none()
-    {
+    if key_table(ctx).is_none() {
         return Ok(census);
     }
     let db = ctx.app_db().await?;
@@ -136,7 +136,7 @@ pub(super) async fn retire_unused(
     actor: &str,
 ) -> Result<BTreeMap<String, u64>> {
     let mut retired = BTreeMap::new();
-    let Some(t) = ctx.config.app.as_ref().and_then(|a| a.keys.as_ref()) else {
+    let Some(t) = key_table(ctx) else {
         return Ok(retired);
     };
     let db = ctx.app_db().await?;
@@ -172,7 +172,7 @@ pub(super) async fn retire_unused(
 /// value stale.
 pub(super) async fn status(ctx: &Context) -> Result<Option<BTreeMap<String, Value>>> {
     let mut out = BTreeMap::new();
-    let Some(t) = ctx.config.app.as_ref().and_then(|a| a.keys.as_ref()) else {
+    let Some(t) = key_table(ctx) else {
         return Ok(None);
     };
     let census = census(ctx).await?;

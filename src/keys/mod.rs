@@ -6,8 +6,10 @@
 //! orgs past their retention. Providers: AWS KMS and a local keyring file.
 
 pub use crate::kms::{AwsKms, Kms, LocalKms};
+pub use reencrypt::{reencrypt_job, ReencryptOutput, ReencryptParams};
 
 mod app_table;
+mod reencrypt;
 
 use std::sync::Arc;
 use std::time::Duration;

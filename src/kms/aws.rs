@@ -95,6 +95,20 @@ impl Kms for AwsKms {
             .ok_or_else(|| Error::Failed("KMS ReEncrypt returned no ciphertext".into()))
     }
 
+    async fn decrypt_dek(&self, kek_id: &str, wrapped: &[u8]) -> Result<Vec<u8>> {
+        let out = self
+            .client
+            .decrypt()
+            .key_id(kek_id)
+            .ciphertext_blob(Blob::new(wrapped))
+            .send()
+            .await
+            .map_err(|e| kms_err("Decrypt", e))?;
+        out.plaintext()
+            .map(|b| b.as_ref().to_vec())
+            .ok_or_else(|| Error::Failed("KMS Decrypt returned no plaintext".into()))
+    }
+
     async fn rotate_kek(&self, kek_id: &str) -> Result<()> {
         match self
             .client

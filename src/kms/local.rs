@@ -164,6 +164,12 @@ impl Kms for LocalKms {
         Self::wrap(kek, &Self::unwrap(kek, wrapped)?)
     }
 
+    async fn decrypt_dek(&self, kek_id: &str, wrapped: &[u8]) -> Result<Vec<u8>> {
+        let _g = self.lock.lock().await;
+        let ring = self.load()?;
+        Self::unwrap(Self::kek(&ring, kek_id)?, wrapped)
+    }
+
     async fn rotate_kek(&self, kek_id: &str) -> Result<()> {
         let _g = self.lock.lock().await;
         let mut ring = self.load()?;

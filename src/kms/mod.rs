@@ -24,6 +24,9 @@ pub trait Kms: Send + Sync {
     /// Re-wraps under the KEK's current backing key, inside the KMS.
     async fn rewrap(&self, kek_id: &str, wrapped: &[u8]) -> Result<Vec<u8>>;
     async fn rotate_kek(&self, kek_id: &str) -> Result<()>;
+    /// The plaintext of a wrapped DEK, for re-encrypting values in memory
+    /// (`keys.reencrypt`); it is never stored. Fails for a shredded KEK.
+    async fn decrypt_dek(&self, kek_id: &str, wrapped: &[u8]) -> Result<Vec<u8>>;
     async fn schedule_deletion(&self, kek_id: &str, days: i32) -> Result<()>;
 }
 

@@ -130,6 +130,10 @@ async fn a_reference_application_reads_and_writes_through_lethes_key_table() {
         )
         .await;
     }
+    c.job(
+        "reencrypt",
+        "kind = \"keys.reencrypt\"\nschedule = \"0 0 3 * * *\"\nmax_attempts = 1\n",
+    );
     run_ok(c.lethe().arg("migrate"));
     let check = run_ok(c.lethe().arg("check"));
     assert!(check.status.success());
@@ -161,6 +165,22 @@ async fn a_reference_application_reads_and_writes_through_lethes_key_table() {
         key_status(&c),
         both(2, &[(1, "active", 2), (2, "active", 0)])
     );
+    // keys.reencrypt moves every value to version 2; a second run finds nothing to do.
+    let r = stdout_json(&run_ok(c.lethe_aws().args(["run", "reencrypt", "--json"])));
+    assert_eq!(r["result"]["reencrypted"], 4, "{r}");
+    assert_eq!(
+        (
+            r["result"]["unreadable"].as_u64(),
+            r["result"]["undecryptable"].as_u64()
+        ),
+        (Some(0), Some(0)),
+        "{r}"
+    );
+    let r = stdout_json(&run_ok(c.lethe_aws().args(["run", "reencrypt", "--json"])));
+    assert_eq!(r["result"]["reencrypted"], 0, "{r}");
+    assert_eq!(stored_versions(&c).await, [2, 2, 2, 2]);
+    assert_eq!(app(&c, &python, &moto, "read"), plaintexts(None));
+    // The application's own rewrite (under the newest version) changes nothing either.
     app(&c, &python, &moto, "write");
     assert_eq!(stored_versions(&c).await, [2, 2, 2, 2]);
     assert_eq!(app(&c, &python, &moto, "read"), plaintexts(None));

@@ -1,0 +1,268 @@
+//! `keys.reencrypt`: rewrites every encrypted value that is under a DEK
+//! version other than its org's newest active one, in bounded batches, each
+//! one short transaction that leaves alone a value the application changed
+//! meanwhile. The walk position is checkpointed after every batch, and a
+//! value already under the newest version is skipped, so a rescued run
+//! resumes without re-encrypting twice. Legal holds do not block it (the
+//! data stays; only its encryption changes). Evidence per table, column and
+//! org: counts and versions, never values.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use crate::appdb::{AppDb, AppKey, Rewrite, RowPos};
+use crate::cipher::{self, Binding};
+use crate::config::DataMapEntry;
+use crate::context::Context;
+use crate::error::{Error, Result};
+use crate::runner::{in_range, JobContext, JobParams};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReencryptParams {
+    /// Values read and rewritten per transaction.
+    #[serde(default = "default_batch")]
+    pub batch_size: u32,
+    /// Pause between batches, to leave room for the application's own writes.
+    #[serde(default)]
+    pub pause_ms: u64,
+}
+
+fn default_batch() -> u32 {
+    1000
+}
+
+impl JobParams for ReencryptParams {
+    fn validate(&self) -> Result<(), String> {
+        in_range("batch_size", self.batch_size.into(), 1, 100_000)?;
+        in_range("pause_ms", self.pause_ms, 0, 3_600_000)
+    }
+}
+
+/// Per table, column and org: values rewritten and the versions they left.
+#[derive(Debug, Default, Serialize)]
+struct Tally {
+    reencrypted: u64,
+    from_versions: BTreeSet<u32>,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct ReencryptOutput {
+    pub reencrypted: u64,
+    /// Not in the `lethe1` format: reported by table and row, skipped.
+    pub unreadable: u64,
+    /// Under a version whose key is gone or that does not open: skipped.
+    pub undecryptable: u64,
+    /// Changed by the application between read and rewrite: left alone.
+    pub changed_meanwhile: u64,
+    pub tables: Vec<Value>,
+}
+
+/// The org's DEKs as the KMS unwraps them, fetched once per run.
+struct Keys<'a> {
+    ctx: &'a Context,
+    rows: Vec<AppKey>,
+    plain: HashMap<(String, i64), Option<Vec<u8>>>,
+}
+
+impl Keys<'_> {
+    fn newest(&self, org: &str) -> Option<i64> {
+        self.rows
+            .iter()
+            .filter(|k| k.org == org && k.state == "active")
+            .map(|k| k.version)
+            .max()
+    }
+
+    /// A version's plaintext DEK, or None when it is destroyed or does not unwrap.
+    async fn dek(&mut self, org: &str, version: i64) -> Result<Option<Vec<u8>>> {
+        let id = (org.to_string(), version);
+        if let Some(k) = self.plain.get(&id) {
+            return Ok(k.clone());
+        }
+        let row = self
+            .rows
+            .iter()
+            .find(|k| k.org == org && k.version == version && k.state != "destroyed");
+        let dek = match row {
+            None => None,
+            Some(k) => {
+                use base64::Engine;
+                let wrapped = base64::engine::general_purpose::STANDARD
+                    .decode(&k.wrapped_key)
+                    .map_err(|_| {
+                        Error::Failed(format!(
+                            "key table: org {org} version {version}: wrapped key is not base64"
+                        ))
+                    })?;
+                let kms = self.ctx.kms().await?;
+                match kms.decrypt_dek(&k.kms_key_id, &wrapped).await {
+                    Ok(d) => Some(d),
+                    Err(e) => {
+                        tracing::warn!(org, version, error = %e, "data key does not unwrap; its values are skipped");
+                        None
+                    }
+                }
+            }
+        };
+        self.plain.insert(id, dek.clone());
+        Ok(dek)
+    }
+}
+
+pub async fn reencrypt_job(jc: &JobContext, p: ReencryptParams) -> Result<ReencryptOutput> {
+    let ctx = jc.ctx.as_ref();
+    let mut out = ReencryptOutput::default();
+    let Some(t) = ctx.config.app.as_ref().and_then(|a| a.keys.as_ref()) else {
+        return Ok(out); // nothing is encrypted through Lethe's keys
+    };
+    let db = ctx.app_db().await?;
+    crate::appdb::preflight(&ctx.config, &db).await?;
+    let mut keys = Keys {
+        ctx,
+        rows: db.app_keys(t, None).await?,
+        plain: HashMap::new(),
+    };
+    for e in ctx
+        .config
+        .data_map
+        .iter()
+        .filter(|e| !e.encrypted.is_empty())
+    {
+        for column in &e.encrypted {
+            let tallies = column_pass(jc, &db, e, column, &p, &mut keys, &mut out).await?;
+            for (org, tally) in tallies {
+                out.reencrypted += tally.reencrypted;
+                let details = json!({"table": e.table, "column": column, "org": org,
+                                     "values": tally.reencrypted, "from_versions": tally.from_versions,
+                                     "to_version": keys.newest(&org)});
+                if !jc.dry_run {
+                    crate::audit::record(
+                        ctx.store.as_ref(),
+                        &jc.actor,
+                        "keys.reencrypted",
+                        &format!("org:{org}"),
+                        details.clone(),
+                    )
+                    .await?;
+                }
+                out.tables.push(details);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// One encrypted column, batch by batch from the saved position.
+#[allow(clippy::too_many_arguments)]
+async fn column_pass(
+    jc: &JobContext,
+    db: &AppDb,
+    e: &DataMapEntry,
+    column: &str,
+    p: &ReencryptParams,
+    keys: &mut Keys<'_>,
+    out: &mut ReencryptOutput,
+) -> Result<BTreeMap<String, Tally>> {
+    let store = jc.ctx.store.as_ref();
+    let org_column = e.org.as_deref().unwrap_or_default();
+    let checkpoint = format!("keys.reencrypt:{}.{column}", e.table);
+    let mut pos: RowPos = match store.checkpoint_get(jc.run.id, &checkpoint).await? {
+        Some(v) => serde_json::from_value(v)
+            .map_err(|e| Error::json("stored re-encryption position", e))?,
+        None => RowPos::Start,
+    };
+    let mut tallies: BTreeMap<String, Tally> = BTreeMap::new();
+    loop {
+        let rows = db
+            .cipher_rows(&e.table, org_column, column, &pos, p.batch_size)
+            .await?;
+        let Some(last) = rows.last() else { break };
+        let next = last.pos.clone();
+        let (rewrites, from) = plan_batch(e, column, rows, keys, out).await?;
+        let applied = if jc.dry_run || rewrites.is_empty() {
+            vec![true; rewrites.len()]
+        } else {
+            jc.fence.check()?; // each batch commits: only while the lease holds
+            db.cipher_rewrite(&e.table, column, &rewrites).await?
+        };
+        for ((org, version), done) in from.into_iter().zip(applied) {
+            if !done {
+                out.changed_meanwhile += 1;
+                continue;
+            }
+            let t = tallies.entry(org).or_default();
+            t.reencrypted += 1;
+            t.from_versions.insert(version);
+        }
+        pos = next;
+        if !jc.dry_run {
+            let v =
+                serde_json::to_value(&pos).map_err(|e| Error::json("re-encryption position", e))?;
+            store.checkpoint_put(jc.run.id, &checkpoint, &v).await?;
+        }
+        if p.pause_ms > 0 {
+            tokio::time::sleep(Duration::from_millis(p.pause_ms)).await;
+        }
+    }
+    Ok(tallies)
+}
+
+/// The rewrites one batch needs: each value under an older version, opened
+/// with its key and sealed under the newest; with (org, old version) for the tally.
+async fn plan_batch(
+    e: &DataMapEntry,
+    column: &str,
+    rows: Vec<crate::appdb::CipherRow>,
+    keys: &mut Keys<'_>,
+    out: &mut ReencryptOutput,
+) -> Result<(Vec<Rewrite>, Vec<(String, u32)>)> {
+    let mut rewrites = Vec::new();
+    let mut from = Vec::new();
+    for r in rows {
+        let at = Binding {
+            table: &e.table,
+            column,
+            org: &r.org,
+        };
+        let Ok(version) = cipher::dek_version(&r.value) else {
+            tracing::warn!(table = %e.table, row = ?r.pos, "value is not in the lethe1 format; skipped");
+            out.unreadable += 1;
+            continue;
+        };
+        // No active version: the org was shredded (or never got a key).
+        let Some(newest) = keys.newest(&r.org) else {
+            out.undecryptable += 1;
+            continue;
+        };
+        if i64::from(version) == newest {
+            continue;
+        }
+        let (Some(old), Some(new)) = (
+            keys.dek(&r.org, version.into()).await?,
+            keys.dek(&r.org, newest).await?,
+        ) else {
+            out.undecryptable += 1;
+            continue;
+        };
+        let Ok(plain) = cipher::open(&old, at, &r.value) else {
+            tracing::warn!(table = %e.table, row = ?r.pos, version, "value does not decrypt under its version; skipped");
+            out.undecryptable += 1;
+            continue;
+        };
+        let new_version = u32::try_from(newest)
+            .map_err(|_| Error::Failed(format!("key version {newest} is out of range")))?;
+        let sealed = cipher::seal(&new, new_version, at, &plain)
+            .map_err(|e| Error::Failed(e.to_string()))?;
+        from.push((r.org.clone(), version));
+        rewrites.push(Rewrite {
+            pos: r.pos,
+            old: r.value,
+            new: sealed,
+        });
+    }
+    Ok((rewrites, from))
+}
