@@ -43,10 +43,23 @@ impl JobParams for ReencryptParams {
 }
 
 /// Per table, column and org: values rewritten and the versions they left.
-#[derive(Debug, Default, Serialize)]
+#[derive(Debug, Default, Serialize, Deserialize)]
 struct Tally {
     reencrypted: u64,
     from_versions: BTreeSet<u32>,
+}
+
+/// A column's walk position and its counts so far, checkpointed per batch.
+#[derive(Deserialize)]
+struct Progress {
+    pos: RowPos,
+    tallies: BTreeMap<String, Tally>,
+}
+
+#[derive(Serialize)]
+struct ProgressRef<'a> {
+    pos: &'a RowPos,
+    tallies: &'a BTreeMap<String, Tally>,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -170,12 +183,20 @@ async fn column_pass(
     let store = jc.ctx.store.as_ref();
     let org_column = e.org.as_deref().unwrap_or_default();
     let checkpoint = format!("keys.reencrypt:{}.{column}", e.table);
-    let mut pos: RowPos = match store.checkpoint_get(jc.run.id, &checkpoint).await? {
+    // The counts travel with the position, so a rescued run's evidence still
+    // counts what earlier attempts rewrote (all but a batch that committed
+    // just before a crash, whose values the resumed walk finds current).
+    let Progress {
+        mut pos,
+        mut tallies,
+    } = match store.checkpoint_get(jc.run.id, &checkpoint).await? {
         Some(v) => serde_json::from_value(v)
-            .map_err(|e| Error::json("stored re-encryption position", e))?,
-        None => RowPos::Start,
+            .map_err(|e| Error::json("stored re-encryption progress", e))?,
+        None => Progress {
+            pos: RowPos::Start,
+            tallies: BTreeMap::new(),
+        },
     };
-    let mut tallies: BTreeMap<String, Tally> = BTreeMap::new();
     loop {
         let rows = db
             .cipher_rows(&e.table, org_column, column, &pos, p.batch_size)
@@ -200,8 +221,12 @@ async fn column_pass(
         }
         pos = next;
         if !jc.dry_run {
-            let v =
-                serde_json::to_value(&pos).map_err(|e| Error::json("re-encryption position", e))?;
+            let saved = ProgressRef {
+                pos: &pos,
+                tallies: &tallies,
+            };
+            let v = serde_json::to_value(&saved)
+                .map_err(|e| Error::json("re-encryption progress", e))?;
             store.checkpoint_put(jc.run.id, &checkpoint, &v).await?;
         }
         if p.pause_ms > 0 {

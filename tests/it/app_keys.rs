@@ -150,76 +150,126 @@ fn check_names_a_key_table_column_the_schema_lacks() {
     );
 }
 
-/// `keys.reencrypt` on PostgreSQL with the local keyring: values written
-/// under version 1 (sealed here with the DEK the keyring unwraps, as an
-/// application would) move to version 2 in batches of two, still decrypt to
-/// what they were, a value not in the format is counted and left alone, and
-/// a second run has nothing to do.
-#[tokio::test(flavor = "multi_thread")]
-async fn reencrypt_moves_postgres_values_to_the_newest_key() {
-    use lethe::kms::Kms;
-    let Some(url) = crate::common::fresh_pg_db().await else {
-        return;
-    };
-    let extra = "[app]\nsubjects = { table = \"users\", id = \"id\", email = \"email\" }\norgs = { table = \"orgs\", id = \"id\", closed_at = \"closed_at\" }\nkeys = { table = \"org_data_keys\" }\n\n[keys]\nprovider = \"local\"\ndek_rotation = \"4s\"\nkek_rotation = \"1000d\"\n\n[[data_map]]\ntable = \"customers\"\nclass = \"customer_pii\"\norg = \"org_id\"\nencrypted = [\"nik\"]\n";
-    let c = ConfigDir::full(None, Some(&url), "", "", extra);
-    app_exec(
-        &url,
-        &format!(
-            "CREATE TABLE users (id BIGINT PRIMARY KEY, email TEXT);
-         CREATE TABLE orgs (id BIGINT PRIMARY KEY, closed_at TIMESTAMPTZ);
-         INSERT INTO orgs VALUES (1, NULL), (2, NULL);
-         {CREATE_PG};
-         CREATE TABLE customers (id BIGINT PRIMARY KEY, org_id BIGINT NOT NULL, nik VARCHAR(200));"
-        ),
-    )
-    .await;
-    c.job("reencrypt", "kind = \"keys.reencrypt\"\nschedule = \"0 0 3 * * *\"\nmax_attempts = 1\n[params]\nbatch_size = 2\n");
-    run_ok(c.lethe().arg("migrate"));
-    run_ok(c.lethe().args(["keys", "rotate", "--json"]));
+/// A PostgreSQL application with `n` NIKs encrypted under version 1 of their
+/// org's key (sealed here with the DEK the local keyring unwraps, as an
+/// application would), one value not in the format and one NULL; then
+/// version 2 is created, so every value is stale.
+struct Encrypted {
+    c: ConfigDir,
+    url: String,
+    db: AppDb,
+    plain: Vec<(i64, i64, String)>,
+}
 
-    let db = AppDb::connect(&url).await.unwrap();
-    let kms = lethe::kms::LocalKms::new(c.path().join("keyring.json"));
-    let dek = |k: AppKey| {
-        let kms = &kms;
-        async move {
-            use base64::Engine;
-            let wrapped = base64::engine::general_purpose::STANDARD
-                .decode(&k.wrapped_key)
-                .unwrap();
-            kms.decrypt_dek(&k.kms_key_id, &wrapped).await.unwrap()
-        }
-    };
-    let plain: Vec<(i64, i64, String)> = (1..=5)
-        .map(|i| (i, 1 + i % 2, format!("31712345678900{i:02}")))
-        .collect();
-    for (id, org, nik) in &plain {
-        let key = db
-            .app_keys(&table(), Some(&org.to_string()))
-            .await
-            .unwrap()
-            .remove(0);
-        let at = lethe::cipher::Binding {
-            table: "customers",
-            column: "nik",
-            org: &org.to_string(),
-        };
-        let sealed = lethe::cipher::seal(&dek(key).await, 1, at, nik.as_bytes()).unwrap();
+impl Encrypted {
+    async fn setup(n: i64, runner: &str, job_params: &str) -> Option<Encrypted> {
+        let url = crate::common::fresh_pg_db().await?;
+        let extra = "[app]\nsubjects = { table = \"users\", id = \"id\", email = \"email\" }\norgs = { table = \"orgs\", id = \"id\", closed_at = \"closed_at\" }\nkeys = { table = \"org_data_keys\" }\n\n[keys]\nprovider = \"local\"\ndek_rotation = \"4s\"\nkek_rotation = \"1000d\"\n\n[[data_map]]\ntable = \"customers\"\nclass = \"customer_pii\"\norg = \"org_id\"\nencrypted = [\"nik\"]\n";
+        let c = ConfigDir::full(None, Some(&url), runner, "", extra);
         app_exec(
             &url,
-            &format!("INSERT INTO customers VALUES ({id}, {org}, '{sealed}')"),
+            &format!(
+                "CREATE TABLE users (id BIGINT PRIMARY KEY, email TEXT);
+                 CREATE TABLE orgs (id BIGINT PRIMARY KEY, closed_at TIMESTAMPTZ);
+                 INSERT INTO orgs VALUES (1, NULL), (2, NULL);
+                 {CREATE_PG};
+                 CREATE TABLE customers (id BIGINT PRIMARY KEY, org_id BIGINT NOT NULL, nik VARCHAR(200));"
+            ),
         )
         .await;
+        c.job(
+            "reencrypt",
+            &format!("kind = \"keys.reencrypt\"\nschedule = \"0 0 3 * * *\"\nenabled = false\nmax_attempts = 3\n[params]\n{job_params}\n"),
+        );
+        run_ok(c.lethe().arg("migrate"));
+        run_ok(c.lethe().args(["keys", "rotate", "--json"]));
+        let db = AppDb::connect(&url).await.unwrap();
+        let plain: Vec<(i64, i64, String)> = (1..=n)
+            .map(|i| (i, 1 + i % 2, format!("3171234567{i:06}")))
+            .collect();
+        let e = Encrypted { c, url, db, plain };
+        for (id, org, nik) in &e.plain {
+            let sealed =
+                lethe::cipher::seal(&e.dek(*org, 1).await, 1, at(*org), nik.as_bytes()).unwrap();
+            app_exec(
+                &e.url,
+                &format!("INSERT INTO customers VALUES ({id}, {org}, '{sealed}')"),
+            )
+            .await;
+        }
+        app_exec(
+            &e.url,
+            &format!(
+                "INSERT INTO customers VALUES ({}, 1, 'not-encrypted'), ({}, 2, NULL)",
+                n + 1,
+                n + 2
+            ),
+        )
+        .await;
+        std::thread::sleep(std::time::Duration::from_millis(4100));
+        run_ok(e.c.lethe().args(["keys", "rotate", "--json"]));
+        Some(e)
     }
-    app_exec(
-        &url,
-        "INSERT INTO customers VALUES (6, 1, 'not-encrypted'), (7, 2, NULL)",
-    )
-    .await;
 
-    std::thread::sleep(std::time::Duration::from_millis(4100));
-    run_ok(c.lethe().args(["keys", "rotate", "--json"]));
-    let r = crate::common::stdout_json(&run_ok(c.lethe().args(["run", "reencrypt", "--json"])));
+    async fn dek(&self, org: i64, version: i64) -> Vec<u8> {
+        use base64::Engine;
+        use lethe::kms::Kms;
+        let k = self
+            .db
+            .app_keys(&table(), Some(&org.to_string()))
+            .await
+            .unwrap();
+        let k = k.into_iter().find(|k| k.version == version).unwrap();
+        let wrapped = base64::engine::general_purpose::STANDARD
+            .decode(&k.wrapped_key)
+            .unwrap();
+        let kms = lethe::kms::LocalKms::new(self.c.path().join("keyring.json"));
+        kms.decrypt_dek(&k.kms_key_id, &wrapped).await.unwrap()
+    }
+
+    /// Each NIK's stored header version, after checking it decrypts to the
+    /// original under that version (so a value encrypted twice would fail).
+    async fn versions(&self) -> Vec<u32> {
+        let pool = sqlx::PgPool::connect(&self.url).await.unwrap();
+        let mut out = Vec::new();
+        for (id, org, nik) in &self.plain {
+            let stored: String = sqlx::query_scalar("SELECT nik FROM customers WHERE id = $1")
+                .bind(id)
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+            let v = lethe::cipher::dek_version(&stored).unwrap();
+            let dek = self.dek(*org, i64::from(v)).await;
+            assert_eq!(
+                lethe::cipher::open(&dek, at(*org), &stored).unwrap(),
+                nik.as_bytes(),
+                "row {id}"
+            );
+            out.push(v);
+        }
+        out
+    }
+}
+
+fn at(org: i64) -> lethe::cipher::Binding<'static> {
+    let org: &'static str = if org == 1 { "1" } else { "2" };
+    lethe::cipher::Binding {
+        table: "customers",
+        column: "nik",
+        org,
+    }
+}
+
+/// `keys.reencrypt` on PostgreSQL with the local keyring: every value moves
+/// to version 2 in batches of two and still decrypts to what it was, the
+/// value not in the format is counted and left alone, and a second run has
+/// nothing to do.
+#[tokio::test(flavor = "multi_thread")]
+async fn reencrypt_moves_postgres_values_to_the_newest_key() {
+    let Some(e) = Encrypted::setup(5, "", "batch_size = 2").await else {
+        return;
+    };
+    let r = crate::common::stdout_json(&run_ok(e.c.lethe().args(["run", "reencrypt", "--json"])));
     assert_eq!(
         (
             r["result"]["reencrypted"].as_u64(),
@@ -229,42 +279,70 @@ async fn reencrypt_moves_postgres_values_to_the_newest_key() {
         (Some(5), Some(1), Some(0)),
         "{r}"
     );
-    let pool = sqlx::PgPool::connect(&url).await.unwrap();
-    for (id, org, nik) in &plain {
-        let stored: String = sqlx::query_scalar("SELECT nik FROM customers WHERE id = $1")
-            .bind(id)
-            .fetch_one(&pool)
-            .await
-            .unwrap();
-        assert_eq!(lethe::cipher::dek_version(&stored), Ok(2), "row {id}");
-        let v2 = db
-            .app_keys(&table(), Some(&org.to_string()))
-            .await
-            .unwrap()
-            .into_iter()
-            .find(|k| k.version == 2)
-            .unwrap();
-        let at = lethe::cipher::Binding {
-            table: "customers",
-            column: "nik",
-            org: &org.to_string(),
-        };
-        assert_eq!(
-            lethe::cipher::open(&dek(v2).await, at, &stored).unwrap(),
-            nik.as_bytes()
-        );
-    }
+    assert_eq!(e.versions().await, [2; 5]);
+    let pool = sqlx::PgPool::connect(&e.url).await.unwrap();
     let untouched: String = sqlx::query_scalar("SELECT nik FROM customers WHERE id = 6")
         .fetch_one(&pool)
         .await
         .unwrap();
     assert_eq!(untouched, "not-encrypted");
-    let again = crate::common::stdout_json(&run_ok(c.lethe().args(["run", "reencrypt", "--json"])));
+    let again =
+        crate::common::stdout_json(&run_ok(e.c.lethe().args(["run", "reencrypt", "--json"])));
     assert_eq!(again["result"]["reencrypted"], 0, "{again}");
-    let audit = String::from_utf8(run_ok(c.lethe().args(["audit", "export"])).stdout).unwrap();
+    let audit = String::from_utf8(run_ok(e.c.lethe().args(["audit", "export"])).stdout).unwrap();
     assert!(audit.contains("\"action\":\"keys.reencrypted\""));
     assert!(
-        !audit.contains("3171234567890"),
+        !audit.contains("3171234567"),
         "evidence never carries values"
     );
+}
+
+/// Injects: SIGKILL of the `lethe serve` running `keys.reencrypt` after some
+/// batches committed. Must hold: another `serve` rescues the run, which
+/// resumes from its checkpoint; every value ends under version 2 exactly
+/// once (each decrypts to the original under version 2, so none was
+/// encrypted twice), and the evidence counts the values across both attempts.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_killed_reencrypt_resumes_without_encrypting_twice() {
+    let runner =
+        "lease = \"1s\"\nretry_base = \"100ms\"\nretry_max = \"200ms\"\npoll_interval = \"100ms\"";
+    let Some(e) = Encrypted::setup(24, runner, "batch_size = 2\npause_ms = 150").await else {
+        return;
+    };
+    let pool = sqlx::PgPool::connect(&e.url).await.unwrap();
+    let moved = || async {
+        let niks: Vec<String> =
+            sqlx::query_scalar("SELECT nik FROM customers WHERE nik LIKE 'lethe1:%'")
+                .fetch_all(&pool)
+                .await
+                .unwrap();
+        niks.iter()
+            .filter(|n| lethe::cipher::dek_version(n) == Ok(2))
+            .count()
+    };
+    let mut a = crate::common::spawn_serve(e.c.lethe(), &e.c.path().join("serve-a.log"), &[]);
+    run_ok(e.c.lethe().args(["run", "reencrypt", "--detach"]));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while moved().await < 6 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "re-encryption never started"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    crate::common::signal(&a, libc::SIGKILL);
+    a.wait().unwrap();
+    let at_kill = moved().await;
+    assert!(at_kill < 24, "killed mid-way: {at_kill} moved");
+
+    let mut b = crate::common::spawn_serve(e.c.lethe(), &e.c.path().join("serve-b.log"), &[]);
+    let run = crate::common::wait_run_end(|| e.c.lethe(), "reencrypt", 60);
+    crate::common::signal(&b, libc::SIGTERM);
+    crate::common::wait_exit(&mut b, 30);
+    assert_eq!(run["attempts"], 2, "{run}");
+    assert_eq!(e.versions().await, [2; 24]);
+    // A batch that committed just before the kill, before its checkpoint,
+    // is the most the evidence can miss.
+    let counted = run["result"]["reencrypted"].as_u64().unwrap();
+    assert!((22..=24).contains(&counted), "{run}");
 }
