@@ -2,6 +2,7 @@
 //! legal-hold checks; deadlines per jurisdiction with calendar-month
 //! arithmetic; processing (export, erasure); the SLA report to the DPO.
 
+mod decrypt;
 mod jurisdiction;
 mod ledger;
 mod process;

@@ -237,7 +237,8 @@ async fn export(
         Ok(found) => found,
         Err(rejection) => return Ok(Err(rejection)),
     };
-    let (archive, counts) = export_archive(config, db, r, &subject_id).await?;
+    let mut keys = crate::keys::DataKeys::load(ctx).await?;
+    let (archive, counts) = export_archive(config, db, r, &subject_id, keys.as_mut()).await?;
     let (bytes, sha256) = seal_export(config, archive).await?;
     let store = ctx.object_store().await?;
     let key = format!(
@@ -291,12 +292,19 @@ async fn export_archive(
     db: &AppDb,
     r: &DsrRequest,
     subject_id: &str,
+    mut keys: Option<&mut crate::keys::DataKeys<'_>>,
 ) -> Result<(Vec<u8>, BTreeMap<String, usize>)> {
     let mut tar = tar::Builder::new(Vec::new());
     let mut counts = BTreeMap::new();
+    let mut unreadable = 0;
     for e in config.data_map.iter().filter(|e| e.export) {
         let Some(col) = &e.subject else { continue };
-        let rows = db.subject_rows(&e.table, col, subject_id).await?;
+        let mut rows = db.subject_rows(&e.table, col, subject_id).await?;
+        if let (Some(k), false) = (keys.as_deref_mut(), e.encrypted.is_empty()) {
+            let (opened, n) = super::decrypt::open_rows(k, e, rows).await?;
+            rows = opened;
+            unreadable += n;
+        }
         counts.insert(e.table.clone(), rows.len());
         let body = format!("[{}]\n", rows.join(",\n"));
         let mut header = tar::Header::new_gnu();
@@ -307,12 +315,15 @@ async fn export_archive(
         tar.append_data(&mut header, format!("{}.json", e.table), body.as_bytes())
             .map_err(|e| Error::io("building the export archive", e))?;
     }
-    let readme = format!(
+    let mut readme = format!(
         "Data export for request {} ({}), created {}.\nOne JSON file per table; each holds the rows about the subject.\n",
         r.id,
         r.jurisdiction,
         chrono::Utc::now().to_rfc3339()
     );
+    if unreadable > 0 {
+        readme.push_str(&format!("{unreadable} encrypted value(s) could not be decrypted (their organisation's key was destroyed) and are shown as null.\n"));
+    }
     let mut header = tar::Header::new_gnu();
     header.set_size(readme.len() as u64);
     header.set_mode(0o600);

@@ -6,9 +6,11 @@
 //! orgs past their retention. Providers: AWS KMS and a local keyring file.
 
 pub use crate::kms::{AwsKms, Kms, LocalKms};
+pub use deks::{DataKeys, Opened};
 pub use reencrypt::{reencrypt_job, ReencryptOutput, ReencryptParams};
 
 mod app_table;
+mod deks;
 mod reencrypt;
 
 use std::sync::Arc;

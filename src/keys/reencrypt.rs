@@ -7,16 +7,16 @@
 //! data stays; only its encryption changes). Evidence per table, column and
 //! org: counts and versions, never values.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::appdb::{AppDb, AppKey, Rewrite, RowPos};
+use super::DataKeys;
+use crate::appdb::{AppDb, Rewrite, RowPos};
 use crate::cipher::{self, Binding};
 use crate::config::DataMapEntry;
-use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::runner::{in_range, JobContext, JobParams};
 
@@ -74,58 +74,6 @@ pub struct ReencryptOutput {
     pub tables: Vec<Value>,
 }
 
-/// The org's DEKs as the KMS unwraps them, fetched once per run.
-struct Keys<'a> {
-    ctx: &'a Context,
-    rows: Vec<AppKey>,
-    plain: HashMap<(String, i64), Option<Vec<u8>>>,
-}
-
-impl Keys<'_> {
-    fn newest(&self, org: &str) -> Option<i64> {
-        self.rows
-            .iter()
-            .filter(|k| k.org == org && k.state == "active")
-            .map(|k| k.version)
-            .max()
-    }
-
-    /// A version's plaintext DEK, or None when it is destroyed or does not unwrap.
-    async fn dek(&mut self, org: &str, version: i64) -> Result<Option<Vec<u8>>> {
-        let id = (org.to_string(), version);
-        if let Some(k) = self.plain.get(&id) {
-            return Ok(k.clone());
-        }
-        let row = self
-            .rows
-            .iter()
-            .find(|k| k.org == org && k.version == version && k.state != "destroyed");
-        let dek = match row {
-            None => None,
-            Some(k) => {
-                use base64::Engine;
-                let wrapped = base64::engine::general_purpose::STANDARD
-                    .decode(&k.wrapped_key)
-                    .map_err(|_| {
-                        Error::Failed(format!(
-                            "key table: org {org} version {version}: wrapped key is not base64"
-                        ))
-                    })?;
-                let kms = self.ctx.kms().await?;
-                match kms.decrypt_dek(&k.kms_key_id, &wrapped).await {
-                    Ok(d) => Some(d),
-                    Err(e) => {
-                        tracing::warn!(org, version, error = %e, "data key does not unwrap; its values are skipped");
-                        None
-                    }
-                }
-            }
-        };
-        self.plain.insert(id, dek.clone());
-        Ok(dek)
-    }
-}
-
 pub async fn reencrypt_job(jc: &JobContext, p: ReencryptParams) -> Result<ReencryptOutput> {
     let ctx = jc.ctx.as_ref();
     let mut out = ReencryptOutput::default();
@@ -134,11 +82,7 @@ pub async fn reencrypt_job(jc: &JobContext, p: ReencryptParams) -> Result<Reencr
     };
     let db = ctx.app_db().await?;
     crate::appdb::preflight(&ctx.config, &db).await?;
-    let mut keys = Keys {
-        ctx,
-        rows: db.app_keys(t, None).await?,
-        plain: HashMap::new(),
-    };
+    let mut keys = DataKeys::new(ctx, db.app_keys(t, None).await?);
     for e in ctx
         .config
         .data_map
@@ -177,7 +121,7 @@ async fn column_pass(
     e: &DataMapEntry,
     column: &str,
     p: &ReencryptParams,
-    keys: &mut Keys<'_>,
+    keys: &mut DataKeys<'_>,
     out: &mut ReencryptOutput,
 ) -> Result<BTreeMap<String, Tally>> {
     let store = jc.ctx.store.as_ref();
@@ -242,7 +186,7 @@ async fn plan_batch(
     e: &DataMapEntry,
     column: &str,
     rows: Vec<crate::appdb::CipherRow>,
-    keys: &mut Keys<'_>,
+    keys: &mut DataKeys<'_>,
     out: &mut ReencryptOutput,
 ) -> Result<(Vec<Rewrite>, Vec<(String, u32)>)> {
     let mut rewrites = Vec::new();

@@ -72,6 +72,50 @@ async fn stored_versions(c: &ConfigDir) -> Vec<u32> {
         .collect()
 }
 
+/// Ada's export, through `dsr.process`: her customers' NIKs as the archive
+/// carries them, and the archive's README.
+fn export_niks(c: &ConfigDir, identity: &age::x25519::Identity) -> (Vec<(i64, Value)>, String) {
+    use std::io::Read;
+    let v = stdout_json(&run_ok(c.lethe().args([
+        "dsr",
+        "submit",
+        "--kind",
+        "export",
+        "--subject",
+        "ada@x.example",
+        "--json",
+    ])));
+    let run = stdout_json(&run_ok(c.lethe_aws().args(["run", "export", "--json"])));
+    assert_eq!(run["status"], "succeeded", "{run}");
+    let shown = stdout_json(&run_ok(c.lethe().args([
+        "dsr",
+        "show",
+        &v["id"].to_string(),
+        "--json",
+    ])));
+    let object = c
+        .path()
+        .join("objects")
+        .join(shown["result"]["object"].as_str().unwrap());
+    let ids: Vec<Box<dyn age::Identity>> = vec![Box::new(identity.clone())];
+    let mut tar_bytes = Vec::new();
+    lethe::backup::decode(&std::fs::read(object).unwrap()[..], &ids, &mut tar_bytes).unwrap();
+    let mut files = std::collections::BTreeMap::new();
+    for e in tar::Archive::new(&tar_bytes[..]).entries().unwrap() {
+        let mut e = e.unwrap();
+        let name = e.path().unwrap().to_string_lossy().to_string();
+        let mut body = String::new();
+        e.read_to_string(&mut body).unwrap();
+        files.insert(name, body);
+    }
+    let rows: Vec<Value> = serde_json::from_str(&files["customers.json"]).unwrap();
+    let niks = rows
+        .iter()
+        .map(|r| (r["id"].as_i64().unwrap(), r["nik"].clone()))
+        .collect();
+    (niks, files["README.txt"].clone())
+}
+
 /// An org's stale ciphertexts and its (version, state, values under it).
 type OrgKeys = (u64, Vec<(i64, String, u64)>);
 
@@ -108,8 +152,10 @@ async fn a_reference_application_reads_and_writes_through_lethes_key_table() {
     ) else {
         return;
     };
+    let identity = age::x25519::Identity::generate();
     let extra = format!(
-        "[app]\nsubjects = {{ table = \"users\", id = \"id\", email = \"email\" }}\norgs = {{ table = \"orgs\", id = \"id\", closed_at = \"closed_at\" }}\nkeys = {{ table = \"org_data_keys\" }}\n\n[keys]\nprovider = \"aws\"\nkms_endpoint = \"{moto}\"\nregion = \"us-east-1\"\ndek_rotation = \"4s\"\nkek_rotation = \"4s\"\nshred_after = \"30d\"\n\n[[data_map]]\ntable = \"customers\"\nclass = \"customer_pii\"\norg = \"org_id\"\nencrypted = [\"nik\"]\n"
+        "[app]\nsubjects = {{ table = \"users\", id = \"id\", email = \"email\" }}\norgs = {{ table = \"orgs\", id = \"id\", closed_at = \"closed_at\" }}\nkeys = {{ table = \"org_data_keys\" }}\n\n[keys]\nprovider = \"aws\"\nkms_endpoint = \"{moto}\"\nregion = \"us-east-1\"\ndek_rotation = \"4s\"\nkek_rotation = \"4s\"\nshred_after = \"30d\"\n\n[object_store]\nurl = \"file://objects\"\n[backup]\nrecipients = [\"{}\"]\n\n[[data_map]]\ntable = \"customers\"\nclass = \"customer_pii\"\norg = \"org_id\"\nsubject = \"user_id\"\nexport = true\nencrypted = [\"nik\"]\n",
+        identity.to_public()
     );
     let c = ConfigDir::full(None, None, "", "", &extra);
     let url = format!("sqlite://{}", c.path().join("app.db").display());
@@ -120,16 +166,21 @@ async fn a_reference_application_reads_and_writes_through_lethes_key_table() {
          INSERT INTO orgs VALUES (1, NULL), (2, NULL);
          CREATE TABLE org_data_keys (org_id INTEGER NOT NULL, version INTEGER NOT NULL, wrapped_key TEXT NOT NULL,
              kms_key_id TEXT NOT NULL, state TEXT NOT NULL, created_at TEXT NOT NULL, PRIMARY KEY (org_id, version));
-         CREATE TABLE customers (id INTEGER PRIMARY KEY, org_id INTEGER NOT NULL, nik TEXT NOT NULL);",
+         INSERT INTO users VALUES (1, 'ada@x.example');
+         CREATE TABLE customers (id INTEGER PRIMARY KEY, org_id INTEGER NOT NULL, nik TEXT NOT NULL, user_id INTEGER);",
     )
     .await;
     for (id, org, nik) in NIKS {
         app_exec(
             &url,
-            &format!("INSERT INTO customers VALUES ({id}, {org}, '{nik}')"),
+            &format!("INSERT INTO customers VALUES ({id}, {org}, '{nik}', {id} % 2)"),
         )
         .await;
     }
+    c.job(
+        "export",
+        "kind = \"dsr.process\"\nschedule = \"0 0 3 * * *\"\nmax_attempts = 1\n",
+    );
     c.job(
         "reencrypt",
         "kind = \"keys.reencrypt\"\nschedule = \"0 0 3 * * *\"\nmax_attempts = 1\n",
@@ -196,6 +247,15 @@ async fn a_reference_application_reads_and_writes_through_lethes_key_table() {
         both(0, &[(1, "retired", 0), (2, "active", 2)])
     );
 
+    // A subject's export carries her values in plaintext.
+    let (niks, readme) = export_niks(&c, &identity);
+    assert_eq!(
+        niks,
+        [(1, json!(NIKS[0].2)), (3, json!(NIKS[2].2))],
+        "{readme}"
+    );
+    assert!(!readme.contains("could not be decrypted"), "{readme}");
+
     // Org 2 closed long ago: shredded; its values no longer decrypt, org 1's do.
     app_exec(
         &url,
@@ -205,4 +265,11 @@ async fn a_reference_application_reads_and_writes_through_lethes_key_table() {
     let r = stdout_json(&run_ok(c.lethe_aws().args(["keys", "rotate", "--json"])));
     assert_eq!(r["shredded"], json!(["2"]), "{r}");
     assert_eq!(app(&c, &python, &moto, "read"), plaintexts(Some(2)));
+    // The export says so instead of carrying ciphertext nobody can read.
+    let (niks, readme) = export_niks(&c, &identity);
+    assert_eq!(niks, [(1, json!(NIKS[0].2)), (3, Value::Null)], "{readme}");
+    assert!(
+        readme.contains("1 encrypted value(s) could not be decrypted"),
+        "{readme}"
+    );
 }

@@ -1,0 +1,104 @@
+//! The orgs' data keys as an application uses them: read from `[app.keys]`,
+//! unwrapped by the KMS when first needed, held in memory for one run.
+
+use std::collections::HashMap;
+
+use crate::appdb::AppKey;
+use crate::cipher::{self, Binding};
+use crate::context::Context;
+use crate::error::{Error, Result};
+
+/// What opening a stored value found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Opened {
+    Plain(Vec<u8>),
+    /// Not in the `lethe1` format (not encrypted, or written by something else).
+    NotCiphertext,
+    /// Its key is destroyed or does not unwrap, or it does not open.
+    Unreadable,
+}
+
+/// The orgs' DEKs from the application's key table, unwrapped by the KMS on
+/// first use and kept in memory for one run only (never stored).
+pub struct DataKeys<'a> {
+    ctx: &'a Context,
+    rows: Vec<AppKey>,
+    plain: HashMap<(String, i64), Option<Vec<u8>>>,
+}
+
+impl<'a> DataKeys<'a> {
+    pub fn new(ctx: &'a Context, rows: Vec<AppKey>) -> Self {
+        DataKeys {
+            ctx,
+            rows,
+            plain: HashMap::new(),
+        }
+    }
+
+    /// With `[app.keys]`: the table's keys, read now; without: None.
+    pub async fn load(ctx: &'a Context) -> Result<Option<DataKeys<'a>>> {
+        let Some(t) = ctx.config.app.as_ref().and_then(|a| a.keys.as_ref()) else {
+            return Ok(None);
+        };
+        let rows = ctx.app_db().await?.app_keys(t, None).await?;
+        Ok(Some(DataKeys::new(ctx, rows)))
+    }
+
+    /// A stored value's plaintext: None when it is not in the format, or its
+    /// key is gone, or it does not open (moved, altered).
+    pub async fn open(&mut self, at: Binding<'_>, text: &str) -> Result<Opened> {
+        let Ok(version) = cipher::dek_version(text) else {
+            return Ok(Opened::NotCiphertext);
+        };
+        let Some(dek) = self.dek(at.org, version.into()).await? else {
+            return Ok(Opened::Unreadable);
+        };
+        Ok(match cipher::open(&dek, at, text) {
+            Ok(plain) => Opened::Plain(plain),
+            Err(_) => Opened::Unreadable,
+        })
+    }
+
+    pub fn newest(&self, org: &str) -> Option<i64> {
+        self.rows
+            .iter()
+            .filter(|k| k.org == org && k.state == "active")
+            .map(|k| k.version)
+            .max()
+    }
+
+    /// A version's plaintext DEK, or None when it is destroyed or does not unwrap.
+    pub async fn dek(&mut self, org: &str, version: i64) -> Result<Option<Vec<u8>>> {
+        let id = (org.to_string(), version);
+        if let Some(k) = self.plain.get(&id) {
+            return Ok(k.clone());
+        }
+        let row = self
+            .rows
+            .iter()
+            .find(|k| k.org == org && k.version == version && k.state != "destroyed");
+        let dek = match row {
+            None => None,
+            Some(k) => {
+                use base64::Engine;
+                let wrapped = base64::engine::general_purpose::STANDARD
+                    .decode(&k.wrapped_key)
+                    .map_err(|_| {
+                        Error::Failed(format!(
+                            "key table: org {org} version {version}: wrapped key is not base64"
+                        ))
+                    })?;
+                let kms = self.ctx.kms().await?;
+                match kms.decrypt_dek(&k.kms_key_id, &wrapped).await {
+                    Ok(d) => Some(d),
+                    Err(e) => {
+                        tracing::warn!(org, version, error = %e, "data key does not unwrap; its values are skipped");
+                        None
+                    }
+                }
+            }
+        };
+        self.plain.insert(id, dek.clone());
+        Ok(dek)
+    }
+}
