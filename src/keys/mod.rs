@@ -191,13 +191,24 @@ async fn shred(
     .await?;
     kek.shredded_at = Some(now);
     let kek = &*kek;
+    // Backups taken before now may hold the org's rows: their ciphertexts
+    // (and wrapped keys) are unreadable from now on; the evidence names them.
+    let backups: Vec<String> = ctx
+        .store
+        .backups(false)
+        .await?
+        .into_iter()
+        .filter(|b| b.created_at <= now)
+        .map(|b| b.id)
+        .collect();
     let event = |destroyed: &u64| {
         crate::store::evidence(
             actor,
             "keys.shredded",
             &format!("org:{org}"),
             json!({"kek_id": kek.kek_id, "deks_destroyed": destroyed, "deletion_window_days": cfg.deletion_window_days,
-                   "closed_at": closed_at.map(|c| c.to_rfc3339())}),
+                   "closed_at": closed_at.map(|c| c.to_rfc3339()),
+                   "backups_now_unreadable_for_org": backups}),
         )
     };
     ctx.store.deks_destroy(org, kek, &event).await?;

@@ -178,6 +178,10 @@ async fn a_reference_application_reads_and_writes_through_lethes_key_table() {
         .await;
     }
     c.job(
+        "backup",
+        "kind = \"backup.create\"\nschedule = \"0 0 3 * * *\"\nmax_attempts = 1\n",
+    );
+    c.job(
         "export",
         "kind = \"dsr.process\"\nschedule = \"0 0 3 * * *\"\nmax_attempts = 1\n",
     );
@@ -256,6 +260,10 @@ async fn a_reference_application_reads_and_writes_through_lethes_key_table() {
     );
     assert!(!readme.contains("could not be decrypted"), "{readme}");
 
+    // A backup taken while org 2's values are in it: the shred's evidence names it.
+    let backup = stdout_json(&run_ok(c.lethe().args(["run", "backup", "--json"])));
+    let backup_id = backup["result"]["id"].as_str().unwrap().to_string();
+
     // Org 2 closed long ago: shredded; its values no longer decrypt, org 1's do.
     app_exec(
         &url,
@@ -271,5 +279,17 @@ async fn a_reference_application_reads_and_writes_through_lethes_key_table() {
     assert!(
         readme.contains("1 encrypted value(s) could not be decrypted"),
         "{readme}"
+    );
+    let audit = String::from_utf8(run_ok(c.lethe().args(["audit", "export"])).stdout).unwrap();
+    let shredded: Value = audit
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .find(|e| e["action"] == "keys.shredded")
+        .unwrap();
+    assert_eq!(shredded["target"], "org:2");
+    assert_eq!(
+        shredded["details"]["backups_now_unreadable_for_org"],
+        json!([backup_id]),
+        "{shredded}"
     );
 }
