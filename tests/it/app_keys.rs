@@ -346,3 +346,109 @@ async fn a_killed_reencrypt_resumes_without_encrypting_twice() {
     let counted = run["result"]["reencrypted"].as_u64().unwrap();
     assert!((22..=24).contains(&counted), "{run}");
 }
+
+/// With the local keyring, a backup taken before an org was shredded
+/// restores that org's ciphertexts and even its wrapped keys, but nothing
+/// opens them: the key material is gone. The other org's values still open.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_backup_from_before_a_shred_restores_values_no_key_opens() {
+    use age::secrecy::ExposeSecret;
+    use base64::Engine;
+    use lethe::kms::Kms;
+    let identity = age::x25519::Identity::generate();
+    let extra = format!(
+        "[app]\nsubjects = {{ table = \"users\", id = \"id\", email = \"email\" }}\norgs = {{ table = \"orgs\", id = \"id\", closed_at = \"closed_at\" }}\nkeys = {{ table = \"org_data_keys\" }}\n\n[keys]\nprovider = \"local\"\nshred_after = \"30d\"\n\n[object_store]\nurl = \"file://objects\"\n[backup]\nrecipients = [\"{}\"]\n\n[[data_map]]\ntable = \"customers\"\nclass = \"customer_pii\"\norg = \"org_id\"\nencrypted = [\"nik\"]\n",
+        identity.to_public()
+    );
+    let c = ConfigDir::full(None, None, "", "", &extra);
+    let url = format!("sqlite://{}", c.path().join("app.db").display());
+    app_exec(
+        &url,
+        &format!(
+            "CREATE TABLE users (id INTEGER PRIMARY KEY, email TEXT);
+             CREATE TABLE orgs (id INTEGER PRIMARY KEY, closed_at TEXT);
+             INSERT INTO orgs VALUES (1, NULL), (2, NULL);
+             {CREATE_SQLITE};
+             CREATE TABLE customers (id INTEGER PRIMARY KEY, org_id INTEGER NOT NULL, nik TEXT);"
+        ),
+    )
+    .await;
+    c.job(
+        "backup",
+        "kind = \"backup.create\"\nschedule = \"0 0 3 * * *\"\nmax_attempts = 1\n",
+    );
+    run_ok(c.lethe().arg("migrate"));
+    run_ok(c.lethe().args(["keys", "rotate", "--json"]));
+
+    let kms = lethe::kms::LocalKms::new(c.path().join("keyring.json"));
+    let unwrap = |k: AppKey| {
+        let kms = &kms;
+        async move {
+            let wrapped = base64::engine::general_purpose::STANDARD
+                .decode(&k.wrapped_key)
+                .unwrap();
+            kms.decrypt_dek(&k.kms_key_id, &wrapped).await
+        }
+    };
+    let live = AppDb::connect(&url).await.unwrap();
+    for org in [1i64, 2] {
+        let key = live
+            .app_keys(&table(), Some(&org.to_string()))
+            .await
+            .unwrap()
+            .remove(0);
+        let sealed = lethe::cipher::seal(
+            &unwrap(key).await.unwrap(),
+            1,
+            at(org),
+            format!("nik-of-org-{org}").as_bytes(),
+        )
+        .unwrap();
+        app_exec(
+            &url,
+            &format!("INSERT INTO customers VALUES ({org}, {org}, '{sealed}')"),
+        )
+        .await;
+    }
+    let backup = crate::common::stdout_json(&run_ok(c.lethe().args(["run", "backup", "--json"])));
+    let id = backup["result"]["id"].as_str().unwrap().to_string();
+
+    app_exec(
+        &url,
+        "UPDATE orgs SET closed_at = datetime('now', '-400 days') WHERE id = 2",
+    )
+    .await;
+    let r = crate::common::stdout_json(&run_ok(c.lethe().args(["keys", "rotate", "--json"])));
+    assert_eq!(r["shredded"], serde_json::json!(["2"]), "{r}");
+
+    let restored = c.path().join("restored.db");
+    let to = format!("sqlite://{}", restored.display());
+    run_ok(
+        c.lethe()
+            .env("LETHE_AGE_IDENTITY", identity.to_string().expose_secret())
+            .args(["backup", "restore", &id, "--json", "--to", &to]),
+    );
+    let old = AppDb::connect(&to).await.unwrap();
+    let pool = sqlx::SqlitePool::connect(&to).await.unwrap();
+    for org in [1i64, 2] {
+        let key = old
+            .app_keys(&table(), Some(&org.to_string()))
+            .await
+            .unwrap()
+            .remove(0);
+        assert_eq!(key.state, "active", "the backup predates the shred");
+        let stored: String = sqlx::query_scalar("SELECT nik FROM customers WHERE id = $1")
+            .bind(org)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        match (org, unwrap(key).await) {
+            (1, Ok(dek)) => assert_eq!(
+                lethe::cipher::open(&dek, at(1), &stored).unwrap(),
+                b"nik-of-org-1"
+            ),
+            (2, Err(e)) => assert!(e.to_string().contains("crypto-shredded"), "{e}"),
+            (org, other) => panic!("org {org}: {other:?}"),
+        }
+    }
+}
