@@ -169,6 +169,26 @@ pub struct Census {
     pub unreadable: u64,
 }
 
+impl Census {
+    /// Values of `org` stored under `version`.
+    pub fn count(&self, org: &str, version: i64) -> u64 {
+        u32::try_from(version)
+            .ok()
+            .and_then(|v| self.by_version.get(&(org.to_string(), v)))
+            .copied()
+            .unwrap_or(0)
+    }
+}
+
+/// The org's newest active version among `keys`: the one new values are
+/// encrypted under.
+pub fn newest_active(keys: &[AppKey], org: &str) -> Option<i64> {
+    keys.iter()
+        .filter(|k| k.org == org && k.state == "active")
+        .map(|k| k.version)
+        .max()
+}
+
 impl AppDb {
     /// Reads every non-NULL value of `column` once (streamed: memory stays
     /// flat) and counts it under its org and header version. Never decrypts.

@@ -24,7 +24,7 @@ mod subject;
 mod timeform;
 
 pub use ciphertexts::{CipherRow, Rewrite, RowPos};
-pub use keys::{AppKey, Census};
+pub use keys::{newest_active, AppKey, Census};
 pub use schema::{check_data_map, preflight, SchemaProblem};
 pub use scope::{Deleted, Scope, Selector, Slicing, TimeWindow};
 pub use subject::{EraseAction, EraseOutcome, EraseStep};

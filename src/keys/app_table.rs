@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use serde_json::{json, Value};
 
 use super::OrgOutcome;
-use crate::appdb::{AppKey, Census};
+use crate::appdb::{newest_active, AppKey, Census};
 use crate::config::KeysTable;
 use crate::context::Context;
 use crate::error::Result;
@@ -120,14 +120,6 @@ pub(super) async fn census(ctx: &Context) -> Result<Census> {
     Ok(census)
 }
 
-/// The org's newest active version: the one new values are encrypted under.
-fn newest_active(keys: &[AppKey]) -> Option<i64> {
-    keys.iter()
-        .filter(|k| k.state == "active")
-        .map(|k| k.version)
-        .max()
-}
-
 /// Active versions other than the newest that no stored value uses any more
 /// become `retired`, with evidence; returns how many per org.
 pub(super) async fn retire_unused(
@@ -142,13 +134,7 @@ pub(super) async fn retire_unused(
     let db = ctx.app_db().await?;
     let keys = db.app_keys(t, None).await?;
     for k in keys.iter().filter(|k| k.state == "active") {
-        let org_keys: Vec<AppKey> = keys.iter().filter(|o| o.org == k.org).cloned().collect();
-        let in_use = u32::try_from(k.version)
-            .ok()
-            .and_then(|v| census.by_version.get(&(k.org.clone(), v)))
-            .copied()
-            .unwrap_or(0);
-        if Some(k.version) == newest_active(&org_keys) || in_use > 0 {
+        if Some(k.version) == newest_active(&keys, &k.org) || census.count(&k.org, k.version) > 0 {
             continue;
         }
         if db.app_key_retire(t, &k.org, k.version).await? {
@@ -185,7 +171,7 @@ pub(super) async fn status(ctx: &Context) -> Result<Option<BTreeMap<String, Valu
         by_org.entry(k.org.clone()).or_default().push(k);
     }
     for (org, versions) in by_org {
-        let newest = newest_active(&versions);
+        let newest = newest_active(&versions, &org);
         let stale: u64 = census
             .by_version
             .iter()
@@ -195,11 +181,7 @@ pub(super) async fn status(ctx: &Context) -> Result<Option<BTreeMap<String, Valu
         let listed: Vec<Value> = versions
             .iter()
             .map(|k| {
-                let n = u32::try_from(k.version)
-                    .ok()
-                    .and_then(|v| census.by_version.get(&(org.clone(), v)))
-                    .copied()
-                    .unwrap_or(0);
+                let n = census.count(&org, k.version);
                 json!({"version": k.version, "state": k.state, "ciphertexts": n})
             })
             .collect();

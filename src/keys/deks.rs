@@ -60,11 +60,7 @@ impl<'a> DataKeys<'a> {
     }
 
     pub fn newest(&self, org: &str) -> Option<i64> {
-        self.rows
-            .iter()
-            .filter(|k| k.org == org && k.state == "active")
-            .map(|k| k.version)
-            .max()
+        crate::appdb::newest_active(&self.rows, org)
     }
 
     /// A version's plaintext DEK, or None when it is destroyed or does not unwrap.

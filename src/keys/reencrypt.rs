@@ -13,7 +13,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use super::DataKeys;
+use super::{DataKeys, Opened};
 use crate::appdb::{AppDb, Rewrite, RowPos};
 use crate::cipher::{self, Binding};
 use crate::config::DataMapEntry;
@@ -210,14 +210,11 @@ async fn plan_batch(
         if i64::from(version) == newest {
             continue;
         }
-        let (Some(old), Some(new)) = (
-            keys.dek(&r.org, version.into()).await?,
-            keys.dek(&r.org, newest).await?,
-        ) else {
+        let Some(new) = keys.dek(&r.org, newest).await? else {
             out.undecryptable += 1;
             continue;
         };
-        let Ok(plain) = cipher::open(&old, at, &r.value) else {
+        let Opened::Plain(plain) = keys.open(at, &r.value).await? else {
             tracing::warn!(table = %e.table, row = ?r.pos, version, "value does not decrypt under its version; skipped");
             out.undecryptable += 1;
             continue;

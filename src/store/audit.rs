@@ -81,6 +81,21 @@ macro_rules! impl_audit_log {
                 Ok(e)
             }
 
+            /// Commits a change and its evidence only if it changed exactly one
+            /// row; otherwise drops `tx` (rolling back) and says `false`.
+            async fn commit_if_one(
+                tx: sqlx::Transaction<'static, Db>,
+                changed: u64,
+                event: Option<&NewAuditEvent>,
+                method: &str,
+            ) -> Result<bool> {
+                if changed != 1 {
+                    return Ok(false);
+                }
+                Self::commit_with(tx, event, method).await?;
+                Ok(true)
+            }
+
             /// Appends `event` (if any) in `tx`, then commits the change and its evidence together.
             async fn commit_with(
                 mut tx: sqlx::Transaction<'static, Db>,

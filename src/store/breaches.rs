@@ -126,11 +126,7 @@ macro_rules! impl_breaches {
                 .execute(&mut *tx)
                 .await?
                 .rows_affected();
-                if n != 1 {
-                    return Ok(false);
-                }
-                Self::commit_with(tx, Some(event), "breach_notified").await?;
-                Ok(true)
+                Self::commit_if_one(tx, n, Some(event), "breach_notified").await
             }
         }
     };

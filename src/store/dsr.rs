@@ -325,11 +325,7 @@ macro_rules! impl_dsr_requests {
                     q = q.bind(s);
                 }
                 let n = q.execute(&mut *tx).await?.rows_affected();
-                if n != 1 {
-                    return Ok(false);
-                }
-                Self::commit_with(tx, event, "dsr_transition").await?;
-                Ok(true)
+                Self::commit_if_one(tx, n, event, "dsr_transition").await
             }
 
             async fn dsr_extend(
@@ -355,11 +351,7 @@ macro_rules! impl_dsr_requests {
                 .execute(&mut *tx)
                 .await?
                 .rows_affected();
-                if n != 1 {
-                    return Ok(false);
-                }
-                Self::commit_with(tx, Some(event), "dsr_extend").await?;
-                Ok(true)
+                Self::commit_if_one(tx, n, Some(event), "dsr_extend").await
             }
         }
     };

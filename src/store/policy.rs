@@ -123,11 +123,7 @@ macro_rules! impl_policy {
                     .execute(&mut *tx)
                     .await?
                     .rows_affected();
-                if n != 1 {
-                    return Ok(false);
-                }
-                Self::commit_with(tx, Some(event), "override_unset").await?;
-                Ok(true)
+                Self::commit_if_one(tx, n, Some(event), "override_unset").await
             }
 
             async fn overrides(&self) -> Result<Vec<RetentionOverride>> {
@@ -179,11 +175,7 @@ macro_rules! impl_policy {
                 .execute(&mut *tx)
                 .await?
                 .rows_affected();
-                if n != 1 {
-                    return Ok(false);
-                }
-                Self::commit_with(tx, Some(event), "hold_release").await?;
-                Ok(true)
+                Self::commit_if_one(tx, n, Some(event), "hold_release").await
             }
 
             async fn holds(&self, include_released: bool) -> Result<Vec<LegalHold>> {
