@@ -162,7 +162,7 @@ struct Encrypted {
 }
 
 impl Encrypted {
-    async fn setup(n: i64, runner: &str, job_params: &str) -> Option<Encrypted> {
+    async fn setup(n: i64, runner: &str, job_params: &str, customers: &str) -> Option<Encrypted> {
         let url = crate::common::fresh_pg_db().await?;
         let extra = "[app]\nsubjects = { table = \"users\", id = \"id\", email = \"email\" }\norgs = { table = \"orgs\", id = \"id\", closed_at = \"closed_at\" }\nkeys = { table = \"org_data_keys\" }\n\n[keys]\nprovider = \"local\"\ndek_rotation = \"4s\"\nkek_rotation = \"1000d\"\n\n[[data_map]]\ntable = \"customers\"\nclass = \"customer_pii\"\norg = \"org_id\"\nencrypted = [\"nik\"]\n";
         let c = ConfigDir::full(None, Some(&url), runner, "", extra);
@@ -173,7 +173,7 @@ impl Encrypted {
                  CREATE TABLE orgs (id BIGINT PRIMARY KEY, closed_at TIMESTAMPTZ);
                  INSERT INTO orgs VALUES (1, NULL), (2, NULL);
                  {CREATE_PG};
-                 CREATE TABLE customers (id BIGINT PRIMARY KEY, org_id BIGINT NOT NULL, nik VARCHAR(200));"
+                 {customers};"
             ),
         )
         .await;
@@ -260,13 +260,32 @@ fn at(org: i64) -> lethe::cipher::Binding<'static> {
     }
 }
 
+const CUSTOMERS: &str =
+    "CREATE TABLE customers (id BIGINT PRIMARY KEY, org_id BIGINT NOT NULL, nik VARCHAR(200))";
+/// One partition per org: a `ctid` repeats across partitions, so the walk
+/// must tell them apart by `tableoid`.
+const CUSTOMERS_PARTITIONED: &str =
+    "CREATE TABLE customers (id BIGINT NOT NULL, org_id BIGINT NOT NULL, nik VARCHAR(200), PRIMARY KEY (id, org_id))
+         PARTITION BY LIST (org_id);
+     CREATE TABLE customers_1 PARTITION OF customers FOR VALUES IN (1);
+     CREATE TABLE customers_2 PARTITION OF customers FOR VALUES IN (2)";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reencrypt_moves_postgres_values_to_the_newest_key() {
+    reencrypt_moves_values(CUSTOMERS).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reencrypt_moves_every_value_of_a_partitioned_table() {
+    reencrypt_moves_values(CUSTOMERS_PARTITIONED).await;
+}
+
 /// `keys.reencrypt` on PostgreSQL with the local keyring: every value moves
 /// to version 2 in batches of two and still decrypts to what it was, the
 /// value not in the format is counted and left alone, and a second run has
 /// nothing to do.
-#[tokio::test(flavor = "multi_thread")]
-async fn reencrypt_moves_postgres_values_to_the_newest_key() {
-    let Some(e) = Encrypted::setup(5, "", "batch_size = 2").await else {
+async fn reencrypt_moves_values(customers: &str) {
+    let Some(e) = Encrypted::setup(5, "", "batch_size = 2", customers).await else {
         return;
     };
     let r = crate::common::stdout_json(&run_ok(e.c.lethe().args(["run", "reencrypt", "--json"])));
@@ -306,7 +325,8 @@ async fn reencrypt_moves_postgres_values_to_the_newest_key() {
 async fn a_killed_reencrypt_resumes_without_encrypting_twice() {
     let runner =
         "lease = \"1s\"\nretry_base = \"100ms\"\nretry_max = \"200ms\"\npoll_interval = \"100ms\"";
-    let Some(e) = Encrypted::setup(24, runner, "batch_size = 2\npause_ms = 150").await else {
+    let Some(e) = Encrypted::setup(24, runner, "batch_size = 2\npause_ms = 150", CUSTOMERS).await
+    else {
         return;
     };
     let pool = sqlx::PgPool::connect(&e.url).await.unwrap();
