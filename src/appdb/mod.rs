@@ -27,7 +27,7 @@ pub use ciphertexts::{CipherRow, Rewrite, RowPos};
 pub use keys::{newest_active, AppKey, Census};
 pub use schema::{check_data_map, preflight, SchemaProblem};
 pub use scope::{Deleted, Scope, Selector, Slicing, TimeWindow};
-pub use subject::{EraseAction, EraseOutcome, EraseStep};
+pub use subject::{EraseAction, EraseOutcome, EraseStep, NewValue};
 pub use timeform::{DetectedForm, TimeForm};
 
 use std::str::FromStr;

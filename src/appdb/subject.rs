@@ -23,8 +23,22 @@ pub struct EraseStep {
 #[derive(Debug, Clone)]
 pub enum EraseAction {
     Delete,
-    /// column → new value (None: NULL). Values are computed by the caller (pseudonyms).
-    Update(Vec<(String, Option<String>)>),
+    /// column → new value. Values are computed by the caller (pseudonyms).
+    Update(Vec<(String, NewValue)>),
+}
+
+/// What an anonymised column becomes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NewValue {
+    Null,
+    Text(String),
+    /// An encrypted column's value, sealed per org (org as text → value):
+    /// each row gets its own org's; a row of an org not listed (no usable
+    /// key) gets `otherwise`, in plaintext.
+    PerOrg {
+        sealed: Vec<(String, String)>,
+        otherwise: String,
+    },
 }
 
 #[derive(Debug)]
@@ -151,6 +165,26 @@ impl AppDb {
                 Ok(true)
             }
         }
+    }
+
+    /// The orgs (as text) of the subject's rows in `table`.
+    pub async fn subject_orgs(
+        &self,
+        table: &str,
+        subject: &str,
+        org: &str,
+        subject_id: &str,
+    ) -> Result<Vec<String>> {
+        let t = self.column_type(table, subject).await?;
+        let mut sql = self.sql();
+        let cond = eq_param(&mut sql, subject, t.as_deref(), subject_id);
+        let text = format!(
+            "SELECT DISTINCT {} FROM {} WHERE {cond} AND {} IS NOT NULL",
+            sql.as_text(org),
+            q(table),
+            q(org)
+        );
+        Ok(on_pool!(self, sql, query_scalar_with(&text), fetch_all))
     }
 
     /// Whether the subject is a member of `org` (false without `[app.memberships]`).
@@ -405,10 +439,7 @@ impl AppDb {
             EraseAction::Update(cols) => {
                 let sets: Vec<String> = cols
                     .iter()
-                    .map(|(c, v)| match v {
-                        None => format!("{} = NULL", q(c)),
-                        Some(v) => format!("{} = {}", q(c), sql.placeholder(Bind::Text(v.clone()))),
-                    })
+                    .map(|(c, v)| format!("{} = {}", q(c), new_value(&mut sql, step, v)))
                     .collect();
                 format!(
                     "UPDATE {} SET {} WHERE {cond}",
@@ -418,6 +449,27 @@ impl AppDb {
             }
         };
         (text, sql)
+    }
+}
+
+/// The SQL expression an anonymised column is set to.
+fn new_value(sql: &mut Sql, step: &EraseStep, v: &NewValue) -> String {
+    match (v, &step.org) {
+        (NewValue::Text(t), _) => sql.placeholder(Bind::Text(t.clone())),
+        (NewValue::PerOrg { sealed, otherwise }, Some(org)) => {
+            let mut case = String::from("CASE");
+            for (o, t) in sealed {
+                let when = sql.in_list(org, std::slice::from_ref(o));
+                let then = sql.placeholder(Bind::Text(t.clone()));
+                case.push_str(&format!(" WHEN {when} THEN {then}"));
+            }
+            let otherwise = sql.placeholder(Bind::Text(otherwise.clone()));
+            format!("{case} ELSE {otherwise} END")
+        }
+        (NewValue::PerOrg { otherwise, .. }, None) => {
+            sql.placeholder(Bind::Text(otherwise.clone()))
+        }
+        (NewValue::Null, _) => "NULL".into(),
     }
 }
 

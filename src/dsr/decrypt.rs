@@ -1,11 +1,15 @@
 //! A subject's export carries plaintext: values in encrypted columns are
 //! opened with their org's data key before they go into the archive. One the
 //! archive cannot open (its org's key was shredded) becomes `null`, counted.
+//! And an erasure's anonymised values for encrypted columns are sealed, so the
+//! application keeps reading the column in its format.
 
 use serde_json::Value;
 
-use crate::cipher::Binding;
+use crate::appdb::{AppDb, EraseAction, EraseStep, NewValue};
+use crate::cipher::{self, Binding};
 use crate::config::DataMapEntry;
+use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::keys::{DataKeys, Opened};
 
@@ -53,4 +57,73 @@ pub(super) async fn open_rows(
         out.push(row.to_string());
     }
     Ok((out, unreadable))
+}
+
+/// Anonymised values bound for encrypted columns, sealed under the newest
+/// key of each org the subject has rows of in that table: the application
+/// then reads the pseudonym (or fixed value) like any value of the column,
+/// instead of meeting plaintext where it expects the format. An org with no
+/// usable key (shredded) gets it in plaintext, as a plain column would: its
+/// old values are gone, and nothing reads that org any more. The keys come
+/// from `db`, which after a restore is the restored database.
+pub(super) async fn seal_anonymised(
+    ctx: &Context,
+    db: &AppDb,
+    subject_id: &str,
+    steps: &mut [EraseStep],
+) -> Result<()> {
+    let Some(table) = ctx.config.app.as_ref().and_then(|a| a.keys.as_ref()) else {
+        return Ok(());
+    };
+    let mut keys: Option<DataKeys<'_>> = None;
+    for step in steps.iter_mut() {
+        let (EraseAction::Update(sets), Some(org_column)) = (&mut step.action, &step.org) else {
+            continue;
+        };
+        let Some(entry) = ctx.config.data_map.iter().find(|e| e.table == step.table) else {
+            continue;
+        };
+        for (column, value) in sets.iter_mut() {
+            let NewValue::Text(plain) = value else {
+                continue;
+            };
+            if !entry.encrypted.contains(column) {
+                continue;
+            }
+            let keys = match &mut keys {
+                Some(k) => k,
+                None => keys.insert(DataKeys::new(ctx, db.app_keys(table, None).await?)),
+            };
+            let mut by_org = Vec::new();
+            for org in db
+                .subject_orgs(&step.table, &step.subject, org_column, subject_id)
+                .await?
+            {
+                let Some(version) = keys.newest(&org) else {
+                    continue;
+                };
+                let Some(dek) = keys.dek(&org, version).await? else {
+                    continue;
+                };
+                let at = Binding {
+                    table: &step.table,
+                    column,
+                    org: &org,
+                };
+                let version = u32::try_from(version).map_err(|_| {
+                    Error::Failed(format!(
+                        "key table: org {org}: version {version} is out of range"
+                    ))
+                })?;
+                let sealed = cipher::seal(&dek, version, at, plain.as_bytes())
+                    .map_err(|e| Error::Failed(format!("sealing {}.{column}: {e}", step.table)))?;
+                by_org.push((org, sealed));
+            }
+            *value = NewValue::PerOrg {
+                sealed: by_org,
+                otherwise: plain.clone(),
+            };
+        }
+    }
+    Ok(())
 }

@@ -184,6 +184,7 @@ impl LedgerReapply {
             }
             let mut steps = erase_plan(config, key, &id).steps;
             steps.retain(|s| present.contains(&s.table));
+            super::decrypt::seal_anonymised(ctx, db, &id, &mut steps).await?;
             match db
                 .erase_subject(&no_memberships, &id, &steps, &held_orgs, &Fence::unleased())
                 .await?

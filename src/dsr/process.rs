@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::appdb::{AppDb, EraseAction, EraseOutcome, EraseStep};
+use crate::appdb::{AppDb, EraseAction, EraseOutcome, EraseStep, NewValue};
 use crate::config::{AnonymizeRule, AppMapping, Config, Erasure, Secret};
 use crate::context::Context;
 use crate::error::{Error, Result};
@@ -93,9 +93,9 @@ pub(super) fn erase_plan(config: &Config, key: &Secret, subject_id: &str) -> Era
                 cols.iter()
                     .map(|(c, r)| {
                         let v = match r {
-                            AnonymizeRule::Null => None,
-                            AnonymizeRule::Fixed(v) => Some(v.clone()),
-                            AnonymizeRule::Hmac => Some(pseudonym.clone()),
+                            AnonymizeRule::Null => NewValue::Null,
+                            AnonymizeRule::Fixed(v) => NewValue::Text(v.clone()),
+                            AnonymizeRule::Hmac => NewValue::Text(pseudonym.clone()),
                         };
                         (c.clone(), v)
                     })
@@ -163,7 +163,11 @@ async fn erase(
         )));
     }
     let held_orgs = holds.held_orgs();
-    let ErasePlan { steps, retained } = erase_plan(config, &key, &subject_id);
+    let ErasePlan {
+        mut steps,
+        retained,
+    } = erase_plan(config, &key, &subject_id);
+    super::decrypt::seal_anonymised(ctx, db, &subject_id, &mut steps).await?;
     match db
         .erase_subject(app, &subject_id, &steps, &held_orgs, fence)
         .await?

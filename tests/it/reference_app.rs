@@ -1,18 +1,24 @@
 //! A reference application (`tests/reference_app/app.py`: Python's
-//! `cryptography` AES-GCM and boto3 KMS against moto) reads and writes
-//! encrypted PII through the key table Lethe keeps, exactly as a real
-//! application would: before rotation, after a KEK rotation with re-wrap and a
-//! new DEK version, and after its org is crypto-shredded. Lethe empties a
-//! shredded org's wrapped keys in the table, so its values stop decrypting
-//! whatever the KMS does (moto does not refuse Decrypt for a key pending
-//! deletion, so the test relies on the table alone).
+//! `cryptography` AES-GCM, and boto3 KMS against moto or Lethe's local
+//! keyring) reads and writes encrypted PII through the key table Lethe keeps,
+//! exactly as a real application would: before rotation, after a KEK rotation
+//! with re-wrap and a new DEK version, after `keys.reencrypt`, and after its
+//! org is crypto-shredded. Run twice: on SQLite with the local keyring and on
+//! PostgreSQL with moto's KMS. Lethe empties a shredded org's wrapped keys in
+//! the table, so its values stop decrypting whatever the KMS does. With the
+//! local keyring the test also puts the old wrapped keys back, as restoring a
+//! backup would, and they still open nothing: the KEK material is gone. moto
+//! does not refuse Decrypt for a key pending deletion, so on moto the test
+//! relies on the table alone.
 
 use std::process::Command;
 use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::common::{app_exec, run_ok, server_env, stdout_json, ConfigDir};
+use crate::common::{
+    app_exec, app_strings, fresh_pg_db, run_ok, server_env, stdout_json, ConfigDir,
+};
 
 const NIKS: [(i64, i64, &str); 4] = [
     (1, 1, "3171234567890001"),
@@ -21,18 +27,34 @@ const NIKS: [(i64, i64, &str); 4] = [
     (4, 2, "3273012345670004"),
 ];
 
-fn app(c: &ConfigDir, python: &str, moto: &str, command: &str) -> Value {
+/// Where the application keeps its data and keys.
+struct Setup {
+    python: String,
+    /// The application database, as both Lethe and app.py take it.
+    url: String,
+    /// `Some(moto)`: AWS KMS at that endpoint; `None`: the local keyring.
+    moto: Option<String>,
+}
+
+impl Setup {
+    fn pg(&self) -> bool {
+        self.url.starts_with("postgres")
+    }
+}
+
+fn app(c: &ConfigDir, s: &Setup, command: &str) -> Value {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/reference_app/app.py");
-    let out = Command::new(python)
-        .arg(script)
-        .arg(command)
-        .arg(c.path().join("app.db"))
-        .env("AWS_ENDPOINT_URL", moto)
-        .env("AWS_ACCESS_KEY_ID", "testing")
-        .env("AWS_SECRET_ACCESS_KEY", "testing")
-        .env("AWS_REGION", "us-east-1")
-        .output()
-        .unwrap();
+    let mut cmd = Command::new(&s.python);
+    cmd.arg(script).arg(command).arg(&s.url);
+    match &s.moto {
+        Some(moto) => cmd
+            .env("AWS_ENDPOINT_URL", moto)
+            .env("AWS_ACCESS_KEY_ID", "testing")
+            .env("AWS_SECRET_ACCESS_KEY", "testing")
+            .env("AWS_REGION", "us-east-1"),
+        None => cmd.env("LETHE_KEYRING", c.path().join("keyring.json")),
+    };
+    let out = cmd.output().unwrap();
     assert!(
         out.status.success(),
         "app.py {command}: {}",
@@ -60,14 +82,10 @@ fn plaintexts(shredded_org: Option<i64>) -> Value {
     Value::Object(map)
 }
 
-async fn stored_versions(c: &ConfigDir) -> Vec<u32> {
-    let url = format!("sqlite://{}", c.path().join("app.db").display());
-    let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
-    let niks: Vec<String> = sqlx::query_scalar("SELECT nik FROM customers ORDER BY id")
-        .fetch_all(&pool)
+async fn stored_versions(s: &Setup) -> Vec<u32> {
+    app_strings(&s.url, "SELECT nik FROM customers ORDER BY id")
         .await
-        .unwrap();
-    niks.iter()
+        .iter()
         .map(|n| lethe::cipher::dek_version(n).unwrap_or_else(|e| panic!("{e}")))
         .collect()
 }
@@ -145,34 +163,65 @@ fn key_status(c: &ConfigDir) -> Vec<OrgKeys> {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_reference_application_reads_and_writes_through_lethes_key_table() {
-    let (Some(moto), Some(python)) = (
+async fn a_reference_application_on_sqlite_with_the_local_keyring() {
+    let Some(python) = server_env("LETHE_TEST_PYTHON") else {
+        return;
+    };
+    reference_application(python, None, None).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reference_application_on_postgres_with_aws_kms() {
+    let (Some(moto), Some(python), Some(url)) = (
         server_env("LETHE_TEST_MOTO_URL"),
         server_env("LETHE_TEST_PYTHON"),
+        fresh_pg_db().await,
     ) else {
         return;
     };
+    reference_application(python, Some(url), Some(moto)).await;
+}
+
+/// `pg_url`: None → SQLite in the config folder; `moto`: None → the local keyring.
+async fn reference_application(python: String, pg_url: Option<String>, moto: Option<String>) {
     let identity = age::x25519::Identity::generate();
+    let provider = match &moto {
+        Some(moto) => {
+            format!("provider = \"aws\"\nkms_endpoint = \"{moto}\"\nregion = \"us-east-1\"")
+        }
+        None => "provider = \"local\"\nkeyring_file = \"keyring.json\"".to_string(),
+    };
     let extra = format!(
-        "[app]\nsubjects = {{ table = \"users\", id = \"id\", email = \"email\" }}\norgs = {{ table = \"orgs\", id = \"id\", closed_at = \"closed_at\" }}\nkeys = {{ table = \"org_data_keys\" }}\n\n[keys]\nprovider = \"aws\"\nkms_endpoint = \"{moto}\"\nregion = \"us-east-1\"\ndek_rotation = \"4s\"\nkek_rotation = \"4s\"\nshred_after = \"30d\"\n\n[object_store]\nurl = \"file://objects\"\n[backup]\nrecipients = [\"{}\"]\n\n[[data_map]]\ntable = \"customers\"\nclass = \"customer_pii\"\norg = \"org_id\"\nsubject = \"user_id\"\nexport = true\nencrypted = [\"nik\"]\n",
+        "[app]\nsubjects = {{ table = \"users\", id = \"id\", email = \"email\" }}\norgs = {{ table = \"orgs\", id = \"id\", closed_at = \"closed_at\" }}\nkeys = {{ table = \"org_data_keys\" }}\n\n[keys]\n{provider}\ndek_rotation = \"4s\"\nkek_rotation = \"4s\"\nshred_after = \"30d\"\n\n[object_store]\nurl = \"file://objects\"\n[backup]\nrecipients = [\"{}\"]\n\n[[data_map]]\ntable = \"customers\"\nclass = \"customer_pii\"\norg = \"org_id\"\nsubject = \"user_id\"\nexport = true\nencrypted = [\"nik\"]\nerasure = \"anonymize\"\nanonymize = {{ nik = \"hmac\" }}\n",
         identity.to_public()
     );
-    let c = ConfigDir::full(None, None, "", "", &extra);
-    let url = format!("sqlite://{}", c.path().join("app.db").display());
+    let c = ConfigDir::full(None, pg_url.as_deref(), "", "", &extra);
+    let s = Setup {
+        python,
+        url: pg_url.unwrap_or_else(|| format!("sqlite://{}", c.path().join("app.db").display())),
+        moto,
+    };
+    let (closed_at, created_at) = if s.pg() {
+        ("timestamptz", "timestamptz")
+    } else {
+        ("TEXT", "TEXT")
+    };
     app_exec(
-        &url,
-        "CREATE TABLE users (id INTEGER PRIMARY KEY, email TEXT);
-         CREATE TABLE orgs (id INTEGER PRIMARY KEY, closed_at TEXT);
+        &s.url,
+        &format!(
+            "CREATE TABLE users (id INTEGER PRIMARY KEY, email TEXT);
+         CREATE TABLE orgs (id INTEGER PRIMARY KEY, closed_at {closed_at});
          INSERT INTO orgs VALUES (1, NULL), (2, NULL);
          CREATE TABLE org_data_keys (org_id INTEGER NOT NULL, version INTEGER NOT NULL, wrapped_key TEXT NOT NULL,
-             kms_key_id TEXT NOT NULL, state TEXT NOT NULL, created_at TEXT NOT NULL, PRIMARY KEY (org_id, version));
+             kms_key_id TEXT NOT NULL, state TEXT NOT NULL, created_at {created_at} NOT NULL, PRIMARY KEY (org_id, version));
          INSERT INTO users VALUES (1, 'ada@x.example');
-         CREATE TABLE customers (id INTEGER PRIMARY KEY, org_id INTEGER NOT NULL, nik TEXT NOT NULL, user_id INTEGER);",
+         CREATE TABLE customers (id INTEGER PRIMARY KEY, org_id INTEGER NOT NULL, nik TEXT NOT NULL, user_id INTEGER);"
+        ),
     )
     .await;
     for (id, org, nik) in NIKS {
         app_exec(
-            &url,
+            &s.url,
             &format!("INSERT INTO customers VALUES ({id}, {org}, '{nik}', {id} % 2)"),
         )
         .await;
@@ -195,9 +244,9 @@ async fn a_reference_application_reads_and_writes_through_lethes_key_table() {
 
     // Keys created: the application encrypts under version 1 and reads everything back.
     run_ok(c.lethe_aws().args(["keys", "rotate", "--json"]));
-    app(&c, &python, &moto, "write");
-    assert_eq!(stored_versions(&c).await, [1, 1, 1, 1]);
-    assert_eq!(app(&c, &python, &moto, "read"), plaintexts(None));
+    app(&c, &s, "write");
+    assert_eq!(stored_versions(&s).await, [1, 1, 1, 1]);
+    assert_eq!(app(&c, &s, "read"), plaintexts(None));
 
     // KEK rotated, version 1 re-wrapped in place, version 2 added: the old
     // values still read, and a rewrite moves them to version 2.
@@ -208,7 +257,7 @@ async fn a_reference_application_reads_and_writes_through_lethes_key_table() {
         (Some(2), Some(2)),
         "{r}"
     );
-    assert_eq!(app(&c, &python, &moto, "read"), plaintexts(None));
+    assert_eq!(app(&c, &s, "read"), plaintexts(None));
     // Every value is under version 1 while version 2 is the newest: all stale, v1 still in use.
     let v = |rows: &[(i64, &str, u64)]| {
         rows.iter()
@@ -233,12 +282,12 @@ async fn a_reference_application_reads_and_writes_through_lethes_key_table() {
     );
     let r = stdout_json(&run_ok(c.lethe_aws().args(["run", "reencrypt", "--json"])));
     assert_eq!(r["result"]["reencrypted"], 0, "{r}");
-    assert_eq!(stored_versions(&c).await, [2, 2, 2, 2]);
-    assert_eq!(app(&c, &python, &moto, "read"), plaintexts(None));
+    assert_eq!(stored_versions(&s).await, [2, 2, 2, 2]);
+    assert_eq!(app(&c, &s, "read"), plaintexts(None));
     // The application's own rewrite (under the newest version) changes nothing either.
-    app(&c, &python, &moto, "write");
-    assert_eq!(stored_versions(&c).await, [2, 2, 2, 2]);
-    assert_eq!(app(&c, &python, &moto, "read"), plaintexts(None));
+    app(&c, &s, "write");
+    assert_eq!(stored_versions(&s).await, [2, 2, 2, 2]);
+    assert_eq!(app(&c, &s, "read"), plaintexts(None));
     assert_eq!(
         key_status(&c),
         both(0, &[(1, "active", 0), (2, "active", 2)])
@@ -265,14 +314,38 @@ async fn a_reference_application_reads_and_writes_through_lethes_key_table() {
     let backup_id = backup["result"]["id"].as_str().unwrap().to_string();
 
     // Org 2 closed long ago: shredded; its values no longer decrypt, org 1's do.
+    let kept_keys = app_strings(
+        &s.url,
+        "SELECT wrapped_key FROM org_data_keys WHERE org_id = 2 ORDER BY version",
+    )
+    .await;
     app_exec(
-        &url,
-        "UPDATE orgs SET closed_at = datetime('now', '-400 days') WHERE id = 2",
+        &s.url,
+        if s.pg() {
+            "UPDATE orgs SET closed_at = now() - interval '400 days' WHERE id = 2"
+        } else {
+            "UPDATE orgs SET closed_at = datetime('now', '-400 days') WHERE id = 2"
+        },
     )
     .await;
     let r = stdout_json(&run_ok(c.lethe_aws().args(["keys", "rotate", "--json"])));
     assert_eq!(r["shredded"], json!(["2"]), "{r}");
-    assert_eq!(app(&c, &python, &moto, "read"), plaintexts(Some(2)));
+    assert_eq!(app(&c, &s, "read"), plaintexts(Some(2)));
+    if s.moto.is_none() {
+        // The wrapped keys back in the table, as a restored backup would put
+        // them: the keyring no longer holds the KEK that opens them.
+        for (i, k) in kept_keys.iter().enumerate() {
+            app_exec(
+                &s.url,
+                &format!(
+                    "UPDATE org_data_keys SET wrapped_key = '{k}', state = 'active' WHERE org_id = 2 AND version = {}",
+                    i + 1
+                ),
+            )
+            .await;
+        }
+        assert_eq!(app(&c, &s, "read"), plaintexts(Some(2)));
+    }
     // The export says so instead of carrying ciphertext nobody can read.
     let (niks, readme) = export_niks(&c, &identity);
     assert_eq!(niks, [(1, json!(NIKS[0].2)), (3, Value::Null)], "{readme}");
@@ -292,4 +365,46 @@ async fn a_reference_application_reads_and_writes_through_lethes_key_table() {
         json!([backup_id]),
         "{shredded}"
     );
+
+    // Ada erased: her NIKs become her pseudonym, sealed under each org's
+    // newest key, so the application reads a pseudonym where the NIK was (and
+    // in shredded org 2 the pseudonym in plaintext, which nothing reads);
+    // everyone else's values are untouched.
+    let v = stdout_json(&run_ok(c.lethe().args([
+        "dsr",
+        "submit",
+        "--kind",
+        "erasure",
+        "--subject",
+        "ada@x.example",
+        "--json",
+    ])));
+    let run = stdout_json(&run_ok(
+        c.lethe_aws()
+            .env("LETHE_PSEUDONYM_KEY", "reference-app-pseudonym-key-0123")
+            .args(["run", "export", "--json"]),
+    ));
+    assert_eq!(run["status"], "succeeded", "{run}");
+    let shown = stdout_json(&run_ok(c.lethe().args([
+        "dsr",
+        "show",
+        &v["id"].to_string(),
+        "--json",
+    ])));
+    assert_eq!(shown["state"], "completed", "{shown}");
+    let read = app(&c, &s, "read");
+    let pseudonym = read["1"].as_str().unwrap_or_default().to_string();
+    assert!(pseudonym.starts_with("erased-"), "{read}");
+    let mut expected = plaintexts(Some(2));
+    expected["1"] = json!(pseudonym);
+    expected["3"] = json!(pseudonym);
+    assert_eq!(read, expected);
+    let stored = app_strings(&s.url, "SELECT nik FROM customers WHERE id = 1").await;
+    assert_eq!(
+        lethe::cipher::dek_version(&stored[0]).ok(),
+        Some(2),
+        "sealed under org 1's newest key"
+    );
+    let stored = app_strings(&s.url, "SELECT nik FROM customers WHERE id = 3").await;
+    assert_eq!(stored, [pseudonym], "org 2 has no key any more");
 }

@@ -366,3 +366,24 @@ pub async fn app_exec(url: &str, sql: &str) {
         sqlx::raw_sql(sql).execute(&mut conn).await.expect(sql);
     }
 }
+
+/// The first column of every row `sql` returns from the application database at `url`, as text.
+pub async fn app_strings(url: &str, sql: &str) -> Vec<String> {
+    if url.starts_with("postgres") {
+        let mut conn = sqlx::PgConnection::connect(url)
+            .await
+            .expect("connect app db");
+        sqlx::query_scalar(sql)
+            .fetch_all(&mut conn)
+            .await
+            .expect(sql)
+    } else {
+        let mut conn = sqlx::SqliteConnection::connect(url)
+            .await
+            .expect("connect app db");
+        sqlx::query_scalar(sql)
+            .fetch_all(&mut conn)
+            .await
+            .expect(sql)
+    }
+}
