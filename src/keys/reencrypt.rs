@@ -71,6 +71,8 @@ pub struct ReencryptOutput {
     pub undecryptable: u64,
     /// Changed by the application between read and rewrite: left alone.
     pub changed_meanwhile: u64,
+    /// The longest rewrite transaction of this attempt.
+    pub longest_batch_ms: u64,
     pub tables: Vec<Value>,
 }
 
@@ -152,7 +154,11 @@ async fn column_pass(
             vec![true; rewrites.len()]
         } else {
             jc.fence.check()?; // each batch commits: only while the lease holds
-            db.cipher_rewrite(&e.table, column, &rewrites).await?
+            let started = std::time::Instant::now();
+            let applied = db.cipher_rewrite(&e.table, column, &rewrites).await?;
+            let took = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+            out.longest_batch_ms = out.longest_batch_ms.max(took);
+            applied
         };
         for ((org, version), done) in from.into_iter().zip(applied) {
             if !done {
