@@ -20,6 +20,19 @@ pub enum RowPos {
     Tuple { table_oid: i64, ctid: String },
 }
 
+/// How a log line names a row, so an operator can find it.
+impl std::fmt::Display for RowPos {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RowPos::Start => write!(f, "start"),
+            RowPos::Rowid(id) => write!(f, "rowid {id}"),
+            RowPos::Tuple { table_oid, ctid } => {
+                write!(f, "ctid '{ctid}' in relation {table_oid} (tableoid)")
+            }
+        }
+    }
+}
+
 /// One stored value and where it lives.
 #[derive(Debug, Clone)]
 pub struct CipherRow {

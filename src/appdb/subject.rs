@@ -34,7 +34,7 @@ pub enum NewValue {
     Text(String),
     /// An encrypted column's value, sealed per org (org as text → value):
     /// each row gets its own org's; a row of an org not listed (no usable
-    /// key) gets `otherwise`, in plaintext.
+    /// key) gets `otherwise`, in plaintext. A NULL stays NULL.
     PerOrg {
         sealed: Vec<(String, String)>,
         otherwise: String,
@@ -439,7 +439,7 @@ impl AppDb {
             EraseAction::Update(cols) => {
                 let sets: Vec<String> = cols
                     .iter()
-                    .map(|(c, v)| format!("{} = {}", q(c), new_value(&mut sql, step, v)))
+                    .map(|(c, v)| format!("{} = {}", q(c), new_value(&mut sql, step, c, v)))
                     .collect();
                 format!(
                     "UPDATE {} SET {} WHERE {cond}",
@@ -453,21 +453,21 @@ impl AppDb {
 }
 
 /// The SQL expression an anonymised column is set to.
-fn new_value(sql: &mut Sql, step: &EraseStep, v: &NewValue) -> String {
+fn new_value(sql: &mut Sql, step: &EraseStep, column: &str, v: &NewValue) -> String {
     match (v, &step.org) {
         (NewValue::Text(t), _) => sql.placeholder(Bind::Text(t.clone())),
-        (NewValue::PerOrg { sealed, otherwise }, Some(org)) => {
-            let mut case = String::from("CASE");
-            for (o, t) in sealed {
-                let when = sql.in_list(org, std::slice::from_ref(o));
-                let then = sql.placeholder(Bind::Text(t.clone()));
+        (NewValue::PerOrg { sealed, otherwise }, org) => {
+            let mut case = format!("CASE WHEN {} IS NULL THEN NULL", q(column));
+            for (o, t) in org
+                .iter()
+                .flat_map(|org| sealed.iter().map(move |s| (org, s)))
+            {
+                let when = sql.in_list(o, std::slice::from_ref(&t.0));
+                let then = sql.placeholder(Bind::Text(t.1.clone()));
                 case.push_str(&format!(" WHEN {when} THEN {then}"));
             }
             let otherwise = sql.placeholder(Bind::Text(otherwise.clone()));
             format!("{case} ELSE {otherwise} END")
-        }
-        (NewValue::PerOrg { otherwise, .. }, None) => {
-            sql.placeholder(Bind::Text(otherwise.clone()))
         }
         (NewValue::Null, _) => "NULL".into(),
     }

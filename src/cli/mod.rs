@@ -210,6 +210,9 @@ pub enum KeysCommand {
     Rotate {
         #[arg(long)]
         org: Option<String>,
+        /// A new data key version now, whatever its age (after a suspected exposure).
+        #[arg(long)]
+        new_dek: bool,
         #[arg(long)]
         json: bool,
     },

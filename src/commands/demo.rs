@@ -24,6 +24,9 @@ pub async fn run(dir: &Path, json_out: bool) -> Result<i32> {
     let config = crate::jobs::load_config(&dir.join("lethe.toml"))?;
     let ctx = Context::open_unchecked(config).await?;
     ctx.store.migrate().await?;
+    // Keys first, then the application's encrypted values under version 1,
+    // then version 2: the tour's keys.reencrypt has stale values to move.
+    let sealed = crate::demo::encrypt_as_the_app(&ctx, &dir.join("app.db")).await?;
 
     notify::enqueue(
         &ctx,
@@ -59,6 +62,16 @@ pub async fn run(dir: &Path, json_out: bool) -> Result<i32> {
     .await?;
 
     let runs = run_every_kind(&ctx).await?;
+    let keys = crate::keys::status(&ctx).await?;
+    let stale: u64 = keys["orgs"]
+        .as_array()
+        .map(|orgs| {
+            orgs.iter()
+                .filter_map(|o| o["stale_ciphertexts"].as_u64())
+                .sum()
+        })
+        .unwrap_or(0);
+    let keys_summary = json!({"values_sealed": sealed, "stale_ciphertexts": stale});
 
     // Prove the evidence holds: export the chain and verify it, signed.
     let mut buf = Vec::new();
@@ -73,7 +86,7 @@ pub async fn run(dir: &Path, json_out: bool) -> Result<i32> {
         })
         .unwrap_or(0);
 
-    let all_ok = runs.iter().all(RunReport::succeeded) && verified.ok;
+    let all_ok = runs.iter().all(RunReport::succeeded) && verified.ok && stale == 0;
     if json_out {
         super::print_json(&json!({
             "dir": dir.display().to_string(),
@@ -82,12 +95,21 @@ pub async fn run(dir: &Path, json_out: bool) -> Result<i32> {
             "dsr": dsrs,
             "breach": {"id": breach.id, "parties": breach.parties},
             "runs": runs,
+            "keys": keys_summary,
             "audit": {"events": events, "verified": verified.ok, "signature": verified.signature},
             "mail": {"folder": ctx.config.mail.dir.display().to_string(), "messages": mail_files},
         }))?;
     } else {
         print_tour(
-            dir, &seeded, &dsrs, &runs, events, &verified, mail_files, &ctx,
+            dir,
+            &seeded,
+            &dsrs,
+            &runs,
+            &keys_summary,
+            events,
+            &verified,
+            mail_files,
+            &ctx,
         );
     }
     Ok(if all_ok { 0 } else { 1 })
@@ -190,6 +212,7 @@ fn print_tour(
     seeded: &crate::demo::Seeded,
     dsrs: &[serde_json::Value],
     runs: &[RunReport],
+    keys: &serde_json::Value,
     events: u64,
     verified: &crate::audit::VerifyReport,
     mail_files: usize,
@@ -197,8 +220,8 @@ fn print_tour(
 ) {
     outln!("Lethe demo in {}", dir.display());
     outln!(
-        "  seeded app.db: {} orgs, {} users, {} memberships, {} API logs, {} webhooks, {} audit logs, {} documents, {} LLM logs",
-        seeded.orgs, seeded.users, seeded.memberships, seeded.api_request_logs, seeded.webhook_deliveries,
+        "  seeded app.db: {} orgs, {} users, {} customers, {} memberships, {} API logs, {} webhooks, {} audit logs, {} documents, {} LLM logs",
+        seeded.orgs, seeded.users, seeded.customers, seeded.memberships, seeded.api_request_logs, seeded.webhook_deliveries,
         seeded.audit_logs, seeded.documents, seeded.llm_interactions
     );
     outln!(
@@ -239,6 +262,12 @@ fn print_tour(
     super::print_table(&["JOB KIND", "STATUS", "TIME", "RESULT"], &rows);
     outln!();
     outln!(
+        "  keys: {} phone numbers and NIKs sealed under version 1 of their org's data key; \
+         version 2 created; after keys.reencrypt, stale ciphertexts: {}",
+        keys["values_sealed"],
+        keys["stale_ciphertexts"]
+    );
+    outln!(
         "  audit chain: {events} events, verified {}, signature {}",
         verified.ok,
         verified.signature
@@ -252,6 +281,9 @@ fn print_tour(
     outln!("  lethe run retention.purge --dry-run   # what the data map says has expired");
     outln!("  lethe run retention.purge             # delete it, with evidence in the audit chain");
     outln!("  lethe backup list; lethe backup verify ID");
+    outln!(
+        "  lethe keys status                      # each org's key versions and stale ciphertexts"
+    );
     outln!("  lethe jobs history; lethe audit export --signed --out audit.jsonl && lethe audit verify audit.jsonl");
 }
 

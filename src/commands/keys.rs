@@ -51,9 +51,13 @@ pub async fn status(ctx: Arc<Context>, json_out: bool) -> Result<i32> {
     Ok(0)
 }
 
-pub async fn rotate(ctx: Arc<Context>, org: Option<&str>, json_out: bool) -> Result<i32> {
+pub async fn rotate(
+    ctx: Arc<Context>,
+    p: &crate::keys::RotateParams,
+    json_out: bool,
+) -> Result<i32> {
     crate::progress::enable_on_terminal();
-    let v = crate::keys::rotate(&ctx, org, &crate::audit::actor_cli()).await?;
+    let v = crate::keys::rotate(&ctx, p, &crate::audit::actor_cli()).await?;
     if json_out {
         super::print_json(&v)?;
     } else {
@@ -74,6 +78,9 @@ pub async fn dispatch(ctx: Arc<Context>, command: crate::cli::KeysCommand) -> Re
     use crate::cli::KeysCommand;
     match command {
         KeysCommand::Status { json } => status(ctx, json).await,
-        KeysCommand::Rotate { org, json } => rotate(ctx, org.as_deref(), json).await,
+        KeysCommand::Rotate { org, new_dek, json } => {
+            let p = crate::keys::RotateParams { org, new_dek };
+            rotate(ctx, &p, json).await
+        }
     }
 }

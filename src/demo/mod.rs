@@ -11,21 +11,35 @@ use std::str::FromStr;
 
 use crate::error::Result;
 
+mod encrypt;
+pub use encrypt::encrypt_as_the_app;
+
 /// The demo app's mapping and data map, appended to the starter config.
 pub const DATA_MAP: &str = r#"
 [app]
 subjects = { table = "users", id = "id", email = "email" }
 orgs = { table = "orgs", id = "id", closed_at = "closed_at" }
 memberships = { table = "memberships", org = "org_id", subject = "user_id", role = "role", owner_roles = ["owner"] }
+# The orgs' data keys, wrapped by each org's KMS key: the application reads them from here.
+keys = { table = "org_data_keys" }
 
 [[data_map]]
 table = "users"
 class = "account"
 subject = "id"
+org = "home_org_id"
 retention = "none"
+encrypted = ["phone"]
 erasure = "anonymize"
-anonymize = { email = "hmac", name = "fixed:Deleted user", last_login_ip = "null", last_login_at = "null" }
+anonymize = { email = "hmac", name = "fixed:Deleted user", phone = "hmac", last_login_ip = "null", last_login_at = "null" }
 export = true
+
+[[data_map]]
+table = "customers"
+class = "customer_pii"
+org = "org_id"
+retention = "org_closed+30d"
+encrypted = ["nik"]
 
 [[data_map]]
 table = "memberships"
@@ -99,7 +113,17 @@ CREATE TABLE orgs (
     created_at TEXT NOT NULL, closed_at TEXT);
 CREATE TABLE users (
     id INTEGER PRIMARY KEY, email TEXT NOT NULL UNIQUE, name TEXT NOT NULL,
+    home_org_id INTEGER NOT NULL REFERENCES orgs(id), phone TEXT,
     created_at TEXT NOT NULL, last_login_at TEXT, last_login_ip TEXT);
+-- Encrypted columns (users.phone, customers.nik) hold `lethe1:` values sealed
+-- with the row's org's data key; the wrapped keys live here, kept by Lethe.
+CREATE TABLE org_data_keys (
+    org_id INTEGER NOT NULL, version INTEGER NOT NULL, wrapped_key TEXT NOT NULL,
+    kms_key_id TEXT NOT NULL, state TEXT NOT NULL, created_at TEXT NOT NULL,
+    PRIMARY KEY (org_id, version));
+CREATE TABLE customers (
+    id INTEGER PRIMARY KEY, org_id INTEGER NOT NULL REFERENCES orgs(id), name TEXT NOT NULL,
+    nik TEXT, created_at TEXT NOT NULL);
 CREATE TABLE memberships (
     org_id INTEGER NOT NULL REFERENCES orgs(id), user_id INTEGER NOT NULL REFERENCES users(id),
     role TEXT NOT NULL CHECK (role IN ('owner', 'admin', 'member')), created_at TEXT NOT NULL,
@@ -131,6 +155,7 @@ CREATE INDEX llm_interactions_created_at ON llm_interactions (created_at);
 pub struct Seeded {
     pub orgs: usize,
     pub users: usize,
+    pub customers: usize,
     pub memberships: usize,
     pub api_request_logs: usize,
     pub webhook_deliveries: usize,
@@ -239,6 +264,10 @@ pub async fn seed(path: &Path, now: DateTime<Utc>) -> Result<Seeded> {
 
     // Users: 1 = sole owner of org 1, 2 = plain member of org 1, then 198 others.
     let user_count = 200i64;
+    // Their home org is their first membership's (below). Phones are seeded in
+    // plaintext and encrypted by `encrypt_as_the_app` once the orgs have keys;
+    // users of the two closed orgs have none left.
+    let home_org = |id: i64| if id <= 2 { 1 } else { 2 + id % (org_count - 1) };
     let users: Vec<(i64, String, String, String, String)> = (1..=user_count)
         .map(|id| {
             let email = match id {
@@ -262,12 +291,17 @@ pub async fn seed(path: &Path, now: DateTime<Utc>) -> Result<Seeded> {
         .collect();
     insert(
         &mut tx,
-        "INSERT INTO users (id, email, name, created_at, last_login_ip) ",
+        "INSERT INTO users (id, email, name, home_org_id, phone, created_at, last_login_ip) ",
         &users,
         |b, r| {
+            let home = home_org(r.0);
+            let phone =
+                (home < 11).then(|| format!("+62 812-{:04}-{:04}", 1000 + r.0, r.0 * 37 % 10_000));
             b.push_bind(r.0)
                 .push_bind(r.1.clone())
                 .push_bind(r.2.clone())
+                .push_bind(home)
+                .push_bind(phone)
                 .push_bind(r.3.clone())
                 .push_bind(r.4.clone());
         },
@@ -278,7 +312,7 @@ pub async fn seed(path: &Path, now: DateTime<Utc>) -> Result<Seeded> {
     // Memberships: org 1 has exactly one owner (user 1); user 2 is a member there.
     let mut members: Vec<(i64, i64, &str)> = vec![(1, 1, "owner"), (1, 2, "member")];
     for uid in 3..=user_count {
-        let org = 2 + uid % (org_count - 1);
+        let org = home_org(uid);
         // The first two users of every other org own it, so no one else is a sole owner by accident.
         let role = if uid < 3 + 2 * (org_count - 1) {
             "owner"
@@ -308,6 +342,33 @@ pub async fn seed(path: &Path, now: DateTime<Utc>) -> Result<Seeded> {
     s.memberships = members.len();
 
     let pick_member = |rng: &mut StdRng| members[rng.random_range(0..members.len())];
+
+    // Customers of the open tenants, with their national ID number (NIK).
+    let customers: Vec<(i64, String, String, String)> = (0..2_000)
+        .map(|i| {
+            let org = rng.random_range(1..=10);
+            let name = format!(
+                "{} {}",
+                FIRST[rng.random_range(0..FIRST.len())],
+                LAST[rng.random_range(0..LAST.len())]
+            );
+            let nik = format!("3171{:06}{:06}", rng.random_range(0..1_000_000), i);
+            (org, name, nik, when(&mut rng))
+        })
+        .collect();
+    insert(
+        &mut tx,
+        "INSERT INTO customers (org_id, name, nik, created_at) ",
+        &customers,
+        |b, r| {
+            b.push_bind(r.0)
+                .push_bind(r.1.clone())
+                .push_bind(r.2.clone())
+                .push_bind(r.3.clone());
+        },
+    )
+    .await?;
+    s.customers = customers.len();
 
     let logs: Vec<(i64, i64, &str, &str, i64, String, String)> = (0..30_000)
         .map(|_| {

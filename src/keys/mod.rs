@@ -68,6 +68,17 @@ fn version_of(kek: &OrgKek) -> String {
 pub struct RotateParams {
     /// Only this org (default: all).
     pub org: Option<String>,
+    /// A new DEK version now, whatever the age of the active one: after a
+    /// suspected exposure (then `keys.reencrypt` moves the values to it).
+    #[serde(default)]
+    pub new_dek: bool,
+}
+
+/// When this rotation pass runs and whether it forces new DEK versions.
+#[derive(Clone, Copy)]
+struct Pass {
+    now: DateTime<Utc>,
+    new_dek: bool,
 }
 
 impl JobParams for RotateParams {}
@@ -108,9 +119,10 @@ async fn rotate_org(
     org: String,
     closed_at: Option<DateTime<Utc>>,
     existing: Option<OrgKek>,
-    now: DateTime<Utc>,
+    pass: Pass,
     actor: String,
 ) -> Result<OrgOutcome> {
+    let now = pass.now;
     let cfg = &ctx.config.keys;
     let store = ctx.store.as_ref();
     let mut out = OrgOutcome {
@@ -145,7 +157,7 @@ async fn rotate_org(
         store.kek_put(&kek, Some(&event)).await?;
         out.rotated_kek = true;
     }
-    rotate_deks(&ctx, kms.as_ref(), &org, &kek, now, &actor, &mut out).await?;
+    rotate_deks(&ctx, kms.as_ref(), &org, &kek, pass, &actor, &mut out).await?;
     app_table::sync_org(&ctx, &org, &actor, &mut out).await?;
     Ok(out)
 }
@@ -216,22 +228,24 @@ async fn shred(
 }
 
 /// A new DEK when the newest is older than `dek_rotation` (or there is
-/// none), then every DEK wrapped under an older KEK version re-wrapped.
+/// none, or the pass forces one), then every DEK wrapped under an older KEK
+/// version re-wrapped.
 async fn rotate_deks(
     ctx: &Context,
     kms: &dyn Kms,
     org: &str,
     kek: &OrgKek,
-    now: DateTime<Utc>,
+    pass: Pass,
     actor: &str,
     out: &mut OrgOutcome,
 ) -> Result<()> {
-    let cfg = &ctx.config.keys;
+    let (cfg, now) = (&ctx.config.keys, pass.now);
     let store = ctx.store.as_ref();
     let deks = store.deks(Some(org)).await?;
     let active = deks.iter().max_by_key(|d| d.version);
-    if active.is_none_or(|d| (now - d.created_at).to_std().unwrap_or_default() >= cfg.dek_rotation)
-    {
+    let due = active
+        .is_none_or(|d| (now - d.created_at).to_std().unwrap_or_default() >= cfg.dek_rotation);
+    if due || pass.new_dek {
         let version = active.map_or(1, |d| d.version + 1);
         let wrapped = with_retry("generate data key", || kms.generate_dek(&kek.kek_id)).await?;
         let event = crate::store::evidence(
@@ -278,12 +292,16 @@ async fn rotate_deks(
 }
 
 /// `keys.rotate` / `lethe keys rotate`: every org (or one), with bounded concurrency toward the KMS.
-pub async fn rotate(ctx: &Arc<Context>, only: Option<&str>, actor: &str) -> Result<Value> {
+pub async fn rotate(ctx: &Arc<Context>, p: &RotateParams, actor: &str) -> Result<Value> {
     let kms = ctx.kms().await?;
     // Micro precision: the KEK version string must survive a round trip through either store.
     let now = crate::audit::truncate_micros(ctx.store.now().await?);
+    let pass = Pass {
+        now,
+        new_dek: p.new_dek,
+    };
     let mut list = orgs(ctx).await?;
-    if let Some(o) = only {
+    if let Some(o) = p.org.as_deref() {
         list.retain(|(id, _)| id == o);
         if list.is_empty() {
             return Err(Error::Usage(format!("org `{o}` is not in [app.orgs]")));
@@ -314,7 +332,7 @@ pub async fn rotate(ctx: &Arc<Context>, only: Option<&str>, actor: &str) -> Resu
             .map_err(|e| Error::Failed(e.to_string()))?;
         tasks.spawn(async move {
             let _slot = slot;
-            rotate_org(ctx, kms, org, closed, kek, now, actor).await
+            rotate_org(ctx, kms, org, closed, kek, pass, actor).await
         });
     }
     let mut outcomes = Vec::new();
@@ -361,7 +379,7 @@ pub async fn rotate_job(jc: &JobContext, p: RotateParams) -> Result<Value> {
     if jc.dry_run {
         return Ok(json!({"dry_run": true, "orgs": orgs(&jc.ctx).await?.len()}));
     }
-    rotate(&jc.ctx, p.org.as_deref(), &jc.actor).await
+    rotate(&jc.ctx, &p, &jc.actor).await
 }
 
 /// `keys status`: per org, active version, age, next rotation due, shredded.

@@ -203,14 +203,15 @@ async fn plan_batch(
             column,
             org: &r.org,
         };
-        let Ok(version) = cipher::dek_version(&r.value) else {
-            tracing::warn!(table = %e.table, row = ?r.pos, "value is not in the lethe1 format; skipped");
-            out.unreadable += 1;
-            continue;
-        };
-        // No active version: the org was shredded (or never got a key).
+        // No active version: the org was shredded (or never got a key), and
+        // nothing opens or seals its values; not worth a warning per row.
         let Some(newest) = keys.newest(&r.org) else {
             out.undecryptable += 1;
+            continue;
+        };
+        let Ok(version) = cipher::dek_version(&r.value) else {
+            tracing::warn!(table = %e.table, column, row = %r.pos, "value is not in the lethe1 format; skipped");
+            out.unreadable += 1;
             continue;
         };
         if i64::from(version) == newest {
@@ -221,7 +222,7 @@ async fn plan_batch(
             continue;
         };
         let Opened::Plain(plain) = keys.open(at, &r.value).await? else {
-            tracing::warn!(table = %e.table, row = ?r.pos, version, "value does not decrypt under its version; skipped");
+            tracing::warn!(table = %e.table, column, row = %r.pos, version, "value does not decrypt under its version; skipped");
             out.undecryptable += 1;
             continue;
         };

@@ -5,7 +5,7 @@
 use lethe::appdb::{AppDb, AppKey};
 use lethe::config::KeysTable;
 
-use crate::common::{app_exec, run_ok, ConfigDir};
+use crate::common::{app_exec, run_ok, stdout_json, ConfigDir};
 
 fn table() -> KeysTable {
     serde_json::from_value(serde_json::json!({"table": "org_data_keys"})).unwrap()
@@ -469,6 +469,75 @@ async fn a_backup_from_before_a_shred_restores_values_no_key_opens() {
             ),
             (2, Err(e)) => assert!(e.to_string().contains("crypto-shredded"), "{e}"),
             (org, other) => panic!("org {org}: {other:?}"),
+        }
+    }
+}
+
+/// The demo encrypts its sample's phone numbers and NIKs under version 1,
+/// creates version 2, and its keys.reencrypt moves every value: nothing is
+/// left stale, and running it again finds nothing to do.
+#[test]
+fn the_demo_leaves_no_stale_ciphertexts() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("demo");
+    let v = stdout_json(&run_ok(
+        crate::common::lethe()
+            .args(["demo", "--json", "--dir"])
+            .arg(&dir),
+    ));
+    let plain: i64 = {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let url = format!("sqlite://{}", dir.join("app.db").display());
+        let counts = rt.block_on(crate::common::app_strings(
+            &url,
+            "SELECT CAST((SELECT count(*) FROM customers WHERE nik IS NOT NULL) + \
+             (SELECT count(*) FROM users WHERE phone IS NOT NULL) AS TEXT) \
+             UNION ALL SELECT CAST((SELECT count(*) FROM customers WHERE nik NOT LIKE 'lethe1:%') + \
+             (SELECT count(*) FROM users WHERE phone NOT LIKE 'lethe1:%') AS TEXT)",
+        ));
+        assert_eq!(counts[1], "0", "every stored value is in the format");
+        counts[0].parse().unwrap()
+    };
+    let reencrypt = v["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["kind"] == "keys.reencrypt")
+        .unwrap();
+    assert_eq!(
+        v["keys"]["values_sealed"].as_i64(),
+        reencrypt["result"]["reencrypted"].as_i64(),
+        "{v}"
+    );
+    // Every value the app sealed is still stored (the erased user's org was
+    // shredded before the demo began: no phone to seal).
+    assert!(plain > 2000, "{plain}");
+    assert_eq!(v["keys"]["values_sealed"].as_i64(), Some(plain), "{v}");
+    assert_eq!(v["keys"]["stale_ciphertexts"], 0, "{v}");
+
+    let config = dir.join("lethe.toml");
+    let again = stdout_json(&run_ok(
+        crate::common::lethe().arg("--config").arg(&config).args([
+            "run",
+            "keys.reencrypt",
+            "--json",
+        ]),
+    ));
+    assert_eq!(again["status"], "succeeded", "{again}");
+    assert_eq!(again["result"]["reencrypted"], 0, "{again}");
+    assert_eq!(again["result"]["unreadable"], 0, "{again}");
+    let status = stdout_json(&run_ok(
+        crate::common::lethe()
+            .arg("--config")
+            .arg(&config)
+            .args(["keys", "status", "--json"]),
+    ));
+    let orgs = status["orgs"].as_array().unwrap();
+    assert_eq!(orgs.len(), 12);
+    for o in orgs {
+        assert_eq!(o["stale_ciphertexts"], 0, "{o}");
+        if o["shredded"] == false {
+            assert_eq!(o["active_version"], 2, "{o}");
         }
     }
 }
