@@ -69,6 +69,10 @@ pub enum Error {
     /// A service refused the call for its request rate: worth a retry.
     #[error("{0}")]
     Throttled(String),
+    /// The KMS refused a key that is disabled: an operator's switch, not a
+    /// shred, so nothing encrypted under it is given up on.
+    #[error("{0}; enable the key in the KMS, then run again")]
+    KeyDisabled(String),
     /// The attempt's lease may have lapsed: it must not commit anything more.
     #[error("lease lost: {0}")]
     LeaseLost(String),

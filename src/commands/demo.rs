@@ -28,26 +28,8 @@ pub async fn run(dir: &Path, json_out: bool) -> Result<i32> {
     // then version 2: the tour's keys.reencrypt has stale values to move.
     let sealed = crate::demo::encrypt_as_the_app(&ctx, &dir.join("app.db")).await?;
 
-    notify::enqueue(
-        &ctx,
-        Message {
-            role: Role::Ops,
-            subject: "[lethe] demo started".into(),
-            paragraphs: vec![format!(
-                "The demo seeded {} orgs and {} users with three years of activity in {}.",
-                seeded.orgs,
-                seeded.users,
-                dir.join("app.db").display()
-            )],
-            html_extra: None,
-            attachments: vec![],
-            dedupe_key: Some("demo-started".into()),
-        },
-    )
-    .await?;
-
+    announce(&ctx, dir, &seeded).await?;
     let dsrs = submit_sample_requests(&ctx).await?;
-
     // One breach, found 30 hours ago: its 72-hour deadlines are 42 hours away.
     let breach = crate::breach::open(
         &ctx,
@@ -62,15 +44,7 @@ pub async fn run(dir: &Path, json_out: bool) -> Result<i32> {
     .await?;
 
     let runs = run_every_kind(&ctx).await?;
-    let keys = crate::keys::status(&ctx).await?;
-    let stale: u64 = keys["orgs"]
-        .as_array()
-        .map(|orgs| {
-            orgs.iter()
-                .filter_map(|o| o["stale_ciphertexts"].as_u64())
-                .sum()
-        })
-        .unwrap_or(0);
+    let stale = stale_ciphertexts(&ctx).await?;
     let keys_summary = json!({"values_sealed": sealed, "stale_ciphertexts": stale});
 
     // Prove the evidence holds: export the chain and verify it, signed.
@@ -113,6 +87,37 @@ pub async fn run(dir: &Path, json_out: bool) -> Result<i32> {
         );
     }
     Ok(if all_ok { 0 } else { 1 })
+}
+
+async fn announce(ctx: &Context, dir: &Path, seeded: &crate::demo::Seeded) -> Result<()> {
+    let message = Message {
+        role: Role::Ops,
+        subject: "[lethe] demo started".into(),
+        paragraphs: vec![format!(
+            "The demo seeded {} orgs and {} users with three years of activity in {}.",
+            seeded.orgs,
+            seeded.users,
+            dir.join("app.db").display()
+        )],
+        html_extra: None,
+        attachments: vec![],
+        dedupe_key: Some("demo-started".into()),
+    };
+    notify::enqueue(ctx, message).await?;
+    Ok(())
+}
+
+/// Values under a version other than their org's newest, over every org.
+async fn stale_ciphertexts(ctx: &Context) -> Result<u64> {
+    let keys = crate::keys::status(ctx).await?;
+    Ok(keys["orgs"]
+        .as_array()
+        .map(|orgs| {
+            orgs.iter()
+                .filter_map(|o| o["stale_ciphertexts"].as_u64())
+                .sum()
+        })
+        .unwrap_or(0))
 }
 
 /// The demo's lethe.toml (the starter config with a fresh age recipient) and

@@ -13,23 +13,68 @@ use super::OrgOutcome;
 use crate::appdb::{newest_active, AppKey, Census};
 use crate::config::KeysTable;
 use crate::context::Context;
-use crate::error::Result;
+use crate::error::{Error, Result};
+use crate::kms::Kms;
+use crate::store::OrgKek;
 
 /// `[app.keys]`, when the application keeps its data keys in a table.
-fn key_table(ctx: &Context) -> Option<&KeysTable> {
+pub(super) fn key_table(ctx: &Context) -> Option<&KeysTable> {
     ctx.config.app.as_ref().and_then(|a| a.keys.as_ref())
 }
 
-/// Adds the versions the table lacks and re-wraps those whose wrapping changed.
-pub(super) async fn sync_org(
+/// A version's wrapped key as the table holds it; None when the row is
+/// missing or destroyed.
+pub(super) async fn wrapped(ctx: &Context, org: &str, version: i32) -> Result<Option<String>> {
+    let Some(t) = key_table(ctx) else {
+        return Ok(None);
+    };
+    let keys = ctx.app_db().await?.app_keys(t, Some(org)).await?;
+    Ok(keys
+        .into_iter()
+        .find(|k| k.version == i64::from(version) && k.state != "destroyed")
+        .map(|k| k.wrapped_key)
+        .filter(|w| !w.is_empty()))
+}
+
+/// Replaces a version's wrapping in the table (never a destroyed one).
+pub(super) async fn rewrap(
     ctx: &Context,
     org: &str,
+    version: i32,
+    kms_key_id: &str,
+    wrapped: &str,
+) -> Result<()> {
+    let Some(t) = key_table(ctx) else {
+        return Ok(());
+    };
+    let key = AppKey {
+        org: org.to_string(),
+        version: i64::from(version),
+        wrapped_key: wrapped.to_string(),
+        kms_key_id: kms_key_id.to_string(),
+        state: "active".into(),
+    };
+    ctx.app_db().await?.app_key_rewrap(t, &key).await
+}
+
+/// Adds the versions the table lacks: a new version with the wrapping just
+/// made (`fresh`). A version the store has and the table lacks otherwise
+/// means a crash between the store's commit and this write, so nothing can
+/// be encrypted under it: it gets a new key, unless values are (its row was
+/// removed by hand), which stops the run. Stores from before the table kept
+/// the keys carry the wrapping themselves, and the table follows them.
+pub(super) async fn sync_org(
+    ctx: &Context,
+    kms: &dyn Kms,
+    kek: &OrgKek,
+    fresh: Option<(i32, String)>,
     actor: &str,
     out: &mut OrgOutcome,
 ) -> Result<()> {
     let Some(t) = key_table(ctx) else {
         return Ok(());
     };
+    let org = kek.org.as_str();
     let db = ctx.app_db().await?;
     let have: BTreeMap<i64, AppKey> = db
         .app_keys(t, Some(org))
@@ -38,7 +83,7 @@ pub(super) async fn sync_org(
         .map(|k| (k.version, k))
         .collect();
     for d in ctx.store.deks(Some(org)).await? {
-        let want = AppKey {
+        let mut want = AppKey {
             org: org.to_string(),
             version: i64::from(d.version),
             wrapped_key: d.wrapped.clone(),
@@ -47,10 +92,16 @@ pub(super) async fn sync_org(
         };
         match have.get(&want.version) {
             None => {
+                want.wrapped_key = match &fresh {
+                    _ if !d.wrapped.is_empty() => d.wrapped.clone(),
+                    Some((v, w)) if *v == d.version => w.clone(),
+                    _ => replacement(ctx, kms, kek, d.version).await?,
+                };
+                want.kms_key_id = kek.kek_id.clone();
                 db.app_key_add(t, &want, d.created_at).await?;
                 out.app_keys_added += 1;
             }
-            Some(k) if k.state == "destroyed" => {}
+            Some(k) if k.state == "destroyed" || d.wrapped.is_empty() => {}
             Some(k) if k.wrapped_key != want.wrapped_key || k.kms_key_id != want.kms_key_id => {
                 db.app_key_rewrap(t, &want).await?;
                 out.app_keys_rewrapped += 1;
@@ -69,6 +120,21 @@ pub(super) async fn sync_org(
         .await?;
     }
     Ok(())
+}
+
+/// A new key for a version the table never received; refused while values
+/// are encrypted under that version (their key would be lost for good).
+async fn replacement(ctx: &Context, kms: &dyn Kms, kek: &OrgKek, version: i32) -> Result<String> {
+    let under = census(ctx).await?.count(&kek.org, i64::from(version));
+    if under > 0 {
+        return Err(Error::Failed(format!(
+            "org {}: version {version} is missing from the key table while {under} stored value(s) \
+             name it; restore its row from a backup of the application database",
+            kek.org
+        )));
+    }
+    let wrapped = super::with_retry("generate data key", || kms.generate_dek(&kek.kek_id)).await?;
+    Ok(super::b64(&wrapped))
 }
 
 /// Destroys every wrapped key of a shredded org in the table (again after a

@@ -87,6 +87,13 @@ impl<'a> DataKeys<'a> {
                 let kms = self.ctx.kms().await?;
                 match kms.decrypt_dek(&k.kms_key_id, &wrapped).await {
                     Ok(d) => Some(d),
+                    // Disabled is a switch someone can turn back: the run
+                    // stops instead of treating the values as lost.
+                    Err(Error::KeyDisabled(m)) => {
+                        return Err(Error::KeyDisabled(format!(
+                            "org {org} version {version}: {m}"
+                        )))
+                    }
                     Err(e) => {
                         tracing::warn!(org, version, error = %e, "data key does not unwrap; its values are skipped");
                         None

@@ -157,8 +157,8 @@ async fn rotate_org(
         store.kek_put(&kek, Some(&event)).await?;
         out.rotated_kek = true;
     }
-    rotate_deks(&ctx, kms.as_ref(), &org, &kek, pass, &actor, &mut out).await?;
-    app_table::sync_org(&ctx, &org, &actor, &mut out).await?;
+    let fresh = rotate_deks(&ctx, kms.as_ref(), &org, &kek, pass, &actor, &mut out).await?;
+    app_table::sync_org(&ctx, kms.as_ref(), &kek, fresh, &actor, &mut out).await?;
     Ok(out)
 }
 
@@ -229,7 +229,10 @@ async fn shred(
 
 /// A new DEK when the newest is older than `dek_rotation` (or there is
 /// none, or the pass forces one), then every DEK wrapped under an older KEK
-/// version re-wrapped.
+/// version re-wrapped. With `[app.keys]` the wrapped keys live only in the
+/// application's table: the store keeps each version's KEK version and dates
+/// (progress and evidence), not the wrapped key. Returns a new version's
+/// wrapping for the table.
 async fn rotate_deks(
     ctx: &Context,
     kms: &dyn Kms,
@@ -238,45 +241,80 @@ async fn rotate_deks(
     pass: Pass,
     actor: &str,
     out: &mut OrgOutcome,
-) -> Result<()> {
+) -> Result<Option<(i32, String)>> {
     let (cfg, now) = (&ctx.config.keys, pass.now);
+    let in_app_table = app_table::key_table(ctx).is_some();
     let store = ctx.store.as_ref();
     let deks = store.deks(Some(org)).await?;
     let active = deks.iter().max_by_key(|d| d.version);
     let due = active
         .is_none_or(|d| (now - d.created_at).to_std().unwrap_or_default() >= cfg.dek_rotation);
+    let mut fresh = None;
     if due || pass.new_dek {
         let version = active.map_or(1, |d| d.version + 1);
-        let wrapped = with_retry("generate data key", || kms.generate_dek(&kek.kek_id)).await?;
+        let wrapped =
+            b64(&with_retry("generate data key", || kms.generate_dek(&kek.kek_id)).await?);
         let event = crate::store::evidence(
             actor,
             "keys.dek_rotated",
             &format!("org:{org}"),
             json!({"version": version, "kek_id": kek.kek_id}),
         );
-        store
-            .dek_insert(
-                &OrgDek {
-                    org: org.to_string(),
-                    version,
-                    kek_id: kek.kek_id.clone(),
-                    kek_version: version_of(kek),
-                    wrapped: b64(&wrapped),
-                    created_at: now,
-                    rewrapped_at: None,
-                },
-                &event,
-            )
-            .await?;
+        let stored = if in_app_table {
+            String::new()
+        } else {
+            wrapped.clone()
+        };
+        let dek = OrgDek {
+            org: org.to_string(),
+            version,
+            kek_id: kek.kek_id.clone(),
+            kek_version: version_of(kek),
+            wrapped: stored,
+            created_at: now,
+            rewrapped_at: None,
+        };
+        store.dek_insert(&dek, &event).await?;
         out.new_dek_version = Some(version);
+        fresh = in_app_table.then_some((version, wrapped));
     }
+    rewrap_deks(ctx, kms, org, kek, &deks, actor, out).await?;
+    Ok(fresh)
+}
+
+/// Every DEK wrapped under an older KEK version, re-wrapped by the KMS
+/// (`ReEncrypt`: the plaintext never leaves it) and stored with evidence; in
+/// the application's table first, when it keeps them, so a crash in between
+/// only repeats a harmless re-wrap.
+async fn rewrap_deks(
+    ctx: &Context,
+    kms: &dyn Kms,
+    org: &str,
+    kek: &OrgKek,
+    deks: &[OrgDek],
+    actor: &str,
+    out: &mut OrgOutcome,
+) -> Result<()> {
     let current = version_of(kek);
-    // Re-wrapped under the KMS first, then stored together with their evidence.
     let mut rewraps = Vec::new();
     for d in deks.iter().filter(|d| d.kek_version != current) {
-        let blob = unb64(&d.wrapped)?;
-        let re = with_retry("re-encrypt", || kms.rewrap(&kek.kek_id, &blob)).await?;
-        rewraps.push((d.version, b64(&re)));
+        let wrapped = match app_table::key_table(ctx) {
+            None => d.wrapped.clone(),
+            // Missing from the table: sync_org adds it, wrapped under the current KEK.
+            Some(_) => match app_table::wrapped(ctx, org, d.version).await? {
+                Some(w) => w,
+                None => continue,
+            },
+        };
+        let blob = unb64(&wrapped)?;
+        let re = b64(&with_retry("re-encrypt", || kms.rewrap(&kek.kek_id, &blob)).await?);
+        if app_table::key_table(ctx).is_some() {
+            app_table::rewrap(ctx, org, d.version, &kek.kek_id, &re).await?;
+            out.app_keys_rewrapped += 1;
+            rewraps.push((d.version, String::new()));
+        } else {
+            rewraps.push((d.version, re));
+        }
     }
     if !rewraps.is_empty() {
         out.rewrapped = rewraps.len();
@@ -286,7 +324,9 @@ async fn rotate_deks(
             &format!("org:{org}"),
             json!({"deks": out.rewrapped, "kek_id": kek.kek_id}),
         );
-        store.dek_rewrapped(org, &current, &rewraps, &event).await?;
+        ctx.store
+            .dek_rewrapped(org, &current, &rewraps, &event)
+            .await?;
     }
     Ok(())
 }
@@ -363,7 +403,12 @@ pub async fn rotate(ctx: &Arc<Context>, p: &RotateParams, actor: &str) -> Result
             errors.join("; ")
         )));
     }
-    Ok(json!({
+    Ok(summary(kms.as_ref(), &outcomes))
+}
+
+/// What `keys rotate --json` prints: totals, then each org's outcome.
+fn summary(kms: &dyn Kms, outcomes: &[OrgOutcome]) -> Value {
+    json!({
         "provider": kms.describe(),
         "orgs": outcomes.len(),
         "keks_created": outcomes.iter().filter(|o| o.created_kek).count(),
@@ -372,7 +417,7 @@ pub async fn rotate(ctx: &Arc<Context>, p: &RotateParams, actor: &str) -> Result
         "rewrapped": outcomes.iter().map(|o| o.rewrapped).sum::<usize>(),
         "shredded": outcomes.iter().filter(|o| o.shredded).map(|o| o.org.clone()).collect::<Vec<_>>(),
         "details": outcomes,
-    }))
+    })
 }
 
 pub async fn rotate_job(jc: &JobContext, p: RotateParams) -> Result<Value> {

@@ -27,6 +27,9 @@ where
         SdkError::ServiceError(se) if se.err().code().is_some_and(|c| THROTTLED.contains(&c)) => {
             Error::Throttled(message)
         }
+        SdkError::ServiceError(se) if se.err().code() == Some("DisabledException") => {
+            Error::KeyDisabled(message)
+        }
         _ => Error::Failed(message),
     }
 }

@@ -541,3 +541,31 @@ fn the_demo_leaves_no_stale_ciphertexts() {
         }
     }
 }
+
+/// A version removed from the key table by hand while values are still under
+/// it: rotation stops and says how to fix it, rather than giving the version
+/// a new key (which would lose those values for good).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_key_row_removed_while_values_use_it_stops_rotation() {
+    let Some(e) = Encrypted::setup(6, "", "", CUSTOMERS).await else {
+        return;
+    };
+    app_exec(
+        &e.url,
+        "DELETE FROM org_data_keys WHERE org_id = 1 AND version = 1",
+    )
+    .await;
+    let out = e.c.lethe().args(["keys", "rotate"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("org 1: version 1 is missing from the key table while 3 stored value(s) name it; restore its row from a backup"),
+        "{stderr}"
+    );
+    let org1 = e.db.app_keys(&table(), Some("1")).await.unwrap();
+    assert_eq!(
+        org1.iter().map(|k| k.version).collect::<Vec<_>>(),
+        [2],
+        "no new key under version 1"
+    );
+}

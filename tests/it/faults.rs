@@ -596,3 +596,145 @@ async fn an_attempt_whose_heartbeats_fail_stops_before_its_lease_lapses() {
         "{finished:?}"
     );
 }
+
+/// Injects: the KMS answering `400 DisabledException` (an operator disabled
+/// the org's key) to every Decrypt, GenerateDataKey and ReEncrypt, through
+/// the fault proxy before moto (moto itself does not enforce key state).
+/// Must hold: `keys.reencrypt` fails loudly naming the cause and the fix,
+/// and changes nothing (the values are not given up as unreadable, as a
+/// shredded org's would be); `keys rotate --new-dek` exits 1 the same way;
+/// once the key is enabled again, the same job moves every value.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_disabled_kms_key_stops_reencrypt_and_rotation_loudly() {
+    use std::sync::atomic::AtomicBool;
+    use std::sync::Arc;
+    let Some(moto) = crate::common::server_env("LETHE_TEST_MOTO_URL") else {
+        return;
+    };
+    let disabled = Arc::new(AtomicBool::new(false));
+    let flag = disabled.clone();
+    let rule: Rule = Box::new(move |r: &Request| {
+        match r.kms_op() {
+        Some("Decrypt" | "GenerateDataKey" | "ReEncrypt") if flag.load(Ordering::SeqCst) => {
+            Fault::Respond(
+                400,
+                "application/x-amz-json-1.1",
+                r#"{"__type":"DisabledException","message":"arn:aws:kms:us-east-1:123456789012:key/k is disabled."}"#.into(),
+            )
+        }
+        _ => Fault::Pass,
+    }
+    });
+    let proxy = FaultProxy::start(&moto, rule).await;
+    let c = ConfigDir::full(
+        None,
+        None,
+        "",
+        "",
+        &format!(
+            "[app]\nsubjects = {{ table = \"users\", id = \"id\", email = \"email\" }}\n\
+             orgs = {{ table = \"orgs\", id = \"id\", closed_at = \"closed_at\" }}\n\
+             keys = {{ table = \"org_data_keys\" }}\n\
+             [keys]\nprovider = \"aws\"\nkms_endpoint = \"{}\"\nregion = \"us-east-1\"\n\n\
+             [[data_map]]\ntable = \"customers\"\nclass = \"customer_pii\"\norg = \"org_id\"\nencrypted = [\"nik\"]\n",
+            proxy.url
+        ),
+    );
+    c.job(
+        "reencrypt",
+        "kind = \"keys.reencrypt\"\nschedule = \"0 0 3 * * *\"\nmax_attempts = 1\n",
+    );
+    let url = format!("sqlite://{}", c.path().join("app.db").display());
+    crate::common::app_exec(
+        &url,
+        "CREATE TABLE users (id INTEGER PRIMARY KEY, email TEXT);
+         CREATE TABLE orgs (id INTEGER PRIMARY KEY, closed_at TEXT);
+         INSERT INTO orgs VALUES (1, NULL);
+         CREATE TABLE org_data_keys (org_id INTEGER NOT NULL, version INTEGER NOT NULL, wrapped_key TEXT NOT NULL,
+             kms_key_id TEXT NOT NULL, state TEXT NOT NULL, created_at TEXT NOT NULL, PRIMARY KEY (org_id, version));
+         CREATE TABLE customers (id INTEGER PRIMARY KEY, org_id INTEGER NOT NULL, nik TEXT);",
+    )
+    .await;
+    run_ok(c.lethe().arg("migrate"));
+    run_ok(c.lethe_aws().args(["keys", "rotate"]));
+
+    // The application seals three NIKs under version 1, as app.py would.
+    let key = &crate::common::app_strings(
+        &url,
+        "SELECT wrapped_key || ' ' || kms_key_id FROM org_data_keys",
+    )
+    .await[0];
+    let (wrapped, kek) = key.split_once(' ').unwrap();
+    let kms = aws_sdk_kms::Client::from_conf(
+        aws_sdk_kms::config::Builder::new()
+            .behavior_version(aws_sdk_kms::config::BehaviorVersion::latest())
+            .http_client(lethe::aws::http_client())
+            .region(aws_sdk_kms::config::Region::new("us-east-1"))
+            .endpoint_url(&moto)
+            .credentials_provider(aws_sdk_kms::config::Credentials::new(
+                "testing", "testing", None, None, "test",
+            ))
+            .build(),
+    );
+    let dek = {
+        use base64::Engine;
+        let blob = base64::engine::general_purpose::STANDARD
+            .decode(wrapped)
+            .unwrap();
+        let out = kms
+            .decrypt()
+            .key_id(kek)
+            .ciphertext_blob(aws_sdk_kms::primitives::Blob::new(blob))
+            .send()
+            .await
+            .unwrap();
+        out.plaintext().unwrap().as_ref().to_vec()
+    };
+    let at = lethe::cipher::Binding {
+        table: "customers",
+        column: "nik",
+        org: "1",
+    };
+    for id in 1..=3 {
+        let sealed =
+            lethe::cipher::seal(&dek, 1, at, format!("317100000000000{id}").as_bytes()).unwrap();
+        crate::common::app_exec(
+            &url,
+            &format!("INSERT INTO customers VALUES ({id}, 1, '{sealed}')"),
+        )
+        .await;
+    }
+    run_ok(c.lethe_aws().args(["keys", "rotate", "--new-dek"]));
+    let versions = || async {
+        crate::common::app_strings(&url, "SELECT nik FROM customers ORDER BY id")
+            .await
+            .iter()
+            .map(|n| lethe::cipher::dek_version(n).unwrap())
+            .collect::<Vec<_>>()
+    };
+
+    disabled.store(true, Ordering::SeqCst);
+    let run = crate::common::run_job(c.lethe_aws(), "reencrypt", &[]);
+    assert_eq!(run["status"], "dead", "its one attempt failed: {run}");
+    let error = run["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("is disabled")
+            && error.contains("enable the key in the KMS, then run again"),
+        "{run}"
+    );
+    assert_eq!(versions().await, [1, 1, 1], "nothing changed");
+    let out = c
+        .lethe_aws()
+        .args(["keys", "rotate", "--new-dek"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("enable the key in the KMS"), "{stderr}");
+
+    disabled.store(false, Ordering::SeqCst);
+    let run = crate::common::run_job(c.lethe_aws(), "reencrypt", &[]);
+    assert_eq!(run["status"], "succeeded", "{run}");
+    assert_eq!(run["result"]["reencrypted"], 3, "{run}");
+    assert_eq!(versions().await, [2, 2, 2]);
+}

@@ -370,10 +370,26 @@ async fn the_apps_key_table_follows_rotation_crashes_and_shredding() {
         "wrapped keys written"
     );
 
-    // A crash after the store's commit, before the table was written: the next run repairs it.
+    // The wrapped keys live in the application's table only: Lethe's store
+    // keeps versions and dates, not a copy.
+    let store_url = format!("sqlite://{}", c.path().join("lethe.db").display());
+    let store = crate::common::app_strings(&store_url, "SELECT wrapped FROM org_deks").await;
+    assert_eq!(store, ["", "", ""], "the store holds no wrapped key");
+
+    // A crash after the store's commit, before the table was written: the
+    // next run adds the version with a new key (no value can be under a key
+    // the application never saw); the other orgs' keys stay as they were.
     app_sql(&c, "DELETE FROM org_data_keys WHERE org_id = 2").await;
     let repaired = rotate(&c);
-    assert_eq!(app_keys(&c).await, first, "{repaired}");
+    let now = app_keys(&c).await;
+    assert_eq!(now.len(), 3, "{repaired}");
+    assert_eq!(
+        (now[0].clone(), now[2].clone()),
+        (first[0].clone(), first[2].clone())
+    );
+    assert_eq!((now[1].0, now[1].1, now[1].2.as_str()), (2, 1, "active"));
+    assert_ne!(now[1].3, first[1].3, "a new key for org 2's version 1");
+    let first = now;
 
     // Past both rotation periods: version 2 added, version 1 re-wrapped under the rotated KEK.
     std::thread::sleep(Duration::from_millis(4100));

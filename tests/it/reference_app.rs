@@ -192,7 +192,7 @@ async fn reference_application(python: String, pg_url: Option<String>, moto: Opt
         None => "provider = \"local\"\nkeyring_file = \"keyring.json\"".to_string(),
     };
     let extra = format!(
-        "[app]\nsubjects = {{ table = \"users\", id = \"id\", email = \"email\" }}\norgs = {{ table = \"orgs\", id = \"id\", closed_at = \"closed_at\" }}\nkeys = {{ table = \"org_data_keys\" }}\n\n[keys]\n{provider}\ndek_rotation = \"4s\"\nkek_rotation = \"4s\"\nshred_after = \"30d\"\n\n[object_store]\nurl = \"file://objects\"\n[backup]\nrecipients = [\"{}\"]\n\n[[data_map]]\ntable = \"customers\"\nclass = \"customer_pii\"\norg = \"org_id\"\nsubject = \"user_id\"\nexport = true\nencrypted = [\"nik\"]\nerasure = \"anonymize\"\nanonymize = {{ nik = \"hmac\" }}\n",
+        "[app]\nsubjects = {{ table = \"users\", id = \"id\", email = \"email\" }}\norgs = {{ table = \"orgs\", id = \"id\", closed_at = \"closed_at\" }}\nkeys = {{ table = \"org_data_keys\" }}\n\n[keys]\n{provider}\ndek_rotation = \"1000d\"\nkek_rotation = \"4s\"\nshred_after = \"30d\"\n\n[object_store]\nurl = \"file://objects\"\n[backup]\nrecipients = [\"{}\"]\n\n[[data_map]]\ntable = \"customers\"\nclass = \"customer_pii\"\norg = \"org_id\"\nsubject = \"user_id\"\nexport = true\nencrypted = [\"nik\"]\nerasure = \"anonymize\"\nanonymize = {{ nik = \"hmac\" }}\n",
         identity.to_public()
     );
     let c = ConfigDir::full(None, pg_url.as_deref(), "", "", &extra);
@@ -248,10 +248,16 @@ async fn reference_application(python: String, pg_url: Option<String>, moto: Opt
     assert_eq!(stored_versions(&s).await, [1, 1, 1, 1]);
     assert_eq!(app(&c, &s, "read"), plaintexts(None));
 
-    // KEK rotated, version 1 re-wrapped in place, version 2 added: the old
-    // values still read, and a rewrite moves them to version 2.
+    // KEK rotated (its period passed), version 1 re-wrapped in place,
+    // version 2 added (`--new-dek`): the old values still read, and a
+    // rewrite moves them to version 2.
     std::thread::sleep(Duration::from_millis(4100));
-    let r = stdout_json(&run_ok(c.lethe_aws().args(["keys", "rotate", "--json"])));
+    let r = stdout_json(&run_ok(c.lethe_aws().args([
+        "keys",
+        "rotate",
+        "--new-dek",
+        "--json",
+    ])));
     assert_eq!(
         (r["keks_rotated"].as_u64(), r["deks_created"].as_u64()),
         (Some(2), Some(2)),
