@@ -182,3 +182,72 @@ impl AppDb {
         Ok(applied)
     }
 }
+
+impl AppDb {
+    /// How an operator finds a row the walk met: its primary key as
+    /// `col=value, …`, or its position when the table has none. Never any
+    /// other column (the value itself may be personal data).
+    pub async fn row_key(&self, table: &str, pos: &RowPos) -> Result<String> {
+        let columns: Vec<String> = match self {
+            AppDb::Sqlite(p) => {
+                sqlx::query_scalar(
+                    "SELECT name FROM pragma_table_info($1) WHERE pk > 0 ORDER BY pk",
+                )
+                .bind(table)
+                .fetch_all(p)
+                .await?
+            }
+            AppDb::Postgres(p) => {
+                sqlx::query_scalar(
+                    "SELECT a.attname::text FROM pg_index i
+                     JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey)
+                     WHERE i.indrelid = to_regclass($1) AND i.indisprimary
+                     ORDER BY array_position(i.indkey::int2[], a.attnum)",
+                )
+                .bind(q(table))
+                .fetch_all(p)
+                .await?
+            }
+        };
+        if columns.is_empty() {
+            return Ok(pos.to_string());
+        }
+        let mut sql = self.sql();
+        let parts: Vec<String> = columns
+            .iter()
+            .map(|c| {
+                format!(
+                    "{} || '=' || coalesce({}, 'NULL')",
+                    sql.placeholder(Bind::Text(c.clone())),
+                    sql.as_text(c)
+                )
+            })
+            .collect();
+        let expr = parts.join(" || ', ' || ");
+        let found: Option<String> = match (self, pos) {
+            (AppDb::Sqlite(p), RowPos::Rowid(id)) => {
+                let text = format!(
+                    "SELECT {expr} FROM {} WHERE rowid = {}",
+                    q(table),
+                    sql.placeholder(Bind::Int(*id))
+                );
+                sqlx::query_scalar_with(&text, sqlite_args(sql.binds)?)
+                    .fetch_optional(p)
+                    .await?
+            }
+            (AppDb::Postgres(p), RowPos::Tuple { table_oid, ctid }) => {
+                let text = format!(
+                    "SELECT {expr} FROM {} WHERE tableoid::bigint = {} AND ctid = {}::tid",
+                    q(table),
+                    sql.placeholder(Bind::Int(*table_oid)),
+                    sql.placeholder(Bind::Text(ctid.clone()))
+                );
+                sqlx::query_scalar_with(&text, pg_args(sql.binds)?)
+                    .fetch_optional(p)
+                    .await?
+            }
+            _ => None,
+        };
+        Ok(found.unwrap_or_else(|| pos.to_string()))
+    }
+}

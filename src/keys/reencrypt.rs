@@ -74,6 +74,9 @@ pub struct ReencryptOutput {
     /// The longest rewrite transaction of this attempt.
     pub longest_batch_ms: u64,
     pub tables: Vec<Value>,
+    /// The first values skipped as unreadable or undecryptable (a shredded
+    /// org's aside): table, column, the row's primary key, and why; never the value.
+    pub skipped: Vec<Value>,
 }
 
 pub async fn reencrypt_job(jc: &JobContext, p: ReencryptParams) -> Result<ReencryptOutput> {
@@ -149,7 +152,7 @@ async fn column_pass(
             .await?;
         let Some(last) = rows.last() else { break };
         let next = last.pos.clone();
-        let (rewrites, from) = plan_batch(e, column, rows, keys, out).await?;
+        let (rewrites, from) = plan_batch(db, e, column, rows, keys, out).await?;
         let applied = if jc.dry_run || rewrites.is_empty() {
             vec![true; rewrites.len()]
         } else {
@@ -186,9 +189,33 @@ async fn column_pass(
     Ok(tallies)
 }
 
+/// Most skipped values listed in the output; the counts cover them all.
+const SKIPPED_LISTED: usize = 100;
+
+/// Logs a skipped value by table, column and primary key (never the value),
+/// and lists the first ones in the output.
+async fn skip(
+    db: &AppDb,
+    e: &DataMapEntry,
+    column: &str,
+    pos: &RowPos,
+    why: &str,
+    out: &mut ReencryptOutput,
+) -> Result<()> {
+    if out.skipped.len() >= SKIPPED_LISTED {
+        return Ok(());
+    }
+    let row = db.row_key(&e.table, pos).await?;
+    tracing::warn!(table = %e.table, column, row = %row, reason = why, "encrypted value skipped");
+    out.skipped
+        .push(json!({"table": e.table, "column": column, "row": row, "reason": why}));
+    Ok(())
+}
+
 /// The rewrites one batch needs: each value under an older version, opened
 /// with its key and sealed under the newest; with (org, old version) for the tally.
 async fn plan_batch(
+    db: &AppDb,
     e: &DataMapEntry,
     column: &str,
     rows: Vec<crate::appdb::CipherRow>,
@@ -209,10 +236,13 @@ async fn plan_batch(
             out.undecryptable += 1;
             continue;
         };
-        let Ok(version) = cipher::dek_version(&r.value) else {
-            tracing::warn!(table = %e.table, column, row = %r.pos, "value is not in the lethe1 format; skipped");
-            out.unreadable += 1;
-            continue;
+        let version = match cipher::dek_version(&r.value) {
+            Ok(v) => v,
+            Err(why) => {
+                out.unreadable += 1;
+                skip(db, e, column, &r.pos, &why.to_string(), out).await?;
+                continue;
+            }
         };
         if i64::from(version) == newest {
             continue;
@@ -222,8 +252,12 @@ async fn plan_batch(
             continue;
         };
         let Opened::Plain(plain) = keys.open(at, &r.value).await? else {
-            tracing::warn!(table = %e.table, column, row = %r.pos, version, "value does not decrypt under its version; skipped");
             out.undecryptable += 1;
+            let why = format!(
+                "does not decrypt under version {version} of org {}'s key",
+                r.org
+            );
+            skip(db, e, column, &r.pos, &why, out).await?;
             continue;
         };
         let new_version = u32::try_from(newest)

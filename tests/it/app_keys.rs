@@ -305,6 +305,18 @@ async fn reencrypt_moves_values(customers: &str) {
         .await
         .unwrap();
     assert_eq!(untouched, "not-encrypted");
+    // Reported by its primary key and why, never by its value.
+    let row = if customers.contains("PARTITION") {
+        "id=6, org_id=1"
+    } else {
+        "id=6"
+    };
+    assert_eq!(
+        r["result"]["skipped"],
+        serde_json::json!([{"table": "customers", "column": "nik", "row": row,
+                             "reason": "not in the lethe1 format (no `lethe1:` prefix)"}]),
+        "{r}"
+    );
     let again =
         crate::common::stdout_json(&run_ok(e.c.lethe().args(["run", "reencrypt", "--json"])));
     assert_eq!(again["result"]["reencrypted"], 0, "{again}");
@@ -568,4 +580,29 @@ async fn a_key_row_removed_while_values_use_it_stops_rotation() {
         [2],
         "no new key under version 1"
     );
+}
+
+/// A skipped value's row is named by its primary key on SQLite too (a
+/// composite one in key order), or by its rowid when the table has none.
+#[tokio::test(flavor = "multi_thread")]
+async fn rows_are_named_by_primary_key_on_sqlite() {
+    use lethe::appdb::RowPos;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("app.db");
+    std::fs::write(&path, b"").unwrap();
+    let url = format!("sqlite://{}", path.display());
+    app_exec(
+        &url,
+        "CREATE TABLE a (org TEXT, n INTEGER, nik TEXT, PRIMARY KEY (n, org));
+         INSERT INTO a VALUES ('x', 7, 'secret');
+         CREATE TABLE b (nik TEXT);
+         INSERT INTO b VALUES ('secret');",
+    )
+    .await;
+    let db = AppDb::connect(&url).await.unwrap();
+    assert_eq!(
+        db.row_key("a", &RowPos::Rowid(1)).await.unwrap(),
+        "n=7, org=x"
+    );
+    assert_eq!(db.row_key("b", &RowPos::Rowid(1)).await.unwrap(), "rowid 1");
 }
