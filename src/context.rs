@@ -29,6 +29,8 @@ pub struct Context {
     /// and shared (one HTTP connection pool per process, not per call).
     object_store: tokio::sync::OnceCell<Arc<dyn ObjectStore>>,
     kms: tokio::sync::OnceCell<Arc<dyn Kms>>,
+    /// The application's own stores (`[object_stores.NAME]`), opened on first use.
+    app_stores: tokio::sync::Mutex<std::collections::HashMap<String, Arc<dyn ObjectStore>>>,
 }
 
 impl Context {
@@ -57,6 +59,7 @@ impl Context {
             app_db_checked: tokio::sync::OnceCell::new(),
             object_store: tokio::sync::OnceCell::new(),
             kms: tokio::sync::OnceCell::new(),
+            app_stores: tokio::sync::Mutex::new(std::collections::HashMap::new()),
         }))
     }
 
@@ -89,6 +92,23 @@ impl Context {
 }
 
 impl Context {
+    /// The application's store `name` (`[object_stores.NAME]`), where its
+    /// rows' files live; opened once per process.
+    pub async fn app_store(&self, name: &str) -> Result<Arc<dyn ObjectStore>> {
+        let mut open = self.app_stores.lock().await;
+        if let Some(s) = open.get(name) {
+            return Ok(s.clone());
+        }
+        let cfg = self
+            .config
+            .object_stores
+            .get(name)
+            .ok_or_else(|| Error::Usage(format!("no [object_stores.{name}] in the config")))?;
+        let store = crate::objstore::open(cfg).await?;
+        open.insert(name.to_string(), store.clone());
+        Ok(store)
+    }
+
     /// The `[object_store]` backups and exports go to, opened once per process.
     pub async fn object_store(&self) -> Result<Arc<dyn ObjectStore>> {
         let store = self

@@ -18,6 +18,7 @@ macro_rules! on_pool {
 
 mod ciphertexts;
 mod keys;
+mod objects;
 mod schema;
 mod scope;
 mod subject;
@@ -25,6 +26,7 @@ mod timeform;
 
 pub use ciphertexts::{CipherRow, Rewrite, RowPos};
 pub use keys::{newest_active, AppKey, Census};
+pub use objects::ObjectRow;
 pub use schema::{check_data_map, preflight, SchemaProblem};
 pub use scope::{Deleted, Scope, Selector, Slicing, TimeWindow};
 pub use subject::{EraseAction, EraseOutcome, EraseStep, NewValue};

@@ -189,6 +189,9 @@ fn wanted_columns(config: &Config) -> Wanted {
                 cols.push(("anonymize", c));
             }
         }
+        for o in &e.objects {
+            cols.push(("objects", &o.column));
+        }
         for c in &e.encrypted {
             cols.push(("encrypted", c));
         }

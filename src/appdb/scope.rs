@@ -169,7 +169,7 @@ impl Sql {
         parts
     }
 
-    fn where_clause(&mut self, s: &Scope) -> String {
+    pub(super) fn where_clause(&mut self, s: &Scope) -> String {
         let mut parts = Vec::new();
         let any: Vec<String> = s
             .selectors

@@ -120,6 +120,9 @@ pub struct DataMapEntry {
     pub export: bool,
     /// Columns holding `lethe1:` ciphertexts under the row's org's data key.
     pub encrypted: Vec<String>,
+    /// Columns holding keys of objects in the application's stores: the
+    /// files go when their rows do.
+    pub objects: Vec<ObjectColumn>,
     /// `lethe.toml:LINE`, for errors found later against the live schema.
     pub location: String,
 }
@@ -156,6 +159,16 @@ pub(super) struct RawEntry {
     export: bool,
     #[serde(default)]
     encrypted: Vec<String>,
+    #[serde(default)]
+    objects: Vec<ObjectColumn>,
+}
+
+/// A column of object keys (relative to the store's URL) and its store.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ObjectColumn {
+    pub column: String,
+    pub store: String,
 }
 
 pub(super) fn load_app(raw: Option<RawApp>) -> Option<AppMapping> {
@@ -171,6 +184,7 @@ pub(super) fn load_entries(
     src: &SourceFile,
     raw: Vec<RawEntry>,
     app: Option<&AppMapping>,
+    stores: &BTreeMap<String, super::ObjectStoreConfig>,
 ) -> Result<Vec<DataMapEntry>> {
     let mut out: Vec<DataMapEntry> = Vec::new();
     for e in raw {
@@ -186,6 +200,7 @@ pub(super) fn load_entries(
         let rules = entry_rules(src, &e, &table, app)?;
         let erasure = entry_erasure(src, &e, &table)?;
         let encrypted = entry_encrypted(src, &e, &table, app)?;
+        entry_objects(&e, &erasure, stores).map_err(err)?;
         let (line, _) = super::source::line_col(src.text, span.start);
         out.push(DataMapEntry {
             location: format!("{}:{line}", src.path.display()),
@@ -198,6 +213,7 @@ pub(super) fn load_entries(
             erasure,
             export: e.export,
             encrypted,
+            objects: e.objects,
         });
     }
     Ok(out)
@@ -325,6 +341,49 @@ fn entry_encrypted(
         }
     }
     Ok(e.encrypted.clone())
+}
+
+/// Each object column names a configured store, once; an anonymising
+/// erasure keeps the row, so it must empty the column for the file to go.
+fn entry_objects(
+    e: &RawEntry,
+    erasure: &Erasure,
+    stores: &BTreeMap<String, super::ObjectStoreConfig>,
+) -> std::result::Result<(), String> {
+    let mut seen = std::collections::BTreeSet::new();
+    for o in &e.objects {
+        if o.column.trim().is_empty() || !seen.insert(o.column.as_str()) {
+            return Err(format!(
+                "object column `{}` is empty or listed twice",
+                o.column
+            ));
+        }
+        if !stores.contains_key(&o.store) {
+            let known: Vec<&str> = stores.keys().map(String::as_str).collect();
+            return Err(format!(
+                "objects: store `{}` is not configured; add [object_stores.{}] (configured: {})",
+                o.store,
+                o.store,
+                if known.is_empty() {
+                    "none".to_string()
+                } else {
+                    known.join(", ")
+                }
+            ));
+        }
+        if let Erasure::Anonymize(rules) = erasure {
+            if !rules
+                .iter()
+                .any(|(c, r)| c == &o.column && *r == AnonymizeRule::Null)
+            {
+                return Err(format!(
+                    "erasure = \"anonymize\" keeps the row, so its file in `{}` would stay: add `{} = \"null\"` to anonymize (the file then goes), or use erasure = \"delete\"",
+                    o.column, o.column
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

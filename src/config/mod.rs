@@ -14,8 +14,8 @@ pub use crate::policy::{format_duration, parse_duration, MAX_DURATION};
 pub use crate::secret::{redact_url, url_has_password, Secret, SecretSource};
 pub use api_keys::{ApiKey, ApiScope};
 pub use data_map::{
-    AnonymizeRule, AppMapping, DataMapEntry, Erasure, KeysTable, MembershipsTable, OrgsTable,
-    SubjectsTable,
+    AnonymizeRule, AppMapping, DataMapEntry, Erasure, KeysTable, MembershipsTable, ObjectColumn,
+    OrgsTable, SubjectsTable,
 };
 pub use jobs::{from_text as job_from_text, CatchUp, JobSpec};
 
@@ -54,6 +54,8 @@ pub struct Config {
     pub app: Option<AppMapping>,
     pub data_map: Vec<DataMapEntry>,
     pub object_store: Option<ObjectStoreConfig>,
+    /// `[object_stores.NAME]`: the application's stores, for its files.
+    pub object_stores: std::collections::BTreeMap<String, ObjectStoreConfig>,
     pub backup: BackupConfig,
     pub dsr: DsrConfig,
     pub keys: KeysConfig,
@@ -113,6 +115,8 @@ pub struct ObjectStoreConfig {
     pub region: Option<String>,
     pub path_style: bool,
     pub upload_concurrency: usize,
+    /// Environment variables with this store's own access key id and secret.
+    pub credentials_env: Option<(String, String)>,
 }
 
 /// GFS retention for backups: how many of each to keep.
@@ -283,11 +287,19 @@ impl Config {
             },
         };
         let app = data_map::load_app(raw.app);
-        let data_map = data_map::load_entries(&src, raw.data_map, app.as_ref())?;
         let object_store = raw
             .object_store
-            .map(|o| load_object_store(&src, o, &dir))
+            .map(|o| load_object_store(&src, "object_store", o, &dir))
             .transpose()?;
+        let object_stores = raw
+            .object_stores
+            .into_iter()
+            .map(|(name, o)| {
+                let store = load_object_store(&src, &format!("object_stores.{name}"), o, &dir)?;
+                Ok((name, store))
+            })
+            .collect::<Result<std::collections::BTreeMap<_, _>>>()?;
+        let data_map = data_map::load_entries(&src, raw.data_map, app.as_ref(), &object_stores)?;
         let backup = load_backup(&src, raw.backup, &dir)?;
         let on_s3 = object_store
             .as_ref()
@@ -309,6 +321,7 @@ impl Config {
             app,
             data_map,
             object_store,
+            object_stores,
             backup,
             dsr,
             keys,

@@ -23,6 +23,9 @@ pub(super) struct RawConfig {
     #[serde(default)]
     pub(super) data_map: Vec<data_map::RawEntry>,
     pub(super) object_store: Option<RawObjectStore>,
+    /// The application's own stores, where its rows' files live.
+    #[serde(default)]
+    pub(super) object_stores: std::collections::BTreeMap<String, RawObjectStore>,
     #[serde(default)]
     pub(super) backup: RawBackup,
     #[serde(default)]
@@ -76,6 +79,10 @@ pub(super) struct RawObjectStore {
     #[serde(default)]
     pub(super) path_style: bool,
     pub(super) upload_concurrency: Option<Spanned<usize>>,
+    /// Names of the environment variables holding this store's own
+    /// credentials (default: the AWS SDK's usual chain).
+    pub(super) access_key_id_env: Option<String>,
+    pub(super) secret_access_key_env: Option<String>,
 }
 
 #[derive(Deserialize, Default)]

@@ -247,9 +247,22 @@ pub(super) fn load_dsr(
 
 pub(super) fn load_object_store(
     src: &SourceFile,
+    section: &str,
     raw: RawObjectStore,
     dir: &Path,
 ) -> Result<ObjectStoreConfig> {
+    let credentials_env = match (raw.access_key_id_env, raw.secret_access_key_env) {
+        (Some(id), Some(secret)) => Some((id, secret)),
+        (None, None) => None,
+        _ => {
+            return Err(src.error_at(
+                raw.url.span(),
+                format!(
+                    "{section}: set both access_key_id_env and secret_access_key_env, or neither"
+                ),
+            ))
+        }
+    };
     let url = raw.url.get_ref().clone();
     let url = if let Some(path) = url.strip_prefix("file://") {
         if path.starts_with('/') {
@@ -262,7 +275,7 @@ pub(super) fn load_object_store(
     } else {
         return Err(src.error_at(
             raw.url.span(),
-            format!("object_store.url `{url}` must be s3://BUCKET[/PREFIX] or file://PATH"),
+            format!("{section}.url `{url}` must be s3://BUCKET[/PREFIX] or file://PATH"),
         ));
     };
     Ok(ObjectStoreConfig {
@@ -272,10 +285,11 @@ pub(super) fn load_object_store(
         path_style: raw.path_style,
         upload_concurrency: src.count(
             raw.upload_concurrency,
-            "object_store.upload_concurrency",
+            &format!("{section}.upload_concurrency"),
             1..=64,
             4,
         )?,
+        credentials_env,
     })
 }
 

@@ -156,6 +156,37 @@ impl ObjectStore for LocalStore {
         }
     }
 
+    async fn purge(&self, keys: &[String]) -> Result<super::Purged> {
+        let mut out = super::Purged::default();
+        for key in keys {
+            // A key from the application's rows must not reach outside the folder.
+            let unsafe_key = key.is_empty()
+                || std::path::Path::new(key)
+                    .components()
+                    .any(|c| !matches!(c, std::path::Component::Normal(_)));
+            if unsafe_key {
+                tracing::warn!(store = %self.root.display(), "an object key is not a plain relative path; nothing deleted for it");
+                out.refused += 1;
+                continue;
+            }
+            let path = self.path(key);
+            match tokio::fs::metadata(&path).await {
+                Ok(m) if m.is_file() => {
+                    tokio::fs::remove_file(&path)
+                        .await
+                        .map_err(|e| error("delete", key, e))?;
+                    out.objects += 1;
+                    out.versions += 1;
+                    out.bytes += m.len();
+                }
+                Ok(_) => return Err(error("delete", key, "not a file")),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(error("delete", key, e)),
+            }
+        }
+        Ok(out)
+    }
+
     async fn list(&self, prefix: &str) -> Result<Vec<String>> {
         let keys = self.walk().await.map_err(|e| error("list", prefix, e))?;
         Ok(keys

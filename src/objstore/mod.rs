@@ -4,6 +4,7 @@
 
 mod local;
 mod s3;
+mod s3_purge;
 
 pub use local::LocalStore;
 pub use s3::S3Store;
@@ -17,6 +18,28 @@ use tokio::io::AsyncRead;
 
 use crate::config::ObjectStoreConfig;
 use crate::error::{Error, Result};
+
+/// What deleting objects for good did.
+#[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Purged {
+    /// Keys that had anything to delete.
+    pub objects: u64,
+    /// Versions and delete markers removed (one per object without versioning).
+    pub versions: u64,
+    pub bytes: u64,
+    /// Versions the bucket's Object Lock keeps.
+    pub locked: Vec<Locked>,
+    /// Keys refused as unsafe for the store (a folder store takes plain
+    /// relative paths only): nothing was deleted for them.
+    pub refused: u64,
+}
+
+/// An object version kept by Object Lock, and until when if the bucket says.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Locked {
+    pub key: String,
+    pub until: Option<String>,
+}
 
 /// One streamed upload. Parts arrive in order; all but the last have the same size.
 #[async_trait]
@@ -39,6 +62,9 @@ pub trait ObjectStore: Send + Sync {
     /// Size in bytes, or `None` when absent.
     async fn head(&self, key: &str) -> Result<Option<u64>>;
     async fn delete(&self, key: &str) -> Result<()>;
+    /// Deletes each key for good: every version and delete marker where the
+    /// store keeps versions. A missing key is not an error.
+    async fn purge(&self, keys: &[String]) -> Result<Purged>;
     async fn list(&self, prefix: &str) -> Result<Vec<String>>;
     /// A link that lets the holder download the object until `ttl` passes.
     async fn presign(&self, key: &str, ttl: Duration) -> Result<String>;

@@ -21,9 +21,9 @@ use crate::config::ObjectStoreConfig;
 use crate::error::Result;
 
 pub struct S3Store {
-    client: Client,
-    bucket: String,
-    prefix: String,
+    pub(super) client: Client,
+    pub(super) bucket: String,
+    pub(super) prefix: String,
     concurrency: usize,
 }
 
@@ -31,6 +31,23 @@ impl S3Store {
     pub async fn new(cfg: &ObjectStoreConfig, bucket: &str, prefix: &str) -> Result<Self> {
         let shared = crate::aws::sdk_config(cfg.region.as_deref()).await;
         let mut b = aws_sdk_s3::config::Builder::from(&shared).force_path_style(cfg.path_style);
+        if let Some((id_env, secret_env)) = &cfg.credentials_env {
+            let var = |name: &str| {
+                std::env::var(name).map_err(|_| {
+                    crate::error::Error::Usage(format!(
+                        "object store {}: environment variable {name} is not set (its credentials)",
+                        cfg.url
+                    ))
+                })
+            };
+            b = b.credentials_provider(aws_sdk_s3::config::Credentials::new(
+                var(id_env)?,
+                var(secret_env)?,
+                None,
+                None,
+                "lethe-config",
+            ));
+        }
         if let Some(e) = &cfg.endpoint {
             b = b.endpoint_url(e);
         }
@@ -67,7 +84,7 @@ impl S3Store {
             .collect())
     }
 
-    fn key(&self, key: &str) -> String {
+    pub(super) fn key(&self, key: &str) -> String {
         format!("{}{}", self.prefix, key.trim_start_matches('/'))
     }
 
@@ -86,7 +103,7 @@ impl S3Store {
     }
 }
 
-fn sdk<E>(op: &str, key: &str, e: SdkError<E, HttpResponse>) -> crate::error::Error
+pub(super) fn sdk<E>(op: &str, key: &str, e: SdkError<E, HttpResponse>) -> crate::error::Error
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
 {
@@ -297,6 +314,10 @@ impl ObjectStore for S3Store {
             .await
             .map(|_| ())
             .map_err(|e| sdk("delete", &full, e))
+    }
+
+    async fn purge(&self, keys: &[String]) -> Result<super::Purged> {
+        self.purge_keys(keys).await
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<String>> {

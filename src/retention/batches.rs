@@ -3,6 +3,7 @@
 //! budgeted by the plan, progress checkpointed after every batch.
 
 use super::*;
+use crate::config::ObjectColumn;
 
 pub(super) const PROGRESS_KEY: &str = "retention.progress";
 /// Deleted rows the per-org counts cannot place: the application inserted or
@@ -60,7 +61,16 @@ pub(super) async fn delete_item(
             progress::Unit::Rows,
         ),
     };
+    let files = jc
+        .ctx
+        .config
+        .data_map
+        .iter()
+        .find(|e| e.table == item.table)
+        .map(|e| e.objects.clone())
+        .unwrap_or_default();
     match scope.selectors.as_slice() {
+        _ if !files.is_empty() => batcher.with_files(scope, &files).await,
         [Selector::Before { column, cutoff, .. }] if db.slicing() == Slicing::TimeWindows => {
             let (column, cutoff) = (column.clone(), *cutoff);
             batcher.windows(scope, &column, cutoff, item.planned).await
@@ -134,6 +144,43 @@ impl Batcher<'_> {
             }
         }
         Ok(())
+    }
+
+    /// Batches of rows that reference files: keys checkpointed, rows
+    /// deleted, files deleted (see `objects`); until nothing is left in scope.
+    async fn with_files(&mut self, scope: &Scope, columns: &[ObjectColumn]) -> Result<()> {
+        let mut files = super::objects::load(self.jc).await?;
+        // Files of rows an interrupted attempt already deleted.
+        super::objects::finish(self.jc, self.db, &mut files).await?;
+        let names: Vec<String> = columns.iter().map(|c| c.column.clone()).collect();
+        loop {
+            let started = Instant::now();
+            let budget = self.budget().min(u64::from(self.rows));
+            let s = self.held_out(scope).await?;
+            let limit = u32::try_from(budget).unwrap_or(u32::MAX);
+            let rows = if limit == 0 {
+                Vec::new()
+            } else {
+                self.db.object_rows(&s, &names, limit).await?
+            };
+            if rows.is_empty() {
+                return self.finish_empty(None).await;
+            }
+            super::objects::pend(self.jc, &mut files, self.item, columns, &rows).await?;
+            let at: Vec<_> = rows.into_iter().map(|r| r.pos).collect();
+            self.jc.fence.check()?; // each statement commits: only while the lease holds
+            let n = match self.db.delete_rows_at(&s, &at, budget).await? {
+                Deleted::Rows(n) => n,
+                Deleted::OverBudget(n) => return Err(self.over_plan(n, budget)),
+                Deleted::TooSlow => {
+                    return Err(Error::Failed("a row batch has no time limit".into()))
+                }
+            };
+            self.committed(n, started.elapsed(), ItemProgress::default())
+                .await?;
+            super::objects::crash_point("files_pending");
+            super::objects::finish(self.jc, self.db, &mut files).await?;
+        }
     }
 
     /// `LIMIT`ed batches until the scope is empty.

@@ -1,0 +1,324 @@
+//! Files referenced by rows (`objects = [...]` in the data map) go when a
+//! purge deletes their rows: every version and delete marker on a versioned
+//! S3 bucket (moto, counted with ListObjectVersions), the file on a folder
+//! store; never a file a remaining row still references, never one under a
+//! legal hold, never a path outside the folder.
+
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::{BucketVersioningStatus, VersioningConfiguration};
+use serde_json::{json, Value};
+
+use crate::common::{app_exec, fresh_pg_db, run_ok, s3_client, server_env, stdout_json, ConfigDir};
+
+/// documents: (id, org, key, days old). 1–3 expired in org 1, 4 expired in
+/// held org 2, 5 fresh; 6 is fresh and shares expired 2's file, which must stay.
+const DOCS: [(i64, i64, &str, i64); 6] = [
+    (1, 1, "org1/a.pdf", 200),
+    (2, 1, "org1/shared.pdf", 200),
+    (3, 1, "org1/c.pdf", 150),
+    (4, 2, "org2/held.pdf", 200),
+    (5, 1, "org1/fresh.pdf", 3),
+    (6, 1, "org1/shared.pdf", 3),
+];
+
+fn config(store: &str) -> String {
+    format!(
+        "[app]\nsubjects = {{ table = \"users\", id = \"id\", email = \"email\" }}\n\
+         orgs = {{ table = \"orgs\", id = \"id\", closed_at = \"closed_at\" }}\n\n\
+         {store}\n\n\
+         [[data_map]]\ntable = \"documents\"\nclass = \"statements\"\ntimestamp = \"created_at\"\n\
+         org = \"org_id\"\nretention = \"90d\"\nobjects = [{{ column = \"storage_key\", store = \"docs\" }}]\n"
+    )
+}
+
+async fn seed(url: &str, pg: bool) {
+    let ts = if pg { "timestamptz" } else { "TEXT" };
+    app_exec(
+        url,
+        &format!(
+            "CREATE TABLE users (id INTEGER PRIMARY KEY, email TEXT);
+             CREATE TABLE orgs (id INTEGER PRIMARY KEY, closed_at {ts});
+             INSERT INTO orgs VALUES (1, NULL), (2, NULL);
+             CREATE TABLE documents (id INTEGER PRIMARY KEY, org_id INTEGER NOT NULL,
+                 storage_key TEXT, created_at {ts} NOT NULL);"
+        ),
+    )
+    .await;
+    for (id, org, key, days) in DOCS {
+        let at = if pg {
+            format!("now() - interval '{days} days'")
+        } else {
+            format!("datetime('now', '-{days} days')")
+        };
+        app_exec(
+            url,
+            &format!("INSERT INTO documents VALUES ({id}, {org}, '{key}', {at})"),
+        )
+        .await;
+    }
+}
+
+fn purge(c: &ConfigDir) -> Value {
+    c.job(
+        "purge",
+        "kind = \"retention.purge\"\nschedule = \"0 0 3 * * *\"\nmax_attempts = 1\n[params]\nbatch_size = 2\n",
+    );
+    run_ok(c.lethe().arg("migrate"));
+    run_ok(
+        c.lethe()
+            .args(["hold", "add", "--org", "2", "--reason", "litigation"]),
+    );
+    let r = stdout_json(&run_ok(
+        c.lethe()
+            .env("DOCS_KEY_ID", "testing")
+            .env("DOCS_SECRET", "testing")
+            .args(["run", "purge", "--json"]),
+    ));
+    assert_eq!(r["status"], "succeeded", "{r}");
+    assert_eq!(r["result"]["deleted"], 3, "{r}");
+    r
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_purge_deletes_every_version_of_its_rows_files_on_s3() {
+    let (Some(moto), Some(url)) = (server_env("LETHE_TEST_MOTO_URL"), fresh_pg_db().await) else {
+        return;
+    };
+    let s3 = s3_client(&moto);
+    let bucket = format!("app-{}", uuid::Uuid::new_v4().simple());
+    s3.create_bucket().bucket(&bucket).send().await.unwrap();
+    s3.put_bucket_versioning()
+        .bucket(&bucket)
+        .versioning_configuration(
+            VersioningConfiguration::builder()
+                .status(BucketVersioningStatus::Enabled)
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    // Two versions of every file, and a delete marker over a third version of a.pdf.
+    let mut keys: Vec<&str> = DOCS.iter().map(|d| d.2).collect();
+    keys.sort();
+    keys.dedup();
+    for key in keys {
+        for body in ["v1 personal data", "v2 personal data!"] {
+            s3.put_object()
+                .bucket(&bucket)
+                .key(format!("app/{key}"))
+                .body(ByteStream::from_static(body.as_bytes()))
+                .send()
+                .await
+                .unwrap();
+        }
+    }
+    s3.delete_object()
+        .bucket(&bucket)
+        .key("app/org1/a.pdf")
+        .send()
+        .await
+        .unwrap();
+    // A longer key sharing a.pdf's prefix is not a.pdf's version.
+    s3.put_object()
+        .bucket(&bucket)
+        .key("app/org1/a.pdf.thumbnail")
+        .body(ByteStream::from_static(b"thumb"))
+        .send()
+        .await
+        .unwrap();
+    let store = format!(
+        "[object_stores.docs]\nurl = \"s3://{bucket}/app\"\nendpoint = \"{moto}\"\nregion = \"us-east-1\"\n\
+         path_style = true\naccess_key_id_env = \"DOCS_KEY_ID\"\nsecret_access_key_env = \"DOCS_SECRET\"\n"
+    );
+    let c = ConfigDir::full(None, Some(&url), "", "", &config(&store));
+    seed(&url, true).await;
+    run_ok(c.lethe().arg("migrate"));
+    run_ok(c.lethe().arg("check"));
+    let r = purge(&c);
+    // a.pdf: 2 versions + 1 marker; c.pdf: 2 versions; shared.pdf stays (row 6).
+    let org1 = &r["result"]["objects"]["statements"]["1"];
+    assert_eq!(
+        (&org1["objects"], &org1["versions"]),
+        (&json!(2), &json!(5)),
+        "{r}"
+    );
+    assert_eq!(org1["bytes"], 2 * (16 + 17), "{r}");
+
+    let listed = s3
+        .list_object_versions()
+        .bucket(&bucket)
+        .send()
+        .await
+        .unwrap();
+    let mut left: Vec<String> = listed
+        .versions()
+        .iter()
+        .filter_map(|v| v.key().map(str::to_string))
+        .chain(
+            listed
+                .delete_markers()
+                .iter()
+                .filter_map(|m| m.key().map(str::to_string)),
+        )
+        .collect();
+    left.sort();
+    assert_eq!(
+        left,
+        [
+            "app/org1/a.pdf.thumbnail",
+            "app/org1/fresh.pdf",
+            "app/org1/fresh.pdf",
+            "app/org1/shared.pdf",
+            "app/org1/shared.pdf",
+            "app/org2/held.pdf",
+            "app/org2/held.pdf",
+        ]
+    );
+    // Evidence counts per class and org, and never a key.
+    let audit = String::from_utf8(run_ok(c.lethe().args(["audit", "export"])).stdout).unwrap();
+    assert!(
+        audit.contains("\"action\":\"retention.objects_deleted\""),
+        "{audit}"
+    );
+    for (_, _, key, _) in DOCS {
+        assert!(!audit.contains(key), "evidence names no key: {key}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_purge_deletes_its_rows_files_in_a_folder_store_and_nothing_outside() {
+    let c = ConfigDir::full(
+        None,
+        None,
+        "",
+        "",
+        &config("[object_stores.docs]\nurl = \"file://appfiles\"\n"),
+    );
+    let url = format!("sqlite://{}", c.path().join("app.db").display());
+    seed(&url, false).await;
+    // A hostile key pointing outside the store's folder, on an expired row.
+    app_exec(
+        &url,
+        "INSERT INTO documents VALUES (7, 1, '../outside.txt', datetime('now', '-200 days'))",
+    )
+    .await;
+    let root = c.path().join("appfiles");
+    for (_, _, key, _) in DOCS {
+        let p = root.join(key);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, "personal data").unwrap();
+    }
+    std::fs::write(c.path().join("outside.txt"), "not the store's").unwrap();
+    let c2 = &c;
+    c2.job(
+        "purge",
+        "kind = \"retention.purge\"\nschedule = \"0 0 3 * * *\"\nmax_attempts = 1\n[params]\nbatch_size = 2\n",
+    );
+    run_ok(c.lethe().arg("migrate"));
+    run_ok(
+        c.lethe()
+            .args(["hold", "add", "--org", "2", "--reason", "litigation"]),
+    );
+    let r = stdout_json(&run_ok(c.lethe().args(["run", "purge", "--json"])));
+    assert_eq!(r["status"], "succeeded", "{r}");
+    assert_eq!(r["result"]["deleted"], 4, "{r}");
+    let org1 = &r["result"]["objects"]["statements"]["1"];
+    assert_eq!(
+        (&org1["objects"], &org1["bytes"], &org1["refused_keys"]),
+        (&json!(2), &json!(26), &json!(1)),
+        "{r}"
+    );
+    let exists = |k: &str| root.join(k).exists();
+    assert!(!exists("org1/a.pdf") && !exists("org1/c.pdf"));
+    assert!(exists("org1/shared.pdf") && exists("org1/fresh.pdf") && exists("org2/held.pdf"));
+    assert!(
+        c.path().join("outside.txt").exists(),
+        "nothing outside the store"
+    );
+}
+
+/// Injects: an abort of the `lethe serve` running the purge right after a
+/// batch's rows were deleted, before their files were.
+/// Must hold: another `serve` rescues the run, which first deletes the files
+/// the checkpoint names that no row references any more; afterwards no file
+/// lacks its row and no row lacks its file, and the counts cover both attempts.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_crash_between_rows_and_files_leaves_nothing_orphaned_after_the_rescue() {
+    let runner =
+        "lease = \"1s\"\nretry_base = \"100ms\"\nretry_max = \"300ms\"\npoll_interval = \"100ms\"";
+    let c = ConfigDir::full(
+        None,
+        None,
+        runner,
+        "",
+        &config("[object_stores.docs]\nurl = \"file://appfiles\"\n"),
+    );
+    let url = format!("sqlite://{}", c.path().join("app.db").display());
+    seed(&url, false).await;
+    let root = c.path().join("appfiles");
+    for (_, _, key, _) in DOCS {
+        let p = root.join(key);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, "personal data").unwrap();
+    }
+    c.job(
+        "purge",
+        "kind = \"retention.purge\"\nschedule = \"0 0 3 * * *\"\nmax_attempts = 3\n[params]\nbatch_size = 2\n",
+    );
+    run_ok(c.lethe().arg("migrate"));
+    run_ok(
+        c.lethe()
+            .args(["hold", "add", "--org", "2", "--reason", "litigation"]),
+    );
+    run_ok(c.lethe().args(["run", "purge", "--detach"]));
+    let mut a = crate::common::spawn_serve(
+        {
+            let mut cmd = c.lethe();
+            cmd.env("LETHE_TEST_CRASH_AT", "files_pending");
+            cmd
+        },
+        &c.path().join("serve-a.log"),
+        &[],
+    );
+    crate::common::wait_exit(&mut a, 30);
+    let ids =
+        crate::common::app_strings(&url, "SELECT CAST(id AS TEXT) FROM documents ORDER BY id")
+            .await;
+    assert_eq!(ids, ["3", "4", "5", "6"], "the first batch's rows went");
+    assert!(root.join("org1/a.pdf").exists(), "its file not yet");
+
+    let mut b = crate::common::spawn_serve(c.lethe(), &c.path().join("serve-b.log"), &[]);
+    let run = crate::common::wait_run_end(|| c.lethe(), "purge", 60);
+    crate::common::signal(&b, libc::SIGTERM);
+    crate::common::wait_exit(&mut b, 30);
+    assert_eq!(
+        (&run["state"], &run["attempts"]),
+        (&json!("succeeded"), &json!(2)),
+        "{run}"
+    );
+    let keys =
+        crate::common::app_strings(&url, "SELECT storage_key FROM documents ORDER BY id").await;
+    let mut files: Vec<String> = [
+        "org1/a.pdf",
+        "org1/c.pdf",
+        "org1/shared.pdf",
+        "org1/fresh.pdf",
+        "org2/held.pdf",
+    ]
+    .into_iter()
+    .filter(|k| root.join(k).exists())
+    .map(str::to_string)
+    .collect();
+    files.sort();
+    let mut referenced = keys.clone();
+    referenced.sort();
+    referenced.dedup();
+    assert_eq!(
+        files, referenced,
+        "every file has its row and every row its file"
+    );
+    assert_eq!(
+        run["result"]["objects"]["statements"]["1"]["objects"], 2,
+        "{run}"
+    );
+}
