@@ -172,3 +172,51 @@ impl AppDb {
         Ok(on_pool!(self, sql, query_scalar_with(&text), fetch_all))
     }
 }
+
+impl AppDb {
+    /// The subject's object keys in `table.column` with each row's org (as
+    /// text), leaving out rows of `held_orgs`, which an erasure keeps.
+    pub async fn subject_object_keys(
+        &self,
+        table: &str,
+        subject: &str,
+        org: Option<&str>,
+        column: &str,
+        subject_id: &str,
+        held_orgs: &[String],
+    ) -> Result<Vec<(String, String)>> {
+        let t = self.column_type(table, subject).await?;
+        let mut sql = self.sql();
+        let mut cond = super::subject::eq_param(&mut sql, subject, t.as_deref(), subject_id);
+        let org_text = match org {
+            Some(o) => {
+                if !held_orgs.is_empty() {
+                    let held = sql.in_list(o, held_orgs);
+                    cond = format!("{cond} AND ({} IS NULL OR NOT ({held}))", q(o));
+                }
+                format!("coalesce({}, '')", sql.as_text(o))
+            }
+            None => "''".into(),
+        };
+        let text = format!(
+            "SELECT {org_text}, {} FROM {} WHERE {cond} AND {} IS NOT NULL",
+            sql.as_text(column),
+            q(table),
+            q(column)
+        );
+        macro_rules! pairs {
+            ($pool:expr, $args:ident) => {{
+                let rows = sqlx::query_with(&text, $args(sql.binds)?)
+                    .fetch_all($pool)
+                    .await?;
+                rows.iter()
+                    .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+                    .collect::<Result<Vec<(String, String)>>>()?
+            }};
+        }
+        Ok(match self {
+            AppDb::Postgres(p) => pairs!(p, pg_args),
+            AppDb::Sqlite(p) => pairs!(p, sqlite_args),
+        })
+    }
+}

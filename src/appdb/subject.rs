@@ -62,7 +62,7 @@ enum StepSql {
 
 /// `col = value` with the value bound as text: on PostgreSQL the parameter is
 /// cast to the column's own type so the column's index can be used.
-fn eq_param(sql: &mut Sql, col: &str, pg_type: Option<&str>, value: &str) -> String {
+pub(super) fn eq_param(sql: &mut Sql, col: &str, pg_type: Option<&str>, value: &str) -> String {
     let ph = sql.placeholder(Bind::Text(value.to_string()));
     match (sql.dialect, pg_type) {
         (Dialect::Postgres, Some(t)) => format!("{} = {ph}::{t}", q(col)),

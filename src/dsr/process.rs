@@ -140,9 +140,12 @@ async fn erase(
     r: &DsrRequest,
     actor: &str,
     fence: &Fence,
+    run_id: i64,
 ) -> Result<std::result::Result<Value, (String, String)>> {
     let config = ctx.config.as_ref();
     let key = super::ledger::checked_key(ctx).await?;
+    // Files an interrupted attempt of this request left checkpointed.
+    let earlier = super::files::finish(ctx, db, run_id, r.id, fence).await?;
     let (app, subject_id) = match subject_of(ctx, db, r).await? {
         Ok(found) => found,
         // Absent from the application: an earlier attempt of this request
@@ -150,9 +153,8 @@ async fn erase(
         // store down, lease lost), or the application deleted them. Either way
         // they asked to be erased: finish the record, so no restore brings them back.
         Err(_) => {
-            return after_erasure(ctx, r, actor, &key, json!({"subject_absent": true}))
-                .await
-                .map(Ok)
+            let done = json!({"subject_absent": true, "files": earlier});
+            return after_erasure(ctx, r, actor, &key, done).await.map(Ok);
         }
     };
     let holds = super::ledger::HoldsInForce::load(ctx).await?;
@@ -168,10 +170,13 @@ async fn erase(
         retained,
     } = erase_plan(config, &key, &subject_id);
     super::decrypt::seal_anonymised(ctx, db, &subject_id, &mut steps).await?;
-    match db
+    super::files::pend(ctx, db, run_id, r.id, &subject_id, &steps, &held_orgs).await?;
+    let outcome = db
         .erase_subject(app, &subject_id, &steps, &held_orgs, fence)
-        .await?
-    {
+        .await?;
+    // After the commit (or the veto: then every file is still referenced, none goes).
+    let files = super::files::finish(ctx, db, run_id, r.id, fence).await?;
+    match outcome {
         EraseOutcome::SoleOwner(orgs) => Ok(Err((
             "sole_owner".into(),
             format!(
@@ -184,7 +189,7 @@ async fn erase(
             kept_for_holds,
         } => {
             let done = json!({"rows_changed": changed, "kept_for_legal_holds": kept_for_holds,
-                              "retained_with_legal_basis": retained});
+                              "retained_with_legal_basis": retained, "files": files});
             after_erasure(ctx, r, actor, &key, done).await.map(Ok)
         }
     }
@@ -401,7 +406,7 @@ pub async fn process_job(jc: &JobContext, p: ProcessParams) -> Result<Value> {
         }
         let kind = DsrKind::parse(&r.kind);
         let outcome = match &kind {
-            Ok(DsrKind::Erasure) => erase(ctx, &db, &r, &jc.actor, &jc.fence).await,
+            Ok(DsrKind::Erasure) => erase(ctx, &db, &r, &jc.actor, &jc.fence, jc.run.id).await,
             Ok(DsrKind::Export) => export(ctx, &db, &r, &jc.actor, &jc.fence).await,
             Err(e) => Err(Error::Failed(e.to_string())),
         };

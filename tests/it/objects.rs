@@ -322,3 +322,80 @@ async fn a_crash_between_rows_and_files_leaves_nothing_orphaned_after_the_rescue
         "{run}"
     );
 }
+
+/// An erasure deletes the subject's files with their rows (a folder store),
+/// keeps those of a held org's rows and of other subjects, and its evidence
+/// counts them without naming a key.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_erasure_deletes_the_subjects_files() {
+    let c = ConfigDir::full(
+        None,
+        None,
+        "",
+        "",
+        "[app]\nsubjects = { table = \"users\", id = \"id\", email = \"email\" }\n\n\
+         [object_stores.docs]\nurl = \"file://appfiles\"\n\n\
+         [[data_map]]\ntable = \"documents\"\nclass = \"statements\"\norg = \"org_id\"\nsubject = \"owner\"\n\
+         erasure = \"delete\"\nobjects = [{ column = \"storage_key\", store = \"docs\" }]\n",
+    );
+    let url = format!("sqlite://{}", c.path().join("app.db").display());
+    app_exec(
+        &url,
+        "CREATE TABLE users (id INTEGER PRIMARY KEY, email TEXT);
+         INSERT INTO users VALUES (1, 'ada@x.example'), (2, 'bob@x.example');
+         CREATE TABLE documents (id INTEGER PRIMARY KEY, org_id INTEGER, owner INTEGER, storage_key TEXT);
+         INSERT INTO documents VALUES (1, 1, 1, 'ada/id-card.jpg'), (2, 1, 1, 'ada/statement.pdf'),
+             (3, 2, 1, 'ada/held.pdf'), (4, 1, 2, 'bob/statement.pdf'), (5, 1, 1, NULL);",
+    )
+    .await;
+    let root = c.path().join("appfiles");
+    for key in [
+        "ada/id-card.jpg",
+        "ada/statement.pdf",
+        "ada/held.pdf",
+        "bob/statement.pdf",
+    ] {
+        let p = root.join(key);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, "personal data").unwrap();
+    }
+    c.job(
+        "dsr",
+        "kind = \"dsr.process\"\nschedule = \"0 0 3 * * *\"\nmax_attempts = 1\n",
+    );
+    run_ok(c.lethe().arg("migrate"));
+    run_ok(
+        c.lethe()
+            .args(["hold", "add", "--org", "2", "--reason", "litigation"]),
+    );
+    run_ok(c.lethe().args([
+        "dsr",
+        "submit",
+        "--kind",
+        "erasure",
+        "--subject",
+        "ada@x.example",
+    ]));
+    let run = stdout_json(&run_ok(
+        c.lethe()
+            .env("LETHE_PSEUDONYM_KEY", "objects-test-pseudonym-key-01234")
+            .args(["run", "dsr", "--json"]),
+    ));
+    assert_eq!(run["status"], "succeeded", "{run}");
+    let exists = |k: &str| root.join(k).exists();
+    assert!(
+        !exists("ada/id-card.jpg") && !exists("ada/statement.pdf"),
+        "her files went"
+    );
+    assert!(exists("ada/held.pdf"), "a held org's row and file stay");
+    assert!(exists("bob/statement.pdf"), "someone else's file stays");
+    let audit = String::from_utf8(run_ok(c.lethe().args(["audit", "export"])).stdout).unwrap();
+    let erased: Value = audit
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .find(|e| e["action"] == "dsr.erased")
+        .unwrap();
+    assert_eq!(erased["details"]["files"]["objects"], 2, "{erased}");
+    assert_eq!(erased["details"]["files"]["bytes"], 26, "{erased}");
+    assert!(!audit.contains("ada/"), "evidence names no key");
+}
