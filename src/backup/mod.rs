@@ -30,7 +30,6 @@ use std::time::Instant;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use tokio::sync::mpsc;
 use tokio_util::io::SyncIoBridge;
 
 use crate::context::Context;
@@ -56,37 +55,15 @@ async fn upload_stream(
     key: &str,
     produce: impl FnOnce(PartSink) -> Result<crate::archive::Encoded> + Send + 'static,
 ) -> Result<crate::archive::Encoded> {
-    let cfg = &ctx.config.backup;
-    // One part waits in the channel; the store itself bounds the parts in flight.
-    let (tx, mut rx) = mpsc::channel(1);
-    let sink = PartSink::new(cfg.part_size, tx);
-    let producer = tokio::task::spawn_blocking(move || produce(sink));
-    let mut upload = store.upload(key).await?;
-    let mut upload_err = None;
-    let bar = crate::progress::bar("backup: uploaded", None, crate::progress::Unit::Bytes);
-    while let Some(part) = rx.recv().await {
-        bar.inc(part.len() as u64);
-        if let Err(e) = upload.part(part).await {
-            upload_err = Some(e);
-            break;
-        }
-    }
-    drop(rx); // a producer still writing now fails fast with "the upload stopped"
-    let produced = producer
+    let part_size = ctx.config.backup.part_size;
+    crate::objstore::stream_upload(store, key, part_size, "backup: uploaded", produce)
         .await
-        .map_err(|e| Error::Backup(format!("the dump pipeline crashed: {e}")));
-    match (upload_err, produced) {
-        (None, Ok(Ok(enc))) => {
-            upload.complete().await?;
-            Ok(enc)
-        }
-        (Some(e), _) | (None, Ok(Err(e))) | (None, Err(e)) => {
-            if let Err(abort) = upload.abort().await {
-                tracing::error!(error = %abort, key, "could not abort the failed upload");
+        .map_err(|e| match e {
+            Error::Task { source, .. } => {
+                Error::Backup(format!("the dump pipeline crashed: {source}"))
             }
-            Err(e)
-        }
-    }
+            other => other,
+        })
 }
 
 /// Checkpoint naming the object an attempt is uploading.

@@ -100,6 +100,8 @@ pub struct DsrConfig {
     /// age public keys export archives are encrypted to (default: backup.recipients).
     pub export_recipients: Vec<String>,
     pub export_link_ttl: Duration,
+    /// Files beyond this many bytes in all are left out of an export (named in its README).
+    pub export_max_bytes: u64,
     /// Keys pseudonyms and the erasure ledger (keyed HMAC).
     pub pseudonym_key: SecretSource,
     /// Completed requests in the last this-long go into the SLA report.

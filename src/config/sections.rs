@@ -242,6 +242,16 @@ pub(super) fn load_dsr(
         },
         report_period: dur(&raw.report_period, "dsr.report_period", 7 * 86_400)?,
         export_prefix: raw.export_prefix.unwrap_or_else(|| "exports/".into()),
+        export_max_bytes: match raw.export_max_bytes {
+            Some(b) if *b.get_ref() == 0 || *b.get_ref() > 1 << 40 => {
+                return Err(src.error_at(
+                    b.span(),
+                    "dsr.export_max_bytes must be between 1 and 1099511627776 (1 TiB)",
+                ))
+            }
+            Some(b) => b.into_inner(),
+            None => 2 << 30,
+        },
     })
 }
 

@@ -3,6 +3,7 @@
 //! arithmetic; processing (export, erasure); the SLA report to the DPO.
 
 mod decrypt;
+mod export;
 mod files;
 mod jurisdiction;
 mod ledger;

@@ -14,7 +14,6 @@ use crate::config::{AnonymizeRule, AppMapping, Config, Erasure, Secret};
 use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::fence::Fence;
-use crate::notify::{self, Message, Role};
 use crate::runner::{in_range, JobContext, JobParams};
 use crate::store::{DsrRequest, DsrState};
 
@@ -118,7 +117,7 @@ pub(super) fn erase_plan(config: &Config, key: &Secret, subject_id: &str) -> Era
 
 /// The `[app]` mapping and the request's subject id, or the `not_found`
 /// rejection when the subject no longer exists.
-async fn subject_of<'a>(
+pub(super) async fn subject_of<'a>(
     ctx: &'a Context,
     db: &AppDb,
     r: &DsrRequest,
@@ -234,145 +233,6 @@ async fn after_erasure(
     Ok(evidence)
 }
 
-async fn export(
-    ctx: &Context,
-    db: &AppDb,
-    r: &DsrRequest,
-    actor: &str,
-    fence: &Fence,
-) -> Result<std::result::Result<Value, (String, String)>> {
-    let config = ctx.config.as_ref();
-    let (_, subject_id) = match subject_of(ctx, db, r).await? {
-        Ok(found) => found,
-        Err(rejection) => return Ok(Err(rejection)),
-    };
-    let mut keys = crate::keys::DataKeys::load(ctx).await?;
-    let (archive, counts) = export_archive(config, db, r, &subject_id, keys.as_mut()).await?;
-    let (bytes, sha256) = seal_export(config, archive).await?;
-    let store = ctx.object_store().await?;
-    let key = format!(
-        "{}dsr-{}-export.tar.zst.age",
-        config.dsr.export_prefix, r.id
-    );
-    let size = bytes.len();
-    let ttl = config.dsr.export_link_ttl;
-    let expires = chrono::Utc::now()
-        + chrono::Duration::from_std(ttl)
-            .map_err(|_| Error::Usage("dsr.export_link_ttl is too large".into()))?;
-    // Tracked before it exists, so a crash after the upload leaves no archive nobody deletes.
-    ctx.store.dsr_export_started(r.id, &key, expires).await?;
-    fence.check()?;
-    store.put(&key, bytes.into()).await?;
-    let link = store.presign(&key, ttl).await?;
-    notify::enqueue(
-        ctx,
-        Message {
-            role: Role::Dpo,
-            subject: format!("[lethe] data export ready for request {}", r.id),
-            paragraphs: vec![
-                format!("The export for request {} ({}) is ready: {} tables, {} bytes, encrypted with age to the export keys.", r.id, r.jurisdiction, counts.len(), size),
-                format!("Download (expires {}): {link}", expires.format("%Y-%m-%d %H:%M UTC")),
-                format!("SHA-256 of the stored file: {sha256}"),
-                format!("Deliver it to the subject before {}.", r.due_at.format("%Y-%m-%d %H:%M UTC")),
-            ],
-            html_extra: None,
-            attachments: vec![],
-            dedupe_key: Some(format!("dsr-export:{}", r.id)),
-        },
-    )
-    .await?;
-    let evidence = json!({"request": r.id, "object": key, "sha256": sha256, "bytes": size, "rows": counts,
-                          "link_expires_at": expires.to_rfc3339()});
-    crate::audit::record(
-        ctx.store.as_ref(),
-        actor,
-        "dsr.exported",
-        &format!("dsr:{}", r.id),
-        evidence.clone(),
-    )
-    .await?;
-    Ok(Ok(evidence))
-}
-
-/// The export as a tar (in memory): one JSON file per exported table plus a
-/// README; returns it with the row count per table.
-async fn export_archive(
-    config: &Config,
-    db: &AppDb,
-    r: &DsrRequest,
-    subject_id: &str,
-    mut keys: Option<&mut crate::keys::DataKeys<'_>>,
-) -> Result<(Vec<u8>, BTreeMap<String, usize>)> {
-    let mut tar = tar::Builder::new(Vec::new());
-    let mut counts = BTreeMap::new();
-    let mut unreadable = 0;
-    for e in config.data_map.iter().filter(|e| e.export) {
-        let Some(col) = &e.subject else { continue };
-        let mut rows = db.subject_rows(&e.table, col, subject_id).await?;
-        if let (Some(k), false) = (keys.as_deref_mut(), e.encrypted.is_empty()) {
-            let (opened, n) = super::decrypt::open_rows(k, e, rows).await?;
-            rows = opened;
-            unreadable += n;
-        }
-        counts.insert(e.table.clone(), rows.len());
-        let body = format!("[{}]\n", rows.join(",\n"));
-        let mut header = tar::Header::new_gnu();
-        header.set_size(body.len() as u64);
-        header.set_mode(0o600);
-        header.set_mtime(chrono::Utc::now().timestamp().max(0) as u64);
-        header.set_cksum();
-        tar.append_data(&mut header, format!("{}.json", e.table), body.as_bytes())
-            .map_err(|e| Error::io("building the export archive", e))?;
-    }
-    let mut readme = format!(
-        "Data export for request {} ({}), created {}.\nOne JSON file per table; each holds the rows about the subject.\n",
-        r.id,
-        r.jurisdiction,
-        chrono::Utc::now().to_rfc3339()
-    );
-    if unreadable > 0 {
-        readme.push_str(&format!("{unreadable} encrypted value(s) could not be decrypted (their organisation's key was destroyed) and are shown as null.\n"));
-    }
-    let mut header = tar::Header::new_gnu();
-    header.set_size(readme.len() as u64);
-    header.set_mode(0o600);
-    header.set_cksum();
-    tar.append_data(&mut header, "README.txt", readme.as_bytes())
-        .map_err(|e| Error::io("export archive", e))?;
-    let archive = tar
-        .into_inner()
-        .map_err(|e| Error::io("export archive", e))?;
-    Ok((archive, counts))
-}
-
-/// zstd + age to the export keys (the backup keys when none are set), on a
-/// blocking thread; returns the sealed bytes and their SHA-256.
-async fn seal_export(config: &Config, archive: Vec<u8>) -> Result<(Vec<u8>, String)> {
-    let keys = if config.dsr.export_recipients.is_empty() {
-        &config.backup.recipients
-    } else {
-        &config.dsr.export_recipients
-    };
-    let recipients = crate::archive::parse_recipients(keys)?;
-    tokio::task::spawn_blocking(move || -> Result<(Vec<u8>, String)> {
-        let (tx, mut rx) = tokio::sync::mpsc::channel(1 << 16);
-        let enc = crate::archive::encode(
-            &archive[..],
-            crate::archive::PartSink::new(8 << 20, tx),
-            &recipients,
-            3,
-            1,
-        )?;
-        let mut out = Vec::with_capacity(enc.stored_bytes as usize);
-        while let Ok(p) = rx.try_recv() {
-            out.extend_from_slice(&p);
-        }
-        Ok((out, enc.sha256))
-    })
-    .await
-    .map_err(|e| Error::task("export encryption", e))?
-}
-
 pub async fn process_job(jc: &JobContext, p: ProcessParams) -> Result<Value> {
     let ctx = jc.ctx.as_ref();
     let due = ctx.store.dsr_due(p.limit.max(1), jc.run.id).await?;
@@ -407,7 +267,7 @@ pub async fn process_job(jc: &JobContext, p: ProcessParams) -> Result<Value> {
         let kind = DsrKind::parse(&r.kind);
         let outcome = match &kind {
             Ok(DsrKind::Erasure) => erase(ctx, &db, &r, &jc.actor, &jc.fence, jc.run.id).await,
-            Ok(DsrKind::Export) => export(ctx, &db, &r, &jc.actor, &jc.fence).await,
+            Ok(DsrKind::Export) => super::export::export(ctx, &db, &r, &jc.actor, &jc.fence).await,
             Err(e) => Err(Error::Failed(e.to_string())),
         };
         let erasure = matches!(kind, Ok(DsrKind::Erasure));

@@ -95,6 +95,48 @@ pub async fn open(cfg: &ObjectStoreConfig) -> Result<Arc<dyn ObjectStore>> {
     }
 }
 
+/// Streams what `produce` writes into its sink (run on a blocking thread) to
+/// `key` as a multipart upload, part by part: one part waits in the channel
+/// and the store bounds the parts in flight, so memory stays flat whatever
+/// the size. Any failure aborts the upload: no partial object remains.
+pub async fn stream_upload<T: Send + 'static>(
+    store: &dyn ObjectStore,
+    key: &str,
+    part_size: usize,
+    label: &str,
+    produce: impl FnOnce(crate::archive::PartSink) -> Result<T> + Send + 'static,
+) -> Result<T> {
+    let (tx, mut rx) = tokio::sync::mpsc::channel(1);
+    let sink = crate::archive::PartSink::new(part_size, tx);
+    let producer = tokio::task::spawn_blocking(move || produce(sink));
+    let mut upload = store.upload(key).await?;
+    let mut upload_err = None;
+    let bar = crate::progress::bar(label, None, crate::progress::Unit::Bytes);
+    while let Some(part) = rx.recv().await {
+        bar.inc(part.len() as u64);
+        if let Err(e) = upload.part(part).await {
+            upload_err = Some(e);
+            break;
+        }
+    }
+    drop(rx); // a producer still writing now fails fast with "the upload stopped"
+    let produced = producer
+        .await
+        .map_err(|e| Error::task("the upload's producer", e));
+    match (upload_err, produced) {
+        (None, Ok(Ok(out))) => {
+            upload.complete().await?;
+            Ok(out)
+        }
+        (Some(e), _) | (None, Ok(Err(e))) | (None, Err(e)) => {
+            if let Err(abort) = upload.abort().await {
+                tracing::error!(error = %abort, key, "could not abort the failed upload");
+            }
+            Err(e)
+        }
+    }
+}
+
 /// Object-store failures: what failed, on which key, and the backend's reason.
 pub fn error(op: &str, key: &str, reason: impl std::fmt::Display) -> Error {
     Error::ObjectStore(format!("{op} {key}: {reason}"))

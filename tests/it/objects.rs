@@ -399,3 +399,104 @@ async fn an_erasure_deletes_the_subjects_files() {
     assert_eq!(erased["details"]["files"]["bytes"], 26, "{erased}");
     assert!(!audit.contains("ada/"), "evidence names no key");
 }
+
+/// A subject's export carries their files under `files/<table>/<key>`, read
+/// back byte for byte; a file past `dsr.export_max_bytes` is left out and
+/// the README names it and says why.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_export_carries_the_subjects_files_within_its_size_limit() {
+    use std::io::Read;
+    let identity = age::x25519::Identity::generate();
+    let c = ConfigDir::full(
+        None,
+        None,
+        "",
+        "",
+        &format!(
+            "[app]\nsubjects = {{ table = \"users\", id = \"id\", email = \"email\" }}\n\n\
+             [object_store]\nurl = \"file://exports\"\n[backup]\nrecipients = [\"{}\"]\n\
+             [dsr]\nexport_max_bytes = 100\n\n\
+             [object_stores.docs]\nurl = \"file://appfiles\"\n\n\
+             [[data_map]]\ntable = \"documents\"\nclass = \"statements\"\nsubject = \"owner\"\nexport = true\n\
+             objects = [{{ column = \"storage_key\", store = \"docs\" }}]\n",
+            identity.to_public()
+        ),
+    );
+    let url = format!("sqlite://{}", c.path().join("app.db").display());
+    app_exec(
+        &url,
+        "CREATE TABLE users (id INTEGER PRIMARY KEY, email TEXT);
+         INSERT INTO users VALUES (1, 'ada@x.example'), (2, 'bob@x.example');
+         CREATE TABLE documents (id INTEGER PRIMARY KEY, owner INTEGER, storage_key TEXT);
+         INSERT INTO documents VALUES (1, 1, 'ada/id-card.jpg'), (2, 1, 'ada/scan.pdf'),
+             (3, 2, 'bob/statement.pdf'), (4, 1, 'ada/missing.pdf');",
+    )
+    .await;
+    let root = c.path().join("appfiles");
+    let files = [
+        ("ada/id-card.jpg", vec![7u8; 60]),
+        ("ada/scan.pdf", vec![9u8; 70]),
+        ("bob/statement.pdf", vec![1u8; 10]),
+    ];
+    for (key, body) in &files {
+        let p = root.join(key);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, body).unwrap();
+    }
+    c.job(
+        "dsr",
+        "kind = \"dsr.process\"\nschedule = \"0 0 3 * * *\"\nmax_attempts = 1\n",
+    );
+    run_ok(c.lethe().arg("migrate"));
+    let v = stdout_json(&run_ok(c.lethe().args([
+        "dsr",
+        "submit",
+        "--kind",
+        "export",
+        "--subject",
+        "ada@x.example",
+        "--json",
+    ])));
+    let run = stdout_json(&run_ok(c.lethe().args(["run", "dsr", "--json"])));
+    assert_eq!(run["status"], "succeeded", "{run}");
+    let shown = stdout_json(&run_ok(c.lethe().args([
+        "dsr",
+        "show",
+        &v["id"].to_string(),
+        "--json",
+    ])));
+    let object = c
+        .path()
+        .join("exports")
+        .join(shown["result"]["object"].as_str().unwrap());
+    let ids: Vec<Box<dyn age::Identity>> = vec![Box::new(identity.clone())];
+    let mut tar_bytes = Vec::new();
+    lethe::backup::decode(&std::fs::read(object).unwrap()[..], &ids, &mut tar_bytes).unwrap();
+    let mut entries = std::collections::BTreeMap::new();
+    for e in tar::Archive::new(&tar_bytes[..]).entries().unwrap() {
+        let mut e = e.unwrap();
+        let name = e.path().unwrap().to_string_lossy().to_string();
+        let mut body = Vec::new();
+        e.read_to_end(&mut body).unwrap();
+        entries.insert(name, body);
+    }
+    assert_eq!(entries["files/documents/ada/id-card.jpg"], files[0].1);
+    assert!(
+        !entries.contains_key("files/documents/ada/scan.pdf"),
+        "past the limit"
+    );
+    assert!(
+        !entries.keys().any(|k| k.contains("bob")),
+        "only the subject's files"
+    );
+    let readme = String::from_utf8(entries["README.txt"].clone()).unwrap();
+    assert!(
+        readme.contains("files/documents/ada/scan.pdf (70 bytes): the export's size limit of 100 bytes was reached"),
+        "{readme}"
+    );
+    assert!(
+        readme.contains("files/documents/ada/missing.pdf: not found in the store"),
+        "{readme}"
+    );
+    assert_eq!(shown["result"]["files"], 1, "{shown}");
+}

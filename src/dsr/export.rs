@@ -1,0 +1,280 @@
+//! A subject's export: one JSON file per exported table, the files their
+//! rows reference (`files/<table>/<key>`), and a README; spooled to a
+//! private temporary file, then zstd + age to the export keys and streamed
+//! to the object store part by part, so no file is ever whole in memory.
+//! Files beyond `dsr.export_max_bytes` are left out, and the README names
+//! each one left out and why.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+
+use serde_json::{json, Value};
+use tokio::io::AsyncWriteExt;
+
+use crate::appdb::AppDb;
+use crate::config::{Config, DataMapEntry};
+use crate::context::Context;
+use crate::error::{Error, Result};
+use crate::fence::Fence;
+use crate::notify::{self, Message, Role};
+use crate::store::DsrRequest;
+
+type Tar = tar::Builder<File>;
+
+/// What went into the archive.
+#[derive(Default)]
+struct Contents {
+    rows: BTreeMap<String, usize>,
+    unreadable: u64,
+    files: u64,
+    file_bytes: u64,
+    left_out: Vec<String>,
+}
+
+pub(super) async fn export(
+    ctx: &Context,
+    db: &AppDb,
+    r: &DsrRequest,
+    actor: &str,
+    fence: &Fence,
+) -> Result<std::result::Result<Value, (String, String)>> {
+    let config = ctx.config.as_ref();
+    let (_, subject_id) = match super::process::subject_of(ctx, db, r).await? {
+        Ok(found) => found,
+        Err(rejection) => return Ok(Err(rejection)),
+    };
+    let spool = tempfile::NamedTempFile::new()
+        .map_err(|e| Error::io("creating the export's temporary file", e))?;
+    let file = spool
+        .reopen()
+        .map_err(|e| Error::io("opening the export's temporary file", e))?;
+    let mut tar = Some(tar::Builder::new(file));
+    let contents = fill(ctx, db, r, &subject_id, &mut tar).await?;
+    blocking(&mut tar, |t| t.finish()).await?;
+    let archive = spool
+        .reopen()
+        .map_err(|e| Error::io("reading the export's temporary file", e))?;
+
+    let store = ctx.object_store().await?;
+    let key = format!(
+        "{}dsr-{}-export.tar.zst.age",
+        config.dsr.export_prefix, r.id
+    );
+    let ttl = config.dsr.export_link_ttl;
+    let expires = chrono::Utc::now()
+        + chrono::Duration::from_std(ttl)
+            .map_err(|_| Error::Usage("dsr.export_link_ttl is too large".into()))?;
+    // Tracked before it exists, so a crash after the upload leaves no archive nobody deletes.
+    ctx.store.dsr_export_started(r.id, &key, expires).await?;
+    fence.check()?;
+    let recipients =
+        crate::archive::parse_recipients(if config.dsr.export_recipients.is_empty() {
+            &config.backup.recipients
+        } else {
+            &config.dsr.export_recipients
+        })?;
+    let enc = crate::objstore::stream_upload(
+        store.as_ref(),
+        &key,
+        8 << 20,
+        "export: uploaded",
+        move |sink| crate::archive::encode(archive, sink, &recipients, 3, 1),
+    )
+    .await?;
+    drop(spool);
+    let link = store.presign(&key, ttl).await?;
+    let (size, sha256) = (enc.stored_bytes, enc.sha256);
+    notify::enqueue(
+        ctx,
+        Message {
+            role: Role::Dpo,
+            subject: format!("[lethe] data export ready for request {}", r.id),
+            paragraphs: vec![
+                format!("The export for request {} ({}) is ready: {} tables and {} files, {} bytes, encrypted with age to the export keys.", r.id, r.jurisdiction, contents.rows.len(), contents.files, size),
+                format!("Download (expires {}): {link}", expires.format("%Y-%m-%d %H:%M UTC")),
+                format!("SHA-256 of the stored file: {sha256}"),
+                format!("Deliver it to the subject before {}.", r.due_at.format("%Y-%m-%d %H:%M UTC")),
+            ],
+            html_extra: None,
+            attachments: vec![],
+            dedupe_key: Some(format!("dsr-export:{}", r.id)),
+        },
+    )
+    .await?;
+    let evidence = json!({"request": r.id, "object": key, "sha256": sha256, "bytes": size, "rows": contents.rows,
+                          "files": contents.files, "file_bytes": contents.file_bytes,
+                          "files_left_out": contents.left_out.len(), "link_expires_at": expires.to_rfc3339()});
+    crate::audit::record(
+        ctx.store.as_ref(),
+        actor,
+        "dsr.exported",
+        &format!("dsr:{}", r.id),
+        evidence.clone(),
+    )
+    .await?;
+    Ok(Ok(evidence))
+}
+
+/// Runs `f` on the archive on a blocking thread (file writes of any size).
+async fn blocking<R: Send + 'static>(
+    tar: &mut Option<Tar>,
+    f: impl FnOnce(&mut Tar) -> std::io::Result<R> + Send + 'static,
+) -> Result<R> {
+    let mut t = tar
+        .take()
+        .ok_or_else(|| Error::Failed("the export archive failed earlier".into()))?;
+    let (t, r) = tokio::task::spawn_blocking(move || {
+        let r = f(&mut t);
+        (t, r)
+    })
+    .await
+    .map_err(|e| Error::task("building the export archive", e))?;
+    *tar = Some(t);
+    r.map_err(|e| Error::io("building the export archive", e))
+}
+
+fn header(size: u64) -> tar::Header {
+    let mut h = tar::Header::new_gnu();
+    h.set_size(size);
+    h.set_mode(0o600);
+    h.set_mtime(chrono::Utc::now().timestamp().max(0) as u64);
+    h.set_cksum();
+    h
+}
+
+async fn append_text(tar: &mut Option<Tar>, name: String, body: String) -> Result<()> {
+    blocking(tar, move |t| {
+        t.append_data(&mut header(body.len() as u64), name, body.as_bytes())
+    })
+    .await
+}
+
+/// The tables, the files and the README, into the archive.
+async fn fill(
+    ctx: &Context,
+    db: &AppDb,
+    r: &DsrRequest,
+    subject_id: &str,
+    tar: &mut Option<Tar>,
+) -> Result<Contents> {
+    let config = ctx.config.as_ref();
+    let mut keys = crate::keys::DataKeys::load(ctx).await?;
+    let mut c = Contents::default();
+    for e in config.data_map.iter().filter(|e| e.export) {
+        let Some(col) = &e.subject else { continue };
+        let mut rows = db.subject_rows(&e.table, col, subject_id).await?;
+        if let (Some(k), false) = (keys.as_mut(), e.encrypted.is_empty()) {
+            let (opened, n) = super::decrypt::open_rows(k, e, rows).await?;
+            rows = opened;
+            c.unreadable += n;
+        }
+        c.rows.insert(e.table.clone(), rows.len());
+        append_text(
+            tar,
+            format!("{}.json", e.table),
+            format!("[{}]\n", rows.join(",\n")),
+        )
+        .await?;
+        files(ctx, db, e, col, subject_id, tar, &mut c).await?;
+    }
+    append_text(tar, "README.txt".into(), readme(config, r, &c))
+        .await
+        .map(|()| c)
+}
+
+/// The subject's files of one table, each streamed through a temporary file.
+async fn files(
+    ctx: &Context,
+    db: &AppDb,
+    e: &DataMapEntry,
+    subject: &str,
+    subject_id: &str,
+    tar: &mut Option<Tar>,
+    c: &mut Contents,
+) -> Result<()> {
+    let limit = ctx.config.dsr.export_max_bytes;
+    for o in &e.objects {
+        let store = ctx.app_store(&o.store).await?;
+        let keys = db
+            .subject_object_keys(
+                &e.table,
+                subject,
+                e.org.as_deref(),
+                &o.column,
+                subject_id,
+                &[],
+            )
+            .await?;
+        for (_, key) in keys {
+            let plain = !key.is_empty()
+                && std::path::Path::new(&key)
+                    .components()
+                    .all(|p| matches!(p, std::path::Component::Normal(_)));
+            let name = format!("files/{}/{key}", e.table);
+            if !plain {
+                c.left_out.push(format!(
+                    "a file of {}: its key is not a plain relative path",
+                    e.table
+                ));
+                continue;
+            }
+            let Some(size) = store.head(&key).await? else {
+                c.left_out.push(format!("{name}: not found in the store"));
+                continue;
+            };
+            if c.file_bytes + size > limit {
+                c.left_out.push(format!("{name} ({size} bytes): the export's size limit of {limit} bytes was reached; ask for it separately"));
+                continue;
+            }
+            let tmp = tempfile::NamedTempFile::new()
+                .map_err(|e| Error::io("creating a temporary file", e))?;
+            let mut out = tokio::fs::File::from_std(
+                tmp.reopen()
+                    .map_err(|e| Error::io("opening a temporary file", e))?,
+            );
+            let mut body = store.get(&key).await?;
+            let copied = tokio::io::copy(&mut body, &mut out)
+                .await
+                .map_err(|err| crate::objstore::error("get", &key, err))?;
+            out.flush()
+                .await
+                .map_err(|e| Error::io("writing a temporary file", e))?;
+            let file = tmp
+                .reopen()
+                .map_err(|e| Error::io("reading a temporary file", e))?;
+            blocking(tar, move |t| t.append_data(&mut header(copied), name, file)).await?;
+            c.files += 1;
+            c.file_bytes += copied;
+        }
+    }
+    Ok(())
+}
+
+fn readme(config: &Config, r: &DsrRequest, c: &Contents) -> String {
+    let mut readme = format!(
+        "Data export for request {} ({}), created {}.\nOne JSON file per table; each holds the rows about the subject.\n",
+        r.id,
+        r.jurisdiction,
+        chrono::Utc::now().to_rfc3339()
+    );
+    if c.files > 0 {
+        readme.push_str(&format!(
+            "files/ holds the subject's {} file(s), by table and storage key.\n",
+            c.files
+        ));
+    }
+    if c.unreadable > 0 {
+        readme.push_str(&format!("{} encrypted value(s) could not be decrypted (their organisation's key was destroyed) and are shown as null.\n", c.unreadable));
+    }
+    if !c.left_out.is_empty() {
+        readme.push_str(&format!(
+            "{} file(s) are not in this archive (the size limit is {} bytes):\n",
+            c.left_out.len(),
+            config.dsr.export_max_bytes
+        ));
+        for l in &c.left_out {
+            readme.push_str(&format!("- {l}\n"));
+        }
+    }
+    readme
+}
