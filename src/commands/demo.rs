@@ -225,9 +225,9 @@ fn print_tour(
 ) {
     outln!("Lethe demo in {}", dir.display());
     outln!(
-        "  seeded app.db: {} orgs, {} users, {} customers, {} memberships, {} API logs, {} webhooks, {} audit logs, {} documents, {} LLM logs",
+        "  seeded app.db: {} orgs, {} users, {} customers, {} memberships, {} API logs, {} webhooks, {} audit logs, {} documents (with {} files in appfiles/), {} LLM logs",
         seeded.orgs, seeded.users, seeded.customers, seeded.memberships, seeded.api_request_logs, seeded.webhook_deliveries,
-        seeded.audit_logs, seeded.documents, seeded.llm_interactions
+        seeded.audit_logs, seeded.documents, seeded.document_files, seeded.llm_interactions
     );
     outln!(
         "  owner@demo.example is the sole owner of Acme Analytics; member@demo.example is a member"

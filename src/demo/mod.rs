@@ -16,6 +16,10 @@ pub use encrypt::encrypt_as_the_app;
 
 /// The demo app's mapping and data map, appended to the starter config.
 pub const DATA_MAP: &str = r#"
+# The application's own file store: the documents' files live here.
+[object_stores.documents]
+url = "file://appfiles"
+
 [app]
 subjects = { table = "users", id = "id", email = "email" }
 orgs = { table = "orgs", id = "id", closed_at = "closed_at" }
@@ -87,6 +91,8 @@ subject = "owner_user_id"
 retention = "org_closed+30d"
 erasure = "delete"
 export = true
+# Each document's file, in the application's store: it goes with its row.
+objects = [{ column = "storage_key", store = "documents" }]
 
 [[data_map]]
 table = "llm_interactions"
@@ -142,7 +148,7 @@ CREATE TABLE audit_logs (
 CREATE INDEX audit_logs_created_at ON audit_logs (created_at);
 CREATE TABLE documents (
     id INTEGER PRIMARY KEY, org_id INTEGER NOT NULL, owner_user_id INTEGER, title TEXT NOT NULL,
-    body TEXT NOT NULL, created_at TEXT NOT NULL, updated_at TEXT NOT NULL);
+    body TEXT NOT NULL, storage_key TEXT, created_at TEXT NOT NULL, updated_at TEXT NOT NULL);
 CREATE INDEX documents_updated_at ON documents (updated_at);
 CREATE TABLE llm_interactions (
     id INTEGER PRIMARY KEY, org_id INTEGER NOT NULL, user_id INTEGER, model TEXT NOT NULL,
@@ -161,7 +167,13 @@ pub struct Seeded {
     pub webhook_deliveries: usize,
     pub audit_logs: usize,
     pub documents: usize,
+    pub document_files: usize,
     pub llm_interactions: usize,
+}
+
+/// Where a document's file lives in the demo's store.
+fn doc_key(org: i64, title: &str) -> String {
+    format!("org{org:02}/{}.txt", title.to_lowercase().replace(' ', "-"))
 }
 
 /// App-database timestamps: SQLite's own `datetime()` format.
@@ -445,19 +457,32 @@ pub async fn seed(path: &Path, now: DateTime<Utc>) -> Result<Seeded> {
         .collect();
     insert(
         &mut tx,
-        "INSERT INTO documents (org_id, owner_user_id, title, body, created_at, updated_at) ",
+        "INSERT INTO documents (org_id, owner_user_id, title, body, storage_key, created_at, updated_at) ",
         &docs,
         |b, r| {
             b.push_bind(r.0)
                 .push_bind(r.1)
                 .push_bind(r.2.clone())
                 .push_bind(format!("{} — notes written by user {}.", r.2, r.1))
+                .push_bind(doc_key(r.0, &r.2))
                 .push_bind(r.3.clone())
                 .push_bind(r.3.clone());
         },
     )
     .await?;
     s.documents = docs.len();
+    // Each document's file, where the data map's `[object_stores.documents]` says.
+    let files = path.with_file_name("appfiles");
+    for (org, uid, title, _) in &docs {
+        let file = files.join(doc_key(*org, title));
+        if let Some(dir) = file.parent() {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| crate::error::Error::io(format!("creating {}", dir.display()), e))?;
+        }
+        std::fs::write(&file, format!("{title}\nOwner: user {uid}\n"))
+            .map_err(|e| crate::error::Error::io(format!("writing {}", file.display()), e))?;
+    }
+    s.document_files = docs.len();
 
     let llm: Vec<(i64, i64, &str, i64, String)> = (0..6_000)
         .map(|_| {

@@ -84,23 +84,8 @@ pub(super) async fn export(
     drop(spool);
     let link = store.presign(&key, ttl).await?;
     let (size, sha256) = (enc.stored_bytes, enc.sha256);
-    notify::enqueue(
-        ctx,
-        Message {
-            role: Role::Dpo,
-            subject: format!("[lethe] data export ready for request {}", r.id),
-            paragraphs: vec![
-                format!("The export for request {} ({}) is ready: {} tables and {} files, {} bytes, encrypted with age to the export keys.", r.id, r.jurisdiction, contents.rows.len(), contents.files, size),
-                format!("Download (expires {}): {link}", expires.format("%Y-%m-%d %H:%M UTC")),
-                format!("SHA-256 of the stored file: {sha256}"),
-                format!("Deliver it to the subject before {}.", r.due_at.format("%Y-%m-%d %H:%M UTC")),
-            ],
-            html_extra: None,
-            attachments: vec![],
-            dedupe_key: Some(format!("dsr-export:{}", r.id)),
-        },
-    )
-    .await?;
+    let message = ready(r, &contents, size, &link, &sha256, expires);
+    notify::enqueue(ctx, message).await?;
     let evidence = json!({"request": r.id, "object": key, "sha256": sha256, "bytes": size, "rows": contents.rows,
                           "files": contents.files, "file_bytes": contents.file_bytes,
                           "files_left_out": contents.left_out.len(), "link_expires_at": expires.to_rfc3339()});
@@ -113,6 +98,30 @@ pub(super) async fn export(
     )
     .await?;
     Ok(Ok(evidence))
+}
+
+/// The DPO's notice that the export is ready, with its link.
+fn ready(
+    r: &DsrRequest,
+    contents: &Contents,
+    size: u64,
+    link: &str,
+    sha256: &str,
+    expires: chrono::DateTime<chrono::Utc>,
+) -> Message {
+    Message {
+        role: Role::Dpo,
+        subject: format!("[lethe] data export ready for request {}", r.id),
+        paragraphs: vec![
+            format!("The export for request {} ({}) is ready: {} tables and {} files, {} bytes, encrypted with age to the export keys.", r.id, r.jurisdiction, contents.rows.len(), contents.files, size),
+            format!("Download (expires {}): {link}", expires.format("%Y-%m-%d %H:%M UTC")),
+            format!("SHA-256 of the stored file: {sha256}"),
+            format!("Deliver it to the subject before {}.", r.due_at.format("%Y-%m-%d %H:%M UTC")),
+        ],
+        html_extra: None,
+        attachments: vec![],
+        dedupe_key: Some(format!("dsr-export:{}", r.id)),
+    }
 }
 
 /// Runs `f` on the archive on a blocking thread (file writes of any size).

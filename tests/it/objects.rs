@@ -500,3 +500,94 @@ async fn an_export_carries_the_subjects_files_within_its_size_limit() {
     );
     assert_eq!(shown["result"]["files"], 1, "{shown}");
 }
+
+/// The demo's documents have files in its `file://appfiles` store: the
+/// member's export carries theirs; a purge deletes the expired documents'
+/// files (the closed orgs') and reports them per class and org, leaving the
+/// others; the member's erasure leaves none of theirs.
+#[test]
+fn the_demo_purges_exports_and_erases_files() {
+    use std::io::Read;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("demo");
+    let v = stdout_json(&run_ok(
+        crate::common::lethe()
+            .args(["demo", "--json", "--dir"])
+            .arg(&dir),
+    ));
+    assert_eq!(v["seeded"]["document_files"], 1500, "{}", v["seeded"]);
+    let lethe = || {
+        let mut cmd = crate::common::lethe();
+        cmd.arg("--config").arg(dir.join("lethe.toml"));
+        cmd
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let url = format!("sqlite://{}", dir.join("app.db").display());
+    let keys_of = |sql: &str| rt.block_on(crate::common::app_strings(&url, sql));
+    let members = keys_of("SELECT storage_key FROM documents WHERE owner_user_id = 2");
+    assert!(!members.is_empty());
+    let files = dir.join("appfiles");
+
+    // The member's export (the demo's request 2) carries every one of their files.
+    let shown = stdout_json(&run_ok(lethe().args(["dsr", "show", "2", "--json"])));
+    let object = dir
+        .join("objects")
+        .join(shown["result"]["object"].as_str().unwrap());
+    let identity: age::x25519::Identity =
+        std::fs::read_to_string(dir.join("secrets/age-identity.txt"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+    let ids: Vec<Box<dyn age::Identity>> = vec![Box::new(identity)];
+    let mut tar_bytes = Vec::new();
+    lethe::backup::decode(&std::fs::read(&object).unwrap()[..], &ids, &mut tar_bytes).unwrap();
+    let mut in_archive = Vec::new();
+    for e in tar::Archive::new(&tar_bytes[..]).entries().unwrap() {
+        let mut e = e.unwrap();
+        let name = e.path().unwrap().to_string_lossy().to_string();
+        let mut body = String::new();
+        e.read_to_string(&mut body).unwrap();
+        if let Some(key) = name.strip_prefix("files/documents/") {
+            assert!(body.contains("Owner: user 2"), "{name}");
+            in_archive.push(key.to_string());
+        }
+    }
+    in_archive.sort();
+    let mut expected = members.clone();
+    expected.sort();
+    assert_eq!(in_archive, expected);
+
+    // The purge: the closed orgs' documents and their files go, per class and org.
+    let closed = keys_of("SELECT storage_key FROM documents WHERE org_id IN (11, 12)");
+    let r = stdout_json(&run_ok(lethe().args(["run", "retention.purge", "--json"])));
+    let by_org = &r["result"]["objects"]["customer_content"];
+    let purged =
+        by_org["11"]["objects"].as_u64().unwrap() + by_org["12"]["objects"].as_u64().unwrap();
+    assert_eq!(purged, closed.len() as u64, "{r}");
+    assert!(
+        closed.iter().all(|k| !files.join(k).exists()),
+        "expired files gone"
+    );
+    let left = keys_of("SELECT storage_key FROM documents");
+    assert!(
+        left.iter().all(|k| files.join(k).exists()),
+        "unexpired files stay"
+    );
+
+    // The member's erasure: none of their files remain.
+    run_ok(lethe().args([
+        "dsr",
+        "submit",
+        "--kind",
+        "erasure",
+        "--subject",
+        "member@demo.example",
+    ]));
+    let run = stdout_json(&run_ok(lethe().args(["run", "dsr.process", "--json"])));
+    assert_eq!(run["status"], "succeeded", "{run}");
+    assert!(
+        members.iter().all(|k| !files.join(k).exists()),
+        "the member's files are gone"
+    );
+}
