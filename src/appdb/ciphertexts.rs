@@ -2,7 +2,9 @@
 //! `keys.reencrypt`. Rows are walked in physical order (`rowid` on SQLite,
 //! `(tableoid, ctid)` on PostgreSQL, which tells partitions apart) from a
 //! saved position, so a rescued run resumes where the last batch committed.
-//! A row rewritten on PostgreSQL may reappear later in the walk under a new
+//! On PostgreSQL each batch is a range of pages of one relation (a TID range
+//! scan, PostgreSQL 14+), so a batch costs its pages whatever the table's
+//! size. A row rewritten there may reappear later in the walk under a new
 //! `ctid`; it is then already current and skipped, so the walk ends.
 
 use serde::{Deserialize, Serialize};
@@ -18,6 +20,15 @@ pub enum RowPos {
     Start,
     Rowid(i64),
     Tuple { table_oid: i64, ctid: String },
+}
+
+/// The page of a `(page,offset)` tid; 0 when it does not parse.
+fn tid_page(ctid: &str) -> i64 {
+    ctid.trim_matches(|c| c == '(' || c == ')')
+        .split(',')
+        .next()
+        .and_then(|p| p.trim().parse().ok())
+        .unwrap_or(0)
 }
 
 /// How a log line names a row, so an operator can find it.
@@ -49,8 +60,28 @@ pub struct Rewrite {
     pub new: String,
 }
 
+/// One batch of the walk and where the next one starts (`None`: the walk is done).
+#[derive(Debug)]
+pub struct CipherBatch {
+    pub rows: Vec<CipherRow>,
+    pub next: Option<RowPos>,
+}
+
+/// The leaf relations a PostgreSQL table's rows live in (itself, or its
+/// partitions), by oid, with their size in pages now.
+const PG_RELATIONS: &str = "SELECT c.oid::bigint, c.oid::regclass::text,
+        (pg_relation_size(c.oid) / current_setting('block_size')::bigint)::bigint,
+        CASE WHEN c.reltuples > 0 AND c.relpages > 0 THEN c.reltuples::float8 / c.relpages ELSE 100 END
+   FROM pg_class c
+  WHERE (c.oid = to_regclass($1) AND c.relkind = 'r')
+     OR c.oid IN (SELECT relid FROM pg_partition_tree(to_regclass($1)) WHERE isleaf)
+  ORDER BY 1";
+
 impl AppDb {
-    /// Up to `limit` non-NULL values of `column` after `after`, in walk order.
+    /// The next batch of non-NULL values of `column` from `after`, in walk
+    /// order: about `limit` rows by rowid on SQLite; on PostgreSQL a range of
+    /// pages of one relation sized to hold about `limit` rows (a TID range
+    /// scan: each batch costs its pages, not the table).
     pub async fn cipher_rows(
         &self,
         table: &str,
@@ -58,11 +89,11 @@ impl AppDb {
         column: &str,
         after: &RowPos,
         limit: u32,
-    ) -> Result<Vec<CipherRow>> {
+    ) -> Result<CipherBatch> {
         let mut sql = self.sql();
         let (org, col) = (sql.as_text(org_column), sql.as_text(column));
         let not_null = format!("{} IS NOT NULL", q(column));
-        Ok(match self {
+        match self {
             AppDb::Sqlite(p) => {
                 let from = match after {
                     RowPos::Rowid(id) => *id,
@@ -77,7 +108,8 @@ impl AppDb {
                 let rows = sqlx::query_with(&text, sqlite_args(sql.binds)?)
                     .fetch_all(p)
                     .await?;
-                rows.iter()
+                let rows = rows
+                    .iter()
                     .map(|r| {
                         Ok(CipherRow {
                             pos: RowPos::Rowid(r.try_get(0)?),
@@ -85,40 +117,76 @@ impl AppDb {
                             value: r.try_get(2)?,
                         })
                     })
-                    .collect::<Result<Vec<_>>>()?
+                    .collect::<Result<Vec<_>>>()?;
+                let next = match rows.last() {
+                    Some(last) if rows.len() == limit as usize => Some(last.pos.clone()),
+                    _ => None,
+                };
+                Ok(CipherBatch { rows, next })
             }
             AppDb::Postgres(p) => {
-                let (oid, ctid) = match after {
-                    RowPos::Tuple { table_oid, ctid } => (*table_oid, ctid.clone()),
-                    _ => (-1, "(0,0)".to_string()),
-                };
-                let text = format!(
-                    // Aliased: an output column named `ctid` (the text) would
-                    // otherwise be what ORDER BY sorts, in text order.
-                    "SELECT tableoid::bigint AS pos_oid, ctid::text AS pos_ctid, {org}, {col} FROM {} WHERE {not_null}
-                     AND (tableoid::bigint, ctid) > ({}, {}::tid) ORDER BY tableoid::bigint, ctid LIMIT {}",
-                    q(table),
-                    sql.placeholder(Bind::Int(oid)),
-                    sql.placeholder(Bind::Text(ctid)),
-                    sql.placeholder(Bind::Int(i64::from(limit)))
-                );
-                let rows = sqlx::query_with(&text, pg_args(sql.binds)?)
+                let rels: Vec<(i64, String, i64, f64)> = sqlx::query_as(PG_RELATIONS)
+                    .bind(q(table))
                     .fetch_all(p)
                     .await?;
-                rows.iter()
+                // Where the walk stands: every row of earlier relations, and of
+                // this one up to this tid, is done.
+                let (oid, done_to) = match after {
+                    RowPos::Tuple { table_oid, ctid } => (*table_oid, ctid.clone()),
+                    _ => (i64::MIN, "(0,0)".to_string()),
+                };
+                let Some(at) = rels.iter().position(|r| r.0 >= oid) else {
+                    return Ok(CipherBatch {
+                        rows: Vec::new(),
+                        next: None,
+                    });
+                };
+                let (rel_oid, rel, pages, per_page) = &rels[at];
+                let done_to = if *rel_oid == oid {
+                    done_to
+                } else {
+                    "(0,0)".into()
+                };
+                let first = tid_page(&done_to);
+                let span = (f64::from(limit) / per_page.max(1.0)).ceil().max(1.0) as i64;
+                let end = first.saturating_add(span);
+                // `rel` is the catalog's own quoting of the relation's name.
+                let text = format!(
+                    "SELECT ctid::text, {org}, {col} FROM ONLY {rel} WHERE {not_null}
+                     AND ctid > {}::tid AND ctid < {}::tid",
+                    sql.placeholder(Bind::Text(done_to.clone())),
+                    sql.placeholder(Bind::Text(format!("({end},0)")))
+                );
+                let found = sqlx::query_with(&text, pg_args(sql.binds)?)
+                    .fetch_all(p)
+                    .await?;
+                let rows = found
+                    .iter()
                     .map(|r| {
                         Ok(CipherRow {
                             pos: RowPos::Tuple {
-                                table_oid: r.try_get(0)?,
-                                ctid: r.try_get(1)?,
+                                table_oid: *rel_oid,
+                                ctid: r.try_get(0)?,
                             },
-                            org: r.try_get(2)?,
-                            value: r.try_get(3)?,
+                            org: r.try_get(1)?,
+                            value: r.try_get(2)?,
                         })
                     })
-                    .collect::<Result<Vec<_>>>()?
+                    .collect::<Result<Vec<_>>>()?;
+                let next = if end < *pages {
+                    Some(RowPos::Tuple {
+                        table_oid: *rel_oid,
+                        ctid: format!("({end},0)"),
+                    })
+                } else {
+                    rels.get(at + 1).map(|r| RowPos::Tuple {
+                        table_oid: r.0,
+                        ctid: "(0,0)".into(),
+                    })
+                };
+                Ok(CipherBatch { rows, next })
             }
-        })
+        }
     }
 
     /// Applies a batch of rewrites in one transaction; a value the
@@ -155,26 +223,45 @@ impl AppDb {
                 tx.commit().await?;
             }
             AppDb::Postgres(p) => {
-                // The column may be text or varchar: compare and assign as text.
-                let text = format!(
-                    "UPDATE {} SET {c} = $1 WHERE tableoid = $2::bigint::oid AND ctid = $3::tid AND {c}::text = $4",
-                    q(table),
-                    c = q(column)
-                );
+                // One statement per relation: rewrites of a batch lie in one.
+                let mut by_rel: std::collections::BTreeMap<i64, Vec<usize>> = Default::default();
+                for (i, w) in rewrites.iter().enumerate() {
+                    if let RowPos::Tuple { table_oid, .. } = &w.pos {
+                        by_rel.entry(*table_oid).or_default().push(i);
+                    }
+                }
+                applied.resize(rewrites.len(), false);
                 let mut tx = p.begin().await?;
-                for w in rewrites {
-                    let RowPos::Tuple { table_oid, ctid } = &w.pos else {
-                        applied.push(false);
-                        continue;
-                    };
-                    let r = sqlx::query(&text)
-                        .bind(&w.new)
-                        .bind(table_oid)
-                        .bind(ctid)
-                        .bind(&w.old)
-                        .execute(&mut *tx)
+                for (oid, idx) in by_rel {
+                    let rel: String = sqlx::query_scalar("SELECT $1::bigint::oid::regclass::text")
+                        .bind(oid)
+                        .fetch_one(&mut *tx)
                         .await?;
-                    applied.push(r.rows_affected() == 1);
+                    let tid = |i: &usize| match &rewrites[*i].pos {
+                        RowPos::Tuple { ctid, .. } => ctid.clone(),
+                        RowPos::Rowid(_) | RowPos::Start => String::new(),
+                    };
+                    let tids: Vec<String> = idx.iter().map(tid).collect();
+                    let olds: Vec<String> = idx.iter().map(|i| rewrites[*i].old.clone()).collect();
+                    let news: Vec<String> = idx.iter().map(|i| rewrites[*i].new.clone()).collect();
+                    // The column may be text or varchar: compare and assign as text.
+                    let text = format!(
+                        "UPDATE ONLY {rel} AS t SET {c} = v.new
+                           FROM unnest($1::text[], $2::text[], $3::text[]) AS v(tid, old, new)
+                          WHERE t.ctid = ANY($1::text[]::tid[]) AND t.ctid = v.tid::tid AND t.{c}::text = v.old
+                         RETURNING v.tid",
+                        c = q(column)
+                    );
+                    let done: Vec<String> = sqlx::query_scalar(&text)
+                        .bind(&tids)
+                        .bind(&olds)
+                        .bind(&news)
+                        .fetch_all(&mut *tx)
+                        .await?;
+                    let done: std::collections::HashSet<String> = done.into_iter().collect();
+                    for (i, t) in idx.iter().zip(&tids) {
+                        applied[*i] = done.contains(t);
+                    }
                 }
                 tx.commit().await?;
             }

@@ -23,14 +23,23 @@ pub enum Opened {
 pub struct DataKeys<'a> {
     ctx: &'a Context,
     rows: Vec<AppKey>,
+    /// Each org's newest active version, computed once (asked for every value).
+    newest: HashMap<String, i64>,
     plain: HashMap<(String, i64), Option<Vec<u8>>>,
 }
 
 impl<'a> DataKeys<'a> {
     pub fn new(ctx: &'a Context, rows: Vec<AppKey>) -> Self {
+        // As `appdb::newest_active`, for every org in one pass.
+        let mut newest: HashMap<String, i64> = HashMap::new();
+        for k in rows.iter().filter(|k| k.state == "active") {
+            let v = newest.entry(k.org.clone()).or_insert(k.version);
+            *v = (*v).max(k.version);
+        }
         DataKeys {
             ctx,
             rows,
+            newest,
             plain: HashMap::new(),
         }
     }
@@ -60,7 +69,7 @@ impl<'a> DataKeys<'a> {
     }
 
     pub fn newest(&self, org: &str) -> Option<i64> {
-        crate::appdb::newest_active(&self.rows, org)
+        self.newest.get(org).copied()
     }
 
     /// A version's plaintext DEK, or None when it is destroyed or does not unwrap.

@@ -146,47 +146,77 @@ async fn column_pass(
             tallies: BTreeMap::new(),
         },
     };
+    let save = |pos: &RowPos, tallies: &BTreeMap<String, Tally>| {
+        let v = serde_json::to_value(ProgressRef { pos, tallies })
+            .map_err(|e| Error::json("re-encryption progress", e));
+        let checkpoint = checkpoint.clone();
+        async move {
+            if !jc.dry_run {
+                store.checkpoint_put(jc.run.id, &checkpoint, &v?).await?;
+            }
+            Ok::<(), Error>(())
+        }
+    };
     loop {
-        let rows = db
+        let batch = db
             .cipher_rows(&e.table, org_column, column, &pos, p.batch_size)
             .await?;
-        let Some(last) = rows.last() else { break };
-        let next = last.pos.clone();
-        let (rewrites, from) = plan_batch(db, e, column, rows, keys, out).await?;
-        let applied = if jc.dry_run || rewrites.is_empty() {
-            vec![true; rewrites.len()]
-        } else {
-            jc.fence.check()?; // each batch commits: only while the lease holds
-            let started = std::time::Instant::now();
-            let applied = db.cipher_rewrite(&e.table, column, &rewrites).await?;
-            let took = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
-            out.longest_batch_ms = out.longest_batch_ms.max(took);
-            applied
-        };
-        for ((org, version), done) in from.into_iter().zip(applied) {
-            if !done {
-                out.changed_meanwhile += 1;
-                continue;
+        // A window of pages may hold more than a batch: at most `batch_size`
+        // rewrites per transaction, each checkpointed.
+        let mut rows = batch.rows;
+        while !rows.is_empty() {
+            let rest = rows.split_off(rows.len().min(p.batch_size.max(1) as usize));
+            if let Some(last) = rows.last() {
+                pos = last.pos.clone();
             }
-            let t = tallies.entry(org).or_default();
-            t.reencrypted += 1;
-            t.from_versions.insert(version);
+            apply_batch(jc, db, e, column, rows, keys, out, &mut tallies).await?;
+            save(&pos, &tallies).await?;
+            if p.pause_ms > 0 {
+                tokio::time::sleep(Duration::from_millis(p.pause_ms)).await;
+            }
+            rows = rest;
         }
+        let Some(next) = batch.next else { break };
         pos = next;
-        if !jc.dry_run {
-            let saved = ProgressRef {
-                pos: &pos,
-                tallies: &tallies,
-            };
-            let v = serde_json::to_value(&saved)
-                .map_err(|e| Error::json("re-encryption progress", e))?;
-            store.checkpoint_put(jc.run.id, &checkpoint, &v).await?;
-        }
-        if p.pause_ms > 0 {
-            tokio::time::sleep(Duration::from_millis(p.pause_ms)).await;
-        }
+        save(&pos, &tallies).await?;
     }
     Ok(tallies)
+}
+
+/// One batch: each stale value re-sealed and written back in one short
+/// transaction (a value changed meanwhile is left alone), then counted.
+#[allow(clippy::too_many_arguments)]
+async fn apply_batch(
+    jc: &JobContext,
+    db: &AppDb,
+    e: &DataMapEntry,
+    column: &str,
+    rows: Vec<crate::appdb::CipherRow>,
+    keys: &mut DataKeys<'_>,
+    out: &mut ReencryptOutput,
+    tallies: &mut BTreeMap<String, Tally>,
+) -> Result<()> {
+    let (rewrites, from) = plan_batch(db, e, column, rows, keys, out).await?;
+    let applied = if jc.dry_run || rewrites.is_empty() {
+        vec![true; rewrites.len()]
+    } else {
+        jc.fence.check()?; // each batch commits: only while the lease holds
+        let started = std::time::Instant::now();
+        let applied = db.cipher_rewrite(&e.table, column, &rewrites).await?;
+        let took = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        out.longest_batch_ms = out.longest_batch_ms.max(took);
+        applied
+    };
+    for ((org, version), done) in from.into_iter().zip(applied) {
+        if !done {
+            out.changed_meanwhile += 1;
+            continue;
+        }
+        let t = tallies.entry(org).or_default();
+        t.reencrypted += 1;
+        t.from_versions.insert(version);
+    }
+    Ok(())
 }
 
 /// Most skipped values listed in the output; the counts cover them all.
