@@ -139,12 +139,11 @@ async fn erase(
     r: &DsrRequest,
     actor: &str,
     fence: &Fence,
-    run_id: i64,
 ) -> Result<std::result::Result<Value, (String, String)>> {
     let config = ctx.config.as_ref();
     let key = super::ledger::checked_key(ctx).await?;
     // Files an interrupted attempt of this request left checkpointed.
-    let earlier = super::files::finish(ctx, db, run_id, r.id, fence).await?;
+    let earlier = super::files::finish(ctx, db, r.id, fence).await?;
     let (app, subject_id) = match subject_of(ctx, db, r).await? {
         Ok(found) => found,
         // Absent from the application: an earlier attempt of this request
@@ -169,12 +168,12 @@ async fn erase(
         retained,
     } = erase_plan(config, &key, &subject_id);
     super::decrypt::seal_anonymised(ctx, db, &subject_id, &mut steps).await?;
-    super::files::pend(ctx, db, run_id, r.id, &subject_id, &steps, &held_orgs).await?;
+    super::files::pend(ctx, db, r.id, &subject_id, &steps, &held_orgs).await?;
     let outcome = db
         .erase_subject(app, &subject_id, &steps, &held_orgs, fence)
         .await?;
     // After the commit (or the veto: then every file is still referenced, none goes).
-    let files = super::files::finish(ctx, db, run_id, r.id, fence).await?;
+    let files = super::files::finish(ctx, db, r.id, fence).await?;
     match outcome {
         EraseOutcome::SoleOwner(orgs) => Ok(Err((
             "sole_owner".into(),
@@ -266,7 +265,7 @@ pub async fn process_job(jc: &JobContext, p: ProcessParams) -> Result<Value> {
         }
         let kind = DsrKind::parse(&r.kind);
         let outcome = match &kind {
-            Ok(DsrKind::Erasure) => erase(ctx, &db, &r, &jc.actor, &jc.fence, jc.run.id).await,
+            Ok(DsrKind::Erasure) => erase(ctx, &db, &r, &jc.actor, &jc.fence).await,
             Ok(DsrKind::Export) => super::export::export(ctx, &db, &r, &jc.actor, &jc.fence).await,
             Err(e) => Err(Error::Failed(e.to_string())),
         };

@@ -149,9 +149,8 @@ impl Batcher<'_> {
     /// Batches of rows that reference files: keys checkpointed, rows
     /// deleted, files deleted (see `objects`); until nothing is left in scope.
     async fn with_files(&mut self, scope: &Scope, columns: &[ObjectColumn]) -> Result<()> {
-        let mut files = super::objects::load(self.jc).await?;
-        // Files of rows an interrupted attempt already deleted.
-        super::objects::finish(self.jc, self.db, &mut files).await?;
+        // Files of rows an interrupted attempt or run already deleted.
+        super::objects::finish_for_run(self.jc, self.db).await?;
         let names: Vec<String> = columns.iter().map(|c| c.column.clone()).collect();
         loop {
             let started = Instant::now();
@@ -166,7 +165,11 @@ impl Batcher<'_> {
             if rows.is_empty() {
                 return self.finish_empty(None).await;
             }
-            super::objects::pend(self.jc, &mut files, self.item, columns, &rows).await?;
+            let files = super::objects::of_rows(self.item, columns, &rows);
+            let store = self.jc.ctx.store.as_ref();
+            store
+                .objects_pend(super::objects::RETENTION, &files)
+                .await?;
             let at: Vec<_> = rows.into_iter().map(|r| r.pos).collect();
             self.jc.fence.check()?; // each statement commits: only while the lease holds
             let n = match self.db.delete_rows_at(&s, &at, budget).await? {
@@ -179,7 +182,7 @@ impl Batcher<'_> {
             self.committed(n, started.elapsed(), ItemProgress::default())
                 .await?;
             super::objects::crash_point("files_pending");
-            super::objects::finish(self.jc, self.db, &mut files).await?;
+            super::objects::finish_for_run(self.jc, self.db).await?;
         }
     }
 

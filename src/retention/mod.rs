@@ -20,7 +20,7 @@
 //! Elsewhere rows go in `LIMIT`ed batches by `(tableoid, ctid)` or rowid.
 
 mod batches;
-mod objects;
+pub mod objects;
 mod planning;
 
 pub use crate::policy::{Period, RetentionRule};
@@ -271,17 +271,22 @@ pub async fn purge_job(jc: &JobContext, p: PurgeParams) -> Result<Value> {
         total += deleted;
         items_out.push(out);
     }
-    let files = objects::load(jc).await?;
-    if !jc.dry_run {
+    // Every purge finishes what earlier runs left: files of a dead run, or
+    // files Object Lock kept until a date now past.
+    let files = if jc.dry_run {
+        objects::load(jc).await?
+    } else {
+        let files = objects::finish_for_run(jc, &db).await?;
         objects::record(jc, &files).await?;
-    }
+        files
+    };
     Ok(json!({
         "dry_run": jc.dry_run,
         "basis": plan.basis.to_rfc3339(),
         "resumed": resumed,
         if jc.dry_run { "would_delete" } else { "deleted" }: total,
         "items": items_out,
-        "objects": files.tallies,
+        "objects": files,
         "batches": stats.batches,
         "longest_batch_ms": stats.longest_batch_ms,
         "windows_redone": stats.windows_redone,

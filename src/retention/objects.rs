@@ -1,132 +1,176 @@
-//! Files referenced by purged rows go with them. Per batch: the rows in scope
-//! are read with their object keys, the keys are checkpointed, the rows are
-//! deleted (only those still in scope), then the files, every version of
-//! them. A key some row still references is never deleted, so a crash at any
-//! point leaves neither a row pointing at a deleted file nor, once the
-//! rescued run finishes the checkpointed deletes, a file nobody points at.
-//! Totals per class and org travel in the same checkpoint, so the evidence
-//! counts every attempt; keys never reach the evidence (they may name people).
+//! Files referenced by rows go with them. The files of rows about to change
+//! are recorded in the store's pending deletes (durable, not tied to a run)
+//! before the rows go; after the rows' transaction the files that no row
+//! references any more are deleted, every version of them, and forgotten. So
+//! a crash at any point leaves neither a row pointing at a deleted file nor,
+//! once a later attempt or run of the same origin finishes, a file nobody
+//! points at. A file Object Lock keeps is deferred to its retain-until date
+//! and picked up by the first run after it. Used by purges and erasures;
+//! evidence counts per class and org, never keys (they may name people).
 
 use std::collections::BTreeMap;
 
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::*;
 use crate::appdb::ObjectRow;
 use crate::config::ObjectColumn;
+use crate::context::Context;
+use crate::fence::Fence;
+use crate::store::{NewPendingObject, PendingObject};
 
-const OBJECTS_KEY: &str = "retention.objects";
-
-/// A file whose row is being deleted.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct PendingFile {
-    store: String,
-    column: String,
-    key: String,
-    org: String,
-}
+/// The pending deletes of purges (erasures use `dsr:<request id>`).
+pub(super) const RETENTION: &str = "retention";
+const TALLIES_KEY: &str = "retention.objects";
+/// Pending deletes handled per round.
+const ROUND: i64 = 1000;
 
 /// Files deleted for one class and org.
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
-pub(super) struct ObjectTally {
-    pub(super) objects: u64,
-    pub(super) versions: u64,
-    pub(super) bytes: u64,
-    /// Versions the bucket's Object Lock keeps, with their retain-until dates.
-    pub(super) kept_by_object_lock: Vec<Option<String>>,
+pub struct ObjectTally {
+    pub objects: u64,
+    pub versions: u64,
+    pub bytes: u64,
+    /// Versions Object Lock keeps, with their retain-until dates (retried after them).
+    pub kept_by_object_lock: Vec<Option<String>>,
     /// Keys the store refused as unsafe (e.g. `../` in a folder store).
-    pub(super) refused_keys: u64,
+    pub refused_keys: u64,
 }
 
-#[derive(Debug, Default, Serialize, Deserialize)]
-pub(super) struct ObjectsProgress {
-    /// Table of the pending files (one item at a time).
-    table: String,
-    class: String,
-    pending: Vec<PendingFile>,
-    /// class → org → totals.
-    pub(super) tallies: BTreeMap<String, BTreeMap<String, ObjectTally>>,
+/// class → org → totals.
+pub type Tallies = BTreeMap<String, BTreeMap<String, ObjectTally>>;
+
+fn absorb(into: &mut Tallies, from: Tallies) {
+    for (class, orgs) in from {
+        for (org, t) in orgs {
+            let a = into
+                .entry(class.clone())
+                .or_default()
+                .entry(org)
+                .or_default();
+            a.objects += t.objects;
+            a.versions += t.versions;
+            a.bytes += t.bytes;
+            a.kept_by_object_lock.extend(t.kept_by_object_lock);
+            a.refused_keys += t.refused_keys;
+        }
+    }
 }
 
-pub(super) async fn load(jc: &JobContext) -> Result<ObjectsProgress> {
+/// The files of `rows` (one table of the data map), as pending deletes.
+pub(super) fn of_rows(
+    item: &PlanItem,
+    columns: &[ObjectColumn],
+    rows: &[ObjectRow],
+) -> Vec<NewPendingObject> {
+    rows.iter()
+        .flat_map(|r| {
+            columns.iter().zip(&r.keys).filter_map(|(c, k)| {
+                k.as_ref()
+                    .filter(|k| !k.is_empty())
+                    .map(|k| NewPendingObject {
+                        store_name: c.store.clone(),
+                        table_name: item.table.clone(),
+                        column_name: c.column.clone(),
+                        object_key: k.clone(),
+                        class: item.class.clone(),
+                        org: r.org.clone().unwrap_or_default(),
+                    })
+            })
+        })
+        .collect()
+}
+
+/// Deletes `origin`'s due files that no row references any more, and
+/// forgets them; returns what went, per class and org.
+pub async fn finish(ctx: &Context, db: &AppDb, origin: &str, fence: &Fence) -> Result<Tallies> {
+    let mut tallies = Tallies::new();
+    loop {
+        let due = ctx
+            .store
+            .objects_due(origin, ctx.store.now().await?, ROUND)
+            .await?;
+        let last_round = (due.len() as i64) < ROUND;
+        let mut groups: BTreeMap<(String, String, String, String, String), Vec<PendingObject>> =
+            BTreeMap::new();
+        for p in due {
+            let g = (
+                p.store_name.clone(),
+                p.table_name.clone(),
+                p.column_name.clone(),
+                p.class.clone(),
+                p.org.clone(),
+            );
+            groups.entry(g).or_default().push(p);
+        }
+        for ((store, table, column, class, org), items) in groups {
+            let mut keys: Vec<String> = items.iter().map(|p| p.object_key.clone()).collect();
+            keys.sort();
+            keys.dedup();
+            let kept = db.still_referenced(&table, &column, &keys).await?;
+            keys.retain(|k| !kept.contains(k));
+            fence.check()?;
+            let purged = ctx.app_store(&store).await?.purge(&keys).await?;
+            let mut done = Vec::new();
+            for p in &items {
+                match purged.locked.iter().find(|l| l.key == p.object_key) {
+                    Some(l) => {
+                        ctx.store
+                            .objects_defer(p.id, retry_after(l.until.as_deref()))
+                            .await?
+                    }
+                    None => done.push(p.id),
+                }
+            }
+            ctx.store.objects_done(&done).await?;
+            let t = tallies.entry(class).or_default().entry(org).or_default();
+            t.objects += purged.objects;
+            t.versions += purged.versions;
+            t.bytes += purged.bytes;
+            t.kept_by_object_lock
+                .extend(purged.locked.into_iter().map(|l| l.until));
+            t.refused_keys += purged.refused;
+        }
+        if last_round {
+            return Ok(tallies);
+        }
+    }
+}
+
+/// When to try a locked file again: its retain-until date, or in a day when
+/// the bucket does not say.
+fn retry_after(until: Option<&str>) -> DateTime<Utc> {
+    until
+        .and_then(|u| DateTime::parse_from_rfc3339(u).ok())
+        .map(|u| u.with_timezone(&Utc))
+        .unwrap_or_else(|| Utc::now() + chrono::Duration::days(1))
+}
+
+/// A purge run's totals so far (every attempt), kept with the run.
+pub(super) async fn load(jc: &JobContext) -> Result<Tallies> {
     Ok(
-        match jc.ctx.store.checkpoint_get(jc.run.id, OBJECTS_KEY).await? {
+        match jc.ctx.store.checkpoint_get(jc.run.id, TALLIES_KEY).await? {
             Some(v) => serde_json::from_value(v)
-                .map_err(|e| Error::json("stored object-purge progress", e))?,
-            None => ObjectsProgress::default(),
+                .map_err(|e| Error::json("stored object-purge totals", e))?,
+            None => Tallies::new(),
         },
     )
 }
 
-async fn save(jc: &JobContext, p: &ObjectsProgress) -> Result<()> {
-    let v = serde_json::to_value(p).map_err(|e| Error::json("object-purge progress", e))?;
+/// Finishes the purges' pending files and adds them to the run's totals.
+pub(super) async fn finish_for_run(jc: &JobContext, db: &AppDb) -> Result<Tallies> {
+    let mut tallies = load(jc).await?;
+    absorb(
+        &mut tallies,
+        finish(&jc.ctx, db, RETENTION, &jc.fence).await?,
+    );
+    let v = serde_json::to_value(&tallies).map_err(|e| Error::json("object-purge totals", e))?;
     jc.ctx
         .store
-        .checkpoint_put(jc.run.id, OBJECTS_KEY, &v)
-        .await
-}
-
-/// Checkpoints the files of `rows` before the rows go.
-pub(super) async fn pend(
-    jc: &JobContext,
-    p: &mut ObjectsProgress,
-    item: &PlanItem,
-    columns: &[ObjectColumn],
-    rows: &[ObjectRow],
-) -> Result<()> {
-    p.table = item.table.clone();
-    p.class = item.class.clone();
-    p.pending = rows
-        .iter()
-        .flat_map(|r| {
-            columns.iter().zip(&r.keys).filter_map(|(c, k)| {
-                k.as_ref().filter(|k| !k.is_empty()).map(|k| PendingFile {
-                    store: c.store.clone(),
-                    column: c.column.clone(),
-                    key: k.clone(),
-                    org: r.org.clone().unwrap_or_default(),
-                })
-            })
-        })
-        .collect();
-    save(jc, p).await
-}
-
-/// Deletes the checkpointed files no row references any more, then clears them.
-pub(super) async fn finish(jc: &JobContext, db: &AppDb, p: &mut ObjectsProgress) -> Result<()> {
-    if p.pending.is_empty() {
-        return Ok(());
-    }
-    // Per store, column and org: one purge call each, for per-org evidence.
-    let mut groups: BTreeMap<(String, String, String), Vec<String>> = BTreeMap::new();
-    for f in &p.pending {
-        groups
-            .entry((f.store.clone(), f.column.clone(), f.org.clone()))
-            .or_default()
-            .push(f.key.clone());
-    }
-    for ((store, column, org), mut keys) in groups {
-        keys.sort();
-        keys.dedup();
-        let kept = db.still_referenced(&p.table, &column, &keys).await?;
-        keys.retain(|k| !kept.contains(k));
-        jc.fence.check()?;
-        let purged = jc.ctx.app_store(&store).await?.purge(&keys).await?;
-        let t = p
-            .tallies
-            .entry(p.class.clone())
-            .or_default()
-            .entry(org)
-            .or_default();
-        t.objects += purged.objects;
-        t.versions += purged.versions;
-        t.bytes += purged.bytes;
-        t.kept_by_object_lock
-            .extend(purged.locked.into_iter().map(|l| l.until));
-        t.refused_keys += purged.refused;
-    }
-    p.pending.clear();
-    save(jc, p).await
+        .checkpoint_put(jc.run.id, TALLIES_KEY, &v)
+        .await?;
+    Ok(tallies)
 }
 
 /// Test builds only: `LETHE_TEST_CRASH_AT=files_pending` aborts the process
@@ -142,8 +186,8 @@ pub(super) fn crash_point(at: &str) {
 pub(super) fn crash_point(_at: &str) {}
 
 /// Evidence per class and org: counts only, never keys.
-pub(super) async fn record(jc: &JobContext, p: &ObjectsProgress) -> Result<()> {
-    for (class, orgs) in &p.tallies {
+pub(super) async fn record(jc: &JobContext, tallies: &Tallies) -> Result<()> {
+    for (class, orgs) in tallies {
         for (org, t) in orgs {
             crate::audit::record(
                 jc.ctx.store.as_ref(),

@@ -20,6 +20,7 @@ mod checkpoints;
 mod dsr;
 mod dsr_ledger;
 mod keys;
+mod object_deletes;
 mod outbox;
 mod policy;
 mod postgres;
@@ -42,6 +43,7 @@ pub use checkpoints::Checkpoints;
 pub use dsr::{DsrExtension, DsrInsert, DsrRequest, DsrRequests, DsrState, NewDsr};
 pub use dsr_ledger::DsrLedger;
 pub use keys::{Keys, OrgDek, OrgKek};
+pub use object_deletes::{NewPendingObject, ObjectDeletes, PendingObject};
 pub use outbox::{Attachment, MailState, NewMail, Outbox, OutboxMail};
 pub use policy::{HoldScope, LegalHold, Policy, RetentionOverride};
 pub use postgres::PgStore;
@@ -54,8 +56,8 @@ pub use types::Ts;
 pub mod prelude {
     pub use super::{
         AuditLog as _, BackupCatalog as _, Base as _, Breaches as _, Checkpoints as _,
-        DsrLedger as _, DsrRequests as _, Keys as _, Outbox as _, Policy as _, Queue as _,
-        RunLog as _,
+        DsrLedger as _, DsrRequests as _, Keys as _, ObjectDeletes as _, Outbox as _, Policy as _,
+        Queue as _, RunLog as _,
     };
 }
 
@@ -73,6 +75,7 @@ pub trait Store:
     + Keys
     + Breaches
     + Checkpoints
+    + ObjectDeletes
 {
 }
 
@@ -89,6 +92,7 @@ impl<T> Store for T where
         + Keys
         + Breaches
         + Checkpoints
+        + ObjectDeletes
 {
 }
 

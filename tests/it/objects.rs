@@ -591,3 +591,88 @@ fn the_demo_purges_exports_and_erases_files() {
         "the member's files are gone"
     );
 }
+
+/// Injects: `503 SlowDown` to every `DeleteObjects` while a flag is set
+/// (through the fault proxy before moto), so the purge's rows go but their
+/// files cannot. Must hold: the run fails loudly, not "succeeded"; once the
+/// store answers again, the retry deletes exactly the checkpointed files
+/// and no row is left pointing at a deleted file.
+#[tokio::test(flavor = "multi_thread")]
+async fn delete_objects_failing_fails_the_run_and_the_retry_finishes_the_files() {
+    use crate::common::fault_proxy::{s3_error, Fault, FaultProxy, Request, Rule};
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let (Some(moto), Some(url)) = (server_env("LETHE_TEST_MOTO_URL"), fresh_pg_db().await) else {
+        return;
+    };
+    let failing = Arc::new(AtomicBool::new(true));
+    let refused = Arc::new(AtomicUsize::new(0));
+    let (flag, count) = (failing.clone(), refused.clone());
+    let rule: Rule = Box::new(move |r: &Request| {
+        if r.method == "POST" && r.target.contains("delete") && flag.load(Ordering::SeqCst) {
+            count.fetch_add(1, Ordering::SeqCst);
+            Fault::Respond(503, "application/xml", s3_error("SlowDown"))
+        } else {
+            Fault::Pass
+        }
+    });
+    let proxy = FaultProxy::start(&moto, rule).await;
+    let s3 = s3_client(&moto);
+    let bucket = format!("app-{}", uuid::Uuid::new_v4().simple());
+    s3.create_bucket().bucket(&bucket).send().await.unwrap();
+    for (_, _, key, _) in DOCS {
+        s3.put_object()
+            .bucket(&bucket)
+            .key(key)
+            .body(ByteStream::from_static(b"personal data"))
+            .send()
+            .await
+            .unwrap();
+    }
+    let store = format!(
+        "[object_stores.docs]\nurl = \"s3://{bucket}\"\nendpoint = \"{}\"\nregion = \"us-east-1\"\npath_style = true\n",
+        proxy.url
+    );
+    let c = ConfigDir::full(None, Some(&url), "", "", &config(&store));
+    seed(&url, true).await;
+    c.job(
+        "purge",
+        "kind = \"retention.purge\"\nschedule = \"0 0 3 * * *\"\nmax_attempts = 1\n[params]\nbatch_size = 10\n",
+    );
+    run_ok(c.lethe().arg("migrate"));
+    run_ok(
+        c.lethe()
+            .args(["hold", "add", "--org", "2", "--reason", "litigation"]),
+    );
+    let first = crate::common::run_job(c.lethe_aws(), "purge", &[]);
+    assert_ne!(first["status"], "succeeded", "{first}");
+    assert!(refused.load(Ordering::SeqCst) >= 1);
+    let exists = |key: &str| {
+        let s3 = s3.clone();
+        let bucket = bucket.clone();
+        let key = key.to_string();
+        async move {
+            s3.head_object()
+                .bucket(bucket)
+                .key(key)
+                .send()
+                .await
+                .is_ok()
+        }
+    };
+    assert!(exists("org1/a.pdf").await, "the files wait for the retry");
+
+    failing.store(false, Ordering::SeqCst);
+    let again = crate::common::run_job(c.lethe_aws(), "purge", &[]);
+    assert_eq!(again["status"], "succeeded", "{again}");
+    assert!(
+        !exists("org1/a.pdf").await && !exists("org1/c.pdf").await,
+        "{again}"
+    );
+    for key in crate::common::app_strings(&url, "SELECT storage_key FROM documents").await {
+        assert!(
+            exists(&key).await,
+            "row left pointing at a deleted file: {key}"
+        );
+    }
+}

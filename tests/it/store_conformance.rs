@@ -79,7 +79,59 @@ conformance!(
     a_failed_change_appends_no_evidence,
     breaches_open_with_parties_and_record_each_notification_once,
     checkpoints_are_per_run_and_key_and_replaced,
+    pending_object_deletes_are_per_origin_deferred_and_forgotten,
 );
+
+/// Pending file deletes: listed per origin oldest first, a deferred one
+/// hidden until its date, forgotten once done.
+async fn pending_object_deletes_are_per_origin_deferred_and_forgotten(s: Arc<dyn Store>) {
+    use lethe::store::NewPendingObject;
+    let file = |key: &str| NewPendingObject {
+        store_name: "docs".into(),
+        table_name: "documents".into(),
+        column_name: "storage_key".into(),
+        object_key: key.into(),
+        class: "statements".into(),
+        org: "7".into(),
+    };
+    s.objects_pend("retention", &[file("a"), file("b")])
+        .await
+        .unwrap();
+    s.objects_pend("dsr:1", &[file("c")]).await.unwrap();
+    let now = Utc::now();
+    let due = s.objects_due("retention", now, 10).await.unwrap();
+    let keys = |d: &[lethe::store::PendingObject]| {
+        d.iter().map(|p| p.object_key.clone()).collect::<Vec<_>>()
+    };
+    assert_eq!(keys(&due), ["a", "b"]);
+    assert_eq!(
+        keys(&s.objects_due("retention", now, 1).await.unwrap()),
+        ["a"]
+    );
+    assert_eq!(due[0].org, "7");
+    s.objects_defer(due[0].id, now + chrono::Duration::hours(2))
+        .await
+        .unwrap();
+    assert_eq!(
+        keys(&s.objects_due("retention", now, 10).await.unwrap()),
+        ["b"]
+    );
+    let later = now + chrono::Duration::hours(3);
+    assert_eq!(
+        keys(&s.objects_due("retention", later, 10).await.unwrap()),
+        ["a", "b"]
+    );
+    s.objects_done(&[due[0].id, due[1].id]).await.unwrap();
+    assert!(s
+        .objects_due("retention", later, 10)
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(
+        keys(&s.objects_due("dsr:1", later, 10).await.unwrap()),
+        ["c"]
+    );
+}
 
 fn new_run(job: &str, at: chrono::DateTime<Utc>) -> NewRun {
     NewRun {
