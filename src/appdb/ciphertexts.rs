@@ -90,103 +90,132 @@ impl AppDb {
         after: &RowPos,
         limit: u32,
     ) -> Result<CipherBatch> {
+        match self {
+            AppDb::Sqlite(p) => {
+                self.cipher_rows_sqlite(p, table, org_column, column, after, limit)
+                    .await
+            }
+            AppDb::Postgres(p) => {
+                self.cipher_rows_pg(p, table, org_column, column, after, limit)
+                    .await
+            }
+        }
+    }
+
+    async fn cipher_rows_sqlite(
+        &self,
+        p: &sqlx::SqlitePool,
+        table: &str,
+        org_column: &str,
+        column: &str,
+        after: &RowPos,
+        limit: u32,
+    ) -> Result<CipherBatch> {
         let mut sql = self.sql();
         let (org, col) = (sql.as_text(org_column), sql.as_text(column));
         let not_null = format!("{} IS NOT NULL", q(column));
-        match self {
-            AppDb::Sqlite(p) => {
-                let from = match after {
-                    RowPos::Rowid(id) => *id,
-                    _ => i64::MIN,
-                };
-                let text = format!(
-                    "SELECT rowid, {org}, {col} FROM {} WHERE {not_null} AND rowid > {} ORDER BY rowid LIMIT {}",
-                    q(table),
-                    sql.placeholder(Bind::Int(from)),
-                    sql.placeholder(Bind::Int(i64::from(limit)))
-                );
-                let rows = sqlx::query_with(&text, sqlite_args(sql.binds)?)
-                    .fetch_all(p)
-                    .await?;
-                let rows = rows
-                    .iter()
-                    .map(|r| {
-                        Ok(CipherRow {
-                            pos: RowPos::Rowid(r.try_get(0)?),
-                            org: r.try_get(1)?,
-                            value: r.try_get(2)?,
-                        })
-                    })
-                    .collect::<Result<Vec<_>>>()?;
-                let next = match rows.last() {
-                    Some(last) if rows.len() == limit as usize => Some(last.pos.clone()),
-                    _ => None,
-                };
-                Ok(CipherBatch { rows, next })
-            }
-            AppDb::Postgres(p) => {
-                let rels: Vec<(i64, String, i64, f64)> = sqlx::query_as(PG_RELATIONS)
-                    .bind(q(table))
-                    .fetch_all(p)
-                    .await?;
-                // Where the walk stands: every row of earlier relations, and of
-                // this one up to this tid, is done.
-                let (oid, done_to) = match after {
-                    RowPos::Tuple { table_oid, ctid } => (*table_oid, ctid.clone()),
-                    _ => (i64::MIN, "(0,0)".to_string()),
-                };
-                let Some(at) = rels.iter().position(|r| r.0 >= oid) else {
-                    return Ok(CipherBatch {
-                        rows: Vec::new(),
-                        next: None,
-                    });
-                };
-                let (rel_oid, rel, pages, per_page) = &rels[at];
-                let done_to = if *rel_oid == oid {
-                    done_to
-                } else {
-                    "(0,0)".into()
-                };
-                let first = tid_page(&done_to);
-                let span = (f64::from(limit) / per_page.max(1.0)).ceil().max(1.0) as i64;
-                let end = first.saturating_add(span);
-                // `rel` is the catalog's own quoting of the relation's name.
-                let text = format!(
-                    "SELECT ctid::text, {org}, {col} FROM ONLY {rel} WHERE {not_null}
-                     AND ctid > {}::tid AND ctid < {}::tid",
-                    sql.placeholder(Bind::Text(done_to.clone())),
-                    sql.placeholder(Bind::Text(format!("({end},0)")))
-                );
-                let found = sqlx::query_with(&text, pg_args(sql.binds)?)
-                    .fetch_all(p)
-                    .await?;
-                let rows = found
-                    .iter()
-                    .map(|r| {
-                        Ok(CipherRow {
-                            pos: RowPos::Tuple {
-                                table_oid: *rel_oid,
-                                ctid: r.try_get(0)?,
-                            },
-                            org: r.try_get(1)?,
-                            value: r.try_get(2)?,
-                        })
-                    })
-                    .collect::<Result<Vec<_>>>()?;
-                let next = if end < *pages {
-                    Some(RowPos::Tuple {
+        let from = match after {
+            RowPos::Rowid(id) => *id,
+            _ => i64::MIN,
+        };
+        let text = format!(
+            "SELECT rowid, {org}, {col} FROM {} WHERE {not_null} AND rowid > {} ORDER BY rowid LIMIT {}",
+            q(table),
+            sql.placeholder(Bind::Int(from)),
+            sql.placeholder(Bind::Int(i64::from(limit)))
+        );
+        let rows = sqlx::query_with(&text, sqlite_args(sql.binds)?)
+            .fetch_all(p)
+            .await?;
+        let rows = rows
+            .iter()
+            .map(|r| {
+                Ok(CipherRow {
+                    pos: RowPos::Rowid(r.try_get(0)?),
+                    org: r.try_get(1)?,
+                    value: r.try_get(2)?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let next = match rows.last() {
+            Some(last) if rows.len() == limit as usize => Some(last.pos.clone()),
+            _ => None,
+        };
+        Ok(CipherBatch { rows, next })
+    }
+
+    async fn cipher_rows_pg(
+        &self,
+        p: &sqlx::PgPool,
+        table: &str,
+        org_column: &str,
+        column: &str,
+        after: &RowPos,
+        limit: u32,
+    ) -> Result<CipherBatch> {
+        let mut sql = self.sql();
+        let (org, col) = (sql.as_text(org_column), sql.as_text(column));
+        let not_null = format!("{} IS NOT NULL", q(column));
+        let rels: Vec<(i64, String, i64, f64)> = sqlx::query_as(PG_RELATIONS)
+            .bind(q(table))
+            .fetch_all(p)
+            .await?;
+        // Where the walk stands: every row of earlier relations, and of
+        // this one up to this tid, is done.
+        let (oid, done_to) = match after {
+            RowPos::Tuple { table_oid, ctid } => (*table_oid, ctid.clone()),
+            _ => (i64::MIN, "(0,0)".to_string()),
+        };
+        let Some(at) = rels.iter().position(|r| r.0 >= oid) else {
+            return Ok(CipherBatch {
+                rows: Vec::new(),
+                next: None,
+            });
+        };
+        let (rel_oid, rel, pages, per_page) = &rels[at];
+        let done_to = if *rel_oid == oid {
+            done_to
+        } else {
+            "(0,0)".into()
+        };
+        let first = tid_page(&done_to);
+        let span = (f64::from(limit) / per_page.max(1.0)).ceil().max(1.0) as i64;
+        let end = first.saturating_add(span);
+        // `rel` is the catalog's own quoting of the relation's name.
+        let text = format!(
+            "SELECT ctid::text, {org}, {col} FROM ONLY {rel} WHERE {not_null}
+             AND ctid > {}::tid AND ctid < {}::tid",
+            sql.placeholder(Bind::Text(done_to.clone())),
+            sql.placeholder(Bind::Text(format!("({end},0)")))
+        );
+        let found = sqlx::query_with(&text, pg_args(sql.binds)?)
+            .fetch_all(p)
+            .await?;
+        let rows = found
+            .iter()
+            .map(|r| {
+                Ok(CipherRow {
+                    pos: RowPos::Tuple {
                         table_oid: *rel_oid,
-                        ctid: format!("({end},0)"),
-                    })
-                } else {
-                    rels.get(at + 1).map(|r| RowPos::Tuple {
-                        table_oid: r.0,
-                        ctid: "(0,0)".into(),
-                    })
-                };
-                Ok(CipherBatch { rows, next })
-            }
-        }
+                        ctid: r.try_get(0)?,
+                    },
+                    org: r.try_get(1)?,
+                    value: r.try_get(2)?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let next = if end < *pages {
+            Some(RowPos::Tuple {
+                table_oid: *rel_oid,
+                ctid: format!("({end},0)"),
+            })
+        } else {
+            rels.get(at + 1).map(|r| RowPos::Tuple {
+                table_oid: r.0,
+                ctid: "(0,0)".into(),
+            })
+        };
+        Ok(CipherBatch { rows, next })
     }
 
     /// Applies a batch of rewrites in one transaction; a value the

@@ -92,6 +92,11 @@ pub enum Command {
         #[command(subcommand)]
         command: DsrCommand,
     },
+    /// Files in the application's object stores.
+    Objects {
+        #[command(subcommand)]
+        command: ObjectsCommand,
+    },
     /// Per-org data keys under KMS keys: status and rotation.
     Keys {
         #[command(subcommand)]
@@ -194,6 +199,18 @@ pub enum DsrCommand {
     Report {
         #[arg(long)]
         send: bool,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ObjectsCommand {
+    /// Objects in a store that no row of the data map references.
+    Orphans {
+        /// The store's name, as in `[object_stores.NAME]`.
+        #[arg(long)]
+        store: String,
         #[arg(long)]
         json: bool,
     },

@@ -10,6 +10,7 @@ mod init;
 mod jobs;
 mod keys;
 mod migrate;
+mod objects;
 pub mod out;
 mod retention;
 mod run;
@@ -72,6 +73,7 @@ pub async fn dispatch(cli: Cli) -> Result<i32> {
         Command::Retention { command } => retention::dispatch(open(cfg_flag).await?, command).await,
         Command::Dsr { command } => dsr::dispatch(open(cfg_flag).await?, command).await,
         Command::Keys { command } => keys::dispatch(open(cfg_flag).await?, command).await,
+        Command::Objects { command } => objects::dispatch(open(cfg_flag).await?, command).await,
         Command::Breach { command } => breach::dispatch(open(cfg_flag).await?, command).await,
         Command::Backup { command } => backup::dispatch(open(cfg_flag).await?, command).await,
         Command::Hold { command } => retention::dispatch_hold(open(cfg_flag).await?, command).await,

@@ -156,6 +156,31 @@ impl ObjectStore for LocalStore {
         }
     }
 
+    async fn list_page(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, u64)>> {
+        let keys = self.walk().await.map_err(|e| error("list", prefix, e))?;
+        let mut out = Vec::new();
+        for k in keys.into_iter().filter(|k| {
+            k.starts_with(prefix)
+                && !k.ends_with(".partial")
+                && after.is_none_or(|a| k.as_str() > a)
+        }) {
+            if out.len() == limit {
+                break;
+            }
+            let size = tokio::fs::metadata(self.path(&k))
+                .await
+                .map(|m| m.len())
+                .map_err(|e| error("list", &k, e))?;
+            out.push((k, size));
+        }
+        Ok(out)
+    }
+
     async fn purge(&self, keys: &[String]) -> Result<super::Purged> {
         let mut out = super::Purged::default();
         for key in keys {

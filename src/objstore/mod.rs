@@ -66,6 +66,13 @@ pub trait ObjectStore: Send + Sync {
     /// store keeps versions. A missing key is not an error.
     async fn purge(&self, keys: &[String]) -> Result<Purged>;
     async fn list(&self, prefix: &str) -> Result<Vec<String>>;
+    /// Up to `limit` keys under `prefix` after `after`, in key order, with sizes.
+    async fn list_page(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, u64)>>;
     /// A link that lets the holder download the object until `ttl` passes.
     async fn presign(&self, key: &str, ttl: Duration) -> Result<String>;
     /// Multipart uploads started but neither completed nor aborted (orphans).

@@ -316,6 +316,33 @@ impl ObjectStore for S3Store {
             .map_err(|e| sdk("delete", &full, e))
     }
 
+    async fn list_page(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, u64)>> {
+        let full = self.key(prefix);
+        let page = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .prefix(&full)
+            .set_start_after(after.map(|a| self.key(a)))
+            .max_keys(i32::try_from(limit.min(1000)).unwrap_or(1000))
+            .send()
+            .await
+            .map_err(|e| sdk("list", &full, e))?;
+        Ok(page
+            .contents()
+            .iter()
+            .filter_map(|o| {
+                let key = o.key()?.strip_prefix(&self.prefix)?.to_string();
+                Some((key, u64::try_from(o.size().unwrap_or(0)).unwrap_or(0)))
+            })
+            .collect())
+    }
+
     async fn purge(&self, keys: &[String]) -> Result<super::Purged> {
         self.purge_keys(keys).await
     }

@@ -21,10 +21,12 @@
 
 mod batches;
 pub mod objects;
+mod orphans;
 mod planning;
 
 pub use crate::policy::{Period, RetentionRule};
 use batches::*;
+pub use orphans::{orphans, Orphan, OrphanReport};
 pub use planning::*;
 
 use std::collections::BTreeMap;

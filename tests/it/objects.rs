@@ -676,3 +676,51 @@ async fn delete_objects_failing_fails_the_run_and_the_retry_finishes_the_files()
         );
     }
 }
+
+/// `lethe objects orphans` lists the files no row references (a folder
+/// store), with their sizes, and nothing a row references.
+#[tokio::test(flavor = "multi_thread")]
+async fn orphans_are_the_files_no_row_references() {
+    let c = ConfigDir::full(
+        None,
+        None,
+        "",
+        "",
+        &config("[object_stores.docs]\nurl = \"file://appfiles\"\n"),
+    );
+    let url = format!("sqlite://{}", c.path().join("app.db").display());
+    seed(&url, false).await;
+    let root = c.path().join("appfiles");
+    for key in [
+        "org1/a.pdf",
+        "org1/shared.pdf",
+        "org1/leaked.pdf",
+        "tmp/upload-1",
+    ] {
+        let p = root.join(key);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, "0123456789").unwrap();
+    }
+    run_ok(c.lethe().arg("migrate"));
+    let v = stdout_json(&run_ok(
+        c.lethe()
+            .args(["objects", "orphans", "--store", "docs", "--json"]),
+    ));
+    assert_eq!(v["objects_listed"], 4, "{v}");
+    assert_eq!(
+        v["orphans"],
+        json!([{"key": "org1/leaked.pdf", "bytes": 10}, {"key": "tmp/upload-1", "bytes": 10}])
+    );
+    assert_eq!(v["orphan_bytes"], 20);
+    let out = c
+        .lethe()
+        .args(["objects", "orphans", "--store", "nope"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
