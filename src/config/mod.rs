@@ -6,6 +6,7 @@
 mod api_keys;
 mod data_map;
 mod jobs;
+mod object_retention;
 mod raw;
 mod sections;
 mod source;
@@ -18,6 +19,7 @@ pub use data_map::{
     OrgsTable, SubjectsTable,
 };
 pub use jobs::{from_text as job_from_text, CatchUp, JobSpec};
+pub use object_retention::{KeyTemplate, Named, ObjectRetention};
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -56,6 +58,8 @@ pub struct Config {
     pub object_store: Option<ObjectStoreConfig>,
     /// `[object_stores.NAME]`: the application's stores, for its files.
     pub object_stores: std::collections::BTreeMap<String, ObjectStoreConfig>,
+    /// `[[object_retention]]`: files no row references, by prefix and age.
+    pub object_retention: Vec<ObjectRetention>,
     pub backup: BackupConfig,
     pub dsr: DsrConfig,
     pub keys: KeysConfig,
@@ -302,6 +306,8 @@ impl Config {
             })
             .collect::<Result<std::collections::BTreeMap<_, _>>>()?;
         let data_map = data_map::load_entries(&src, raw.data_map, app.as_ref(), &object_stores)?;
+        let object_retention =
+            object_retention::load(&src, raw.object_retention, app.as_ref(), &object_stores)?;
         let backup = load_backup(&src, raw.backup, &dir)?;
         let on_s3 = object_store
             .as_ref()
@@ -324,6 +330,7 @@ impl Config {
             data_map,
             object_store,
             object_stores,
+            object_retention,
             backup,
             dsr,
             keys,

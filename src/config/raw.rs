@@ -27,6 +27,8 @@ pub(super) struct RawConfig {
     #[serde(default)]
     pub(super) object_stores: std::collections::BTreeMap<String, RawObjectStore>,
     #[serde(default)]
+    pub(super) object_retention: Vec<super::object_retention::RawObjectRetention>,
+    #[serde(default)]
     pub(super) backup: RawBackup,
     #[serde(default)]
     pub(super) dsr: RawDsr,

@@ -161,7 +161,7 @@ impl ObjectStore for LocalStore {
         prefix: &str,
         after: Option<&str>,
         limit: usize,
-    ) -> Result<Vec<(String, u64)>> {
+    ) -> Result<Vec<super::Listed>> {
         let keys = self.walk().await.map_err(|e| error("list", prefix, e))?;
         let mut out = Vec::new();
         for k in keys.into_iter().filter(|k| {
@@ -172,11 +172,18 @@ impl ObjectStore for LocalStore {
             if out.len() == limit {
                 break;
             }
-            let size = tokio::fs::metadata(self.path(&k))
+            let meta = tokio::fs::metadata(self.path(&k))
                 .await
-                .map(|m| m.len())
                 .map_err(|e| error("list", &k, e))?;
-            out.push((k, size));
+            let modified = meta
+                .modified()
+                .ok()
+                .map(chrono::DateTime::<chrono::Utc>::from);
+            out.push(super::Listed {
+                key: k,
+                size: meta.len(),
+                modified,
+            });
         }
         Ok(out)
     }

@@ -19,6 +19,14 @@ use tokio::io::AsyncRead;
 use crate::config::ObjectStoreConfig;
 use crate::error::{Error, Result};
 
+/// An object as a listing shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listed {
+    pub key: String,
+    pub size: u64,
+    pub modified: Option<chrono::DateTime<chrono::Utc>>,
+}
+
 /// What deleting objects for good did.
 #[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Purged {
@@ -66,13 +74,13 @@ pub trait ObjectStore: Send + Sync {
     /// store keeps versions. A missing key is not an error.
     async fn purge(&self, keys: &[String]) -> Result<Purged>;
     async fn list(&self, prefix: &str) -> Result<Vec<String>>;
-    /// Up to `limit` keys under `prefix` after `after`, in key order, with sizes.
+    /// Up to `limit` objects under `prefix` after the key `after`, in key order.
     async fn list_page(
         &self,
         prefix: &str,
         after: Option<&str>,
         limit: usize,
-    ) -> Result<Vec<(String, u64)>>;
+    ) -> Result<Vec<Listed>>;
     /// A link that lets the holder download the object until `ttl` passes.
     async fn presign(&self, key: &str, ttl: Duration) -> Result<String>;
     /// Multipart uploads started but neither completed nor aborted (orphans).

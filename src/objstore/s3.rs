@@ -321,7 +321,7 @@ impl ObjectStore for S3Store {
         prefix: &str,
         after: Option<&str>,
         limit: usize,
-    ) -> Result<Vec<(String, u64)>> {
+    ) -> Result<Vec<super::Listed>> {
         let full = self.key(prefix);
         let page = self
             .client
@@ -338,7 +338,14 @@ impl ObjectStore for S3Store {
             .iter()
             .filter_map(|o| {
                 let key = o.key()?.strip_prefix(&self.prefix)?.to_string();
-                Some((key, u64::try_from(o.size().unwrap_or(0)).unwrap_or(0)))
+                let modified = o
+                    .last_modified()
+                    .and_then(|t| chrono::DateTime::from_timestamp(t.secs(), t.subsec_nanos()));
+                Some(super::Listed {
+                    key,
+                    size: u64::try_from(o.size().unwrap_or(0)).unwrap_or(0),
+                    modified,
+                })
             })
             .collect())
     }

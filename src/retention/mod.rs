@@ -23,6 +23,7 @@ mod batches;
 pub mod objects;
 mod orphans;
 mod planning;
+mod prefixes;
 
 pub use crate::policy::{Period, RetentionRule};
 use batches::*;
@@ -273,6 +274,7 @@ pub async fn purge_job(jc: &JobContext, p: PurgeParams) -> Result<Value> {
         total += deleted;
         items_out.push(out);
     }
+    let by_prefix = prefixes::purge_prefixes(jc, &db, plan.basis).await?;
     // Every purge finishes what earlier runs left: files of a dead run, or
     // files Object Lock kept until a date now past.
     let files = if jc.dry_run {
@@ -289,6 +291,7 @@ pub async fn purge_job(jc: &JobContext, p: PurgeParams) -> Result<Value> {
         if jc.dry_run { "would_delete" } else { "deleted" }: total,
         "items": items_out,
         "objects": files,
+        "object_retention": by_prefix,
         "batches": stats.batches,
         "longest_batch_ms": stats.longest_batch_ms,
         "windows_redone": stats.windows_redone,

@@ -108,8 +108,11 @@ pub async fn finish(ctx: &Context, db: &AppDb, origin: &str, fence: &Fence) -> R
             let mut keys: Vec<String> = items.iter().map(|p| p.object_key.clone()).collect();
             keys.sort();
             keys.dedup();
-            let kept = db.still_referenced(&table, &column, &keys).await?;
-            keys.retain(|k| !kept.contains(k));
+            // Files by prefix and age have no referencing table.
+            if !table.is_empty() {
+                let kept = db.still_referenced(&table, &column, &keys).await?;
+                keys.retain(|k| !kept.contains(k));
+            }
             fence.check()?;
             let purged = ctx.app_store(&store).await?.purge(&keys).await?;
             let mut done = Vec::new();

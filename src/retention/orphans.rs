@@ -55,18 +55,21 @@ pub async fn orphans(ctx: &Context, db: &AppDb, store_name: &str) -> Result<Orph
     let mut after: Option<String> = None;
     loop {
         let page = store.list_page("", after.as_deref(), PAGE).await?;
-        let Some((last, _)) = page.last() else { break };
-        after = Some(last.clone());
+        let Some(last) = page.last() else { break };
+        after = Some(last.key.clone());
         report.objects_listed += page.len() as u64;
-        let keys: Vec<String> = page.iter().map(|(k, _)| k.clone()).collect();
+        let keys: Vec<String> = page.iter().map(|o| o.key.clone()).collect();
         let mut referenced = std::collections::HashSet::new();
         for (table, column) in &columns {
             referenced.extend(db.still_referenced(table, column, &keys).await?);
         }
-        for (key, bytes) in page {
-            if !referenced.contains(&key) {
-                report.orphan_bytes += bytes;
-                report.orphans.push(Orphan { key, bytes });
+        for o in page {
+            if !referenced.contains(&o.key) {
+                report.orphan_bytes += o.size;
+                report.orphans.push(Orphan {
+                    key: o.key,
+                    bytes: o.size,
+                });
             }
         }
         if keys.len() < PAGE {

@@ -724,3 +724,122 @@ async fn orphans_are_the_files_no_row_references() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// `[[object_retention]]` on a folder store: files no row references,
+/// expired by age (last-modified) or by their org's closure, kept under a
+/// legal hold on their org or subject; a dry run deletes nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn files_by_prefix_and_age_follow_retention_and_holds() {
+    const KEY: &str = "objects-test-pseudonym-key-01234";
+    let c = ConfigDir::full(
+        None,
+        None,
+        "",
+        "",
+        "[app]\nsubjects = { table = \"users\", id = \"id\", email = \"email\" }\n\
+         orgs = { table = \"orgs\", id = \"id\", closed_at = \"closed_at\" }\n\n\
+         [object_stores.captures]\nurl = \"file://captures\"\n\n\
+         [[object_retention]]\nstore = \"captures\"\nkeys = \"frames/{org}/{subject}/\"\n\
+         class = \"identity_frames\"\nretention = [\"90d\", \"org_closed+30d\"]\n",
+    );
+    let url = format!("sqlite://{}", c.path().join("app.db").display());
+    app_exec(
+        &url,
+        "CREATE TABLE users (id INTEGER PRIMARY KEY, email TEXT);
+         INSERT INTO users VALUES (10, 'ada@x.example'), (11, 'held@x.example');
+         CREATE TABLE orgs (id INTEGER PRIMARY KEY, closed_at TEXT);
+         INSERT INTO orgs VALUES (1, NULL), (2, NULL), (3, datetime('now', '-400 days'));",
+    )
+    .await;
+    let root = c.path().join("captures");
+    let files = [
+        ("frames/1/10/old.jpg", true),
+        ("frames/1/10/new.jpg", false),
+        ("frames/2/20/old.jpg", true),
+        ("frames/1/11/old.jpg", true),
+        ("frames/3/30/new.jpg", false),
+        ("frames/README", true),
+    ];
+    for (key, old) in files {
+        let p = root.join(key);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, "frame").unwrap();
+        if old {
+            let ok = std::process::Command::new("touch")
+                .args(["-d", "200 days ago"])
+                .arg(&p)
+                .status()
+                .unwrap();
+            assert!(ok.success());
+        }
+    }
+    c.job(
+        "purge",
+        "kind = \"retention.purge\"\nschedule = \"0 0 3 * * *\"\nmax_attempts = 1\n",
+    );
+    run_ok(c.lethe().arg("migrate"));
+    run_ok(
+        c.lethe()
+            .args(["hold", "add", "--org", "2", "--reason", "litigation"]),
+    );
+    run_ok(c.lethe().env("LETHE_PSEUDONYM_KEY", KEY).args([
+        "hold",
+        "add",
+        "--subject",
+        "held@x.example",
+        "--reason",
+        "inquiry",
+    ]));
+    let dry = stdout_json(&run_ok(c.lethe().env("LETHE_PSEUDONYM_KEY", KEY).args([
+        "run",
+        "purge",
+        "--dry-run",
+        "--json",
+    ])));
+    assert_eq!(
+        dry["result"]["object_retention"][0]["would_delete"], 2,
+        "{dry}"
+    );
+    assert!(
+        root.join("frames/1/10/old.jpg").exists(),
+        "a dry run deletes nothing"
+    );
+
+    let r = stdout_json(&run_ok(
+        c.lethe()
+            .env("LETHE_PSEUDONYM_KEY", KEY)
+            .args(["run", "purge", "--json"]),
+    ));
+    assert_eq!(r["status"], "succeeded", "{r}");
+    let rule = &r["result"]["object_retention"][0];
+    assert_eq!(
+        (
+            &rule["listed"],
+            &rule["expired"],
+            &rule["kept_for_holds"],
+            &rule["not_matching_the_template"]
+        ),
+        (&json!(6), &json!(2), &json!(2), &json!(1)),
+        "{r}"
+    );
+    let left: Vec<&str> = files
+        .iter()
+        .map(|f| f.0)
+        .filter(|k| root.join(k).exists())
+        .collect();
+    assert_eq!(
+        left,
+        [
+            "frames/1/10/new.jpg",
+            "frames/2/20/old.jpg",
+            "frames/1/11/old.jpg",
+            "frames/README"
+        ]
+    );
+    let by_org = &r["result"]["objects"]["identity_frames"];
+    assert_eq!(
+        (&by_org["1"]["objects"], &by_org["3"]["objects"]),
+        (&json!(1), &json!(1)),
+        "{r}"
+    );
+}
