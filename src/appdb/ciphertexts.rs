@@ -7,6 +7,8 @@
 //! size. A row rewritten there may reappear later in the walk under a new
 //! `ctid`; it is then already current and skipped, so the walk ends.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 use sqlx::Row;
 
@@ -89,6 +91,7 @@ impl AppDb {
         column: &str,
         after: &RowPos,
         limit: u32,
+        ends: &mut BTreeMap<i64, i64>,
     ) -> Result<CipherBatch> {
         match self {
             AppDb::Sqlite(p) => {
@@ -96,8 +99,8 @@ impl AppDb {
                     .await
             }
             AppDb::Postgres(p) => {
-                self.cipher_rows_pg(p, table, org_column, column, after, limit)
-                    .await
+                let at = (org_column, column);
+                self.cipher_rows_pg(p, table, at, after, limit, ends).await
             }
         }
     }
@@ -144,14 +147,17 @@ impl AppDb {
         Ok(CipherBatch { rows, next })
     }
 
+    /// `ends`: each relation's size in pages when the walk entered it. Rows
+    /// the walk's own rewrites move past it are current already, and reading
+    /// them again would double the walk.
     async fn cipher_rows_pg(
         &self,
         p: &sqlx::PgPool,
         table: &str,
-        org_column: &str,
-        column: &str,
+        (org_column, column): (&str, &str),
         after: &RowPos,
         limit: u32,
+        ends: &mut BTreeMap<i64, i64>,
     ) -> Result<CipherBatch> {
         let mut sql = self.sql();
         let (org, col) = (sql.as_text(org_column), sql.as_text(column));
@@ -172,14 +178,16 @@ impl AppDb {
                 next: None,
             });
         };
-        let (rel_oid, rel, pages, per_page) = &rels[at];
+        let (rel_oid, rel, pages_now, per_page) = &rels[at];
+        let pages = &*ends.entry(*rel_oid).or_insert(*pages_now);
         let done_to = if *rel_oid == oid {
             done_to
         } else {
             "(0,0)".into()
         };
         let first = tid_page(&done_to);
-        let span = (f64::from(limit) / per_page.max(1.0)).ceil().max(1.0) as i64;
+        // At most about `limit` rows: one rewrite transaction per window.
+        let span = (f64::from(limit) / per_page.max(1.0)).floor().max(1.0) as i64;
         let end = first.saturating_add(span);
         // `rel` is the catalog's own quoting of the relation's name.
         let text = format!(

@@ -54,12 +54,16 @@ struct Tally {
 struct Progress {
     pos: RowPos,
     tallies: BTreeMap<String, Tally>,
+    /// Each relation's size in pages when the walk entered it (PostgreSQL).
+    #[serde(default)]
+    ends: BTreeMap<i64, i64>,
 }
 
 #[derive(Serialize)]
 struct ProgressRef<'a> {
     pos: &'a RowPos,
     tallies: &'a BTreeMap<String, Tally>,
+    ends: &'a BTreeMap<i64, i64>,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -138,16 +142,18 @@ async fn column_pass(
     let Progress {
         mut pos,
         mut tallies,
+        mut ends,
     } = match store.checkpoint_get(jc.run.id, &checkpoint).await? {
         Some(v) => serde_json::from_value(v)
             .map_err(|e| Error::json("stored re-encryption progress", e))?,
         None => Progress {
             pos: RowPos::Start,
             tallies: BTreeMap::new(),
+            ends: BTreeMap::new(),
         },
     };
-    let save = |pos: &RowPos, tallies: &BTreeMap<String, Tally>| {
-        let v = serde_json::to_value(ProgressRef { pos, tallies })
+    let save = |pos: &RowPos, tallies: &BTreeMap<String, Tally>, ends: &BTreeMap<i64, i64>| {
+        let v = serde_json::to_value(ProgressRef { pos, tallies, ends })
             .map_err(|e| Error::json("re-encryption progress", e));
         let checkpoint = checkpoint.clone();
         async move {
@@ -157,20 +163,23 @@ async fn column_pass(
             Ok::<(), Error>(())
         }
     };
+    let mut saved = std::time::Instant::now();
     loop {
         let batch = db
-            .cipher_rows(&e.table, org_column, column, &pos, p.batch_size)
+            .cipher_rows(&e.table, org_column, column, &pos, p.batch_size, &mut ends)
             .await?;
         // A window of pages may hold more than a batch: at most `batch_size`
-        // rewrites per transaction, each checkpointed.
+        // rewrites per transaction, each checkpointed with the counts.
         let mut rows = batch.rows;
         while !rows.is_empty() {
             let rest = rows.split_off(rows.len().min(p.batch_size.max(1) as usize));
             if let Some(last) = rows.last() {
                 pos = last.pos.clone();
             }
-            apply_batch(jc, db, e, column, rows, keys, out, &mut tallies).await?;
-            save(&pos, &tallies).await?;
+            if apply_batch(jc, db, e, column, rows, keys, out, &mut tallies).await? {
+                save(&pos, &tallies, &ends).await?;
+                saved = std::time::Instant::now();
+            }
             if p.pause_ms > 0 {
                 tokio::time::sleep(Duration::from_millis(p.pause_ms)).await;
             }
@@ -178,13 +187,19 @@ async fn column_pass(
         }
         let Some(next) = batch.next else { break };
         pos = next;
-        save(&pos, &tallies).await?;
+        // Windows with nothing to rewrite need no checkpoint each (a resumed
+        // walk reads them again, cheaply), but one now and then bounds that.
+        if saved.elapsed() >= Duration::from_secs(5) {
+            save(&pos, &tallies, &ends).await?;
+            saved = std::time::Instant::now();
+        }
     }
     Ok(tallies)
 }
 
 /// One batch: each stale value re-sealed and written back in one short
-/// transaction (a value changed meanwhile is left alone), then counted.
+/// transaction (a value changed meanwhile is left alone), then counted;
+/// whether anything was written.
 #[allow(clippy::too_many_arguments)]
 async fn apply_batch(
     jc: &JobContext,
@@ -195,8 +210,9 @@ async fn apply_batch(
     keys: &mut DataKeys<'_>,
     out: &mut ReencryptOutput,
     tallies: &mut BTreeMap<String, Tally>,
-) -> Result<()> {
+) -> Result<bool> {
     let (rewrites, from) = plan_batch(db, e, column, rows, keys, out).await?;
+    let wrote = !rewrites.is_empty();
     let applied = if jc.dry_run || rewrites.is_empty() {
         vec![true; rewrites.len()]
     } else {
@@ -216,7 +232,7 @@ async fn apply_batch(
         t.reencrypted += 1;
         t.from_versions.insert(version);
     }
-    Ok(())
+    Ok(wrote)
 }
 
 /// Most skipped values listed in the output; the counts cover them all.
