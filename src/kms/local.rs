@@ -30,6 +30,10 @@ struct Kek {
 pub struct LocalKms {
     path: PathBuf,
     lock: Mutex<()>,
+    /// The keyring as last read, with the file's mtime and length then: a
+    /// run unwraps thousands of keys, and re-reading the file for each would
+    /// dominate; another process's change shows in the mtime.
+    cache: std::sync::Mutex<Option<(std::time::SystemTime, u64, std::sync::Arc<Keyring>)>>,
 }
 
 fn b64(v: &[u8]) -> String {
@@ -55,7 +59,24 @@ impl LocalKms {
         LocalKms {
             path,
             lock: Mutex::new(()),
+            cache: std::sync::Mutex::new(None),
         }
+    }
+
+    /// The keyring for reading, from the cache while the file is unchanged.
+    fn load_shared(&self) -> Result<std::sync::Arc<Keyring>> {
+        let stamp = std::fs::metadata(&self.path)
+            .ok()
+            .and_then(|m| Some((m.modified().ok()?, m.len())));
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        if let (Some((at, len)), Some((c_at, c_len, ring))) = (stamp, cache.as_ref()) {
+            if at == *c_at && len == *c_len {
+                return Ok(ring.clone());
+            }
+        }
+        let ring = std::sync::Arc::new(self.load()?);
+        *cache = stamp.map(|(at, len)| (at, len, ring.clone()));
+        Ok(ring)
     }
 
     fn load(&self) -> Result<Keyring> {
@@ -74,6 +95,7 @@ impl LocalKms {
         let tmp = self.path.with_extension("json.partial");
         let text = serde_json::to_string_pretty(k).map_err(|e| Error::json("keyring", e))?;
         crate::private_file::write(&tmp, text).map_err(|e| Error::io("writing keyring", e))?;
+        *self.cache.lock().unwrap_or_else(|p| p.into_inner()) = None;
         std::fs::rename(&tmp, &self.path).map_err(|e| Error::io("writing keyring", e))
     }
 
@@ -153,20 +175,20 @@ impl Kms for LocalKms {
 
     async fn generate_dek(&self, kek_id: &str) -> Result<Vec<u8>> {
         let _g = self.lock.lock().await;
-        let ring = self.load()?;
+        let ring = self.load_shared()?;
         Self::wrap(Self::kek(&ring, kek_id)?, &random::<32>())
     }
 
     async fn rewrap(&self, kek_id: &str, wrapped: &[u8]) -> Result<Vec<u8>> {
         let _g = self.lock.lock().await;
-        let ring = self.load()?;
+        let ring = self.load_shared()?;
         let kek = Self::kek(&ring, kek_id)?;
         Self::wrap(kek, &Self::unwrap(kek, wrapped)?)
     }
 
     async fn decrypt_dek(&self, kek_id: &str, wrapped: &[u8]) -> Result<Vec<u8>> {
         let _g = self.lock.lock().await;
-        let ring = self.load()?;
+        let ring = self.load_shared()?;
         Self::unwrap(Self::kek(&ring, kek_id)?, wrapped)
     }
 
