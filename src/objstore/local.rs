@@ -198,7 +198,7 @@ impl ObjectStore for LocalStore {
                     .any(|c| !matches!(c, std::path::Component::Normal(_)));
             if unsafe_key {
                 tracing::warn!(store = %self.root.display(), "an object key is not a plain relative path; nothing deleted for it");
-                out.refused += 1;
+                out.refused.push(key.clone());
                 continue;
             }
             let path = self.path(key);
@@ -210,6 +210,7 @@ impl ObjectStore for LocalStore {
                     out.objects += 1;
                     out.versions += 1;
                     out.bytes += m.len();
+                    out.by_key.insert(key.clone(), (1, m.len()));
                 }
                 Ok(_) => return Err(error("delete", key, "not a file")),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}

@@ -39,7 +39,10 @@ pub struct Purged {
     pub locked: Vec<Locked>,
     /// Keys refused as unsafe for the store (a folder store takes plain
     /// relative paths only): nothing was deleted for them.
-    pub refused: u64,
+    pub refused: Vec<String>,
+    /// Per key (as given): versions and bytes deleted, for callers that
+    /// count per org.
+    pub by_key: std::collections::BTreeMap<String, (u64, u64)>,
 }
 
 /// An object version kept by Object Lock, and until when if the bucket says.

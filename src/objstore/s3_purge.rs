@@ -131,6 +131,10 @@ impl S3Store {
             if !kept {
                 out.versions += 1;
                 out.bytes += size;
+                let key = id.key().strip_prefix(&self.prefix).unwrap_or(id.key());
+                let k = out.by_key.entry(key.to_string()).or_default();
+                k.0 += 1;
+                k.1 += size;
             }
         }
         Ok(())

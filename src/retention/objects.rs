@@ -8,7 +8,7 @@
 //! and picked up by the first run after it. Used by purges and erasures;
 //! evidence counts per class and org, never keys (they may name people).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -83,7 +83,9 @@ pub(super) fn of_rows(
 }
 
 /// Deletes `origin`'s due files that no row references any more, and
-/// forgets them; returns what went, per class and org.
+/// forgets them; returns what went, per class and org. One purge per store
+/// and round of up to 1,000, whatever the orgs, so a store's deletes go in
+/// as few requests as its API allows.
 pub async fn finish(ctx: &Context, db: &AppDb, origin: &str, fence: &Fence) -> Result<Tallies> {
     let mut tallies = Tallies::new();
     loop {
@@ -92,31 +94,39 @@ pub async fn finish(ctx: &Context, db: &AppDb, origin: &str, fence: &Fence) -> R
             .objects_due(origin, ctx.store.now().await?, ROUND)
             .await?;
         let last_round = (due.len() as i64) < ROUND;
-        let mut groups: BTreeMap<(String, String, String, String, String), Vec<PendingObject>> =
-            BTreeMap::new();
-        for p in due {
-            let g = (
-                p.store_name.clone(),
-                p.table_name.clone(),
-                p.column_name.clone(),
-                p.class.clone(),
-                p.org.clone(),
-            );
-            groups.entry(g).or_default().push(p);
+        // Keys some row still references stay (and are forgotten here).
+        let mut kept: HashSet<(String, String)> = HashSet::new();
+        let mut by_column: BTreeMap<(&str, &str), Vec<String>> = BTreeMap::new();
+        for p in due.iter().filter(|p| !p.table_name.is_empty()) {
+            by_column
+                .entry((&p.table_name, &p.column_name))
+                .or_default()
+                .push(p.object_key.clone());
         }
-        for ((store, table, column, class, org), items) in groups {
+        for ((table, column), keys) in by_column {
+            for k in db.still_referenced(table, column, &keys).await? {
+                kept.insert((table.to_string(), k));
+            }
+        }
+        let mut by_store: BTreeMap<&str, Vec<&PendingObject>> = BTreeMap::new();
+        for p in &due {
+            if !kept.contains(&(p.table_name.clone(), p.object_key.clone())) {
+                by_store.entry(&p.store_name).or_default().push(p);
+            }
+        }
+        let mut done: Vec<i64> = due
+            .iter()
+            .filter(|p| kept.contains(&(p.table_name.clone(), p.object_key.clone())))
+            .map(|p| p.id)
+            .collect();
+        for (store, items) in by_store {
             let mut keys: Vec<String> = items.iter().map(|p| p.object_key.clone()).collect();
             keys.sort();
             keys.dedup();
-            // Files by prefix and age have no referencing table.
-            if !table.is_empty() {
-                let kept = db.still_referenced(&table, &column, &keys).await?;
-                keys.retain(|k| !kept.contains(k));
-            }
             fence.check()?;
-            let purged = ctx.app_store(&store).await?.purge(&keys).await?;
-            let mut done = Vec::new();
-            for p in &items {
+            let purged = ctx.app_store(store).await?.purge(&keys).await?;
+            attribute(&mut tallies, &items, &purged);
+            for p in items {
                 match purged.locked.iter().find(|l| l.key == p.object_key) {
                     Some(l) => {
                         ctx.store
@@ -126,17 +136,44 @@ pub async fn finish(ctx: &Context, db: &AppDb, origin: &str, fence: &Fence) -> R
                     None => done.push(p.id),
                 }
             }
-            ctx.store.objects_done(&done).await?;
-            let t = tallies.entry(class).or_default().entry(org).or_default();
-            t.objects += purged.objects;
-            t.versions += purged.versions;
-            t.bytes += purged.bytes;
-            t.kept_by_object_lock
-                .extend(purged.locked.into_iter().map(|l| l.until));
-            t.refused_keys += purged.refused;
         }
+        ctx.store.objects_done(&done).await?;
         if last_round {
             return Ok(tallies);
+        }
+    }
+}
+
+/// A store's purge, counted under each key's class and org (a key listed
+/// twice counts once, under its first entry).
+fn attribute(tallies: &mut Tallies, items: &[&PendingObject], purged: &crate::objstore::Purged) {
+    let mut seen = HashSet::new();
+    for p in items {
+        if !seen.insert(p.object_key.as_str()) {
+            continue;
+        }
+        let t = tallies
+            .entry(p.class.clone())
+            .or_default()
+            .entry(p.org.clone())
+            .or_default();
+        if let Some((versions, bytes)) = purged.by_key.get(&p.object_key) {
+            t.objects += 1;
+            t.versions += versions;
+            t.bytes += bytes;
+        }
+        if let Some(l) = purged.locked.iter().find(|l| l.key == p.object_key) {
+            t.kept_by_object_lock.push(l.until.clone());
+        }
+    }
+    for p in items {
+        if purged.refused.contains(&p.object_key) {
+            let t = tallies
+                .entry(p.class.clone())
+                .or_default()
+                .entry(p.org.clone())
+                .or_default();
+            t.refused_keys += 1;
         }
     }
 }
