@@ -130,26 +130,7 @@ impl AppDb {
                 )
             }
         };
-        macro_rules! within_budget {
-            ($pool:expr, $args:ident) => {{
-                let mut tx = $pool.begin().await?;
-                let n = sqlx::query_with(&text, $args(sql.binds)?)
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected();
-                if n > budget {
-                    tx.rollback().await?;
-                    Deleted::OverBudget(n)
-                } else {
-                    tx.commit().await?;
-                    Deleted::Rows(n)
-                }
-            }};
-        }
-        Ok(match self {
-            AppDb::Postgres(p) => within_budget!(p, pg_args),
-            AppDb::Sqlite(p) => within_budget!(p, sqlite_args),
-        })
+        self.delete_within_budget(&text, sql, budget).await
     }
 
     /// Which of `keys` some row of `table` still holds in `column`.

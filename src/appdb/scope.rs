@@ -288,12 +288,23 @@ impl AppDb {
                 "DELETE FROM {t} WHERE rowid IN (SELECT rowid FROM {t} WHERE {w} LIMIT {limit}) AND {again}"
             ),
         };
-        let budget = budget.min(u64::from(limit));
+        self.delete_within_budget(&delete, sql, budget.min(u64::from(limit)))
+            .await
+    }
+
+    /// Runs one DELETE in its own transaction, rolled back when it deleted
+    /// more than `budget` rows: then nothing went and the caller decides.
+    pub(super) async fn delete_within_budget(
+        &self,
+        delete: &str,
+        sql: Sql,
+        budget: u64,
+    ) -> Result<Deleted> {
         // The same transaction on either driver; only the argument type differs.
         macro_rules! within_budget {
             ($pool:expr, $args:ident) => {{
                 let mut tx = $pool.begin().await?;
-                let n = sqlx::query_with(&delete, $args(sql.binds)?)
+                let n = sqlx::query_with(delete, $args(sql.binds)?)
                     .execute(&mut *tx)
                     .await?
                     .rows_affected();

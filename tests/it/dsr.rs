@@ -305,18 +305,7 @@ async fn export_archive_holds_every_mapped_row(pg: bool) {
         hex::encode(sha2::Sha256::digest(&stored)),
         shown["result"]["sha256"].as_str().unwrap()
     );
-    let ids: Vec<Box<dyn age::Identity>> = vec![Box::new(s.identity.clone())];
-    let mut tar_bytes = Vec::new();
-    lethe::backup::decode(&stored[..], &ids, &mut tar_bytes).unwrap();
-    let mut files = std::collections::BTreeMap::new();
-    let mut archive = tar::Archive::new(&tar_bytes[..]);
-    for e in archive.entries().unwrap() {
-        let mut e = e.unwrap();
-        let name = e.path().unwrap().to_string_lossy().to_string();
-        let mut body = String::new();
-        e.read_to_string(&mut body).unwrap();
-        files.insert(name, body);
-    }
+    let files = crate::common::archive_texts(&stored, &s.identity);
     let logs: Vec<Value> = serde_json::from_str(&files["logs.json"]).unwrap();
     assert_eq!(logs.len(), 3, "every log row of the subject");
     assert!(logs.iter().all(|r| r["user_id"] == 2));

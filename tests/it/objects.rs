@@ -405,7 +405,6 @@ async fn an_erasure_deletes_the_subjects_files() {
 /// the README names it and says why.
 #[tokio::test(flavor = "multi_thread")]
 async fn an_export_carries_the_subjects_files_within_its_size_limit() {
-    use std::io::Read;
     let identity = age::x25519::Identity::generate();
     let c = ConfigDir::full(
         None,
@@ -469,17 +468,7 @@ async fn an_export_carries_the_subjects_files_within_its_size_limit() {
         .path()
         .join("exports")
         .join(shown["result"]["object"].as_str().unwrap());
-    let ids: Vec<Box<dyn age::Identity>> = vec![Box::new(identity.clone())];
-    let mut tar_bytes = Vec::new();
-    lethe::backup::decode(&std::fs::read(object).unwrap()[..], &ids, &mut tar_bytes).unwrap();
-    let mut entries = std::collections::BTreeMap::new();
-    for e in tar::Archive::new(&tar_bytes[..]).entries().unwrap() {
-        let mut e = e.unwrap();
-        let name = e.path().unwrap().to_string_lossy().to_string();
-        let mut body = Vec::new();
-        e.read_to_end(&mut body).unwrap();
-        entries.insert(name, body);
-    }
+    let entries = crate::common::archive_entries(&std::fs::read(object).unwrap(), &identity);
     assert_eq!(entries["files/documents/ada/id-card.jpg"], files[0].1);
     assert!(
         !entries.contains_key("files/documents/ada/scan.pdf"),
@@ -507,7 +496,6 @@ async fn an_export_carries_the_subjects_files_within_its_size_limit() {
 /// others; the member's erasure leaves none of theirs.
 #[test]
 fn the_demo_purges_exports_and_erases_files() {
-    use std::io::Read;
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("demo");
     let v = stdout_json(&run_ok(
@@ -539,15 +527,8 @@ fn the_demo_purges_exports_and_erases_files() {
             .trim()
             .parse()
             .unwrap();
-    let ids: Vec<Box<dyn age::Identity>> = vec![Box::new(identity)];
-    let mut tar_bytes = Vec::new();
-    lethe::backup::decode(&std::fs::read(&object).unwrap()[..], &ids, &mut tar_bytes).unwrap();
     let mut in_archive = Vec::new();
-    for e in tar::Archive::new(&tar_bytes[..]).entries().unwrap() {
-        let mut e = e.unwrap();
-        let name = e.path().unwrap().to_string_lossy().to_string();
-        let mut body = String::new();
-        e.read_to_string(&mut body).unwrap();
+    for (name, body) in crate::common::archive_texts(&std::fs::read(&object).unwrap(), &identity) {
         if let Some(key) = name.strip_prefix("files/documents/") {
             assert!(body.contains("Owner: user 2"), "{name}");
             in_archive.push(key.to_string());

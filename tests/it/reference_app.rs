@@ -93,7 +93,6 @@ async fn stored_versions(s: &Setup) -> Vec<u32> {
 /// Ada's export, through `dsr.process`: her customers' NIKs as the archive
 /// carries them, and the archive's README.
 fn export_niks(c: &ConfigDir, identity: &age::x25519::Identity) -> (Vec<(i64, Value)>, String) {
-    use std::io::Read;
     let v = stdout_json(&run_ok(c.lethe().args([
         "dsr",
         "submit",
@@ -115,17 +114,7 @@ fn export_niks(c: &ConfigDir, identity: &age::x25519::Identity) -> (Vec<(i64, Va
         .path()
         .join("objects")
         .join(shown["result"]["object"].as_str().unwrap());
-    let ids: Vec<Box<dyn age::Identity>> = vec![Box::new(identity.clone())];
-    let mut tar_bytes = Vec::new();
-    lethe::backup::decode(&std::fs::read(object).unwrap()[..], &ids, &mut tar_bytes).unwrap();
-    let mut files = std::collections::BTreeMap::new();
-    for e in tar::Archive::new(&tar_bytes[..]).entries().unwrap() {
-        let mut e = e.unwrap();
-        let name = e.path().unwrap().to_string_lossy().to_string();
-        let mut body = String::new();
-        e.read_to_string(&mut body).unwrap();
-        files.insert(name, body);
-    }
+    let files = crate::common::archive_texts(&std::fs::read(object).unwrap(), identity);
     let rows: Vec<Value> = serde_json::from_str(&files["customers.json"]).unwrap();
     let niks = rows
         .iter()

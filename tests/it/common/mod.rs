@@ -387,3 +387,34 @@ pub async fn app_strings(url: &str, sql: &str) -> Vec<String> {
             .expect(sql)
     }
 }
+
+/// The entries of a sealed (zstd + age) tar archive, such as an export: name → bytes.
+pub fn archive_entries(
+    sealed: &[u8],
+    identity: &age::x25519::Identity,
+) -> std::collections::BTreeMap<String, Vec<u8>> {
+    use std::io::Read;
+    let ids: Vec<Box<dyn age::Identity>> = vec![Box::new(identity.clone())];
+    let mut tar_bytes = Vec::new();
+    lethe::backup::decode(sealed, &ids, &mut tar_bytes).expect("the archive opens");
+    let mut entries = std::collections::BTreeMap::new();
+    for e in tar::Archive::new(&tar_bytes[..]).entries().unwrap() {
+        let mut e = e.unwrap();
+        let name = e.path().unwrap().to_string_lossy().to_string();
+        let mut body = Vec::new();
+        e.read_to_end(&mut body).unwrap();
+        entries.insert(name, body);
+    }
+    entries
+}
+
+/// `archive_entries` with every entry as UTF-8 text.
+pub fn archive_texts(
+    sealed: &[u8],
+    identity: &age::x25519::Identity,
+) -> std::collections::BTreeMap<String, String> {
+    archive_entries(sealed, identity)
+        .into_iter()
+        .map(|(k, v)| (k, String::from_utf8(v).expect("a text entry")))
+        .collect()
+}
