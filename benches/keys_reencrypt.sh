@@ -12,14 +12,14 @@
 # Prints rows/s per pair, medians and min-max, the ratio, the longest rewrite
 # transaction, and the peak RSS of `lethe run` at N/4 and at N.
 #
-# Usage: benches/keys_reencrypt.sh [N]   (default 1000000: ~15 min on 2 cores, 3 pairs)
-# Env:   ORGS (default 1000), PAIRS (default 3), BATCH (batch_size, default 1000)
+# Usage: benches/keys_reencrypt.sh [N]   (default 1000000: ~3 min on 2 cores, 3 pairs)
+# Env:   ORGS (default 1000), PAIRS (default 3), BATCH (batch_size, default 5000 as the job)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N="${1:-1000000}"
 ORGS="${ORGS:-1000}"
 PAIRS="${PAIRS:-3}"
-BATCH="${BATCH:-1000}"
+BATCH="${BATCH:-5000}"
 QUARTER=$((N / 4))
 bench_start=$(date +%s.%N)
 

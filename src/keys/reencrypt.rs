@@ -32,7 +32,7 @@ pub struct ReencryptParams {
 }
 
 fn default_batch() -> u32 {
-    1000
+    5000
 }
 
 impl JobParams for ReencryptParams {
