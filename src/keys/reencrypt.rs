@@ -164,6 +164,9 @@ async fn column_pass(
         }
     };
     let mut saved = std::time::Instant::now();
+    // One batch's rewrite runs on the database while the next is read and
+    // sealed here: the crypto does not wait for the UPDATE, nor it for the crypto.
+    let mut inflight: Option<InFlight> = None;
     loop {
         let batch = db
             .cipher_rows(&e.table, org_column, column, &pos, p.batch_size, &mut ends)
@@ -173,12 +176,20 @@ async fn column_pass(
         let mut rows = batch.rows;
         while !rows.is_empty() {
             let rest = rows.split_off(rows.len().min(p.batch_size.max(1) as usize));
-            if let Some(last) = rows.last() {
-                pos = last.pos.clone();
-            }
-            if apply_batch(jc, db, e, column, rows, keys, out, &mut tallies).await? {
-                save(&pos, &tallies, &ends).await?;
+            let chunk_end = rows.last().map(|r| r.pos.clone()).unwrap_or(RowPos::Start);
+            let (rewrites, from) = plan_batch(db, e, column, rows, keys, out).await?;
+            if let Some(prev) = inflight.take() {
+                let landed = prev.land(out, &mut tallies).await?;
+                save(&landed, &tallies, &ends).await?;
                 saved = std::time::Instant::now();
+            }
+            if jc.dry_run {
+                count(from, vec![true; rewrites.len()], out, &mut tallies);
+            } else if !rewrites.is_empty() {
+                jc.fence.check()?; // each batch commits: only while the lease holds
+                inflight = Some(InFlight::start(
+                    db, &e.table, column, rewrites, from, chunk_end,
+                ));
             }
             if p.pause_ms > 0 {
                 tokio::time::sleep(Duration::from_millis(p.pause_ms)).await;
@@ -189,40 +200,70 @@ async fn column_pass(
         pos = next;
         // Windows with nothing to rewrite need no checkpoint each (a resumed
         // walk reads them again, cheaply), but one now and then bounds that.
-        if saved.elapsed() >= Duration::from_secs(5) {
+        if inflight.is_none() && saved.elapsed() >= Duration::from_secs(5) {
             save(&pos, &tallies, &ends).await?;
             saved = std::time::Instant::now();
         }
     }
+    if let Some(prev) = inflight.take() {
+        let landed = prev.land(out, &mut tallies).await?;
+        save(&landed, &tallies, &ends).await?;
+    }
     Ok(tallies)
 }
 
-/// One batch: each stale value re-sealed and written back in one short
-/// transaction (a value changed meanwhile is left alone), then counted;
-/// whether anything was written.
-#[allow(clippy::too_many_arguments)]
-async fn apply_batch(
-    jc: &JobContext,
-    db: &AppDb,
-    e: &DataMapEntry,
-    column: &str,
-    rows: Vec<crate::appdb::CipherRow>,
-    keys: &mut DataKeys<'_>,
+/// A batch's rewrite, one short transaction on its own task (a value the
+/// application changed meanwhile is left alone), and what it will count.
+struct InFlight {
+    write: tokio::task::JoinHandle<Result<(Vec<bool>, u64)>>,
+    from: Vec<(String, u32)>,
+    /// The batch's last row: where a checkpoint may stand once it committed.
+    end: RowPos,
+}
+
+impl InFlight {
+    fn start(
+        db: &AppDb,
+        table: &str,
+        column: &str,
+        rewrites: Vec<Rewrite>,
+        from: Vec<(String, u32)>,
+        end: RowPos,
+    ) -> InFlight {
+        let (db, table, column) = (db.clone(), table.to_string(), column.to_string());
+        let write = tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            let applied = db.cipher_rewrite(&table, &column, &rewrites).await?;
+            let took = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+            Ok((applied, took))
+        });
+        InFlight { write, from, end }
+    }
+
+    /// Waits for the commit and counts it; returns where the walk may resume.
+    async fn land(
+        self,
+        out: &mut ReencryptOutput,
+        tallies: &mut BTreeMap<String, Tally>,
+    ) -> Result<RowPos> {
+        let (applied, took) = self
+            .write
+            .await
+            .map_err(|e| Error::task("a re-encryption batch", e))??;
+        out.longest_batch_ms = out.longest_batch_ms.max(took);
+        count(self.from, applied, out, tallies);
+        Ok(self.end)
+    }
+}
+
+/// Counts a batch: rewritten per org with the versions they left, or
+/// changed by the application meanwhile.
+fn count(
+    from: Vec<(String, u32)>,
+    applied: Vec<bool>,
     out: &mut ReencryptOutput,
     tallies: &mut BTreeMap<String, Tally>,
-) -> Result<bool> {
-    let (rewrites, from) = plan_batch(db, e, column, rows, keys, out).await?;
-    let wrote = !rewrites.is_empty();
-    let applied = if jc.dry_run || rewrites.is_empty() {
-        vec![true; rewrites.len()]
-    } else {
-        jc.fence.check()?; // each batch commits: only while the lease holds
-        let started = std::time::Instant::now();
-        let applied = db.cipher_rewrite(&e.table, column, &rewrites).await?;
-        let took = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
-        out.longest_batch_ms = out.longest_batch_ms.max(took);
-        applied
-    };
+) {
     for ((org, version), done) in from.into_iter().zip(applied) {
         if !done {
             out.changed_meanwhile += 1;
@@ -232,7 +273,6 @@ async fn apply_batch(
         t.reencrypted += 1;
         t.from_versions.insert(version);
     }
-    Ok(wrote)
 }
 
 /// Most skipped values listed in the output; the counts cover them all.
