@@ -124,10 +124,11 @@ impl S3Store {
             ));
         }
         for (id, size) in &batch {
-            let kept = resp
-                .errors()
-                .iter()
-                .any(|e| e.key() == Some(id.key()) && e.version_id() == id.version_id());
+            // Some stores name only the key of a version they refused.
+            let kept = resp.errors().iter().any(|e| {
+                e.key() == Some(id.key())
+                    && (e.version_id().is_none() || e.version_id() == id.version_id())
+            });
             if !kept {
                 out.versions += 1;
                 out.bytes += size;

@@ -824,3 +824,96 @@ async fn files_by_prefix_and_age_follow_retention_and_holds() {
         "{r}"
     );
 }
+
+/// A file version under Object Lock (moto enforces COMPLIANCE retention on
+/// delete): the purge deletes its row and the unlocked files, reports the
+/// locked one as kept by object lock, does not fail, and defers the file's
+/// delete (the pending entry waits, so the next run does not retry it now).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_file_under_object_lock_is_reported_and_deferred() {
+    let (Some(moto), Some(url)) = (server_env("LETHE_TEST_MOTO_URL"), fresh_pg_db().await) else {
+        return;
+    };
+    let s3 = s3_client(&moto);
+    let bucket = format!("lock-{}", uuid::Uuid::new_v4().simple());
+    s3.create_bucket()
+        .bucket(&bucket)
+        .object_lock_enabled_for_bucket(true)
+        .send()
+        .await
+        .unwrap();
+    let mut locked_version = String::new();
+    for (_, _, key, _) in DOCS {
+        let put = s3
+            .put_object()
+            .bucket(&bucket)
+            .key(key)
+            .body(ByteStream::from_static(b"personal data"))
+            .send()
+            .await
+            .unwrap();
+        if key == "org1/a.pdf" {
+            locked_version = put.version_id().unwrap().to_string();
+        }
+    }
+    let until =
+        aws_sdk_s3::primitives::DateTime::from_secs(chrono::Utc::now().timestamp() + 2 * 86_400);
+    s3.put_object_retention()
+        .bucket(&bucket)
+        .key("org1/a.pdf")
+        .version_id(&locked_version)
+        .retention(
+            aws_sdk_s3::types::ObjectLockRetention::builder()
+                .mode(aws_sdk_s3::types::ObjectLockRetentionMode::Compliance)
+                .retain_until_date(until)
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let store = format!(
+        "[object_stores.docs]\nurl = \"s3://{bucket}\"\nendpoint = \"{moto}\"\nregion = \"us-east-1\"\npath_style = true\n"
+    );
+    let c = ConfigDir::full(None, Some(&url), "", "", &config(&store));
+    seed(&url, true).await;
+    c.job(
+        "purge",
+        "kind = \"retention.purge\"\nschedule = \"0 0 3 * * *\"\nmax_attempts = 1\n",
+    );
+    run_ok(c.lethe().arg("migrate"));
+    run_ok(
+        c.lethe()
+            .args(["hold", "add", "--org", "2", "--reason", "litigation"]),
+    );
+    let r = crate::common::run_job(c.lethe_aws(), "purge", &[]);
+    assert_eq!(r["status"], "succeeded", "{r}");
+    let org1 = &r["result"]["objects"]["statements"]["1"];
+    assert_eq!(org1["objects"], 1, "c.pdf went: {r}");
+    assert_eq!(
+        org1["kept_by_object_lock"].as_array().map(Vec::len),
+        Some(1),
+        "{r}"
+    );
+    let head = s3
+        .head_object()
+        .bucket(&bucket)
+        .key("org1/a.pdf")
+        .send()
+        .await;
+    assert!(head.is_ok(), "the locked file stays");
+    // Deferred, not retried by the next run.
+    let store_url = format!("sqlite://{}", c.path().join("lethe.db").display());
+    let deferred = crate::common::app_strings(
+        &store_url,
+        "SELECT object_key FROM pending_object_deletes WHERE not_before IS NOT NULL",
+    )
+    .await;
+    assert_eq!(deferred, ["org1/a.pdf"]);
+    let again = crate::common::run_job(c.lethe_aws(), "purge", &[]);
+    assert_eq!(again["status"], "succeeded", "{again}");
+    assert_eq!(
+        again["result"]["objects"],
+        json!({}),
+        "nothing retried before the date: {again}"
+    );
+}
