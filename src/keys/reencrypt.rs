@@ -143,15 +143,7 @@ async fn column_pass(
         mut pos,
         mut tallies,
         mut ends,
-    } = match store.checkpoint_get(jc.run.id, &checkpoint).await? {
-        Some(v) => serde_json::from_value(v)
-            .map_err(|e| Error::json("stored re-encryption progress", e))?,
-        None => Progress {
-            pos: RowPos::Start,
-            tallies: BTreeMap::new(),
-            ends: BTreeMap::new(),
-        },
-    };
+    } = load_progress(jc, &checkpoint).await?;
     let save = |pos: &RowPos, tallies: &BTreeMap<String, Tally>, ends: &BTreeMap<i64, i64>| {
         let v = serde_json::to_value(ProgressRef { pos, tallies, ends })
             .map_err(|e| Error::json("re-encryption progress", e));
@@ -210,6 +202,21 @@ async fn column_pass(
         save(&landed, &tallies, &ends).await?;
     }
     Ok(tallies)
+}
+
+/// Where an earlier attempt of this run left the column's walk, or its start.
+async fn load_progress(jc: &JobContext, checkpoint: &str) -> Result<Progress> {
+    Ok(
+        match jc.ctx.store.checkpoint_get(jc.run.id, checkpoint).await? {
+            Some(v) => serde_json::from_value(v)
+                .map_err(|e| Error::json("stored re-encryption progress", e))?,
+            None => Progress {
+                pos: RowPos::Start,
+                tallies: BTreeMap::new(),
+                ends: BTreeMap::new(),
+            },
+        },
+    )
 }
 
 /// A batch's rewrite, one short transaction on its own task (a value the
