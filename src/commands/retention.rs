@@ -43,19 +43,16 @@ pub async fn set(
     json_out: bool,
 ) -> Result<i32> {
     require_reason(reason)?;
-    if !ctx
-        .config
+    // Classes of tables and of files by prefix (`[[object_retention]]`).
+    let cfg = &ctx.config;
+    let classes: Vec<&str> = cfg
         .data_map
         .iter()
-        .any(|e| e.class == class && !e.retention.is_empty())
-    {
-        let classes: Vec<&str> = ctx
-            .config
-            .data_map
-            .iter()
-            .filter(|e| !e.retention.is_empty())
-            .map(|e| e.class.as_str())
-            .collect();
+        .filter(|e| !e.retention.is_empty())
+        .map(|e| e.class.as_str())
+        .chain(cfg.object_retention.iter().map(|r| r.class.as_str()))
+        .collect();
+    if !classes.contains(&class) {
         return Err(Error::Usage(format!(
             "no data class `{class}` with a retention rule; known: {}",
             classes.join(", ")

@@ -36,6 +36,12 @@ pub(super) async fn purge_prefixes(
             None => BTreeMap::new(),
         };
     let holds = active_holds(jc.ctx.store.as_ref(), db, config).await?;
+    // Per-org overrides replace a class's age rules, as for rows.
+    let mut overrides: BTreeMap<(String, String), Period> = BTreeMap::new();
+    for o in jc.ctx.store.overrides().await? {
+        let p = Period::parse(&o.period).map_err(Error::Usage)?;
+        overrides.insert((o.class, o.org), p);
+    }
     let held_orgs: HashSet<String> = holds.orgs.into_iter().map(|(_, o)| o).collect();
     let held_subjects: HashSet<String> = holds.subjects.into_iter().map(|(_, s)| s).collect();
     for rule in &config.object_retention {
@@ -55,7 +61,10 @@ pub(super) async fn purge_prefixes(
                     unmatched += 1;
                     continue;
                 };
-                if !is_expired(rule, &named.org, o.modified, &closed, basis) {
+                let over = overrides
+                    .get(&(rule.class.clone(), named.org.clone()))
+                    .copied();
+                if !is_expired(rule, &named.org, o.modified, &closed, basis, over) {
                     continue;
                 }
                 if held_orgs.contains(&named.org)
@@ -95,15 +104,31 @@ pub(super) async fn purge_prefixes(
     Ok(out)
 }
 
-/// Whether any of the rule's periods has run out for this file.
+/// Whether any of the rule's periods has run out for this file; an org's
+/// override replaces the age rules (closure rules still apply).
 fn is_expired(
     rule: &ObjectRetention,
     org: &str,
     modified: Option<DateTime<Utc>>,
     closed: &BTreeMap<String, Option<DateTime<Utc>>>,
     basis: DateTime<Utc>,
+    over: Option<Period>,
 ) -> bool {
-    rule.retention.iter().any(|r| match r {
+    let has_age = rule
+        .retention
+        .iter()
+        .any(|r| matches!(r, RetentionRule::Age(_)));
+    let rules: Vec<RetentionRule> = match over {
+        Some(p) if has_age => rule
+            .retention
+            .iter()
+            .filter(|r| matches!(r, RetentionRule::OrgClosed(_)))
+            .copied()
+            .chain([RetentionRule::Age(p)])
+            .collect(),
+        _ => rule.retention.clone(),
+    };
+    rules.iter().any(|r| match r {
         RetentionRule::Age(p) => match (modified, p.before(basis)) {
             (Some(m), Some(cutoff)) => m < cutoff,
             _ => false,

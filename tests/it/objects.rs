@@ -708,7 +708,8 @@ async fn orphans_are_the_files_no_row_references() {
 
 /// `[[object_retention]]` on a folder store: files no row references,
 /// expired by age (last-modified) or by their org's closure, kept under a
-/// legal hold on their org or subject; a dry run deletes nothing.
+/// legal hold on their org or subject or by an org's longer override; a dry
+/// run deletes nothing.
 #[tokio::test(flavor = "multi_thread")]
 async fn files_by_prefix_and_age_follow_retention_and_holds() {
     const KEY: &str = "objects-test-pseudonym-key-01234";
@@ -729,7 +730,7 @@ async fn files_by_prefix_and_age_follow_retention_and_holds() {
         "CREATE TABLE users (id INTEGER PRIMARY KEY, email TEXT);
          INSERT INTO users VALUES (10, 'ada@x.example'), (11, 'held@x.example');
          CREATE TABLE orgs (id INTEGER PRIMARY KEY, closed_at TEXT);
-         INSERT INTO orgs VALUES (1, NULL), (2, NULL), (3, datetime('now', '-400 days'));",
+         INSERT INTO orgs VALUES (1, NULL), (2, NULL), (3, datetime('now', '-400 days')), (4, NULL);",
     )
     .await;
     let root = c.path().join("captures");
@@ -740,6 +741,7 @@ async fn files_by_prefix_and_age_follow_retention_and_holds() {
         ("frames/1/11/old.jpg", true),
         ("frames/3/30/new.jpg", false),
         ("frames/README", true),
+        ("frames/4/40/old.jpg", true),
     ];
     for (key, old) in files {
         let p = root.join(key);
@@ -771,6 +773,19 @@ async fn files_by_prefix_and_age_follow_retention_and_holds() {
         "--reason",
         "inquiry",
     ]));
+    // Org 4 keeps its frames a year: the override replaces the 90 days.
+    run_ok(c.lethe().args([
+        "retention",
+        "set",
+        "--class",
+        "identity_frames",
+        "--org",
+        "4",
+        "--period",
+        "365d",
+        "--reason",
+        "contract",
+    ]));
     let dry = stdout_json(&run_ok(c.lethe().env("LETHE_PSEUDONYM_KEY", KEY).args([
         "run",
         "purge",
@@ -800,7 +815,7 @@ async fn files_by_prefix_and_age_follow_retention_and_holds() {
             &rule["kept_for_holds"],
             &rule["not_matching_the_template"]
         ),
-        (&json!(6), &json!(2), &json!(2), &json!(1)),
+        (&json!(7), &json!(2), &json!(2), &json!(1)),
         "{r}"
     );
     let left: Vec<&str> = files
@@ -814,7 +829,8 @@ async fn files_by_prefix_and_age_follow_retention_and_holds() {
             "frames/1/10/new.jpg",
             "frames/2/20/old.jpg",
             "frames/1/11/old.jpg",
-            "frames/README"
+            "frames/README",
+            "frames/4/40/old.jpg"
         ]
     );
     let by_org = &r["result"]["objects"]["identity_frames"];
