@@ -30,20 +30,12 @@ pub(super) async fn purge_prefixes(
     if config.object_retention.is_empty() {
         return Ok(out);
     }
-    let closed: BTreeMap<String, Option<DateTime<Utc>>> =
-        match config.app.as_ref().and_then(|a| a.orgs.as_ref()) {
-            Some(orgs) => db.orgs_with_closure(orgs).await?.into_iter().collect(),
-            None => BTreeMap::new(),
-        };
-    let holds = active_holds(jc.ctx.store.as_ref(), db, config).await?;
-    // Per-org overrides replace a class's age rules, as for rows.
-    let mut overrides: BTreeMap<(String, String), Period> = BTreeMap::new();
-    for o in jc.ctx.store.overrides().await? {
-        let p = Period::parse(&o.period).map_err(Error::Usage)?;
-        overrides.insert((o.class, o.org), p);
-    }
-    let held_orgs: HashSet<String> = holds.orgs.into_iter().map(|(_, o)| o).collect();
-    let held_subjects: HashSet<String> = holds.subjects.into_iter().map(|(_, s)| s).collect();
+    let FilePolicy {
+        closed,
+        held_orgs,
+        held_subjects,
+        overrides,
+    } = FilePolicy::load(jc, db).await?;
     for rule in &config.object_retention {
         let (mut listed, mut expired, mut held, mut unmatched) = (0u64, 0u64, 0u64, 0u64);
         let store = jc.ctx.app_store(&rule.store).await?;
@@ -102,6 +94,37 @@ pub(super) async fn purge_prefixes(
                         "kept_for_holds": held, "not_matching_the_template": unmatched}));
     }
     Ok(out)
+}
+
+/// What decides a file's fate besides its rule: org closures, legal holds,
+/// and per-org overrides (which replace a class's age rules, as for rows).
+struct FilePolicy {
+    closed: BTreeMap<String, Option<DateTime<Utc>>>,
+    held_orgs: HashSet<String>,
+    held_subjects: HashSet<String>,
+    overrides: BTreeMap<(String, String), Period>,
+}
+
+impl FilePolicy {
+    async fn load(jc: &JobContext, db: &AppDb) -> Result<FilePolicy> {
+        let config = jc.ctx.config.as_ref();
+        let closed = match config.app.as_ref().and_then(|a| a.orgs.as_ref()) {
+            Some(orgs) => db.orgs_with_closure(orgs).await?.into_iter().collect(),
+            None => BTreeMap::new(),
+        };
+        let holds = active_holds(jc.ctx.store.as_ref(), db, config).await?;
+        let mut overrides = BTreeMap::new();
+        for o in jc.ctx.store.overrides().await? {
+            let p = Period::parse(&o.period).map_err(Error::Usage)?;
+            overrides.insert((o.class, o.org), p);
+        }
+        Ok(FilePolicy {
+            closed,
+            held_orgs: holds.orgs.into_iter().map(|(_, o)| o).collect(),
+            held_subjects: holds.subjects.into_iter().map(|(_, s)| s).collect(),
+            overrides,
+        })
+    }
 }
 
 /// Whether any of the rule's periods has run out for this file; an org's
