@@ -113,6 +113,21 @@ url = "file://objects"
 # path_style = false
 # upload_concurrency = 4
 
+# The application's own stores, where files its rows reference live (a data map
+# entry names them: objects = [{ column = "storage_key", store = "documents" }]).
+# [object_stores.documents]
+# url = "s3://app-uploads/documents"
+# region = "eu-central-1"
+# access_key_id_env = "DOCUMENTS_AWS_ACCESS_KEY_ID"        # this store's own credentials
+# secret_access_key_env = "DOCUMENTS_AWS_SECRET_ACCESS_KEY"
+
+# Files no row references, by key template and age:
+# [[object_retention]]
+# store = "documents"
+# keys = "frames/{org}/{subject}/"
+# class = "identity_frames"
+# retention = ["90d", "org_closed+30d"]
+
 [backup]
 # age public keys that can decrypt backups (keep the matching secret keys offline).
 recipients = []
