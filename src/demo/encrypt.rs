@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use sqlx::Row;
 
-use crate::cipher::{self, Binding};
+use crate::cipher::Binding;
 use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::keys::{DataKeys, RotateParams};
@@ -42,22 +42,15 @@ pub async fn encrypt_as_the_app(ctx: &Arc<Context>, app_db: &Path) -> Result<u64
         for r in rows {
             let (id, org, plain): (i64, String, String) =
                 (r.try_get(0)?, r.try_get(1)?, r.try_get(2)?);
-            let version = keys
-                .newest(&org)
-                .ok_or_else(|| Error::Failed(format!("org {org} has no data key")))?;
-            let dek = keys
-                .dek(&org, version)
-                .await?
-                .ok_or_else(|| Error::Failed(format!("org {org}'s data key does not unwrap")))?;
             let at = Binding {
                 table,
                 column,
                 org: &org,
             };
-            let version = u32::try_from(version)
-                .map_err(|_| Error::Failed(format!("key version {version} is out of range")))?;
-            let value = cipher::seal(&dek, version, at, plain.as_bytes())
-                .map_err(|e| Error::Failed(e.to_string()))?;
+            let value = keys
+                .seal_newest(at, plain.as_bytes())
+                .await?
+                .ok_or_else(|| Error::Failed(format!("org {org} has no usable data key")))?;
             sqlx::query(&format!("UPDATE {table} SET {column} = ? WHERE id = ?"))
                 .bind(value)
                 .bind(id)

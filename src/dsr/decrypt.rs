@@ -7,7 +7,7 @@
 use serde_json::Value;
 
 use crate::appdb::{AppDb, EraseAction, EraseStep, NewValue};
-use crate::cipher::{self, Binding};
+use crate::cipher::Binding;
 use crate::config::DataMapEntry;
 use crate::context::Context;
 use crate::error::{Error, Result};
@@ -99,25 +99,14 @@ pub(super) async fn seal_anonymised(
                 .subject_orgs(&step.table, &step.subject, org_column, subject_id)
                 .await?
             {
-                let Some(version) = keys.newest(&org) else {
-                    continue;
-                };
-                let Some(dek) = keys.dek(&org, version).await? else {
-                    continue;
-                };
                 let at = Binding {
                     table: &step.table,
                     column,
                     org: &org,
                 };
-                let version = u32::try_from(version).map_err(|_| {
-                    Error::Failed(format!(
-                        "key table: org {org}: version {version} is out of range"
-                    ))
-                })?;
-                let sealed = cipher::seal(&dek, version, at, plain.as_bytes())
-                    .map_err(|e| Error::Failed(format!("sealing {}.{column}: {e}", step.table)))?;
-                by_org.push((org, sealed));
+                if let Some(sealed) = keys.seal_newest(at, plain.as_bytes()).await? {
+                    by_org.push((org, sealed));
+                }
             }
             *value = NewValue::PerOrg {
                 sealed: by_org,

@@ -72,6 +72,31 @@ impl<'a> DataKeys<'a> {
         self.newest.get(org).copied()
     }
 
+    /// `plaintext` sealed under the org's newest active key, as the
+    /// application writes it; None when the org has no usable key (shredded,
+    /// never created, or it does not unwrap).
+    pub async fn seal_newest(
+        &mut self,
+        at: Binding<'_>,
+        plaintext: &[u8],
+    ) -> Result<Option<String>> {
+        let Some(version) = self.newest(at.org) else {
+            return Ok(None);
+        };
+        let Some(dek) = self.dek(at.org, version).await? else {
+            return Ok(None);
+        };
+        let version = u32::try_from(version).map_err(|_| {
+            Error::Failed(format!(
+                "key table: org {}: version {version} is out of range",
+                at.org
+            ))
+        })?;
+        cipher::seal(&dek, version, at, plaintext)
+            .map(Some)
+            .map_err(|e| Error::Failed(format!("sealing {}.{}: {e}", at.table, at.column)))
+    }
+
     /// A version's plaintext DEK, or None when it is destroyed or does not unwrap.
     pub async fn dek(&mut self, org: &str, version: i64) -> Result<Option<Vec<u8>>> {
         let id = (org.to_string(), version);

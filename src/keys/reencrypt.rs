@@ -13,7 +13,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use super::{DataKeys, Opened};
+use super::DataKeys;
 use crate::appdb::{AppDb, Rewrite, RowPos};
 use crate::cipher::{self, Binding};
 use crate::config::DataMapEntry;
@@ -344,7 +344,9 @@ async fn plan_batch(
             out.undecryptable += 1;
             continue;
         };
-        let Opened::Plain(plain) = keys.open(at, &r.value).await? else {
+        // The header was read above: open with that version's key directly.
+        let old = keys.dek(&r.org, version.into()).await?;
+        let Some(plain) = old.and_then(|dek| cipher::open(&dek, at, &r.value).ok()) else {
             out.undecryptable += 1;
             let why = format!(
                 "does not decrypt under version {version} of org {}'s key",
