@@ -21,6 +21,14 @@ const DOCS: [(i64, i64, &str, i64); 6] = [
     (6, 1, "org1/shared.pdf", 3),
 ];
 
+/// Writes `body` at `key` under a folder store's root; returns the file's path.
+fn put_file(root: &std::path::Path, key: &str, body: impl AsRef<[u8]>) -> std::path::PathBuf {
+    let p = root.join(key);
+    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+    std::fs::write(&p, body).unwrap();
+    p
+}
+
 fn config(store: &str) -> String {
     format!(
         "[app]\nsubjects = {{ table = \"users\", id = \"id\", email = \"email\" }}\n\
@@ -204,9 +212,7 @@ async fn a_purge_deletes_its_rows_files_in_a_folder_store_and_nothing_outside() 
     .await;
     let root = c.path().join("appfiles");
     for (_, _, key, _) in DOCS {
-        let p = root.join(key);
-        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-        std::fs::write(&p, "personal data").unwrap();
+        put_file(&root, key, "personal data");
     }
     std::fs::write(c.path().join("outside.txt"), "not the store's").unwrap();
     let c2 = &c;
@@ -257,9 +263,7 @@ async fn a_crash_between_rows_and_files_leaves_nothing_orphaned_after_the_rescue
     seed(&url, false).await;
     let root = c.path().join("appfiles");
     for (_, _, key, _) in DOCS {
-        let p = root.join(key);
-        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-        std::fs::write(&p, "personal data").unwrap();
+        put_file(&root, key, "personal data");
     }
     c.job(
         "purge",
@@ -355,9 +359,7 @@ async fn an_erasure_deletes_the_subjects_files() {
         "ada/held.pdf",
         "bob/statement.pdf",
     ] {
-        let p = root.join(key);
-        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-        std::fs::write(&p, "personal data").unwrap();
+        put_file(&root, key, "personal data");
     }
     c.job(
         "dsr",
@@ -438,9 +440,7 @@ async fn an_export_carries_the_subjects_files_within_its_size_limit() {
         ("bob/statement.pdf", vec![1u8; 10]),
     ];
     for (key, body) in &files {
-        let p = root.join(key);
-        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-        std::fs::write(&p, body).unwrap();
+        put_file(&root, key, body);
     }
     c.job(
         "dsr",
@@ -678,9 +678,7 @@ async fn orphans_are_the_files_no_row_references() {
         "org1/leaked.pdf",
         "tmp/upload-1",
     ] {
-        let p = root.join(key);
-        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-        std::fs::write(&p, "0123456789").unwrap();
+        put_file(&root, key, "0123456789");
     }
     run_ok(c.lethe().arg("migrate"));
     let v = stdout_json(&run_ok(
@@ -744,9 +742,7 @@ async fn files_by_prefix_and_age_follow_retention_and_holds() {
         ("frames/4/40/old.jpg", true),
     ];
     for (key, old) in files {
-        let p = root.join(key);
-        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-        std::fs::write(&p, "frame").unwrap();
+        let p = put_file(&root, key, "frame");
         if old {
             let ok = std::process::Command::new("touch")
                 .args(["-d", "200 days ago"])
