@@ -13,7 +13,8 @@
 # transaction, and the peak RSS of `lethe run` at N/4 and at N.
 #
 # Usage: benches/keys_reencrypt.sh [N]   (default 1000000: ~3 min on 2 cores, 3 pairs)
-# Env:   ORGS (default 1000), PAIRS (default 3), BATCH (batch_size, default 5000 as the job)
+# Env:   ORGS (default 1000), PAIRS (default 3), BATCH (batch_size, default 5000 as the job),
+#        PROFILE=DIR: record each product run with `perf record` into DIR (CPU profile, not timed fairly)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N="${1:-1000000}"
@@ -154,7 +155,9 @@ run_product() { # expected count, tag → "seconds peak-RSS-kB"; checks the run'
   local out="$work/run-$2.json" start end
   start=$(date +%s.%N)
   if [ -x /usr/bin/time ]; then
-    /usr/bin/time -v -o "$work/time-$2.txt" "$LETHE" --config "$work/lethe.toml" run reencrypt --json > "$out" \
+    local perf=()
+    if [ -n "${PROFILE:-}" ]; then mkdir -p "$PROFILE"; perf=(perf record -q -F 1999 -o "$PROFILE/perf-$2.data" --); fi
+    /usr/bin/time -v -o "$work/time-$2.txt" "${perf[@]}" "$LETHE" --config "$work/lethe.toml" run reencrypt --json > "$out" \
       || echo "lethe run exited with status $?" >&2
     end=$(date +%s.%N)
     rss_kb=$(awk -F': ' '/Maximum resident set size/ {print $2}' "$work/time-$2.txt")

@@ -51,8 +51,58 @@ pub enum CipherError {
 
 /// The DEK version a stored value names, read from its header alone.
 pub fn dek_version(text: &str) -> Result<u32, CipherError> {
-    let bytes = decode(text)?;
-    Ok(header_version(&bytes))
+    Ok(Stored::parse(text)?.version())
+}
+
+/// A DEK made ready for AES-GCM once (its key schedule), to seal and open
+/// many values: preparing it per value costs more than the value's crypto.
+pub struct DataKey(LessSafeKey);
+
+impl DataKey {
+    pub fn new(dek: &[u8]) -> Result<DataKey, CipherError> {
+        let unbound =
+            UnboundKey::new(&AES_256_GCM, dek).map_err(|_| CipherError::BadKey(dek.len()))?;
+        Ok(DataKey(LessSafeKey::new(unbound)))
+    }
+}
+
+impl std::fmt::Debug for DataKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DataKey(..)") // never the key
+    }
+}
+
+/// A stored value decoded once: its prefix, base64, length and format
+/// byte checked, so its version can be read and it can be opened without
+/// decoding it again.
+#[derive(Debug)]
+pub struct Stored(Vec<u8>);
+
+impl Stored {
+    pub fn parse(text: &str) -> Result<Stored, CipherError> {
+        decode(text).map(Stored)
+    }
+
+    pub fn version(&self) -> u32 {
+        header_version(&self.0)
+    }
+
+    /// The plaintext, with `key`, which must be the version the header names.
+    pub fn open(self, key: &DataKey, at: Binding<'_>) -> Result<Vec<u8>, CipherError> {
+        let version = self.version();
+        let mut bytes = self.0;
+        let mut sealed = bytes.split_off(HEADER_LEN + NONCE_LEN);
+        let (header, nonce) = bytes.split_at(HEADER_LEN);
+        let nonce = Nonce::try_assume_unique_for_key(nonce)
+            .map_err(|_| CipherError::TooShort(HEADER_LEN + NONCE_LEN + sealed.len()))?;
+        let plain_len = key
+            .0
+            .open_in_place(nonce, Aad::from(aad(at, header)), &mut sealed)
+            .map_err(|_| CipherError::Undecryptable(version))?
+            .len();
+        sealed.truncate(plain_len);
+        Ok(sealed)
+    }
 }
 
 /// Encrypts `plaintext` under `dek` (version `version`) with a fresh random nonce.
@@ -62,9 +112,19 @@ pub fn seal(
     at: Binding<'_>,
     plaintext: &[u8],
 ) -> Result<String, CipherError> {
+    seal_with(&DataKey::new(dek)?, version, at, plaintext)
+}
+
+/// `seal` with a key prepared once.
+pub fn seal_with(
+    key: &DataKey,
+    version: u32,
+    at: Binding<'_>,
+    plaintext: &[u8],
+) -> Result<String, CipherError> {
     let mut nonce = [0u8; NONCE_LEN];
     rand::fill(&mut nonce);
-    seal_with_nonce(dek, version, at, plaintext, nonce)
+    seal_prepared(key, version, at, plaintext, nonce)
 }
 
 /// `seal` with a given nonce: for the test vector only (a nonce must never repeat under a key).
@@ -75,44 +135,40 @@ pub fn seal_with_nonce(
     plaintext: &[u8],
     nonce: [u8; NONCE_LEN],
 ) -> Result<String, CipherError> {
-    let key = key(dek)?;
+    seal_prepared(&DataKey::new(dek)?, version, at, plaintext, nonce)
+}
+
+fn seal_prepared(
+    key: &DataKey,
+    version: u32,
+    at: Binding<'_>,
+    plaintext: &[u8],
+    nonce: [u8; NONCE_LEN],
+) -> Result<String, CipherError> {
     let header = header(version);
     let mut out = Vec::with_capacity(HEADER_LEN + NONCE_LEN + plaintext.len() + TAG_LEN);
     out.extend_from_slice(&header);
     out.extend_from_slice(&nonce);
-    let mut sealed = plaintext.to_vec();
-    key.seal_in_place_append_tag(
-        Nonce::assume_unique_for_key(nonce),
-        Aad::from(aad(at, &header)),
-        &mut sealed,
-    )
-    .map_err(|_| CipherError::Undecryptable(version))?;
-    out.extend_from_slice(&sealed);
-    Ok(format!(
-        "{PREFIX}{}",
-        base64::engine::general_purpose::STANDARD.encode(out)
-    ))
+    out.extend_from_slice(plaintext);
+    let tag = key
+        .0
+        .seal_in_place_separate_tag(
+            Nonce::assume_unique_for_key(nonce),
+            Aad::from(aad(at, &header)),
+            &mut out[HEADER_LEN + NONCE_LEN..],
+        )
+        .map_err(|_| CipherError::Undecryptable(version))?;
+    out.extend_from_slice(tag.as_ref());
+    let mut text = String::with_capacity(PREFIX.len() + out.len().div_ceil(3) * 4);
+    text.push_str(PREFIX);
+    base64::engine::general_purpose::STANDARD.encode_string(out, &mut text);
+    Ok(text)
 }
 
 /// Decrypts a stored value with `dek`, which must be the version its header names.
 pub fn open(dek: &[u8], at: Binding<'_>, text: &str) -> Result<Vec<u8>, CipherError> {
-    let bytes = decode(text)?;
-    let version = header_version(&bytes);
-    let key = key(dek)?;
-    let (header, rest) = bytes.split_at(HEADER_LEN);
-    let (nonce, sealed) = rest.split_at(NONCE_LEN);
-    let nonce =
-        Nonce::try_assume_unique_for_key(nonce).map_err(|_| CipherError::TooShort(bytes.len()))?;
-    let mut buf = sealed.to_vec();
-    let plain = key
-        .open_in_place(nonce, Aad::from(aad(at, header)), &mut buf)
-        .map_err(|_| CipherError::Undecryptable(version))?;
-    Ok(plain.to_vec())
-}
-
-fn key(dek: &[u8]) -> Result<LessSafeKey, CipherError> {
-    let unbound = UnboundKey::new(&AES_256_GCM, dek).map_err(|_| CipherError::BadKey(dek.len()))?;
-    Ok(LessSafeKey::new(unbound))
+    let stored = Stored::parse(text)?;
+    stored.open(&DataKey::new(dek)?, at)
 }
 
 fn header(version: u32) -> [u8; HEADER_LEN] {

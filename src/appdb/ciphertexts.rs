@@ -62,6 +62,18 @@ pub struct Rewrite {
     pub new: String,
 }
 
+/// What a PostgreSQL walk keeps besides its position: each relation's size
+/// in pages when the walk entered it (checkpointed with the position), and
+/// the relations as last read from the catalog (read again as the walk
+/// enters each relation, not per batch).
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Walk {
+    ends: BTreeMap<i64, i64>,
+    #[serde(skip)]
+    relations: Vec<(i64, String, i64, f64)>,
+}
+
 /// One batch of the walk and where the next one starts (`None`: the walk is done).
 #[derive(Debug)]
 pub struct CipherBatch {
@@ -91,7 +103,7 @@ impl AppDb {
         column: &str,
         after: &RowPos,
         limit: u32,
-        ends: &mut BTreeMap<i64, i64>,
+        walk: &mut Walk,
     ) -> Result<CipherBatch> {
         match self {
             AppDb::Sqlite(p) => {
@@ -100,7 +112,7 @@ impl AppDb {
             }
             AppDb::Postgres(p) => {
                 let at = (org_column, column);
-                self.cipher_rows_pg(p, table, at, after, limit, ends).await
+                self.cipher_rows_pg(p, table, at, after, limit, walk).await
             }
         }
     }
@@ -157,21 +169,27 @@ impl AppDb {
         (org_column, column): (&str, &str),
         after: &RowPos,
         limit: u32,
-        ends: &mut BTreeMap<i64, i64>,
+        walk: &mut Walk,
     ) -> Result<CipherBatch> {
         let mut sql = self.sql();
         let (org, col) = (sql.as_text(org_column), sql.as_text(column));
         let not_null = format!("{} IS NOT NULL", q(column));
-        let rels: Vec<(i64, String, i64, f64)> = sqlx::query_as(PG_RELATIONS)
-            .bind(q(table))
-            .fetch_all(p)
-            .await?;
         // Where the walk stands: every row of earlier relations, and of
         // this one up to this tid, is done.
         let (oid, done_to) = match after {
             RowPos::Tuple { table_oid, ctid } => (*table_oid, ctid.clone()),
             _ => (i64::MIN, "(0,0)".to_string()),
         };
+        if walk.relations.is_empty() || tid_page(&done_to) == 0 {
+            walk.relations = sqlx::query_as(PG_RELATIONS)
+                .bind(q(table))
+                .fetch_all(p)
+                .await?;
+        }
+        let Walk {
+            ends,
+            relations: rels,
+        } = walk;
         let Some(at) = rels.iter().position(|r| r.0 >= oid) else {
             return Ok(CipherBatch {
                 rows: Vec::new(),
@@ -233,9 +251,8 @@ impl AppDb {
         &self,
         table: &str,
         column: &str,
-        rewrites: &[Rewrite],
+        rewrites: Vec<Rewrite>,
     ) -> Result<Vec<bool>> {
-        let mut applied = Vec::with_capacity(rewrites.len());
         match self {
             AppDb::Sqlite(p) => {
                 let text = format!(
@@ -243,6 +260,7 @@ impl AppDb {
                     q(table),
                     c = q(column)
                 );
+                let mut applied = Vec::with_capacity(rewrites.len());
                 let mut tx = p.begin().await?;
                 for w in rewrites {
                     let RowPos::Rowid(id) = w.pos else {
@@ -258,53 +276,84 @@ impl AppDb {
                     applied.push(r.rows_affected() == 1);
                 }
                 tx.commit().await?;
+                Ok(applied)
             }
-            AppDb::Postgres(p) => {
-                // One statement per relation: rewrites of a batch lie in one.
-                let mut by_rel: std::collections::BTreeMap<i64, Vec<usize>> = Default::default();
-                for (i, w) in rewrites.iter().enumerate() {
-                    if let RowPos::Tuple { table_oid, .. } = &w.pos {
-                        by_rel.entry(*table_oid).or_default().push(i);
-                    }
-                }
-                applied.resize(rewrites.len(), false);
-                let mut tx = p.begin().await?;
-                for (oid, idx) in by_rel {
-                    let rel: String = sqlx::query_scalar("SELECT $1::bigint::oid::regclass::text")
-                        .bind(oid)
-                        .fetch_one(&mut *tx)
-                        .await?;
-                    let tid = |i: &usize| match &rewrites[*i].pos {
-                        RowPos::Tuple { ctid, .. } => ctid.clone(),
-                        RowPos::Rowid(_) | RowPos::Start => String::new(),
-                    };
-                    let tids: Vec<String> = idx.iter().map(tid).collect();
-                    let olds: Vec<String> = idx.iter().map(|i| rewrites[*i].old.clone()).collect();
-                    let news: Vec<String> = idx.iter().map(|i| rewrites[*i].new.clone()).collect();
-                    // The column may be text or varchar: compare and assign as text.
-                    let text = format!(
-                        "UPDATE ONLY {rel} AS t SET {c} = v.new
-                           FROM unnest($1::text[], $2::text[], $3::text[]) AS v(tid, old, new)
-                          WHERE t.ctid = ANY($1::text[]::tid[]) AND t.ctid = v.tid::tid AND t.{c}::text = v.old
-                         RETURNING v.tid",
-                        c = q(column)
-                    );
-                    let done: Vec<String> = sqlx::query_scalar(&text)
-                        .bind(&tids)
-                        .bind(&olds)
-                        .bind(&news)
-                        .fetch_all(&mut *tx)
-                        .await?;
-                    let done: std::collections::HashSet<String> = done.into_iter().collect();
-                    for (i, t) in idx.iter().zip(&tids) {
-                        applied[*i] = done.contains(t);
-                    }
-                }
-                tx.commit().await?;
+            AppDb::Postgres(p) => cipher_rewrite_pg(p, column, rewrites).await,
+        }
+    }
+}
+
+/// One relation's share of a batch: the rewrites' places in the batch, and
+/// their tids, old and new values as the statement binds them.
+#[derive(Default)]
+struct RelationRewrites {
+    index: Vec<usize>,
+    tids: Vec<String>,
+    olds: Vec<String>,
+    news: Vec<String>,
+}
+
+/// One `UPDATE ONLY` per relation (a batch's rewrites lie in one, so
+/// usually a single statement, atomic without a transaction around it).
+async fn cipher_rewrite_pg(
+    p: &sqlx::PgPool,
+    column: &str,
+    rewrites: Vec<Rewrite>,
+) -> Result<Vec<bool>> {
+    let mut applied = vec![false; rewrites.len()];
+    let mut by_rel: BTreeMap<i64, RelationRewrites> = BTreeMap::new();
+    for (i, w) in rewrites.into_iter().enumerate() {
+        if let RowPos::Tuple { table_oid, ctid } = w.pos {
+            let r = by_rel.entry(table_oid).or_default();
+            r.index.push(i);
+            r.tids.push(ctid);
+            r.olds.push(w.old);
+            r.news.push(w.new);
+        }
+    }
+    // The column may be text or varchar: compare and assign as text. The
+    // ordinality says which rewrites applied, without sending tids back.
+    let update = |rel: &str| {
+        format!(
+            "UPDATE ONLY {rel} AS t SET {c} = v.new
+               FROM unnest($1::text[], $2::text[], $3::text[]) WITH ORDINALITY AS v(tid, old, new, i)
+              WHERE t.ctid = ANY($1::text[]::tid[]) AND t.ctid = v.tid::tid AND t.{c}::text = v.old
+             RETURNING v.i",
+            c = q(column)
+        )
+    };
+    let mut tx = if by_rel.len() > 1 {
+        Some(p.begin().await?)
+    } else {
+        None
+    };
+    for (oid, r) in by_rel {
+        // The catalog's own quoting of the relation's name.
+        let name = sqlx::query_scalar("SELECT $1::bigint::oid::regclass::text").bind(oid);
+        let rel: String = match tx.as_mut() {
+            Some(tx) => name.fetch_one(&mut **tx).await?,
+            None => name.fetch_one(p).await?,
+        };
+        let text = update(&rel);
+        let query = sqlx::query_scalar(&text)
+            .bind(&r.tids)
+            .bind(&r.olds)
+            .bind(&r.news);
+        let done: Vec<i64> = match tx.as_mut() {
+            Some(tx) => query.fetch_all(&mut **tx).await?,
+            None => query.fetch_all(p).await?,
+        };
+        for i in done {
+            let at = usize::try_from(i - 1).ok().and_then(|k| r.index.get(k));
+            if let Some(at) = at {
+                applied[*at] = true;
             }
         }
-        Ok(applied)
     }
+    if let Some(tx) = tx {
+        tx.commit().await?;
+    }
+    Ok(applied)
 }
 
 impl AppDb {

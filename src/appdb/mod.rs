@@ -24,7 +24,7 @@ mod scope;
 mod subject;
 mod timeform;
 
-pub use ciphertexts::{CipherRow, Rewrite, RowPos};
+pub use ciphertexts::{CipherRow, Rewrite, RowPos, Walk};
 pub use keys::{newest_active, AppKey, Census};
 pub use objects::ObjectRow;
 pub use schema::{check_data_map, preflight, SchemaProblem};

@@ -2,9 +2,10 @@
 //! unwrapped by the KMS when first needed, held in memory for one run.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use crate::appdb::AppKey;
-use crate::cipher::{self, Binding};
+use crate::cipher::{self, Binding, DataKey, Stored};
 use crate::context::Context;
 use crate::error::{Error, Result};
 
@@ -25,7 +26,10 @@ pub struct DataKeys<'a> {
     rows: Vec<AppKey>,
     /// Each org's newest active version, computed once (asked for every value).
     newest: HashMap<String, i64>,
-    plain: HashMap<(String, i64), Option<Vec<u8>>>,
+    /// Per org and version: the unwrapped key, prepared; None when it is
+    /// destroyed or does not unwrap. Keyed by org first, so a lookup per
+    /// value allocates nothing.
+    plain: HashMap<String, HashMap<i64, Option<Arc<DataKey>>>>,
 }
 
 impl<'a> DataKeys<'a> {
@@ -56,13 +60,13 @@ impl<'a> DataKeys<'a> {
     /// A stored value's plaintext: None when it is not in the format, or its
     /// key is gone, or it does not open (moved, altered).
     pub async fn open(&mut self, at: Binding<'_>, text: &str) -> Result<Opened> {
-        let Ok(version) = cipher::dek_version(text) else {
+        let Ok(stored) = Stored::parse(text) else {
             return Ok(Opened::NotCiphertext);
         };
-        let Some(dek) = self.dek(at.org, version.into()).await? else {
+        let Some(dek) = self.dek(at.org, stored.version().into()).await? else {
             return Ok(Opened::Unreadable);
         };
-        Ok(match cipher::open(&dek, at, text) {
+        Ok(match stored.open(&dek, at) {
             Ok(plain) => Opened::Plain(plain),
             Err(_) => Opened::Unreadable,
         })
@@ -92,15 +96,14 @@ impl<'a> DataKeys<'a> {
                 at.org
             ))
         })?;
-        cipher::seal(&dek, version, at, plaintext)
+        cipher::seal_with(&dek, version, at, plaintext)
             .map(Some)
             .map_err(|e| Error::Failed(format!("sealing {}.{}: {e}", at.table, at.column)))
     }
 
-    /// A version's plaintext DEK, or None when it is destroyed or does not unwrap.
-    pub async fn dek(&mut self, org: &str, version: i64) -> Result<Option<Vec<u8>>> {
-        let id = (org.to_string(), version);
-        if let Some(k) = self.plain.get(&id) {
+    /// A version's DEK, prepared, or None when it is destroyed or does not unwrap.
+    pub async fn dek(&mut self, org: &str, version: i64) -> Result<Option<Arc<DataKey>>> {
+        if let Some(k) = self.plain.get(org).and_then(|m| m.get(&version)) {
             return Ok(k.clone());
         }
         let row = self
@@ -120,7 +123,13 @@ impl<'a> DataKeys<'a> {
                     })?;
                 let kms = self.ctx.kms().await?;
                 match kms.decrypt_dek(&k.kms_key_id, &wrapped).await {
-                    Ok(d) => Some(d),
+                    Ok(d) => match DataKey::new(&d) {
+                        Ok(key) => Some(Arc::new(key)),
+                        Err(e) => {
+                            tracing::warn!(org, version, error = %e, "data key is unusable; its values are skipped");
+                            None
+                        }
+                    },
                     // Disabled is a switch someone can turn back: the run
                     // stops instead of treating the values as lost.
                     Err(Error::KeyDisabled(m)) => {
@@ -135,7 +144,10 @@ impl<'a> DataKeys<'a> {
                 }
             }
         };
-        self.plain.insert(id, dek.clone());
+        self.plain
+            .entry(org.to_string())
+            .or_default()
+            .insert(version, dek.clone());
         Ok(dek)
     }
 }

@@ -7,15 +7,15 @@
 //! data stays; only its encryption changes). Evidence per table, column and
 //! org: counts and versions, never values.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use super::DataKeys;
-use crate::appdb::{AppDb, Rewrite, RowPos};
-use crate::cipher::{self, Binding};
+use crate::appdb::{AppDb, Rewrite, RowPos, Walk};
+use crate::cipher::{self, Binding, Stored};
 use crate::config::DataMapEntry;
 use crate::error::{Error, Result};
 use crate::runner::{in_range, JobContext, JobParams};
@@ -29,16 +29,25 @@ pub struct ReencryptParams {
     /// Pause between batches, to leave room for the application's own writes.
     #[serde(default)]
     pub pause_ms: u64,
+    /// Rewrite transactions in flight at once, each on its own connection
+    /// and its own rows; 1 rewrites one batch at a time.
+    #[serde(default = "default_writers")]
+    pub writers: u32,
 }
 
 fn default_batch() -> u32 {
     5000
 }
 
+fn default_writers() -> u32 {
+    2
+}
+
 impl JobParams for ReencryptParams {
     fn validate(&self) -> Result<(), String> {
         in_range("batch_size", self.batch_size.into(), 1, 100_000)?;
-        in_range("pause_ms", self.pause_ms, 0, 3_600_000)
+        in_range("pause_ms", self.pause_ms, 0, 3_600_000)?;
+        in_range("writers", self.writers.into(), 1, 8)
     }
 }
 
@@ -56,14 +65,14 @@ struct Progress {
     tallies: BTreeMap<String, Tally>,
     /// Each relation's size in pages when the walk entered it (PostgreSQL).
     #[serde(default)]
-    ends: BTreeMap<i64, i64>,
+    ends: Walk,
 }
 
 #[derive(Serialize)]
 struct ProgressRef<'a> {
     pos: &'a RowPos,
     tallies: &'a BTreeMap<String, Tally>,
-    ends: &'a BTreeMap<i64, i64>,
+    ends: &'a Walk,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -137,14 +146,15 @@ async fn column_pass(
     let org_column = e.org.as_deref().unwrap_or_default();
     let checkpoint = format!("keys.reencrypt:{}.{column}", e.table);
     // The counts travel with the position, so a rescued run's evidence still
-    // counts what earlier attempts rewrote (all but a batch that committed
-    // just before a crash, whose values the resumed walk finds current).
+    // counts what earlier attempts rewrote (all but the batches that
+    // committed in the last `CHECKPOINT_EVERY` before a crash, and those in
+    // flight, whose values the resumed walk finds current).
     let Progress {
         mut pos,
         mut tallies,
         mut ends,
     } = load_progress(jc, &checkpoint).await?;
-    let save = |pos: &RowPos, tallies: &BTreeMap<String, Tally>, ends: &BTreeMap<i64, i64>| {
+    let save = |pos: &RowPos, tallies: &BTreeMap<String, Tally>, ends: &Walk| {
         let v = serde_json::to_value(ProgressRef { pos, tallies, ends })
             .map_err(|e| Error::json("re-encryption progress", e));
         let checkpoint = checkpoint.clone();
@@ -156,9 +166,11 @@ async fn column_pass(
         }
     };
     let mut saved = std::time::Instant::now();
-    // One batch's rewrite runs on the database while the next is read and
-    // sealed here: the crypto does not wait for the UPDATE, nor it for the crypto.
-    let mut inflight: Option<InFlight> = None;
+    // Batches' rewrites run on the database while the next is read and
+    // sealed here: the crypto does not wait for the UPDATEs, nor they for
+    // the crypto. They land in walk order, so a checkpoint never passes a
+    // batch that has not committed.
+    let mut inflight: VecDeque<InFlight> = VecDeque::new();
     loop {
         let batch = db
             .cipher_rows(&e.table, org_column, column, &pos, p.batch_size, &mut ends)
@@ -170,16 +182,20 @@ async fn column_pass(
             let rest = rows.split_off(rows.len().min(p.batch_size.max(1) as usize));
             let chunk_end = rows.last().map(|r| r.pos.clone()).unwrap_or(RowPos::Start);
             let (rewrites, from) = plan_batch(db, e, column, rows, keys, out).await?;
-            if let Some(prev) = inflight.take() {
-                let landed = prev.land(out, &mut tallies).await?;
-                save(&landed, &tallies, &ends).await?;
-                saved = std::time::Instant::now();
+            if inflight.len() >= p.writers.max(1) as usize {
+                if let Some(oldest) = inflight.pop_front() {
+                    let landed = oldest.land(out, &mut tallies).await?;
+                    if saved.elapsed() >= CHECKPOINT_EVERY {
+                        save(&landed, &tallies, &ends).await?;
+                        saved = std::time::Instant::now();
+                    }
+                }
             }
             if jc.dry_run {
                 count(from, vec![true; rewrites.len()], out, &mut tallies);
             } else if !rewrites.is_empty() {
                 jc.fence.check()?; // each batch commits: only while the lease holds
-                inflight = Some(InFlight::start(
+                inflight.push_back(InFlight::start(
                     db, &e.table, column, rewrites, from, chunk_end,
                 ));
             }
@@ -192,17 +208,23 @@ async fn column_pass(
         pos = next;
         // Windows with nothing to rewrite need no checkpoint each (a resumed
         // walk reads them again, cheaply), but one now and then bounds that.
-        if inflight.is_none() && saved.elapsed() >= Duration::from_secs(5) {
+        if inflight.is_empty() && saved.elapsed() >= Duration::from_secs(1) {
             save(&pos, &tallies, &ends).await?;
             saved = std::time::Instant::now();
         }
     }
-    if let Some(prev) = inflight.take() {
-        let landed = prev.land(out, &mut tallies).await?;
+    while let Some(oldest) = inflight.pop_front() {
+        let landed = oldest.land(out, &mut tallies).await?;
         save(&landed, &tallies, &ends).await?;
     }
     Ok(tallies)
 }
+
+/// How often at most the walk's position and counts are checkpointed: a
+/// store write per batch would cost a fast walk a fifth of its time, and a
+/// crash loses the counts of no more than this much of committed batches
+/// (plus those in flight); their values are found current on resume.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
 
 /// Where an earlier attempt of this run left the column's walk, or its start.
 async fn load_progress(jc: &JobContext, checkpoint: &str) -> Result<Progress> {
@@ -213,7 +235,7 @@ async fn load_progress(jc: &JobContext, checkpoint: &str) -> Result<Progress> {
             None => Progress {
                 pos: RowPos::Start,
                 tallies: BTreeMap::new(),
-                ends: BTreeMap::new(),
+                ends: Walk::default(),
             },
         },
     )
@@ -240,7 +262,7 @@ impl InFlight {
         let (db, table, column) = (db.clone(), table.to_string(), column.to_string());
         let write = tokio::spawn(async move {
             let started = std::time::Instant::now();
-            let applied = db.cipher_rewrite(&table, &column, &rewrites).await?;
+            let applied = db.cipher_rewrite(&table, &column, rewrites).await?;
             let took = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
             Ok((applied, took))
         });
@@ -315,28 +337,24 @@ async fn plan_batch(
     keys: &mut DataKeys<'_>,
     out: &mut ReencryptOutput,
 ) -> Result<(Vec<Rewrite>, Vec<(String, u32)>)> {
-    let mut rewrites = Vec::new();
-    let mut from = Vec::new();
+    let mut rewrites = Vec::with_capacity(rows.len());
+    let mut from = Vec::with_capacity(rows.len());
     for r in rows {
-        let at = Binding {
-            table: &e.table,
-            column,
-            org: &r.org,
-        };
         // No active version: the org was shredded (or never got a key), and
         // nothing opens or seals its values; not worth a warning per row.
         let Some(newest) = keys.newest(&r.org) else {
             out.undecryptable += 1;
             continue;
         };
-        let version = match cipher::dek_version(&r.value) {
-            Ok(v) => v,
+        let stored = match Stored::parse(&r.value) {
+            Ok(s) => s,
             Err(why) => {
                 out.unreadable += 1;
                 skip(db, e, column, &r.pos, &why.to_string(), out).await?;
                 continue;
             }
         };
+        let version = stored.version();
         if i64::from(version) == newest {
             continue;
         }
@@ -344,9 +362,14 @@ async fn plan_batch(
             out.undecryptable += 1;
             continue;
         };
-        // The header was read above: open with that version's key directly.
+        let at = Binding {
+            table: &e.table,
+            column,
+            org: &r.org,
+        };
+        // The header was read once: open with that version's key directly.
         let old = keys.dek(&r.org, version.into()).await?;
-        let Some(plain) = old.and_then(|dek| cipher::open(&dek, at, &r.value).ok()) else {
+        let Some(plain) = old.and_then(|dek| stored.open(&dek, at).ok()) else {
             out.undecryptable += 1;
             let why = format!(
                 "does not decrypt under version {version} of org {}'s key",
@@ -357,9 +380,9 @@ async fn plan_batch(
         };
         let new_version = u32::try_from(newest)
             .map_err(|_| Error::Failed(format!("key version {newest} is out of range")))?;
-        let sealed = cipher::seal(&new, new_version, at, &plain)
+        let sealed = cipher::seal_with(&new, new_version, at, &plain)
             .map_err(|e| Error::Failed(e.to_string()))?;
-        from.push((r.org.clone(), version));
+        from.push((r.org, version));
         rewrites.push(Rewrite {
             pos: r.pos,
             old: r.value,

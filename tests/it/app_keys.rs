@@ -373,10 +373,11 @@ async fn a_killed_reencrypt_resumes_without_encrypting_twice() {
     crate::common::wait_exit(&mut b, 30);
     assert_eq!(run["attempts"], 2, "{run}");
     assert_eq!(e.versions().await, [2; 24]);
-    // A batch that committed just before the kill, before its checkpoint,
-    // is the most the evidence can miss.
+    // The batches in flight at the kill (`writers`: 2 by default, of 2
+    // values each), committed before their checkpoint, are the most the
+    // evidence can miss.
     let counted = run["result"]["reencrypted"].as_u64().unwrap();
-    assert!((22..=24).contains(&counted), "{run}");
+    assert!((20..=24).contains(&counted), "{run}");
 }
 
 /// With the local keyring, a backup taken before an org was shredded
