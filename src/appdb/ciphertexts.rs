@@ -74,6 +74,27 @@ pub struct Walk {
     relations: Vec<(i64, String, i64, f64)>,
 }
 
+impl Walk {
+    /// Which relation the walk is in: the first at or after `oid`. The
+    /// catalog is read as the walk enters a relation (a partition attached
+    /// meanwhile is then seen), not per batch.
+    async fn relation(
+        &mut self,
+        p: &sqlx::PgPool,
+        table: &str,
+        oid: i64,
+        entering: bool,
+    ) -> Result<Option<usize>> {
+        if self.relations.is_empty() || entering {
+            self.relations = sqlx::query_as(PG_RELATIONS)
+                .bind(q(table))
+                .fetch_all(p)
+                .await?;
+        }
+        Ok(self.relations.iter().position(|r| r.0 >= oid))
+    }
+}
+
 /// One batch of the walk and where the next one starts (`None`: the walk is done).
 #[derive(Debug)]
 pub struct CipherBatch {
@@ -180,22 +201,17 @@ impl AppDb {
             RowPos::Tuple { table_oid, ctid } => (*table_oid, ctid.clone()),
             _ => (i64::MIN, "(0,0)".to_string()),
         };
-        if walk.relations.is_empty() || tid_page(&done_to) == 0 {
-            walk.relations = sqlx::query_as(PG_RELATIONS)
-                .bind(q(table))
-                .fetch_all(p)
-                .await?;
-        }
-        let Walk {
-            ends,
-            relations: rels,
-        } = walk;
-        let Some(at) = rels.iter().position(|r| r.0 >= oid) else {
+        let entering = tid_page(&done_to) == 0;
+        let Some(at) = walk.relation(p, table, oid, entering).await? else {
             return Ok(CipherBatch {
                 rows: Vec::new(),
                 next: None,
             });
         };
+        let Walk {
+            ends,
+            relations: rels,
+        } = walk;
         let (rel_oid, rel, pages_now, per_page) = &rels[at];
         let pages = &*ends.entry(*rel_oid).or_insert(*pages_now);
         let done_to = if *rel_oid == oid {

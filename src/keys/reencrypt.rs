@@ -142,41 +142,27 @@ async fn column_pass(
     keys: &mut DataKeys<'_>,
     out: &mut ReencryptOutput,
 ) -> Result<BTreeMap<String, Tally>> {
-    let store = jc.ctx.store.as_ref();
     let org_column = e.org.as_deref().unwrap_or_default();
-    let checkpoint = format!("keys.reencrypt:{}.{column}", e.table);
-    // The counts travel with the position, so a rescued run's evidence still
-    // counts what earlier attempts rewrote (all but the batches that
-    // committed in the last `CHECKPOINT_EVERY` before a crash, and those in
-    // flight, whose values the resumed walk finds current).
-    let Progress {
-        mut pos,
-        mut tallies,
-        mut ends,
-    } = load_progress(jc, &checkpoint).await?;
-    let save = |pos: &RowPos, tallies: &BTreeMap<String, Tally>, ends: &Walk| {
-        let v = serde_json::to_value(ProgressRef { pos, tallies, ends })
-            .map_err(|e| Error::json("re-encryption progress", e));
-        let checkpoint = checkpoint.clone();
-        async move {
-            if !jc.dry_run {
-                store.checkpoint_put(jc.run.id, &checkpoint, &v?).await?;
-            }
-            Ok::<(), Error>(())
-        }
-    };
-    let mut saved = std::time::Instant::now();
+    let mut walk = ColumnWalk::load(jc, format!("keys.reencrypt:{}.{column}", e.table)).await?;
     // Batches' rewrites run on the database while the next is read and
     // sealed here: the crypto does not wait for the UPDATEs, nor they for
     // the crypto. They land in walk order, so a checkpoint never passes a
     // batch that has not committed.
     let mut inflight: VecDeque<InFlight> = VecDeque::new();
     loop {
+        let at = walk.progress.pos.clone();
         let batch = db
-            .cipher_rows(&e.table, org_column, column, &pos, p.batch_size, &mut ends)
+            .cipher_rows(
+                &e.table,
+                org_column,
+                column,
+                &at,
+                p.batch_size,
+                &mut walk.progress.ends,
+            )
             .await?;
         // A window of pages may hold more than a batch: at most `batch_size`
-        // rewrites per transaction, each checkpointed with the counts.
+        // rewrites per transaction.
         let mut rows = batch.rows;
         while !rows.is_empty() {
             let rest = rows.split_off(rows.len().min(p.batch_size.max(1) as usize));
@@ -184,15 +170,17 @@ async fn column_pass(
             let (rewrites, from) = plan_batch(db, e, column, rows, keys, out).await?;
             if inflight.len() >= p.writers.max(1) as usize {
                 if let Some(oldest) = inflight.pop_front() {
-                    let landed = oldest.land(out, &mut tallies).await?;
-                    if saved.elapsed() >= CHECKPOINT_EVERY {
-                        save(&landed, &tallies, &ends).await?;
-                        saved = std::time::Instant::now();
-                    }
+                    let landed = oldest.land(out, &mut walk.progress.tallies).await?;
+                    walk.save(&landed, CHECKPOINT_EVERY).await?;
                 }
             }
             if jc.dry_run {
-                count(from, vec![true; rewrites.len()], out, &mut tallies);
+                count(
+                    from,
+                    vec![true; rewrites.len()],
+                    out,
+                    &mut walk.progress.tallies,
+                );
             } else if !rewrites.is_empty() {
                 jc.fence.check()?; // each batch commits: only while the lease holds
                 inflight.push_back(InFlight::start(
@@ -205,19 +193,19 @@ async fn column_pass(
             rows = rest;
         }
         let Some(next) = batch.next else { break };
-        pos = next;
+        walk.progress.pos = next;
         // Windows with nothing to rewrite need no checkpoint each (a resumed
         // walk reads them again, cheaply), but one now and then bounds that.
-        if inflight.is_empty() && saved.elapsed() >= Duration::from_secs(1) {
-            save(&pos, &tallies, &ends).await?;
-            saved = std::time::Instant::now();
+        if inflight.is_empty() {
+            let pos = walk.progress.pos.clone();
+            walk.save(&pos, Duration::from_secs(1)).await?;
         }
     }
     while let Some(oldest) = inflight.pop_front() {
-        let landed = oldest.land(out, &mut tallies).await?;
-        save(&landed, &tallies, &ends).await?;
+        let landed = oldest.land(out, &mut walk.progress.tallies).await?;
+        walk.save(&landed, Duration::ZERO).await?;
     }
-    Ok(tallies)
+    Ok(walk.progress.tallies)
 }
 
 /// How often at most the walk's position and counts are checkpointed: a
@@ -226,10 +214,22 @@ async fn column_pass(
 /// (plus those in flight); their values are found current on resume.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
 
-/// Where an earlier attempt of this run left the column's walk, or its start.
-async fn load_progress(jc: &JobContext, checkpoint: &str) -> Result<Progress> {
-    Ok(
-        match jc.ctx.store.checkpoint_get(jc.run.id, checkpoint).await? {
+/// A column's walk and its counts so far, checkpointed under its name. The
+/// counts travel with the position, so a rescued run's evidence still counts
+/// what earlier attempts rewrote (all but the batches that committed in the
+/// last `CHECKPOINT_EVERY` before a crash, and those in flight, whose values
+/// the resumed walk finds current).
+struct ColumnWalk<'j> {
+    jc: &'j JobContext,
+    name: String,
+    progress: Progress,
+    saved: std::time::Instant,
+}
+
+impl<'j> ColumnWalk<'j> {
+    /// Where an earlier attempt of this run left the column's walk, or its start.
+    async fn load(jc: &'j JobContext, name: String) -> Result<ColumnWalk<'j>> {
+        let progress = match jc.ctx.store.checkpoint_get(jc.run.id, &name).await? {
             Some(v) => serde_json::from_value(v)
                 .map_err(|e| Error::json("stored re-encryption progress", e))?,
             None => Progress {
@@ -237,8 +237,34 @@ async fn load_progress(jc: &JobContext, checkpoint: &str) -> Result<Progress> {
                 tallies: BTreeMap::new(),
                 ends: Walk::default(),
             },
-        },
-    )
+        };
+        Ok(ColumnWalk {
+            jc,
+            name,
+            progress,
+            saved: std::time::Instant::now(),
+        })
+    }
+
+    /// Checkpoints `pos` (all before it committed) with the counts, once
+    /// `every` has passed since the last checkpoint.
+    async fn save(&mut self, pos: &RowPos, every: Duration) -> Result<()> {
+        if self.saved.elapsed() < every {
+            return Ok(());
+        }
+        let Progress { tallies, ends, .. } = &self.progress;
+        let v = serde_json::to_value(ProgressRef { pos, tallies, ends })
+            .map_err(|e| Error::json("re-encryption progress", e))?;
+        if !self.jc.dry_run {
+            self.jc
+                .ctx
+                .store
+                .checkpoint_put(self.jc.run.id, &self.name, &v)
+                .await?;
+        }
+        self.saved = std::time::Instant::now();
+        Ok(())
+    }
 }
 
 /// A batch's rewrite, one short transaction on its own task (a value the
