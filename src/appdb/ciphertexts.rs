@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use sqlx::Row;
 
 use super::scope::{pg_args, sqlite_args, Bind};
-use super::{quote_ident as q, AppDb};
+use super::{quote_ident as q, AppDb, Tid};
 use crate::error::Result;
 
 /// Where a walk over a table stands: after this row.
@@ -21,16 +21,7 @@ use crate::error::Result;
 pub enum RowPos {
     Start,
     Rowid(i64),
-    Tuple { table_oid: i64, ctid: String },
-}
-
-/// The page of a `(page,offset)` tid; 0 when it does not parse.
-fn tid_page(ctid: &str) -> i64 {
-    ctid.trim_matches(|c| c == '(' || c == ')')
-        .split(',')
-        .next()
-        .and_then(|p| p.trim().parse().ok())
-        .unwrap_or(0)
+    Tuple { table_oid: i64, ctid: Tid },
 }
 
 /// How a log line names a row, so an operator can find it.
@@ -198,10 +189,10 @@ impl AppDb {
         // Where the walk stands: every row of earlier relations, and of
         // this one up to this tid, is done.
         let (oid, done_to) = match after {
-            RowPos::Tuple { table_oid, ctid } => (*table_oid, ctid.clone()),
-            _ => (i64::MIN, "(0,0)".to_string()),
+            RowPos::Tuple { table_oid, ctid } => (*table_oid, *ctid),
+            _ => (i64::MIN, Tid::page_start(0)),
         };
-        let entering = tid_page(&done_to) == 0;
+        let entering = done_to.page == 0;
         let Some(at) = walk.relation(p, table, oid, entering).await? else {
             return Ok(CipherBatch {
                 rows: Vec::new(),
@@ -217,18 +208,19 @@ impl AppDb {
         let done_to = if *rel_oid == oid {
             done_to
         } else {
-            "(0,0)".into()
+            Tid::page_start(0)
         };
-        let first = tid_page(&done_to);
         // At most about `limit` rows: one rewrite transaction per window.
-        let span = (f64::from(limit) / per_page.max(1.0)).floor().max(1.0) as i64;
-        let end = first.saturating_add(span);
+        let span = (f64::from(limit) / per_page.max(1.0))
+            .floor()
+            .clamp(1.0, 1e9) as u32;
+        let end = Tid::page_start(done_to.page.saturating_add(span));
         // `rel` is the catalog's own quoting of the relation's name.
         let text = format!(
-            "SELECT ctid::text, {org}, {col} FROM ONLY {rel} WHERE {not_null}
+            "SELECT ctid, {org}, {col} FROM ONLY {rel} WHERE {not_null}
              AND ctid > {}::tid AND ctid < {}::tid",
-            sql.placeholder(Bind::Text(done_to.clone())),
-            sql.placeholder(Bind::Text(format!("({end},0)")))
+            sql.placeholder(Bind::Text(done_to.to_string())),
+            sql.placeholder(Bind::Text(end.to_string()))
         );
         let found = sqlx::query_with(&text, pg_args(sql.binds)?)
             .fetch_all(p)
@@ -246,15 +238,15 @@ impl AppDb {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        let next = if end < *pages {
+        let next = if i64::from(end.page) < *pages {
             Some(RowPos::Tuple {
                 table_oid: *rel_oid,
-                ctid: format!("({end},0)"),
+                ctid: end,
             })
         } else {
             rels.get(at + 1).map(|r| RowPos::Tuple {
                 table_oid: r.0,
-                ctid: "(0,0)".into(),
+                ctid: Tid::page_start(0),
             })
         };
         Ok(CipherBatch { rows, next })
@@ -304,7 +296,7 @@ impl AppDb {
 #[derive(Default)]
 struct RelationRewrites {
     index: Vec<usize>,
-    tids: Vec<String>,
+    tids: Vec<Tid>,
     olds: Vec<String>,
     news: Vec<String>,
 }
@@ -332,8 +324,8 @@ async fn cipher_rewrite_pg(
     let update = |rel: &str| {
         format!(
             "UPDATE ONLY {rel} AS t SET {c} = v.new
-               FROM unnest($1::text[], $2::text[], $3::text[]) WITH ORDINALITY AS v(tid, old, new, i)
-              WHERE t.ctid = ANY($1::text[]::tid[]) AND t.ctid = v.tid::tid AND t.{c}::text = v.old
+               FROM unnest($1::tid[], $2::text[], $3::text[]) WITH ORDINALITY AS v(tid, old, new, i)
+              WHERE t.ctid = ANY($1::tid[]) AND t.ctid = v.tid AND t.{c}::text = v.old
              RETURNING v.i",
             c = q(column)
         )
@@ -429,7 +421,7 @@ impl AppDb {
                     "SELECT {expr} FROM {} WHERE tableoid::bigint = {} AND ctid = {}::tid",
                     q(table),
                     sql.placeholder(Bind::Int(*table_oid)),
-                    sql.placeholder(Bind::Text(ctid.clone()))
+                    sql.placeholder(Bind::Text(ctid.to_string()))
                 );
                 sqlx::query_scalar_with(&text, pg_args(sql.binds)?)
                     .fetch_optional(p)

@@ -22,6 +22,7 @@ mod objects;
 mod schema;
 mod scope;
 mod subject;
+mod tid;
 mod timeform;
 
 pub use ciphertexts::{CipherRow, Rewrite, RowPos, Walk};
@@ -30,6 +31,7 @@ pub use objects::ObjectRow;
 pub use schema::{check_data_map, preflight, SchemaProblem};
 pub use scope::{Deleted, Scope, Selector, Slicing, TimeWindow};
 pub use subject::{EraseAction, EraseOutcome, EraseStep, NewValue};
+pub use tid::Tid;
 pub use timeform::{DetectedForm, TimeForm};
 
 use std::str::FromStr;

@@ -64,7 +64,7 @@ impl AppDb {
             AppDb::Postgres(p) => rows!(
                 p,
                 pg_args,
-                "tableoid::bigint, ctid::text",
+                "tableoid::bigint, ctid",
                 |r: &sqlx::postgres::PgRow| -> Result<RowPos> {
                     Ok(RowPos::Tuple {
                         table_oid: r.try_get(0)?,
@@ -99,7 +99,7 @@ impl AppDb {
                 let tids: Vec<String> = positions
                     .iter()
                     .filter_map(|p| match p {
-                        RowPos::Tuple { ctid, .. } => Some(ctid.clone()),
+                        RowPos::Tuple { ctid, .. } => Some(ctid.to_string()),
                         _ => None,
                     })
                     .collect();
