@@ -4,6 +4,8 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use rustc_hash::FxHashMap;
+
 use crate::appdb::AppKey;
 use crate::cipher::{self, Binding, DataKey, Stored};
 use crate::context::Context;
@@ -25,17 +27,17 @@ pub struct DataKeys<'a> {
     ctx: &'a Context,
     rows: Vec<AppKey>,
     /// Each org's newest active version, computed once (asked for every value).
-    newest: HashMap<String, i64>,
+    newest: FxHashMap<String, i64>,
     /// Per org and version: the unwrapped key, prepared; None when it is
     /// destroyed or does not unwrap. Keyed by org first, so a lookup per
     /// value allocates nothing.
-    plain: HashMap<String, HashMap<i64, Option<Arc<DataKey>>>>,
+    plain: FxHashMap<String, HashMap<i64, Option<Arc<DataKey>>>>,
 }
 
 impl<'a> DataKeys<'a> {
     pub fn new(ctx: &'a Context, rows: Vec<AppKey>) -> Self {
         // As `appdb::newest_active`, for every org in one pass.
-        let mut newest: HashMap<String, i64> = HashMap::new();
+        let mut newest: FxHashMap<String, i64> = FxHashMap::default();
         for k in rows.iter().filter(|k| k.state == "active") {
             let v = newest.entry(k.org.clone()).or_insert(k.version);
             *v = (*v).max(k.version);
@@ -44,7 +46,7 @@ impl<'a> DataKeys<'a> {
             ctx,
             rows,
             newest,
-            plain: HashMap::new(),
+            plain: FxHashMap::default(),
         }
     }
 

@@ -7,7 +7,7 @@
 //! data stays; only its encryption changes). Evidence per table, column and
 //! org: counts and versions, never values.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeSet, VecDeque};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -58,11 +58,15 @@ struct Tally {
     from_versions: BTreeSet<u32>,
 }
 
+/// Per org (a lookup per value: a fast hash, not an ordered map; the keys
+/// are the application's own org ids, not input an attacker picks).
+type Tallies = rustc_hash::FxHashMap<String, Tally>;
+
 /// A column's walk position and its counts so far, checkpointed per batch.
 #[derive(Deserialize)]
 struct Progress {
     pos: RowPos,
-    tallies: BTreeMap<String, Tally>,
+    tallies: Tallies,
     /// Each relation's size in pages when the walk entered it (PostgreSQL).
     #[serde(default)]
     ends: Walk,
@@ -71,7 +75,7 @@ struct Progress {
 #[derive(Serialize)]
 struct ProgressRef<'a> {
     pos: &'a RowPos,
-    tallies: &'a BTreeMap<String, Tally>,
+    tallies: &'a Tallies,
     ends: &'a Walk,
 }
 
@@ -109,6 +113,8 @@ pub async fn reencrypt_job(jc: &JobContext, p: ReencryptParams) -> Result<Reencr
     {
         for column in &e.encrypted {
             let tallies = column_pass(jc, &db, e, column, &p, &mut keys, &mut out).await?;
+            let mut tallies: Vec<(String, Tally)> = tallies.into_iter().collect();
+            tallies.sort_by(|a, b| a.0.cmp(&b.0));
             for (org, tally) in tallies {
                 out.reencrypted += tally.reencrypted;
                 let details = json!({"table": e.table, "column": column, "org": org,
@@ -141,7 +147,7 @@ async fn column_pass(
     p: &ReencryptParams,
     keys: &mut DataKeys<'_>,
     out: &mut ReencryptOutput,
-) -> Result<BTreeMap<String, Tally>> {
+) -> Result<Tallies> {
     let org_column = e.org.as_deref().unwrap_or_default();
     let mut walk = ColumnWalk::load(jc, format!("keys.reencrypt:{}.{column}", e.table)).await?;
     // Batches' rewrites run on the database while the next is read and
@@ -234,7 +240,7 @@ impl<'j> ColumnWalk<'j> {
                 .map_err(|e| Error::json("stored re-encryption progress", e))?,
             None => Progress {
                 pos: RowPos::Start,
-                tallies: BTreeMap::new(),
+                tallies: Tallies::default(),
                 ends: Walk::default(),
             },
         };
@@ -296,11 +302,7 @@ impl InFlight {
     }
 
     /// Waits for the commit and counts it; returns where the walk may resume.
-    async fn land(
-        self,
-        out: &mut ReencryptOutput,
-        tallies: &mut BTreeMap<String, Tally>,
-    ) -> Result<RowPos> {
+    async fn land(self, out: &mut ReencryptOutput, tallies: &mut Tallies) -> Result<RowPos> {
         let (applied, took) = self
             .write
             .await
@@ -317,7 +319,7 @@ fn count(
     from: Vec<(String, u32)>,
     applied: Vec<bool>,
     out: &mut ReencryptOutput,
-    tallies: &mut BTreeMap<String, Tally>,
+    tallies: &mut Tallies,
 ) {
     for ((org, version), done) in from.into_iter().zip(applied) {
         if !done {
