@@ -578,7 +578,11 @@ fn files_with_secrets_or_personal_data_are_owner_only() {
                 || name.contains(".db")
                 || name.ends_with(".json")
                 || name == "audit.jsonl";
-            if private {
+            if d.ends_with("anchors") {
+                // Anchors: owner-only and read-only (a folder can do no more).
+                assert_eq!(mode, 0o400, "{} is {mode:o}", p.display());
+                checked += 1;
+            } else if private {
                 assert_eq!(mode, 0o600, "{} is {mode:o}", p.display());
                 checked += 1;
             }
