@@ -516,3 +516,59 @@ fn a_later_export_extends_an_earlier_one() {
     assert_eq!(code, 1, "{text}");
     assert!(text.as_str().unwrap().contains("fewer than"), "{text}");
 }
+
+/// The auditor's recipe: `tests/auditor/verify.py`, written from the
+/// README's recipe alone (no Lethe code), verifies a real signed export and
+/// its anchors, and rejects the export of a rewritten history.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_auditors_python_verifier_from_the_readme_checks_an_export_and_its_anchors() {
+    let Some(python) = server_env("LETHE_TEST_PYTHON") else {
+        return;
+    };
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    for quoted in [
+        "lethe-anchor-v1",
+        "85e1c1e4eb2dfbd464b40bc9ef7d80408bd7e9feca78dbe7fc81bf8f89c6105c",
+        "a1b5d50d08e05202fd6421532bd6ae91140a088eae25357601805618fe98bcbe",
+    ] {
+        assert!(
+            readme.contains(quoted),
+            "the README's recipe gives {quoted}"
+        );
+    }
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/auditor/verify.py");
+    let rig = Rig::sqlite();
+    let anchored = rig.build();
+    let anchors = rig.c.path().join("anchors");
+    let python_verify = |file: &PathBuf| {
+        let out = Command::new(&python)
+            .arg(script)
+            .arg(file)
+            .arg(&anchors)
+            .arg(KEY)
+            .output()
+            .unwrap();
+        (out.status.code(), stdout_json(&out))
+    };
+    let export = rig.export("audit.jsonl");
+    let (code, v) = python_verify(&export);
+    let (_, lethe) = rig.verify(rig.cmd(), &[export.to_str().unwrap(), "--json"]);
+    assert_eq!(code, Some(0), "{v}");
+    assert_eq!(v["signature"], "valid", "{v}");
+    assert_eq!(
+        (&v["events"], &v["last_hash"]),
+        (&lethe["events"], &lethe["last_hash"])
+    );
+    assert_eq!(v["anchors"]["matched"], 3, "{v}");
+    // An anchor of events after the export counts as later, not as a mismatch.
+    rig.event(9);
+    rig.anchor();
+    assert_eq!(python_verify(&export).1["anchors"]["later"], 1);
+
+    rig.delete_and_recompute(2).await;
+    let (code, v) = python_verify(&rig.export("rewritten.jsonl"));
+    assert_eq!(code, Some(1), "{v}");
+    let want = format!("seq {} does not hold what was anchored", anchored[0]);
+    assert!(v["problem"].as_str().unwrap().starts_with(&want), "{v}");
+}
