@@ -3,11 +3,13 @@
 //!
 //! The chain's definition (what is hashed, under which rule) is in `chain`.
 
+pub mod anchor;
 mod export;
+pub mod live;
 mod verify;
 
 pub use export::export;
-pub use verify::{verify, VerifyReport};
+pub use verify::{verify, Step, Verifier, VerifyReport};
 
 use hmac::{Hmac, Mac};
 use serde_json::{json, Value};

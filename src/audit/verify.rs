@@ -25,15 +25,6 @@ pub struct VerifyReport {
     pub problem: Option<String>,
 }
 
-impl VerifyReport {
-    fn broken(mut self, line: u64, problem: String) -> Self {
-        self.ok = false;
-        self.broken_line = Some(line);
-        self.problem = Some(problem);
-        self
-    }
-}
-
 fn field<'a>(v: &'a Value, name: &str) -> std::result::Result<&'a Value, String> {
     v.get(name).ok_or_else(|| format!("missing field `{name}`"))
 }
@@ -112,80 +103,138 @@ fn check_event(
     Ok(computed)
 }
 
-/// Reads line by line: memory stays flat whatever the file size.
-pub fn verify(reader: impl BufRead, key: Option<&Secret>) -> Result<VerifyReport> {
-    let mut report = VerifyReport {
-        ok: true,
-        events: 0,
-        last_hash: genesis_hash(),
-        signature: "absent",
-        broken_line: None,
-        problem: None,
-    };
-    let mut mac = key.map(|k| signer(k.expose().as_bytes()));
-    let mut line_no = 0u64;
-    let mut seen_signature = false;
-    for line in reader.split(b'\n') {
-        let raw = line.map_err(|e| Error::io("reading audit file", e))?;
-        line_no += 1;
-        if raw.is_empty() {
-            continue;
-        }
-        if seen_signature {
-            return Ok(report.broken(line_no, "content after the signature block".into()));
-        }
-        let v: Value = match serde_json::from_slice(&raw) {
-            Ok(v) => v,
-            Err(e) => return Ok(report.broken(line_no, format!("not a JSON object: {e}"))),
-        };
-        if let Some(sig) = v.get("signature") {
-            seen_signature = true;
-            let shape = only_fields(&v, &["signature"])
-                .and_then(|()| only_fields(sig, &["alg", "events", "hmac", "last_hash"]));
-            if let Err(problem) = shape {
-                return Ok(report.broken(line_no, format!("signature block: {problem}")));
-            }
-            if sig.get("alg").and_then(Value::as_str) != Some("HMAC-SHA256") {
-                return Ok(
-                    report.broken(line_no, "signature block: `alg` must be HMAC-SHA256".into())
-                );
-            }
-            let stated = sig.get("hmac").and_then(Value::as_str).unwrap_or_default();
-            let events = sig.get("events").and_then(Value::as_u64);
-            let last = sig.get("last_hash").and_then(Value::as_str);
-            if events != Some(report.events) || last != Some(report.last_hash.as_str()) {
-                return Ok(report.broken(
-                    line_no,
-                    "signature block does not match the events before it (events were removed or added)".into(),
-                ));
-            }
-            report.signature = match mac.take().map(finish_hex) {
-                None => "unchecked",
-                Some(computed) if computed == stated => "valid",
-                Some(_) => {
-                    report.signature = "invalid";
-                    return Ok(report.broken(
-                        line_no,
-                        "HMAC signature does not match (wrong key or altered file)".into(),
-                    ));
-                }
-            };
-            continue;
-        }
-        match check_event(&v, report.events as i64 + 1, &report.last_hash) {
-            Ok(hash) => {
-                report.last_hash = hash;
-                report.events += 1;
-            }
-            Err(problem) => return Ok(report.broken(line_no, problem)),
-        }
-        if let Some(m) = mac.as_mut() {
-            m.update(&raw);
-            m.update(b"\n");
+/// What one line was.
+pub enum Step {
+    /// An event that checked out: its sequence number and hash.
+    Event { seq: i64, hash: String },
+    /// An empty line or the signature block.
+    Other,
+    /// The chain breaks here; `finish` has the report.
+    Broken,
+}
+
+/// Checks an export one line at a time (a file, or the store's events
+/// rendered as lines), so callers can stream and act on each event.
+pub struct Verifier {
+    report: VerifyReport,
+    mac: Option<super::Signer>,
+    line_no: u64,
+    seen_signature: bool,
+    done: bool,
+}
+
+impl Verifier {
+    pub fn new(key: Option<&Secret>) -> Self {
+        Verifier {
+            report: VerifyReport {
+                ok: true,
+                events: 0,
+                last_hash: genesis_hash(),
+                signature: "absent",
+                broken_line: None,
+                problem: None,
+            },
+            mac: key.map(|k| signer(k.expose().as_bytes())),
+            line_no: 0,
+            seen_signature: false,
+            done: false,
         }
     }
-    // No signature block: the chain is intact as far as it goes, but nothing proves
-    // the end was not cut off. `signature: "absent"` says so; whether that is
-    // enough is the caller's decision (`audit verify --require-signature`).
-    Ok(report)
+
+    fn broken(&mut self, problem: String) -> Step {
+        self.report.ok = false;
+        self.report.broken_line = Some(self.line_no);
+        self.report.problem = Some(problem);
+        self.done = true;
+        Step::Broken
+    }
+
+    /// One line without its newline. After `Broken`, further lines are ignored.
+    pub fn line(&mut self, raw: &[u8]) -> Step {
+        if self.done {
+            return Step::Broken;
+        }
+        self.line_no += 1;
+        if raw.is_empty() {
+            return Step::Other;
+        }
+        if self.seen_signature {
+            return self.broken("content after the signature block".into());
+        }
+        let v: Value = match serde_json::from_slice(raw) {
+            Ok(v) => v,
+            Err(e) => return self.broken(format!("not a JSON object: {e}")),
+        };
+        if let Some(sig) = v.get("signature") {
+            self.seen_signature = true;
+            return match self.signature(&v, sig) {
+                Ok(()) => Step::Other,
+                Err(problem) => self.broken(problem),
+            };
+        }
+        let expected = self.report.events as i64 + 1;
+        match check_event(&v, expected, &self.report.last_hash) {
+            Ok(hash) => {
+                self.report.last_hash.clone_from(&hash);
+                self.report.events += 1;
+                if let Some(m) = self.mac.as_mut() {
+                    m.update(raw);
+                    m.update(b"\n");
+                }
+                Step::Event {
+                    seq: expected,
+                    hash,
+                }
+            }
+            Err(problem) => self.broken(problem),
+        }
+    }
+
+    fn signature(&mut self, v: &Value, sig: &Value) -> std::result::Result<(), String> {
+        only_fields(v, &["signature"])
+            .and_then(|()| only_fields(sig, &["alg", "events", "hmac", "last_hash"]))
+            .map_err(|problem| format!("signature block: {problem}"))?;
+        if sig.get("alg").and_then(Value::as_str) != Some("HMAC-SHA256") {
+            return Err("signature block: `alg` must be HMAC-SHA256".into());
+        }
+        let stated = sig.get("hmac").and_then(Value::as_str).unwrap_or_default();
+        let events = sig.get("events").and_then(Value::as_u64);
+        let last = sig.get("last_hash").and_then(Value::as_str);
+        if events != Some(self.report.events) || last != Some(self.report.last_hash.as_str()) {
+            return Err("signature block does not match the events before it (events were removed or added)".into());
+        }
+        self.report.signature = match self.mac.take().map(finish_hex) {
+            None => "unchecked",
+            Some(computed) if computed == stated => "valid",
+            Some(_) => {
+                self.report.signature = "invalid";
+                return Err("HMAC signature does not match (wrong key or altered file)".into());
+            }
+        };
+        Ok(())
+    }
+
+    /// The report so far.
+    pub fn report(&self) -> &VerifyReport {
+        &self.report
+    }
+
+    /// The report. Without a signature block the chain is intact as far as it
+    /// goes, but nothing proves the end was not cut off: `signature: "absent"`
+    /// says so, and whether that is enough is the caller's decision.
+    pub fn finish(self) -> VerifyReport {
+        self.report
+    }
+}
+
+/// Reads line by line: memory stays flat whatever the file size.
+pub fn verify(reader: impl BufRead, key: Option<&Secret>) -> Result<VerifyReport> {
+    let mut v = Verifier::new(key);
+    for line in reader.split(b'\n') {
+        let raw = line.map_err(|e| Error::io("reading audit file", e))?;
+        if let Step::Broken = v.line(&raw) {
+            break;
+        }
+    }
+    Ok(v.finish())
 }

@@ -352,12 +352,29 @@ pub enum AuditCommand {
         #[arg(long)]
         out: Option<PathBuf>,
     },
-    /// Check an export's chain and signature; names the first broken line.
-    /// Exit 0 when the chain is intact (an unsigned file says `INTACT, UNSIGNED`),
-    /// 1 when it is broken or, with --require-signature, not validly signed.
+    /// Check an export's chain and signature (names the first broken line), or
+    /// with --live the store's own chain against every anchor. Exit 0 when
+    /// intact (an unsigned or unanchored chain says so), 1 when broken or, with
+    /// --require-signature, not authenticated.
     Verify {
-        file: PathBuf,
-        /// Fail (exit 1) unless the file carries a signature valid under the key.
+        /// An export (`audit export`); omitted with --live.
+        #[arg(required_unless_present = "live", conflicts_with = "live")]
+        file: Option<PathBuf>,
+        /// Verify the store's chain in place, against every anchor in [audit] anchor_store.
+        #[arg(long)]
+        live: bool,
+        /// Also check FILE against every anchor in [audit] anchor_store.
+        #[arg(long, requires = "file")]
+        anchors: bool,
+        /// Check that FILE continues the older export OLD (same events up to OLD's end).
+        #[arg(
+            long,
+            value_name = "OLD",
+            requires = "file",
+            conflicts_with = "anchors"
+        )]
+        extends: Option<PathBuf>,
+        /// Fail (exit 1) unless signatures (the file's, or the anchors') are checked and valid.
         #[arg(long)]
         require_signature: bool,
         #[arg(long)]

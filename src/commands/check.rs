@@ -90,6 +90,7 @@ pub async fn run(flag: Option<&Path>, json: bool) -> Result<i32> {
         Err(e) => fail("audit signing key", e),
     });
 
+    anchor_checks(&config, &mut checks).await;
     store_and_mail_checks(config, &mut checks).await;
 
     let ok_all = checks.iter().all(|c| c.status != "error");
@@ -160,6 +161,57 @@ async fn database_checks(config: &Config, checks: &mut Vec<Check>) -> bool {
         Err(e) => checks.push(fail("database", format!("{db_url}: {e}"))),
     }
     schema_error
+}
+
+/// Anchors: configured, scheduled, and written on time: the newest no older
+/// than twice the `audit.anchor` schedule's period (else anchoring has
+/// stopped: an error), and no gap between two longer than that (a warning).
+async fn anchor_checks(config: &Config, checks: &mut Vec<Check>) {
+    const NAME: &str = "audit anchors";
+    let Some(cfg) = &config.audit.anchor_store else {
+        checks.push(warn(NAME, "no [audit] anchor_store: a rewrite of the audit history by whoever owns the store's database would go unnoticed"));
+        return;
+    };
+    let now = chrono::Utc::now();
+    let period = config
+        .jobs
+        .iter()
+        .filter(|j| j.kind == "audit.anchor" && j.enabled)
+        .filter_map(|j| {
+            let a = j.schedule.next_fire(now)?;
+            Some(j.schedule.next_fire(a)? - a)
+        })
+        .min();
+    let Some(period) = period else {
+        checks.push(warn(NAME, "no enabled job of kind audit.anchor: nothing writes anchors (add jobs/audit.anchor.toml)"));
+        return;
+    };
+    let store = redact_url(&cfg.url);
+    let rhythm = match crate::objstore::open(cfg).await {
+        Ok(s) => crate::audit::anchor::rhythm(s.as_ref()).await,
+        Err(e) => Err(e),
+    };
+    let limit = period * 2;
+    checks.push(match rhythm {
+        Err(e) => fail(NAME, format!("{store}: {e}")),
+        Ok(r) => match (&r.newest, &r.longest_gap) {
+            (None, _) => warn(NAME, format!("no anchor in {store} yet (run `lethe run audit.anchor`)")),
+            (Some((key, at)), _) if now - *at > limit => fail(NAME, format!(
+                "the newest anchor in {store} ({key}) was written {at}, more than twice the audit.anchor schedule ({}) ago: anchoring has stopped; see `lethe jobs history --job audit.anchor`",
+                crate::policy::format_duration(period.to_std().unwrap_or_default())
+            )),
+            (_, Some((a, b, gap))) if *gap > limit => warn(NAME, format!(
+                "{} anchors in {store}; a gap of {} between {a} and {b}, more than twice the audit.anchor schedule ({}): events of that window were anchored late",
+                r.anchors,
+                // To the minute: a gap of `2h`, not of `7199961ms`.
+                crate::policy::format_duration(std::time::Duration::from_secs(
+                    (gap.num_seconds().max(0).unsigned_abs() + 30) / 60 * 60
+                )),
+                crate::policy::format_duration(period.to_std().unwrap_or_default())
+            )),
+            (Some((key, at)), _) => ok(NAME, format!("{} anchors in {store}, the newest ({key}) written {at}", r.anchors)),
+        },
+    });
 }
 
 /// The store (reachable, migrated), mail (transport, recipients).

@@ -47,11 +47,7 @@ pub async fn run(dir: &Path, json_out: bool) -> Result<i32> {
     let stale = stale_ciphertexts(&ctx).await?;
     let keys_summary = json!({"values_sealed": sealed, "stale_ciphertexts": stale});
 
-    // Prove the evidence holds: export the chain and verify it, signed.
-    let mut buf = Vec::new();
-    let key = ctx.config.audit.signing_key.load().map_err(Error::Usage)?;
-    let events = crate::audit::export(ctx.store.as_ref(), &mut buf, key.as_ref()).await?;
-    let verified = crate::audit::verify(std::io::Cursor::new(buf), key.as_ref())?;
+    let (events, verified, live) = prove_evidence(&ctx).await?;
     let mail_files = std::fs::read_dir(&ctx.config.mail.dir)
         .map(|d| {
             d.filter_map(|e| e.ok())
@@ -60,7 +56,8 @@ pub async fn run(dir: &Path, json_out: bool) -> Result<i32> {
         })
         .unwrap_or(0);
 
-    let all_ok = runs.iter().all(RunReport::succeeded) && verified.ok && stale == 0;
+    let all_ok =
+        runs.iter().all(RunReport::succeeded) && verified.ok && live.intact() && stale == 0;
     if json_out {
         super::print_json(&json!({
             "dir": dir.display().to_string(),
@@ -70,7 +67,8 @@ pub async fn run(dir: &Path, json_out: bool) -> Result<i32> {
             "breach": {"id": breach.id, "parties": breach.parties},
             "runs": runs,
             "keys": keys_summary,
-            "audit": {"events": events, "verified": verified.ok, "signature": verified.signature},
+            "audit": {"events": events, "verified": verified.ok, "signature": verified.signature,
+                      "live": {"intact": live.intact(), "anchors_matched": live.anchors.matched}},
             "mail": {"folder": ctx.config.mail.dir.display().to_string(), "messages": mail_files},
         }))?;
     } else {
@@ -82,11 +80,31 @@ pub async fn run(dir: &Path, json_out: bool) -> Result<i32> {
             &keys_summary,
             events,
             &verified,
+            &live,
             mail_files,
             &ctx,
         );
     }
     Ok(if all_ok { 0 } else { 1 })
+}
+
+/// Proves the evidence holds: the chain exported and verified, signed; and
+/// the store's chain in place, against the anchor `audit.anchor` wrote.
+async fn prove_evidence(
+    ctx: &Context,
+) -> Result<(
+    u64,
+    crate::audit::VerifyReport,
+    crate::audit::live::AnchoredReport,
+)> {
+    let mut buf = Vec::new();
+    let key = ctx.config.audit.signing_key.load().map_err(Error::Usage)?;
+    let events = crate::audit::export(ctx.store.as_ref(), &mut buf, key.as_ref()).await?;
+    let verified = crate::audit::verify(std::io::Cursor::new(buf), key.as_ref())?;
+    let anchors = crate::audit::anchor::open_store(&ctx.config).await?;
+    let live =
+        crate::audit::live::verify_live(ctx.store.as_ref(), anchors.as_ref(), key.as_ref()).await?;
+    Ok((events, verified, live))
 }
 
 async fn announce(ctx: &Context, dir: &Path, seeded: &crate::demo::Seeded) -> Result<()> {
@@ -220,6 +238,7 @@ fn print_tour(
     keys: &serde_json::Value,
     events: u64,
     verified: &crate::audit::VerifyReport,
+    live: &crate::audit::live::AnchoredReport,
     mail_files: usize,
     ctx: &Context,
 ) {
@@ -272,11 +291,7 @@ fn print_tour(
         keys["values_sealed"],
         keys["stale_ciphertexts"]
     );
-    outln!(
-        "  audit chain: {events} events, verified {}, signature {}",
-        verified.ok,
-        verified.signature
-    );
+    print_evidence(events, verified, live);
     outln!(
         "  mail: {mail_files} message(s) in {}",
         ctx.config.mail.dir.display()
@@ -290,6 +305,25 @@ fn print_tour(
         "  lethe keys status                      # each org's key versions and stale ciphertexts"
     );
     outln!("  lethe jobs history; lethe audit export --signed --out audit.jsonl && lethe audit verify audit.jsonl");
+    outln!("  lethe audit verify --live                # the store's chain against every anchor");
+}
+
+fn print_evidence(
+    events: u64,
+    verified: &crate::audit::VerifyReport,
+    live: &crate::audit::live::AnchoredReport,
+) {
+    outln!(
+        "  audit chain: {events} events, verified {}, signature {}",
+        verified.ok,
+        verified.signature
+    );
+    outln!(
+        "  audit verify --live: chain intact {}, {} anchor(s) in {} match",
+        live.intact(),
+        live.anchors.matched,
+        live.anchors.store
+    );
 }
 
 /// Creates DIR, or replaces a previous demo's DIR; never deletes anything else.

@@ -57,6 +57,10 @@ pub const STARTER_JOBS: &[(&str, &str)] = &[
         "runner.prune.toml",
         include_str!("../../jobs/runner.prune.toml"),
     ),
+    (
+        "audit.anchor.toml",
+        include_str!("../../jobs/audit.anchor.toml"),
+    ),
 ];
 
 pub const STARTER_CONFIG: &str = r#"# Lethe configuration. Relative paths are relative to this file.
@@ -162,9 +166,19 @@ concurrency = 8              # KMS calls in flight
 reminders = ["48h", "24h", "6h"]
 
 [audit]
-# `lethe audit export --signed` signs with this key.
+# `lethe audit export --signed` and `audit.anchor` sign with this key.
 signing_key_env = "AUDIT_SIGNING_KEY"
 # signing_key_file = "/run/secrets/audit-signing-key"
+# Where `audit.anchor` writes the chain's head every 15 minutes. A folder is
+# weak (whoever owns this host can rewrite it); in production use an S3 bucket
+# created with Object Lock: each anchor is kept in COMPLIANCE mode, which
+# nobody, not even the bucket's owner, can shorten or delete.
+anchor_store = "file://anchors"
+# anchor_store = "s3://evidence-bucket/lethe-anchors"
+# anchor_endpoint = "https://s3.eu-central-1.amazonaws.com"
+# anchor_region = "eu-central-1"
+# anchor_path_style = false
+# anchor_retention = "2557d"   # 7 years
 
 # Where subjects, orgs and memberships live in the application database.
 # [app]

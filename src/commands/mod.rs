@@ -66,9 +66,23 @@ pub async fn dispatch(cli: Cli) -> Result<i32> {
             }
             AuditCommand::Verify {
                 file,
+                live: _, // clap: FILE is absent exactly when --live is given
+                anchors,
+                extends,
                 require_signature,
                 json,
-            } => audit::verify(cfg_flag, &file, require_signature, json),
+            } => {
+                let how = audit::VerifyHow {
+                    require_signature,
+                    json,
+                };
+                match (file, extends) {
+                    (None, _) => audit::verify_live(open(cfg_flag).await?, how).await,
+                    (Some(new), Some(old)) => audit::verify_extends(cfg_flag, &new, &old, how),
+                    (Some(f), None) if anchors => audit::verify_anchored(cfg_flag, &f, how).await,
+                    (Some(f), None) => audit::verify(cfg_flag, &f, how),
+                }
+            }
         },
         Command::Retention { command } => retention::dispatch(open(cfg_flag).await?, command).await,
         Command::Dsr { command } => dsr::dispatch(open(cfg_flag).await?, command).await,

@@ -240,6 +240,10 @@ pub struct MailConfig {
 #[derive(Debug, Clone)]
 pub struct AuditConfig {
     pub signing_key: SecretSource,
+    /// Where `audit.anchor` writes chain heads (S3 with Object Lock, or a folder).
+    pub anchor_store: Option<ObjectStoreConfig>,
+    /// How long each anchor is kept under Object Lock (COMPLIANCE) on S3.
+    pub anchor_retention: Duration,
 }
 
 // ---- raw TOML shapes -------------------------------------------------------
@@ -283,15 +287,7 @@ impl Config {
         let runner = load_runner(&src, raw.runner, &dir)?;
         let http = load_http(&src, raw.http)?;
         let mail = load_mail(&src, raw.mail, &dir)?;
-        let audit = AuditConfig {
-            signing_key: SecretSource {
-                env: raw
-                    .audit
-                    .signing_key_env
-                    .unwrap_or_else(|| ENV_AUDIT_SIGNING_KEY.to_string()),
-                file: raw.audit.signing_key_file.map(|f| dir.join(f)),
-            },
-        };
+        let audit = load_audit(&src, raw.audit, &dir)?;
         let app = data_map::load_app(raw.app);
         let object_store = raw
             .object_store

@@ -255,6 +255,15 @@ pub(super) fn load_dsr(
     })
 }
 
+/// The key naming a store's URL: `object_store.url`, but `audit.anchor_store` itself.
+fn url_key(section: &str) -> String {
+    if section.starts_with("audit.") {
+        section.to_string()
+    } else {
+        format!("{section}.url")
+    }
+}
+
 pub(super) fn load_object_store(
     src: &SourceFile,
     section: &str,
@@ -285,7 +294,10 @@ pub(super) fn load_object_store(
     } else {
         return Err(src.error_at(
             raw.url.span(),
-            format!("{section}.url `{url}` must be s3://BUCKET[/PREFIX] or file://PATH"),
+            format!(
+                "{} `{url}` must be s3://BUCKET[/PREFIX] or file://PATH",
+                url_key(section)
+            ),
         ));
     };
     Ok(ObjectStoreConfig {
@@ -300,6 +312,45 @@ pub(super) fn load_object_store(
             4,
         )?,
         credentials_env,
+    })
+}
+
+/// Anchors are kept 7 years by default (2557 days): the audit log's retention.
+pub const DEFAULT_ANCHOR_RETENTION: Duration = Duration::from_secs(2557 * 86_400);
+
+pub(super) fn load_audit(src: &SourceFile, raw: RawAudit, dir: &Path) -> Result<AuditConfig> {
+    let anchor_store = raw
+        .anchor_store
+        .map(|url| {
+            let store = RawObjectStore {
+                url,
+                endpoint: raw.anchor_endpoint,
+                region: raw.anchor_region,
+                path_style: raw.anchor_path_style,
+                upload_concurrency: None,
+                access_key_id_env: None,
+                secret_access_key_env: None,
+            };
+            load_object_store(src, "audit.anchor_store", store, dir)
+        })
+        .transpose()?;
+    let anchor_retention = match &raw.anchor_retention {
+        Some(s) => src.duration_in(
+            s,
+            "audit.anchor_retention",
+            Duration::from_secs(86_400)..=MAX_DURATION,
+        )?,
+        None => DEFAULT_ANCHOR_RETENTION,
+    };
+    Ok(AuditConfig {
+        signing_key: SecretSource {
+            env: raw
+                .signing_key_env
+                .unwrap_or_else(|| ENV_AUDIT_SIGNING_KEY.to_string()),
+            file: raw.signing_key_file.map(|f| dir.join(f)),
+        },
+        anchor_store,
+        anchor_retention,
     })
 }
 

@@ -2,6 +2,7 @@
 //! `runner::Job` by calling into its feature module, and one line a kind in
 //! `registry()`. The runner schedules, claims and runs whatever is registered.
 
+mod audit_anchor;
 mod backup_create;
 mod backup_prune;
 mod backup_rpo_check;
@@ -38,6 +39,7 @@ pub fn registry() -> Registry {
     r.register::<breach_tick::BreachTick>();
     r.register::<runner_prune::RunnerPrune>();
     r.register::<mail_flush::MailFlush>();
+    r.register::<audit_anchor::AuditAnchor>();
     // Test builds only: a release binary rejects `test.sleep` as an unknown kind.
     #[cfg(feature = "testing")]
     r.register_unlisted::<test_sleep::TestSleep>();
@@ -132,6 +134,7 @@ mod tests {
                 "breach.tick",
                 "runner.prune",
                 "mail.flush",
+                "audit.anchor",
             ]
         );
         let sleep = r.kind("test.sleep");

@@ -126,6 +126,28 @@ impl ObjectStore for LocalStore {
         up.complete().await
     }
 
+    async fn put_retained(
+        &self,
+        key: &str,
+        data: Bytes,
+        _until: chrono::DateTime<chrono::Utc>,
+    ) -> Result<()> {
+        let target = self.path(key);
+        if tokio::fs::try_exists(&target).await.unwrap_or(false) {
+            return Err(error(
+                "put",
+                key,
+                "already exists (a retained object is never replaced)",
+            ));
+        }
+        self.put(key, data).await?;
+        // Read-only is all a folder can do: its owner can still change it.
+        let ro = std::os::unix::fs::PermissionsExt::from_mode(0o400);
+        tokio::fs::set_permissions(&target, ro)
+            .await
+            .map_err(|e| error("make read-only", key, e))
+    }
+
     async fn get(&self, key: &str) -> Result<Reader> {
         let f = tokio::fs::File::open(self.path(key))
             .await

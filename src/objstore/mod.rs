@@ -68,6 +68,16 @@ pub trait ObjectStore: Send + Sync {
     fn describe(&self) -> String;
     async fn upload(&self, key: &str) -> Result<Box<dyn Upload>>;
     async fn put(&self, key: &str, data: Bytes) -> Result<()>;
+    /// Writes a small object that must outlive whoever can write the store:
+    /// on S3 under Object Lock in COMPLIANCE mode until `until` (the bucket
+    /// needs Object Lock enabled); a folder cannot enforce that, so the file
+    /// is only made read-only and never replaced.
+    async fn put_retained(
+        &self,
+        key: &str,
+        data: Bytes,
+        until: chrono::DateTime<chrono::Utc>,
+    ) -> Result<()>;
     async fn get(&self, key: &str) -> Result<Reader>;
     async fn get_bytes(&self, key: &str) -> Result<Bytes>;
     /// Size in bytes, or `None` when absent.

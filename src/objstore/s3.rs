@@ -275,6 +275,37 @@ impl ObjectStore for S3Store {
             .map_err(|e| sdk("put", &full, e))
     }
 
+    async fn put_retained(
+        &self,
+        key: &str,
+        data: Bytes,
+        until: chrono::DateTime<chrono::Utc>,
+    ) -> Result<()> {
+        let full = self.key(key);
+        self.client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(&full)
+            .object_lock_mode(aws_sdk_s3::types::ObjectLockMode::Compliance)
+            .object_lock_retain_until_date(aws_sdk_s3::primitives::DateTime::from_secs(
+                until.timestamp(),
+            ))
+            .body(ByteStream::from(data))
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| {
+                error(
+                    "put (Object Lock COMPLIANCE)",
+                    &full,
+                    format!(
+                        "{} — the bucket must have Object Lock enabled (it can only be set when the bucket is created)",
+                        crate::aws::describe(&e)
+                    ),
+                )
+            })
+    }
+
     async fn get(&self, key: &str) -> Result<Reader> {
         let (_, body) = self.body(key).await?;
         Ok(Box::new(body.into_async_read()))

@@ -13,6 +13,8 @@ pub trait AuditLog: Send + Sync {
     /// Appends one event to the hash chain, serialised against concurrent appenders.
     async fn append_audit(&self, event: &NewAuditEvent) -> Result<AuditEvent>;
     async fn audit_page(&self, after_seq: i64, limit: u32) -> Result<Vec<AuditEvent>>;
+    /// The newest event: the chain's head (None while the chain is empty).
+    async fn audit_head(&self) -> Result<Option<AuditEvent>>;
 }
 
 /// `audit_events` as stored (`AuditEvent` lives in the leaf `chain`, without sqlx).
@@ -128,6 +130,14 @@ macro_rules! impl_audit_log {
                         .fetch_all(&self.pool)
                         .await?;
                 Ok(rows.into_iter().map(AuditEvent::from).collect())
+            }
+
+            async fn audit_head(&self) -> Result<Option<AuditEvent>> {
+                let row: Option<super::audit::AuditRow> =
+                    sqlx::query_as("SELECT * FROM audit_events ORDER BY seq DESC LIMIT 1")
+                        .fetch_optional(&self.pool)
+                        .await?;
+                Ok(row.map(AuditEvent::from))
             }
         }
     };

@@ -33,6 +33,9 @@ fn demo_runs_every_job_kind_once_and_all_succeed() {
     }
     assert_eq!(v["audit"]["verified"], true);
     assert_eq!(v["audit"]["signature"], "valid");
+    // audit.anchor ran in the tour: the store's chain matches its anchor.
+    assert_eq!(v["audit"]["live"]["intact"], true, "{}", v["audit"]);
+    assert_eq!(v["audit"]["live"]["anchors_matched"], 1, "{}", v["audit"]);
     assert!(
         v["mail"]["messages"].as_u64().unwrap() >= 1,
         "mail.flush delivered the demo's mail"
@@ -578,7 +581,11 @@ fn files_with_secrets_or_personal_data_are_owner_only() {
                 || name.contains(".db")
                 || name.ends_with(".json")
                 || name == "audit.jsonl";
-            if private {
+            if d.ends_with("anchors") {
+                // Anchors: owner-only and read-only (a folder can do no more).
+                assert_eq!(mode, 0o400, "{} is {mode:o}", p.display());
+                checked += 1;
+            } else if private {
                 assert_eq!(mode, 0o600, "{} is {mode:o}", p.display());
                 checked += 1;
             }

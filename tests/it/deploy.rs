@@ -150,7 +150,8 @@ fn k8s_configmaps_hold_a_config_and_a_job_for_every_kind() {
     let mut kinds: Vec<String> = cfg.jobs.iter().map(|j| j.kind.to_string()).collect();
     kinds.sort();
     kinds.dedup();
-    assert_eq!(kinds.len(), 11, "every job kind is scheduled: {kinds:?}");
+    assert_eq!(kinds.len(), 12, "every job kind is scheduled: {kinds:?}");
+    assert!(kinds.iter().any(|k| k == "audit.anchor"), "{kinds:?}");
 }
 
 #[test]

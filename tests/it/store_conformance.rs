@@ -489,6 +489,10 @@ async fn list_and_count_runs(s: Arc<dyn Store>) {
 }
 
 async fn audit_appends_form_one_chain_even_concurrently(s: Arc<dyn Store>) {
+    assert!(
+        s.audit_head().await.unwrap().is_none(),
+        "an empty chain has no head"
+    );
     let mut tasks = Vec::new();
     for i in 0..24 {
         let s = s.clone();
@@ -511,6 +515,12 @@ async fn audit_appends_form_one_chain_even_concurrently(s: Arc<dyn Store>) {
     assert_eq!((page1.len(), page2.len()), (10, 14));
     let seqs: Vec<i64> = page1.iter().chain(page2.iter()).map(|e| e.seq).collect();
     assert_eq!(seqs, (1..=24).collect::<Vec<_>>());
+    let head = s.audit_head().await.unwrap().expect("head");
+    assert_eq!(
+        (head.seq, &head.hash),
+        (24, &page2[13].hash),
+        "the head is the newest event"
+    );
     // The exported chain verifies: every link and hash as the store wrote it.
     let mut buf = Vec::new();
     assert_eq!(
