@@ -1,13 +1,13 @@
 //! PostgreSQL's tuple id, `(page,offset)`: where a row version lies in its
-//! relation. Read and bound in binary (six bytes), so a walk of a million
-//! rows formats and parses no text per row; written as PostgreSQL writes it
-//! in checkpoints and log lines.
+//! relation. Read in binary (six bytes), so a walk of a million rows parses
+//! no text per row; written as PostgreSQL writes it in checkpoints, log
+//! lines and the statements that bind tids (as text cast to `tid[]`: see
+//! `cipher_rewrite_pg`).
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
-use sqlx::encode::IsNull;
 use sqlx::error::BoxDynError;
-use sqlx::postgres::{PgArgumentBuffer, PgHasArrayType, PgTypeInfo, PgValueFormat, PgValueRef};
-use sqlx::{Decode, Encode, Postgres, Type};
+use sqlx::postgres::{PgTypeInfo, PgValueFormat, PgValueRef};
+use sqlx::{Decode, Postgres, Type};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Tid {
@@ -62,20 +62,6 @@ impl<'de> Deserialize<'de> for Tid {
 impl Type<Postgres> for Tid {
     fn type_info() -> PgTypeInfo {
         PgTypeInfo::with_name("tid")
-    }
-}
-
-impl PgHasArrayType for Tid {
-    fn array_type_info() -> PgTypeInfo {
-        PgTypeInfo::with_name("_tid")
-    }
-}
-
-impl Encode<'_, Postgres> for Tid {
-    fn encode_by_ref(&self, buf: &mut PgArgumentBuffer) -> Result<IsNull, BoxDynError> {
-        buf.extend_from_slice(&self.page.to_be_bytes());
-        buf.extend_from_slice(&self.offset.to_be_bytes());
-        Ok(IsNull::No)
     }
 }
 
