@@ -378,3 +378,100 @@ async fn a_deferred_tail_waits_for_the_next_call() {
     assert_eq!(one.objects + two.objects, 1500, "every key counted once");
     assert!(b.entries().await.is_empty());
 }
+
+/// `[[object_retention]]` over S3 through `lethe run`: 5,600 frames of a
+/// closed org expire (600 with two versions, 20 with a delete marker between
+/// two), an open org's and a held org's stay. The prefix purge goes over
+/// several listing pages and rounds of pending deletes, yet sends
+/// ⌈versions / 1,000⌉ `DeleteObjects` (no part-full request a round) and
+/// far fewer version listings than keys; every expired version is gone,
+/// every kept one is there.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_prefix_purge_sends_full_delete_requests_across_rounds() {
+    use crate::common::{app_exec, run_ok, ConfigDir};
+    let Some(b) = Bucket::new(true).await else {
+        return;
+    };
+    let frame = |org: usize, i: usize| format!("frames/{org}/{}/{i:05}.jpg", 100 + i / 8);
+    let expired = keys(0..5600, |i| frame(1, i));
+    let open = keys(0..40, |i| frame(2, i));
+    let held = keys(0..40, |i| frame(3, i));
+    b.put(&expired, 1).await;
+    b.put(&expired[..600], 1).await;
+    for k in &expired[3000..3020] {
+        b.mark_deleted(k, true).await;
+    }
+    b.put(&open, 2).await;
+    b.put(&held, 2).await;
+    let before = b.entries().await;
+    let versions: usize = expired.iter().map(|k| before[k]).sum();
+    assert_eq!(versions, 5600 + 600 + 40);
+
+    let c = ConfigDir::full(
+        None,
+        None,
+        "",
+        "",
+        &format!(
+            "[app]\nsubjects = {{ table = \"users\", id = \"id\", email = \"email\" }}\n\
+             orgs = {{ table = \"orgs\", id = \"id\", closed_at = \"closed_at\" }}\n\n\
+             [object_stores.captures]\nurl = \"s3://{}/{PREFIX}\"\nendpoint = \"{}\"\n\
+             region = \"us-east-1\"\npath_style = true\n\n\
+             [[object_retention]]\nstore = \"captures\"\nkeys = \"frames/{{org}}/{{subject}}/\"\n\
+             class = \"identity_frames\"\nretention = [\"3650d\", \"org_closed+30d\"]\n",
+            b.name, b.proxy.url
+        ),
+    );
+    let url = format!("sqlite://{}", c.path().join("app.db").display());
+    app_exec(
+        &url,
+        "CREATE TABLE users (id INTEGER PRIMARY KEY, email TEXT);
+         CREATE TABLE orgs (id INTEGER PRIMARY KEY, closed_at TEXT);
+         INSERT INTO orgs VALUES (1, datetime('now', '-400 days')), (2, NULL),
+                                 (3, datetime('now', '-400 days'));",
+    )
+    .await;
+    c.job(
+        "purge",
+        "kind = \"retention.purge\"\nschedule = \"0 0 3 * * *\"\nmax_attempts = 1\n",
+    );
+    run_ok(c.lethe().arg("migrate"));
+    run_ok(
+        c.lethe()
+            .args(["hold", "add", "--org", "3", "--reason", "litigation"]),
+    );
+    b.proxy.reset();
+    let r = crate::common::run_job(c.lethe_aws(), "purge", &[]);
+    assert_eq!(r["status"], "succeeded", "{r}");
+    let (listings, deletes, pages) = (
+        b.proxy.count_op("ListObjectVersions"),
+        b.proxy.count_op("DeleteObjects"),
+        b.proxy.count_op("ListObjectsV2"),
+    );
+    assert_eq!(b.entries().await, without(&before, &expired));
+    let t = &r["result"]["objects"]["identity_frames"]["1"];
+    assert_eq!(
+        (&t["objects"], &t["versions"]),
+        (&5600.into(), &versions.into()),
+        "{r}"
+    );
+    assert_eq!(
+        r["result"]["object_retention"][0]["kept_for_holds"], 40,
+        "{r}"
+    );
+    assert_eq!(
+        deletes,
+        versions.div_ceil(1000),
+        "one part-full request in all"
+    );
+    assert_eq!(
+        pages,
+        (5600 + 80_usize).div_ceil(1000),
+        "current objects, page by page"
+    );
+    // Per round of 5,000 keys: a seek, then ~1,000 entries a page.
+    assert!(
+        listings <= 2 * 2 + versions.div_ceil(1000) + 2,
+        "{listings} listings"
+    );
+}
