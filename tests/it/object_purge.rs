@@ -10,7 +10,6 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use aws_sdk_s3::primitives::ByteStream;
-use aws_sdk_s3::types::{BucketVersioningStatus, VersioningConfiguration};
 use futures_util::StreamExt;
 use lethe::objstore::{ObjectStore, Purged, Tail};
 
@@ -31,20 +30,13 @@ impl Bucket {
     async fn new(versioned: bool) -> Option<Bucket> {
         let moto = server_env("LETHE_TEST_MOTO_URL")?;
         let s3 = s3_client(&moto);
-        let name = format!("purge-{}", uuid::Uuid::new_v4().simple());
-        s3.create_bucket().bucket(&name).send().await.unwrap();
-        if versioned {
-            s3.put_bucket_versioning()
-                .bucket(&name)
-                .versioning_configuration(
-                    VersioningConfiguration::builder()
-                        .status(BucketVersioningStatus::Enabled)
-                        .build(),
-                )
-                .send()
-                .await
-                .unwrap();
-        }
+        let name = if versioned {
+            crate::common::versioned_bucket(&s3, "purge").await
+        } else {
+            let name = format!("purge-{}", uuid::Uuid::new_v4().simple());
+            s3.create_bucket().bucket(&name).send().await.unwrap();
+            name
+        };
         let proxy = FaultProxy::start(&moto, Box::new(|_| Fault::Pass)).await;
         // Same value from every test: the store reads its credentials from these.
         std::env::set_var("LETHE_TEST_PURGE_CREDENTIALS", "testing");
