@@ -12,6 +12,7 @@ use crate::appdb::{AppDb, EraseAction, EraseStep, NewValue};
 use crate::context::Context;
 use crate::error::Result;
 use crate::fence::Fence;
+use crate::objstore::Tail;
 use crate::store::NewPendingObject;
 
 fn origin(request: i64) -> String {
@@ -73,7 +74,8 @@ pub(super) async fn finish(
     request: i64,
     fence: &Fence,
 ) -> Result<Value> {
-    let tallies = crate::retention::objects::finish(ctx, db, &origin(request), fence).await?;
+    let tallies =
+        crate::retention::objects::finish(ctx, db, &origin(request), fence, Tail::Send).await?;
     let (mut objects, mut versions, mut bytes, mut locked) = (0, 0, 0, Vec::new());
     for t in tallies.values().flat_map(|orgs| orgs.values()) {
         objects += t.objects;

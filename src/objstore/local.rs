@@ -210,7 +210,7 @@ impl ObjectStore for LocalStore {
         Ok(out)
     }
 
-    async fn purge(&self, keys: &[String]) -> Result<super::Purged> {
+    async fn purge(&self, keys: &[String], _tail: super::Tail) -> Result<super::Purged> {
         let mut out = super::Purged::default();
         for key in keys {
             // A key from the application's rows must not reach outside the folder.

@@ -43,6 +43,20 @@ pub struct Purged {
     /// Per key (as given): versions and bytes deleted, for callers that
     /// count per org.
     pub by_key: std::collections::BTreeMap<String, (u64, u64)>,
+    /// Keys (as given) not wholly deleted yet under [`Tail::Defer`]: pass
+    /// them again (versions already deleted are counted in `by_key`).
+    pub unfinished: std::collections::BTreeSet<String>,
+}
+
+/// Whether a purge sends a last `DeleteObjects` request that is not full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tail {
+    /// Everything now: the last call of a purge.
+    Send,
+    /// The keys whose versions would only fill a part of a request wait (in
+    /// `Purged::unfinished`) for a later call with more keys, so a purge over
+    /// many calls sends full requests. Stores without such requests send all.
+    Defer,
 }
 
 /// An object version kept by Object Lock, and until when if the bucket says.
@@ -85,7 +99,7 @@ pub trait ObjectStore: Send + Sync {
     async fn delete(&self, key: &str) -> Result<()>;
     /// Deletes each key for good: every version and delete marker where the
     /// store keeps versions. A missing key is not an error.
-    async fn purge(&self, keys: &[String]) -> Result<Purged>;
+    async fn purge(&self, keys: &[String], tail: Tail) -> Result<Purged>;
     async fn list(&self, prefix: &str) -> Result<Vec<String>>;
     /// Up to `limit` objects under `prefix` after the key `after`, in key order.
     async fn list_page(

@@ -381,8 +381,8 @@ impl ObjectStore for S3Store {
             .collect())
     }
 
-    async fn purge(&self, keys: &[String]) -> Result<super::Purged> {
-        self.purge_keys(keys).await
+    async fn purge(&self, keys: &[String], tail: super::Tail) -> Result<super::Purged> {
+        self.purge_keys(keys, tail).await
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<String>> {

@@ -150,7 +150,7 @@ impl Batcher<'_> {
     /// deleted, files deleted (see `objects`); until nothing is left in scope.
     async fn with_files(&mut self, scope: &Scope, columns: &[ObjectColumn]) -> Result<()> {
         // Files of rows an interrupted attempt or run already deleted.
-        super::objects::finish_for_run(self.jc, self.db).await?;
+        super::objects::finish_for_run(self.jc, self.db, Tail::Defer).await?;
         let names: Vec<String> = columns.iter().map(|c| c.column.clone()).collect();
         loop {
             let started = Instant::now();
@@ -182,7 +182,7 @@ impl Batcher<'_> {
             self.committed(n, started.elapsed(), ItemProgress::default())
                 .await?;
             super::objects::crash_point("files_pending");
-            super::objects::finish_for_run(self.jc, self.db).await?;
+            super::objects::finish_for_run(self.jc, self.db, Tail::Defer).await?;
         }
     }
 

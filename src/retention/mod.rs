@@ -40,6 +40,7 @@ use serde_json::{json, Value};
 use crate::appdb::{AppDb, Deleted, DetectedForm, Scope, Selector, Slicing, TimeForm, TimeWindow};
 use crate::config::{Config, DataMapEntry};
 use crate::error::{Error, Result};
+use crate::objstore::Tail;
 use crate::progress;
 use crate::runner::{in_range, JobContext, JobParams};
 use crate::store::{HoldScope, Store};
@@ -280,7 +281,7 @@ pub async fn purge_job(jc: &JobContext, p: PurgeParams) -> Result<Value> {
     let files = if jc.dry_run {
         objects::load(jc).await?
     } else {
-        let files = objects::finish_for_run(jc, &db).await?;
+        let files = objects::finish_for_run(jc, &db, Tail::Send).await?;
         objects::record(jc, &files).await?;
         files
     };

@@ -23,8 +23,10 @@ use crate::store::{NewPendingObject, PendingObject};
 /// The pending deletes of purges (erasures use `dsr:<request id>`).
 pub(super) const RETENTION: &str = "retention";
 const TALLIES_KEY: &str = "retention.objects";
-/// Pending deletes handled per round.
-const ROUND: i64 = 1000;
+/// Pending deletes handled per round: a few pages of a store's listing, so
+/// a round's first listing (a seek to its first key) and its part-full last
+/// page are a small share of its requests; memory stays a round's keys.
+const ROUND: i64 = 5000;
 
 /// Files deleted for one class and org.
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
@@ -84,9 +86,18 @@ pub(super) fn of_rows(
 
 /// Deletes `origin`'s due files that no row references any more, and
 /// forgets them; returns what went, per class and org. One purge per store
-/// and round of up to 1,000, whatever the orgs, so a store's deletes go in
-/// as few requests as its API allows.
-pub async fn finish(ctx: &Context, db: &AppDb, origin: &str, fence: &Fence) -> Result<Tallies> {
+/// and round of up to 5,000, whatever the orgs, so a store's deletes go in
+/// as few requests as its API allows. With [`Tail::Defer`] (a purge that
+/// will call again) a short last round waits for the next call, and so do
+/// the keys a store leaves unfinished: only full delete requests go out; the
+/// purge's last call (`Tail::Send`) deletes the rest.
+pub async fn finish(
+    ctx: &Context,
+    db: &AppDb,
+    origin: &str,
+    fence: &Fence,
+    tail: Tail,
+) -> Result<Tallies> {
     let mut tallies = Tallies::new();
     loop {
         let due = ctx
@@ -94,37 +105,30 @@ pub async fn finish(ctx: &Context, db: &AppDb, origin: &str, fence: &Fence) -> R
             .objects_due(origin, ctx.store.now().await?, ROUND)
             .await?;
         let last_round = (due.len() as i64) < ROUND;
-        // Keys some row still references stay (and are forgotten here).
-        let mut kept: HashSet<(String, String)> = HashSet::new();
-        let mut by_column: BTreeMap<(&str, &str), Vec<String>> = BTreeMap::new();
-        for p in due.iter().filter(|p| !p.table_name.is_empty()) {
-            by_column
-                .entry((&p.table_name, &p.column_name))
-                .or_default()
-                .push(p.object_key.clone());
+        if last_round && tail == Tail::Defer {
+            return Ok(tallies);
         }
-        for ((table, column), keys) in by_column {
-            for k in db.still_referenced(table, column, &keys).await? {
-                kept.insert((table.to_string(), k));
-            }
-        }
+        let kept = still_referenced(db, &due).await?;
+        let is_kept =
+            |p: &PendingObject| kept.contains(&(p.table_name.clone(), p.object_key.clone()));
         let mut by_store: BTreeMap<&str, Vec<&PendingObject>> = BTreeMap::new();
-        for p in &due {
-            if !kept.contains(&(p.table_name.clone(), p.object_key.clone())) {
-                by_store.entry(&p.store_name).or_default().push(p);
-            }
+        for p in due.iter().filter(|p| !is_kept(p)) {
+            by_store.entry(&p.store_name).or_default().push(p);
         }
-        let mut done: Vec<i64> = due
-            .iter()
-            .filter(|p| kept.contains(&(p.table_name.clone(), p.object_key.clone())))
-            .map(|p| p.id)
-            .collect();
+        let mut done: Vec<i64> = due.iter().filter(|p| is_kept(p)).map(|p| p.id).collect();
         for (store, items) in by_store {
             let mut keys: Vec<String> = items.iter().map(|p| p.object_key.clone()).collect();
             keys.sort();
             keys.dedup();
             fence.check()?;
-            let purged = ctx.app_store(store).await?.purge(&keys).await?;
+            let store = ctx.app_store(store).await?;
+            // Rounds before the last leave a part-full request to the next.
+            let round_tail = if last_round { Tail::Send } else { Tail::Defer };
+            let mut purged = store.purge(&keys, round_tail).await?;
+            if purged.unfinished.len() == keys.len() {
+                // Nothing went in this round: send it whole rather than wait forever.
+                purged = store.purge(&keys, Tail::Send).await?;
+            }
             attribute(&mut tallies, &items, &purged);
             for p in items {
                 match purged.locked.iter().find(|l| l.key == p.object_key) {
@@ -133,6 +137,7 @@ pub async fn finish(ctx: &Context, db: &AppDb, origin: &str, fence: &Fence) -> R
                             .objects_defer(p.id, retry_after(l.until.as_deref()))
                             .await?
                     }
+                    None if purged.unfinished.contains(&p.object_key) => {}
                     None => done.push(p.id),
                 }
             }
@@ -142,6 +147,25 @@ pub async fn finish(ctx: &Context, db: &AppDb, origin: &str, fence: &Fence) -> R
             return Ok(tallies);
         }
     }
+}
+
+/// The pending deletes' keys that some row of their table still references:
+/// (table, key).
+async fn still_referenced(db: &AppDb, due: &[PendingObject]) -> Result<HashSet<(String, String)>> {
+    let mut kept = HashSet::new();
+    let mut by_column: BTreeMap<(&str, &str), Vec<String>> = BTreeMap::new();
+    for p in due.iter().filter(|p| !p.table_name.is_empty()) {
+        by_column
+            .entry((&p.table_name, &p.column_name))
+            .or_default()
+            .push(p.object_key.clone());
+    }
+    for ((table, column), keys) in by_column {
+        for k in db.still_referenced(table, column, &keys).await? {
+            kept.insert((table.to_string(), k));
+        }
+    }
+    Ok(kept)
 }
 
 /// A store's purge, counted under each key's class and org (a key listed
@@ -158,7 +182,10 @@ fn attribute(tallies: &mut Tallies, items: &[&PendingObject], purged: &crate::ob
             .entry(p.org.clone())
             .or_default();
         if let Some((versions, bytes)) = purged.by_key.get(&p.object_key) {
-            t.objects += 1;
+            // A key the store left unfinished is counted once it is gone.
+            if !purged.unfinished.contains(&p.object_key) {
+                t.objects += 1;
+            }
             t.versions += versions;
             t.bytes += bytes;
         }
@@ -198,12 +225,13 @@ pub(super) async fn load(jc: &JobContext) -> Result<Tallies> {
     )
 }
 
-/// Finishes the purges' pending files and adds them to the run's totals.
-pub(super) async fn finish_for_run(jc: &JobContext, db: &AppDb) -> Result<Tallies> {
+/// Finishes the purges' pending files and adds them to the run's totals;
+/// `Tail::Defer` while the run will call again.
+pub(super) async fn finish_for_run(jc: &JobContext, db: &AppDb, tail: Tail) -> Result<Tallies> {
     let mut tallies = load(jc).await?;
     absorb(
         &mut tallies,
-        finish(&jc.ctx, db, RETENTION, &jc.fence).await?,
+        finish(&jc.ctx, db, RETENTION, &jc.fence, tail).await?,
     );
     let v = serde_json::to_value(&tallies).map_err(|e| Error::json("object-purge totals", e))?;
     jc.ctx

@@ -83,7 +83,7 @@ pub(super) async fn purge_prefixes(
                     .store
                     .objects_pend(objects::RETENTION, &pending)
                     .await?;
-                objects::finish_for_run(jc, db).await?;
+                objects::finish_for_run(jc, db, Tail::Defer).await?;
             }
             if !full_page {
                 break;

@@ -16,6 +16,7 @@ mod hash_rules;
 mod keys_breach;
 mod layering;
 mod mail;
+mod object_purge;
 mod objects;
 mod pg_restart;
 mod reference_app;

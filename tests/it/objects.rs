@@ -5,7 +5,6 @@
 //! legal hold, never a path outside the folder.
 
 use aws_sdk_s3::primitives::ByteStream;
-use aws_sdk_s3::types::{BucketVersioningStatus, VersioningConfiguration};
 use serde_json::{json, Value};
 
 use crate::common::{app_exec, fresh_pg_db, run_ok, s3_client, server_env, stdout_json, ConfigDir};
@@ -93,18 +92,7 @@ async fn a_purge_deletes_every_version_of_its_rows_files_on_s3() {
         return;
     };
     let s3 = s3_client(&moto);
-    let bucket = format!("app-{}", uuid::Uuid::new_v4().simple());
-    s3.create_bucket().bucket(&bucket).send().await.unwrap();
-    s3.put_bucket_versioning()
-        .bucket(&bucket)
-        .versioning_configuration(
-            VersioningConfiguration::builder()
-                .status(BucketVersioningStatus::Enabled)
-                .build(),
-        )
-        .send()
-        .await
-        .unwrap();
+    let bucket = crate::common::versioned_bucket(&s3, "app").await;
     // Two versions of every file, and a delete marker over a third version of a.pdf.
     let mut keys: Vec<&str> = DOCS.iter().map(|d| d.2).collect();
     keys.sort();

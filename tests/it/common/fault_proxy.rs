@@ -35,6 +35,40 @@ impl Request {
         self.method == "PUT" && self.target.contains("partNumber=")
     }
 
+    /// The S3 operation of a request on a bucket (path-style), by method and
+    /// query: the listings and deletes a purge makes, else `other`.
+    pub fn s3_op(&self) -> &'static str {
+        let query = self.target.split_once('?').map_or("", |(_, q)| q);
+        let has = |name: &str| {
+            query
+                .split('&')
+                .any(|p| p == name || p.starts_with(&format!("{name}=")))
+        };
+        let path = self.target.split('?').next().unwrap_or_default();
+        let on_bucket = path.trim_matches('/').split('/').count() == 1;
+        match self.method.as_str() {
+            "GET" if on_bucket && has("versions") => "ListObjectVersions",
+            "GET" if on_bucket && has("list-type") => "ListObjectsV2",
+            "GET" if on_bucket && !has("uploads") && !has("versioning") => "ListObjects",
+            "POST" if on_bucket && has("delete") => "DeleteObjects",
+            _ => "other",
+        }
+    }
+
+    /// A query parameter's value, percent-decoded.
+    pub fn query(&self, name: &str) -> Option<String> {
+        let query = self.target.split_once('?')?.1;
+        query.split('&').find_map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            (k == name).then(|| {
+                url::form_urlencoded::parse(format!("v={v}").as_bytes())
+                    .next()
+                    .map(|(_, v)| v.into_owned())
+                    .unwrap_or_default()
+            })
+        })
+    }
+
     /// The KMS operation from `X-Amz-Target: TrentService.Op`.
     pub fn kms_op(&self) -> Option<&str> {
         self.header("x-amz-target")
@@ -102,6 +136,16 @@ impl FaultProxy {
 
     pub fn count(&self, pred: impl Fn(&Request) -> bool) -> usize {
         self.seen.lock().unwrap().iter().filter(|r| pred(r)).count()
+    }
+
+    /// Requests seen of one S3 operation (see [`Request::s3_op`]).
+    pub fn count_op(&self, op: &str) -> usize {
+        self.count(|r| r.s3_op() == op)
+    }
+
+    /// Forgets the requests seen so far (counts start again).
+    pub fn reset(&self) {
+        self.seen.lock().unwrap().clear();
     }
 }
 

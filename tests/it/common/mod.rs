@@ -305,6 +305,24 @@ pub fn s3_client(moto: &str) -> aws_sdk_s3::Client {
     aws_sdk_s3::Client::from_conf(conf)
 }
 
+/// A new bucket named `{stem}-<uuid>` in moto, with versioning on.
+pub async fn versioned_bucket(s3: &aws_sdk_s3::Client, stem: &str) -> String {
+    use aws_sdk_s3::types::{BucketVersioningStatus, VersioningConfiguration};
+    let bucket = format!("{stem}-{}", uuid::Uuid::new_v4().simple());
+    s3.create_bucket().bucket(&bucket).send().await.unwrap();
+    s3.put_bucket_versioning()
+        .bucket(&bucket)
+        .versioning_configuration(
+            VersioningConfiguration::builder()
+                .status(BucketVersioningStatus::Enabled)
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    bucket
+}
+
 /// `lethe run JOB --json` through `cmd`: the run's JSON, whatever its status.
 pub fn run_job(mut cmd: Command, job: &str, extra: &[&str]) -> serde_json::Value {
     let out = cmd
