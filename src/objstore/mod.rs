@@ -5,6 +5,7 @@
 mod local;
 mod s3;
 mod s3_purge;
+mod s3_versions;
 
 pub use local::LocalStore;
 pub use s3::S3Store;
@@ -25,6 +26,15 @@ pub struct Listed {
     pub key: String,
     pub size: u64,
     pub modified: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// One page of the keys that hold data (see `ObjectStore::list_versions_page`).
+#[derive(Debug, Default)]
+pub struct VersionsPage {
+    pub keys: Vec<Listed>,
+    /// Where the next page starts; `None` when this was the last. A page
+    /// may be empty and still have a next one (one key's many versions).
+    pub next: Option<String>,
 }
 
 /// What deleting objects for good did.
@@ -101,6 +111,20 @@ pub trait ObjectStore: Send + Sync {
     /// store keeps versions. A missing key is not an error.
     async fn purge(&self, keys: &[String], tail: Tail) -> Result<Purged>;
     async fn list(&self, prefix: &str) -> Result<Vec<String>>;
+    /// Every key under `prefix` that still holds data, in key order, a page
+    /// at a time from `token` (the previous page's `next`): on a versioned
+    /// bucket also a key whose current version is a delete marker (its older
+    /// versions keep what was uploaded), aged by its newest version. Stores
+    /// without versions list their objects.
+    async fn list_versions_page(&self, prefix: &str, token: Option<&str>) -> Result<VersionsPage> {
+        const PAGE: usize = 1000;
+        let keys = self.list_page(prefix, token, PAGE).await?;
+        let next = match keys.last() {
+            Some(last) if keys.len() == PAGE => Some(last.key.clone()),
+            _ => None,
+        };
+        Ok(VersionsPage { keys, next })
+    }
     /// Up to `limit` objects under `prefix` after the key `after`, in key order.
     async fn list_page(
         &self,

@@ -381,6 +381,14 @@ impl ObjectStore for S3Store {
             .collect())
     }
 
+    async fn list_versions_page(
+        &self,
+        prefix: &str,
+        token: Option<&str>,
+    ) -> Result<super::VersionsPage> {
+        S3Store::list_versions_page(self, prefix, token).await
+    }
+
     async fn purge(&self, keys: &[String], tail: super::Tail) -> Result<super::Purged> {
         self.purge_keys(keys, tail).await
     }

@@ -10,8 +10,6 @@ use crate::appdb::AppDb;
 use crate::context::Context;
 use crate::error::{Error, Result};
 
-/// Keys per listing page and per reference check.
-const PAGE: usize = 1000;
 
 #[derive(Debug, Default, Serialize)]
 pub struct OrphanReport {
@@ -52,15 +50,16 @@ pub async fn orphans(ctx: &Context, db: &AppDb, store_name: &str) -> Result<Orph
         referenced_by: columns.iter().map(|(t, c)| format!("{t}.{c}")).collect(),
         ..Default::default()
     };
-    let mut after: Option<String> = None;
+    // Versions: a file deleted on a versioned bucket still holds its data.
+    let mut token: Option<String> = None;
     loop {
-        let page = store.list_page("", after.as_deref(), PAGE).await?;
-        let Some(last) = page.last() else { break };
-        after = Some(last.key.clone());
+        let listing = store.list_versions_page("", token.as_deref()).await?;
+        token = listing.next;
+        let page = listing.keys;
         report.objects_listed += page.len() as u64;
         let keys: Vec<String> = page.iter().map(|o| o.key.clone()).collect();
         let mut referenced = std::collections::HashSet::new();
-        for (table, column) in &columns {
+        for (table, column) in columns.iter().filter(|_| !keys.is_empty()) {
             referenced.extend(db.still_referenced(table, column, &keys).await?);
         }
         for o in page {
@@ -72,7 +71,7 @@ pub async fn orphans(ctx: &Context, db: &AppDb, store_name: &str) -> Result<Orph
                 });
             }
         }
-        if keys.len() < PAGE {
+        if token.is_none() {
             break;
         }
     }

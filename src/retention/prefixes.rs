@@ -15,8 +15,6 @@ use super::*;
 use crate::config::ObjectRetention;
 use crate::store::NewPendingObject;
 
-/// One page of a listing.
-const PAGE: usize = 1000;
 
 /// Every `[[object_retention]]` rule once; per rule what was listed, found
 /// expired, and kept for holds.
@@ -40,14 +38,14 @@ pub(super) async fn purge_prefixes(
         let (mut listed, mut expired, mut held, mut unmatched) = (0u64, 0u64, 0u64, 0u64);
         let store = jc.ctx.app_store(&rule.store).await?;
         let prefix = rule.keys.prefix();
-        let mut after: Option<String> = None;
+        // Versions, not current objects: a file the application deleted on
+        // a versioned bucket (a delete marker on top) still holds its data.
+        let mut token: Option<String> = None;
         loop {
-            let page = store.list_page(&prefix, after.as_deref(), PAGE).await?;
-            let Some(last) = page.last() else { break };
-            after = Some(last.key.clone());
-            let full_page = page.len() == PAGE;
+            let page = store.list_versions_page(&prefix, token.as_deref()).await?;
+            token = page.next;
             let mut pending = Vec::new();
-            for o in page {
+            for o in page.keys {
                 listed += 1;
                 let Some(named) = rule.keys.name(&o.key) else {
                     unmatched += 1;
@@ -85,7 +83,7 @@ pub(super) async fn purge_prefixes(
                     .await?;
                 objects::finish_for_run(jc, db, Tail::Defer).await?;
             }
-            if !full_page {
+            if token.is_none() {
                 break;
             }
         }
