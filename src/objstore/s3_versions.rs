@@ -6,6 +6,7 @@
 //! key travels in the continuation token, so no page is listed twice and
 //! every marker sent is one the server gave).
 
+use aws_sdk_s3::operation::list_object_versions::ListObjectVersionsOutput;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
@@ -60,6 +61,28 @@ struct Token {
     partial: Partial,
 }
 
+/// A version (with its size) or a delete marker (no size): key and time.
+type Entry<'p> = (&'p str, Option<DateTime<Utc>>, Option<u64>);
+
+/// A page's versions and delete markers in key order.
+fn entries(page: &ListObjectVersionsOutput) -> Vec<Entry<'_>> {
+    let mut entries: Vec<Entry<'_>> = page
+        .versions()
+        .iter()
+        .filter_map(|v| {
+            let size = u64::try_from(v.size().unwrap_or(0)).unwrap_or(0);
+            Some((v.key()?, time(v.last_modified()), Some(size)))
+        })
+        .chain(
+            page.delete_markers()
+                .iter()
+                .filter_map(|m| Some((m.key()?, time(m.last_modified()), None))),
+        )
+        .collect();
+    entries.sort_by(|a, b| a.0.cmp(b.0)); // stable: keys in order, as listed
+    entries
+}
+
 fn time(t: Option<&aws_sdk_s3::primitives::DateTime>) -> Option<DateTime<Utc>> {
     t.and_then(|t| DateTime::from_timestamp(t.secs(), t.subsec_nanos()))
 }
@@ -91,22 +114,8 @@ impl S3Store {
             .send()
             .await
             .map_err(|e| sdk("list versions", &full, e))?;
-        let mut entries: Vec<(&str, Option<DateTime<Utc>>, Option<u64>)> = page
-            .versions()
-            .iter()
-            .filter_map(|v| {
-                let size = u64::try_from(v.size().unwrap_or(0)).unwrap_or(0);
-                Some((v.key()?, time(v.last_modified()), Some(size)))
-            })
-            .chain(
-                page.delete_markers()
-                    .iter()
-                    .filter_map(|m| Some((m.key()?, time(m.last_modified()), None))),
-            )
-            .collect();
-        entries.sort_by(|a, b| a.0.cmp(b.0)); // stable: keys in order, as listed
         let mut keys = Vec::new();
-        for (key, at, size) in entries {
+        for (key, at, size) in entries(&page) {
             if current.as_ref().is_some_and(|c| c.key != key) {
                 keys.extend(current.take().and_then(|c| c.listed(&self.prefix)));
             }

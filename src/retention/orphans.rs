@@ -10,7 +10,6 @@ use crate::appdb::AppDb;
 use crate::context::Context;
 use crate::error::{Error, Result};
 
-
 #[derive(Debug, Default, Serialize)]
 pub struct OrphanReport {
     pub store: String,

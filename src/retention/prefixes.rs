@@ -15,7 +15,6 @@ use super::*;
 use crate::config::ObjectRetention;
 use crate::store::NewPendingObject;
 
-
 /// Every `[[object_retention]]` rule once; per rule what was listed, found
 /// expired, and kept for holds.
 pub(super) async fn purge_prefixes(

@@ -468,7 +468,10 @@ async fn a_prefix_purge_sends_full_delete_requests_across_rounds() {
         versions.div_ceil(1000),
         "one part-full request in all"
     );
-    assert_eq!(pages, 0, "keys are found by their versions, not current objects");
+    assert_eq!(
+        pages, 0,
+        "keys are found by their versions, not current objects"
+    );
     // The rule's listing, every entry once, page by page; then per round of
     // 5,000 keys a seek and ~1,000 entries a page.
     assert!(
