@@ -14,6 +14,7 @@
 #
 # Usage: benches/keys_reencrypt.sh [N]   (default 1000000: ~3 min on 2 cores, 3 pairs)
 # Env:   ORGS (default 1000), PAIRS (default 3), BATCH (batch_size, default 5000 as the job),
+#        WRITERS (the job's `writers`, default 2 as the job),
 #        PROFILE=DIR: record each product run with `perf record` into DIR (CPU profile, not timed fairly)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,6 +22,7 @@ N="${1:-1000000}"
 ORGS="${ORGS:-1000}"
 PAIRS="${PAIRS:-3}"
 BATCH="${BATCH:-5000}"
+WRITERS="${WRITERS:-2}"
 QUARTER=$((N / 4))
 bench_start=$(date +%s.%N)
 
@@ -69,6 +71,7 @@ max_attempts = 1
 timeout = "4h"
 [params]
 batch_size = $BATCH
+writers = $WRITERS
 TOML
 lethe() { "$LETHE" --config "$work/lethe.toml" "$@"; }
 
