@@ -5,7 +5,7 @@
 mod local;
 mod s3;
 mod s3_purge;
-mod s3_versions;
+mod s3_listing;
 
 pub use local::LocalStore;
 pub use s3::S3Store;
