@@ -2,6 +2,7 @@
 //! against the library (one link of aws-sdk and sqlx instead of one per file).
 
 mod app_keys;
+mod audit_anchor_after;
 mod audit_anchors;
 mod backup;
 mod cli;
