@@ -50,6 +50,8 @@ struct AnchorCheck<'a> {
     pending: Option<Anchor>,
     summary: AnchorSummary,
     finding: Option<Finding>,
+    /// The Merkle tree of the events so far (O(log n)), for format-2 roots.
+    tree: crate::merkle::Frontier,
 }
 
 impl<'a> AnchorCheck<'a> {
@@ -64,6 +66,7 @@ impl<'a> AnchorCheck<'a> {
                 ..AnchorSummary::default()
             },
             finding: None,
+            tree: crate::merkle::Frontier::new(),
         }
     }
 
@@ -101,6 +104,7 @@ impl<'a> AnchorCheck<'a> {
 
     /// The chain holds `hash` at `seq`; seqs arrive in order from 1.
     async fn event(&mut self, seq: i64, hash: &str) -> Result<()> {
+        self.tree.push(super::tree::event_leaf(seq, hash)?);
         let Some(a) = self.peek().await? else {
             return Ok(());
         };
@@ -115,6 +119,17 @@ impl<'a> AnchorCheck<'a> {
                 a.time,
                 a.seq,
                 self.summary.latest_seq.unwrap_or(0)
+            );
+            self.fail(a.seq, Some(a.time), problem);
+            return Ok(());
+        }
+        if a.root
+            .as_ref()
+            .is_some_and(|r| *r != hex::encode(self.tree.root()))
+        {
+            let problem = format!(
+                "anchor {} (written {}) holds a Merkle root that is not the root of events 1..={}: the anchor is not what Lethe wrote",
+                super::anchor::object_key(a.seq), a.time, a.seq
             );
             self.fail(a.seq, Some(a.time), problem);
             return Ok(());

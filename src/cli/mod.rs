@@ -380,4 +380,23 @@ pub enum AuditCommand {
         #[arg(long)]
         json: bool,
     },
+    /// A Merkle proof (RFC 9162) against the anchors: that event SEQ is in an
+    /// anchored tree, or with --consistency OLD NEW that the tree anchored at
+    /// OLD is a prefix of the one anchored at NEW. --json for an auditor.
+    Prove {
+        /// The event's sequence number.
+        #[arg(
+            required_unless_present = "consistency",
+            conflicts_with = "consistency"
+        )]
+        seq: Option<i64>,
+        /// The anchor to prove against, named by the seq it anchors (default: the newest).
+        #[arg(long, value_name = "N")]
+        anchor: Option<i64>,
+        /// Two anchored seqs, older first.
+        #[arg(long, num_args = 2, value_names = ["OLD", "NEW"], conflicts_with = "anchor")]
+        consistency: Option<Vec<i64>>,
+        #[arg(long)]
+        json: bool,
+    },
 }

@@ -36,7 +36,7 @@ impl Rig {
     }
 
     /// PostgreSQL store, anchors in a moto bucket created with Object Lock.
-    async fn postgres() -> Option<Rig> {
+    pub(crate) async fn postgres() -> Option<Rig> {
         let moto = server_env("LETHE_TEST_MOTO_URL")?;
         let store = crate::common::fresh_pg_db().await?;
         let bucket = format!("anchors-{}", uuid::Uuid::new_v4().simple());

@@ -61,6 +61,10 @@ fn demo_runs_every_job_kind_once_and_all_succeed() {
         "{}",
         v["audit"]
     );
+    // And an inclusion proof of the first erasure against the newest anchor.
+    let proof = &v["audit"]["proof"];
+    assert_eq!(proof["action"], "dsr.erased", "{proof}");
+    assert!(proof["path"].as_u64().unwrap() >= 1, "{proof}");
     assert!(
         v["mail"]["messages"].as_u64().unwrap() >= 1,
         "mail.flush delivered the demo's mail"

@@ -4,6 +4,7 @@
 mod app_keys;
 mod audit_anchor_after;
 mod audit_anchors;
+mod audit_proofs;
 mod backup;
 mod cli;
 mod common;
