@@ -117,6 +117,35 @@ pub enum Command {
         #[command(subcommand)]
         command: HoldCommand,
     },
+    /// The application's own tables: the guard of its append-only logs.
+    App {
+        #[command(subcommand)]
+        command: AppCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AppCommand {
+    /// The append-only guard of a data map table marked `append_only = true`.
+    Guard {
+        #[command(subcommand)]
+        command: GuardCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum GuardCommand {
+    /// Print the trigger SQL that makes TABLE append-only (UPDATE and TRUNCATE
+    /// refused, DELETE only by Lethe's retention); --apply runs it in one
+    /// transaction (idempotent: it replaces what it installs).
+    Install {
+        #[arg(long)]
+        table: String,
+        #[arg(long)]
+        apply: bool,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]

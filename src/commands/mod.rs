@@ -1,5 +1,6 @@
 //! One file a user verb. Each returns the exit code; errors carry theirs.
 
+mod app;
 mod audit;
 mod audit_prove;
 mod backup;
@@ -69,6 +70,7 @@ pub async fn dispatch(cli: Cli) -> Result<i32> {
         Command::Breach { command } => breach::dispatch(open(cfg_flag).await?, command).await,
         Command::Backup { command } => backup::dispatch(open(cfg_flag).await?, command).await,
         Command::Hold { command } => retention::dispatch_hold(open(cfg_flag).await?, command).await,
+        Command::App { command } => app::dispatch(open(cfg_flag).await?, command).await,
     }
 }
 
