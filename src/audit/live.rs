@@ -41,10 +41,13 @@ pub struct AnchorSummary {
     pub signatures: &'static str,
     pub latest_seq: Option<i64>,
     pub latest_time: Option<String>,
+    /// Anchor objects a versioned store shows were written again or deleted.
+    pub overwritten: Vec<crate::objstore::Rewritten>,
 }
 
 /// Walks anchors in step with a chain, one event at a time.
 struct AnchorCheck<'a> {
+    store: &'a dyn ObjectStore,
     cursor: AnchorCursor<'a>,
     key: Option<&'a Secret>,
     pending: Option<Anchor>,
@@ -57,6 +60,7 @@ struct AnchorCheck<'a> {
 impl<'a> AnchorCheck<'a> {
     fn new(store: &'a dyn ObjectStore, key: Option<&'a Secret>) -> Self {
         AnchorCheck {
+            store,
             cursor: AnchorCursor::new(store),
             key,
             pending: None,
@@ -142,6 +146,29 @@ impl<'a> AnchorCheck<'a> {
         };
         self.summary.latest_seq = Some(a.seq);
         self.summary.latest_time = Some(a.time);
+        Ok(())
+    }
+
+    /// Anchor objects written again or deleted, as a versioned store (S3
+    /// with Object Lock) shows them: tampering, whatever the current version
+    /// holds, since reads see only that version. A folder cannot tell.
+    async fn versions(&mut self) -> Result<()> {
+        let found: Vec<_> = self
+            .store
+            .rewritten("")
+            .await?
+            .into_iter()
+            .filter(|r| r.key.ends_with(".json"))
+            .collect();
+        if let Some(r) = found.first() {
+            let seq = r.key.trim_end_matches(".json").parse::<i64>().unwrap_or(0);
+            let problem = format!(
+                "anchor object {} in {} has {} versions and {} delete markers: an anchor is written once, so it was overwritten or deleted, and what a read shows is not necessarily what was anchored",
+                r.key, self.summary.store, r.versions, r.delete_markers
+            );
+            self.fail(seq, None, problem);
+        }
+        self.summary.overwritten = found;
         Ok(())
     }
 
@@ -236,6 +263,7 @@ pub async fn verify_live(
         let last = i64::try_from(v.report().events).unwrap_or(i64::MAX);
         check.end(last, true).await?;
     }
+    check.versions().await?;
     Ok(finish(v, check))
 }
 
@@ -264,6 +292,7 @@ pub async fn verify_file(
         let last = i64::try_from(v.report().events).unwrap_or(i64::MAX);
         check.end(last, false).await?;
     }
+    check.versions().await?;
     Ok(finish(v, check))
 }
 

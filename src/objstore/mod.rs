@@ -5,6 +5,7 @@
 mod local;
 mod s3;
 mod s3_purge;
+mod s3_versions;
 
 pub use local::LocalStore;
 pub use s3::S3Store;
@@ -25,6 +26,16 @@ pub struct Listed {
     pub key: String,
     pub size: u64,
     pub modified: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// A key written once that a versioned store shows was written again, or
+/// deleted: more than one version, or a delete marker.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Rewritten {
+    pub key: String,
+    /// Object versions (data), the first write included.
+    pub versions: u64,
+    pub delete_markers: u64,
 }
 
 /// What deleting objects for good did.
@@ -87,6 +98,10 @@ pub trait ObjectStore: Send + Sync {
     /// store keeps versions. A missing key is not an error.
     async fn purge(&self, keys: &[String]) -> Result<Purged>;
     async fn list(&self, prefix: &str) -> Result<Vec<String>>;
+    /// Keys under `prefix` with more than one version or a delete marker, in
+    /// key order, read page by page. A store without versions (a folder)
+    /// cannot tell, and returns none.
+    async fn rewritten(&self, prefix: &str) -> Result<Vec<Rewritten>>;
     /// Up to `limit` objects under `prefix` after the key `after`, in key order.
     async fn list_page(
         &self,

@@ -4,6 +4,7 @@
 mod app_guard;
 mod app_keys;
 mod audit_anchor_after;
+mod audit_anchor_versions;
 mod audit_anchors;
 mod audit_proofs;
 mod backup;
