@@ -27,8 +27,8 @@ fn last_seq(export: &str, action: &str, target: &str) -> i64 {
         .unwrap_or_else(|| panic!("no {action} event on {target}"))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_purge_is_followed_by_an_anchor_covering_its_evidence() {
+/// A rig with a table of one expired and one young row, and a purge job.
+async fn purge_rig() -> Rig {
     let rig = Rig::sqlite_with(DATA_MAP);
     let app = format!("sqlite://{}", rig.c.path().join("app.db").display());
     app_exec(
@@ -41,6 +41,12 @@ async fn a_purge_is_followed_by_an_anchor_covering_its_evidence() {
         "purge",
         "kind = \"retention.purge\"\nschedule = \"0 15 2 * * *\"\n",
     );
+    rig
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_purge_is_followed_by_an_anchor_covering_its_evidence() {
+    let rig = purge_rig().await;
 
     let v = run_job(rig.cmd(), "purge", &["--dry-run"]);
     assert_eq!(v["status"], "succeeded", "{v}");
@@ -83,4 +89,30 @@ async fn a_purge_is_followed_by_an_anchor_covering_its_evidence() {
     assert_eq!(history["runs"][0]["trigger"], "follow_up", "{history}");
     let (code, v) = rig.live();
     assert_eq!((code, &v["verdict"]), (0, &"anchored".into()), "{v}");
+}
+
+/// Under `lethe serve` (the deployment path): a purge queued with `--detach`
+/// ends, its follow-up anchor is queued, and a worker takes and runs it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_serve_the_follow_up_anchor_is_taken_by_a_worker() {
+    let rig = purge_rig().await;
+    run_ok(rig.cmd().args(["run", "purge", "--detach"]));
+    let log = rig.c.path().join("serve.log");
+    let _serve = crate::common::spawn_serve(rig.cmd(), &log, &[]);
+    let purge = crate::common::wait_run_end(|| rig.cmd(), "purge", 60);
+    assert_eq!(purge["state"], "succeeded", "{purge}");
+    let anchor = crate::common::wait_run_end(|| rig.cmd(), "audit.anchor", 60);
+    assert_eq!(
+        (&anchor["state"], &anchor["trigger"]),
+        (&"succeeded".into(), &"follow_up".into()),
+        "{anchor}"
+    );
+    let out = run_ok(rig.cmd().args(["audit", "export"]));
+    let export = String::from_utf8_lossy(&out.stdout);
+    let ended = last_seq(&export, "job.succeeded", "job:purge");
+    let anchored = anchor["result"]["seq"].as_i64().expect("anchored seq");
+    assert!(
+        anchored >= ended,
+        "anchor {anchored} covers the purge's end {ended}"
+    );
 }
