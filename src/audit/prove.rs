@@ -88,9 +88,9 @@ async fn anchor_at(
     seq: Option<i64>,
     key: Option<&Secret>,
 ) -> Result<ProvedAnchor> {
-    let seq = match seq {
-        Some(s) => s,
-        None => newest_seq(anchors).await?,
+    let (seq, named) = match seq {
+        Some(s) => (s, true),
+        None => (newest_seq(anchors).await?, false),
     };
     let object = object_key(seq);
     if anchors.head(&object).await?.is_none() {
@@ -112,8 +112,12 @@ async fn anchor_at(
         None => "unchecked",
     };
     if anchor.root.is_none() {
+        let fix = match named {
+            true => "name a later anchor, or omit it for the newest",
+            false => "it is the newest, so run `lethe run audit.anchor` to write one with a root",
+        };
         return Err(Error::Usage(format!(
-            "anchor {object} is format 1, written before anchors carried a Merkle root: there is nothing to prove against; name a later anchor, or omit it for the newest"
+            "anchor {object} is format 1, written before anchors carried a Merkle root: there is nothing to prove against; {fix}"
         )));
     }
     Ok(ProvedAnchor {

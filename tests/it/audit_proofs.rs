@@ -281,6 +281,17 @@ fn bad_input_gets_a_clear_error() {
         "{err}"
     );
 
+    let mut newest = stored(&rig, a[2]);
+    (newest.lethe_anchor, newest.tree_size, newest.root) = (1, None, None);
+    newest.hmac = newest.sign(&key);
+    overwrite(&rig, a[2], &serde_json::to_vec(&newest).unwrap());
+    let (code, _, err) = prove(&rig, &["1"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("it is the newest") && err.contains("lethe run audit.anchor"),
+        "{err}"
+    );
+
     overwrite(&rig, a[1], b"{\"seq\": 1}");
     let (code, _, err) = prove(&rig, &["1", "--anchor", &a[1].to_string()]);
     assert_eq!(code, 1, "{err}");
