@@ -47,9 +47,19 @@ impl S3Store {
     /// where the bucket has no versioning.
     async fn versions_of(&self, full: &str) -> Result<Vec<(Option<String>, u64)>> {
         let mut out = Vec::new();
-        let mut pages = super::s3_versions::VersionPages::new(full);
-        let version = |v: Option<&str>| v.filter(|v| *v != "null").map(str::to_string);
-        while let Some(page) = pages.next(self).await? {
+        let (mut key_marker, mut version_marker) = (None, None);
+        loop {
+            let page = self
+                .client
+                .list_object_versions()
+                .bucket(&self.bucket)
+                .prefix(full)
+                .set_key_marker(key_marker.take())
+                .set_version_id_marker(version_marker.take())
+                .send()
+                .await
+                .map_err(|e| sdk("list versions", full, e))?;
+            let version = |v: Option<&str>| v.filter(|v| *v != "null").map(str::to_string);
             for v in page.versions().iter().filter(|v| v.key() == Some(full)) {
                 let size = u64::try_from(v.size().unwrap_or(0)).unwrap_or(0);
                 out.push((version(v.version_id()), size));
@@ -61,8 +71,12 @@ impl S3Store {
             {
                 out.push((version(m.version_id()), 0));
             }
+            if page.is_truncated() != Some(true) {
+                return Ok(out);
+            }
+            key_marker = page.next_key_marker().map(str::to_string);
+            version_marker = page.next_version_id_marker().map(str::to_string);
         }
-        Ok(out)
     }
 
     async fn delete_batch(

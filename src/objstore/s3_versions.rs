@@ -12,7 +12,7 @@ use super::Rewritten;
 use crate::error::Result;
 
 /// `ListObjectVersions` under one prefix, page by page.
-pub(super) struct VersionPages {
+struct VersionPages {
     full: String,
     key_marker: Option<String>,
     version_marker: Option<String>,
@@ -20,7 +20,7 @@ pub(super) struct VersionPages {
 }
 
 impl VersionPages {
-    pub(super) fn new(full: &str) -> Self {
+    fn new(full: &str) -> Self {
         VersionPages {
             full: full.to_string(),
             key_marker: None,
@@ -30,7 +30,7 @@ impl VersionPages {
     }
 
     /// The next page, `None` after the last.
-    pub(super) async fn next(&mut self, s3: &S3Store) -> Result<Option<ListObjectVersionsOutput>> {
+    async fn next(&mut self, s3: &S3Store) -> Result<Option<ListObjectVersionsOutput>> {
         if self.done {
             return Ok(None);
         }
