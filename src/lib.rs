@@ -24,6 +24,7 @@ pub mod jobs;
 pub mod keys;
 pub mod kms;
 pub mod mail;
+pub mod merkle;
 pub mod metrics;
 pub mod notify;
 pub mod objstore;

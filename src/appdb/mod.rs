@@ -17,6 +17,7 @@ macro_rules! on_pool {
 }
 
 mod ciphertexts;
+pub mod guard;
 mod keys;
 mod objects;
 mod schema;

@@ -130,7 +130,8 @@ impl AppDb {
                 )
             }
         };
-        self.delete_within_budget(&text, sql, budget).await
+        self.delete_within_budget(&text, sql, budget, s.append_only)
+            .await
     }
 
     /// Which of `keys` some row of `table` still holds in `column`.

@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use sqlx::Arguments;
 
 use super::timeform::{older_than, TimeForm};
-use super::{quote_ident as q, AppDb};
+use super::{guard, quote_ident as q, AppDb};
 use crate::error::Result;
 
 #[derive(Debug, Clone)]
@@ -45,6 +45,9 @@ pub struct Scope {
     pub exclude_subjects: Vec<String>,
     /// Restricts the scope to one time window (a batch of a windowed purge).
     pub range: Option<TimeWindow>,
+    /// The table carries the append-only guard (`appdb::guard`): on SQLite
+    /// Lethe's deletes mark their transaction so its trigger lets them through.
+    pub append_only: bool,
 }
 
 /// `lower <= column < upper`: one time window of a purge; an open
@@ -288,7 +291,7 @@ impl AppDb {
                 "DELETE FROM {t} WHERE rowid IN (SELECT rowid FROM {t} WHERE {w} LIMIT {limit}) AND {again}"
             ),
         };
-        self.delete_within_budget(&delete, sql, budget.min(u64::from(limit)))
+        self.delete_within_budget(&delete, sql, budget.min(u64::from(limit)), s.append_only)
             .await
     }
 
@@ -299,15 +302,26 @@ impl AppDb {
         delete: &str,
         sql: Sql,
         budget: u64,
+        append_only: bool,
     ) -> Result<Deleted> {
-        // The same transaction on either driver; only the argument type differs.
+        // The same transaction on either driver; only the argument type differs,
+        // and SQLite marks an append-only table's deletes as Lethe's (`guard`).
         macro_rules! within_budget {
-            ($pool:expr, $args:ident) => {{
+            ($pool:expr, $args:ident, $mark:expr) => {{
                 let mut tx = $pool.begin().await?;
+                // No marker table: no guard installed, nothing to let through.
+                let marked = $mark
+                    && sqlx::query(guard::SQLITE_MARK)
+                        .execute(&mut *tx)
+                        .await
+                        .is_ok();
                 let n = sqlx::query_with(delete, $args(sql.binds)?)
                     .execute(&mut *tx)
                     .await?
                     .rows_affected();
+                if marked {
+                    sqlx::query(guard::SQLITE_UNMARK).execute(&mut *tx).await?;
+                }
                 if n > budget {
                     tx.rollback().await?;
                     Deleted::OverBudget(n)
@@ -318,8 +332,8 @@ impl AppDb {
             }};
         }
         Ok(match self {
-            AppDb::Postgres(p) => within_budget!(p, pg_args),
-            AppDb::Sqlite(p) => within_budget!(p, sqlite_args),
+            AppDb::Postgres(p) => within_budget!(p, pg_args, false),
+            AppDb::Sqlite(p) => within_budget!(p, sqlite_args, append_only),
         })
     }
 
@@ -360,10 +374,14 @@ impl AppDb {
             }
             AppDb::Sqlite(p) => {
                 let mut tx = p.begin().await?;
+                let marked = s.append_only && guard::sqlite_mark(&mut tx).await;
                 let n = sqlx::query_with(&delete, sqlite_args(sql.binds)?)
                     .execute(&mut *tx)
                     .await?
                     .rows_affected();
+                if marked {
+                    sqlx::query(guard::SQLITE_UNMARK).execute(&mut *tx).await?;
+                }
                 if n > budget {
                     tx.rollback().await?;
                     Ok(Deleted::OverBudget(n))

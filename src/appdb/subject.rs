@@ -319,7 +319,7 @@ impl AppDb {
         let (owner_type, types) = self.erase_column_types(app, steps).await?;
         // The same steps on either driver; only the transaction and argument types differ.
         macro_rules! erase_in {
-            ($tx:ident, $args:ident) => {{
+            ($tx:ident, $args:ident, $marked:expr) => {{
                 if let Some(m) = &app.memberships {
                     let (text, sql) =
                         self.sole_owner_sql(app, m, subject_id, owner_type.as_deref(), true);
@@ -363,6 +363,9 @@ impl AppDb {
                     }
                     changed.insert(step.table.clone(), n);
                 }
+                if $marked {
+                    sqlx::query(super::guard::SQLITE_UNMARK).execute(&mut *$tx).await?;
+                }
                 before_commit.check()?;
                 $tx.commit().await?;
                 Ok(EraseOutcome::Done {
@@ -375,12 +378,13 @@ impl AppDb {
             AppDb::Postgres(p) => {
                 let mut conn = p.acquire().await?;
                 let mut tx = conn.begin().await?;
-                erase_in!(tx, pg_args)
+                erase_in!(tx, pg_args, false)
             }
             AppDb::Sqlite(p) => {
                 // IMMEDIATE: take the write lock before the sole-owner re-check reads.
                 let mut tx = p.begin_with("BEGIN IMMEDIATE").await?;
-                erase_in!(tx, sqlite_args)
+                let marked = super::guard::sqlite_mark(&mut tx).await;
+                erase_in!(tx, sqlite_args, marked)
             }
         }
     }

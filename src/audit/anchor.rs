@@ -3,9 +3,13 @@
 //! COMPLIANCE mode; a folder is weaker). A history rewritten later no longer
 //! matches what was anchored, whatever the rewriter recomputed.
 //!
-//! Object: `{seq:020}.json` (lists in sequence order) holding
-//! `{"lethe_anchor":1,"seq":N,"hash":H,"time":T,"hmac":HEX}` where
-//! `hmac = HMAC-SHA256(key, "lethe-anchor-v1\n" ‖ N ‖ "\n" ‖ H ‖ "\n" ‖ T)`.
+//! Object: `{seq:020}.json` (lists in sequence order) holding format 2,
+//! `{"lethe_anchor":2,"seq":N,"hash":H,"time":T,"tree_size":N,"root":R,"hmac":HEX}`
+//! where R is the RFC 9162 Merkle root over the hashes of events 1..=N
+//! (`super::tree`) and `hmac = HMAC-SHA256(key, "lethe-anchor-v2\n" ‖ N ‖
+//! "\n" ‖ H ‖ "\n" ‖ T ‖ "\n" ‖ N ‖ "\n" ‖ R)`. Format 1 (written before
+//! trees: no `tree_size`, `root`; message `lethe-anchor-v1\n N\n H\n T`)
+//! stays readable.
 
 use std::time::Duration;
 
@@ -20,8 +24,8 @@ use crate::error::{Error, Result};
 use crate::objstore::ObjectStore;
 use crate::store::Store;
 
-/// The anchor object's format version.
-pub const FORMAT: i64 = 1;
+/// The anchor object's format version written now; format 1 is still read.
+pub const FORMAT: i64 = 2;
 const PAGE: usize = 1000;
 
 /// One anchor object as stored.
@@ -33,6 +37,11 @@ pub struct Anchor {
     pub hash: String,
     /// When it was written: RFC 3339 UTC, six fractional digits.
     pub time: String,
+    /// Format 2: the Merkle tree's size (= seq) and root over events 1..=seq.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tree_size: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root: Option<String>,
     pub hmac: String,
 }
 
@@ -41,27 +50,43 @@ pub fn object_key(seq: i64) -> String {
     format!("{seq:020}.json")
 }
 
-/// What the anchor's HMAC covers.
-pub fn message(seq: i64, hash: &str, time: &str) -> String {
-    format!("lethe-anchor-v1\n{seq}\n{hash}\n{time}")
-}
-
-fn sign(key: &Secret, seq: i64, hash: &str, time: &str) -> String {
-    let mut mac = signer(key.expose().as_bytes());
-    mac.update(message(seq, hash, time).as_bytes());
-    finish_hex(mac)
+fn is_hex64(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 impl Anchor {
-    pub fn new(key: &Secret, seq: i64, hash: &str, time: DateTime<Utc>) -> Anchor {
-        let time = time.format(AT_FORMAT).to_string();
-        Anchor {
+    /// A format-2 anchor of the head (`seq`, `hash`) whose tree root over
+    /// events 1..=seq is `root`.
+    pub fn new(key: &Secret, seq: i64, hash: &str, root: &str, time: DateTime<Utc>) -> Anchor {
+        let mut a = Anchor {
             lethe_anchor: FORMAT,
             seq,
             hash: hash.to_string(),
-            hmac: sign(key, seq, hash, &time),
-            time,
+            time: time.format(AT_FORMAT).to_string(),
+            tree_size: Some(seq),
+            root: Some(root.to_string()),
+            hmac: String::new(),
+        };
+        a.hmac = a.sign(key);
+        a
+    }
+
+    /// What the anchor's HMAC covers, by its format.
+    pub fn message(&self) -> String {
+        let (seq, hash, time) = (self.seq, &self.hash, &self.time);
+        match (&self.tree_size, &self.root) {
+            (Some(size), Some(root)) => {
+                format!("lethe-anchor-v2\n{seq}\n{hash}\n{time}\n{size}\n{root}")
+            }
+            _ => format!("lethe-anchor-v1\n{seq}\n{hash}\n{time}"),
         }
+    }
+
+    /// The HMAC this anchor's fields get under `key`.
+    pub fn sign(&self, key: &Secret) -> String {
+        let mut mac = signer(key.expose().as_bytes());
+        mac.update(self.message().as_bytes());
+        finish_hex(mac)
     }
 
     /// Parses an anchor object stored under `object`, checking its shape and
@@ -70,13 +95,17 @@ impl Anchor {
         let a: Anchor = serde_json::from_slice(bytes).map_err(|e| {
             format!("anchor object {object} is not a Lethe anchor ({e}); anchors are never rewritten, so it was altered or is not Lethe's")
         })?;
-        let well_formed = a.lethe_anchor == FORMAT
+        let tree_ok = match (a.lethe_anchor, a.tree_size, &a.root) {
+            (1, None, None) => true,
+            (2, Some(size), Some(root)) => size == a.seq && is_hex64(root),
+            _ => false,
+        };
+        let well_formed = tree_ok
             && a.seq >= 1
-            && a.hash.len() == 64
-            && a.hash.bytes().all(|b| b.is_ascii_hexdigit())
+            && is_hex64(&a.hash)
             && chrono::NaiveDateTime::parse_from_str(&a.time, AT_FORMAT).is_ok();
         if !well_formed {
-            return Err(format!("anchor object {object} is not a format-{FORMAT} Lethe anchor (seq ≥ 1, 64 hex digits of hash, time like 2026-01-02T03:04:05.000000Z)"));
+            return Err(format!("anchor object {object} is not a well-formed Lethe anchor (format 1, or format 2 with tree_size = seq and a 64-hex-digit root; seq ≥ 1, 64 hex digits of hash, time like 2026-01-02T03:04:05.000000Z)"));
         }
         if object != object_key(a.seq) {
             return Err(format!(
@@ -89,7 +118,7 @@ impl Anchor {
     }
 
     pub fn signature_valid(&self, key: &Secret) -> bool {
-        let want = sign(key, self.seq, &self.hash, &self.time);
+        let want = self.sign(key);
         // Both are hex of the same length; the MAC is not secret once written.
         want.eq_ignore_ascii_case(&self.hmac)
     }
@@ -132,6 +161,9 @@ pub struct Anchored {
     pub time: String,
     pub object: String,
     pub store: String,
+    /// The Merkle root over events 1..=seq (absent when an older format-1
+    /// anchor of this seq already existed).
+    pub root: Option<String>,
     /// Already anchored with this hash (a retry after a crash): not written again.
     pub existed: bool,
 }
@@ -151,7 +183,8 @@ pub async fn write_head(
         return Ok(None);
     };
     let object = object_key(head.seq);
-    let anchor = Anchor::new(key, head.seq, &head.hash, now);
+    let root = super::tree::root_at(store, head.seq).await?;
+    let mut anchor = Anchor::new(key, head.seq, &head.hash, &hex::encode(root), now);
     let mut existed = false;
     if anchors.head(&object).await?.is_some() {
         let bytes = anchors.get_bytes(&object).await?;
@@ -163,6 +196,7 @@ pub async fn write_head(
             )));
         }
         existed = true;
+        anchor.root = stored.root;
     } else {
         let body = serde_json::to_vec(&anchor).map_err(|e| Error::Audit(e.to_string()))?;
         let until = now + chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::MAX);
@@ -176,6 +210,7 @@ pub async fn write_head(
         time: anchor.time,
         object,
         store: anchors.describe(),
+        root: anchor.root,
         existed,
     }))
 }
@@ -272,9 +307,27 @@ mod tests {
         let time = DateTime::parse_from_rfc3339("2026-01-02T03:04:05.678901Z")
             .unwrap()
             .with_timezone(&Utc);
-        let a = Anchor::new(&key, 42, &"ab".repeat(32), time);
+        let mut a = Anchor::new(&key, 42, &"ab".repeat(32), &"cd".repeat(32), time);
         assert_eq!(a.time, "2026-01-02T03:04:05.678901Z");
-        assert_eq!(a.hmac, ANCHOR_VECTOR_HMAC);
+        assert_eq!(a.hmac, ANCHOR_V2_VECTOR_HMAC);
+        let v1 = Anchor {
+            lethe_anchor: 1,
+            tree_size: None,
+            root: None,
+            hmac: ANCHOR_VECTOR_HMAC.into(),
+            ..a.clone()
+        };
+        assert!(v1.signature_valid(&key), "format 1 stays verifiable");
+        let text = serde_json::to_vec(&v1).unwrap();
+        assert!(!String::from_utf8_lossy(&text).contains("root"));
+        assert_eq!(Anchor::parse(&object_key(42), &text), Ok(v1));
+        a.tree_size = Some(41);
+        let text = serde_json::to_vec(&a).unwrap();
+        assert!(
+            Anchor::parse(&object_key(42), &text).is_err(),
+            "tree_size must be seq"
+        );
+        a.tree_size = Some(42);
         assert!(a.signature_valid(&key));
         assert!(!a.signature_valid(&Secret::new("x".repeat(32))));
         let text = serde_json::to_vec(&a).unwrap();
@@ -287,6 +340,8 @@ mod tests {
             .contains("not a Lethe anchor"));
     }
 
+    const ANCHOR_V2_VECTOR_HMAC: &str =
+        "08b426a4c43ffe2bf68967cdd1f33b70389ef6de2be3d2f7bb05414a99155a13";
     const ANCHOR_VECTOR_HMAC: &str =
         "85e1c1e4eb2dfbd464b40bc9ef7d80408bd7e9feca78dbe7fc81bf8f89c6105c";
 }

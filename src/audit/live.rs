@@ -41,20 +41,26 @@ pub struct AnchorSummary {
     pub signatures: &'static str,
     pub latest_seq: Option<i64>,
     pub latest_time: Option<String>,
+    /// Anchor objects a versioned store shows were written again or deleted.
+    pub overwritten: Vec<crate::objstore::Rewritten>,
 }
 
 /// Walks anchors in step with a chain, one event at a time.
 struct AnchorCheck<'a> {
+    store: &'a dyn ObjectStore,
     cursor: AnchorCursor<'a>,
     key: Option<&'a Secret>,
     pending: Option<Anchor>,
     summary: AnchorSummary,
     finding: Option<Finding>,
+    /// The Merkle tree of the events so far (O(log n)), for format-2 roots.
+    tree: crate::merkle::Frontier,
 }
 
 impl<'a> AnchorCheck<'a> {
     fn new(store: &'a dyn ObjectStore, key: Option<&'a Secret>) -> Self {
         AnchorCheck {
+            store,
             cursor: AnchorCursor::new(store),
             key,
             pending: None,
@@ -64,6 +70,7 @@ impl<'a> AnchorCheck<'a> {
                 ..AnchorSummary::default()
             },
             finding: None,
+            tree: crate::merkle::Frontier::new(),
         }
     }
 
@@ -101,6 +108,7 @@ impl<'a> AnchorCheck<'a> {
 
     /// The chain holds `hash` at `seq`; seqs arrive in order from 1.
     async fn event(&mut self, seq: i64, hash: &str) -> Result<()> {
+        self.tree.push(super::tree::event_leaf(seq, hash)?);
         let Some(a) = self.peek().await? else {
             return Ok(());
         };
@@ -119,6 +127,17 @@ impl<'a> AnchorCheck<'a> {
             self.fail(a.seq, Some(a.time), problem);
             return Ok(());
         }
+        if a.root
+            .as_ref()
+            .is_some_and(|r| *r != hex::encode(self.tree.root()))
+        {
+            let problem = format!(
+                "anchor {} (written {}) holds a Merkle root that is not the root of events 1..={}: the anchor is not what Lethe wrote",
+                super::anchor::object_key(a.seq), a.time, a.seq
+            );
+            self.fail(a.seq, Some(a.time), problem);
+            return Ok(());
+        }
         self.summary.matched += 1;
         self.summary.signatures = if self.key.is_some() {
             "valid"
@@ -127,6 +146,29 @@ impl<'a> AnchorCheck<'a> {
         };
         self.summary.latest_seq = Some(a.seq);
         self.summary.latest_time = Some(a.time);
+        Ok(())
+    }
+
+    /// Anchor objects written again or deleted, as a versioned store (S3
+    /// with Object Lock) shows them: tampering, whatever the current version
+    /// holds, since reads see only that version. A folder cannot tell.
+    async fn versions(&mut self) -> Result<()> {
+        let found: Vec<_> = self
+            .store
+            .rewritten("")
+            .await?
+            .into_iter()
+            .filter(|r| r.key.ends_with(".json"))
+            .collect();
+        if let Some(r) = found.first() {
+            let seq = r.key.trim_end_matches(".json").parse::<i64>().unwrap_or(0);
+            let problem = format!(
+                "anchor object {} in {} has {} versions and {} delete markers: an anchor is written once, so it was overwritten or deleted, and what a read shows is not necessarily what was anchored",
+                r.key, self.summary.store, r.versions, r.delete_markers
+            );
+            self.fail(seq, None, problem);
+        }
+        self.summary.overwritten = found;
         Ok(())
     }
 
@@ -221,6 +263,7 @@ pub async fn verify_live(
         let last = i64::try_from(v.report().events).unwrap_or(i64::MAX);
         check.end(last, true).await?;
     }
+    check.versions().await?;
     Ok(finish(v, check))
 }
 
@@ -249,6 +292,7 @@ pub async fn verify_file(
         let last = i64::try_from(v.report().events).unwrap_or(i64::MAX);
         check.end(last, false).await?;
     }
+    check.versions().await?;
     Ok(finish(v, check))
 }
 

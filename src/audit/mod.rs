@@ -6,6 +6,8 @@
 pub mod anchor;
 mod export;
 pub mod live;
+pub mod prove;
+pub mod tree;
 mod verify;
 
 pub use export::export;

@@ -117,6 +117,35 @@ pub enum Command {
         #[command(subcommand)]
         command: HoldCommand,
     },
+    /// The application's own tables: the guard of its append-only logs.
+    App {
+        #[command(subcommand)]
+        command: AppCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AppCommand {
+    /// The append-only guard of a data map table marked `append_only = true`.
+    Guard {
+        #[command(subcommand)]
+        command: GuardCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum GuardCommand {
+    /// Print the trigger SQL that makes TABLE append-only (UPDATE and TRUNCATE
+    /// refused, DELETE only by Lethe's retention); --apply runs it in one
+    /// transaction (idempotent: it replaces what it installs).
+    Install {
+        #[arg(long)]
+        table: String,
+        #[arg(long)]
+        apply: bool,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -377,6 +406,25 @@ pub enum AuditCommand {
         /// Fail (exit 1) unless signatures (the file's, or the anchors') are checked and valid.
         #[arg(long)]
         require_signature: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// A Merkle proof (RFC 9162) against the anchors: that event SEQ is in an
+    /// anchored tree, or with --consistency OLD NEW that the tree anchored at
+    /// OLD is a prefix of the one anchored at NEW. --json for an auditor.
+    Prove {
+        /// The event's sequence number.
+        #[arg(
+            required_unless_present = "consistency",
+            conflicts_with = "consistency"
+        )]
+        seq: Option<i64>,
+        /// The anchor to prove against, named by the seq it anchors (default: the newest).
+        #[arg(long, value_name = "N")]
+        anchor: Option<i64>,
+        /// Two anchored seqs, older first.
+        #[arg(long, num_args = 2, value_names = ["OLD", "NEW"], conflicts_with = "anchor")]
+        consistency: Option<Vec<i64>>,
         #[arg(long)]
         json: bool,
     },

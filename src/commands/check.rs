@@ -151,6 +151,7 @@ async fn database_checks(config: &Config, checks: &mut Vec<Check>) -> bool {
                             let forms = time_form_checks(&db, config).await;
                             schema_error = forms.iter().any(|c| c.status == "error");
                             checks.extend(forms);
+                            checks.extend(guard_checks(&db, config).await);
                         }
                     }
                     Err(e) => checks.push(fail("data map", e.to_string())),
@@ -161,6 +162,34 @@ async fn database_checks(config: &Config, checks: &mut Vec<Check>) -> bool {
         Err(e) => checks.push(fail("database", format!("{db_url}: {e}"))),
     }
     schema_error
+}
+
+/// Every `append_only` table carries the guard (`appdb::guard`); a missing
+/// one is an error naming the table and the command that installs it.
+async fn guard_checks(db: &AppDb, config: &Config) -> Vec<Check> {
+    const NAME: &str = "append-only guard";
+    let guarded: Vec<_> = config.data_map.iter().filter(|e| e.append_only).collect();
+    if guarded.is_empty() {
+        return Vec::new();
+    }
+    let configured = config.database.retention_role.as_deref();
+    let role = match crate::appdb::guard::retention_role(db, configured).await {
+        Ok(r) => r,
+        Err(e) => return vec![fail(NAME, e.to_string())],
+    };
+    let mut checks = Vec::new();
+    for e in guarded {
+        let t = &e.table;
+        checks.push(match crate::appdb::guard::check(db, t, &role).await {
+            Ok(missing) if missing.is_empty() => ok(NAME, format!("{t}: UPDATE and TRUNCATE refused, DELETE only by Lethe's retention{}", if role.is_empty() { String::new() } else { format!(" (role {role})") })),
+            Ok(missing) => fail(NAME, format!(
+                "{}: data_map entry `{t}` is append_only, but the table lacks {}: run `lethe app guard install --table {t} --apply` (without --apply it prints the SQL to review)",
+                e.location, missing.join(", ")
+            )),
+            Err(err) => fail(NAME, format!("{t}: {err}")),
+        });
+    }
+    checks
 }
 
 /// Anchors: configured, scheduled, and written on time: the newest no older

@@ -47,7 +47,8 @@ pub async fn run(dir: &Path, json_out: bool) -> Result<i32> {
     let stale = stale_ciphertexts(&ctx).await?;
     let keys_summary = json!({"values_sealed": sealed, "stale_ciphertexts": stale});
 
-    let (events, verified, live) = prove_evidence(&ctx).await?;
+    let ev = prove_evidence(&ctx).await?;
+    let (verified, live) = (&ev.verified, &ev.live);
     let mail_files = std::fs::read_dir(&ctx.config.mail.dir)
         .map(|d| {
             d.filter_map(|e| e.ok())
@@ -67,8 +68,11 @@ pub async fn run(dir: &Path, json_out: bool) -> Result<i32> {
             "breach": {"id": breach.id, "parties": breach.parties},
             "runs": runs,
             "keys": keys_summary,
-            "audit": {"events": events, "verified": verified.ok, "signature": verified.signature,
-                      "live": {"intact": live.intact(), "anchors_matched": live.anchors.matched}},
+            "audit": {"events": ev.events, "verified": verified.ok, "signature": verified.signature,
+                      "live": {"intact": live.intact(), "anchors_matched": live.anchors.matched},
+                      "proof": {"seq": ev.proof.seq, "action": ev.proof.event["action"],
+                                "tree_size": ev.proof.tree_size, "path": ev.proof.path.len(),
+                                "anchor": ev.proof.anchor.object}},
             "mail": {"folder": ctx.config.mail.dir.display().to_string(), "messages": mail_files},
         }))?;
     } else {
@@ -78,9 +82,7 @@ pub async fn run(dir: &Path, json_out: bool) -> Result<i32> {
             &dsrs,
             &runs,
             &keys_summary,
-            events,
-            &verified,
-            &live,
+            &ev,
             mail_files,
             &ctx,
         );
@@ -88,23 +90,37 @@ pub async fn run(dir: &Path, json_out: bool) -> Result<i32> {
     Ok(if all_ok { 0 } else { 1 })
 }
 
-/// Proves the evidence holds: the chain exported and verified, signed; and
-/// the store's chain in place, against the anchor `audit.anchor` wrote.
-async fn prove_evidence(
-    ctx: &Context,
-) -> Result<(
-    u64,
-    crate::audit::VerifyReport,
-    crate::audit::live::AnchoredReport,
-)> {
+/// What the tour proves about its evidence.
+struct Evidence {
+    events: u64,
+    verified: crate::audit::VerifyReport,
+    live: crate::audit::live::AnchoredReport,
+    proof: crate::audit::prove::InclusionProof,
+}
+
+/// Proves the evidence holds: the chain exported and verified, signed; the
+/// store's chain in place, against the anchors; and an inclusion proof of
+/// the first erasure's event (else of event 1) against the newest anchor.
+async fn prove_evidence(ctx: &Context) -> Result<Evidence> {
     let mut buf = Vec::new();
     let key = ctx.config.audit.signing_key.load().map_err(Error::Usage)?;
     let events = crate::audit::export(ctx.store.as_ref(), &mut buf, key.as_ref()).await?;
     let verified = crate::audit::verify(std::io::Cursor::new(buf), key.as_ref())?;
     let anchors = crate::audit::anchor::open_store(&ctx.config).await?;
-    let live =
-        crate::audit::live::verify_live(ctx.store.as_ref(), anchors.as_ref(), key.as_ref()).await?;
-    Ok((events, verified, live))
+    let (store, anchors) = (ctx.store.as_ref(), anchors.as_ref());
+    let live = crate::audit::live::verify_live(store, anchors, key.as_ref()).await?;
+    let erased = store.audit_page(0, 1000).await?;
+    let seq = erased
+        .iter()
+        .find(|e| e.action == "dsr.erased")
+        .map_or(1, |e| e.seq);
+    let proof = crate::audit::prove::inclusion(store, anchors, key.as_ref(), seq, None).await?;
+    Ok(Evidence {
+        events,
+        verified,
+        live,
+        proof,
+    })
 }
 
 async fn announce(ctx: &Context, dir: &Path, seeded: &crate::demo::Seeded) -> Result<()> {
@@ -236,9 +252,7 @@ fn print_tour(
     dsrs: &[serde_json::Value],
     runs: &[RunReport],
     keys: &serde_json::Value,
-    events: u64,
-    verified: &crate::audit::VerifyReport,
-    live: &crate::audit::live::AnchoredReport,
+    ev: &Evidence,
     mail_files: usize,
     ctx: &Context,
 ) {
@@ -291,7 +305,7 @@ fn print_tour(
         keys["values_sealed"],
         keys["stale_ciphertexts"]
     );
-    print_evidence(events, verified, live);
+    print_evidence(ev);
     outln!(
         "  mail: {mail_files} message(s) in {}",
         ctx.config.mail.dir.display()
@@ -306,15 +320,17 @@ fn print_tour(
     );
     outln!("  lethe jobs history; lethe audit export --signed --out audit.jsonl && lethe audit verify audit.jsonl");
     outln!("  lethe audit verify --live                # the store's chain against every anchor");
+    outln!(
+        "  lethe audit prove {} --json             # the inclusion proof above, for an auditor",
+        ev.proof.seq
+    );
 }
 
-fn print_evidence(
-    events: u64,
-    verified: &crate::audit::VerifyReport,
-    live: &crate::audit::live::AnchoredReport,
-) {
+fn print_evidence(ev: &Evidence) {
+    let (verified, live, proof) = (&ev.verified, &ev.live, &ev.proof);
     outln!(
-        "  audit chain: {events} events, verified {}, signature {}",
+        "  audit chain: {} events, verified {}, signature {}",
+        ev.events,
         verified.ok,
         verified.signature
     );
@@ -323,6 +339,15 @@ fn print_evidence(
         live.intact(),
         live.anchors.matched,
         live.anchors.store
+    );
+    outln!(
+        "  audit prove {}: event {} ({}) is in the tree of {} events anchored in {}, by {} hashes",
+        proof.seq,
+        proof.seq,
+        proof.event["action"].as_str().unwrap_or(""),
+        proof.tree_size,
+        proof.anchor.object,
+        proof.path.len()
     );
 }
 

@@ -71,6 +71,8 @@ pub const STARTER_CONFIG: &str = r#"# Lethe configuration. Relative paths are re
 # PostgreSQL: url = "postgres://lethe@db.internal/app" and the password in $LETHE_DATABASE_URL.
 url = "sqlite://app.db"
 # max_connections = 8       # one pool per process, shared by jobs and the DSR API
+# retention_role = "lethe"  # PostgreSQL: the only role an append_only table's guard lets
+                            # DELETE (default: the role url connects as)
 
 [store]
 # Lethe's own state (queue, audit chain, outbox). Defaults to database.url;
@@ -199,6 +201,18 @@ anchor_store = "file://anchors"
 # retention = "90d"
 # erasure = "delete"
 # export = true
+#
+# The application's own audit log: append_only = true makes `lethe check` demand
+# its guard (triggers refusing UPDATE, TRUNCATE and DELETE but Lethe's retention):
+# `lethe app guard install --table audit_logs` prints it, `--apply` applies it.
+# [[data_map]]
+# table = "audit_logs"
+# class = "security_audit"
+# timestamp = "created_at"
+# retention = "7y"
+# erasure = "retain"
+# legal_basis = "security audit trail (GDPR Art. 32)"
+# append_only = true
 "#;
 
 /// Writes `lethe.toml` (the given text) and the starter jobs into `dir`.

@@ -1,6 +1,8 @@
 //! One file a user verb. Each returns the exit code; errors carry theirs.
 
+mod app;
 mod audit;
+mod audit_prove;
 mod backup;
 mod breach;
 mod check;
@@ -60,30 +62,7 @@ pub async fn dispatch(cli: Cli) -> Result<i32> {
                 jobs::history(open(cfg_flag).await?, limit, job, json).await
             }
         },
-        Command::Audit { command } => match command {
-            AuditCommand::Export { signed, out } => {
-                audit::export(open(cfg_flag).await?, signed, out.as_deref()).await
-            }
-            AuditCommand::Verify {
-                file,
-                live: _, // clap: FILE is absent exactly when --live is given
-                anchors,
-                extends,
-                require_signature,
-                json,
-            } => {
-                let how = audit::VerifyHow {
-                    require_signature,
-                    json,
-                };
-                match (file, extends) {
-                    (None, _) => audit::verify_live(open(cfg_flag).await?, how).await,
-                    (Some(new), Some(old)) => audit::verify_extends(cfg_flag, &new, &old, how),
-                    (Some(f), None) if anchors => audit::verify_anchored(cfg_flag, &f, how).await,
-                    (Some(f), None) => audit::verify(cfg_flag, &f, how),
-                }
-            }
-        },
+        Command::Audit { command } => audit_dispatch(cfg_flag, command).await,
         Command::Retention { command } => retention::dispatch(open(cfg_flag).await?, command).await,
         Command::Dsr { command } => dsr::dispatch(open(cfg_flag).await?, command).await,
         Command::Keys { command } => keys::dispatch(open(cfg_flag).await?, command).await,
@@ -91,6 +70,51 @@ pub async fn dispatch(cli: Cli) -> Result<i32> {
         Command::Breach { command } => breach::dispatch(open(cfg_flag).await?, command).await,
         Command::Backup { command } => backup::dispatch(open(cfg_flag).await?, command).await,
         Command::Hold { command } => retention::dispatch_hold(open(cfg_flag).await?, command).await,
+        Command::App { command } => app::dispatch(open(cfg_flag).await?, command).await,
+    }
+}
+
+/// `lethe audit …`.
+async fn audit_dispatch(cfg_flag: Option<&Path>, command: AuditCommand) -> Result<i32> {
+    match command {
+        AuditCommand::Export { signed, out } => {
+            audit::export(open(cfg_flag).await?, signed, out.as_deref()).await
+        }
+        AuditCommand::Verify {
+            file,
+            live: _, // clap: FILE is absent exactly when --live is given
+            anchors,
+            extends,
+            require_signature,
+            json,
+        } => {
+            let how = audit::VerifyHow {
+                require_signature,
+                json,
+            };
+            match (file, extends) {
+                (None, _) => audit::verify_live(open(cfg_flag).await?, how).await,
+                (Some(new), Some(old)) => audit::verify_extends(cfg_flag, &new, &old, how),
+                (Some(f), None) if anchors => audit::verify_anchored(cfg_flag, &f, how).await,
+                (Some(f), None) => audit::verify(cfg_flag, &f, how),
+            }
+        }
+        AuditCommand::Prove {
+            seq,
+            anchor,
+            consistency,
+            json,
+        } => {
+            let ctx = open(cfg_flag).await?;
+            match (seq, consistency.as_deref()) {
+                (_, Some(&[old, new])) => audit_prove::consistency(ctx, old, new, json).await,
+                (Some(seq), _) => audit_prove::inclusion(ctx, seq, anchor, json).await,
+                // clap: SEQ is required unless --consistency, which takes two values
+                _ => Err(
+                    crate::error::Error::Usage("give SEQ or --consistency OLD NEW".into()).into(),
+                ),
+            }
+        }
     }
 }
 

@@ -7,7 +7,7 @@ use serde_json::Value;
 use crate::config::JobSpec;
 use crate::context::Context;
 use crate::error::Error;
-use crate::runner::{enqueue_manual, run_now, Registry, Schedule};
+use crate::runner::{enqueue_manual, run_now, Registry};
 
 pub async fn run(
     ctx: Arc<Context>,
@@ -103,20 +103,7 @@ fn find_job(ctx: &Context, registry: &Registry, name: &str) -> Result<JobSpec, E
     let of_kind: Vec<&JobSpec> = jobs.iter().filter(|j| j.kind == kind).collect();
     match of_kind.as_slice() {
         [one] => Ok((*one).clone()),
-        [] => Ok(JobSpec {
-            name: kind.to_string(),
-            kind: kind.to_string(),
-            schedule: Schedule::parse("0 0 0 1 1 *", chrono_tz::UTC).map_err(Error::Usage)?,
-            timeout: std::time::Duration::from_secs(3600),
-            max_attempts: 3,
-            allow_overlap: false,
-            enabled: false,
-            catch_up: None,
-            params: Value::Object(Default::default()),
-            source: ctx.config.path.clone(),
-            kind_at: None,
-            params_at: None,
-        }),
+        [] => Ok(JobSpec::ad_hoc(kind, &ctx.config.path)),
         many => Err(Error::Usage(format!(
             "several jobs have kind {kind}: {}; name one",
             many.iter()

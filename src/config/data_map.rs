@@ -123,6 +123,10 @@ pub struct DataMapEntry {
     /// Columns holding keys of objects in the application's stores: the
     /// files go when their rows do.
     pub objects: Vec<ObjectColumn>,
+    /// The application's own append-only log (`append_only = true`): `lethe
+    /// check` demands the guard triggers (`lethe app guard install`), which
+    /// refuse UPDATE and TRUNCATE, and DELETE except by Lethe's retention.
+    pub append_only: bool,
     /// `lethe.toml:LINE`, for errors found later against the live schema.
     pub location: String,
 }
@@ -161,6 +165,8 @@ pub(super) struct RawEntry {
     encrypted: Vec<String>,
     #[serde(default)]
     objects: Vec<ObjectColumn>,
+    #[serde(default)]
+    append_only: bool,
 }
 
 /// A column of object keys (relative to the store's URL) and its store.
@@ -201,6 +207,9 @@ pub(super) fn load_entries(
         let erasure = entry_erasure(src, &e, &table)?;
         let encrypted = entry_encrypted(src, &e, &table, app)?;
         entry_objects(&e, &erasure, stores).map_err(err)?;
+        if e.append_only {
+            append_only_fits(&erasure, &encrypted).map_err(err)?;
+        }
         let (line, _) = super::source::line_col(src.text, span.start);
         out.push(DataMapEntry {
             location: format!("{}:{line}", src.path.display()),
@@ -214,9 +223,21 @@ pub(super) fn load_entries(
             export: e.export,
             encrypted,
             objects: e.objects,
+            append_only: e.append_only,
         });
     }
     Ok(out)
+}
+
+/// An append-only table refuses UPDATE: nothing Lethe does may rewrite a row.
+fn append_only_fits(erasure: &Erasure, encrypted: &[String]) -> std::result::Result<(), String> {
+    if matches!(erasure, Erasure::Anonymize(_)) {
+        return Err("append_only = true refuses UPDATE, so `erasure` cannot be `anonymize`: use `retain` (with `legal_basis`) or `delete`".into());
+    }
+    if !encrypted.is_empty() {
+        return Err("append_only = true refuses UPDATE, so it cannot have `encrypted` columns (keys.reencrypt rewrites them)".into());
+    }
+    Ok(())
 }
 
 /// An entry's retention rules, and the columns and tables each rule needs.

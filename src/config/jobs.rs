@@ -42,6 +42,39 @@ pub struct JobSpec {
 }
 
 impl JobSpec {
+    /// A job of `kind` that no job file declares (`lethe run KIND`, a
+    /// follow-up run): never scheduled, default timeout and attempts, no params.
+    pub fn ad_hoc(kind: &str, source: &Path) -> JobSpec {
+        JobSpec {
+            name: kind.to_string(),
+            kind: kind.to_string(),
+            // Never fires: `enabled` is false; a schedule is still required.
+            schedule: Schedule::parse("0 0 0 1 1 *", chrono_tz::UTC)
+                .unwrap_or_else(|e| unreachable!("a fixed cron text parses: {e}")),
+            timeout: Duration::from_secs(3600),
+            max_attempts: 3,
+            allow_overlap: false,
+            enabled: false,
+            catch_up: None,
+            params: serde_json::Value::Object(Default::default()),
+            source: source.to_path_buf(),
+            kind_at: None,
+            params_at: None,
+        }
+    }
+
+    /// The job of `kind` runs of that kind take their settings from: the
+    /// first enabled job file of that kind, else the first, else `ad_hoc`.
+    pub fn of_kind(jobs: &[JobSpec], kind: &str, source: &Path) -> JobSpec {
+        let mut of_kind = jobs.iter().filter(|j| j.kind == kind);
+        let first = of_kind.clone().next();
+        of_kind
+            .find(|j| j.enabled)
+            .or(first)
+            .cloned()
+            .unwrap_or_else(|| JobSpec::ad_hoc(kind, source))
+    }
+
     /// An error about the kind, pointing at `kind = ...` in the job file.
     pub fn kind_error(&self, message: impl Into<String>) -> Error {
         self.error_at(self.kind_at, message)

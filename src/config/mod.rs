@@ -167,6 +167,9 @@ pub struct DatabaseConfig {
     pub url: String,
     /// Pool size: one pool per process, shared by jobs and the DSR API.
     pub max_connections: u32,
+    /// PostgreSQL: the role whose DELETEs an append-only table's guard lets
+    /// through; `None`: the role Lethe connects as (`current_user`).
+    pub retention_role: Option<String>,
 }
 
 #[derive(Debug, Clone)]

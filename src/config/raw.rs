@@ -110,6 +110,7 @@ pub(super) struct RawBackup {
 pub(super) struct RawDatabase {
     pub(super) url: Spanned<String>,
     pub(super) max_connections: Option<Spanned<u32>>,
+    pub(super) retention_role: Option<String>,
 }
 
 #[derive(Deserialize)]

@@ -477,6 +477,7 @@ pub(super) fn load_database_and_store(
         DatabaseConfig {
             url: database_url,
             max_connections: database_max_connections,
+            retention_role: database.retention_role,
         },
         StoreConfig {
             url: store_url,

@@ -5,9 +5,27 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::audit::anchor::{self, Anchored};
+use crate::config::Config;
 use crate::context::Context;
 use crate::error::{Error, Result};
-use crate::runner::{Job, JobContext, JobParams};
+use crate::runner::{result_lists, Job, JobContext, JobParams};
+use crate::store::{Run, RunState};
+
+/// Which ended runs are anchored at once (issue 15: "at the end of every DSR
+/// completion, purge and backup"), only with an anchor store configured:
+/// every purge attempt (one that failed midway still deleted rows), a
+/// backup that succeeded, and a DSR run that completed a request or failed
+/// (it may have completed some before).
+pub fn anchor_after(config: &Config, run: &Run) -> bool {
+    if config.audit.anchor_store.is_none() {
+        return false;
+    }
+    match run.kind.as_str() {
+        "backup.create" => run.state == RunState::Succeeded,
+        "dsr.process" => run.state != RunState::Succeeded || result_lists(run, "completed"),
+        _ => true,
+    }
+}
 
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]

@@ -22,7 +22,7 @@ use std::path::Path;
 
 use crate::config::Config;
 use crate::error::Result;
-use crate::runner::Registry;
+use crate::runner::{Job, Registry};
 
 /// The kinds, in the order `lethe demo` runs them.
 pub fn registry() -> Registry {
@@ -40,6 +40,15 @@ pub fn registry() -> Registry {
     r.register::<runner_prune::RunnerPrune>();
     r.register::<mail_flush::MailFlush>();
     r.register::<audit_anchor::AuditAnchor>();
+    r.follow_up(
+        &[
+            retention_purge::RetentionPurge::KIND,
+            backup_create::BackupCreate::KIND,
+            dsr_process::DsrProcess::KIND,
+        ],
+        audit_anchor::AuditAnchor::KIND,
+        audit_anchor::anchor_after,
+    );
     // Test builds only: a release binary rejects `test.sleep` as an unknown kind.
     #[cfg(feature = "testing")]
     r.register_unlisted::<test_sleep::TestSleep>();

@@ -242,6 +242,11 @@ impl ObjectStore for LocalStore {
         Ok(out)
     }
 
+    /// A folder keeps no versions: an overwrite leaves no trace here.
+    async fn rewritten(&self, _prefix: &str) -> Result<Vec<super::Rewritten>> {
+        Ok(Vec::new())
+    }
+
     async fn list(&self, prefix: &str) -> Result<Vec<String>> {
         let keys = self.walk().await.map_err(|e| error("list", prefix, e))?;
         Ok(keys

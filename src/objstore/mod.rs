@@ -6,6 +6,7 @@ mod local;
 mod s3;
 mod s3_purge;
 mod s3_listing;
+mod s3_versions;
 
 pub use local::LocalStore;
 pub use s3::S3Store;
@@ -35,6 +36,16 @@ pub struct VersionsPage {
     /// Where the next page starts; `None` when this was the last. A page
     /// may be empty and still have a next one (one key's many versions).
     pub next: Option<String>,
+}
+
+/// A key written once that a versioned store shows was written again, or
+/// deleted: more than one version, or a delete marker.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Rewritten {
+    pub key: String,
+    /// Object versions (data), the first write included.
+    pub versions: u64,
+    pub delete_markers: u64,
 }
 
 /// What deleting objects for good did.
@@ -125,6 +136,10 @@ pub trait ObjectStore: Send + Sync {
         };
         Ok(VersionsPage { keys, next })
     }
+    /// Keys under `prefix` with more than one version or a delete marker, in
+    /// key order, read page by page. A store without versions (a folder)
+    /// cannot tell, and returns none.
+    async fn rewritten(&self, prefix: &str) -> Result<Vec<Rewritten>>;
     /// Up to `limit` objects under `prefix` after the key `after`, in key order.
     async fn list_page(
         &self,

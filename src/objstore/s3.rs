@@ -393,6 +393,10 @@ impl ObjectStore for S3Store {
         self.purge_keys(keys, tail).await
     }
 
+    async fn rewritten(&self, prefix: &str) -> Result<Vec<super::Rewritten>> {
+        self.rewritten_keys(prefix).await
+    }
+
     async fn list(&self, prefix: &str) -> Result<Vec<String>> {
         let full = self.key(prefix);
         let mut pages = self

@@ -268,6 +268,7 @@ pub(super) fn scope(entry: &DataMapEntry, item: &PlanItem, config: &Config) -> R
         exclude_orgs: item.exclude_orgs.clone(),
         exclude_subjects: item.exclude_subjects.clone(),
         range: None,
+        append_only: entry.append_only,
     })
 }
 

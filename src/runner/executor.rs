@@ -35,6 +35,10 @@ pub struct RunReport {
     pub error: Option<String>,
     /// When a `failed` run will be tried again by `lethe serve`.
     pub next_attempt_at: Option<DateTime<Utc>>,
+    /// Runs this one queued as it ended (`audit.anchor` after a purge), run
+    /// here right after it.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub follow_ups: Vec<RunReport>,
 }
 
 impl RunReport {
@@ -61,6 +65,7 @@ impl RunReport {
             },
             error: run.error.clone(),
             next_attempt_at: (run.state == RunState::Retryable).then_some(run.run_after),
+            follow_ups: Vec::new(),
         }
     }
 
@@ -78,12 +83,8 @@ pub async fn run_now(
     dry_run: bool,
 ) -> Result<RunReport> {
     let (id, _) = enqueue_manual(ctx, spec, params, dry_run).await?;
-    let owner = ctx.worker_id.clone();
-    let claimed_at = Instant::now();
-    let Some(run) = ctx
-        .store
-        .claim_run(id, &owner, ctx.config.runner.lease)
-        .await?
+    let (_never, cancel) = watch::channel(false);
+    let Some((done, follow_ups)) = claim_and_attempt(ctx, registry, id, cancel.clone()).await?
     else {
         return Err(Error::Failed(format!(
             "job {} is already running elsewhere and does not allow overlap; run {id} stays queued and \
@@ -91,9 +92,27 @@ pub async fn run_now(
             spec.name
         )));
     };
-    let (_never, cancel) = watch::channel(false);
-    let done = execute_claimed_at(ctx.clone(), registry, run, owner, cancel, claimed_at).await?;
-    Ok(RunReport::from_run(&done))
+    let mut report = RunReport::from_run(&done);
+    report.follow_ups = super::follow_up::run_here(ctx, registry, follow_ups, cancel).await?;
+    Ok(report)
+}
+
+/// Claims run `id` for this process and runs one attempt of it; `None` when
+/// it is not claimable (running elsewhere, or taken by a `serve` replica).
+pub(super) async fn claim_and_attempt(
+    ctx: &Arc<Context>,
+    registry: &Registry,
+    id: i64,
+    cancel: watch::Receiver<bool>,
+) -> Result<Option<(Run, Vec<i64>)>> {
+    let owner = ctx.worker_id.clone();
+    let claimed_at = Instant::now();
+    let lease = ctx.config.runner.lease;
+    let Some(run) = ctx.store.claim_run(id, &owner, lease).await? else {
+        return Ok(None);
+    };
+    let ended = attempt(ctx.clone(), registry, run, owner, cancel, claimed_at).await?;
+    Ok(Some(ended))
 }
 
 /// Queues a manual run due now; a worker (this process or any `lethe serve`)
@@ -105,17 +124,7 @@ pub async fn enqueue_manual(
     dry_run: bool,
 ) -> Result<(i64, chrono::DateTime<chrono::Utc>)> {
     let now = ctx.store.now().await?;
-    let new = NewRun {
-        job: spec.name.clone(),
-        kind: spec.kind.clone(),
-        scheduled_for: crate::audit::truncate_micros(now),
-        trigger: "manual".into(),
-        max_attempts: i32::try_from(spec.max_attempts).unwrap_or(i32::MAX),
-        timeout: spec.timeout,
-        allow_overlap: spec.allow_overlap,
-        dry_run,
-        params,
-    };
+    let new = due_now(spec, now, "manual", params, dry_run);
     let id = ctx.store.enqueue(&new).await?.ok_or_else(|| {
         Error::Failed(format!(
             "job {} was enqueued twice in the same microsecond; try again",
@@ -123,6 +132,27 @@ pub async fn enqueue_manual(
         ))
     })?;
     Ok((id, new.scheduled_for))
+}
+
+/// A run of `spec` due at `now` (whole microseconds, as the store keeps them).
+pub(super) fn due_now(
+    spec: &JobSpec,
+    now: DateTime<Utc>,
+    trigger: &str,
+    params: Value,
+    dry_run: bool,
+) -> NewRun {
+    NewRun {
+        job: spec.name.clone(),
+        kind: spec.kind.clone(),
+        scheduled_for: crate::audit::truncate_micros(now),
+        trigger: trigger.into(),
+        max_attempts: i32::try_from(spec.max_attempts).unwrap_or(i32::MAX),
+        timeout: spec.timeout,
+        allow_overlap: spec.allow_overlap,
+        dry_run,
+        params,
+    }
 }
 
 /// Runs one claimed attempt to its end and returns the run as stored afterwards.
@@ -144,9 +174,22 @@ pub async fn execute_claimed_at(
     registry: &Registry,
     run: Run,
     owner: String,
-    mut cancel: watch::Receiver<bool>,
+    cancel: watch::Receiver<bool>,
     claimed_at: Instant,
 ) -> Result<Run> {
+    let (done, _queued) = attempt(ctx, registry, run, owner, cancel, claimed_at).await?;
+    Ok(done)
+}
+
+/// One attempt: the run as stored afterwards, and the follow-up runs its end queued.
+pub(super) async fn attempt(
+    ctx: Arc<Context>,
+    registry: &Registry,
+    run: Run,
+    owner: String,
+    mut cancel: watch::Receiver<bool>,
+    claimed_at: Instant,
+) -> Result<(Run, Vec<i64>)> {
     let started = Instant::now();
     let lease = ctx.config.runner.lease;
     let id = run.id;
@@ -189,7 +232,7 @@ pub async fn execute_claimed_at(
                     task.abort();
                     heartbeat.abort();
                     tracing::warn!(run_id = id, job = %job, "lease lost; attempt abandoned");
-                    return fetch(&ctx, id).await;
+                    return Ok((fetch(&ctx, id).await?, Vec::new()));
                 }
                 _ = fence.expired() => {
                     // Heartbeats kept failing: stop (dropping the task rolls back its open
@@ -207,35 +250,38 @@ pub async fn execute_claimed_at(
                     let back = Outcome::Retry { error: "interrupted: the worker shut down".into(), run_after: Utc::now() };
                     ctx.store.finish(id, &owner, &back).await?;
                     tracing::warn!(run_id = id, job = %job, "attempt interrupted by shutdown; run returned to the queue");
-                    return fetch(&ctx, id).await;
+                    return Ok((fetch(&ctx, id).await?, Vec::new()));
                 }
             }
         }
     };
     heartbeat.abort();
 
-    finish_attempt(&ctx, &run, &owner, outcome_err, started.elapsed()).await
+    finish_attempt(&ctx, registry, &run, &owner, outcome_err, started.elapsed()).await
 }
 
 /// Records the attempt's outcome (if this worker still holds the lease), its
-/// metrics, evidence and alerts; returns the run as stored.
+/// metrics, evidence, alerts and follow-up runs; returns the run as stored
+/// and the follow-ups queued (none when the run was rescued from this attempt).
 async fn finish_attempt(
     ctx: &Context,
+    registry: &Registry,
     run: &Run,
     owner: &str,
     result: std::result::Result<Value, String>,
     elapsed: Duration,
-) -> Result<Run> {
+) -> Result<(Run, Vec<i64>)> {
     let (outcome, label) = outcome_of(ctx, run, result).await?;
     ctx.metrics
         .observe_attempt(&run.job, label, elapsed.as_secs_f64());
     if !ctx.store.finish(run.id, owner, &outcome).await? {
         tracing::warn!(run_id = run.id, job = %run.job, "run was rescued by another worker before it finished; outcome dropped");
-        return fetch(ctx, run.id).await;
+        return Ok((fetch(ctx, run.id).await?, Vec::new()));
     }
     let done = fetch(ctx, run.id).await?;
     after_outcome(ctx, &done, &format!("worker:{owner}"), elapsed).await?;
-    Ok(done)
+    let queued = super::follow_up::enqueue(ctx, registry, &done).await;
+    Ok((done, queued))
 }
 
 /// The job task's end as the attempt's result: its value, or why it failed.

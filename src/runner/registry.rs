@@ -10,6 +10,7 @@ use super::job::{parse_params, run_params, Job, JobContext};
 use crate::config::{Config, JobSpec};
 use crate::context::Context;
 use crate::error::{Error, Result};
+use crate::store::Run;
 
 type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 pub(super) type RunFn = fn(JobContext) -> BoxFuture<'static, Result<Value>>;
@@ -24,9 +25,21 @@ struct Entry {
     preflight: PreflightFn,
 }
 
+/// Whether a run that just ended (its state and result as stored) has its
+/// follow-up queued, under this config.
+pub type FollowWhen = fn(&Config, &Run) -> bool;
+
+/// `then` is queued after a run of `after` ends, when `when` says so.
+struct FollowUp {
+    after: &'static str,
+    then: &'static str,
+    when: FollowWhen,
+}
+
 #[derive(Default)]
 pub struct Registry {
     entries: Vec<Entry>,
+    follow_ups: Vec<FollowUp>,
 }
 
 impl Registry {
@@ -59,6 +72,38 @@ impl Registry {
             preflight: |ctx| Box::pin(J::preflight(ctx)),
         });
         self
+    }
+
+    /// After an attempt of any kind in `after` ends (not a dry run) and
+    /// `when` agrees, one run of `then` is queued to run now, unless a run of
+    /// its job already waits unstarted. Kinds must be registered first.
+    pub fn follow_up(
+        &mut self,
+        after: &[&'static str],
+        then: &'static str,
+        when: FollowWhen,
+    ) -> &mut Self {
+        for kind in after.iter().chain([&then]) {
+            assert!(
+                self.entry(kind).is_ok(),
+                "follow-up names unknown kind {kind}"
+            );
+        }
+        self.follow_ups
+            .extend(after.iter().map(|&after| FollowUp { after, then, when }));
+        self
+    }
+
+    /// The kinds to queue after `run` ended.
+    pub(super) fn follow_ups<'a>(
+        &'a self,
+        config: &'a Config,
+        run: &'a Run,
+    ) -> impl Iterator<Item = &'static str> + 'a {
+        self.follow_ups
+            .iter()
+            .filter(move |f| f.after == run.kind && !run.dry_run && (f.when)(config, run))
+            .map(|f| f.then)
     }
 
     /// Every listed kind, in registration order (the order `demo` runs them).

@@ -141,6 +141,10 @@ pub(super) const RUN_COLUMNS: &str =
 pub trait Queue: Send + Sync {
     /// `Ok(None)` when `(job, scheduled_for)` is already queued: N replicas, one row.
     async fn enqueue(&self, run: &NewRun) -> Result<Option<i64>>;
+    /// A follow-up run (`trigger = 'follow_up'`), queued unless a run of the
+    /// same job already waits unstarted: `Ok(None)` then. A partial unique
+    /// index keeps two finishers racing from both adding one.
+    async fn enqueue_follow_up(&self, run: &NewRun) -> Result<Option<i64>>;
     async fn latest_scheduled_for(&self, job: &str) -> Result<Option<DateTime<Utc>>>;
     /// Claims the next due run whose job is not already running (unless it allows overlap).
     async fn claim_next(&self, owner: &str, lease: Duration) -> Result<Option<Run>>;
@@ -179,6 +183,28 @@ macro_rules! impl_queue {
                 .bind(millis(run.timeout))
                 .bind(run.allow_overlap)
                 .bind(run.dry_run)
+                .bind(&run.params)
+                .bind(Ts::now())
+                .fetch_optional(&self.pool)
+                .await?;
+                Ok(id)
+            }
+
+            async fn enqueue_follow_up(&self, run: &NewRun) -> Result<Option<i64>> {
+                let id: Option<i64> = sqlx::query_scalar(
+                    "INSERT INTO job_runs (job, kind, scheduled_for, trigger, max_attempts, timeout_ms,
+                                           allow_overlap, dry_run, params, run_after, created_at)
+                     SELECT $1, $2, $3, 'follow_up', $4, $5, $6, false, $7, $3, $8
+                     WHERE NOT EXISTS (SELECT 1 FROM job_runs WHERE job = $1 AND state = 'available')
+                     ON CONFLICT DO NOTHING
+                     RETURNING id",
+                )
+                .bind(&run.job)
+                .bind(&run.kind)
+                .bind(Ts(run.scheduled_for))
+                .bind(run.max_attempts)
+                .bind(millis(run.timeout))
+                .bind(run.allow_overlap)
                 .bind(&run.params)
                 .bind(Ts::now())
                 .fetch_optional(&self.pool)

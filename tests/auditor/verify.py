@@ -95,6 +95,19 @@ def verify_export(path, key):
     return out
 
 
+def merkle_root(leaves):
+    """RFC 9162: leaf = SHA-256(0x00 || data), node = SHA-256(0x01 || left || right),
+    split at the largest power of two below the size."""
+    if not leaves:
+        return hashlib.sha256(b"").digest()
+    if len(leaves) == 1:
+        return hashlib.sha256(b"\x00" + leaves[0]).digest()
+    k = 1
+    while k * 2 < len(leaves):
+        k *= 2
+    return hashlib.sha256(b"\x01" + merkle_root(leaves[:k]) + merkle_root(leaves[k:])).digest()
+
+
 def verify_anchors(folder, key, hashes, last_seq):
     res = {"matched": 0, "later": 0, "problem": None}
     for name in sorted(os.listdir(folder)):
@@ -102,10 +115,12 @@ def verify_anchors(folder, key, hashes, last_seq):
             continue
         with open(os.path.join(folder, name), "rb") as f:
             a = json.load(f)
-        if name != "%020d.json" % a["seq"] or a["lethe_anchor"] != 1:
+        if name != "%020d.json" % a["seq"] or a["lethe_anchor"] not in (1, 2):
             res["problem"] = "%s: not an anchor for its name" % name
             break
         msg = "lethe-anchor-v1\n%d\n%s\n%s" % (a["seq"], a["hash"], a["time"])
+        if a["lethe_anchor"] == 2:
+            msg = "lethe-anchor-v2\n%s\n%d\n%s" % (msg[len("lethe-anchor-v1\n"):], a["tree_size"], a["root"])
         want = hmac.new(key.encode("utf-8"), msg.encode("utf-8"), hashlib.sha256).hexdigest()
         if not hmac.compare_digest(want, a["hmac"]):
             res["problem"] = "%s: HMAC does not match" % name
@@ -114,6 +129,10 @@ def verify_anchors(folder, key, hashes, last_seq):
             res["later"] += 1
         elif hashes.get(a["seq"]) != a["hash"]:
             res["problem"] = "seq %d does not hold what was anchored at %s" % (a["seq"], a["time"])
+            break
+        elif a["lethe_anchor"] == 2 and (a["tree_size"] != a["seq"] or merkle_root(
+                [bytes.fromhex(hashes[s]) for s in range(1, a["seq"] + 1)]).hex() != a["root"]):
+            res["problem"] = "%s: the Merkle root is not that of events 1..%d" % (name, a["seq"])
             break
         else:
             res["matched"] += 1

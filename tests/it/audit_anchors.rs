@@ -13,17 +13,22 @@ use serde_json::Value;
 
 use crate::common::{app_exec, app_strings, run_ok, server_env, stdout_json, ConfigDir};
 
-const KEY: &str = "anchor-test-signing-key-0123456789abcdef";
+pub(crate) const KEY: &str = "anchor-test-signing-key-0123456789abcdef";
 
-struct Rig {
-    c: ConfigDir,
+pub(crate) struct Rig {
+    pub(crate) c: ConfigDir,
     store: String,
 }
 
 impl Rig {
-    fn sqlite() -> Rig {
-        let extra = "[audit]\nanchor_store = \"file://anchors\"\n";
-        let c = ConfigDir::full(None, None, "", "", extra);
+    pub(crate) fn sqlite() -> Rig {
+        Rig::sqlite_with("")
+    }
+
+    /// Folder anchors, and `extra` TOML (a data map) appended to the config.
+    pub(crate) fn sqlite_with(extra: &str) -> Rig {
+        let extra = format!("{extra}\n[audit]\nanchor_store = \"file://anchors\"\n");
+        let c = ConfigDir::full(None, None, "", "", &extra);
         let store = format!("sqlite://{}", c.path().join("lethe.db").display());
         let rig = Rig { c, store }.with_job();
         run_ok(rig.cmd().arg("migrate"));
@@ -31,7 +36,7 @@ impl Rig {
     }
 
     /// PostgreSQL store, anchors in a moto bucket created with Object Lock.
-    async fn postgres() -> Option<Rig> {
+    pub(crate) async fn postgres() -> Option<Rig> {
         let moto = server_env("LETHE_TEST_MOTO_URL")?;
         let store = crate::common::fresh_pg_db().await?;
         let bucket = format!("anchors-{}", uuid::Uuid::new_v4().simple());
@@ -63,13 +68,13 @@ impl Rig {
         self
     }
 
-    fn cmd(&self) -> Command {
+    pub(crate) fn cmd(&self) -> Command {
         let mut c = self.c.lethe_aws();
         c.env("AUDIT_SIGNING_KEY", KEY);
         c
     }
 
-    fn event(&self, org: u32) {
+    pub(crate) fn event(&self, org: u32) {
         let org = org.to_string();
         run_ok(
             self.cmd()
@@ -78,7 +83,7 @@ impl Rig {
     }
 
     /// Runs `audit.anchor`; the anchored sequence number.
-    fn anchor(&self) -> i64 {
+    pub(crate) fn anchor(&self) -> i64 {
         let v = crate::common::run_job(self.cmd(), "audit.anchor", &[]);
         assert_eq!(v["status"], "succeeded", "{v}");
         assert!(!v.to_string().contains(KEY), "no key in the output");
@@ -87,7 +92,7 @@ impl Rig {
 
     /// Three anchors over nine events: holds 1–3, anchor, holds 4–5,
     /// anchor, hold 6, anchor. Returns the anchored sequence numbers.
-    fn build(&self) -> Vec<i64> {
+    pub(crate) fn build(&self) -> Vec<i64> {
         let mut anchored = Vec::new();
         for batch in [1..=3, 4..=5, 6..=6] {
             for org in batch {
@@ -98,7 +103,7 @@ impl Rig {
         anchored
     }
 
-    fn verify(&self, mut cmd: Command, args: &[&str]) -> (i32, Value) {
+    pub(crate) fn verify(&self, mut cmd: Command, args: &[&str]) -> (i32, Value) {
         let out = cmd.args(["audit", "verify"]).args(args).output().unwrap();
         let text = format!(
             "{}{}",
@@ -114,11 +119,11 @@ impl Rig {
         (out.status.code().unwrap_or(-1), v)
     }
 
-    fn live(&self) -> (i32, Value) {
+    pub(crate) fn live(&self) -> (i32, Value) {
         self.verify(self.cmd(), &["--live", "--json"])
     }
 
-    fn export(&self, name: &str) -> PathBuf {
+    pub(crate) fn export(&self, name: &str) -> PathBuf {
         let p = self.c.path().join(name);
         run_ok(
             self.cmd()
@@ -149,7 +154,7 @@ impl Rig {
 
     /// Deletes event `seq`, renumbers the later ones and recomputes every hash
     /// from there with the chain's real rule: internally consistent again.
-    async fn delete_and_recompute(&self, seq: i64) {
+    pub(crate) async fn delete_and_recompute(&self, seq: i64) {
         self.without_triggers(&format!(
             "DELETE FROM audit_events WHERE seq = {seq}; \
              UPDATE audit_events SET seq = -(seq - 1) WHERE seq > {seq}; \
@@ -257,6 +262,11 @@ async fn a_replayed_older_store_is_caught(rig: Rig) {
     } else {
         let copy = rig.c.path().join("old.db");
         std::fs::copy(rig.c.path().join("lethe.db"), &copy).unwrap();
+        // A write-ahead log left by the last process holds the newest events.
+        let wal = rig.c.path().join("lethe.db-wal");
+        if wal.exists() {
+            std::fs::copy(&wal, rig.c.path().join("old.db-wal")).unwrap();
+        }
         format!("sqlite://{}", copy.display())
     };
     let later = rig.build();

@@ -33,9 +33,38 @@ fn demo_runs_every_job_kind_once_and_all_succeed() {
     }
     assert_eq!(v["audit"]["verified"], true);
     assert_eq!(v["audit"]["signature"], "valid");
-    // audit.anchor ran in the tour: the store's chain matches its anchor.
+    // audit.anchor ran in the tour, and right after the backup and the DSR
+    // run that completed requests (follow-ups; the tour's purge is a dry run,
+    // which queues none): the store's chain matches every anchor.
+    let follow_ups: Vec<&str> = runs
+        .iter()
+        .flat_map(|r| r["follow_ups"].as_array().into_iter().flatten())
+        .map(|f| f["kind"].as_str().unwrap())
+        .collect();
+    assert!(
+        follow_ups.iter().all(|k| *k == "audit.anchor"),
+        "{follow_ups:?}"
+    );
+    for after in ["backup.create", "dsr.process"] {
+        let run = runs.iter().find(|r| r["kind"] == after).unwrap();
+        assert_eq!(run["follow_ups"][0]["status"], "succeeded", "{run}");
+    }
+    let purge = runs
+        .iter()
+        .find(|r| r["kind"] == "retention.purge")
+        .unwrap();
+    assert!(purge["follow_ups"].is_null(), "{purge}");
     assert_eq!(v["audit"]["live"]["intact"], true, "{}", v["audit"]);
-    assert_eq!(v["audit"]["live"]["anchors_matched"], 1, "{}", v["audit"]);
+    assert_eq!(
+        v["audit"]["live"]["anchors_matched"],
+        1 + follow_ups.len(),
+        "{}",
+        v["audit"]
+    );
+    // And an inclusion proof of the first erasure against the newest anchor.
+    let proof = &v["audit"]["proof"];
+    assert_eq!(proof["action"], "dsr.erased", "{proof}");
+    assert!(proof["path"].as_u64().unwrap() >= 1, "{proof}");
     assert!(
         v["mail"]["messages"].as_u64().unwrap() >= 1,
         "mail.flush delivered the demo's mail"

@@ -1,8 +1,12 @@
 //! Every integration test in one binary: each module is one area, linked once
 //! against the library (one link of aws-sdk and sqlx instead of one per file).
 
+mod app_guard;
 mod app_keys;
+mod audit_anchor_after;
+mod audit_anchor_versions;
 mod audit_anchors;
+mod audit_proofs;
 mod backup;
 mod cli;
 mod common;

@@ -55,6 +55,7 @@ conformance!(
     dsr_forget_subject_replaces_the_email_everywhere_in_the_store,
     reports_migrated,
     enqueue_is_unique_per_job_and_fire,
+    a_follow_up_is_queued_once_while_one_waits,
     claim_leases_heartbeats_and_finishes,
     future_runs_are_not_claimed,
     a_job_never_overlaps_itself_unless_allowed,
@@ -176,6 +177,41 @@ async fn enqueue_is_unique_per_job_and_fire(s: Arc<dyn Store>) {
         Some(lethe::audit::truncate_micros(t))
     );
     assert_eq!(s.latest_scheduled_for("nope").await.unwrap(), None);
+}
+
+/// A follow-up run is not queued while a run of its job waits unstarted
+/// (a scheduled one or another follow-up); once that one is claimed, it is.
+async fn a_follow_up_is_queued_once_while_one_waits(s: Arc<dyn Store>) {
+    let t = past();
+    let first = s.enqueue_follow_up(&new_run("anchor", t)).await.unwrap();
+    assert!(first.is_some());
+    let later = t + CDuration::seconds(1);
+    assert_eq!(
+        s.enqueue_follow_up(&new_run("anchor", later))
+            .await
+            .unwrap(),
+        None,
+        "one already waits"
+    );
+    let run = s.get_run(first.unwrap()).await.unwrap().unwrap();
+    assert_eq!(run.trigger, "follow_up");
+    assert!(s.enqueue(&new_run("other", later)).await.unwrap().is_some());
+    assert!(
+        s.enqueue_follow_up(&new_run("other", later + CDuration::seconds(1)))
+            .await
+            .unwrap()
+            .is_none(),
+        "a waiting scheduled run of the job counts too"
+    );
+    let claimed = s.claim_run(first.unwrap(), "w", LEASE).await.unwrap();
+    assert!(claimed.is_some());
+    assert!(
+        s.enqueue_follow_up(&new_run("anchor", later))
+            .await
+            .unwrap()
+            .is_some(),
+        "the waiting one started: a new one is queued"
+    );
 }
 
 async fn claim_leases_heartbeats_and_finishes(s: Arc<dyn Store>) {

@@ -223,6 +223,7 @@ async fn purge_case(form: Stored, cutoff: DateTime<Utc>, rows: &[Row]) -> Result
         only_orgs: None,
         exclude_orgs: vec![],
         exclude_subjects: vec![],
+        append_only: false,
         range: None,
     };
     let planned = db.count(&scope).await.map_err(|e| e.to_string())?;
