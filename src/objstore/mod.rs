@@ -4,8 +4,8 @@
 
 mod local;
 mod s3;
-mod s3_purge;
 mod s3_listing;
+mod s3_purge;
 mod s3_versions;
 
 pub use local::LocalStore;
