@@ -6,7 +6,6 @@ mod local;
 mod s3;
 mod s3_listing;
 mod s3_purge;
-mod s3_versions;
 
 pub use local::LocalStore;
 pub use s3::S3Store;

@@ -4,14 +4,15 @@
 //! see it. Keys come from `ListObjectVersions`; a key whose versions span a
 //! page boundary is reported once, when all of them are read (the partial
 //! key travels in the continuation token, so no page is listed twice and
-//! every marker sent is one the server gave).
+//! every marker sent is one the server gave). The same walk finds keys
+//! written more than once (`rewritten`): an anchor overwritten or deleted.
 
 use aws_sdk_s3::operation::list_object_versions::ListObjectVersionsOutput;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::s3::{sdk, S3Store};
-use super::{Listed, VersionsPage};
+use super::{Listed, Rewritten, VersionsPage};
 use crate::error::{Error, Result};
 
 /// Entries per `ListObjectVersions` request (S3's maximum).
@@ -25,6 +26,10 @@ struct Partial {
     newest: Option<(DateTime<Utc>, u64)>,
     /// The newest delete marker's time: the key's age when it has no version.
     marker: Option<DateTime<Utc>>,
+    #[serde(default)]
+    versions: u64,
+    #[serde(default)]
+    markers: u64,
 }
 
 impl Partial {
@@ -42,6 +47,10 @@ impl Partial {
     }
 
     fn add(&mut self, at: Option<DateTime<Utc>>, size: Option<u64>) {
+        match size {
+            Some(_) => self.versions += 1,
+            None => self.markers += 1,
+        }
         match (at, size) {
             (Some(t), Some(size)) if self.newest.is_none_or(|(n, _)| t > n) => {
                 self.newest = Some((t, size));
@@ -88,12 +97,73 @@ fn time(t: Option<&aws_sdk_s3::primitives::DateTime>) -> Option<DateTime<Utc>> {
 }
 
 impl S3Store {
+    /// One `ListObjectVersions` request under `full` (a prefix inside the
+    /// bucket) from the given markers.
+    pub(super) async fn versions_request(
+        &self,
+        full: &str,
+        key_marker: Option<String>,
+        version_marker: Option<String>,
+    ) -> Result<ListObjectVersionsOutput> {
+        self.client
+            .list_object_versions()
+            .bucket(&self.bucket)
+            .prefix(full)
+            .max_keys(PAGE)
+            .set_key_marker(key_marker)
+            .set_version_id_marker(version_marker)
+            .send()
+            .await
+            .map_err(|e| sdk("list versions", full, e))
+    }
+
     pub(super) async fn list_versions_page(
         &self,
         prefix: &str,
         token: Option<&str>,
     ) -> Result<VersionsPage> {
+        let (keys, next) = self.key_page(&self.key(prefix), token).await?;
+        let keys = keys
+            .into_iter()
+            .filter_map(|k| k.listed(&self.prefix))
+            .collect();
+        Ok(VersionsPage { keys, next })
+    }
+
+    /// Keys under `prefix` with more than one version or a delete marker,
+    /// in key order.
+    pub(super) async fn rewritten_keys(&self, prefix: &str) -> Result<Vec<Rewritten>> {
         let full = self.key(prefix);
+        let mut found = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let (keys, next) = self.key_page(&full, token.as_deref()).await?;
+            found.extend(
+                keys.into_iter()
+                    .filter(|k| k.versions > 1 || k.markers > 0)
+                    .map(|k| Rewritten {
+                        key: k
+                            .key
+                            .strip_prefix(&self.prefix)
+                            .unwrap_or(&k.key)
+                            .to_string(),
+                        versions: k.versions,
+                        delete_markers: k.markers,
+                    }),
+            );
+            match next {
+                Some(n) => token = Some(n),
+                None => return Ok(found),
+            }
+        }
+    }
+
+    /// The keys wholly read by one page from `token`, and the next page's token.
+    async fn key_page(
+        &self,
+        full: &str,
+        token: Option<&str>,
+    ) -> Result<(Vec<Partial>, Option<String>)> {
         let token: Option<Token> = token
             .map(serde_json::from_str)
             .transpose()
@@ -104,20 +174,12 @@ impl S3Store {
         };
         let (key_marker, version_marker) = markers.unzip();
         let page = self
-            .client
-            .list_object_versions()
-            .bucket(&self.bucket)
-            .prefix(&full)
-            .max_keys(PAGE)
-            .set_key_marker(key_marker)
-            .set_version_id_marker(version_marker)
-            .send()
-            .await
-            .map_err(|e| sdk("list versions", &full, e))?;
+            .versions_request(full, key_marker, version_marker)
+            .await?;
         let mut keys = Vec::new();
         for (key, at, size) in entries(&page) {
             if current.as_ref().is_some_and(|c| c.key != key) {
-                keys.extend(current.take().and_then(|c| c.listed(&self.prefix)));
+                keys.extend(current.take());
             }
             current
                 .get_or_insert_with(|| Partial {
@@ -132,14 +194,13 @@ impl S3Store {
             page.next_version_id_marker(),
         ) {
             (false, _, _) => {
-                keys.extend(current.take().and_then(|c| c.listed(&self.prefix)));
+                keys.extend(current.take());
                 None
             }
             (true, Some(k), Some(v)) => {
                 // Keys before the marker are whole; the marker's key may go on.
-                if let Some(c) = current.as_ref().filter(|c| c.key.as_str() != k) {
-                    keys.extend(c.clone().listed(&self.prefix));
-                    current = None;
+                if current.as_ref().is_some_and(|c| c.key.as_str() != k) {
+                    keys.extend(current.take());
                 }
                 let token = Token {
                     key_marker: k.to_string(),
@@ -154,11 +215,11 @@ impl S3Store {
             (true, _, _) => {
                 return Err(super::error(
                     "list versions",
-                    &full,
+                    full,
                     "a truncated page without NextKeyMarker and NextVersionIdMarker",
                 ))
             }
         };
-        Ok(VersionsPage { keys, next })
+        Ok((keys, next))
     }
 }

@@ -39,8 +39,6 @@ use crate::error::Result;
 
 /// S3's limit of keys per `DeleteObjects` request.
 const PER_REQUEST: usize = 1000;
-/// Entries per `ListObjectVersions` page (S3's maximum).
-const PAGE: i32 = 1000;
 
 /// A call's keys: full keys (with the store's prefix) sorted and without
 /// repeats, each with the key as the caller gave it.
@@ -269,16 +267,8 @@ impl S3Store {
             Some(Cursor::Key(k)) => (Some(k.clone()), None),
             None => (None, None),
         };
-        self.client
-            .list_object_versions()
-            .bucket(&self.bucket)
-            .prefix(prefix)
-            .max_keys(PAGE)
-            .set_key_marker(key_marker)
-            .set_version_id_marker(version_marker)
-            .send()
+        self.versions_request(prefix, key_marker, version_marker)
             .await
-            .map_err(|e| sdk("list versions", prefix, e))
     }
 
     async fn delete_batch(&self, round: &Round, batch: &[Found], out: &mut Purged) -> Result<()> {
