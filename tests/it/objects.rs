@@ -65,16 +65,19 @@ async fn seed(url: &str, pg: bool) {
     }
 }
 
-fn purge(c: &ConfigDir) -> Value {
-    c.job(
-        "purge",
-        "kind = \"retention.purge\"\nschedule = \"0 0 3 * * *\"\nmax_attempts = 1\n[params]\nbatch_size = 2\n",
-    );
+/// The job file `name`, the store migrated, and org 2 under a legal hold:
+/// the setup the tests here share.
+fn with_job_and_hold(c: &ConfigDir, name: &str, job: &str) {
+    c.job(name, job);
     run_ok(c.lethe().arg("migrate"));
     run_ok(
         c.lethe()
             .args(["hold", "add", "--org", "2", "--reason", "litigation"]),
     );
+}
+
+fn purge(c: &ConfigDir) -> Value {
+    with_job_and_hold(c, "purge", "kind = \"retention.purge\"\nschedule = \"0 0 3 * * *\"\nmax_attempts = 1\n[params]\nbatch_size = 2\n");
     let r = stdout_json(&run_ok(
         c.lethe()
             .env("DOCS_KEY_ID", "testing")
@@ -203,16 +206,7 @@ async fn a_purge_deletes_its_rows_files_in_a_folder_store_and_nothing_outside() 
         put_file(&root, key, "personal data");
     }
     std::fs::write(c.path().join("outside.txt"), "not the store's").unwrap();
-    let c2 = &c;
-    c2.job(
-        "purge",
-        "kind = \"retention.purge\"\nschedule = \"0 0 3 * * *\"\nmax_attempts = 1\n[params]\nbatch_size = 2\n",
-    );
-    run_ok(c.lethe().arg("migrate"));
-    run_ok(
-        c.lethe()
-            .args(["hold", "add", "--org", "2", "--reason", "litigation"]),
-    );
+    with_job_and_hold(&c, "purge", "kind = \"retention.purge\"\nschedule = \"0 0 3 * * *\"\nmax_attempts = 1\n[params]\nbatch_size = 2\n");
     let r = stdout_json(&run_ok(c.lethe().args(["run", "purge", "--json"])));
     assert_eq!(r["status"], "succeeded", "{r}");
     assert_eq!(r["result"]["deleted"], 4, "{r}");
@@ -253,15 +247,7 @@ async fn a_crash_between_rows_and_files_leaves_nothing_orphaned_after_the_rescue
     for (_, _, key, _) in DOCS {
         put_file(&root, key, "personal data");
     }
-    c.job(
-        "purge",
-        "kind = \"retention.purge\"\nschedule = \"0 0 3 * * *\"\nmax_attempts = 3\n[params]\nbatch_size = 2\n",
-    );
-    run_ok(c.lethe().arg("migrate"));
-    run_ok(
-        c.lethe()
-            .args(["hold", "add", "--org", "2", "--reason", "litigation"]),
-    );
+    with_job_and_hold(&c, "purge", "kind = \"retention.purge\"\nschedule = \"0 0 3 * * *\"\nmax_attempts = 3\n[params]\nbatch_size = 2\n");
     run_ok(c.lethe().args(["run", "purge", "--detach"]));
     let mut a = crate::common::spawn_serve(
         {
@@ -349,14 +335,10 @@ async fn an_erasure_deletes_the_subjects_files() {
     ] {
         put_file(&root, key, "personal data");
     }
-    c.job(
+    with_job_and_hold(
+        &c,
         "dsr",
         "kind = \"dsr.process\"\nschedule = \"0 0 3 * * *\"\nmax_attempts = 1\n",
-    );
-    run_ok(c.lethe().arg("migrate"));
-    run_ok(
-        c.lethe()
-            .args(["hold", "add", "--org", "2", "--reason", "litigation"]),
     );
     run_ok(c.lethe().args([
         "dsr",
@@ -604,15 +586,7 @@ async fn delete_objects_failing_fails_the_run_and_the_retry_finishes_the_files()
     );
     let c = ConfigDir::full(None, Some(&url), "", "", &config(&store));
     seed(&url, true).await;
-    c.job(
-        "purge",
-        "kind = \"retention.purge\"\nschedule = \"0 0 3 * * *\"\nmax_attempts = 1\n[params]\nbatch_size = 10\n",
-    );
-    run_ok(c.lethe().arg("migrate"));
-    run_ok(
-        c.lethe()
-            .args(["hold", "add", "--org", "2", "--reason", "litigation"]),
-    );
+    with_job_and_hold(&c, "purge", "kind = \"retention.purge\"\nschedule = \"0 0 3 * * *\"\nmax_attempts = 1\n[params]\nbatch_size = 10\n");
     let first = crate::common::run_job(c.lethe_aws(), "purge", &[]);
     assert_ne!(first["status"], "succeeded", "{first}");
     assert!(refused.load(Ordering::SeqCst) >= 1);
@@ -740,14 +714,10 @@ async fn files_by_prefix_and_age_follow_retention_and_holds() {
             assert!(ok.success());
         }
     }
-    c.job(
+    with_job_and_hold(
+        &c,
         "purge",
         "kind = \"retention.purge\"\nschedule = \"0 0 3 * * *\"\nmax_attempts = 1\n",
-    );
-    run_ok(c.lethe().arg("migrate"));
-    run_ok(
-        c.lethe()
-            .args(["hold", "add", "--org", "2", "--reason", "litigation"]),
     );
     run_ok(c.lethe().env("LETHE_PSEUDONYM_KEY", KEY).args([
         "hold",
@@ -876,14 +846,10 @@ async fn a_file_under_object_lock_is_reported_and_deferred() {
     );
     let c = ConfigDir::full(None, Some(&url), "", "", &config(&store));
     seed(&url, true).await;
-    c.job(
+    with_job_and_hold(
+        &c,
         "purge",
         "kind = \"retention.purge\"\nschedule = \"0 0 3 * * *\"\nmax_attempts = 1\n",
-    );
-    run_ok(c.lethe().arg("migrate"));
-    run_ok(
-        c.lethe()
-            .args(["hold", "add", "--org", "2", "--reason", "litigation"]),
     );
     let r = crate::common::run_job(c.lethe_aws(), "purge", &[]);
     assert_eq!(r["status"], "succeeded", "{r}");
