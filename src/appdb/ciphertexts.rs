@@ -93,14 +93,18 @@ pub struct CipherBatch {
     pub next: Option<RowPos>,
 }
 
-/// The leaf relations a PostgreSQL table's rows live in (itself, or its
-/// partitions), by oid, with their size in pages now.
-const PG_RELATIONS: &str = "SELECT c.oid::bigint, c.oid::regclass::text,
+/// The relations a PostgreSQL table's rows live in, by oid, with their size
+/// in pages now: the table itself when it holds rows, its partitions, and
+/// its inheritance children (a query on the parent reads theirs too), at
+/// every depth; a partitioned table or partition of partitions holds none.
+const PG_RELATIONS: &str = "WITH RECURSIVE tree(oid) AS (
+        SELECT to_regclass($1)::oid
+        UNION SELECT i.inhrelid FROM pg_inherits i JOIN tree t ON i.inhparent = t.oid)
+     SELECT c.oid::bigint, c.oid::regclass::text,
         (pg_relation_size(c.oid) / current_setting('block_size')::bigint)::bigint,
         CASE WHEN c.reltuples > 0 AND c.relpages > 0 THEN c.reltuples::float8 / c.relpages ELSE 100 END
-   FROM pg_class c
-  WHERE (c.oid = to_regclass($1) AND c.relkind = 'r')
-     OR c.oid IN (SELECT relid FROM pg_partition_tree(to_regclass($1)) WHERE isleaf)
+   FROM pg_class c JOIN tree t ON c.oid = t.oid
+  WHERE c.relkind = 'r'
   ORDER BY 1";
 
 impl AppDb {

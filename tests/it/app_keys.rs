@@ -270,6 +270,19 @@ const CUSTOMERS_PARTITIONED: &str =
      CREATE TABLE customers_1 PARTITION OF customers FOR VALUES IN (1);
      CREATE TABLE customers_2 PARTITION OF customers FOR VALUES IN (2)";
 
+/// Org 2's rows live in an inheritance child: the parent's query reads
+/// them, so the walk must visit the child too.
+const CUSTOMERS_INHERITED: &str =
+    "CREATE TABLE customers (id BIGINT PRIMARY KEY, org_id BIGINT NOT NULL, nik VARCHAR(200));
+     CREATE TABLE customers_org2 () INHERITS (customers);
+     CREATE FUNCTION customers_route() RETURNS trigger LANGUAGE plpgsql AS $$
+       BEGIN
+         IF NEW.org_id = 2 THEN INSERT INTO customers_org2 VALUES (NEW.*); RETURN NULL; END IF;
+         RETURN NEW;
+       END $$;
+     CREATE TRIGGER customers_route BEFORE INSERT ON customers
+       FOR EACH ROW EXECUTE FUNCTION customers_route()";
+
 #[tokio::test(flavor = "multi_thread")]
 async fn reencrypt_moves_postgres_values_to_the_newest_key() {
     reencrypt_moves_values(CUSTOMERS).await;
@@ -278,6 +291,11 @@ async fn reencrypt_moves_postgres_values_to_the_newest_key() {
 #[tokio::test(flavor = "multi_thread")]
 async fn reencrypt_moves_every_value_of_a_partitioned_table() {
     reencrypt_moves_values(CUSTOMERS_PARTITIONED).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reencrypt_moves_every_value_of_an_inheritance_tree() {
+    reencrypt_moves_values(CUSTOMERS_INHERITED).await;
 }
 
 /// `keys.reencrypt` on PostgreSQL with the local keyring: every value moves
