@@ -142,11 +142,11 @@ pub fn signing_key(config: &crate::config::Config) -> Result<Secret> {
     })
 }
 
-/// The configured anchor store (`[audit] anchor_store`).
+/// The configured anchor store (`[audit] anchor_url`).
 pub async fn open_store(config: &crate::config::Config) -> Result<std::sync::Arc<dyn ObjectStore>> {
-    let cfg = config.audit.anchor_store.as_ref().ok_or_else(|| {
+    let cfg = config.audit.anchor_url.as_ref().ok_or_else(|| {
         Error::Usage(format!(
-            "no anchor store in {}: add anchor_store = \"s3://BUCKET/anchors\" (a bucket created with Object Lock) or \"file://anchors\" under [audit]",
+            "no anchor store in {}: add anchor_url = \"s3://BUCKET/anchors\" (a bucket created with Object Lock) or \"file://anchors\" under [audit]",
             config.path.display()
         ))
     })?;

@@ -389,10 +389,10 @@ pub enum AuditCommand {
         /// An export (`audit export`); omitted with --live.
         #[arg(required_unless_present = "live", conflicts_with = "live")]
         file: Option<PathBuf>,
-        /// Verify the store's chain in place, against every anchor in [audit] anchor_store.
+        /// Verify the store's chain in place, against every anchor in [audit] anchor_url.
         #[arg(long)]
         live: bool,
-        /// Also check FILE against every anchor in [audit] anchor_store.
+        /// Also check FILE against every anchor in [audit] anchor_url.
         #[arg(long, requires = "file")]
         anchors: bool,
         /// Check that FILE continues the older export OLD (same events up to OLD's end).

@@ -197,8 +197,8 @@ async fn guard_checks(db: &AppDb, config: &Config) -> Vec<Check> {
 /// stopped: an error), and no gap between two longer than that (a warning).
 async fn anchor_checks(config: &Config, checks: &mut Vec<Check>) {
     const NAME: &str = "audit anchors";
-    let Some(cfg) = &config.audit.anchor_store else {
-        checks.push(warn(NAME, "no [audit] anchor_store: a rewrite of the audit history by whoever owns the store's database would go unnoticed"));
+    let Some(cfg) = &config.audit.anchor_url else {
+        checks.push(warn(NAME, "no [audit] anchor_url: a rewrite of the audit history by whoever owns the store's database would go unnoticed"));
         return;
     };
     let now = chrono::Utc::now();

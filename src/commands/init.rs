@@ -175,8 +175,8 @@ signing_key_env = "AUDIT_SIGNING_KEY"
 # weak (whoever owns this host can rewrite it); in production use an S3 bucket
 # created with Object Lock: each anchor is kept in COMPLIANCE mode, which
 # nobody, not even the bucket's owner, can shorten or delete.
-anchor_store = "file://anchors"
-# anchor_store = "s3://evidence-bucket/lethe-anchors"
+anchor_url = "file://anchors"
+# anchor_url = "s3://evidence-bucket/lethe-anchors"
 # anchor_endpoint = "https://s3.eu-central-1.amazonaws.com"
 # anchor_region = "eu-central-1"
 # anchor_path_style = false

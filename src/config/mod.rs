@@ -244,7 +244,7 @@ pub struct MailConfig {
 pub struct AuditConfig {
     pub signing_key: SecretSource,
     /// Where `audit.anchor` writes chain heads (S3 with Object Lock, or a folder).
-    pub anchor_store: Option<ObjectStoreConfig>,
+    pub anchor_url: Option<ObjectStoreConfig>,
     /// How long each anchor is kept under Object Lock (COMPLIANCE) on S3.
     pub anchor_retention: Duration,
 }

@@ -186,7 +186,7 @@ pub(super) struct RawAudit {
     pub(super) signing_key_env: Option<String>,
     pub(super) signing_key_file: Option<String>,
     /// Where `audit.anchor` writes chain heads: `s3://bucket/prefix` or `file://DIR`.
-    pub(super) anchor_store: Option<Spanned<String>>,
+    pub(super) anchor_url: Option<Spanned<String>>,
     pub(super) anchor_endpoint: Option<String>,
     pub(super) anchor_region: Option<String>,
     #[serde(default)]

@@ -255,7 +255,7 @@ pub(super) fn load_dsr(
     })
 }
 
-/// The key naming a store's URL: `object_store.url`, but `audit.anchor_store` itself.
+/// The key naming a store's URL: `object_store.url`, but `audit.anchor_url` itself.
 fn url_key(section: &str) -> String {
     if section.starts_with("audit.") {
         section.to_string()
@@ -319,8 +319,8 @@ pub(super) fn load_object_store(
 pub const DEFAULT_ANCHOR_RETENTION: Duration = Duration::from_secs(2557 * 86_400);
 
 pub(super) fn load_audit(src: &SourceFile, raw: RawAudit, dir: &Path) -> Result<AuditConfig> {
-    let anchor_store = raw
-        .anchor_store
+    let anchor_url = raw
+        .anchor_url
         .map(|url| {
             let store = RawObjectStore {
                 url,
@@ -331,7 +331,7 @@ pub(super) fn load_audit(src: &SourceFile, raw: RawAudit, dir: &Path) -> Result<
                 access_key_id_env: None,
                 secret_access_key_env: None,
             };
-            load_object_store(src, "audit.anchor_store", store, dir)
+            load_object_store(src, "audit.anchor_url", store, dir)
         })
         .transpose()?;
     let anchor_retention = match &raw.anchor_retention {
@@ -349,7 +349,7 @@ pub(super) fn load_audit(src: &SourceFile, raw: RawAudit, dir: &Path) -> Result<
                 .unwrap_or_else(|| ENV_AUDIT_SIGNING_KEY.to_string()),
             file: raw.signing_key_file.map(|f| dir.join(f)),
         },
-        anchor_store,
+        anchor_url,
         anchor_retention,
     })
 }

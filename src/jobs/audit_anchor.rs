@@ -1,4 +1,4 @@
-//! `audit.anchor`: writes the audit chain's head, signed, to `audit.anchor_store`
+//! `audit.anchor`: writes the audit chain's head, signed, to `audit.anchor_url`
 //! (see `crate::audit::anchor`), and records `audit.anchored`.
 
 use serde::{Deserialize, Serialize};
@@ -17,7 +17,7 @@ use crate::store::{Run, RunState};
 /// backup that succeeded, and a DSR run that completed a request or failed
 /// (it may have completed some before).
 pub fn anchor_after(config: &Config, run: &Run) -> bool {
-    if config.audit.anchor_store.is_none() {
+    if config.audit.anchor_url.is_none() {
         return false;
     }
     match run.kind.as_str() {

@@ -27,7 +27,7 @@ impl Rig {
 
     /// Folder anchors, and `extra` TOML (a data map) appended to the config.
     pub(crate) fn sqlite_with(extra: &str) -> Rig {
-        let extra = format!("{extra}\n[audit]\nanchor_store = \"file://anchors\"\n");
+        let extra = format!("{extra}\n[audit]\nanchor_url = \"file://anchors\"\n");
         let c = ConfigDir::full(None, None, "", "", &extra);
         let store = format!("sqlite://{}", c.path().join("lethe.db").display());
         let rig = Rig { c, store }.with_job();
@@ -48,7 +48,7 @@ impl Rig {
             .await
             .unwrap();
         let extra = format!(
-            "[audit]\nanchor_store = \"s3://{bucket}/anchors\"\nanchor_endpoint = \"{moto}\"\nanchor_path_style = true\nanchor_retention = \"1d\"\n"
+            "[audit]\nanchor_url = \"s3://{bucket}/anchors\"\nanchor_endpoint = \"{moto}\"\nanchor_path_style = true\nanchor_retention = \"1d\"\n"
         );
         let rig = Rig {
             c: ConfigDir::full(Some(&store), None, "", "", &extra),
@@ -427,7 +427,7 @@ fn verdicts_without_a_key_and_a_malformed_anchor() {
 fn an_anchor_store_that_is_down_fails_only_the_anchor_job() {
     let port = crate::common::free_port();
     let extra = format!(
-        "[audit]\nanchor_store = \"s3://anchors/x\"\nanchor_endpoint = \"http://127.0.0.1:{port}\"\nanchor_path_style = true\n"
+        "[audit]\nanchor_url = \"s3://anchors/x\"\nanchor_endpoint = \"http://127.0.0.1:{port}\"\nanchor_path_style = true\n"
     );
     let c = ConfigDir::full(None, None, "", "", &extra);
     let rig = Rig {
@@ -451,18 +451,12 @@ fn an_anchor_store_that_is_down_fails_only_the_anchor_job() {
 /// Bad anchor config: exit 2 naming the key, the file and line.
 #[test]
 fn an_unknown_anchor_store_scheme_is_refused_at_load() {
-    let c = ConfigDir::full(
-        None,
-        None,
-        "",
-        "",
-        "[audit]\nanchor_store = \"ftp://x/y\"\n",
-    );
+    let c = ConfigDir::full(None, None, "", "", "[audit]\nanchor_url = \"ftp://x/y\"\n");
     let out = c.lethe().arg("check").output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(
-        err.contains("audit.anchor_store `ftp://x/y` must be s3://") && err.contains("lethe.toml:"),
+        err.contains("audit.anchor_url `ftp://x/y` must be s3://") && err.contains("lethe.toml:"),
         "{err}"
     );
 }
