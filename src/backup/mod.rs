@@ -34,7 +34,7 @@ use tokio_util::io::SyncIoBridge;
 
 use crate::context::Context;
 use crate::error::{Error, Result};
-use crate::notify::{self, Message, Role};
+use crate::notify::{self, Block, Message, Role, Tone};
 use crate::objstore::ObjectStore;
 use crate::runner::{JobContext, JobParams};
 use crate::store::BackupRecord;
@@ -483,11 +483,13 @@ pub async fn verify_job(jc: &JobContext, p: VerifyParams) -> Result<VerifyOutput
             Message {
                 role: Role::Ops,
                 subject: format!("[lethe] backup {id} FAILED verification"),
-                paragraphs: vec![
-                    format!("Backup {id} could not be restored and checked: {}", r.error.clone().unwrap_or_else(|| r.mismatches.join("; "))),
-                    "Until a newer backup verifies, the RPO promise may not hold. Run `lethe run backup.create` and `lethe backup verify ID`.".into(),
+                blocks: vec![
+                    Block::Notice(Tone::Alert, format!("Backup {id} could not be restored and checked: until a newer backup verifies, the RPO promise may not hold.")),
+                    Block::Facts(vec![("What failed".into(), r.error.clone().unwrap_or_else(|| r.mismatches.join("; ")))]),
+                    Block::Para("Take a new backup and verify it:".into()),
+                    Block::Command("lethe run backup.create".into()),
+                    Block::Command("lethe backup verify ID".into()),
                 ],
-                html_extra: None,
                 attachments: vec![],
                 dedupe_key: Some(format!("backup-verify-failed:{id}")),
             },

@@ -26,7 +26,7 @@ use super::{CREATE_KIND, VERIFY_KIND};
 use crate::config::format_duration;
 use crate::context::Context;
 use crate::error::Result;
-use crate::notify::{self, Message, Role};
+use crate::notify::{self, Block, Message, Role, Tone, Zone};
 use crate::policy::DurationParam;
 use crate::runner::{JobContext, JobParams};
 use crate::store::{BackupRecord, RunFilter, RunState};
@@ -102,12 +102,11 @@ fn age(now: DateTime<Utc>, b: Option<&BackupRecord>) -> Option<Duration> {
     b.map(|b| (now - b.created_at).to_std().unwrap_or(Duration::ZERO))
 }
 
-fn ops(subject: String, paragraphs: Vec<String>, dedupe_key: String) -> Message {
+fn ops(subject: String, blocks: Vec<Block>, dedupe_key: String) -> Message {
     Message {
         role: Role::Ops,
         subject,
-        paragraphs,
-        html_extra: None,
+        blocks,
         attachments: vec![],
         dedupe_key: Some(dedupe_key),
     }
@@ -154,7 +153,7 @@ pub async fn rpo_check_job(jc: &JobContext, p: RpoParams) -> Result<RpoReport> {
             let prev = stored.get(1);
             let raised = format!("rpo:{}", prev.map_or("none", |p| p.id.as_str()));
             if ctx.store.outbox_has(&raised).await? {
-                recovered = send(ctx, rpo_recovered(n, prev, rpo)).await?;
+                recovered = send(ctx, rpo_recovered(n, prev, rpo, &notify::zone(ctx))).await?;
             }
         }
         // With no backup at all the RPO alert says it all.
@@ -192,15 +191,22 @@ fn rpo_alert(newest: Option<&BackupRecord>, age: Option<Duration>, rpo: Duration
     ops(
         "[lethe] RPO breached: no recent backup".into(),
         vec![
-            what,
-            "Check the backup.create runs: `lethe jobs history --job backup.create`.".into(),
+            Block::Notice(Tone::Alert, what),
+            Block::Para("See why backup.create has not completed, then run it now:".into()),
+            Block::Command("lethe jobs history --job backup.create".into()),
+            Block::Command("lethe run backup.create".into()),
         ],
         // One alert per stale backup, not one per check.
         format!("rpo:{}", newest.map_or("none", |b| b.id.as_str())),
     )
 }
 
-fn rpo_recovered(newest: &BackupRecord, prev: Option<&BackupRecord>, rpo: Duration) -> Message {
+fn rpo_recovered(
+    newest: &BackupRecord,
+    prev: Option<&BackupRecord>,
+    rpo: Duration,
+    zone: &Zone,
+) -> Message {
     let since = match prev {
         Some(p) => format!(
             "a gap of {} since backup {}",
@@ -215,12 +221,17 @@ fn rpo_recovered(newest: &BackupRecord, prev: Option<&BackupRecord>, rpo: Durati
     };
     ops(
         "[lethe] RPO met again".into(),
-        vec![format!(
-            "Backup {} ({}) ends {since}, longer than the RPO of {}.",
-            newest.id,
-            newest.created_at.format("%Y-%m-%d %H:%M UTC"),
-            format_duration(rpo)
-        )],
+        vec![
+            Block::Notice(
+                Tone::Good,
+                format!(
+                    "Backup {} ends {since}, longer than the RPO of {}.",
+                    newest.id,
+                    format_duration(rpo)
+                ),
+            ),
+            Block::Facts(vec![("Taken".into(), zone.show(newest.created_at))]),
+        ],
         format!("rpo-recovered:{}", newest.id),
     )
 }
@@ -244,8 +255,10 @@ fn lag_alert(
     ops(
         "[lethe] backups are not being verified".into(),
         vec![
-            what,
-            "Check the backup.verify runs: `lethe jobs history --job backup.verify`.".into(),
+            Block::Notice(Tone::Alert, what),
+            Block::Para("A backup that was never restored is not proven restorable. See why backup.verify has not passed:".into()),
+            Block::Command("lethe jobs history --job backup.verify".into()),
+            Block::Command("lethe backup verify ID".into()),
         ],
         format!("verify-lag:{}", verified.map_or("none", |b| b.id.as_str())),
     )

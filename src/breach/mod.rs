@@ -9,10 +9,13 @@ use serde_json::{json, Value};
 
 use crate::context::Context;
 use crate::error::{Error, Result};
-use crate::notify::{self, Message, Role};
+use crate::notify::{self, Role};
+
+mod mail;
 use crate::policy::DurationParam;
 use crate::runner::{JobContext, JobParams};
 use crate::store::{Breach, BreachParty};
+use mail::mail;
 
 /// Who must be told, by when, under which rule.
 pub struct PartyRule {
@@ -164,8 +167,9 @@ pub async fn open(ctx: &Context, o: Opening) -> Result<Breach> {
     };
     let id = ctx.store.breach_insert(&b, &event).await?;
     let stored = get(ctx, id).await?;
+    let zone = notify::zone(ctx);
     for role in [Role::Ops, Role::Dpo] {
-        notify::enqueue(ctx, mail(&stored, None, "opened", role)).await?;
+        notify::enqueue(ctx, mail(&stored, None, "opened", role, &zone, now)).await?;
     }
     Ok(stored)
 }
@@ -210,76 +214,6 @@ pub async fn notified(ctx: &Context, id: i64, party: &str, note: Option<&str>) -
     get(ctx, id).await
 }
 
-fn mail(b: &Breach, p: Option<&BreachParty>, what: &str, role: Role) -> Message {
-    let deadlines: Vec<String> = b
-        .parties
-        .iter()
-        .map(|p| {
-            format!(
-                "{}: due {}{} — {}",
-                p.party,
-                p.due_at.format("%Y-%m-%d %H:%M UTC"),
-                if p.notified_at.is_some() {
-                    " (notified)"
-                } else {
-                    ""
-                },
-                p.rule
-            )
-        })
-        .collect();
-    let subject = match (what, p) {
-        ("opened", _) => format!("[lethe] BREACH {} opened: {}", b.id, b.title),
-        ("overdue", Some(p)) => format!(
-            "[lethe] OVERDUE: breach {} — {} not notified, deadline passed {}",
-            b.id,
-            p.party,
-            p.due_at.format("%Y-%m-%d %H:%M UTC")
-        ),
-        (mark, Some(p)) => format!(
-            "[lethe] breach {}: notify {} within {} ({mark})",
-            b.id,
-            p.party,
-            hours_left_text(p.due_at - Utc::now())
-        ),
-        _ => format!("[lethe] breach {}", b.id),
-    };
-    let mut paragraphs = vec![
-        format!(
-            "Breach {} — {}: detected {}, {} subjects, orgs {}.",
-            b.id,
-            b.title,
-            b.detected_at.format("%Y-%m-%d %H:%M UTC"),
-            b.subjects,
-            b.orgs
-        ),
-        format!("Deadlines: {}", deadlines.join("; ")),
-    ];
-    if let Some(p) = p {
-        paragraphs.push(format!(
-            "When {} has been told, record it: `lethe breach notify {} --party {}`.",
-            p.party, b.id, p.party
-        ));
-    }
-    let dedupe = match p {
-        Some(p) => format!("breach:{}:{}:{what}:{}", b.id, p.party, role.as_str()),
-        None => format!("breach:{}:{what}:{}", b.id, role.as_str()),
-    };
-    Message {
-        role,
-        subject,
-        paragraphs,
-        html_extra: None,
-        attachments: vec![],
-        dedupe_key: Some(dedupe),
-    }
-}
-
-fn hours_left_text(d: Duration) -> String {
-    let h = d.num_hours().max(0);
-    format!("{h} h")
-}
-
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct TickParams {
@@ -309,9 +243,8 @@ pub async fn tick(ctx: &Context, marks: &[std::time::Duration]) -> Result<Value>
             };
             let Some(what) = what else { continue };
             for role in [Role::Ops, Role::Dpo] {
-                if let Some((_, true)) =
-                    notify::enqueue(ctx, mail(&b, Some(p), &what, role)).await?
-                {
+                let msg = mail(&b, Some(p), &what, role, &notify::zone(ctx), now);
+                if let Some((_, true)) = notify::enqueue(ctx, msg).await? {
                     sent.push(json!({"breach": b.id, "party": p.party, "mark": what, "to": role.as_str()}));
                 }
             }

@@ -30,6 +30,7 @@ pub async fn run(dir: &Path, json_out: bool) -> Result<i32> {
 
     announce(&ctx, dir, &seeded).await?;
     let dsrs = submit_sample_requests(&ctx).await?;
+    let history = crate::demo::seed_dsr_history(&ctx, now).await?;
     // One breach, found 30 hours ago: its 72-hour deadlines are 42 hours away.
     let breach = crate::breach::open(
         &ctx,
@@ -65,6 +66,7 @@ pub async fn run(dir: &Path, json_out: bool) -> Result<i32> {
             "config": dir.join("lethe.toml").display().to_string(),
             "seeded": seeded,
             "dsr": dsrs,
+            "dsr_history": history,
             "breach": {"id": breach.id, "parties": breach.parties},
             "runs": runs,
             "keys": keys_summary,
@@ -80,6 +82,7 @@ pub async fn run(dir: &Path, json_out: bool) -> Result<i32> {
             dir,
             &seeded,
             &dsrs,
+            &history,
             &runs,
             &keys_summary,
             &ev,
@@ -127,13 +130,12 @@ async fn announce(ctx: &Context, dir: &Path, seeded: &crate::demo::Seeded) -> Re
     let message = Message {
         role: Role::Ops,
         subject: "[lethe] demo started".into(),
-        paragraphs: vec![format!(
+        blocks: vec![crate::notify::Block::Para(format!(
             "The demo seeded {} orgs and {} users with three years of activity in {}.",
             seeded.orgs,
             seeded.users,
             dir.join("app.db").display()
-        )],
-        html_extra: None,
+        ))],
         attachments: vec![],
         dedupe_key: Some("demo-started".into()),
     };
@@ -160,6 +162,8 @@ fn write_demo_config(dir: &Path) -> Result<()> {
     let identity = age::x25519::Identity::generate();
     let config_text = super::init::STARTER_CONFIG
         .replace("example.com", "demo.example")
+        // The DPO reads dates in their own zone, UTC alongside.
+        .replace("timezone = \"UTC\" ", "timezone = \"Europe/Berlin\" ")
         .replace(
             "recipients = []",
             &format!("recipients = [\"{}\"]", identity.to_public()),
@@ -250,6 +254,7 @@ fn print_tour(
     dir: &Path,
     seeded: &crate::demo::Seeded,
     dsrs: &[serde_json::Value],
+    history: &crate::demo::History,
     runs: &[RunReport],
     keys: &serde_json::Value,
     ev: &Evidence,
@@ -266,19 +271,7 @@ fn print_tour(
         "  owner@demo.example is the sole owner of Acme Analytics; member@demo.example is a member"
     );
     outln!();
-    for d in dsrs {
-        outln!(
-            "  dsr #{} {} for {}: {}{}",
-            d["id"],
-            d["kind"].as_str().unwrap_or(""),
-            d["subject"].as_str().unwrap_or(""),
-            d["intake"].as_str().unwrap_or(""),
-            d["reason"]
-                .as_str()
-                .map(|r| format!(" ({r})"))
-                .unwrap_or_default()
-        );
-    }
+    print_requests(dsrs, history);
     outln!();
     let rows: Vec<Vec<String>> = runs
         .iter()
@@ -314,6 +307,7 @@ fn print_tour(
     outln!("Try, in {}:", dir.display());
     outln!("  lethe run retention.purge --dry-run   # what the data map says has expired");
     outln!("  lethe run retention.purge             # delete it, with evidence in the audit chain");
+    outln!("  lethe dsr report                      # the DPO's SLA report (mailed weekly), overdue first");
     outln!("  lethe backup list; lethe backup verify ID");
     outln!(
         "  lethe keys status                      # each org's key versions and stale ciphertexts"
@@ -323,6 +317,26 @@ fn print_tour(
     outln!(
         "  lethe audit prove {} --json             # the inclusion proof above, for an auditor",
         ev.proof.seq
+    );
+}
+
+fn print_requests(dsrs: &[serde_json::Value], history: &crate::demo::History) {
+    for d in dsrs {
+        outln!(
+            "  dsr #{} {} for {}: {}{}",
+            d["id"],
+            d["kind"].as_str().unwrap_or(""),
+            d["subject"].as_str().unwrap_or(""),
+            d["intake"].as_str().unwrap_or(""),
+            d["reason"]
+                .as_str()
+                .map(|r| format!(" ({r})"))
+                .unwrap_or_default()
+        );
+    }
+    outln!(
+        "  dsr history: {} requests over six months imported ({} completed, {} of them late; {} extended; {} rejected; {} open)",
+        history.requests, history.completed, history.completed_late, history.extended, history.rejected, history.open
     );
 }
 

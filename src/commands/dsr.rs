@@ -159,21 +159,7 @@ pub async fn report(ctx: Arc<Context>, send: bool, json_out: bool) -> Result<i32
         v["already_sent"] = json!(mail.as_ref().map(|m| m.already_sent));
         super::print_json(&v)?;
     } else {
-        outln!(
-            "DSR SLA report ({})",
-            r.generated_at.format("%Y-%m-%d %H:%M UTC")
-        );
-        outln!("  open by state: {:?}", r.open_by_state);
-        outln!("  open by days left: {:?}", r.open_by_days_left);
-        outln!(
-            "  overdue: {}, at risk: {}",
-            r.overdue.len(),
-            r.at_risk.len()
-        );
-        outln!(
-            "  completed in the last {} days: {} (median {:?} d, p95 {:?} d, {:?}% within deadline)",
-            r.period_days, r.completed_in_period, r.median_days_to_close, r.p95_days_to_close, r.percent_within_deadline
-        );
+        outln!("{}", dsr::report_text(&ctx, &r));
         match mail {
             Some(m) if m.already_sent => outln!(
                 "  already sent for the period from {} (mail {}); nothing new queued",

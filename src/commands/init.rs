@@ -99,6 +99,7 @@ from = "Lethe <lethe@example.com>"
 transport = "file"          # "file" writes .eml files to `dir`; "smtp" uses [mail.smtp]
 dir = "mail"
 max_attempts = 10
+timezone = "UTC"            # IANA zone for dates in mail (UTC is shown alongside), e.g. "Europe/Berlin"
 # [mail.smtp]
 # host = "smtp.example.com"
 # port = 587

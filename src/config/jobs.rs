@@ -3,7 +3,6 @@
 //! the config loads, pointing its errors into this file.
 
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -148,18 +147,7 @@ pub fn from_text(path: &Path, text: &str) -> Result<JobSpec> {
         .to_string();
     let raw: RawJob = src.parse()?;
 
-    let tz = match &raw.timezone {
-        Some(t) => chrono_tz::Tz::from_str(t.get_ref()).map_err(|_| {
-            src.error_at(
-                t.span(),
-                format!(
-                    "timezone `{}` is not an IANA zone name such as `UTC` or `Europe/Berlin`",
-                    t.get_ref()
-                ),
-            )
-        })?,
-        None => chrono_tz::UTC,
-    };
+    let tz = src.timezone(raw.timezone.as_ref(), "timezone")?;
     let schedule = Schedule::parse(raw.schedule.get_ref(), tz)
         .map_err(|m| src.error_at(raw.schedule.span(), m))?;
     let timeout = match &raw.timeout {

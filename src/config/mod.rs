@@ -236,6 +236,8 @@ pub struct MailConfig {
     pub max_attempts: u32,
     pub retry_base: Duration,
     pub batch_size: u32,
+    /// The zone every date shown to a person is written in (UTC alongside).
+    pub timezone: chrono_tz::Tz,
     pub dpo: Vec<String>,
     pub ops: Vec<String>,
 }

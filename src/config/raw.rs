@@ -155,6 +155,7 @@ pub(super) struct RawMail {
     pub(super) max_attempts: Option<Spanned<u32>>,
     pub(super) retry_base: Option<Spanned<String>>,
     pub(super) batch_size: Option<Spanned<u32>>,
+    pub(super) timezone: Option<Spanned<String>>,
     #[serde(default)]
     pub(super) recipients: RawRecipients,
 }

@@ -145,6 +145,7 @@ pub(super) fn load_mail(src: &SourceFile, raw: RawMail, dir: &Path) -> Result<Ma
             None => Duration::from_secs(30),
         },
         batch_size: src.count(raw.batch_size, "mail.batch_size", 1..=100_000, 50)?,
+        timezone: src.timezone(raw.timezone.as_ref(), "mail.timezone")?,
         dpo: raw
             .recipients
             .dpo

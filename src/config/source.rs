@@ -69,6 +69,22 @@ impl SourceFile<'_> {
         ))
     }
 
+    /// An IANA time zone name (`UTC` when absent); the error names the key.
+    pub fn timezone(&self, value: Option<&Spanned<String>>, key: &str) -> Result<chrono_tz::Tz> {
+        let Some(v) = value else {
+            return Ok(chrono_tz::UTC);
+        };
+        v.get_ref().parse::<chrono_tz::Tz>().map_err(|_| {
+            self.error_at(
+                v.span(),
+                format!(
+                    "{key}: `{}` is not an IANA zone name such as `UTC`, `Europe/Berlin` or `Asia/Jakarta`",
+                    v.get_ref()
+                ),
+            )
+        })
+    }
+
     /// A count within `range` (default when absent); the error names the key and the range.
     pub fn count<T>(
         &self,

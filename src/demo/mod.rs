@@ -12,7 +12,9 @@ use std::str::FromStr;
 use crate::error::Result;
 
 mod encrypt;
+mod history;
 pub use encrypt::encrypt_as_the_app;
+pub use history::{seed_dsr_history, History};
 
 /// The demo app's mapping and data map, appended to the starter config.
 pub const DATA_MAP: &str = r#"

@@ -16,7 +16,7 @@ use crate::config::{Config, DataMapEntry};
 use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::fence::Fence;
-use crate::notify::{self, Message, Role};
+use crate::notify::{self, Block, Message, Role, Tone, Zone};
 use crate::store::DsrRequest;
 
 type Tar = tar::Builder<File>;
@@ -84,7 +84,15 @@ pub(super) async fn export(
     drop(spool);
     let link = store.presign(&key, ttl).await?;
     let (size, sha256) = (enc.stored_bytes, enc.sha256);
-    let message = ready(r, &contents, size, &link, &sha256, expires);
+    let message = ready(
+        r,
+        &contents,
+        size,
+        &link,
+        &sha256,
+        expires,
+        &notify::zone(ctx),
+    );
     notify::enqueue(ctx, message).await?;
     let evidence = json!({"request": r.id, "object": key, "sha256": sha256, "bytes": size, "rows": contents.rows,
                           "files": contents.files, "file_bytes": contents.file_bytes,
@@ -108,17 +116,46 @@ fn ready(
     link: &str,
     sha256: &str,
     expires: chrono::DateTime<chrono::Utc>,
+    zone: &Zone,
 ) -> Message {
     Message {
         role: Role::Dpo,
         subject: format!("[lethe] data export ready for request {}", r.id),
-        paragraphs: vec![
-            format!("The export for request {} ({}) is ready: {} tables and {} files, {} bytes, encrypted with age to the export keys.", r.id, r.jurisdiction, contents.rows.len(), contents.files, size),
-            format!("Download (expires {}): {link}", expires.format("%Y-%m-%d %H:%M UTC")),
-            format!("SHA-256 of the stored file: {sha256}"),
-            format!("Deliver it to the subject before {}.", r.due_at.format("%Y-%m-%d %H:%M UTC")),
+        blocks: vec![
+            Block::Notice(
+                Tone::Warn,
+                format!(
+                    "Deliver this export to the subject before {}; the link below expires {}.",
+                    zone.show(r.due_at),
+                    zone.show(expires)
+                ),
+            ),
+            Block::Facts(vec![
+                (
+                    "Request".into(),
+                    format!("{} ({}, {})", r.id, r.kind, r.jurisdiction),
+                ),
+                (
+                    "Contents".into(),
+                    format!(
+                        "{} tables and {} files",
+                        contents.rows.len(),
+                        contents.files
+                    ),
+                ),
+                (
+                    "Size".into(),
+                    format!("{size} bytes, encrypted with age to the export keys"),
+                ),
+                ("SHA-256".into(), sha256.to_string()),
+            ]),
+            Block::Link {
+                text: "Download the encrypted export".into(),
+                url: link.to_string(),
+            },
+            Block::Para("Look the request up, or see its evidence, with:".into()),
+            Block::Command(format!("lethe dsr show {}", r.id)),
         ],
-        html_extra: None,
         attachments: vec![],
         dedupe_key: Some(format!("dsr-export:{}", r.id)),
     }

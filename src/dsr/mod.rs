@@ -5,16 +5,19 @@
 mod decrypt;
 mod export;
 mod files;
+mod import;
 mod jurisdiction;
 mod ledger;
 mod process;
 mod report;
 
+pub use import::import;
 pub use jurisdiction::{Deadline, Jurisdiction, JURISDICTIONS};
 pub use ledger::{reapply_ledger, LedgerReapply, ReapplyReport};
 pub use process::{process_job, pseudonym_key, subject_pseudonym, ProcessParams};
 pub use report::{
-    report_job, send as send_report, sla_report, ReportOutput, ReportParams, SlaReport,
+    report_job, send as send_report, sla_report, text as report_text, ReportOutput, ReportParams,
+    SlaReport, BUCKET_COLORS, TREND_COLOR,
 };
 
 use chrono::{DateTime, Utc};

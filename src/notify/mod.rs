@@ -3,7 +3,9 @@
 
 mod flush;
 
-pub use crate::mail::{html_escape, render_html, render_text, Mailer};
+pub use crate::mail::{
+    html_escape, render_html, render_text, Bar, Bars, Block, Mailer, Row, Table, Tone, Zone,
+};
 pub use flush::{flush, FlushReport};
 
 use serde_json::json;
@@ -28,16 +30,18 @@ impl Role {
     }
 }
 
-/// A message to queue: rendered to HTML + text by `templates`.
+/// A message to queue: its blocks are rendered to HTML and text alike.
 pub struct Message {
     pub role: Role,
     pub subject: String,
-    /// Paragraphs of plain text; HTML is escaped from them.
-    pub paragraphs: Vec<String>,
-    /// Optional extra HTML (e.g. a chart), already safe.
-    pub html_extra: Option<String>,
+    pub blocks: Vec<Block>,
     pub attachments: Vec<Attachment>,
     pub dedupe_key: Option<String>,
+}
+
+/// The zone dates in mail are shown in (`mail.timezone`).
+pub fn zone(ctx: &Context) -> Zone {
+    Zone(ctx.config.mail.timezone)
 }
 
 /// Queues a message: `Some((id, newly_queued))`; `newly_queued` is false when the
@@ -55,8 +59,8 @@ pub async fn enqueue(ctx: &Context, msg: Message) -> Result<Option<(i64, bool)>>
     let mail = NewMail {
         dedupe_key: msg.dedupe_key,
         recipients,
-        text: render_text(&msg.subject, &msg.paragraphs),
-        html: render_html(&msg.subject, &msg.paragraphs, msg.html_extra.as_deref()),
+        text: render_text(&msg.subject, &msg.blocks, &zone(ctx)),
+        html: render_html(&msg.subject, &msg.blocks, &zone(ctx)),
         subject: msg.subject,
         attachments: msg.attachments,
     };
@@ -74,22 +78,45 @@ pub async fn enqueue(ctx: &Context, msg: Message) -> Result<Option<(i64, bool)>>
     Ok(Some((id, created)))
 }
 
+fn attempts(n: i32) -> String {
+    if n == 1 {
+        "1 attempt".into()
+    } else {
+        format!("{n} attempts")
+    }
+}
+
+fn times(n: i32) -> String {
+    if n == 1 {
+        "once".into()
+    } else {
+        format!("{n} times")
+    }
+}
+
 /// Tells ops a run is out of attempts (once per run).
 pub async fn job_dead(ctx: &Context, run: &Run) -> Result<()> {
+    let z = zone(ctx);
     enqueue(
         ctx,
         Message {
             role: Role::Ops,
-            subject: format!("[lethe] job {} is dead after {} attempts", run.job, run.attempt),
-            paragraphs: vec![
-                format!(
-                    "Run {} of job {} (kind {}), scheduled for {}, failed {} times and will not be retried.",
-                    run.id, run.job, run.kind, run.scheduled_for.to_rfc3339(), run.attempt
+            subject: format!("[lethe] job {} is dead after {}", run.job, attempts(run.attempt)),
+            blocks: vec![
+                Block::Notice(
+                    Tone::Alert,
+                    format!("Job {} failed {} and will not be retried: the work it does is not being done.", run.job, times(run.attempt)),
                 ),
-                format!("Last error: {}", run.error.as_deref().unwrap_or("(none recorded)")),
-                format!("Inspect it with `lethe jobs history --job {}` and re-run it with `lethe run {}` once fixed.", run.job, run.job),
+                Block::Facts(vec![
+                    ("Job".into(), format!("{} (kind {})", run.job, run.kind)),
+                    ("Run".into(), run.id.to_string()),
+                    ("Scheduled for".into(), z.show(run.scheduled_for)),
+                    ("Last error".into(), run.error.clone().unwrap_or_else(|| "(none recorded)".into())),
+                ]),
+                Block::Para("See every attempt and its error, then run it again once the cause is fixed:".into()),
+                Block::Command(format!("lethe jobs history --job {}", run.job)),
+                Block::Command(format!("lethe run {}", run.job)),
             ],
-            html_extra: None,
             attachments: vec![],
             dedupe_key: Some(format!("job-dead:{}:{}", run.job, run.id)),
         },

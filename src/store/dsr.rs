@@ -107,6 +107,21 @@ pub struct NewDsr {
     pub due_at: DateTime<Utc>,
 }
 
+/// A request as another tool (or an earlier system) recorded it, imported
+/// with its whole timeline so that the SLA history carries on.
+#[derive(Debug, Clone)]
+pub struct ImportedDsr {
+    /// `state`, `reason`, `received_at` and `due_at` (the deadline in force,
+    /// extensions included) as recorded; `idempotency_key` and `request_hash` as usual.
+    pub request: NewDsr,
+    pub extended_days: i32,
+    pub extended_at: Option<DateTime<Utc>>,
+    pub extension_notified_at: Option<DateTime<Utc>>,
+    pub completed_at: Option<DateTime<Utc>>,
+    /// When it was last changed (closed, rejected, extended).
+    pub updated_at: DateTime<Utc>,
+}
+
 /// What inserting a request did.
 #[derive(Debug, Clone)]
 pub enum DsrInsert {
@@ -152,6 +167,14 @@ pub trait DsrRequests: Send + Sync {
     /// Inserts a request; when one is created, the evidence `event` builds from
     /// it commits with it (a replay, a key conflict or a duplicate writes nothing).
     async fn dsr_insert(&self, r: &NewDsr, event: EventFor<'_, DsrRequest>) -> Result<DsrInsert>;
+    /// Inserts a request with its recorded timeline, and its evidence, in one
+    /// transaction. The one-open-request-per-subject rule holds as for intake
+    /// (an open duplicate is an error: nothing is inserted).
+    async fn dsr_import(
+        &self,
+        r: &ImportedDsr,
+        event: EventFor<'_, DsrRequest>,
+    ) -> Result<DsrRequest>;
     async fn dsr_get(&self, id: i64) -> Result<Option<DsrRequest>>;
     async fn dsr_list(&self, state: Option<DsrState>, limit: u32) -> Result<Vec<DsrRequest>>;
     /// Requests run `run_id` may process, earliest deadline first: verified,
@@ -256,6 +279,42 @@ macro_rules! impl_dsr_requests {
                     }
                     Err(e) => Err(e.into()),
                 }
+            }
+
+            async fn dsr_import(
+                &self,
+                h: &ImportedDsr,
+                event: EventFor<'_, DsrRequest>,
+            ) -> Result<DsrRequest> {
+                let r = &h.request;
+                let mut tx = self.write_tx().await?;
+                let created: DsrRequest = sqlx::query_as(
+                    "INSERT INTO dsr_requests (kind, subject, jurisdiction, state, reason, detail, source,
+                                               idempotency_key, received_at, due_at, request_hash,
+                                               extended_days, extended_at, extension_notified_at,
+                                               completed_at, updated_at)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16) RETURNING *",
+                )
+                .bind(&r.kind)
+                .bind(&r.subject)
+                .bind(&r.jurisdiction)
+                .bind(r.state)
+                .bind(&r.reason)
+                .bind(&r.detail)
+                .bind(&r.source)
+                .bind(&r.idempotency_key)
+                .bind(Ts(r.received_at))
+                .bind(Ts(r.due_at))
+                .bind(&r.request_hash)
+                .bind(h.extended_days)
+                .bind(h.extended_at.map(Ts))
+                .bind(h.extension_notified_at.map(Ts))
+                .bind(h.completed_at.map(Ts))
+                .bind(Ts(h.updated_at))
+                .fetch_one(&mut *tx)
+                .await?;
+                Self::commit_with(tx, Some(&event(&created)), "dsr_import").await?;
+                Ok(created)
             }
 
             async fn dsr_get(&self, id: i64) -> Result<Option<DsrRequest>> {

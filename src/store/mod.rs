@@ -40,7 +40,7 @@ pub use backups::{BackupCatalog, BackupRecord};
 pub use base::{Backend, Base};
 pub use breaches::{Breach, BreachParty, Breaches};
 pub use checkpoints::Checkpoints;
-pub use dsr::{DsrExtension, DsrInsert, DsrRequest, DsrRequests, DsrState, NewDsr};
+pub use dsr::{DsrExtension, DsrInsert, DsrRequest, DsrRequests, DsrState, ImportedDsr, NewDsr};
 pub use dsr_ledger::DsrLedger;
 pub use keys::{Keys, OrgDek, OrgKek};
 pub use object_deletes::{NewPendingObject, ObjectDeletes, PendingObject};

@@ -994,6 +994,11 @@ fn huge_durations_and_counts_are_refused_at_load_and_limits_run() {
             "mail.max_attempts must be between 1 and 1000",
         ),
         (
+            "[mail]\n",
+            "timezone = \"Europe/Berln\"",
+            "mail.timezone: `Europe/Berln` is not an IANA zone name",
+        ),
+        (
             "[store]\n",
             "max_connections = 0",
             "store.max_connections must be between 1 and 1000",

@@ -258,7 +258,7 @@ async fn breach_reminders_are_sent_once_and_stop_when_notified() {
     for e in walkdir(std::path::Path::new(&maildir)) {
         if e.contains(&title) {
             found += 1;
-            if e.contains("OVERDUE") {
+            if e.contains("Subject: [lethe] OVERDUE: breach") {
                 overdue += 1;
             }
         }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use crate::common::ConfigDir;
 use lethe::context::Context;
 use lethe::fence::Fence;
-use lethe::notify::{self, Message, Role};
+use lethe::notify::{self, Block, Message, Role};
 use lethe::store::{Attachment, MailState};
 use tokio::net::TcpListener;
 
@@ -22,8 +22,7 @@ fn message(subject: &str) -> Message {
     Message {
         role: Role::Dpo,
         subject: subject.into(),
-        paragraphs: vec!["Two requests are at risk <soon>.".into()],
-        html_extra: Some("<svg width=\"10\" height=\"10\"></svg>".into()),
+        blocks: vec![Block::Para("Two requests are at risk <soon>.".into())],
         attachments: vec![Attachment {
             filename: "report.csv".into(),
             content_type: "text/csv".into(),

@@ -20,6 +20,7 @@ mod hash_rules;
 mod keys_breach;
 mod layering;
 mod mail;
+mod mail_render;
 mod object_purge;
 mod objects;
 mod pg_restart;

@@ -81,7 +81,67 @@ conformance!(
     breaches_open_with_parties_and_record_each_notification_once,
     checkpoints_are_per_run_and_key_and_replaced,
     pending_object_deletes_are_per_origin_deferred_and_forgotten,
+    dsr_import_keeps_the_recorded_timeline_with_evidence,
 );
+
+/// An imported request keeps its recorded times (not the store's now); an
+/// open duplicate of an open request is refused and leaves no evidence.
+async fn dsr_import_keeps_the_recorded_timeline_with_evidence(s: Arc<dyn Store>) {
+    let now = lethe::audit::truncate_micros(Utc::now());
+    let t = |days: i64| now - CDuration::days(days);
+    let closed = lethe::store::ImportedDsr {
+        request: lethe::store::NewDsr {
+            kind: "export".into(),
+            subject: "old@x.example".into(),
+            jurisdiction: "gdpr".into(),
+            state: DsrState::Completed,
+            reason: None,
+            detail: None,
+            source: "import".into(),
+            idempotency_key: None,
+            request_hash: None,
+            received_at: t(90),
+            due_at: t(30),
+        },
+        extended_days: 30,
+        extended_at: Some(t(70)),
+        extension_notified_at: Some(t(70)),
+        completed_at: Some(t(40)),
+        updated_at: t(40),
+    };
+    let got = s.dsr_import(&closed, &dsr_event).await.unwrap();
+    let back = s.dsr_get(got.id).await.unwrap().unwrap();
+    assert_eq!(
+        (
+            back.state,
+            back.received_at,
+            back.due_at,
+            back.completed_at,
+            back.updated_at
+        ),
+        (DsrState::Completed, t(90), t(30), Some(t(40)), t(40))
+    );
+    assert_eq!((back.extended_days, back.extended_at), (30, Some(t(70))));
+    let open = lethe::store::ImportedDsr {
+        request: lethe::store::NewDsr {
+            state: DsrState::Received,
+            ..closed.request.clone()
+        },
+        completed_at: None,
+        ..closed.clone()
+    };
+    s.dsr_import(&open, &dsr_event).await.unwrap();
+    let before = trail(&s).await.len();
+    assert!(
+        s.dsr_import(&open, &dsr_event).await.is_err(),
+        "a second open request of the same kind for the subject"
+    );
+    assert_eq!(
+        trail(&s).await.len(),
+        before,
+        "no evidence for what was refused"
+    );
+}
 
 /// Pending file deletes: listed per origin oldest first, a deferred one
 /// hidden until its date, forgotten once done.

@@ -171,15 +171,15 @@ fn breach_reminders_go_out_at_their_mark_once_through_serve() {
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
         .filter(|e| e["action"] == "mail.queued")
         .filter_map(|e| {
-            let subject = e["details"]["subject"].as_str()?.to_string();
-            subject
-                .contains("(T-")
-                .then(|| (e["at"].as_str().unwrap_or("").to_string(), subject))
+            // The dedupe key names the mark: breach:ID:PARTY:T-48h:ROLE.
+            let key = e["details"]["dedupe_key"].as_str()?.to_string();
+            key.contains(":T-")
+                .then(|| (e["at"].as_str().unwrap_or("").to_string(), key))
         })
         .collect();
     assert_eq!(reminders.len(), parties.len() * 2, "{reminders:#?}");
-    for (at, subject) in &reminders {
-        assert!(subject.contains("(T-48h)"), "{subject}");
+    for (at, key) in &reminders {
+        assert!(key.contains(":T-48h:"), "{key}");
         assert!(
             at.as_str() >= "2026-06-02T00:00:00" && at.as_str() < "2026-06-02T00:02:00",
             "reminder queued at {at}, not in the minute after the mark"
@@ -189,7 +189,7 @@ fn breach_reminders_go_out_at_their_mark_once_through_serve() {
         assert_eq!(
             reminders
                 .iter()
-                .filter(|(_, s)| s.contains(&format!("notify {party} ")))
+                .filter(|(_, key)| key.contains(&format!(":{party}:")))
                 .count(),
             2,
             "{party}: one reminder to ops and one to the DPO"

@@ -35,11 +35,13 @@ it found (the caller asserts); exits 2 with a message on stderr when it could
 not run (Chromium missing or failing, an unreadable or unparseable file).
 """
 import argparse
+import csv
 import email
 import email.errors
 import email.policy
 import html
 import html.parser
+import io
 import json
 import mimetypes
 import os
@@ -120,6 +122,18 @@ def content_id(part):
     return str(cid).strip().strip("<>").strip()
 
 
+def csv_facts(data):
+    """A CSV attachment as the csv module (RFC 4180) reads it."""
+    rows = list(csv.reader(io.StringIO(data.decode("utf-8"), newline="")))
+    header, body = (rows[0], rows[1:]) if rows else ([], [])
+    return {
+        "header": header,
+        "rows": len(body),
+        "ragged_rows": sum(1 for r in body if len(r) != len(header)),
+        "cells_with_at": sum(1 for r in rows for c in r if "@" in c),
+    }
+
+
 def structure(msg):
     tree = walk_tree(msg)
     leaves = [(t, p, alt) for t, p, alt in tree if not p.is_multipart()]
@@ -142,7 +156,11 @@ def structure(msg):
         for t, p, _ in leaves
         if content_id(p) is not None
     ]
+    for a, (t, p, _) in zip(attachments, [x for x in leaves if x[1].get_content_disposition() == "attachment"]):
+        if t == "text/csv":
+            a["csv"] = csv_facts(payload_bytes(p))
     body = lambda t, p, alt: alt and p.get_content_disposition() != "attachment"
+    texts = [p.get_content() for t, p, a in leaves if t == "text/plain" and body(t, p, a)]
     defects = [f"{t}: {type(d).__name__}" for t, p, _ in tree for d in p.defects]
     return {
         "subject": msg["subject"],
@@ -153,6 +171,7 @@ def structure(msg):
         "mime_tree": [t for t, _, _ in tree],
         "has_text_plain": any(t == "text/plain" and body(t, p, a) for t, p, a in leaves),
         "has_text_html": any(t == "text/html" and body(t, p, a) for t, p, a in leaves),
+        "text_plain": texts[0] if texts else None,
         "attachments": attachments,
         "inline_parts": inline,
         "defects": defects,

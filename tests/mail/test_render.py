@@ -152,7 +152,9 @@ class RenderTest(unittest.TestCase):
                                           "multipart/related", "text/html", "image/png", "text/csv"])
         self.assertTrue(m["has_text_plain"] and m["has_text_html"])
         self.assertEqual(m["attachments"],
-                         [{"filename": "dsr-sla.csv", "content_type": "text/csv", "size": 19}])
+                         [{"filename": "dsr-sla.csv", "content_type": "text/csv", "size": 19,
+                           "csv": {"header": ["id", "state"], "rows": 1, "ragged_rows": 0,
+                                   "cells_with_at": 0}}])
         self.assertEqual([(p["content_id"], p["content_type"]) for p in m["inline_parts"]],
                          [("chart@lethe", "image/png")])
         self.assertFalse(self.by_name["bad"]["has_date"])
