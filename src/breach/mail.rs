@@ -9,6 +9,16 @@ use crate::mail::span;
 use crate::notify::{Block, Message, Role, Row, Table, Tone, Zone};
 use crate::store::{Breach, BreachParty};
 
+/// A title short enough for a subject line; the body has it whole.
+fn headline(title: &str) -> String {
+    const MAX: usize = 70;
+    if title.chars().count() <= MAX {
+        return title.to_string();
+    }
+    let cut: String = title.chars().take(MAX - 1).collect();
+    format!("{}…", cut.trim_end())
+}
+
 /// The party as a person says it.
 fn who(party: &str) -> &str {
     match party {
@@ -117,7 +127,7 @@ fn opened(b: &Breach, zone: &Zone, now: DateTime<Utc>) -> (String, Vec<Block>) {
         b.id
     )));
     (
-        format!("[lethe] BREACH {} opened: {}", b.id, b.title),
+        format!("[lethe] BREACH {} opened: {}", b.id, headline(&b.title)),
         blocks,
     )
 }

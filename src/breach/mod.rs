@@ -117,6 +117,9 @@ pub fn parties(jurisdictions: &[String], detected_at: DateTime<Utc>) -> Result<V
     Ok(out)
 }
 
+/// The longest breach title, in characters.
+const MAX_TITLE: usize = 300;
+
 pub struct Opening {
     pub title: String,
     pub detected_at: DateTime<Utc>,
@@ -126,8 +129,16 @@ pub struct Opening {
 }
 
 pub async fn open(ctx: &Context, o: Opening) -> Result<Breach> {
-    if o.title.trim().is_empty() {
+    // One line: a title goes into mail subjects and aligned text.
+    let title = o.title.split_whitespace().collect::<Vec<_>>().join(" ");
+    if title.is_empty() {
         return Err(Error::Usage("--title must say what happened".into()));
+    }
+    if title.chars().count() > MAX_TITLE {
+        return Err(Error::Usage(format!(
+            "--title is {} characters; keep it under {MAX_TITLE} (a headline: the details belong in the incident record)",
+            title.chars().count()
+        )));
     }
     let now = ctx.store.now().await?;
     if o.detected_at > now + Duration::minutes(5) {
@@ -146,7 +157,7 @@ pub async fn open(ctx: &Context, o: Opening) -> Result<Breach> {
     };
     let b = Breach {
         id: 0,
-        title: o.title,
+        title,
         detected_at: o.detected_at,
         jurisdictions: json!(jurisdictions),
         orgs: json!(o.orgs),

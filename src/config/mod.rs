@@ -113,6 +113,26 @@ pub struct DsrConfig {
     pub export_prefix: String,
 }
 
+#[cfg(test)]
+impl DsrConfig {
+    /// The starter config's deadlines and periods, for unit tests.
+    pub fn for_tests() -> Self {
+        DsrConfig {
+            default_deadline: std::time::Duration::from_secs(30 * 86_400),
+            at_risk: std::time::Duration::from_secs(7 * 86_400),
+            export_recipients: vec![],
+            export_link_ttl: std::time::Duration::from_secs(86_400),
+            export_max_bytes: 0,
+            pseudonym_key: SecretSource {
+                env: String::new(),
+                file: None,
+            },
+            report_period: std::time::Duration::from_secs(7 * 86_400),
+            export_prefix: String::new(),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct ObjectStoreConfig {
     /// `s3://bucket/prefix` or `file:///abs/path` (relative `file://` paths resolve against the config).

@@ -25,7 +25,7 @@ pub struct History {
     pub open: usize,
 }
 
-const REASONS: [&str; 4] = ["not_found", "duplicate", "sole_owner", "legal_hold"];
+const REASONS: [&str; 3] = ["not_found", "sole_owner", "legal_hold"];
 const LAWS: [&str; 5] = ["gdpr", "ccpa", "uu_pdp", "gdpr", "ccpa"];
 
 fn request(
@@ -53,6 +53,7 @@ fn request(
             due_at: due,
         },
         extended_days: 0,
+        extension_reason: None,
         extended_at: None,
         extension_notified_at: None,
         completed_at: None,
@@ -60,12 +61,15 @@ fn request(
     })
 }
 
-/// Closes `h` after `took`, or halfway to now when that would be later.
-fn close(h: &mut ImportedDsr, took: Duration, now: DateTime<Utc>) {
-    let received = h.request.received_at;
-    let done = (received + took).min(received + (now - received) / 2);
+/// Closes `h` after `took`; false (nothing changed) when that is not yet past.
+fn close(h: &mut ImportedDsr, took: Duration, now: DateTime<Utc>) -> bool {
+    let done = h.request.received_at + took;
+    if done > now - Duration::hours(1) {
+        return false;
+    }
     h.completed_at = Some(done);
     h.updated_at = done;
+    true
 }
 
 fn extend(h: &mut ImportedDsr, days: i64, decided_after: Duration) {
@@ -74,6 +78,7 @@ fn extend(h: &mut ImportedDsr, days: i64, decided_after: Duration) {
     h.extended_days = i32::try_from(days).unwrap_or(0);
     h.extended_at = Some(at);
     h.extension_notified_at = Some(at);
+    h.extension_reason = Some("several systems hold the subject's data".into());
 }
 
 /// The closed history: one request every three and a half days or so.
@@ -97,19 +102,23 @@ fn closed(cfg: &DsrConfig, now: DateTime<Utc>, rng: &mut StdRng) -> Result<Vec<I
         };
         let span = (slow - fast).num_minutes().max(1);
         let took = fast + Duration::minutes(rng.random_range(0..span));
-        if i % 11 == 0 {
+        let closed = if i % 11 == 0 {
             h.request.state = DsrState::Rejected;
             h.request.reason = Some(REASONS[(i / 11) % REASONS.len()].into());
             h.updated_at = h.request.received_at + Duration::hours(20);
+            true
         } else if i % 9 == 0 {
-            close(&mut h, late, now);
+            close(&mut h, late, now)
         } else if i % 7 == 0 && law != "uu_pdp" {
             extend(&mut h, 30, Duration::days(20));
-            close(&mut h, slow + Duration::days(12), now);
+            close(&mut h, slow + Duration::days(12), now)
         } else {
-            close(&mut h, took, now);
+            close(&mut h, took, now)
+        };
+        // One whose closing is not yet past would be a request still open: the open ones are chosen below.
+        if closed {
+            out.push(h);
         }
-        out.push(h);
         hours_ago -= rng.random_range(60..110);
     }
     Ok(out)

@@ -35,6 +35,8 @@ pub struct Jurisdiction {
     pub erasure: Deadline,
     /// How far past the original deadline it may be extended (None: not at all).
     pub extension: Option<Deadline>,
+    /// The law allows one extension only (CCPA: "once by an additional 45 days").
+    pub extend_once: bool,
     pub extension_text: &'static str,
 }
 
@@ -45,6 +47,7 @@ pub const JURISDICTIONS: &[Jurisdiction] = &[
         export: Deadline::Months(1),
         erasure: Deadline::Months(1),
         extension: Some(Deadline::Months(2)),
+        extend_once: false,
         extension_text: "Art. 12(3): two further months",
     },
     Jurisdiction {
@@ -53,6 +56,7 @@ pub const JURISDICTIONS: &[Jurisdiction] = &[
         export: Deadline::Months(1),
         erasure: Deadline::Months(1),
         extension: Some(Deadline::Months(2)),
+        extend_once: false,
         extension_text: "Art. 12(3): two further months",
     },
     Jurisdiction {
@@ -61,6 +65,7 @@ pub const JURISDICTIONS: &[Jurisdiction] = &[
         export: Deadline::Days(45),
         erasure: Deadline::Days(45),
         extension: Some(Deadline::Days(45)),
+        extend_once: true,
         extension_text: "§1798.130: one further 45 days",
     },
     Jurisdiction {
@@ -69,6 +74,7 @@ pub const JURISDICTIONS: &[Jurisdiction] = &[
         export: Deadline::Hours(72),
         erasure: Deadline::Hours(72),
         extension: None,
+        extend_once: false,
         extension_text: "Art. 32–43: 3×24 hours, no extension",
     },
     Jurisdiction {
@@ -77,6 +83,7 @@ pub const JURISDICTIONS: &[Jurisdiction] = &[
         export: Deadline::Configured,
         erasure: Deadline::Configured,
         extension: Some(Deadline::Days(30)),
+        extend_once: false,
         extension_text: "30 further days",
     },
 ];
@@ -92,6 +99,31 @@ impl Jurisdiction {
                 known.join(", ")
             ))
         })
+    }
+
+    /// The latest deadline an extension of `r` may reach, or why it may not
+    /// be extended (any more).
+    pub fn extension_limit(
+        &self,
+        kind: &str,
+        received_at: DateTime<Utc>,
+        extended_days: i32,
+        cfg: &DsrConfig,
+    ) -> std::result::Result<DateTime<Utc>, String> {
+        let Some(ext) = self.extension else {
+            return Err(format!("{} allows no extension", self.name));
+        };
+        if self.extend_once && extended_days > 0 {
+            return Err(format!(
+                "{} allows one extension, and this request was extended already ({})",
+                self.name, self.extension_text
+            ));
+        }
+        let base = self
+            .deadline(kind, cfg)
+            .after(received_at)
+            .map_err(|e| e.to_string())?;
+        ext.after(base).map_err(|e| e.to_string())
     }
 
     pub fn deadline(&self, kind: &str, cfg: &DsrConfig) -> Deadline {
@@ -135,6 +167,26 @@ mod tests {
         }
         let pdp = Jurisdiction::find("UU-PDP").unwrap();
         assert_eq!(pdp.export.after(at(2026, 1, 1)).unwrap(), at(2026, 1, 4));
+    }
+
+    #[test]
+    fn ccpa_extends_once_gdpr_up_to_its_limit_uu_pdp_never() {
+        let cfg = crate::config::DsrConfig::for_tests();
+        let limit = |code: &str, extended: i32| {
+            Jurisdiction::find(code).unwrap().extension_limit(
+                "export",
+                at(2026, 1, 1),
+                extended,
+                &cfg,
+            )
+        };
+        assert_eq!(limit("ccpa", 0), Ok(at(2026, 4, 1)));
+        let again = limit("ccpa", 10).unwrap_err();
+        assert!(again.contains("allows one extension"), "{again}");
+        assert_eq!(limit("gdpr", 10), Ok(at(2026, 4, 1)));
+        assert!(limit("uu_pdp", 0)
+            .unwrap_err()
+            .contains("allows no extension"));
     }
 
     #[test]

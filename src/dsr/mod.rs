@@ -433,24 +433,25 @@ fn subject_notified_at(
     Ok(notified)
 }
 
-/// The new deadline `days` later, refused (exit 3) past the jurisdiction's limit.
+/// The new deadline `days` later, refused (exit 3) past the jurisdiction's
+/// limit, or when its law allows no (further) extension.
 fn within_extension_limit(ctx: &Context, r: &DsrRequest, days: u32) -> Result<DateTime<Utc>> {
     let j = Jurisdiction::find(&r.jurisdiction)?;
-    let base_due = j.deadline(&r.kind, &ctx.config.dsr).after(r.received_at)?;
-    let limit = j.extension.map(|e| e.after(base_due)).transpose()?;
+    let max = j
+        .extension_limit(&r.kind, r.received_at, r.extended_days, &ctx.config.dsr)
+        .map_err(Error::Refused)?;
     let new_due = r
         .due_at
         .checked_add_days(chrono::Days::new(u64::from(days)))
         .ok_or_else(|| Error::Usage(format!("--days {days} is out of range")))?;
-    match limit {
-        None => Err(Error::Refused(format!("{} allows no extension", j.name))),
-        Some(max) if new_due > max => Err(Error::Refused(format!(
+    if new_due > max {
+        return Err(Error::Refused(format!(
             "{} allows extending to {} at the latest ({}); {days} more days would reach {}",
             j.name,
             max.format("%Y-%m-%d %H:%M UTC"),
             j.extension_text,
             new_due.format("%Y-%m-%d %H:%M UTC")
-        ))),
-        Some(_) => Ok(new_due),
+        )));
     }
+    Ok(new_due)
 }

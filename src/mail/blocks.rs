@@ -133,16 +133,20 @@ pub(super) fn block_html(b: &Block, out: &mut String) {
     let _ = match b {
         Block::Heading(t) => write!(
             out,
-            "<h3 style=\"margin:22px 0 8px;font-size:16px;line-height:22px;color:#1f2933\">{}</h3>",
+            "<h3 style=\"margin:22px 0 8px;font-size:16px;line-height:22px;color:#1f2933;overflow-wrap:anywhere\">{}</h3>",
             e(t)
         ),
-        Block::Para(t) => write!(out, "<p style=\"margin:0 0 12px\">{}</p>", e(t)),
+        Block::Para(t) => write!(
+            out,
+            "<p style=\"margin:0 0 12px;overflow-wrap:anywhere\">{}</p>",
+            e(t)
+        ),
         Block::Notice(tone, t) => {
             let (bg, accent) = tone.colors();
             write!(
                 out,
                 "<table role=\"presentation\" width=\"100%\" cellpadding=\"0\" cellspacing=\"0\" style=\"margin:0 0 12px\"><tr>\
-                 <td bgcolor=\"{bg}\" style=\"padding:10px 12px;background-color:{bg};border-left:4px solid {accent};font-weight:bold\">{}</td></tr></table>",
+                 <td bgcolor=\"{bg}\" style=\"padding:10px 12px;background-color:{bg};border-left:4px solid {accent};font-weight:bold;overflow-wrap:anywhere\">{}</td></tr></table>",
                 e(t)
             )
         }

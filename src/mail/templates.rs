@@ -39,7 +39,7 @@ pub fn render_html(subject: &str, blocks: &[Block], zone: &Zone) -> String {
          style=\"max-width:588px;background-color:#ffffff;border:1px solid #dde1e6;font-family:Arial,Helvetica,sans-serif;\
          font-size:14px;line-height:20px;color:#1f2933;text-align:left\"><tr>\
          <td style=\"padding:18px 20px;overflow-wrap:break-word\">\
-         <h2 style=\"margin:0 0 14px;font-size:19px;line-height:25px\">{0}</h2>",
+         <h2 style=\"margin:0 0 14px;font-size:19px;line-height:25px;overflow-wrap:anywhere\">{0}</h2>",
         html_escape(subject)
     );
     for b in blocks {

@@ -23,7 +23,17 @@ impl Zone {
         } else {
             utc
         };
-        format!("{} ({utc_part})", local.format("%a %-d %b %Y, %H:%M %Z"))
+        // Zones without a common abbreviation print a bare offset ("-03"): say it is one.
+        let abbr = local.format("%Z").to_string();
+        let label = if abbr.chars().all(|c| c.is_ascii_alphabetic()) {
+            abbr
+        } else {
+            local.format("UTC%:z").to_string()
+        };
+        format!(
+            "{} {label} ({utc_part})",
+            local.format("%a %-d %b %Y, %H:%M")
+        )
     }
 
     /// The calendar date in this zone, ISO 8601.
@@ -63,6 +73,20 @@ mod tests {
             "Wed 2 Dec 2026, 03:30 WIB (Tue 1 Dec 2026, 20:30 UTC)"
         );
         assert_eq!(Zone(chrono_tz::Asia::Jakarta).date(late), "2026-12-02");
+        assert_eq!(
+            Zone(chrono_tz::America::Sao_Paulo).show(t),
+            "Tue 1 Dec 2026, 06:00 UTC-03:00 (09:00 UTC)"
+        );
+        assert_eq!(
+            Zone(chrono_tz::Asia::Kolkata).show(t),
+            "Tue 1 Dec 2026, 14:30 IST (09:00 UTC)"
+        );
+        // Across a DST change the offset follows the date shown.
+        let summer = Utc.with_ymd_and_hms(2026, 7, 1, 9, 0, 0).unwrap();
+        assert_eq!(
+            Zone(chrono_tz::Europe::Berlin).show(summer),
+            "Wed 1 Jul 2026, 11:00 CEST (09:00 UTC)"
+        );
     }
 
     #[test]

@@ -115,6 +115,7 @@ pub struct ImportedDsr {
     /// extensions included) as recorded; `idempotency_key` and `request_hash` as usual.
     pub request: NewDsr,
     pub extended_days: i32,
+    pub extension_reason: Option<String>,
     pub extended_at: Option<DateTime<Utc>>,
     pub extension_notified_at: Option<DateTime<Utc>>,
     pub completed_at: Option<DateTime<Utc>>,
@@ -210,6 +211,42 @@ pub(super) fn from_states(from: &[DsrState]) -> [Option<DsrState>; 6] {
 macro_rules! impl_dsr_requests {
     ($store:ty) => {
         impl $store {
+            /// One row: as intake makes it (`h` none: never extended, last
+            /// changed when received) or with an imported timeline.
+            async fn insert_dsr_row(
+                tx: &mut sqlx::Transaction<'static, Db>,
+                r: &NewDsr,
+                h: Option<&ImportedDsr>,
+            ) -> std::result::Result<DsrRequest, sqlx::Error> {
+                sqlx::query_as(
+                    "INSERT INTO dsr_requests (kind, subject, jurisdiction, state, reason, detail, source,
+                                               idempotency_key, received_at, due_at, request_hash,
+                                               extended_days, extended_at, extension_notified_at,
+                                               completed_at, updated_at, extension_reason)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)
+                     RETURNING *",
+                )
+                .bind(&r.kind)
+                .bind(&r.subject)
+                .bind(&r.jurisdiction)
+                .bind(r.state)
+                .bind(&r.reason)
+                .bind(&r.detail)
+                .bind(&r.source)
+                .bind(&r.idempotency_key)
+                .bind(Ts(r.received_at))
+                .bind(Ts(r.due_at))
+                .bind(&r.request_hash)
+                .bind(h.map_or(0, |h| h.extended_days))
+                .bind(h.and_then(|h| h.extended_at).map(Ts))
+                .bind(h.and_then(|h| h.extension_notified_at).map(Ts))
+                .bind(h.and_then(|h| h.completed_at).map(Ts))
+                .bind(Ts(h.map_or(r.received_at, |h| h.updated_at)))
+                .bind(h.and_then(|h| h.extension_reason.as_deref()))
+                .fetch_one(&mut **tx)
+                .await
+            }
+
             async fn dsr_by_key(&self, key: &str) -> Result<Option<DsrRequest>> {
                 Ok(sqlx::query_as("SELECT * FROM dsr_requests WHERE idempotency_key = $1")
                     .bind(key)
@@ -249,24 +286,7 @@ macro_rules! impl_dsr_requests {
                     }
                 }
                 let mut tx = self.write_tx().await?;
-                let res: std::result::Result<DsrRequest, sqlx::Error> = sqlx::query_as(
-                    "INSERT INTO dsr_requests (kind, subject, jurisdiction, state, reason, detail, source,
-                                               idempotency_key, received_at, due_at, updated_at, request_hash)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $9, $11) RETURNING *",
-                )
-                .bind(&r.kind)
-                .bind(&r.subject)
-                .bind(&r.jurisdiction)
-                .bind(r.state)
-                .bind(&r.reason)
-                .bind(&r.detail)
-                .bind(&r.source)
-                .bind(&r.idempotency_key)
-                .bind(Ts(r.received_at))
-                .bind(Ts(r.due_at))
-                .bind(&r.request_hash)
-                .fetch_one(&mut *tx)
-                .await;
+                let res = Self::insert_dsr_row(&mut tx, r, None).await;
                 match res {
                     Ok(created) => {
                         Self::commit_with(tx, Some(&event(&created)), "dsr_insert").await?;
@@ -288,31 +308,18 @@ macro_rules! impl_dsr_requests {
             ) -> Result<DsrRequest> {
                 let r = &h.request;
                 let mut tx = self.write_tx().await?;
-                let created: DsrRequest = sqlx::query_as(
-                    "INSERT INTO dsr_requests (kind, subject, jurisdiction, state, reason, detail, source,
-                                               idempotency_key, received_at, due_at, request_hash,
-                                               extended_days, extended_at, extension_notified_at,
-                                               completed_at, updated_at)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16) RETURNING *",
-                )
-                .bind(&r.kind)
-                .bind(&r.subject)
-                .bind(&r.jurisdiction)
-                .bind(r.state)
-                .bind(&r.reason)
-                .bind(&r.detail)
-                .bind(&r.source)
-                .bind(&r.idempotency_key)
-                .bind(Ts(r.received_at))
-                .bind(Ts(r.due_at))
-                .bind(&r.request_hash)
-                .bind(h.extended_days)
-                .bind(h.extended_at.map(Ts))
-                .bind(h.extension_notified_at.map(Ts))
-                .bind(h.completed_at.map(Ts))
-                .bind(Ts(h.updated_at))
-                .fetch_one(&mut *tx)
-                .await?;
+                let created = Self::insert_dsr_row(&mut tx, r, Some(h))
+                    .await
+                .map_err(|e| {
+                    if super::is_unique_violation(&e) {
+                        Error::Refused(format!(
+                            "an open {} request for this subject exists already; an open request is imported only once",
+                            r.kind
+                        ))
+                    } else {
+                        e.into()
+                    }
+                })?;
                 Self::commit_with(tx, Some(&event(&created)), "dsr_import").await?;
                 Ok(created)
             }

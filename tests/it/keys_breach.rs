@@ -285,6 +285,7 @@ fn walkdir(dir: &std::path::Path) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread")]
 async fn bad_breach_input_is_refused_with_exit_2() {
     let c = setup("", "").await;
+    let long_title = "leak ".repeat(70);
     for args in [
         vec!["--title", "x", "--detected-at", "yesterday"],
         vec![
@@ -296,6 +297,12 @@ async fn bad_breach_input_is_refused_with_exit_2() {
             "mars",
         ],
         vec!["--title", " ", "--detected-at", "2026-01-01T00:00:00Z"],
+        vec![
+            "--title",
+            &long_title,
+            "--detected-at",
+            "2026-01-01T00:00:00Z",
+        ],
         vec!["--title", "x", "--detected-at", "2999-01-01T00:00:00Z"],
     ] {
         let out = c

@@ -104,6 +104,7 @@ async fn dsr_import_keeps_the_recorded_timeline_with_evidence(s: Arc<dyn Store>)
             due_at: t(30),
         },
         extended_days: 30,
+        extension_reason: Some("complex".into()),
         extended_at: Some(t(70)),
         extension_notified_at: Some(t(70)),
         completed_at: Some(t(40)),
@@ -132,9 +133,11 @@ async fn dsr_import_keeps_the_recorded_timeline_with_evidence(s: Arc<dyn Store>)
     };
     s.dsr_import(&open, &dsr_event).await.unwrap();
     let before = trail(&s).await.len();
+    let err = s.dsr_import(&open, &dsr_event).await.unwrap_err();
     assert!(
-        s.dsr_import(&open, &dsr_event).await.is_err(),
-        "a second open request of the same kind for the subject"
+        matches!(err, lethe::error::Error::Refused(_))
+            && err.to_string().contains("exists already"),
+        "a second open request of the same kind for the subject: {err}"
     );
     assert_eq!(
         trail(&s).await.len(),

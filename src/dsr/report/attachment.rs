@@ -32,10 +32,14 @@ fn iso(t: Option<DateTime<Utc>>) -> String {
         .unwrap_or_default()
 }
 
-/// A free-text field that holds an address is left out, whatever put it there.
-fn no_address(s: &str) -> String {
+/// A text field as a cell: one that holds an address is left out, whatever
+/// put it there; one a spreadsheet would run as a formula (`=`, `+`, `-`, `@`
+/// first) is quoted with `'`, as OWASP advises for CSV meant for people.
+fn cell(s: &str) -> String {
     if s.contains('@') {
         "(withheld: contained an address)".into()
+    } else if s.starts_with(['=', '+', '-', '\t', '\r']) {
+        format!("'{s}")
     } else {
         s.to_string()
     }
@@ -52,16 +56,19 @@ fn row(ctx: &Context, d: &DsrRequest, now: DateTime<Utc>) -> Vec<String> {
     let closed = days_to_close(d);
     vec![
         d.id.to_string(),
-        no_address(&d.kind),
-        no_address(&d.jurisdiction),
+        cell(&d.kind),
+        cell(&d.jurisdiction),
         d.state.as_str().to_string(),
         sla_text.to_string(),
-        no_address(d.reason.as_deref().unwrap_or("")),
+        cell(d.reason.as_deref().unwrap_or("")),
         iso(Some(d.received_at)),
         iso(Some(d.due_at)),
         iso(d.completed_at),
         if d.state.is_open() {
-            (d.due_at - now).num_hours().div_euclid(24).to_string()
+            (d.due_at - now)
+                .num_seconds()
+                .div_euclid(86_400)
+                .to_string()
         } else {
             String::new()
         },
@@ -71,7 +78,7 @@ fn row(ctx: &Context, d: &DsrRequest, now: DateTime<Utc>) -> Vec<String> {
             _ => String::new(),
         },
         d.extended_days.to_string(),
-        no_address(&d.source),
+        cell(&d.source),
     ]
 }
 
@@ -89,4 +96,24 @@ pub fn csv(ctx: &Context, all: &[DsrRequest], now: DateTime<Utc>) -> Result<Stri
         .into_inner()
         .map_err(|e| Error::Failed(format!("writing the report CSV: {e}")))?;
     String::from_utf8(bytes).map_err(|e| Error::Failed(format!("the report CSV: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::cell;
+
+    #[test]
+    fn cells_never_carry_an_address_or_a_formula() {
+        // Snapshot table: (field, cell).
+        for (field, want) in [
+            ("sole_owner", "sole_owner"),
+            ("a@b.example", "(withheld: contained an address)"),
+            ("=HYPERLINK(\"x\")", "'=HYPERLINK(\"x\")"),
+            ("+1", "'+1"),
+            ("-cmd", "'-cmd"),
+            ("", ""),
+        ] {
+            assert_eq!(cell(field), want, "{field}");
+        }
+    }
 }

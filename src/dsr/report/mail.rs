@@ -90,8 +90,8 @@ fn action(r: &SlaReport, zone: &Zone) -> Vec<Block> {
     }
     if a > 0 {
         blocks.push(Block::Para(
-            "An at-risk request may be extended, within what its law allows, once the subject is told why; \
-             the command above shows the most days allowed."
+            "An at-risk request may be extended, within what its law allows, once the subject is told why: \
+             its extend command gives the most days still allowed; where there is none, the line says why."
                 .into(),
         ));
     }
@@ -191,7 +191,7 @@ fn period(r: &SlaReport) -> Vec<Block> {
             .join(", ")
     };
     vec![
-        Block::Heading(format!("The last {} days", r.period_days)),
+        Block::Heading(format!("The last {}", r.period)),
         Block::Facts(vec![
             ("Received".into(), r.received_in_period.to_string()),
             (
@@ -217,7 +217,7 @@ fn period(r: &SlaReport) -> Vec<Block> {
             (
                 "Extensions".into(),
                 format!(
-                    "{} decided in the period; open on an extension: {}",
+                    "{} deadlines extended in the period; open on an extension: {}",
                     r.extensions_in_period, r.open_extended
                 ),
             ),
@@ -238,7 +238,7 @@ fn trend(r: &SlaReport, zone: &Zone) -> Vec<Block> {
         .weekly
         .iter()
         .map(|w| Bar {
-            label: format!("from {}", w.start.with_timezone(&zone.0).format("%-d %b")),
+            label: zone.date(w.start),
             value: w.median_days_to_close.unwrap_or(0.0),
             shown: match w.median_days_to_close {
                 Some(m) => format!("{m} d ({} closed, {} late)", w.completed, w.completed_late),
@@ -249,7 +249,7 @@ fn trend(r: &SlaReport, zone: &Zone) -> Vec<Block> {
         .collect();
     vec![
         Block::Heading(format!(
-            "Median days to close, last {} weeks",
+            "Median days to close, by week starting, last {} weeks",
             r.weekly.len()
         )),
         Block::Bars(Bars { bars }),

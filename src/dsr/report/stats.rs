@@ -63,6 +63,8 @@ pub struct Week {
 pub struct SlaReport {
     pub generated_at: DateTime<Utc>,
     pub period_days: u64,
+    /// The report period as a person reads it ("7 days", "36 hours").
+    pub period: String,
     pub open_by_state: BTreeMap<String, usize>,
     /// Open requests by days left: "overdue", "0-2", "3-6", "7-13", "14+".
     pub open_by_days_left: BTreeMap<String, usize>,
@@ -85,6 +87,16 @@ pub struct SlaReport {
     pub open_extended: usize,
     /// The last [`TREND_WEEKS`] weeks, oldest first; the last ends now.
     pub weekly: Vec<Week>,
+}
+
+fn period_text(p: std::time::Duration) -> String {
+    let s = p.as_secs();
+    let (n, unit) = match s {
+        _ if s % 86_400 == 0 => (s / 86_400, "day"),
+        _ if s % 3_600 == 0 => (s / 3_600, "hour"),
+        _ => (s.div_ceil(60), "minute"),
+    };
+    format!("{n} {unit}{}", if n == 1 { "" } else { "s" })
 }
 
 fn bucket(days_left: i64, overdue: bool) -> &'static str {
@@ -128,47 +140,59 @@ pub fn days_to_close(d: &DsrRequest) -> Option<f64> {
     }
 }
 
-/// The jurisdiction's room left to extend `d`'s deadline, in whole days;
-/// `None` when it allows none or the deadline has passed.
-fn extendable_days(ctx: &Context, d: &DsrRequest, now: DateTime<Utc>) -> Option<u32> {
+/// The jurisdiction's room left to extend `d`'s deadline, in whole days, or
+/// why there is none (its law allows none or no further one, it is at its
+/// limit, or the deadline has passed).
+fn extendable_days(
+    ctx: &Context,
+    d: &DsrRequest,
+    now: DateTime<Utc>,
+) -> std::result::Result<u32, String> {
     if d.due_at < now {
-        return None;
+        return Err("the deadline has passed: it can no longer be extended".into());
     }
-    let j = Jurisdiction::find(&d.jurisdiction).ok()?;
-    let base = j
-        .deadline(&d.kind, &ctx.config.dsr)
-        .after(d.received_at)
-        .ok()?;
-    let limit = j.extension?.after(base).ok()?;
-    let days = (limit - d.due_at).num_days();
-    u32::try_from(days).ok().filter(|d| *d > 0)
+    let j = Jurisdiction::find(&d.jurisdiction).map_err(|e| e.to_string())?;
+    let limit = j.extension_limit(&d.kind, d.received_at, d.extended_days, &ctx.config.dsr)?;
+    match u32::try_from((limit - d.due_at).num_days()) {
+        Ok(days) if days > 0 => Ok(days),
+        _ => Err(format!(
+            "extended to {}'s limit already ({})",
+            j.name, j.extension_text
+        )),
+    }
 }
 
 fn open_item(ctx: &Context, d: &DsrRequest, now: DateTime<Utc>) -> OpenItem {
     let state = sla(ctx, d, now);
     let extendable = extendable_days(ctx, d, now);
     let mut commands = Vec::new();
-    if let Some(days) = extendable.filter(|_| state != Some(Sla::OnTrack)) {
-        commands.push(format!(
-            "lethe dsr extend {} --days {days} --reason \"WHY, AS TOLD TO THE SUBJECT\"",
-            d.id
-        ));
+    let mut show = format!("lethe dsr show {}", d.id);
+    if state != Some(Sla::OnTrack) {
+        match &extendable {
+            Ok(days) => commands.push(format!(
+                "lethe dsr extend {} --days {days} --reason \"WHY, AS TOLD TO THE SUBJECT\"",
+                d.id
+            )),
+            // Say why there is no extend command, beside the look-up.
+            Err(why) => show = format!("{show}   # {why}"),
+        }
     }
     if matches!(d.state, DsrState::Verified | DsrState::Failed) {
         commands.push("lethe run dsr.process".into());
     }
-    commands.push(format!("lethe dsr show {}", d.id));
+    commands.push(show);
     OpenItem {
         id: d.id,
         kind: d.kind.clone(),
         jurisdiction: d.jurisdiction.clone(),
         state: d.state.as_str().into(),
         due_at: d.due_at,
-        days_left: (d.due_at - now).num_hours().div_euclid(24),
-        hours_left: (d.due_at - now).num_hours(),
+        // Floored, so any time past the deadline is negative.
+        days_left: (d.due_at - now).num_seconds().div_euclid(86_400),
+        hours_left: (d.due_at - now).num_seconds().div_euclid(3_600),
         sla: state,
         extended_days: d.extended_days,
-        extendable_days: extendable,
+        extendable_days: extendable.ok(),
         commands,
     }
 }
@@ -192,6 +216,7 @@ pub(super) fn compute(ctx: &Context, all: &[DsrRequest], now: DateTime<Utc>) -> 
     let mut r = SlaReport {
         generated_at: now,
         period_days: period.as_secs() / 86_400,
+        period: period_text(period),
         open_by_state: BTreeMap::new(),
         open_by_days_left: BUCKETS.iter().map(|b| (b.to_string(), 0)).collect(),
         at_risk: vec![],
@@ -216,7 +241,7 @@ pub(super) fn compute(ctx: &Context, all: &[DsrRequest], now: DateTime<Utc>) -> 
         if d.state.is_open() {
             count_open(ctx, &mut r, d, now);
         }
-        if d.extended_at.is_some_and(|t| t >= since) {
+        if d.extended_at.is_some_and(|t| t >= since && t <= now) {
             r.extensions_in_period += 1;
         }
         let mut tally = |f: &dyn Fn(&mut Counts)| {
