@@ -31,6 +31,9 @@ pub(super) struct ItemProgress {
     /// Time windows: every row in scope before this is gone.
     pub(super) done_before: Option<DateTime<Utc>>,
     pub(super) finished: bool,
+    /// Partitions removed whole, by name (their rows are in `deleted`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub(super) partitions: BTreeMap<String, PartitionStep>,
 }
 
 /// Deletes one plan item, saving progress after each batch.
@@ -73,7 +76,11 @@ pub(super) async fn delete_item(
         _ if !files.is_empty() => batcher.with_files(scope, &files).await,
         [Selector::Before { column, cutoff, .. }] if db.slicing() == Slicing::TimeWindows => {
             let (column, cutoff) = (column.clone(), *cutoff);
-            batcher.windows(scope, &column, cutoff, item.planned).await
+            // Rows of partitions removed whole are not in the windows' way.
+            let whole: i64 = item.partitions.iter().map(|d| d.rows).sum();
+            batcher
+                .windows(scope, &column, cutoff, item.planned - whole)
+                .await
         }
         _ => batcher.row_batches(scope).await,
     }

@@ -22,12 +22,16 @@
 mod batches;
 pub mod objects;
 mod orphans;
+mod partitions;
 mod planning;
 mod prefixes;
 
 pub use crate::policy::{Period, RetentionRule};
 use batches::*;
 pub use orphans::{orphans, Orphan, OrphanReport};
+pub use partitions::PartitionDrop;
+use partitions::PartitionStep;
+use partitions::{drop_after_grace, drop_planned, plan_drops};
 pub use planning::*;
 
 use std::collections::BTreeMap;
@@ -69,6 +73,11 @@ pub struct PurgeParams {
     /// Only these data classes (default: all).
     #[serde(default)]
     pub classes: Option<Vec<String>>,
+    /// Partitions removed whole stay detached this long (out of the
+    /// application's sight, still restorable by attaching them back) and a
+    /// later run drops them; unset: dropped at once.
+    #[serde(default)]
+    pub detach_grace: Option<crate::policy::DurationParam>,
 }
 
 impl JobParams for PurgeParams {
@@ -206,7 +215,10 @@ async fn purge_item(
     } else {
         let before = done.items.get(&index).cloned();
         if !before.as_ref().is_some_and(|d| d.finished) {
-            let outcome = delete_item(jc, db, p, index, item, &planned_scope, done, stats).await;
+            let outcome = match drop_planned(jc, db, p, index, item, done).await {
+                Ok(_) => delete_item(jc, db, p, index, item, &planned_scope, done, stats).await,
+                Err(e) => Err(e),
+            };
             if let Err(e) = outcome {
                 record_stopped(jc, item, done.items.get(&index)).await;
                 return Err(e);
@@ -236,6 +248,8 @@ async fn purge_item(
         "class": item.class, "table": item.table, "rules": item.rules, "orgs": item.only_orgs,
         if jc.dry_run { "would_delete" } else { "deleted" }: deleted,
         "by_org": by_org, "skipped_for_holds": held,
+        "partitions": partitions::outcomes(item, done.items.get(&index), p, jc.dry_run),
+        "partition_notes": item.partition_notes,
     });
     if !jc.dry_run {
         crate::audit::record(
@@ -275,6 +289,7 @@ pub async fn purge_job(jc: &JobContext, p: PurgeParams) -> Result<Value> {
         total += deleted;
         items_out.push(out);
     }
+    let after_grace = drop_after_grace(jc, &db, &p).await?;
     let by_prefix = prefixes::purge_prefixes(jc, &db, plan.basis).await?;
     // Every purge finishes what earlier runs left: files of a dead run, or
     // files Object Lock kept until a date now past.
@@ -291,6 +306,7 @@ pub async fn purge_job(jc: &JobContext, p: PurgeParams) -> Result<Value> {
         "resumed": resumed,
         if jc.dry_run { "would_delete" } else { "deleted" }: total,
         "items": items_out,
+        "partitions_dropped_after_grace": after_grace,
         "objects": files,
         "object_retention": by_prefix,
         "batches": stats.batches,

@@ -30,6 +30,12 @@ pub struct PlanItem {
     pub planned_by_org: BTreeMap<String, i64>,
     /// Expired rows kept by a legal hold, by hold id.
     pub held: BTreeMap<i64, i64>,
+    /// Partitions removed whole (their rows are in `planned` too).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub partitions: Vec<PartitionDrop>,
+    /// Why partitions that lie before the cutoff are not removed whole.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub partition_notes: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -352,6 +358,8 @@ pub async fn plan(
         item.planned_by_org = count_by_org(db, &s).await?;
         item.planned = item.planned_by_org.values().sum();
         item.held = held_counts(db, &s, &holds).await?;
+        let entry = entry_for(config, &item.table)?;
+        (item.partitions, item.partition_notes) = plan_drops(db, entry, item, &s).await?;
     }
     Ok(Plan { basis, items })
 }
@@ -374,6 +382,8 @@ pub(super) fn plan_item(
         planned: 0,
         planned_by_org: BTreeMap::new(),
         held: BTreeMap::new(),
+        partitions: vec![],
+        partition_notes: vec![],
     }
 }
 

@@ -29,6 +29,7 @@ mod replicas;
 mod restore;
 mod retention;
 mod retention_forms;
+mod retention_partitions;
 mod retention_tables;
 mod runner;
 mod store_conformance;
