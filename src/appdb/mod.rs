@@ -30,7 +30,7 @@ mod timeform;
 pub use ciphertexts::{CipherRow, Rewrite, RowPos, Walk};
 pub use keys::{newest_active, AppKey, Census};
 pub use objects::ObjectRow;
-pub use partitions::{NotByRange, PartitionState, RangePartition, RangePartitioning};
+pub use partitions::{Detach, NotByRange, PartitionState, RangePartition, RangePartitioning};
 pub use schema::{check_data_map, preflight, SchemaProblem};
 pub use scope::{Deleted, Scope, Selector, Slicing, TimeWindow};
 pub use subject::{EraseAction, EraseOutcome, EraseStep, NewValue};

@@ -10,7 +10,7 @@
 //! held rows, sub-partitions, inheritance children) takes the row path.
 
 use super::*;
-use crate::appdb::{NotByRange, PartitionState};
+use crate::appdb::{Detach, NotByRange, PartitionState};
 
 /// A detached partition kept for its grace period says so in its comment.
 const MARK: &str = "lethe: detached from ";
@@ -54,6 +54,17 @@ fn eligible(entry: &DataMapEntry, item: &PlanItem) -> Option<(String, DateTime<U
         .flatten()
 }
 
+/// What the plan does with a table's partitions.
+#[derive(Default)]
+pub(super) struct PartitionPlan {
+    /// The partitions removed whole.
+    pub(super) drops: Vec<PartitionDrop>,
+    /// Why partitions that lie before the cutoff are not.
+    pub(super) notes: Vec<String>,
+    /// The whole scope's rows by org, when they were counted by partition.
+    pub(super) by_org: Option<BTreeMap<String, i64>>,
+}
+
 /// The partitions of `item`'s table removed whole, and why others are not
 /// (for the plan's warnings).
 pub(super) async fn plan_drops(
@@ -61,44 +72,46 @@ pub(super) async fn plan_drops(
     entry: &DataMapEntry,
     item: &PlanItem,
     scope: &Scope,
-) -> Result<(Vec<PartitionDrop>, Vec<String>)> {
+) -> Result<PartitionPlan> {
     let Some((column, cutoff)) = eligible(entry, item) else {
-        return Ok((vec![], vec![]));
+        return Ok(PartitionPlan::default());
     };
     let layout = match db.range_partitions(&item.table, &column, cutoff).await? {
         Ok(l) => l,
-        Err(NotByRange::NotPartitioned) => return Ok((vec![], vec![])),
+        Err(NotByRange::NotPartitioned) => return Ok(PartitionPlan::default()),
         Err(NotByRange::OtherKey(why)) => {
-            return Ok((
-                vec![],
-                vec![format!(
+            return Ok(PartitionPlan {
+                notes: vec![format!(
                     "table `{}` is {why}: its expired rows are deleted row by row",
                     item.table
                 )],
-            ))
+                ..Default::default()
+            })
         }
     };
     let mut notes = Vec::new();
     let counts = db.count_by_partition_and_org(scope).await?;
+    let mut whole: BTreeMap<String, i64> = BTreeMap::new();
+    for (_, o, n) in &counts {
+        *whole.entry(o.clone().unwrap_or_default()).or_default() += n;
+    }
     let mut drops = Vec::new();
-    for part in layout.partitions.iter().filter(|p| p.wholly_before) {
-        if part.sub_partitioned {
+    if let Some(why) = &layout.unfit {
+        notes.push(format!(
+            "no partition of `{}` is dropped whole: {why}; its expired rows are deleted row by row",
+            item.table
+        ));
+    }
+    let candidates = layout
+        .partitions
+        .iter()
+        .filter(|p| p.wholly_before && layout.unfit.is_none());
+    for part in candidates {
+        if let Some(why) = unfit(db, entry, item, part).await? {
             notes.push(format!(
-                "partition `{}` of `{}` is partitioned itself: its rows are deleted row by row",
+                "partition `{}` of `{}` is not dropped whole: {why}; its rows are deleted row by row",
                 part.name, item.table
             ));
-            continue;
-        }
-        let org = entry
-            .org
-            .as_deref()
-            .map(|c| (c, item.exclude_orgs.as_slice()));
-        let subject = entry
-            .subject
-            .as_deref()
-            .map(|c| (c, item.exclude_subjects.as_slice()));
-        if db.rows_of(&part.name, org, subject).await? > 0 {
-            notes.push(format!("partition `{}` of `{}` holds rows under a legal hold or an org's own retention: deleted row by row", part.name, item.table));
             continue;
         }
         let by_org: BTreeMap<String, i64> = counts
@@ -114,7 +127,36 @@ pub(super) async fn plan_drops(
             by_org,
         });
     }
-    Ok((drops, notes))
+    Ok(PartitionPlan {
+        drops,
+        notes,
+        by_org: Some(whole),
+    })
+}
+
+/// Why a partition before the cutoff is not removed whole, if it is not.
+async fn unfit(
+    db: &AppDb,
+    entry: &DataMapEntry,
+    item: &PlanItem,
+    part: &crate::appdb::RangePartition,
+) -> Result<Option<String>> {
+    if let Some(why) = &part.unfit {
+        return Ok(Some(why.clone()));
+    }
+    if part.sub_partitioned {
+        return Ok(Some("it is partitioned itself".into()));
+    }
+    let org = entry
+        .org
+        .as_deref()
+        .map(|c| (c, item.exclude_orgs.as_slice()));
+    let subject = entry
+        .subject
+        .as_deref()
+        .map(|c| (c, item.exclude_subjects.as_slice()));
+    Ok((db.rows_of(&part.name, org, subject).await? > 0)
+        .then(|| "it holds rows under a legal hold or an org's own retention".into()))
 }
 
 /// What became of each planned partition, for the run's result: `rows` as
@@ -165,6 +207,9 @@ pub(super) async fn drop_planned(
     // A plain detach locks the whole table: once the application's locks
     // keep it waiting, the other partitions are not tried this run either.
     let mut table_busy = false;
+    if !item.partitions.is_empty() {
+        super::objects::pause_point("before_detach").await;
+    }
     for d in &item.partitions {
         let step = done
             .items
@@ -209,7 +254,8 @@ enum Detached {
     Held,
 }
 
-/// Detaches one partition and counts it, each step checkpointed first.
+/// Detaches one partition, marks it (a run that never comes back leaves it
+/// for a later one to drop), and counts it; each step checkpointed first.
 async fn detach_and_count(
     jc: &JobContext,
     db: &AppDb,
@@ -219,15 +265,29 @@ async fn detach_and_count(
     d: &PartitionDrop,
     done: &mut Progress,
 ) -> Result<Detached> {
+    let resumed = done
+        .items
+        .get(&index)
+        .is_some_and(|i| i.partitions.contains_key(&d.name));
     save(jc, done, index, &d.name, PartitionStep::Detaching, 0).await?;
+    jc.fence.check()?; // each step commits: only while the lease holds
     let wait = Duration::from_millis(p.max_transaction_ms);
-    if !db
-        .detach_partition(&item.table, &d.name, d.concurrently, wait)
+    match db
+        .detach_partition(&item.table, &d.name, d.concurrently, wait, resumed)
         .await?
     {
-        save(jc, done, index, &d.name, PartitionStep::Kept, 0).await?;
-        return Ok(Detached::Locked);
+        Detach::Done => {}
+        Detach::Locked => {
+            save(jc, done, index, &d.name, PartitionStep::Kept, 0).await?;
+            return Ok(Detached::Locked);
+        }
+        // Someone else detached or moved it: nothing of it is ours to drop.
+        Detach::NotAttached => {
+            save(jc, done, index, &d.name, PartitionStep::Kept, 0).await?;
+            return Ok(Detached::Held);
+        }
     }
+    mark(jc, db, p, item, d).await?;
     match counted_or_back(jc, db, item, d).await? {
         Some(c) => {
             save(
@@ -249,6 +309,33 @@ async fn detach_and_count(
     }
 }
 
+/// The drop-after time a detached partition carries in its comment: now plus
+/// the grace period (none: now, for the next run should this one not drop it).
+async fn mark(
+    jc: &JobContext,
+    db: &AppDb,
+    p: &PurgeParams,
+    item: &PlanItem,
+    d: &PartitionDrop,
+) -> Result<DateTime<Utc>> {
+    let now = jc.ctx.store.now().await?;
+    let grace = p
+        .detach_grace
+        .as_ref()
+        .map_or(std::time::Duration::ZERO, |g| g.get());
+    let after = now + chrono::Duration::from_std(grace).unwrap_or(chrono::Duration::MAX);
+    let note = format!(
+        "{MARK}{} by retention.purge run {} at {}; drop after {}",
+        item.table,
+        jc.run.id,
+        now.to_rfc3339(),
+        after.to_rfc3339()
+    );
+    jc.fence.check()?;
+    db.mark_detached(&d.name, &note).await?;
+    Ok(after)
+}
+
 /// The detached partition's rows per org, or `None` when it holds rows of a
 /// hold added since the plan (then it is attached back). More rows than
 /// planned for an org: attached back, and the run fails.
@@ -259,13 +346,8 @@ async fn counted_or_back(
     d: &PartitionDrop,
 ) -> Result<Option<BTreeMap<String, i64>>> {
     let entry = entry_for(&jc.ctx.config, &item.table)?;
-    let holds = active_holds(jc.ctx.store.as_ref(), db, &jc.ctx.config).await?;
-    let orgs: Vec<String> = holds.orgs.into_iter().map(|(_, o)| o).collect();
-    let subjects: Vec<String> = holds.subjects.into_iter().map(|(_, s)| s).collect();
-    let org = entry.org.as_deref().map(|c| (c, orgs.as_slice()));
-    let subject = entry.subject.as_deref().map(|c| (c, subjects.as_slice()));
-    if db.rows_of(&d.name, org, subject).await? > 0 {
-        db.attach_partition(&item.table, &d.name, &d.bound).await?;
+    if held_rows(jc, db, entry, &d.name).await? > 0 {
+        attach_back(jc, db, item, d).await?;
         return Ok(None);
     }
     let counted = by_org(db.rows_by_org(&d.name, entry.org.as_deref()).await?);
@@ -280,7 +362,7 @@ async fn counted_or_back(
         })
         .collect();
     if !over.is_empty() {
-        db.attach_partition(&item.table, &d.name, &d.bound).await?;
+        attach_back(jc, db, item, d).await?;
         return Err(Error::Failed(format!(
             "purge of table `{}` stopped: partition `{}` held more rows than the plan counted ({}); \
              it was attached back and nothing was dropped. Rows entered it after the plan was made; \
@@ -293,8 +375,33 @@ async fn counted_or_back(
     Ok(Some(counted))
 }
 
-/// Drops the detached partition, or marks it for a later run when there is a
-/// grace period; records the evidence either way.
+/// Rows of `table` that the holds active now keep.
+async fn held_rows(jc: &JobContext, db: &AppDb, entry: &DataMapEntry, table: &str) -> Result<i64> {
+    let holds = active_holds(jc.ctx.store.as_ref(), db, &jc.ctx.config).await?;
+    let orgs: Vec<String> = holds.orgs.into_iter().map(|(_, o)| o).collect();
+    let subjects: Vec<String> = holds.subjects.into_iter().map(|(_, s)| s).collect();
+    let org = entry.org.as_deref().map(|c| (c, orgs.as_slice()));
+    let subject = entry.subject.as_deref().map(|c| (c, subjects.as_slice()));
+    db.rows_of(table, org, subject).await
+}
+
+/// Attaches a partition that must stay back, and takes its mark off.
+async fn attach_back(
+    jc: &JobContext,
+    db: &AppDb,
+    item: &PlanItem,
+    d: &PartitionDrop,
+) -> Result<()> {
+    jc.fence.check()?;
+    let wait = Duration::from_secs(5);
+    db.attach_partition(&item.table, &d.name, &d.bound, wait)
+        .await?;
+    db.mark_detached(&d.name, "").await
+}
+
+/// Drops the detached partition, unless a grace period keeps it (or the
+/// application holds a lock on it): then a later run drops it, as its mark
+/// says. Records the evidence either way.
 async fn finish_one(
     jc: &JobContext,
     db: &AppDb,
@@ -306,49 +413,28 @@ async fn finish_one(
     let rows: i64 = counted.values().sum();
     let mut details = json!({"run_id": jc.run.id, "class": item.class, "table": item.table,
                              "partition": d.name, "bound": d.bound, "rows": rows, "by_org": counted});
-    let wait = Duration::from_millis(p.max_transaction_ms);
     let grace = p
         .detach_grace
         .as_ref()
         .map(|g| g.get())
         .filter(|g| !g.is_zero());
-    // No grace: dropped now, unless the application holds a lock on it; then
-    // it stays detached and the next run drops it.
-    let grace = match grace {
-        None if db.drop_detached(&item.table, &d.name, wait).await? => None,
-        None => Some(std::time::Duration::ZERO),
-        some => some,
+    let wait = Duration::from_millis(p.max_transaction_ms);
+    jc.fence.check()?;
+    let dropped = grace.is_none() && db.drop_detached(&item.table, &d.name, wait).await?;
+    let action = if dropped {
+        "retention.partition_dropped"
+    } else {
+        details["kept_detached"] = json!(match grace {
+            Some(g) => format!(
+                "for the grace period of {}",
+                crate::policy::format_duration(g)
+            ),
+            None => "the application held a lock on it: the next run drops it".into(),
+        });
+        "retention.partition_detached"
     };
-    let action = match grace {
-        Some(grace) => {
-            let now = jc.ctx.store.now().await?;
-            let after = now + chrono::Duration::from_std(grace).unwrap_or(chrono::Duration::MAX);
-            if !matches!(
-                db.partition_state(&item.table, &d.name).await?,
-                PartitionState::Gone
-            ) {
-                let note = format!(
-                    "{MARK}{} by retention.purge run {} at {}; drop after {}",
-                    item.table,
-                    jc.run.id,
-                    now.to_rfc3339(),
-                    after.to_rfc3339()
-                );
-                db.mark_detached(&d.name, &note).await?;
-            }
-            details["drop_after"] = json!(after.to_rfc3339());
-            "retention.partition_detached"
-        }
-        None => "retention.partition_dropped",
-    };
-    crate::audit::record(
-        jc.ctx.store.as_ref(),
-        &jc.actor,
-        action,
-        &format!("table:{}", item.table),
-        details,
-    )
-    .await?;
+    let target = format!("table:{}", item.table);
+    crate::audit::record(jc.ctx.store.as_ref(), &jc.actor, action, &target, details).await?;
     Ok(())
 }
 
@@ -397,7 +483,18 @@ pub(super) async fn drop_after_grace(
         if after.with_timezone(&Utc) > now {
             continue;
         }
+        // Attached back since, or not there: not ours to drop.
+        if db.partition_state(&parent, &table).await? != PartitionState::Detached {
+            continue;
+        }
         let entry = entry_for(&jc.ctx.config, &parent).ok();
+        if let Some(e) = entry {
+            if held_rows(jc, db, e, &table).await? > 0 {
+                out.push(json!({"table": parent, "partition": table,
+                                "kept": "it holds rows under a legal hold: attach it back or keep it"}));
+                continue;
+            }
+        }
         let counted = by_org(
             db.rows_by_org(&table, entry.and_then(|e| e.org.as_deref()))
                 .await?,
@@ -406,6 +503,7 @@ pub(super) async fn drop_after_grace(
         if !jc.dry_run {
             // Still locked by the application: the next run tries again.
             let wait = Duration::from_millis(p.max_transaction_ms);
+            jc.fence.check()?;
             if !db.drop_detached(&parent, &table, wait).await? {
                 continue;
             }

@@ -354,12 +354,17 @@ pub async fn plan(
     // Every compared column is read in its own storage form; refused before anything is counted.
     assign_forms(db, config, &mut items).await?;
     for item in &mut items {
-        let s = scope(entry_for(config, &item.table)?, item, config)?;
-        item.planned_by_org = count_by_org(db, &s).await?;
+        let entry = entry_for(config, &item.table)?;
+        let s = scope(entry, item, config)?;
+        // A partitioned table is counted once, by partition and org.
+        let parts = plan_drops(db, entry, item, &s).await?;
+        item.planned_by_org = match parts.by_org {
+            Some(by_org) => by_org,
+            None => count_by_org(db, &s).await?,
+        };
         item.planned = item.planned_by_org.values().sum();
         item.held = held_counts(db, &s, &holds).await?;
-        let entry = entry_for(config, &item.table)?;
-        (item.partitions, item.partition_notes) = plan_drops(db, entry, item, &s).await?;
+        (item.partitions, item.partition_notes) = (parts.drops, parts.notes);
     }
     Ok(Plan { basis, items })
 }

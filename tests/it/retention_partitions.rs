@@ -310,7 +310,12 @@ async fn a_grace_period_keeps_partitions_detached_until_a_later_run_drops_them()
 /// concurrent detach then); the default partition's expired rows go row by row.
 #[tokio::test(flavor = "multi_thread")]
 async fn with_a_default_partition_the_detach_is_plain_and_its_rows_go_row_by_row() {
+    // Bounds at ±infinity read as unbounded (never dropped) or as the old end they are.
     let extra = "CREATE TABLE events_default PARTITION OF events DEFAULT;
+        CREATE TABLE events_far PARTITION OF events
+            FOR VALUES FROM (date_trunc('month', now()) + interval '2 months') TO ('infinity');
+        CREATE TABLE events_ancient PARTITION OF events
+            FOR VALUES FROM ('-infinity') TO (date_trunc('month', now()) - interval '8 months');
         INSERT INTO events (org_id, user_id, created_at, body)
         SELECT o, 1, now() - interval '3 years', 'ancient' FROM generate_series(1, 3) o;";
     let Some(app) = app(extra, "").await else {
@@ -325,6 +330,14 @@ async fn with_a_default_partition_the_detach_is_plain_and_its_rows_go_row_by_row
     assert_eq!(v["result"]["deleted"], old, "{v}");
     assert_eq!((app.count(OLD).await, app.count("true").await), (0, young));
     assert!(app.exists("events_default").await && app.attached("events_default").await);
+    assert!(
+        app.attached("events_far").await,
+        "an unbounded partition stays"
+    );
+    assert!(
+        !app.exists("events_ancient").await,
+        "the -infinity partition lies before the cutoff"
+    );
     for p in &expired {
         assert!(!app.exists(p).await, "{p} was dropped");
     }
@@ -420,4 +433,139 @@ async fn a_crash_between_detach_and_drop_is_finished_by_the_retry() {
     assert_eq!(events.len(), 1, "{events:?}");
     assert_eq!(counts(&events[0]["by_org"]), before);
     assert_eq!(run["result"]["deleted"], old, "{run}");
+}
+
+/// Starts a purge that waits `ms` between its plan and its first detach.
+fn paused_purge(app: &App, ms: u32) -> std::process::Child {
+    app.c
+        .lethe()
+        .args(["run", "purge", "--json"])
+        .env("LETHE_TEST_PAUSE_AT", format!("before_detach:{ms}"))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// A hold placed after the plan, before the detach: the partition is
+/// attached back and kept; the held org's rows stay, the others go row by row.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hold_placed_after_the_plan_attaches_the_partition_back() {
+    let Some(app) = app("", "").await else {
+        return;
+    };
+    let expired = app.wholly_expired().await;
+    let old_of_2 = app.count(&format!("{OLD} AND org_id = 2")).await;
+    let child = paused_purge(&app, 3000);
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    run_ok(
+        app.c
+            .lethe()
+            .args(["hold", "add", "--org", "2", "--reason", "late subpoena"]),
+    );
+    let v = stdout_json(&child.wait_with_output().unwrap());
+    assert_eq!(v["status"], "succeeded", "{v}");
+    assert_eq!(
+        app.count(OLD).await,
+        old_of_2,
+        "only the held org's expired rows stay: {v}"
+    );
+    let kept: Vec<String> = outcomes(&v)
+        .into_iter()
+        .filter(|o| o.starts_with("kept"))
+        .collect();
+    assert!(!kept.is_empty(), "{v}");
+    for p in &expired {
+        if !app.by_org(p).await.is_empty() {
+            assert!(app.attached(p).await, "{p} attached back");
+        }
+    }
+    assert!(
+        app.events("retention.partition_dropped")
+            .iter()
+            .all(|e| counts(&e["by_org"]).is_empty()),
+        "only empty partitions were dropped"
+    );
+}
+
+/// A row inserted into an expired partition after the plan: more rows than
+/// planned; the partition is attached back, nothing dropped, the run fails.
+#[tokio::test(flavor = "multi_thread")]
+async fn rows_beyond_the_plan_attach_the_partition_back_and_fail_the_run() {
+    let Some(app) = app("", "").await else {
+        return;
+    };
+    // The oldest partition with rows is the first detached.
+    let mut first = String::new();
+    for p in app.wholly_expired().await {
+        if !app.by_org(&p).await.is_empty() {
+            first = p;
+            break;
+        }
+    }
+    let in_first = app.by_org(&first).await.values().sum::<i64>();
+    let child = paused_purge(&app, 3000);
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    app_exec(
+        &app.url,
+        &format!("INSERT INTO events (org_id, user_id, created_at, body) SELECT 1, 1, lower + interval '2 hours', 'late' FROM bounds WHERE name = '{first}'"),
+    )
+    .await;
+    let out = child.wait_with_output().unwrap();
+    let v = stdout_json(&out);
+    assert_ne!(v["status"], "succeeded", "{v}");
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("held more rows than the plan counted"),
+        "{v}"
+    );
+    assert!(app.attached(&first).await, "{first} attached back");
+    assert_eq!(
+        app.by_org(&first).await.values().sum::<i64>(),
+        in_first + 1,
+        "nothing of it was dropped"
+    );
+    assert!(app
+        .events("retention.partition_dropped")
+        .iter()
+        .all(|e| e["partition"] != first.as_str()));
+}
+
+/// The application holds a lock on the table: a plain detach (there is a
+/// default partition) is not granted within max_transaction_ms, so every
+/// partition stays and the rows go row by row.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_table_the_application_keeps_locked_is_purged_row_by_row() {
+    let extra = "CREATE TABLE events_default PARTITION OF events DEFAULT;";
+    let Some(app) = app(extra, "max_transaction_ms = 300").await else {
+        return;
+    };
+    let expired = app.wholly_expired().await;
+    let (old, young) = (
+        app.count(OLD).await,
+        app.count(&format!("NOT ({OLD})")).await,
+    );
+    let pool = sqlx::PgPool::connect(&app.url).await.unwrap();
+    let mut tx = pool.begin().await.unwrap();
+    sqlx::query(
+        "SELECT id FROM events WHERE created_at > now() - interval '10 days' LIMIT 1 FOR UPDATE",
+    )
+    .fetch_one(&mut *tx)
+    .await
+    .unwrap();
+    let v = app.purge(&[]);
+    tx.rollback().await.unwrap();
+    assert!(outcomes(&v).iter().all(|o| o.starts_with("kept")), "{v}");
+    assert_eq!(
+        (
+            v["result"]["deleted"].as_i64(),
+            app.count(OLD).await,
+            app.count("true").await
+        ),
+        (Some(old), 0, young)
+    );
+    for p in &expired {
+        assert!(app.attached(p).await, "{p} stays attached");
+    }
 }
