@@ -31,7 +31,7 @@ use batches::*;
 pub use orphans::{orphans, Orphan, OrphanReport};
 pub use partitions::PartitionDrop;
 use partitions::PartitionStep;
-use partitions::{drop_after_grace, drop_planned, plan_drops};
+use partitions::{drop_after_grace, drop_planned, plan_drops, Detacher};
 pub use planning::*;
 
 use std::collections::BTreeMap;
@@ -186,7 +186,17 @@ async fn run_plan(jc: &JobContext, db: &AppDb, p: &PurgeParams) -> Result<(Plan,
     }
     // Whole seconds: a text cutoff then orders exactly against stored text (see appdb).
     let basis = jc.run.scheduled_for.trunc_subsecs(0);
-    let plan = plan(config, store, db, basis, p.classes.as_deref()).await?;
+    // A real run's plan detaches the partitions it removes whole, and counts them there.
+    let detacher = (!jc.dry_run).then_some(Detacher { jc, p });
+    let plan = plan(
+        config,
+        store,
+        db,
+        basis,
+        p.classes.as_deref(),
+        detacher.as_ref(),
+    )
+    .await?;
     if !jc.dry_run {
         let v = serde_json::to_value(&plan).map_err(|e| Error::json("retention plan", e))?;
         store.checkpoint_put(jc.run.id, PLAN_KEY, &v).await?;

@@ -253,8 +253,8 @@ pub(super) fn crash_point(at: &str) {
 #[cfg(not(feature = "testing"))]
 pub(super) fn crash_point(_at: &str) {}
 
-/// Test builds only: `LETHE_TEST_PAUSE_AT=before_detach:3000` waits 3 s there,
-/// for a test to change the world between the plan and the detach.
+/// Test builds only: `LETHE_TEST_PAUSE_AT=before_drop:3000` waits 3 s there,
+/// for a test to change the world between the plan and the first drop.
 #[cfg(feature = "testing")]
 pub(super) async fn pause_point(at: &str) {
     let Ok(v) = std::env::var("LETHE_TEST_PAUSE_AT") else {

@@ -1,21 +1,24 @@
 //! Partitions removed whole (PostgreSQL). A table range-partitioned on the
 //! timestamp its age rule compares has partitions whose upper bound is at or
 //! before the cutoff: PostgreSQL guarantees they hold only expired rows. Each
-//! such partition whose every row is in the plan (no row of a held subject or
-//! org, or of an org with its own override) is detached — concurrently where
-//! the table has no default partition — counted per org once detached
-//! (nothing can change it any more: the evidence is exact), and dropped, or
-//! kept detached for `detach_grace` and dropped by a later run. Anything else
-//! (a partition straddling the cutoff, the default partition, one holding
-//! held rows, sub-partitions, inheritance children) takes the row path.
+//! such partition whose every row is in scope (no row of a held subject or
+//! org, or of an org with its own override) is detached while the plan is
+//! made — concurrently where the table has no default partition — and
+//! counted per org there: nothing can change a detached table, so the plan's
+//! counts are exact and each expired row is read once. The run then drops it
+//! (or keeps it detached for `detach_grace`, and a later run drops it). A
+//! detached partition carries a mark (its table comment), so one that a dead
+//! run leaves behind is dropped by the next. Anything else (a partition
+//! straddling the cutoff, the default partition, one holding held rows,
+//! sub-partitions, inheritance children) takes the row path.
 
 use super::*;
-use crate::appdb::{Detach, NotByRange, PartitionState};
+use crate::appdb::{Detach, NotByRange, PartitionState, RangePartition};
 
-/// A detached partition kept for its grace period says so in its comment.
+/// A detached partition says so in its comment, with when it may be dropped.
 const MARK: &str = "lethe: detached from ";
 
-/// A partition the plan removes whole, with the rows it held at plan time.
+/// A partition the plan removes whole: detached, with the rows it holds.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PartitionDrop {
     pub name: String,
@@ -27,15 +30,19 @@ pub struct PartitionDrop {
     pub by_org: BTreeMap<String, i64>,
 }
 
-/// How far one partition got, saved before and after each step.
+/// What became of one planned partition, saved as it happens.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub(super) enum PartitionStep {
-    Detaching,
-    /// Detached and counted: these rows per org left the table.
-    Counted(BTreeMap<String, i64>),
-    /// Kept: rows of a hold added since the plan; the row path decides.
+    /// Attached back (a hold placed since the plan): the row path decides.
     Kept,
+    /// Dropped (or kept detached for the grace period), these rows per org.
     Done(BTreeMap<String, i64>),
+}
+
+/// What a real run's plan may do to the application: detach and mark.
+pub(super) struct Detacher<'a> {
+    pub(super) jc: &'a JobContext,
+    pub(super) p: &'a PurgeParams,
 }
 
 /// An item whose one rule is an age rule on a native timestamp, for all orgs
@@ -61,17 +68,19 @@ pub(super) struct PartitionPlan {
     pub(super) drops: Vec<PartitionDrop>,
     /// Why partitions that lie before the cutoff are not.
     pub(super) notes: Vec<String>,
-    /// The whole scope's rows by org, when they were counted by partition.
+    /// The whole scope's rows by org, when they were counted here.
     pub(super) by_org: Option<BTreeMap<String, i64>>,
 }
 
-/// The partitions of `item`'s table removed whole, and why others are not
-/// (for the plan's warnings).
+/// The partitions of `item`'s table removed whole, and why others are not.
+/// With a `Detacher` (a real run) each is detached and counted now; without
+/// (a dry run) it is only counted.
 pub(super) async fn plan_drops(
     db: &AppDb,
     entry: &DataMapEntry,
     item: &PlanItem,
     scope: &Scope,
+    detacher: Option<&Detacher<'_>>,
 ) -> Result<PartitionPlan> {
     let Some((column, cutoff)) = eligible(entry, item) else {
         return Ok(PartitionPlan::default());
@@ -89,49 +98,142 @@ pub(super) async fn plan_drops(
             })
         }
     };
-    let mut notes = Vec::new();
+    let mut plan = PartitionPlan::default();
+    if let Some(why) = &layout.unfit {
+        plan.notes.push(format!(
+            "no partition of `{}` is dropped whole: {why}; its expired rows are deleted row by row",
+            item.table
+        ));
+    }
+    let mut candidates = Vec::new();
+    for part in layout
+        .partitions
+        .iter()
+        .filter(|p| p.wholly_before && layout.unfit.is_none())
+    {
+        match unfit(db, entry, item, part).await? {
+            Some(why) => plan.notes.push(format!(
+                "partition `{}` of `{}` is not dropped whole: {why}; its rows are deleted row by row",
+                part.name, item.table
+            )),
+            None => candidates.push(part),
+        }
+    }
+    match detacher {
+        None => dry_run_counts(db, scope, &candidates, layout.has_default, &mut plan).await?,
+        Some(d) => {
+            detach_now(
+                db,
+                d,
+                item,
+                scope,
+                &candidates,
+                layout.has_default,
+                &mut plan,
+            )
+            .await?
+        }
+    }
+    Ok(plan)
+}
+
+/// A dry run: the candidates counted where they are, the scope with them.
+async fn dry_run_counts(
+    db: &AppDb,
+    scope: &Scope,
+    candidates: &[&RangePartition],
+    has_default: bool,
+    plan: &mut PartitionPlan,
+) -> Result<()> {
     let counts = db.count_by_partition_and_org(scope).await?;
     let mut whole: BTreeMap<String, i64> = BTreeMap::new();
     for (_, o, n) in &counts {
         *whole.entry(o.clone().unwrap_or_default()).or_default() += n;
     }
-    let mut drops = Vec::new();
-    if let Some(why) = &layout.unfit {
-        notes.push(format!(
-            "no partition of `{}` is dropped whole: {why}; its expired rows are deleted row by row",
-            item.table
-        ));
-    }
-    let candidates = layout
-        .partitions
-        .iter()
-        .filter(|p| p.wholly_before && layout.unfit.is_none());
     for part in candidates {
-        if let Some(why) = unfit(db, entry, item, part).await? {
-            notes.push(format!(
-                "partition `{}` of `{}` is not dropped whole: {why}; its rows are deleted row by row",
-                part.name, item.table
-            ));
-            continue;
-        }
         let by_org: BTreeMap<String, i64> = counts
             .iter()
             .filter(|(p, _, _)| *p == part.name)
             .map(|(_, o, n)| (o.clone().unwrap_or_default(), *n))
             .collect();
-        drops.push(PartitionDrop {
-            name: part.name.clone(),
-            bound: part.bound.clone(),
-            concurrently: !layout.has_default,
-            rows: by_org.values().sum(),
-            by_org,
-        });
+        plan.drops.push(drop_of(part, has_default, by_org));
     }
-    Ok(PartitionPlan {
-        drops,
-        notes,
-        by_org: Some(whole),
-    })
+    plan.by_org = Some(whole);
+    Ok(())
+}
+
+fn drop_of(
+    part: &RangePartition,
+    has_default: bool,
+    by_org: BTreeMap<String, i64>,
+) -> PartitionDrop {
+    PartitionDrop {
+        name: part.name.clone(),
+        bound: part.bound.clone(),
+        concurrently: !has_default,
+        rows: by_org.values().sum(),
+        by_org,
+    }
+}
+
+/// A real run: each candidate detached, marked and counted (frozen, so
+/// exactly); then the rest of the scope counted in the table.
+async fn detach_now(
+    db: &AppDb,
+    d: &Detacher<'_>,
+    item: &PlanItem,
+    scope: &Scope,
+    candidates: &[&RangePartition],
+    has_default: bool,
+    plan: &mut PartitionPlan,
+) -> Result<()> {
+    let entry = entry_for(&d.jc.ctx.config, &item.table)?;
+    let wait = Duration::from_millis(d.p.max_transaction_ms);
+    let mut detached = Vec::new();
+    for part in candidates {
+        d.jc.fence.check()?; // each step commits: only while the lease holds
+        match db
+            .detach_partition(&item.table, &part.name, !has_default, wait, false)
+            .await?
+        {
+            Detach::Done => {}
+            Detach::Locked => {
+                // A plain detach locks the whole table: the others would wait the same.
+                plan.notes.push(format!(
+                    "the application held a lock on `{}` for longer than max_transaction_ms: its partitions are deleted row by row this run",
+                    item.table
+                ));
+                break;
+            }
+            Detach::NotAttached => continue,
+        }
+        mark(d.jc, db, d.p, &item.table, &part.name).await?;
+        detached.push(*part);
+    }
+    // Two counts at a time: each is one backend's scan, and PostgreSQL has the cores.
+    let org = entry.org.as_deref();
+    for pair in detached.chunks(2) {
+        let (first, second) = match pair {
+            [a, b] => {
+                let (x, y) =
+                    tokio::join!(db.rows_by_org(&a.name, org), db.rows_by_org(&b.name, org));
+                ((a, x?), Some((b, y?)))
+            }
+            [a] => ((a, db.rows_by_org(&a.name, org).await?), None),
+            _ => continue,
+        };
+        for (part, rows) in std::iter::once(first).chain(second) {
+            plan.drops.push(drop_of(part, has_default, by_org(rows)));
+        }
+    }
+    let mut whole = count_by_org(db, scope).await?;
+    for drop in &plan.drops {
+        for (o, n) in &drop.by_org {
+            *whole.entry(o.clone()).or_default() += n;
+        }
+    }
+    plan.by_org = Some(whole);
+    Ok(())
 }
 
 /// Why a partition before the cutoff is not removed whole, if it is not.
@@ -139,7 +241,7 @@ async fn unfit(
     db: &AppDb,
     entry: &DataMapEntry,
     item: &PlanItem,
-    part: &crate::appdb::RangePartition,
+    part: &RangePartition,
 ) -> Result<Option<String>> {
     if let Some(why) = &part.unfit {
         return Ok(Some(why.clone()));
@@ -159,8 +261,7 @@ async fn unfit(
         .then(|| "it holds rows under a legal hold or an org's own retention".into()))
 }
 
-/// What became of each planned partition, for the run's result: `rows` as
-/// counted once detached (planned, in a dry run).
+/// What became of each planned partition, for the run's result.
 pub(super) fn outcomes(
     item: &PlanItem,
     done: Option<&ItemProgress>,
@@ -175,15 +276,15 @@ pub(super) fn outcomes(
     item.partitions
         .iter()
         .map(|d| {
-            let (outcome, rows) = match done.and_then(|i| i.partitions.get(&d.name)) {
-                _ if dry_run => (format!("would be {removed}"), d.rows),
-                Some(PartitionStep::Done(c)) => (removed.to_string(), c.values().sum()),
+            let outcome = match done.and_then(|i| i.partitions.get(&d.name)) {
+                _ if dry_run => format!("would be {removed}"),
+                Some(PartitionStep::Done(_)) => removed.to_string(),
                 Some(PartitionStep::Kept) => {
-                    ("kept: its rows were deleted row by row".into(), d.rows)
+                    "kept: attached back, its rows were deleted row by row".into()
                 }
-                _ => ("not reached".into(), d.rows),
+                None => "not reached".into(),
             };
-            json!({"partition": d.name, "rows": rows, "outcome": outcome})
+            json!({"partition": d.name, "rows": d.rows, "outcome": outcome})
         })
         .collect()
 }
@@ -194,7 +295,7 @@ fn by_org(rows: Vec<(Option<String>, i64)>) -> BTreeMap<String, i64> {
         .collect()
 }
 
-/// Removes the item's planned partitions; returns the rows they held.
+/// Drops the item's planned partitions (detached by the plan); returns the rows they held.
 pub(super) async fn drop_planned(
     jc: &JobContext,
     db: &AppDb,
@@ -204,175 +305,51 @@ pub(super) async fn drop_planned(
     done: &mut Progress,
 ) -> Result<i64> {
     let mut removed = 0;
-    // A plain detach locks the whole table: once the application's locks
-    // keep it waiting, the other partitions are not tried this run either.
-    let mut table_busy = false;
     if !item.partitions.is_empty() {
-        super::objects::pause_point("before_detach").await;
+        super::objects::pause_point("before_drop").await;
     }
+    let entry = entry_for(&jc.ctx.config, &item.table)?;
     for d in &item.partitions {
-        let step = done
+        match done
             .items
             .get(&index)
             .and_then(|i| i.partitions.get(&d.name))
-            .cloned();
-        let counted = match step {
-            Some(PartitionStep::Done(c)) => {
-                removed += c.values().sum::<i64>();
+        {
+            Some(PartitionStep::Done(_)) => {
+                removed += d.rows;
                 continue;
             }
             Some(PartitionStep::Kept) => continue,
-            Some(PartitionStep::Counted(c)) => c,
-            Some(PartitionStep::Detaching) | None if table_busy && !d.concurrently => {
-                save(jc, done, index, &d.name, PartitionStep::Kept, 0).await?;
-                continue;
+            None => {}
+        }
+        super::objects::crash_point("partition_planned");
+        let step = match db.partition_state(&item.table, &d.name).await? {
+            // A hold placed since the plan keeps it: back it goes, for the row path.
+            PartitionState::Detached if held_rows(jc, db, entry, &d.name).await? > 0 => {
+                attach_back(jc, db, item, d).await?;
+                PartitionStep::Kept
             }
-            Some(PartitionStep::Detaching) | None => {
-                match detach_and_count(jc, db, p, index, item, d, done).await? {
-                    Detached::Counted(c) => c,
-                    Detached::Locked => {
-                        table_busy = true;
-                        continue;
-                    }
-                    Detached::Held => continue,
-                }
+            PartitionState::Detached => {
+                finish_one(jc, db, p, item, d).await?;
+                PartitionStep::Done(d.by_org.clone())
             }
+            // Dropped before a crash (its evidence is recorded now, if then it was not).
+            PartitionState::Gone => {
+                record(jc, item, d, "retention.partition_dropped", None).await?;
+                PartitionStep::Done(d.by_org.clone())
+            }
+            // Attached back by someone: its rows are in the table again, for the row path.
+            _ => PartitionStep::Kept,
         };
-        let rows: i64 = counted.values().sum();
-        finish_one(jc, db, p, item, d, &counted).await?;
-        save(jc, done, index, &d.name, PartitionStep::Done(counted), rows).await?;
+        let rows = if matches!(step, PartitionStep::Done(_)) {
+            d.rows
+        } else {
+            0
+        };
+        save(jc, done, index, &d.name, step, rows).await?;
         removed += rows;
     }
     Ok(removed)
-}
-
-enum Detached {
-    Counted(BTreeMap<String, i64>),
-    /// The application's locks kept it attached: its rows take the row path.
-    Locked,
-    /// Attached back: it holds rows of a hold added since the plan.
-    Held,
-}
-
-/// Detaches one partition, marks it (a run that never comes back leaves it
-/// for a later one to drop), and counts it; each step checkpointed first.
-async fn detach_and_count(
-    jc: &JobContext,
-    db: &AppDb,
-    p: &PurgeParams,
-    index: usize,
-    item: &PlanItem,
-    d: &PartitionDrop,
-    done: &mut Progress,
-) -> Result<Detached> {
-    let resumed = done
-        .items
-        .get(&index)
-        .is_some_and(|i| i.partitions.contains_key(&d.name));
-    save(jc, done, index, &d.name, PartitionStep::Detaching, 0).await?;
-    jc.fence.check()?; // each step commits: only while the lease holds
-    let wait = Duration::from_millis(p.max_transaction_ms);
-    match db
-        .detach_partition(&item.table, &d.name, d.concurrently, wait, resumed)
-        .await?
-    {
-        Detach::Done => {}
-        Detach::Locked => {
-            save(jc, done, index, &d.name, PartitionStep::Kept, 0).await?;
-            return Ok(Detached::Locked);
-        }
-        // Someone else detached or moved it: nothing of it is ours to drop.
-        Detach::NotAttached => {
-            save(jc, done, index, &d.name, PartitionStep::Kept, 0).await?;
-            return Ok(Detached::Held);
-        }
-    }
-    mark(jc, db, p, item, d).await?;
-    match counted_or_back(jc, db, item, d).await? {
-        Some(c) => {
-            save(
-                jc,
-                done,
-                index,
-                &d.name,
-                PartitionStep::Counted(c.clone()),
-                0,
-            )
-            .await?;
-            super::objects::crash_point("partition_counted");
-            Ok(Detached::Counted(c))
-        }
-        None => {
-            save(jc, done, index, &d.name, PartitionStep::Kept, 0).await?;
-            Ok(Detached::Held)
-        }
-    }
-}
-
-/// The drop-after time a detached partition carries in its comment: now plus
-/// the grace period (none: now, for the next run should this one not drop it).
-async fn mark(
-    jc: &JobContext,
-    db: &AppDb,
-    p: &PurgeParams,
-    item: &PlanItem,
-    d: &PartitionDrop,
-) -> Result<DateTime<Utc>> {
-    let now = jc.ctx.store.now().await?;
-    let grace = p
-        .detach_grace
-        .as_ref()
-        .map_or(std::time::Duration::ZERO, |g| g.get());
-    let after = now + chrono::Duration::from_std(grace).unwrap_or(chrono::Duration::MAX);
-    let note = format!(
-        "{MARK}{} by retention.purge run {} at {}; drop after {}",
-        item.table,
-        jc.run.id,
-        now.to_rfc3339(),
-        after.to_rfc3339()
-    );
-    jc.fence.check()?;
-    db.mark_detached(&d.name, &note).await?;
-    Ok(after)
-}
-
-/// The detached partition's rows per org, or `None` when it holds rows of a
-/// hold added since the plan (then it is attached back). More rows than
-/// planned for an org: attached back, and the run fails.
-async fn counted_or_back(
-    jc: &JobContext,
-    db: &AppDb,
-    item: &PlanItem,
-    d: &PartitionDrop,
-) -> Result<Option<BTreeMap<String, i64>>> {
-    let entry = entry_for(&jc.ctx.config, &item.table)?;
-    if held_rows(jc, db, entry, &d.name).await? > 0 {
-        attach_back(jc, db, item, d).await?;
-        return Ok(None);
-    }
-    let counted = by_org(db.rows_by_org(&d.name, entry.org.as_deref()).await?);
-    let over: Vec<String> = counted
-        .iter()
-        .filter(|(o, n)| **n > d.by_org.get(*o).copied().unwrap_or(0))
-        .map(|(o, n)| {
-            format!(
-                "org `{o}`: {n} rows, {} planned",
-                d.by_org.get(o).copied().unwrap_or(0)
-            )
-        })
-        .collect();
-    if !over.is_empty() {
-        attach_back(jc, db, item, d).await?;
-        return Err(Error::Failed(format!(
-            "purge of table `{}` stopped: partition `{}` held more rows than the plan counted ({}); \
-             it was attached back and nothing was dropped. Rows entered it after the plan was made; \
-             run the purge again for a new plan",
-            item.table,
-            d.name,
-            over.join("; ")
-        )));
-    }
-    Ok(Some(counted))
 }
 
 /// Rows of `table` that the holds active now keep.
@@ -393,10 +370,34 @@ async fn attach_back(
     d: &PartitionDrop,
 ) -> Result<()> {
     jc.fence.check()?;
-    let wait = Duration::from_secs(5);
-    db.attach_partition(&item.table, &d.name, &d.bound, wait)
+    db.attach_partition(&item.table, &d.name, &d.bound, Duration::from_secs(5))
         .await?;
     db.mark_detached(&d.name, "").await
+}
+
+/// Marks a detached partition with when it may be dropped: now plus the
+/// grace period (none: now, for the next run should this one not drop it).
+async fn mark(
+    jc: &JobContext,
+    db: &AppDb,
+    p: &PurgeParams,
+    table: &str,
+    partition: &str,
+) -> Result<()> {
+    let now = jc.ctx.store.now().await?;
+    let grace = p
+        .detach_grace
+        .as_ref()
+        .map_or(std::time::Duration::ZERO, |g| g.get());
+    let after = now + chrono::Duration::from_std(grace).unwrap_or(chrono::Duration::MAX);
+    let note = format!(
+        "{MARK}{table} by retention.purge run {} at {}; drop after {}",
+        jc.run.id,
+        now.to_rfc3339(),
+        after.to_rfc3339()
+    );
+    jc.fence.check()?;
+    db.mark_detached(partition, &note).await
 }
 
 /// Drops the detached partition, unless a grace period keeps it (or the
@@ -408,11 +409,7 @@ async fn finish_one(
     p: &PurgeParams,
     item: &PlanItem,
     d: &PartitionDrop,
-    counted: &BTreeMap<String, i64>,
 ) -> Result<()> {
-    let rows: i64 = counted.values().sum();
-    let mut details = json!({"run_id": jc.run.id, "class": item.class, "table": item.table,
-                             "partition": d.name, "bound": d.bound, "rows": rows, "by_org": counted});
     let grace = p
         .detach_grace
         .as_ref()
@@ -420,19 +417,31 @@ async fn finish_one(
         .filter(|g| !g.is_zero());
     let wait = Duration::from_millis(p.max_transaction_ms);
     jc.fence.check()?;
-    let dropped = grace.is_none() && db.drop_detached(&item.table, &d.name, wait).await?;
-    let action = if dropped {
-        "retention.partition_dropped"
-    } else {
-        details["kept_detached"] = json!(match grace {
-            Some(g) => format!(
-                "for the grace period of {}",
-                crate::policy::format_duration(g)
-            ),
-            None => "the application held a lock on it: the next run drops it".into(),
-        });
-        "retention.partition_detached"
+    if grace.is_none() && db.drop_detached(&item.table, &d.name, wait).await? {
+        return record(jc, item, d, "retention.partition_dropped", None).await;
+    }
+    let why = match grace {
+        Some(g) => format!(
+            "for the grace period of {}",
+            crate::policy::format_duration(g)
+        ),
+        None => "the application held a lock on it: the next run drops it".into(),
     };
+    record(jc, item, d, "retention.partition_detached", Some(why)).await
+}
+
+async fn record(
+    jc: &JobContext,
+    item: &PlanItem,
+    d: &PartitionDrop,
+    action: &str,
+    kept: Option<String>,
+) -> Result<()> {
+    let mut details = json!({"run_id": jc.run.id, "class": item.class, "table": item.table,
+                             "partition": d.name, "bound": d.bound, "rows": d.rows, "by_org": d.by_org});
+    if let Some(why) = kept {
+        details["kept_detached"] = json!(why);
+    }
     let target = format!("table:{}", item.table);
     crate::audit::record(jc.ctx.store.as_ref(), &jc.actor, action, &target, details).await?;
     Ok(())
@@ -457,8 +466,9 @@ async fn save(
     Ok(())
 }
 
-/// Partitions kept detached by earlier runs whose grace period is over:
-/// dropped now, each with its evidence. A dry run lists them.
+/// Partitions left detached by earlier runs whose time is up (their grace
+/// period is over, or a run died before it could drop them): dropped now,
+/// each with its evidence, counted now. A dry run lists them.
 pub(super) async fn drop_after_grace(
     jc: &JobContext,
     db: &AppDb,

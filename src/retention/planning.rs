@@ -293,12 +293,13 @@ pub(super) fn rule_cutoff(rule: RetentionRule, basis: DateTime<Utc>) -> Result<R
 /// Builds the plan: cutoffs from `basis`; each org with an override gets its
 /// own item (its fixed periods replaced; `org_closed` rules still apply); held
 /// orgs and subjects are excluded.
-pub async fn plan(
+pub(super) async fn plan(
     config: &Config,
     store: &dyn Store,
     db: &AppDb,
     basis: DateTime<Utc>,
     classes: Option<&[String]>,
+    detacher: Option<&Detacher<'_>>,
 ) -> Result<Plan> {
     let overrides = store.overrides().await?;
     let holds = active_holds(store, db, config).await?;
@@ -357,7 +358,7 @@ pub async fn plan(
         let entry = entry_for(config, &item.table)?;
         let s = scope(entry, item, config)?;
         // A partitioned table is counted once, by partition and org.
-        let parts = plan_drops(db, entry, item, &s).await?;
+        let parts = plan_drops(db, entry, item, &s, detacher).await?;
         item.planned_by_org = match parts.by_org {
             Some(by_org) => by_org,
             None => count_by_org(db, &s).await?,
