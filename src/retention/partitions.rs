@@ -466,6 +466,19 @@ async fn save(
     Ok(())
 }
 
+/// Whether the run that marked a partition (`"N at …"`) is still running:
+/// then that run drops it, not this one.
+async fn still_running(jc: &JobContext, rest: &str) -> Result<bool> {
+    let Some(id) = rest.split(' ').next().and_then(|n| n.parse::<i64>().ok()) else {
+        return Ok(false);
+    };
+    if id == jc.run.id {
+        return Ok(false);
+    }
+    let run = jc.ctx.store.get_run(id).await?;
+    Ok(run.is_some_and(|r| r.state == crate::store::RunState::Running))
+}
+
 /// Partitions left detached by earlier runs whose time is up (their grace
 /// period is over, or a run died before it could drop them): dropped now,
 /// each with its evidence, counted now. A dry run lists them.
@@ -483,14 +496,14 @@ pub(super) async fn drop_after_grace(
         else {
             continue;
         };
-        let Some((parent, _)) = note
+        let Some((parent, rest)) = note
             .strip_prefix(MARK)
             .and_then(|rest| rest.split_once(" by retention.purge run "))
         else {
             continue;
         };
         let parent = parent.to_string();
-        if after.with_timezone(&Utc) > now {
+        if after.with_timezone(&Utc) > now || still_running(jc, rest).await? {
             continue;
         }
         // Attached back since, or not there: not ours to drop.
