@@ -187,23 +187,19 @@ impl AppDb {
     /// writes wait for, and waits (without a limit, which would leave it half
     /// detached) for transactions that still use the partition. Otherwise a
     /// plain detach, which locks the whole table: it waits at most `lock_wait`
-    /// for the application's locks, else `Locked`. `resumed`: this run may
-    /// have detached it already (a retry); a fresh step takes only a
-    /// partition still attached to `parent`.
+    /// for the application's locks, else `Locked`. Only a partition still
+    /// attached to `parent` is taken.
     pub async fn detach_partition(
         &self,
         parent: &str,
         partition: &str,
         concurrently: bool,
         lock_wait: std::time::Duration,
-        resumed: bool,
     ) -> Result<Detach> {
         let p = pool(self)?;
         let how = match self.partition_state(parent, partition).await? {
             PartitionState::Attached if concurrently => " CONCURRENTLY",
             PartitionState::Attached => "",
-            PartitionState::DetachPending if resumed => " FINALIZE",
-            PartitionState::Detached if resumed => return Ok(Detach::Done),
             _ => return Ok(Detach::NotAttached),
         };
         let text = format!(
@@ -211,8 +207,8 @@ impl AppDb {
             q(parent),
             q(partition)
         );
-        if !how.is_empty() {
-            // CONCURRENTLY and FINALIZE run outside a transaction block: a statement of their own.
+        if concurrently {
+            // CONCURRENTLY runs outside a transaction block: a statement of its own.
             sqlx::query(&text).execute(p).await?;
             return Ok(Detach::Done);
         }

@@ -226,7 +226,7 @@ async fn purge_item(
         let before = done.items.get(&index).cloned();
         if !before.as_ref().is_some_and(|d| d.finished) {
             let outcome = match drop_planned(jc, db, p, index, item, done).await {
-                Ok(_) => delete_item(jc, db, p, index, item, &planned_scope, done, stats).await,
+                Ok(()) => delete_item(jc, db, p, index, item, &planned_scope, done, stats).await,
                 Err(e) => Err(e),
             };
             if let Err(e) = outcome {

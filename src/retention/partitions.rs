@@ -31,12 +31,12 @@ pub struct PartitionDrop {
 }
 
 /// What became of one planned partition, saved as it happens.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 pub(super) enum PartitionStep {
     /// Attached back (a hold placed since the plan): the row path decides.
     Kept,
-    /// Dropped (or kept detached for the grace period), these rows per org.
-    Done(BTreeMap<String, i64>),
+    /// Dropped (or kept detached for the grace period): the plan's rows went.
+    Done,
 }
 
 /// What a real run's plan may do to the application: detach and mark.
@@ -193,7 +193,7 @@ async fn detach_now(
     for part in candidates {
         d.jc.fence.check()?; // each step commits: only while the lease holds
         match db
-            .detach_partition(&item.table, &part.name, !has_default, wait, false)
+            .detach_partition(&item.table, &part.name, !has_default, wait)
             .await?
         {
             Detach::Done => {}
@@ -278,7 +278,7 @@ pub(super) fn outcomes(
         .map(|d| {
             let outcome = match done.and_then(|i| i.partitions.get(&d.name)) {
                 _ if dry_run => format!("would be {removed}"),
-                Some(PartitionStep::Done(_)) => removed.to_string(),
+                Some(PartitionStep::Done) => removed.to_string(),
                 Some(PartitionStep::Kept) => {
                     "kept: attached back, its rows were deleted row by row".into()
                 }
@@ -295,7 +295,8 @@ fn by_org(rows: Vec<(Option<String>, i64)>) -> BTreeMap<String, i64> {
         .collect()
 }
 
-/// Drops the item's planned partitions (detached by the plan); returns the rows they held.
+/// Drops the item's planned partitions (detached by the plan); their rows
+/// count as the item's deleted ones.
 pub(super) async fn drop_planned(
     jc: &JobContext,
     db: &AppDb,
@@ -303,24 +304,18 @@ pub(super) async fn drop_planned(
     index: usize,
     item: &PlanItem,
     done: &mut Progress,
-) -> Result<i64> {
-    let mut removed = 0;
+) -> Result<()> {
     if !item.partitions.is_empty() {
         super::objects::pause_point("before_drop").await;
     }
     let entry = entry_for(&jc.ctx.config, &item.table)?;
     for d in &item.partitions {
-        match done
+        if done
             .items
             .get(&index)
-            .and_then(|i| i.partitions.get(&d.name))
+            .is_some_and(|i| i.partitions.contains_key(&d.name))
         {
-            Some(PartitionStep::Done(_)) => {
-                removed += d.rows;
-                continue;
-            }
-            Some(PartitionStep::Kept) => continue,
-            None => {}
+            continue;
         }
         super::objects::crash_point("partition_planned");
         let step = match db.partition_state(&item.table, &d.name).await? {
@@ -331,25 +326,24 @@ pub(super) async fn drop_planned(
             }
             PartitionState::Detached => {
                 finish_one(jc, db, p, item, d).await?;
-                PartitionStep::Done(d.by_org.clone())
+                PartitionStep::Done
             }
             // Dropped before a crash (its evidence is recorded now, if then it was not).
             PartitionState::Gone => {
                 record(jc, item, d, "retention.partition_dropped", None).await?;
-                PartitionStep::Done(d.by_org.clone())
+                PartitionStep::Done
             }
             // Attached back by someone: its rows are in the table again, for the row path.
             _ => PartitionStep::Kept,
         };
-        let rows = if matches!(step, PartitionStep::Done(_)) {
+        let rows = if step == PartitionStep::Done {
             d.rows
         } else {
             0
         };
         save(jc, done, index, &d.name, step, rows).await?;
-        removed += rows;
     }
-    Ok(removed)
+    Ok(())
 }
 
 /// Rows of `table` that the holds active now keep.
