@@ -27,6 +27,10 @@ pub struct Manifest {
     pub database: Database,
     /// Rows per table at the dump's snapshot; verify compares the restore with these.
     pub row_counts: BTreeMap<String, i64>,
+    /// How the counts were taken: `dump stream` (read from pg_dump's output as
+    /// it was stored) or `snapshot count` (`count(*)` in the dump's snapshot).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub row_counts_from: Option<String>,
     pub timings: Timings,
     pub lethe_version: String,
 }
@@ -124,6 +128,10 @@ impl Manifest {
         }
         if let Some((t, n)) = self.row_counts.iter().find(|(_, n)| **n < 0) {
             return Err(format!("`row_counts` has {n} rows for {t}"));
+        }
+        match self.row_counts_from.as_deref() {
+            None | Some("dump stream" | "snapshot count") => {}
+            Some(other) => return Err(format!("`row_counts_from` is `{other}`")),
         }
         Ok(())
     }

@@ -5,6 +5,7 @@
 //! GFS pruning never removes the newest verified backup; the RPO check mails
 //! ops when the newest verified backup is too old.
 
+mod dump_rows;
 pub mod gfs;
 mod manifest;
 mod restore;
@@ -49,12 +50,12 @@ fn new_id(now: DateTime<Utc>) -> String {
 }
 
 /// Streams the dump through the pipeline into `store`, aborting the upload on any failure.
-async fn upload_stream(
+async fn upload_stream<T: Send + 'static>(
     ctx: &Context,
     store: &dyn ObjectStore,
     key: &str,
-    produce: impl FnOnce(PartSink) -> Result<crate::archive::Encoded> + Send + 'static,
-) -> Result<crate::archive::Encoded> {
+    produce: impl FnOnce(PartSink) -> Result<T> + Send + 'static,
+) -> Result<T> {
     let part_size = ctx.config.backup.part_size;
     crate::objstore::stream_upload(store, key, part_size, "backup: uploaded", produce)
         .await
@@ -66,6 +67,9 @@ async fn upload_stream(
         })
 }
 
+const COUNTED_FROM_STREAM: &str = "dump stream";
+const COUNTED_IN_SNAPSHOT: &str = "snapshot count";
+
 /// Checkpoint naming the object an attempt is uploading.
 const UPLOAD_KEY: &str = "backup.upload";
 
@@ -74,6 +78,7 @@ const UPLOAD_KEY: &str = "backup.upload";
 struct Dumped {
     enc: crate::archive::Encoded,
     row_counts: BTreeMap<String, i64>,
+    row_counts_from: &'static str,
     server_version: String,
 }
 
@@ -146,8 +151,9 @@ pub async fn create(ctx: &Context, run_id: Option<i64>, actor: &str) -> Result<B
     Ok(record)
 }
 
-/// `pg_dump` of an exported snapshot, uploaded while the row counts are read
-/// from the same snapshot (so they describe exactly what was dumped).
+/// `pg_dump` of an exported snapshot, its rows counted from the stream as it
+/// is uploaded (no second scan). Should the stream not parse, the rows are
+/// counted in the same snapshot instead, so the counts are exact either way.
 async fn dump_postgres(
     ctx: &Context,
     store: &dyn ObjectStore,
@@ -172,7 +178,8 @@ async fn dump_postgres(
         .ok_or_else(|| Error::Backup("pg_dump has no stdout".into()))?;
     let rec = recipients.to_vec();
     let upload = upload_stream(ctx, store, object_key, move |sink| {
-        let r = encode(stdout, sink, &rec, level, threads);
+        let mut counted = dump_rows::CountingReader::new(stdout);
+        let r = encode(&mut counted, sink, &rec, level, threads);
         let status = child
             .wait()
             .map_err(|e| Error::Backup(format!("pg_dump: {e}")))?;
@@ -180,15 +187,22 @@ async fn dump_postgres(
         if !status.success() {
             return Err(Error::Backup(format!("pg_dump failed ({status}): {err}")));
         }
-        r
+        Ok((r?, counted.rows.finish()))
     });
-    let (enc, counts) = tokio::join!(upload, snap.row_counts());
-    let (enc, row_counts) = (enc?, counts?);
+    let (enc, streamed) = upload.await?;
+    let (row_counts, row_counts_from) = match streamed {
+        Ok(counts) => (counts, COUNTED_FROM_STREAM),
+        Err(why) => {
+            tracing::warn!(%why, "row counts not read from the dump stream; counting in the snapshot");
+            (snap.row_counts().await?, COUNTED_IN_SNAPSHOT)
+        }
+    };
     let server_version = snap.server_version.clone();
     snap.close().await?;
     Ok(Dumped {
         enc,
         row_counts,
+        row_counts_from,
         server_version,
     })
 }
@@ -229,6 +243,7 @@ async fn dump_sqlite(
     Ok(Dumped {
         enc,
         row_counts,
+        row_counts_from: COUNTED_IN_SNAPSHOT,
         server_version: format!("sqlite {}", source::sqlite_version(path).await?),
     })
 }
@@ -267,6 +282,7 @@ fn manifest_for(
             server_version: dumped.server_version,
         },
         row_counts: dumped.row_counts,
+        row_counts_from: Some(dumped.row_counts_from.into()),
         timings: manifest::Timings { total_ms },
         lethe_version: env!("CARGO_PKG_VERSION").into(),
     }
@@ -444,6 +460,7 @@ pub async fn create_job(jc: &JobContext, _: CreateParams) -> Result<Value> {
         "stored_bytes": b.stored_bytes, "raw_bytes": b.raw_bytes,
         "ratio": if b.stored_bytes > 0 { b.raw_bytes as f64 / b.stored_bytes as f64 } else { 0.0 },
         "tables": b.manifest["row_counts"].as_object().map_or(0, |m| m.len()),
+        "row_counts_from": b.manifest["row_counts_from"],
         "duration_ms": started.elapsed().as_millis() as u64,
         "orphans_aborted": orphans_aborted,
     }))

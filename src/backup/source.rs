@@ -178,10 +178,14 @@ impl PgSnapshot {
     }
 }
 
+/// Rows of every table that holds rows itself (not a partitioned parent),
+/// each without its inheritance children: what pg_dump's COPY of it holds.
 pub async fn pg_row_counts(conn: &mut sqlx::PgConnection) -> Result<BTreeMap<String, i64>> {
     let tables = sqlx::query(
-        "SELECT table_schema::text AS s, table_name::text AS t FROM information_schema.tables
-         WHERE table_type = 'BASE TABLE' AND table_schema NOT IN ('pg_catalog', 'information_schema')
+        "SELECT n.nspname::text AS s, c.relname::text AS t
+         FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+         WHERE c.relkind = 'r' AND c.relpersistence <> 't'
+           AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast')
          ORDER BY 1, 2",
     )
     .fetch_all(&mut *conn)
@@ -189,7 +193,7 @@ pub async fn pg_row_counts(conn: &mut sqlx::PgConnection) -> Result<BTreeMap<Str
     let mut out = BTreeMap::new();
     for r in tables {
         let (s, t): (String, String) = (r.try_get("s")?, r.try_get("t")?);
-        let n: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM {}.{}", q(&s), q(&t)))
+        let n: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM ONLY {}.{}", q(&s), q(&t)))
             .fetch_one(&mut *conn)
             .await?;
         out.insert(format!("{s}.{t}"), n);

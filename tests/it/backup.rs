@@ -31,10 +31,10 @@ fn blake(s: &str) -> String {
     hex::encode(&sha2::Sha256::digest(s.as_bytes())[..6]).to_uppercase()
 }
 
-struct Setup {
-    c: ConfigDir,
+pub(super) struct Setup {
+    pub(super) c: ConfigDir,
     identity: age::x25519::Identity,
-    app_url: String,
+    pub(super) app_url: String,
 }
 
 impl Setup {
@@ -49,11 +49,11 @@ impl Setup {
         cmd
     }
 
-    fn run(&self, job: &str, extra: &[&str]) -> Value {
+    pub(super) fn run(&self, job: &str, extra: &[&str]) -> Value {
         crate::common::run_job(self.lethe(), job, extra)
     }
 
-    fn list(&self) -> Vec<Value> {
+    pub(super) fn list(&self) -> Vec<Value> {
         let v = stdout_json(&run_ok(self.lethe().args(["backup", "list", "--json"])));
         v["backups"].as_array().unwrap().clone()
     }
@@ -95,7 +95,7 @@ async fn sqlite_setup(extra_backup: &str) -> Setup {
 }
 
 /// PostgreSQL app database (with ~13 MB of incompressible-ish text) and an S3 bucket in moto.
-async fn pg_s3_setup(
+pub(super) async fn pg_s3_setup(
     bucket_exists: bool,
     extra_backup: &str,
 ) -> Option<(Setup, aws_sdk_s3::Client, String)> {

@@ -8,6 +8,7 @@ mod audit_anchor_versions;
 mod audit_anchors;
 mod audit_proofs;
 mod backup;
+mod backup_counts;
 mod cli;
 mod common;
 mod deploy;
