@@ -28,6 +28,7 @@ pub mod merkle;
 pub mod metrics;
 pub mod notify;
 pub mod objstore;
+pub mod org;
 pub mod policy;
 pub mod private_file;
 pub mod progress;

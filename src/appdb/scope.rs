@@ -30,6 +30,8 @@ pub enum Selector {
     },
     /// Rows whose subject column is one of these ids.
     Subjects(Vec<String>),
+    /// Every row of these orgs (an org's own deletion).
+    Orgs(Vec<String>),
 }
 
 #[derive(Debug, Clone)]
@@ -153,6 +155,10 @@ impl Sql {
                 None => "1 = 0".into(),
             },
             Selector::Subjects(ids) => match &s.subject {
+                Some(col) => self.in_list(col, ids),
+                None => "1 = 0".into(),
+            },
+            Selector::Orgs(ids) => match &s.org {
                 Some(col) => self.in_list(col, ids),
                 None => "1 = 0".into(),
             },

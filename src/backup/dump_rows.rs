@@ -18,6 +18,8 @@ const FORMAT_CUSTOM: u8 = 1;
 const BLK_DATA: u8 = 1;
 const BLK_BLOBS: u8 = 3;
 const OLDEST: (u8, u8) = (1, 12);
+/// The most a header or table-of-contents entry may take while it is parsed.
+const MAX_ITEM: usize = 64 << 20;
 const NEWEST: (u8, u8) = (1, 16);
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -126,6 +128,13 @@ impl DumpRows {
             self.buf.extend_from_slice(data);
             data = &[];
             self.drain_buf();
+            if self.buf.len() > MAX_ITEM {
+                // A misread length would otherwise buffer the whole dump.
+                self.error = Some(format!(
+                    "an archive item longer than {} MiB (misread archive?)",
+                    MAX_ITEM >> 20
+                ));
+            }
         }
     }
 
@@ -294,7 +303,7 @@ impl DumpRows {
         let tag = c.str()?.unwrap_or_default();
         let desc = c.str()?.unwrap_or_default();
         let _section = c.int()?;
-        let _defn = c.str()?;
+        let defn = c.str()?;
         let _drop = c.str()?;
         let _copy = c.str()?;
         let namespace = c.str()?;
@@ -309,8 +318,19 @@ impl DumpRows {
         let _with_oids = c.str()?;
         while c.str()?.is_some() {} // dependencies, NULL-terminated
         c.bytes(1 + self.off_size)?; // data offset: a flag byte and the offset
+        if desc == "ENCODING" {
+            // Names are in the dump's encoding; only UTF-8 (or ASCII) ones match the catalog's.
+            let d = defn.unwrap_or_default();
+            if !(d.contains("'UTF8'") || d.contains("'SQL_ASCII'")) {
+                self.error = Some(format!("the dump's encoding is not UTF-8 ({})", d.trim()));
+            }
+        }
         if desc == "TABLE DATA" {
             let key = format!("{}.{tag}", namespace.unwrap_or_default());
+            if self.tables.values().any(|k| *k == key) {
+                // `"s.p".q` and `s."p.q"` share a key: counting both into one would be wrong.
+                self.error = Some(format!("two tables are both named {key}"));
+            }
             self.tables.insert(dump_id, key);
         }
         Ok(())
@@ -537,6 +557,21 @@ mod tests {
         let newer = Archive::new(NEWEST.1 + 1, 0, &[]);
         assert!(read_in_pieces(&newer.0, 9).unwrap_err().contains("version"));
         assert!(read_in_pieces(b"SQLite format 3\0........", 9).is_err());
+    }
+
+    #[test]
+    fn ambiguous_names_and_non_utf8_dumps_are_refused() {
+        let a = Archive::new(
+            14,
+            0,
+            &[(3, "s.p", "q", "TABLE DATA"), (4, "s", "p.q", "TABLE DATA")],
+        );
+        assert!(read_in_pieces(&a.0, 8).unwrap_err().contains("s.p.q"));
+        // The builder writes an empty definition, so no `SET client_encoding = 'UTF8'`.
+        let latin = Archive::new(14, 0, &[(1, "", "ENCODING", "ENCODING")]);
+        assert!(read_in_pieces(&latin.0, 8)
+            .unwrap_err()
+            .contains("encoding"));
     }
 
     #[test]

@@ -191,7 +191,10 @@ async fn dump_postgres(
     });
     let (enc, streamed) = upload.await?;
     let (row_counts, row_counts_from) = match streamed {
-        Ok(counts) => (counts, COUNTED_FROM_STREAM),
+        Ok(mut counts) => {
+            counts.extend(snap.extension_config_counts().await?);
+            (counts, COUNTED_FROM_STREAM)
+        }
         Err(why) => {
             tracing::warn!(%why, "row counts not read from the dump stream; counting in the snapshot");
             (snap.row_counts().await?, COUNTED_IN_SNAPSHOT)

@@ -172,6 +172,30 @@ impl PgSnapshot {
         pg_row_counts(&mut self.conn).await
     }
 
+    /// Whole row counts of extension configuration tables: pg_dump dumps only
+    /// the rows its filter selects, and a restore's `CREATE EXTENSION` adds
+    /// the rest back, so the stream's count would not match the restore's.
+    pub async fn extension_config_counts(&mut self) -> Result<BTreeMap<String, i64>> {
+        let tables = sqlx::query(
+            "SELECT n.nspname::text AS s, c.relname::text AS t
+             FROM pg_extension e CROSS JOIN LATERAL unnest(e.extconfig) AS x(oid)
+             JOIN pg_class c ON c.oid = x.oid JOIN pg_namespace n ON n.oid = c.relnamespace
+             WHERE c.relkind = 'r' ORDER BY 1, 2",
+        )
+        .fetch_all(&mut self.conn)
+        .await?;
+        let mut out = BTreeMap::new();
+        for r in tables {
+            let (s, t): (String, String) = (r.try_get("s")?, r.try_get("t")?);
+            let n: i64 =
+                sqlx::query_scalar(&format!("SELECT count(*) FROM ONLY {}.{}", q(&s), q(&t)))
+                    .fetch_one(&mut self.conn)
+                    .await?;
+            out.insert(format!("{s}.{t}"), n);
+        }
+        Ok(out)
+    }
+
     pub async fn close(mut self) -> Result<()> {
         self.conn.execute("COMMIT").await?;
         Ok(())

@@ -112,6 +112,11 @@ pub enum Command {
         #[command(subcommand)]
         command: BackupCommand,
     },
+    /// An organisation's requests about all of its data: deletion after a cooling-off period.
+    Org {
+        #[command(subcommand)]
+        command: OrgCommand,
+    },
     /// Legal holds: held orgs or subjects are never purged or erased.
     Hold {
         #[command(subcommand)]
@@ -320,6 +325,41 @@ pub enum BackupCommand {
         id: String,
         #[arg(long)]
         to: String,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum OrgCommand {
+    /// Request deletion of every org-scoped row (of --class, else all classes), run by `org.purge` after --after.
+    Delete {
+        #[arg(long)]
+        org: String,
+        /// Only these data classes (repeatable); default: every class.
+        #[arg(long = "class")]
+        classes: Vec<String>,
+        #[arg(long)]
+        reason: String,
+        /// The cooling-off period before `org.purge` may run it (e.g. 7d, 0s); at most 90d.
+        #[arg(long, default_value = "7d")]
+        after: String,
+        /// Who at the org asked (an email), named in the certificate.
+        #[arg(long)]
+        contact: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Cancel a scheduled deletion.
+    Cancel {
+        id: i64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The org's requests, and which backups still hold its data until when.
+    Status {
+        #[arg(long)]
+        org: String,
         #[arg(long)]
         json: bool,
     },

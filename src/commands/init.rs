@@ -29,6 +29,7 @@ pub const STARTER_JOBS: &[(&str, &str)] = &[
         "dsr.sla_report.toml",
         include_str!("../../jobs/dsr.sla_report.toml"),
     ),
+    ("org.purge.toml", include_str!("../../jobs/org.purge.toml")),
     (
         "backup.create.toml",
         include_str!("../../jobs/backup.create.toml"),

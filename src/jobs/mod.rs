@@ -13,6 +13,7 @@ mod dsr_sla_report;
 mod keys_reencrypt;
 mod keys_rotate;
 mod mail_flush;
+mod org_purge;
 mod retention_purge;
 mod runner_prune;
 #[cfg(feature = "testing")]
@@ -34,6 +35,7 @@ pub fn registry() -> Registry {
     r.register::<backup_rpo_check::BackupRpoCheck>();
     r.register::<dsr_process::DsrProcess>();
     r.register::<dsr_sla_report::DsrSlaReport>();
+    r.register::<org_purge::OrgPurge>();
     r.register::<keys_rotate::KeysRotate>();
     r.register::<keys_reencrypt::KeysReencrypt>();
     r.register::<breach_tick::BreachTick>();
@@ -45,6 +47,7 @@ pub fn registry() -> Registry {
             retention_purge::RetentionPurge::KIND,
             backup_create::BackupCreate::KIND,
             dsr_process::DsrProcess::KIND,
+            org_purge::OrgPurge::KIND,
         ],
         audit_anchor::AuditAnchor::KIND,
         audit_anchor::anchor_after,
@@ -138,6 +141,7 @@ mod tests {
                 "backup.rpo_check",
                 "dsr.process",
                 "dsr.sla_report",
+                "org.purge",
                 "keys.rotate",
                 "keys.reencrypt",
                 "breach.tick",

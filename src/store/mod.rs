@@ -21,6 +21,7 @@ mod dsr;
 mod dsr_ledger;
 mod keys;
 mod object_deletes;
+pub mod org_requests;
 mod outbox;
 mod policy;
 mod postgres;
@@ -44,6 +45,7 @@ pub use dsr::{DsrExtension, DsrInsert, DsrRequest, DsrRequests, DsrState, Import
 pub use dsr_ledger::DsrLedger;
 pub use keys::{Keys, OrgDek, OrgKek};
 pub use object_deletes::{NewPendingObject, ObjectDeletes, PendingObject};
+pub use org_requests::{OrgRequest, OrgRequests};
 pub use outbox::{Attachment, MailState, NewMail, Outbox, OutboxMail};
 pub use policy::{HoldScope, LegalHold, Policy, RetentionOverride};
 pub use postgres::PgStore;
@@ -56,8 +58,8 @@ pub use types::Ts;
 pub mod prelude {
     pub use super::{
         AuditLog as _, BackupCatalog as _, Base as _, Breaches as _, Checkpoints as _,
-        DsrLedger as _, DsrRequests as _, Keys as _, ObjectDeletes as _, Outbox as _, Policy as _,
-        Queue as _, RunLog as _,
+        DsrLedger as _, DsrRequests as _, Keys as _, ObjectDeletes as _, OrgRequests as _,
+        Outbox as _, Policy as _, Queue as _, RunLog as _,
     };
 }
 
@@ -76,6 +78,7 @@ pub trait Store:
     + Breaches
     + Checkpoints
     + ObjectDeletes
+    + OrgRequests
 {
 }
 
@@ -93,6 +96,7 @@ impl<T> Store for T where
         + Breaches
         + Checkpoints
         + ObjectDeletes
+        + OrgRequests
 {
 }
 

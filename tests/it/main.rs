@@ -24,6 +24,7 @@ mod mail;
 mod mail_render;
 mod object_purge;
 mod objects;
+mod org;
 mod pg_restart;
 mod reference_app;
 mod replicas;

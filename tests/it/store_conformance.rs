@@ -82,7 +82,71 @@ conformance!(
     checkpoints_are_per_run_and_key_and_replaced,
     pending_object_deletes_are_per_origin_deferred_and_forgotten,
     dsr_import_keeps_the_recorded_timeline_with_evidence,
+    org_requests_are_one_open_per_org_due_after_cooling_off_and_closed_once,
 );
+
+/// One scheduled deletion per org (a second is refused with no evidence),
+/// due only once its cooling-off ends, closed once.
+async fn org_requests_are_one_open_per_org_due_after_cooling_off_and_closed_once(
+    s: Arc<dyn Store>,
+) {
+    use lethe::store::OrgRequest;
+    let now = lethe::audit::truncate_micros(Utc::now());
+    let ask = |org: &str, after: i64| OrgRequest {
+        id: 0,
+        org: org.into(),
+        kind: "deletion".into(),
+        classes: json!(["events"]),
+        reason: "contract ended".into(),
+        contact: None,
+        state: String::new(),
+        requested_by: "cli:test".into(),
+        requested_at: now,
+        execute_after: now + CDuration::hours(after),
+        due_at: now + CDuration::days(30),
+        completed_at: None,
+        result: None,
+    };
+    let before = s.audit_page(0, 10_000).await.unwrap().len();
+    let event = |_: &i64| ev("org.deletion_requested", "org:7");
+    let soon = s.org_request_insert(&ask("7", 0), &event).await.unwrap();
+    let later = s.org_request_insert(&ask("8", 24), &event).await.unwrap();
+    assert_eq!(soon.state, "scheduled");
+    let again = s.org_request_insert(&ask("7", 0), &event).await;
+    assert!(
+        matches!(again, Err(lethe::error::Error::Refused(_))),
+        "{again:?}"
+    );
+    assert_eq!(s.audit_page(0, 10_000).await.unwrap().len(), before + 2);
+    let due = s
+        .org_requests_due(now + CDuration::minutes(1))
+        .await
+        .unwrap();
+    assert_eq!(due.iter().map(|r| r.id).collect::<Vec<_>>(), vec![soon.id]);
+    assert_eq!(due[0].classes, json!(["events"]));
+    assert_eq!(due[0].execute_after, now);
+    let done = ev("org.deleted", "org:7");
+    assert!(s
+        .org_request_close(soon.id, "done", &json!({"rows": 3}), &done)
+        .await
+        .unwrap());
+    assert!(!s
+        .org_request_close(soon.id, "cancelled", &json!({}), &done)
+        .await
+        .unwrap());
+    assert_eq!(s.audit_page(0, 10_000).await.unwrap().len(), before + 3);
+    let mine = s.org_requests(Some("7")).await.unwrap();
+    assert_eq!((mine.len(), mine[0].state.as_str()), (1, "done"));
+    assert_eq!(mine[0].result, Some(json!({"rows": 3})));
+    // Done, org 7 may ask again; org 8 is not due before its day.
+    s.org_request_insert(&ask("7", 0), &event).await.unwrap();
+    assert!(s
+        .org_requests(None)
+        .await
+        .unwrap()
+        .iter()
+        .any(|r| r.id == later.id));
+}
 
 /// An imported request keeps its recorded times (not the store's now); an
 /// open duplicate of an open request is refused and leaves no evidence.

@@ -1,0 +1,281 @@
+//! `org.purge`: executes org deletions whose cooling-off has ended. Every
+//! org-scoped row of the chosen classes goes in bounded batches (each its
+//! own short transaction), counted per table into a checkpoint so a crash
+//! resumes with the counts intact; then the tables are counted again and
+//! must hold no row of the org, or the run fails and the request stays
+//! open. Only then is the request closed, with a certificate of deletion
+//! (evidence in the audit chain, mailed to the DPO) that names the backups
+//! still holding the org's data and when each expires.
+
+use std::collections::BTreeMap;
+
+use chrono::Utc;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::{backups_holding, holds_on, org_tables, HeldIn};
+use crate::appdb::{AppDb, Deleted, Scope, Selector};
+use crate::config::DataMapEntry;
+use crate::context::Context;
+use crate::error::{Error, Result};
+use crate::notify::{self, Block, Message, Role, Row, Table, Tone};
+use crate::runner::{JobContext, JobParams};
+use crate::store::org_requests::DONE;
+use crate::store::OrgRequest;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PurgeParams {
+    /// Rows per delete statement.
+    #[serde(default = "default_batch")]
+    pub batch_size: u32,
+}
+
+fn default_batch() -> u32 {
+    5_000
+}
+
+impl Default for PurgeParams {
+    fn default() -> Self {
+        PurgeParams {
+            batch_size: default_batch(),
+        }
+    }
+}
+
+impl JobParams for PurgeParams {
+    fn validate(&self) -> std::result::Result<(), String> {
+        if self.batch_size == 0 || self.batch_size > 100_000 {
+            return Err("batch_size must be between 1 and 100000".into());
+        }
+        Ok(())
+    }
+}
+
+/// Every row of `org` in the table of `e`.
+pub(super) fn org_scope(e: &DataMapEntry, org: &str) -> Scope {
+    Scope {
+        table: e.table.clone(),
+        org: e.org.clone(),
+        subject: e.subject.clone(),
+        selectors: vec![Selector::Orgs(vec![org.to_string()])],
+        only_orgs: None,
+        exclude_orgs: vec![],
+        exclude_subjects: vec![],
+        range: None,
+        append_only: e.append_only,
+    }
+}
+
+pub async fn purge_job(jc: &JobContext, p: PurgeParams) -> Result<Value> {
+    let ctx = &jc.ctx;
+    let due = ctx.store.org_requests_due(Utc::now()).await?;
+    if jc.dry_run {
+        let ids: Vec<Value> = due
+            .iter()
+            .map(|r| json!({"request": r.id, "org": r.org}))
+            .collect();
+        return Ok(json!({"dry_run": true, "would_delete": ids}));
+    }
+    let db = AppDb::connect(&ctx.config.database.url).await?;
+    let mut done = Vec::new();
+    let mut held = Vec::new();
+    for r in &due {
+        let holds = holds_on(ctx, &r.org).await?;
+        if !holds.is_empty() {
+            // A hold placed during the cooling-off stops the deletion; it waits.
+            tracing::warn!(request = r.id, org = %r.org, holds = %holds.join(", "), "org under legal hold: not deleted");
+            held.push(json!({"request": r.id, "org": r.org, "holds": holds}));
+            continue;
+        }
+        let certificate = delete_org(jc, &db, r, p.batch_size).await?;
+        done.push(certificate);
+    }
+    db.close().await;
+    Ok(json!({"deleted": done, "held": held}))
+}
+
+/// Deletes one org's rows, checks none is left, closes the request and mails the certificate.
+async fn delete_org(jc: &JobContext, db: &AppDb, r: &OrgRequest, batch: u32) -> Result<Value> {
+    let ctx = &jc.ctx;
+    let classes: Vec<String> = serde_json::from_value(r.classes.clone()).unwrap_or_default();
+    let tables = org_tables(ctx, &classes)?;
+    let counts = delete_rows(jc, db, r, &tables, batch).await?;
+    let mut left = Vec::new();
+    for e in &tables {
+        let n = db.count(&org_scope(e, &r.org)).await?;
+        if n > 0 {
+            left.push(format!("{} still has {n} rows", e.table));
+        }
+    }
+    if !left.is_empty() {
+        return Err(Error::Failed(format!(
+            "org {} deletion incomplete (request {} stays scheduled): {}",
+            r.org,
+            r.id,
+            left.join("; ")
+        )));
+    }
+    let deleted_at = Utc::now();
+    let backups = backups_holding(ctx, deleted_at).await?;
+    let certificate = json!({
+        "request": r.id, "org": r.org, "reason": r.reason, "classes": r.classes,
+        "requested_by": r.requested_by, "requested_at": r.requested_at,
+        "deleted_at": deleted_at, "rows": counts, "backups_holding_data": backups,
+    });
+    let event = crate::store::evidence(
+        &jc.actor,
+        "org.deleted",
+        &format!("org:{}", r.org),
+        certificate.clone(),
+    );
+    if !ctx
+        .store
+        .org_request_close(r.id, DONE, &certificate, &event)
+        .await?
+    {
+        return Err(Error::Failed(format!(
+            "org request {} was cancelled while its rows were deleted",
+            r.id
+        )));
+    }
+    notify::enqueue(ctx, certificate_mail(ctx, r, &counts, &backups)).await?;
+    Ok(certificate)
+}
+
+/// Deletes the org's rows table by table, counting into the run's checkpoint
+/// (so a retry after a crash keeps the counts of what already went).
+async fn delete_rows(
+    jc: &JobContext,
+    db: &AppDb,
+    r: &OrgRequest,
+    tables: &[&DataMapEntry],
+    batch: u32,
+) -> Result<BTreeMap<String, i64>> {
+    let ctx = &jc.ctx;
+    let key = format!("org.purge:{}", r.id);
+    let mut counts: BTreeMap<String, i64> = match ctx.store.checkpoint_get(jc.run.id, &key).await? {
+        Some(v) => serde_json::from_value(v).unwrap_or_default(),
+        None => BTreeMap::new(),
+    };
+    // Tables referencing others must lose their rows first; whatever order the
+    // data map lists them in, a table refused by a foreign key is retried after the rest.
+    let mut pending: Vec<&DataMapEntry> = tables.to_vec();
+    let mut last_error = None;
+    for _pass in 0..=tables.len() {
+        let mut refused = Vec::new();
+        for e in pending {
+            match delete_table(db, e, &r.org, batch).await {
+                Ok(n) => {
+                    *counts.entry(e.table.clone()).or_insert(0) += n;
+                    ctx.store
+                        .checkpoint_put(jc.run.id, &key, &json!(counts))
+                        .await?;
+                }
+                Err(err) => {
+                    last_error = Some(format!("{}: {err}", e.table));
+                    refused.push(e);
+                }
+            }
+        }
+        pending = refused;
+        if pending.is_empty() {
+            break;
+        }
+    }
+    if !pending.is_empty() {
+        return Err(Error::Failed(format!(
+            "org {} not wholly deleted (request {} stays scheduled): {}",
+            r.org,
+            r.id,
+            last_error.unwrap_or_default()
+        )));
+    }
+    Ok(counts)
+}
+
+/// Deletes every row of `org` in one table, batch by batch; returns the count.
+async fn delete_table(db: &AppDb, e: &DataMapEntry, org: &str, batch: u32) -> Result<i64> {
+    let scope = org_scope(e, org);
+    let mut total = 0i64;
+    loop {
+        match db.delete_batch(&scope, batch, u64::from(batch)).await? {
+            Deleted::Rows(0) => return Ok(total),
+            Deleted::Rows(n) => total += n as i64,
+            other => {
+                return Err(Error::Failed(format!(
+                    "a batch of {} did not finish ({other:?})",
+                    e.table
+                )))
+            }
+        }
+    }
+}
+
+fn plain_row(cells: Vec<String>) -> Row {
+    Row {
+        cells,
+        tone: Tone::Plain,
+        commands: vec![],
+    }
+}
+
+fn certificate_mail(
+    ctx: &Context,
+    r: &OrgRequest,
+    counts: &BTreeMap<String, i64>,
+    backups: &[HeldIn],
+) -> Message {
+    let zone = notify::zone(ctx);
+    let total: i64 = counts.values().sum();
+    let mut blocks = vec![
+        Block::Heading(format!("Certificate of deletion: org {}", r.org)),
+        Block::Notice(
+            Tone::Good,
+            format!(
+                "Every row of org {} in the mapped tables was deleted ({total} rows) under request {}.",
+                r.org, r.id
+            ),
+        ),
+        Block::Facts(vec![
+            ("Request".into(), format!("{} ({})", r.id, r.reason)),
+            ("Requested by".into(), r.requested_by.clone()),
+            ("Requested".into(), zone.show(r.requested_at)),
+            ("Deleted".into(), zone.show(Utc::now())),
+        ]),
+        Block::Table(Table {
+            head: vec!["Table".into(), "Rows deleted".into()],
+            rows: counts
+                .iter()
+                .map(|(t, n)| plain_row(vec![t.clone(), n.to_string()]))
+                .collect(),
+            empty: "No org-scoped table matched.".into(),
+        }),
+    ];
+    blocks.push(Block::Heading("Backups that still hold this data".into()));
+    blocks.push(Block::Table(Table {
+        head: vec!["Backup".into(), "Taken".into(), "Removed by pruning".into()],
+        rows: backups
+            .iter()
+            .map(|b| {
+                let until = match (b.expires_at, &b.note) {
+                    (Some(t), _) => zone.show(t),
+                    (None, Some(n)) => n.clone(),
+                    (None, None) => "unknown".into(),
+                };
+                plain_row(vec![b.backup.clone(), zone.show(b.created_at), until])
+            })
+            .collect(),
+        empty: "None: no backup in the catalog predates the deletion.".into(),
+    }));
+    Message {
+        role: Role::Dpo,
+        subject: format!(
+            "[lethe] certificate of deletion: org {} (request {})",
+            r.org, r.id
+        ),
+        blocks,
+        attachments: vec![],
+        dedupe_key: Some(format!("org-deleted:{}", r.id)),
+    }
+}

@@ -1,0 +1,333 @@
+//! An org's deletion on SQLite and PostgreSQL: recorded with a cooling-off
+//! period, cancellable, refused under a legal hold, executed by `org.purge`
+//! (every row of that org, in every mapped table, whatever the foreign-key
+//! order; no other org's row), with a certificate naming the backups that
+//! still hold the org's data and when each is pruned.
+
+use crate::common::{run_job, run_ok, stdout_json, ConfigDir};
+use serde_json::Value;
+
+const DATA_MAP: &str = r#"
+[app]
+subjects = { table = "users", id = "id", email = "email" }
+orgs = { table = "orgs", id = "id" }
+
+[[data_map]]
+table = "orgs"
+class = "accounts"
+org = "id"
+
+[[data_map]]
+table = "events"
+class = "events"
+timestamp = "created_at"
+org = "org_id"
+subject = "user_id"
+retention = ["400d"]
+
+[[data_map]]
+table = "notes"
+class = "content"
+org = "org_id"
+"#;
+
+/// Orgs 1–3; 40 events per org; notes reference their org (a foreign key,
+/// so the notes must go before the org's row, though the data map lists the org first).
+const FIXTURE: &str = r#"
+CREATE TABLE orgs (id INTEGER PRIMARY KEY, name TEXT NOT NULL);
+CREATE TABLE users (id INTEGER PRIMARY KEY, email TEXT NOT NULL UNIQUE);
+CREATE TABLE events (id INTEGER PRIMARY KEY, org_id INTEGER, user_id INTEGER, created_at TEXT NOT NULL);
+CREATE TABLE notes (id INTEGER PRIMARY KEY, org_id INTEGER NOT NULL REFERENCES orgs (id), body TEXT);
+INSERT INTO orgs VALUES (1, 'a'), (2, 'b'), (3, 'c');
+INSERT INTO users VALUES (1, 'u1@x.example'), (2, 'u2@x.example');
+WITH RECURSIVE n(g) AS (SELECT 1 UNION ALL SELECT g + 1 FROM n WHERE g < 120)
+    INSERT INTO events (org_id, user_id, created_at) SELECT 1 + g % 3, 1 + g % 2, '2026-01-01 00:00:00' FROM n;
+WITH RECURSIVE n(g) AS (SELECT 1 UNION ALL SELECT g + 1 FROM n WHERE g < 30)
+    INSERT INTO notes (org_id, body) SELECT 1 + g % 3, 'note' FROM n;
+"#;
+
+struct Fixture {
+    c: ConfigDir,
+    app_url: String,
+}
+
+impl Fixture {
+    async fn count(&self, sql: &str) -> i64 {
+        crate::common::app_i64(&self.app_url, sql).await
+    }
+
+    fn lethe(&self) -> std::process::Command {
+        self.c.lethe()
+    }
+
+    fn org(&self, args: &[&str]) -> std::process::Output {
+        self.lethe().arg("org").args(args).output().unwrap()
+    }
+}
+
+async fn fixture(pg: bool, extra: &str) -> Option<Fixture> {
+    let map = format!("{DATA_MAP}\n{extra}");
+    let (c, app_url) = if pg {
+        let url = crate::common::fresh_pg_db().await?;
+        let fixture = FIXTURE
+            .replace("INTEGER PRIMARY KEY", "bigserial PRIMARY KEY")
+            .replace(
+                "WITH RECURSIVE n(g) AS (SELECT 1 UNION ALL SELECT g + 1 FROM n WHERE g < 120)",
+                "WITH n(g) AS (SELECT generate_series(1, 120))",
+            )
+            .replace(
+                "WITH RECURSIVE n(g) AS (SELECT 1 UNION ALL SELECT g + 1 FROM n WHERE g < 30)",
+                "WITH n(g) AS (SELECT generate_series(1, 30))",
+            )
+            .replace("INTEGER", "bigint");
+        crate::common::app_exec(&url, &fixture).await;
+        (ConfigDir::full(Some(&url), Some(&url), "", "", &map), url)
+    } else {
+        let c = ConfigDir::full(None, None, "", "", &map);
+        let url = format!("sqlite://{}", c.path().join("app.db").display());
+        crate::common::app_exec(&url, FIXTURE).await;
+        (c, url)
+    };
+    for kind in ["org.purge", "mail.flush", "backup.create"] {
+        c.job(
+            kind,
+            &format!("kind = \"{kind}\"\nschedule = \"0 0 3 * * *\"\nmax_attempts = 1\n"),
+        );
+    }
+    c.job(
+        "backup.prune",
+        "kind = \"backup.prune\"\nschedule = \"0 30 3 * * *\"\nmax_attempts = 1\n",
+    );
+    run_ok(c.lethe().arg("migrate"));
+    Some(Fixture { c, app_url })
+}
+
+fn mails(f: &Fixture) -> Vec<String> {
+    run_job(f.lethe(), "mail.flush", &[]);
+    std::fs::read_dir(f.c.path().join("mail"))
+        .map(|d| {
+            d.map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+macro_rules! both {
+    ($($case:ident),* $(,)?) => {
+        mod sqlite { $(#[tokio::test(flavor = "multi_thread")] async fn $case() { super::$case(false).await })* }
+        mod postgres { $(#[tokio::test(flavor = "multi_thread")] async fn $case() { super::$case(true).await })* }
+    };
+}
+
+both!(
+    a_deletion_waits_out_its_cooling_off_then_removes_every_row_of_that_org_only,
+    bad_requests_exit_with_clear_errors_and_record_nothing,
+    a_hold_refuses_the_request_and_stops_a_scheduled_deletion,
+);
+
+async fn a_deletion_waits_out_its_cooling_off_then_removes_every_row_of_that_org_only(pg: bool) {
+    let Some(f) = fixture(pg, "").await else {
+        return;
+    };
+    // Org 2 asks with a week's cooling-off, then cancels; org 3 asks for now.
+    let later = stdout_json(&run_ok(f.lethe().args([
+        "org",
+        "delete",
+        "--org",
+        "2",
+        "--reason",
+        "changed plans",
+        "--after",
+        "7d",
+        "--json",
+    ])));
+    let now = stdout_json(&run_ok(f.lethe().args([
+        "org",
+        "delete",
+        "--org",
+        "3",
+        "--reason",
+        "contract ended",
+        "--after",
+        "0s",
+        "--contact",
+        "Admin@C.example",
+        "--json",
+    ])));
+    assert_eq!(now["state"], "scheduled", "{now}");
+    let v = run_job(f.lethe(), "org.purge", &[]);
+    assert_eq!(v["status"], "succeeded", "{v}");
+    let deleted = v["result"]["deleted"].as_array().unwrap();
+    assert_eq!(deleted.len(), 1, "only org 3's cooling-off has ended: {v}");
+    let rows = &deleted[0]["rows"];
+    assert_eq!(
+        (
+            rows["events"].as_i64(),
+            rows["notes"].as_i64(),
+            rows["orgs"].as_i64()
+        ),
+        (Some(40), Some(10), Some(1)),
+        "{v}"
+    );
+    for table in ["events", "notes"] {
+        let left = f
+            .count(&format!("SELECT count(*) FROM {table} WHERE org_id = 3"))
+            .await;
+        assert_eq!(left, 0, "{table}");
+        let others = f
+            .count(&format!("SELECT count(*) FROM {table} WHERE org_id <> 3"))
+            .await;
+        assert_eq!(others, if table == "events" { 80 } else { 20 }, "{table}");
+    }
+    assert_eq!(f.count("SELECT count(*) FROM orgs").await, 2);
+    assert_eq!(
+        f.count("SELECT count(*) FROM users").await,
+        2,
+        "users are not org-scoped here"
+    );
+
+    // Org 2's request is still scheduled and can be cancelled; org 3's cannot any more.
+    let id2 = later["id"].to_string();
+    let id3 = now["id"].to_string();
+    assert_eq!(f.org(&["cancel", &id3]).status.code(), Some(3));
+    let cancelled = stdout_json(&run_ok(f.lethe().args(["org", "cancel", &id2, "--json"])));
+    assert_eq!(cancelled["state"], "cancelled");
+    assert_eq!(
+        f.count("SELECT count(*) FROM events WHERE org_id = 2")
+            .await,
+        40
+    );
+
+    let status = stdout_json(&run_ok(
+        f.lethe().args(["org", "status", "--org", "3", "--json"]),
+    ));
+    assert_eq!(status["requests"][0]["state"], "done", "{status}");
+    assert!(status["deleted_at"].is_string(), "{status}");
+    let certificate = mails(&f)
+        .into_iter()
+        .find(|m| m.contains("certificate of deletion"))
+        .expect("a certificate mailed to the DPO");
+    assert!(
+        certificate.contains("To: dpo@test.example"),
+        "{certificate}"
+    );
+    assert!(certificate.contains("contract ended"), "{certificate}");
+}
+
+async fn bad_requests_exit_with_clear_errors_and_record_nothing(pg: bool) {
+    let Some(f) = fixture(pg, "").await else {
+        return;
+    };
+    let cases: [(&[&str], i32, &str); 5] = [
+        (&["--org", "99"], 2, "not in the application database"),
+        (&["--org", "1", "--class", "bogus"], 2, "class `bogus`"),
+        (&["--org", "1", "--after", "100d"], 2, "beyond the limit"),
+        (&["--org", "1", "--after", "soon"], 2, "--after"),
+        (
+            &["--org", "1", "--contact", "not-an-email"],
+            2,
+            "not an email",
+        ),
+    ];
+    for (args, code, says) in cases {
+        let out = f
+            .lethe()
+            .args(["org", "delete", "--reason", "r"])
+            .args(args)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(code), "{args:?}: {err}");
+        assert!(err.contains(says), "{args:?}: {err}");
+    }
+    run_ok(
+        f.lethe()
+            .args(["org", "delete", "--org", "1", "--reason", "r"]),
+    );
+    let twice = f.org(&["delete", "--org", "1", "--reason", "r"]);
+    assert_eq!(
+        twice.status.code(),
+        Some(3),
+        "one scheduled deletion per org"
+    );
+    assert!(String::from_utf8_lossy(&twice.stderr).contains("already has a scheduled deletion"));
+    let status = stdout_json(&run_ok(
+        f.lethe().args(["org", "status", "--org", "1", "--json"]),
+    ));
+    assert_eq!(status["requests"].as_array().unwrap().len(), 1, "{status}");
+    assert_eq!(f.org(&["cancel", "12345"]).status.code(), Some(2));
+}
+
+async fn a_hold_refuses_the_request_and_stops_a_scheduled_deletion(pg: bool) {
+    let Some(f) = fixture(pg, "").await else {
+        return;
+    };
+    run_ok(f.lethe().args([
+        "org", "delete", "--org", "1", "--reason", "r", "--after", "0s",
+    ]));
+    run_ok(
+        f.lethe()
+            .args(["hold", "add", "--org", "1", "--reason", "litigation"]),
+    );
+    run_ok(
+        f.lethe()
+            .args(["hold", "add", "--org", "2", "--reason", "audit"]),
+    );
+    let refused = f.org(&["delete", "--org", "2", "--reason", "r"]);
+    assert_eq!(refused.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("audit"));
+    let v = run_job(f.lethe(), "org.purge", &[]);
+    assert_eq!(v["status"], "succeeded", "{v}");
+    assert_eq!(v["result"]["deleted"], Value::Array(vec![]), "{v}");
+    assert_eq!(v["result"]["held"][0]["org"], "1", "{v}");
+    assert_eq!(
+        f.count("SELECT count(*) FROM events WHERE org_id = 1")
+            .await,
+        40
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_certificate_names_each_backup_holding_the_org_and_when_pruning_removes_it() {
+    let identity = age::x25519::Identity::generate();
+    let extra = format!(
+        "[object_store]\nurl = \"file://objects\"\n[backup]\nrecipients = [\"{}\"]\nkeep = {{ daily = 2 }}\n",
+        identity.to_public()
+    );
+    let f = fixture(false, &extra).await.unwrap();
+    let b = run_job(f.lethe(), "backup.create", &[]);
+    assert_eq!(b["status"], "succeeded", "{b}");
+    let backup_id = b["result"]["id"].as_str().unwrap().to_string();
+    run_ok(f.lethe().args([
+        "org",
+        "delete",
+        "--org",
+        "3",
+        "--reason",
+        "offboarding",
+        "--after",
+        "0s",
+    ]));
+    let v = run_job(f.lethe(), "org.purge", &[]);
+    let held = &v["result"]["deleted"][0]["backups_holding_data"];
+    assert_eq!(held[0]["backup"], backup_id.as_str(), "{v}");
+    // Daily backups at 03:00 keep two days: two newer ones push it out, and the
+    // 03:30 prune after the second removes it.
+    let expires: chrono::DateTime<chrono::Utc> =
+        held[0]["expires_at"].as_str().unwrap().parse().unwrap();
+    let days = (expires - chrono::Utc::now()).num_hours() as f64 / 24.0;
+    assert!((1.0..=3.0).contains(&days), "expires in {days} days: {v}");
+    assert_eq!(expires.format("%H:%M").to_string(), "03:30", "{v}");
+    let status = stdout_json(&run_ok(
+        f.lethe().args(["org", "status", "--org", "3", "--json"]),
+    ));
+    assert_eq!(
+        status["backups_holding_data"][0]["expires_at"],
+        held[0]["expires_at"]
+    );
+    let certificate = mails(&f)
+        .into_iter()
+        .find(|m| m.contains("certificate of deletion"))
+        .unwrap();
+    assert!(certificate.contains(&backup_id), "{certificate}");
+}
