@@ -20,6 +20,7 @@ mod ciphertexts;
 pub mod guard;
 mod keys;
 mod objects;
+mod org_members;
 mod partitions;
 mod schema;
 mod scope;

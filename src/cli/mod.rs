@@ -350,6 +350,15 @@ pub enum OrgCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Export every org-scoped row (of --class, else all classes): JSON Lines a table and a manifest, zstd + age, uploaded, link mailed.
+    Export {
+        #[arg(long)]
+        org: String,
+        #[arg(long = "class")]
+        classes: Vec<String>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Cancel a scheduled deletion.
     Cancel {
         id: i64,

@@ -31,20 +31,11 @@ pub async fn run(dir: &Path, json_out: bool) -> Result<i32> {
     announce(&ctx, dir, &seeded).await?;
     let dsrs = submit_sample_requests(&ctx).await?;
     let history = crate::demo::seed_dsr_history(&ctx, now).await?;
-    // One breach, found 30 hours ago: its 72-hour deadlines are 42 hours away.
-    let breach = crate::breach::open(
-        &ctx,
-        crate::breach::Opening {
-            title: "API keys of one tenant exposed in a public repository".into(),
-            detected_at: now - chrono::Duration::hours(30),
-            jurisdictions: vec!["gdpr".into(), "uu_pdp".into()],
-            orgs: vec!["3".into()],
-            subjects: 42,
-        },
-    )
-    .await?;
+    let breach = open_sample_breach(&ctx, now).await?;
 
+    let leaving = ask_org_deletion(&ctx).await?;
     let runs = run_every_kind(&ctx).await?;
+    let orgs = export_an_org(&ctx, &leaving).await?;
     let stale = stale_ciphertexts(&ctx).await?;
     let keys_summary = json!({"values_sealed": sealed, "stale_ciphertexts": stale});
 
@@ -67,6 +58,7 @@ pub async fn run(dir: &Path, json_out: bool) -> Result<i32> {
             "seeded": seeded,
             "dsr": dsrs,
             "dsr_history": history,
+            "orgs": orgs,
             "breach": {"id": breach.id, "parties": breach.parties},
             "runs": runs,
             "keys": keys_summary,
@@ -202,6 +194,49 @@ fn write_demo_config(dir: &Path) -> Result<()> {
 
 /// A few requests: the sole owner's erasure is refused; a member's export and
 /// another user's erasure go through dsr.process.
+/// One breach, found 30 hours ago: its 72-hour deadlines are 42 hours away.
+async fn open_sample_breach(
+    ctx: &Context,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<crate::store::Breach> {
+    Ok(crate::breach::open(
+        ctx,
+        crate::breach::Opening {
+            title: "API keys of one tenant exposed in a public repository".into(),
+            detected_at: now - chrono::Duration::hours(30),
+            jurisdictions: vec!["gdpr".into(), "uu_pdp".into()],
+            orgs: vec!["3".into()],
+            subjects: 42,
+        },
+    )
+    .await?)
+}
+
+/// Tenant 2 asks for its export; with tenant 12's deletion, what the tour did for orgs.
+async fn export_an_org(
+    ctx: &Context,
+    leaving: &crate::store::OrgRequest,
+) -> Result<serde_json::Value> {
+    let export = crate::org::export(ctx, "2", &[], "demo").await?;
+    Ok(
+        json!({"deletion": {"request": leaving.id, "org": leaving.org},
+              "export": {"request": export["request"], "org": "2", "object": export["object"]}}),
+    )
+}
+
+/// Tenant 12 (closed a month ago) asks to be deleted now: the tour's org.purge runs it.
+async fn ask_org_deletion(ctx: &Context) -> Result<crate::store::OrgRequest> {
+    let ask = crate::org::DeletionAsk {
+        org: "12",
+        classes: &[],
+        reason: "contract ended",
+        after: std::time::Duration::ZERO,
+        contact: Some("admin@tenant12.example"),
+        actor: "demo",
+    };
+    Ok(crate::org::request_deletion(ctx, ask).await?)
+}
+
 async fn submit_sample_requests(ctx: &Context) -> Result<Vec<serde_json::Value>> {
     let mut dsrs = Vec::new();
     for (kind, subject) in [
@@ -309,6 +344,8 @@ fn print_tour(
     outln!("  lethe run retention.purge             # delete it, with evidence in the audit chain");
     outln!("  lethe dsr report                      # the DPO's SLA report (mailed weekly), overdue first");
     outln!("  lethe backup list; lethe backup verify ID");
+    outln!("  lethe org status --org 12 --json       # tenant 12 deleted: its certificate, and the backups that still hold it until when");
+    outln!("  lethe org export --org 2 --json        # every row of tenant 2 as JSON Lines, zstd + age");
     outln!(
         "  lethe keys status                      # each org's key versions and stale ciphertexts"
     );

@@ -92,5 +92,19 @@ pub async fn dispatch(ctx: Arc<Context>, command: OrgCommand) -> Result<i32> {
             Ok(0)
         }
         OrgCommand::Status { org, json } => status(ctx, &org, json).await,
+        OrgCommand::Export { org, classes, json } => {
+            let v = org::export(&ctx, &org, &classes, &actor_cli()).await?;
+            if json {
+                super::print_json(&v)?;
+            } else {
+                outln!(
+                    "org {org} exported: {} ({} bytes, SHA-256 {})",
+                    v["object"].as_str().unwrap_or(""),
+                    v["bytes"],
+                    v["sha256"].as_str().unwrap_or("")
+                );
+            }
+            Ok(0)
+        }
     }
 }

@@ -15,7 +15,7 @@ use crate::keys::{DataKeys, Opened};
 
 /// `rows` (JSON objects as text) with the entry's encrypted columns opened;
 /// and how many values could not be.
-pub(super) async fn open_rows(
+pub async fn open_rows(
     keys: &mut DataKeys<'_>,
     e: &DataMapEntry,
     rows: Vec<String>,

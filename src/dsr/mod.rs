@@ -11,6 +11,7 @@ mod ledger;
 mod process;
 mod report;
 
+pub use decrypt::open_rows;
 pub use import::import;
 pub use jurisdiction::{Deadline, Jurisdiction, JURISDICTIONS};
 pub use ledger::{reapply_ledger, LedgerReapply, ReapplyReport};

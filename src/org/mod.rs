@@ -4,6 +4,7 @@
 //! still?", including which backups still hold it and until when.
 
 mod backups;
+mod export;
 mod purge;
 
 use std::time::Duration;
@@ -12,6 +13,7 @@ use chrono::Utc;
 use serde_json::{json, Value};
 
 pub use backups::{backups_holding, HeldIn};
+pub use export::export;
 pub use purge::{purge_job, PurgeParams};
 
 use crate::appdb::AppDb;
@@ -81,7 +83,11 @@ pub async fn holds_on(ctx: &Context, org: &str) -> Result<Vec<String>> {
 }
 
 /// The org exists: in the orgs table when one is mapped, else in some org-scoped table.
-async fn check_org_exists(ctx: &Context, org: &str, tables: &[&DataMapEntry]) -> Result<()> {
+pub(super) async fn check_org_exists(
+    ctx: &Context,
+    org: &str,
+    tables: &[&DataMapEntry],
+) -> Result<()> {
     let db = AppDb::connect(&ctx.config.database.url).await?;
     let orgs = ctx.config.app.as_ref().and_then(|a| a.orgs.as_ref());
     let found = match orgs {

@@ -100,6 +100,7 @@ async fn delete_org(jc: &JobContext, db: &AppDb, r: &OrgRequest, batch: u32) -> 
     let ctx = &jc.ctx;
     let classes: Vec<String> = serde_json::from_value(r.classes.clone()).unwrap_or_default();
     let tables = org_tables(ctx, &classes)?;
+    let moved = rehome_members(ctx, db, r, &tables).await?;
     let counts = delete_rows(jc, db, r, &tables, batch).await?;
     let mut left = Vec::new();
     for e in &tables {
@@ -121,7 +122,8 @@ async fn delete_org(jc: &JobContext, db: &AppDb, r: &OrgRequest, batch: u32) -> 
     let certificate = json!({
         "request": r.id, "org": r.org, "reason": r.reason, "classes": r.classes,
         "requested_by": r.requested_by, "requested_at": r.requested_at,
-        "deleted_at": deleted_at, "rows": counts, "backups_holding_data": backups,
+        "deleted_at": deleted_at, "rows": counts, "accounts_moved": moved,
+        "backups_holding_data": backups,
     });
     let event = crate::store::evidence(
         &jc.actor,
@@ -139,8 +141,28 @@ async fn delete_org(jc: &JobContext, db: &AppDb, r: &OrgRequest, batch: u32) -> 
             r.id
         )));
     }
-    notify::enqueue(ctx, certificate_mail(ctx, r, &counts, &backups)).await?;
+    notify::enqueue(ctx, certificate_mail(ctx, r, &counts, moved, &backups)).await?;
     Ok(certificate)
+}
+
+/// People who belong to another org keep their accounts: their row in the
+/// subjects table moves to one of their remaining orgs before the org's rows go.
+async fn rehome_members(
+    ctx: &Context,
+    db: &AppDb,
+    r: &OrgRequest,
+    tables: &[&DataMapEntry],
+) -> Result<u64> {
+    let Some(app) = &ctx.config.app else {
+        return Ok(0);
+    };
+    let mut moved = 0;
+    for e in tables.iter().filter(|e| e.table == app.subjects.table) {
+        if let Some(col) = &e.org {
+            moved += db.rehome_members(app, col, &r.org).await?;
+        }
+    }
+    Ok(moved)
 }
 
 /// Deletes the org's rows table by table, counting into the run's checkpoint
@@ -224,6 +246,7 @@ fn certificate_mail(
     ctx: &Context,
     r: &OrgRequest,
     counts: &BTreeMap<String, i64>,
+    moved: u64,
     backups: &[HeldIn],
 ) -> Message {
     let zone = notify::zone(ctx);
@@ -242,6 +265,10 @@ fn certificate_mail(
             ("Requested by".into(), r.requested_by.clone()),
             ("Requested".into(), zone.show(r.requested_at)),
             ("Deleted".into(), zone.show(Utc::now())),
+            (
+                "Accounts kept".into(),
+                format!("{moved} (members of other orgs, moved to one of them)"),
+            ),
         ]),
         Block::Table(Table {
             head: vec!["Table".into(), "Rows deleted".into()],

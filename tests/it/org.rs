@@ -11,11 +11,24 @@ const DATA_MAP: &str = r#"
 [app]
 subjects = { table = "users", id = "id", email = "email" }
 orgs = { table = "orgs", id = "id" }
+memberships = { table = "memberships", org = "org_id", subject = "user_id", role = "role" }
 
 [[data_map]]
 table = "orgs"
 class = "accounts"
 org = "id"
+
+[[data_map]]
+table = "users"
+class = "accounts"
+org = "home_org_id"
+subject = "id"
+
+[[data_map]]
+table = "memberships"
+class = "accounts"
+org = "org_id"
+subject = "user_id"
 
 [[data_map]]
 table = "events"
@@ -32,14 +45,18 @@ org = "org_id"
 "#;
 
 /// Orgs 1–3; 40 events per org; notes reference their org (a foreign key,
-/// so the notes must go before the org's row, though the data map lists the org first).
+/// so the notes must go before the org's row, though the data map lists the
+/// org first). User 2's home is org 3 but it is a member of org 1 too; user
+/// 3 belongs to org 3 only.
 const FIXTURE: &str = r#"
 CREATE TABLE orgs (id INTEGER PRIMARY KEY, name TEXT NOT NULL);
-CREATE TABLE users (id INTEGER PRIMARY KEY, email TEXT NOT NULL UNIQUE);
+CREATE TABLE users (id INTEGER PRIMARY KEY, email TEXT NOT NULL UNIQUE, home_org_id INTEGER NOT NULL REFERENCES orgs (id));
+CREATE TABLE memberships (org_id INTEGER NOT NULL REFERENCES orgs (id), user_id INTEGER NOT NULL REFERENCES users (id), role TEXT NOT NULL);
 CREATE TABLE events (id INTEGER PRIMARY KEY, org_id INTEGER, user_id INTEGER, created_at TEXT NOT NULL);
 CREATE TABLE notes (id INTEGER PRIMARY KEY, org_id INTEGER NOT NULL REFERENCES orgs (id), body TEXT);
 INSERT INTO orgs VALUES (1, 'a'), (2, 'b'), (3, 'c');
-INSERT INTO users VALUES (1, 'u1@x.example'), (2, 'u2@x.example');
+INSERT INTO users VALUES (1, 'u1@x.example', 1), (2, 'u2@x.example', 3), (3, 'u3@x.example', 3), (4, 'u4@x.example', 2);
+INSERT INTO memberships VALUES (1, 1, 'owner'), (3, 2, 'owner'), (1, 2, 'member'), (3, 3, 'member'), (2, 4, 'owner');
 WITH RECURSIVE n(g) AS (SELECT 1 UNION ALL SELECT g + 1 FROM n WHERE g < 120)
     INSERT INTO events (org_id, user_id, created_at) SELECT 1 + g % 3, 1 + g % 2, '2026-01-01 00:00:00' FROM n;
 WITH RECURSIVE n(g) AS (SELECT 1 UNION ALL SELECT g + 1 FROM n WHERE g < 30)
@@ -123,6 +140,7 @@ both!(
     a_deletion_waits_out_its_cooling_off_then_removes_every_row_of_that_org_only,
     bad_requests_exit_with_clear_errors_and_record_nothing,
     a_hold_refuses_the_request_and_stops_a_scheduled_deletion,
+    an_export_holds_every_row_of_the_org_as_json_lines_matching_its_manifest,
 );
 
 async fn a_deletion_waits_out_its_cooling_off_then_removes_every_row_of_that_org_only(pg: bool) {
@@ -160,15 +178,10 @@ async fn a_deletion_waits_out_its_cooling_off_then_removes_every_row_of_that_org
     let deleted = v["result"]["deleted"].as_array().unwrap();
     assert_eq!(deleted.len(), 1, "only org 3's cooling-off has ended: {v}");
     let rows = &deleted[0]["rows"];
-    assert_eq!(
-        (
-            rows["events"].as_i64(),
-            rows["notes"].as_i64(),
-            rows["orgs"].as_i64()
-        ),
-        (Some(40), Some(10), Some(1)),
-        "{v}"
-    );
+    let got =
+        ["events", "notes", "orgs", "users", "memberships"].map(|t| rows[t].as_i64().unwrap_or(-1));
+    assert_eq!(got, [40, 10, 1, 1, 2], "{v}");
+    assert_eq!(deleted[0]["accounts_moved"], 1, "{v}");
     for table in ["events", "notes"] {
         let left = f
             .count(&format!("SELECT count(*) FROM {table} WHERE org_id = 3"))
@@ -180,11 +193,15 @@ async fn a_deletion_waits_out_its_cooling_off_then_removes_every_row_of_that_org
         assert_eq!(others, if table == "events" { 80 } else { 20 }, "{table}");
     }
     assert_eq!(f.count("SELECT count(*) FROM orgs").await, 2);
+    // User 2 belongs to org 1 as well: its account stays, moved there; user 3 is gone.
+    assert_eq!(f.count("SELECT count(*) FROM users").await, 3);
     assert_eq!(
-        f.count("SELECT count(*) FROM users").await,
-        2,
-        "users are not org-scoped here"
+        f.count("SELECT home_org_id FROM users WHERE id = 2").await,
+        1
     );
+    assert_eq!(f.count("SELECT count(*) FROM users WHERE id = 3").await, 0);
+    let kept = "SELECT count(*) FROM memberships WHERE user_id = 2";
+    assert_eq!(f.count(kept).await, 1);
 
     // Org 2's request is still scheduled and can be cancelled; org 3's cannot any more.
     let id2 = later["id"].to_string();
@@ -330,4 +347,68 @@ async fn the_certificate_names_each_backup_holding_the_org_and_when_pruning_remo
         .find(|m| m.contains("certificate of deletion"))
         .unwrap();
     assert!(certificate.contains(&backup_id), "{certificate}");
+}
+
+async fn an_export_holds_every_row_of_the_org_as_json_lines_matching_its_manifest(pg: bool) {
+    let identity = age::x25519::Identity::generate();
+    let extra = format!(
+        "[object_store]\nurl = \"file://objects\"\n[backup]\nrecipients = [\"{}\"]\n",
+        identity.to_public()
+    );
+    let Some(f) = fixture(pg, &extra).await else {
+        return;
+    };
+    let v = stdout_json(&run_ok(
+        f.lethe().args(["org", "export", "--org", "2", "--json"]),
+    ));
+    let sealed = std::fs::read(
+        f.c.path()
+            .join("objects")
+            .join(v["object"].as_str().unwrap()),
+    )
+    .unwrap();
+    let entries = crate::common::archive_entries(&sealed, &identity);
+    let manifest: Value = serde_json::from_slice(&entries["manifest.json"]).unwrap();
+    assert_eq!(
+        manifest, v["manifest"],
+        "the stored manifest is the one reported"
+    );
+    let tables = manifest["tables"].as_array().unwrap();
+    assert_eq!(tables.len(), 5, "{manifest}");
+    for t in tables {
+        let (table, file) = (t["table"].as_str().unwrap(), t["file"].as_str().unwrap());
+        let body = &entries[file];
+        use sha2::Digest;
+        assert_eq!(
+            hex::encode(sha2::Sha256::digest(body)),
+            t["sha256"],
+            "{table}"
+        );
+        let lines: Vec<Value> = std::str::from_utf8(body)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len() as i64, t["rows"].as_i64().unwrap(), "{table}");
+        let col = match table {
+            "orgs" => "id",
+            "users" => "home_org_id",
+            _ => "org_id",
+        };
+        let want = f
+            .count(&format!("SELECT count(*) FROM {table} WHERE {col} = 2"))
+            .await;
+        assert_eq!(lines.len() as i64, want, "{table}");
+        assert!(
+            lines.iter().all(|l| l[col] == 2),
+            "{table}: only org 2's rows"
+        );
+    }
+    let status = stdout_json(&run_ok(
+        f.lethe().args(["org", "status", "--org", "2", "--json"]),
+    ));
+    assert_eq!(status["requests"][0]["kind"], "export", "{status}");
+    assert_eq!(status["requests"][0]["state"], "done", "{status}");
+    let unknown = f.org(&["export", "--org", "77"]);
+    assert_eq!(unknown.status.code(), Some(2));
 }

@@ -1,0 +1,260 @@
+//! An org's export: every org-scoped row of the chosen classes, one JSON
+//! Lines file a table, plus `manifest.json` (each file's table, class, row
+//! count and SHA-256), in a tar compressed with zstd and encrypted with age to
+//! the export keys, uploaded, and its link mailed to the DPO. Rows stream
+//! from the database into temporary files (encrypted columns opened on the
+//! way), so memory stays flat whatever the org's size.
+
+use std::io::Write;
+
+use chrono::Utc;
+use serde_json::{json, Value};
+use sha2::Digest;
+
+use super::{check_org_exists, org_tables};
+use crate::appdb::AppDb;
+use crate::config::DataMapEntry;
+use crate::context::Context;
+use crate::error::{Error, Result};
+use crate::notify::{self, Block, Message, Role, Tone};
+use crate::store::org_requests::DONE;
+use crate::store::OrgRequest;
+
+/// Rows opened (decrypted) at a time.
+const BATCH: usize = 500;
+
+/// One table's file in the archive.
+#[derive(Debug, Clone, serde::Serialize)]
+struct TableFile {
+    table: String,
+    class: String,
+    file: String,
+    rows: u64,
+    sha256: String,
+    /// Encrypted values the export could not open (their org key is gone): `null`.
+    unreadable: u64,
+}
+
+/// Writes the org's rows of `e` to `path` as JSON Lines.
+async fn spool_table(
+    ctx: &Context,
+    db: &AppDb,
+    e: &DataMapEntry,
+    org: &str,
+    path: &std::path::Path,
+) -> Result<TableFile> {
+    let org_col = e.org.as_deref().unwrap_or_default();
+    let mut rows = db.org_rows(&e.table, org_col, org).await?;
+    let file = crate::private_file::create(path)
+        .map_err(|err| Error::io("creating a file of the export", err))?;
+    let mut out = std::io::BufWriter::new(file);
+    let (mut hash, mut count, mut unreadable) = (sha2::Sha256::new(), 0u64, 0u64);
+    let mut keys = if e.encrypted.is_empty() {
+        None
+    } else {
+        crate::keys::DataKeys::load(ctx).await?
+    };
+    let mut batch = Vec::with_capacity(BATCH);
+    loop {
+        let next = rows.recv().await.transpose()?;
+        let ended = next.is_none();
+        if let Some(row) = next {
+            batch.push(row);
+            if batch.len() < BATCH {
+                continue;
+            }
+        }
+        if !batch.is_empty() {
+            let mut lines = std::mem::take(&mut batch);
+            if let Some(k) = keys.as_mut() {
+                let (opened, n) = crate::dsr::open_rows(k, e, lines).await?;
+                lines = opened;
+                unreadable += n;
+            }
+            for line in lines {
+                hash.update(line.as_bytes());
+                hash.update(b"\n");
+                writeln!(out, "{line}").map_err(|err| Error::io("writing the export", err))?;
+                count += 1;
+            }
+        }
+        if ended {
+            break;
+        }
+    }
+    out.flush()
+        .map_err(|err| Error::io("writing the export", err))?;
+    Ok(TableFile {
+        table: e.table.clone(),
+        class: e.class.clone(),
+        file: format!("{}.jsonl", e.table),
+        rows: count,
+        sha256: hex::encode(hash.finalize()),
+        unreadable,
+    })
+}
+
+/// Exports `org`'s rows of `classes` (all when empty); returns the evidence.
+pub async fn export(ctx: &Context, org: &str, classes: &[String], actor: &str) -> Result<Value> {
+    let tables = org_tables(ctx, classes)?;
+    check_org_exists(ctx, org, &tables).await?;
+    let now = Utc::now();
+    let request = OrgRequest {
+        id: 0,
+        org: org.to_string(),
+        kind: "export".into(),
+        classes: json!(classes),
+        reason: "export requested by the org".into(),
+        contact: None,
+        state: String::new(),
+        requested_by: actor.to_string(),
+        requested_at: now,
+        execute_after: now,
+        due_at: now + chrono::Duration::from_std(super::DEADLINE).unwrap_or_default(),
+        completed_at: None,
+        result: None,
+    };
+    let event = |id: &i64| {
+        crate::store::evidence(
+            actor,
+            "org.export_requested",
+            &format!("org:{org}"),
+            json!({"request": id}),
+        )
+    };
+    let r = ctx.store.org_request_insert(&request, &event).await?;
+    let dir = tempfile::tempdir().map_err(|e| Error::io("a folder for the export", e))?;
+    let db = AppDb::connect(&ctx.config.database.url).await?;
+    let mut files = Vec::new();
+    for e in &tables {
+        let path = dir.path().join(format!("{}.jsonl", files.len()));
+        files.push((spool_table(ctx, &db, e, org, &path).await?, path));
+    }
+    db.close().await;
+    let manifest = json!({
+        "org": org, "request": r.id, "created_at": Utc::now(), "classes": classes,
+        "tables": files.iter().map(|(t, _)| t.clone()).collect::<Vec<_>>(),
+    });
+    let (key, stored) = upload(ctx, &r, &manifest, files).await?;
+    let result = json!({"request": r.id, "org": org, "object": key, "sha256": stored.sha256,
+                        "bytes": stored.stored_bytes, "manifest": manifest});
+    let event =
+        crate::store::evidence(actor, "org.exported", &format!("org:{org}"), result.clone());
+    ctx.store
+        .org_request_close(r.id, DONE, &result, &event)
+        .await?;
+    Ok(result)
+}
+
+/// Tars the manifest and the files, then zstd + age + upload; mails the link.
+async fn upload(
+    ctx: &Context,
+    r: &OrgRequest,
+    manifest: &Value,
+    files: Vec<(TableFile, std::path::PathBuf)>,
+) -> Result<(String, crate::archive::Encoded)> {
+    let config = ctx.config.as_ref();
+    let spool = tar_spool(manifest, files).await?;
+    let archive = spool
+        .reopen()
+        .map_err(|e| Error::io("reading the export's temporary file", e))?;
+    let recipients =
+        crate::archive::parse_recipients(if config.dsr.export_recipients.is_empty() {
+            &config.backup.recipients
+        } else {
+            &config.dsr.export_recipients
+        })?;
+    let store = ctx.object_store().await?;
+    let key = format!(
+        "{}org-{}-export-{}.tar.zst.age",
+        config.dsr.export_prefix, r.org, r.id
+    );
+    let enc = crate::objstore::stream_upload(
+        store.as_ref(),
+        &key,
+        8 << 20,
+        "org export: uploaded",
+        move |sink| crate::archive::encode(archive, sink, &recipients, 3, 1),
+    )
+    .await?;
+    drop(spool);
+    let ttl = config.dsr.export_link_ttl;
+    let link = store.presign(&key, ttl).await?;
+    let expires = Utc::now() + chrono::Duration::from_std(ttl).unwrap_or_default();
+    notify::enqueue(ctx, ready(ctx, r, &enc, link, expires)).await?;
+    Ok((key, enc))
+}
+
+/// The manifest and the table files in one tar, spooled to a temporary file.
+async fn tar_spool(
+    manifest: &Value,
+    files: Vec<(TableFile, std::path::PathBuf)>,
+) -> Result<tempfile::NamedTempFile> {
+    let manifest_text =
+        serde_json::to_vec_pretty(manifest).map_err(|e| Error::json("the export's manifest", e))?;
+    let spool = tempfile::NamedTempFile::new()
+        .map_err(|e| Error::io("creating the export's temporary file", e))?;
+    let tar_file = spool
+        .reopen()
+        .map_err(|e| Error::io("opening the export's temporary file", e))?;
+    tokio::task::spawn_blocking(move || {
+        let mut tar = tar::Builder::new(tar_file);
+        let mut h = tar::Header::new_gnu();
+        h.set_size(manifest_text.len() as u64);
+        h.set_mode(0o600);
+        h.set_mtime(Utc::now().timestamp().max(0) as u64);
+        h.set_cksum();
+        tar.append_data(&mut h, "manifest.json", manifest_text.as_slice())?;
+        for (t, path) in &files {
+            tar.append_path_with_name(path, &t.file)?;
+        }
+        tar.finish()
+    })
+    .await
+    .map_err(|e| Error::task("building the export archive", e))?
+    .map_err(|e| Error::io("building the export archive", e))?;
+    Ok(spool)
+}
+
+/// The DPO's notice that the export is ready, with its link.
+fn ready(
+    ctx: &Context,
+    r: &OrgRequest,
+    enc: &crate::archive::Encoded,
+    link: String,
+    expires: chrono::DateTime<Utc>,
+) -> Message {
+    let zone = notify::zone(ctx);
+    Message {
+        role: Role::Dpo,
+        subject: format!("[lethe] export of org {} ready (request {})", r.org, r.id),
+        blocks: vec![
+            Block::Notice(
+                Tone::Warn,
+                format!(
+                    "Deliver this export to org {}; the link expires {}.",
+                    r.org,
+                    zone.show(expires)
+                ),
+            ),
+            Block::Facts(vec![
+                ("Request".into(), r.id.to_string()),
+                (
+                    "Size".into(),
+                    format!(
+                        "{} bytes, encrypted with age to the export keys",
+                        enc.stored_bytes
+                    ),
+                ),
+                ("SHA-256".into(), enc.sha256.clone()),
+            ]),
+            Block::Link {
+                text: "Download the encrypted export".into(),
+                url: link,
+            },
+            Block::Para("Open it with: age -d -i KEY FILE | zstd -d | tar x".into()),
+        ],
+        attachments: vec![],
+        dedupe_key: Some(format!("org-export:{}", r.id)),
+    }
+}
