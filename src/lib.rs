@@ -36,5 +36,6 @@ pub mod retention;
 pub mod runner;
 pub mod secret;
 pub mod store;
+pub mod test_hooks;
 
 pub use error::{Error, Result};

@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 
 use chrono::Utc;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use super::{backups_holding, holds_on, org_tables, HeldIn};
@@ -165,8 +165,19 @@ async fn rehome_members(
     Ok(moved)
 }
 
-/// Deletes the org's rows table by table, counting into the run's checkpoint
-/// (so a retry after a crash keeps the counts of what already went).
+/// What a deletion has done so far, kept in the run's checkpoint so the
+/// attempt that rescues a crashed one carries on with the counts intact.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Progress {
+    /// The org's rows in each table before the first batch.
+    planned: BTreeMap<String, i64>,
+    deleted: BTreeMap<String, i64>,
+}
+
+/// Deletes the org's rows table by table, checkpointing after every batch.
+/// Returns the rows deleted per table: a crash between a batch's commit and
+/// its checkpoint loses that batch's count, but every planned row is gone
+/// (checked after), so a table counts at least its plan.
 async fn delete_rows(
     jc: &JobContext,
     db: &AppDb,
@@ -174,12 +185,23 @@ async fn delete_rows(
     tables: &[&DataMapEntry],
     batch: u32,
 ) -> Result<BTreeMap<String, i64>> {
-    let ctx = &jc.ctx;
     let key = format!("org.purge:{}", r.id);
-    let mut counts: BTreeMap<String, i64> = match ctx.store.checkpoint_get(jc.run.id, &key).await? {
-        Some(v) => serde_json::from_value(v).unwrap_or_default(),
-        None => BTreeMap::new(),
+    let mut p: Progress = match jc.ctx.store.checkpoint_get(jc.run.id, &key).await? {
+        Some(v) => {
+            serde_json::from_value(v).map_err(|e| Error::json("the org purge's checkpoint", e))?
+        }
+        None => Progress::default(),
     };
+    if p.planned.is_empty() {
+        for e in tables {
+            let n = db.count(&org_scope(e, &r.org)).await?;
+            p.planned.insert(e.table.clone(), n);
+        }
+        jc.ctx
+            .store
+            .checkpoint_put(jc.run.id, &key, &json!(p))
+            .await?;
+    }
     // Tables referencing others must lose their rows first; whatever order the
     // data map lists them in, a table refused by a foreign key is retried after the rest.
     let mut pending: Vec<&DataMapEntry> = tables.to_vec();
@@ -187,17 +209,12 @@ async fn delete_rows(
     for _pass in 0..=tables.len() {
         let mut refused = Vec::new();
         for e in pending {
-            match delete_table(db, e, &r.org, batch).await {
-                Ok(n) => {
-                    *counts.entry(e.table.clone()).or_insert(0) += n;
-                    ctx.store
-                        .checkpoint_put(jc.run.id, &key, &json!(counts))
-                        .await?;
+            if let Err(err) = delete_table(jc, db, e, &r.org, batch, &key, &mut p).await {
+                if matches!(err, Error::LeaseLost(_)) {
+                    return Err(err);
                 }
-                Err(err) => {
-                    last_error = Some(format!("{}: {err}", e.table));
-                    refused.push(e);
-                }
+                last_error = Some(format!("{}: {err}", e.table));
+                refused.push(e);
             }
         }
         pending = refused;
@@ -213,17 +230,39 @@ async fn delete_rows(
             last_error.unwrap_or_default()
         )));
     }
-    Ok(counts)
+    Ok(tables
+        .iter()
+        .map(|e| {
+            let (plan, done) = (p.planned.get(&e.table), p.deleted.get(&e.table));
+            let n = plan.copied().unwrap_or(0).max(done.copied().unwrap_or(0));
+            (e.table.clone(), n)
+        })
+        .collect())
 }
 
-/// Deletes every row of `org` in one table, batch by batch; returns the count.
-async fn delete_table(db: &AppDb, e: &DataMapEntry, org: &str, batch: u32) -> Result<i64> {
+/// Deletes every row of `org` in one table, batch by batch, each counted into the checkpoint.
+async fn delete_table(
+    jc: &JobContext,
+    db: &AppDb,
+    e: &DataMapEntry,
+    org: &str,
+    batch: u32,
+    key: &str,
+    p: &mut Progress,
+) -> Result<()> {
     let scope = org_scope(e, org);
-    let mut total = 0i64;
     loop {
+        jc.fence.check()?;
         match db.delete_batch(&scope, batch, u64::from(batch)).await? {
-            Deleted::Rows(0) => return Ok(total),
-            Deleted::Rows(n) => total += n as i64,
+            Deleted::Rows(0) => return Ok(()),
+            Deleted::Rows(n) => {
+                *p.deleted.entry(e.table.clone()).or_insert(0) += n as i64;
+                jc.ctx
+                    .store
+                    .checkpoint_put(jc.run.id, key, &json!(p))
+                    .await?;
+                crate::test_hooks::pause_point("org_batch").await;
+            }
             other => {
                 return Err(Error::Failed(format!(
                     "a batch of {} did not finish ({other:?})",

@@ -188,7 +188,7 @@ impl Batcher<'_> {
             };
             self.committed(n, started.elapsed(), ItemProgress::default())
                 .await?;
-            super::objects::crash_point("files_pending");
+            crate::test_hooks::crash_point("files_pending");
             super::objects::finish_for_run(self.jc, self.db, Tail::Defer).await?;
         }
     }

@@ -241,36 +241,6 @@ pub(super) async fn finish_for_run(jc: &JobContext, db: &AppDb, tail: Tail) -> R
     Ok(tallies)
 }
 
-/// Test builds only: `LETHE_TEST_CRASH_AT=files_pending` aborts the process
-/// after a batch's rows were deleted, before their files (the crash test).
-#[cfg(feature = "testing")]
-pub(super) fn crash_point(at: &str) {
-    if std::env::var("LETHE_TEST_CRASH_AT").as_deref() == Ok(at) {
-        std::process::abort();
-    }
-}
-
-#[cfg(not(feature = "testing"))]
-pub(super) fn crash_point(_at: &str) {}
-
-/// Test builds only: `LETHE_TEST_PAUSE_AT=before_drop:3000` waits 3 s there,
-/// for a test to change the world between the plan and the first drop.
-#[cfg(feature = "testing")]
-pub(super) async fn pause_point(at: &str) {
-    let Ok(v) = std::env::var("LETHE_TEST_PAUSE_AT") else {
-        return;
-    };
-    if let Some(ms) = v
-        .strip_prefix(&format!("{at}:"))
-        .and_then(|m| m.parse().ok())
-    {
-        tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
-    }
-}
-
-#[cfg(not(feature = "testing"))]
-pub(super) async fn pause_point(_at: &str) {}
-
 /// Evidence per class and org: counts only, never keys.
 pub(super) async fn record(jc: &JobContext, tallies: &Tallies) -> Result<()> {
     for (class, orgs) in tallies {

@@ -306,7 +306,7 @@ pub(super) async fn drop_planned(
     done: &mut Progress,
 ) -> Result<()> {
     if !item.partitions.is_empty() {
-        super::objects::pause_point("before_drop").await;
+        crate::test_hooks::pause_point("before_drop").await;
     }
     let entry = entry_for(&jc.ctx.config, &item.table)?;
     for d in &item.partitions {
@@ -317,7 +317,7 @@ pub(super) async fn drop_planned(
         {
             continue;
         }
-        super::objects::crash_point("partition_planned");
+        crate::test_hooks::crash_point("partition_planned");
         let step = match db.partition_state(&item.table, &d.name).await? {
             // A hold placed since the plan keeps it: back it goes, for the row path.
             PartitionState::Detached if held_rows(jc, db, entry, &d.name).await? > 0 => {

@@ -83,6 +83,10 @@ impl Fixture {
 }
 
 async fn fixture(pg: bool, extra: &str) -> Option<Fixture> {
+    fixture_with(pg, "", extra).await
+}
+
+async fn fixture_with(pg: bool, runner: &str, extra: &str) -> Option<Fixture> {
     let map = format!("{DATA_MAP}\n{extra}");
     let (c, app_url) = if pg {
         let url = crate::common::fresh_pg_db().await?;
@@ -98,9 +102,12 @@ async fn fixture(pg: bool, extra: &str) -> Option<Fixture> {
             )
             .replace("INTEGER", "bigint");
         crate::common::app_exec(&url, &fixture).await;
-        (ConfigDir::full(Some(&url), Some(&url), "", "", &map), url)
+        (
+            ConfigDir::full(Some(&url), Some(&url), runner, "", &map),
+            url,
+        )
     } else {
-        let c = ConfigDir::full(None, None, "", "", &map);
+        let c = ConfigDir::full(None, None, runner, "", &map);
         let url = format!("sqlite://{}", c.path().join("app.db").display());
         crate::common::app_exec(&url, FIXTURE).await;
         (c, url)
@@ -141,7 +148,73 @@ both!(
     bad_requests_exit_with_clear_errors_and_record_nothing,
     a_hold_refuses_the_request_and_stops_a_scheduled_deletion,
     an_export_holds_every_row_of_the_org_as_json_lines_matching_its_manifest,
+    a_purge_killed_mid_table_is_rescued_and_counts_every_row_once,
 );
+
+/// SIGKILL between two batches of org 3's events; another `serve` rescues the
+/// run, finishes the deletion and certifies every row, none twice.
+async fn a_purge_killed_mid_table_is_rescued_and_counts_every_row_once(pg: bool) {
+    let runner =
+        "lease = \"1s\"\nretry_base = \"100ms\"\nretry_max = \"200ms\"\npoll_interval = \"100ms\"";
+    let Some(f) = fixture_with(pg, runner, "").await else {
+        return;
+    };
+    // Disabled: serve must not enqueue a scheduled run of its own; it only takes ours.
+    f.c.job(
+        "org.purge",
+        "kind = \"org.purge\"\nschedule = \"0 0 3 * * *\"\nenabled = false\n[params]\nbatch_size = 5\n",
+    );
+    run_ok(f.lethe().args([
+        "org", "delete", "--org", "3", "--reason", "r", "--after", "0s",
+    ]));
+    let paused = || {
+        let mut cmd = f.lethe();
+        cmd.env("LETHE_TEST_PAUSE_AT", "org_batch:300");
+        cmd
+    };
+    let mut a = crate::common::spawn_serve(paused(), &f.c.path().join("serve-a.log"), &[]);
+    run_ok(f.lethe().args(["run", "org.purge", "--detach"]));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let events = "SELECT count(*) FROM events WHERE org_id = 3";
+    while f.count(events).await > 30 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the purge never started"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    crate::common::signal(&a, libc::SIGKILL);
+    a.wait().unwrap();
+    let left = f.count(events).await;
+    assert!(
+        (1..40).contains(&left),
+        "killed mid-table: {left} of 40 left"
+    );
+
+    let mut b = crate::common::spawn_serve(paused(), &f.c.path().join("serve-b.log"), &[]);
+    let run = crate::common::wait_run_end(|| f.lethe(), "org.purge", 60);
+    crate::common::signal(&b, libc::SIGTERM);
+    crate::common::wait_exit(&mut b, 30);
+    assert_eq!(
+        (run["state"].as_str(), run["attempts"].as_i64()),
+        (Some("succeeded"), Some(2)),
+        "{run}"
+    );
+    let rows = &run["result"]["deleted"][0]["rows"];
+    let got =
+        ["events", "notes", "orgs", "users", "memberships"].map(|t| rows[t].as_i64().unwrap_or(-1));
+    assert_eq!(
+        got,
+        [40, 10, 1, 1, 2],
+        "every row counted once across the crash: {run}"
+    );
+    assert_eq!(f.count(events).await, 0);
+    assert_eq!(
+        f.count("SELECT count(*) FROM events").await,
+        80,
+        "other orgs untouched"
+    );
+}
 
 async fn a_deletion_waits_out_its_cooling_off_then_removes_every_row_of_that_org_only(pg: bool) {
     let Some(f) = fixture(pg, "").await else {
