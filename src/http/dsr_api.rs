@@ -21,13 +21,13 @@ use crate::dsr::{self, Intake, Submission};
 use crate::error::Error;
 use crate::store::DsrState;
 
-fn problem(status: StatusCode, message: impl Into<String>) -> Response {
+pub(super) fn problem(status: StatusCode, message: impl Into<String>) -> Response {
     (status, Json(json!({"error": message.into()}))).into_response()
 }
 
 /// The caller's API key, if it is configured and has `scope`: else 401
 /// (no or unknown key) or 403 (a key without that scope).
-fn authenticate(
+pub(super) fn authenticate(
     s: &AppState,
     headers: &HeaderMap,
     scope: ApiScope,
@@ -81,7 +81,7 @@ fn busy(message: &str) -> Response {
 }
 
 /// One of the `http.max_concurrency` slots, waiting up to `http.queue_timeout`.
-async fn admit(s: &AppState) -> Result<tokio::sync::OwnedSemaphorePermit, Response> {
+pub(super) async fn admit(s: &AppState) -> Result<tokio::sync::OwnedSemaphorePermit, Response> {
     let wait = s.ctx.config.http.queue_timeout;
     match tokio::time::timeout(wait, s.dsr_slots.clone().acquire_owned()).await {
         Ok(Ok(permit)) => Ok(permit),
@@ -103,7 +103,7 @@ fn unavailable(e: &Error) -> bool {
     }
 }
 
-fn from_error(e: Error) -> Response {
+pub(super) fn from_error(e: Error) -> Response {
     if unavailable(&e) {
         tracing::warn!(error = %e, "DSR API: database busy or unreachable; answered 503");
         return busy("the database is busy; retry after Retry-After seconds");
@@ -113,6 +113,7 @@ fn from_error(e: Error) -> Response {
             problem(StatusCode::UNPROCESSABLE_ENTITY, m)
         }
         Error::NotFound(m) => problem(StatusCode::NOT_FOUND, m),
+        Error::Refused(m) => problem(StatusCode::CONFLICT, m),
         Error::Forbidden(m) => problem(StatusCode::FORBIDDEN, m),
         other => {
             tracing::error!(error = %other, "DSR API");

@@ -2,6 +2,7 @@
 //! `/metrics` (Prometheus text), and the DSR intake API under `/v1/dsr`.
 
 mod dsr_api;
+mod org_api;
 
 use std::sync::Arc;
 
@@ -37,6 +38,15 @@ pub fn router(ctx: Arc<Context>, shutdown: Shutdown) -> Router {
             axum::routing::post(dsr_api::submit).get(dsr_api::list),
         )
         .route("/v1/dsr/{id}", get(dsr_api::get))
+        .route(
+            "/v1/orgs/{id}/deletions",
+            axum::routing::post(org_api::delete),
+        )
+        .route(
+            "/v1/orgs/{id}/exports",
+            axum::routing::post(org_api::export),
+        )
+        .route("/v1/orgs/{id}", get(org_api::status))
         .layer(axum::extract::DefaultBodyLimit::max(DSR_BODY_LIMIT))
         .with_state(AppState {
             dsr_slots: Arc::new(tokio::sync::Semaphore::new(ctx.config.http.max_concurrency)),

@@ -17,7 +17,7 @@ use crate::config::DataMapEntry;
 use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::notify::{self, Block, Message, Role, Tone};
-use crate::store::org_requests::DONE;
+use crate::store::org_requests::{DONE, EXPORT, FAILED, SCHEDULED};
 use crate::store::OrgRequest;
 
 /// Rows opened (decrypted) at a time.
@@ -94,15 +94,31 @@ async fn spool_table(
     })
 }
 
+/// An export older than this that is still `scheduled` was left by a crashed
+/// process: a new export of the org takes its place.
+const ABANDONED_AFTER: chrono::Duration = chrono::Duration::hours(1);
+
 /// Exports `org`'s rows of `classes` (all when empty); returns the evidence.
 pub async fn export(ctx: &Context, org: &str, classes: &[String], actor: &str) -> Result<Value> {
+    let r = record_export(ctx, org, classes, actor).await?;
+    crate::test_hooks::crash_point("org_export_recorded");
+    run_export(ctx, &r, actor).await
+}
+
+/// Checks and records an export request (one running per org).
+pub async fn record_export(
+    ctx: &Context,
+    org: &str,
+    classes: &[String],
+    actor: &str,
+) -> Result<OrgRequest> {
     let tables = org_tables(ctx, classes)?;
     check_org_exists(ctx, org, &tables).await?;
     let now = Utc::now();
     let request = OrgRequest {
         id: 0,
         org: org.to_string(),
-        kind: "export".into(),
+        kind: EXPORT.into(),
         classes: json!(classes),
         reason: "export requested by the org".into(),
         contact: None,
@@ -122,7 +138,64 @@ pub async fn export(ctx: &Context, org: &str, classes: &[String], actor: &str) -
             json!({"request": id}),
         )
     };
-    let r = ctx.store.org_request_insert(&request, &event).await?;
+    let stale = ctx
+        .store
+        .org_requests(Some(org))
+        .await?
+        .into_iter()
+        .find(|r| {
+            r.kind == EXPORT && r.state == SCHEDULED && r.requested_at < now - ABANDONED_AFTER
+        });
+    if let Some(old) = stale {
+        let ev = crate::store::evidence(
+            actor,
+            "org.export_abandoned",
+            &format!("org:{org}"),
+            json!({"request": old.id}),
+        );
+        let why = json!({"error": "abandoned: still running an hour later (its process stopped?)"});
+        ctx.store
+            .org_request_close(old.id, FAILED, &why, &ev)
+            .await?;
+    }
+    ctx.store.org_request_insert(&request, &event).await
+}
+
+/// Runs a recorded export; a failure closes the request as failed, with the error.
+pub async fn run_export(ctx: &Context, r: &OrgRequest, actor: &str) -> Result<Value> {
+    let classes: Vec<String> = serde_json::from_value(r.classes.clone()).unwrap_or_default();
+    match write_export(ctx, r, &classes).await {
+        Ok(result) => {
+            let event = crate::store::evidence(
+                actor,
+                "org.exported",
+                &format!("org:{}", r.org),
+                result.clone(),
+            );
+            ctx.store
+                .org_request_close(r.id, DONE, &result, &event)
+                .await?;
+            Ok(result)
+        }
+        Err(e) => {
+            let why = json!({"error": e.to_string()});
+            let event = crate::store::evidence(
+                actor,
+                "org.export_failed",
+                &format!("org:{}", r.org),
+                why.clone(),
+            );
+            ctx.store
+                .org_request_close(r.id, FAILED, &why, &event)
+                .await?;
+            Err(e)
+        }
+    }
+}
+
+async fn write_export(ctx: &Context, r: &OrgRequest, classes: &[String]) -> Result<Value> {
+    let tables = org_tables(ctx, classes)?;
+    let org = r.org.as_str();
     let dir = tempfile::tempdir().map_err(|e| Error::io("a folder for the export", e))?;
     let db = AppDb::connect(&ctx.config.database.url).await?;
     let mut files = Vec::new();
@@ -135,15 +208,11 @@ pub async fn export(ctx: &Context, org: &str, classes: &[String], actor: &str) -
         "org": org, "request": r.id, "created_at": Utc::now(), "classes": classes,
         "tables": files.iter().map(|(t, _)| t.clone()).collect::<Vec<_>>(),
     });
-    let (key, stored) = upload(ctx, &r, &manifest, files).await?;
-    let result = json!({"request": r.id, "org": org, "object": key, "sha256": stored.sha256,
-                        "bytes": stored.stored_bytes, "manifest": manifest});
-    let event =
-        crate::store::evidence(actor, "org.exported", &format!("org:{org}"), result.clone());
-    ctx.store
-        .org_request_close(r.id, DONE, &result, &event)
-        .await?;
-    Ok(result)
+    let (key, stored) = upload(ctx, r, &manifest, files).await?;
+    Ok(
+        json!({"request": r.id, "org": org, "object": key, "sha256": stored.sha256,
+              "bytes": stored.stored_bytes, "manifest": manifest}),
+    )
 }
 
 /// Tars the manifest and the files, then zstd + age + upload; mails the link.

@@ -13,7 +13,7 @@ use chrono::Utc;
 use serde_json::{json, Value};
 
 pub use backups::{backups_holding, HeldIn};
-pub use export::export;
+pub use export::{export, record_export, run_export};
 pub use purge::{purge_job, PurgeParams};
 
 use crate::appdb::AppDb;
@@ -145,7 +145,7 @@ pub async fn request_deletion(ctx: &Context, ask: DeletionAsk<'_>) -> Result<Org
     let r = OrgRequest {
         id: 0,
         org: org.to_string(),
-        kind: "deletion".into(),
+        kind: crate::store::org_requests::DELETION.into(),
         classes: json!(ask.classes),
         reason: ask.reason.trim().to_string(),
         contact: ask.contact.map(|c| c.trim().to_lowercase()),

@@ -20,7 +20,7 @@ use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::notify::{self, Block, Message, Role, Row, Table, Tone};
 use crate::runner::{JobContext, JobParams};
-use crate::store::org_requests::DONE;
+use crate::store::org_requests::{DELETION, DONE};
 use crate::store::OrgRequest;
 
 #[derive(Debug, Deserialize)]
@@ -69,7 +69,9 @@ pub(super) fn org_scope(e: &DataMapEntry, org: &str) -> Scope {
 
 pub async fn purge_job(jc: &JobContext, p: PurgeParams) -> Result<Value> {
     let ctx = &jc.ctx;
-    let due = ctx.store.org_requests_due(Utc::now()).await?;
+    let mut due = ctx.store.org_requests_due(Utc::now()).await?;
+    // Exports are run by whoever asked for them; this job only ever deletes.
+    due.retain(|r| r.kind == DELETION);
     if jc.dry_run {
         let ids: Vec<Value> = due
             .iter()

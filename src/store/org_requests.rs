@@ -13,14 +13,14 @@ use crate::error::Result;
 pub struct OrgRequest {
     pub id: i64,
     pub org: String,
-    /// `deletion`.
+    /// `deletion` or `export`.
     pub kind: String,
     /// The data classes to delete; empty: every class.
     pub classes: serde_json::Value,
     pub reason: String,
     /// Who at the org asked, to receive the certificate.
     pub contact: Option<String>,
-    /// `scheduled`, `done` or `cancelled`.
+    /// `scheduled`, `done`, `cancelled` or `failed`.
     pub state: String,
     pub requested_by: String,
     pub requested_at: DateTime<Utc>,
@@ -32,8 +32,12 @@ pub struct OrgRequest {
 }
 
 pub const SCHEDULED: &str = "scheduled";
+pub const DELETION: &str = "deletion";
+pub const EXPORT: &str = "export";
 pub const DONE: &str = "done";
 pub const CANCELLED: &str = "cancelled";
+/// An export that failed, or that a crashed process left behind.
+pub const FAILED: &str = "failed";
 
 #[async_trait]
 pub trait OrgRequests: Send + Sync {

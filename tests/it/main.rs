@@ -25,6 +25,7 @@ mod mail_render;
 mod object_purge;
 mod objects;
 mod org;
+mod org_http;
 mod pg_restart;
 mod reference_app;
 mod replicas;

@@ -63,17 +63,17 @@ WITH RECURSIVE n(g) AS (SELECT 1 UNION ALL SELECT g + 1 FROM n WHERE g < 30)
     INSERT INTO notes (org_id, body) SELECT 1 + g % 3, 'note' FROM n;
 "#;
 
-struct Fixture {
-    c: ConfigDir,
+pub(super) struct Fixture {
+    pub(super) c: ConfigDir,
     app_url: String,
 }
 
 impl Fixture {
-    async fn count(&self, sql: &str) -> i64 {
+    pub(super) async fn count(&self, sql: &str) -> i64 {
         crate::common::app_i64(&self.app_url, sql).await
     }
 
-    fn lethe(&self) -> std::process::Command {
+    pub(super) fn lethe(&self) -> std::process::Command {
         self.c.lethe()
     }
 
@@ -86,7 +86,7 @@ async fn fixture(pg: bool, extra: &str) -> Option<Fixture> {
     fixture_with(pg, "", extra).await
 }
 
-async fn fixture_with(pg: bool, runner: &str, extra: &str) -> Option<Fixture> {
+pub(super) async fn fixture_with(pg: bool, runner: &str, extra: &str) -> Option<Fixture> {
     let map = format!("{DATA_MAP}\n{extra}");
     let (c, app_url) = if pg {
         let url = crate::common::fresh_pg_db().await?;
@@ -484,4 +484,41 @@ async fn an_export_holds_every_row_of_the_org_as_json_lines_matching_its_manifes
     assert_eq!(status["requests"][0]["state"], "done", "{status}");
     let unknown = f.org(&["export", "--org", "77"]);
     assert_eq!(unknown.status.code(), Some(2));
+}
+
+/// A process that died mid-export leaves its request `scheduled`: org.purge
+/// never takes it for a deletion, and a new export waits for it (exit 3).
+#[tokio::test(flavor = "multi_thread")]
+async fn an_export_left_by_a_crash_is_never_run_as_a_deletion() {
+    let identity = age::x25519::Identity::generate();
+    let extra = format!(
+        "[object_store]\nurl = \"file://objects\"\n[backup]\nrecipients = [\"{}\"]\n",
+        identity.to_public()
+    );
+    let f = fixture(false, &extra).await.unwrap();
+    let crashed = f
+        .lethe()
+        .env("LETHE_TEST_CRASH_AT", "org_export_recorded")
+        .args(["org", "export", "--org", "2"])
+        .output()
+        .unwrap();
+    assert!(!crashed.status.success());
+    let v = run_job(f.lethe(), "org.purge", &[]);
+    assert_eq!(v["status"], "succeeded", "{v}");
+    assert_eq!(v["result"]["deleted"], Value::Array(vec![]), "{v}");
+    assert_eq!(
+        f.count("SELECT count(*) FROM events WHERE org_id = 2")
+            .await,
+        40
+    );
+    let again = f.org(&["export", "--org", "2"]);
+    assert_eq!(
+        again.status.code(),
+        Some(3),
+        "one export of an org at a time"
+    );
+    let status = stdout_json(&run_ok(
+        f.lethe().args(["org", "status", "--org", "2", "--json"]),
+    ));
+    assert_eq!(status["requests"][0]["state"], "scheduled", "{status}");
 }
