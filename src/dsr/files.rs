@@ -6,7 +6,7 @@
 //! references is never deleted. The evidence counts files, versions and
 //! bytes, never keys.
 
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use crate::appdb::{AppDb, EraseAction, EraseStep, NewValue};
 use crate::context::Context;
@@ -76,14 +76,5 @@ pub(super) async fn finish(
 ) -> Result<Value> {
     let tallies =
         crate::retention::objects::finish(ctx, db, &origin(request), fence, Tail::Send).await?;
-    let (mut objects, mut versions, mut bytes, mut locked) = (0, 0, 0, Vec::new());
-    for t in tallies.values().flat_map(|orgs| orgs.values()) {
-        objects += t.objects;
-        versions += t.versions;
-        bytes += t.bytes;
-        locked.extend(t.kept_by_object_lock.iter().cloned());
-    }
-    Ok(
-        json!({"objects": objects, "versions": versions, "bytes": bytes, "kept_by_object_lock": locked}),
-    )
+    Ok(crate::retention::objects::totals(&tallies))
 }

@@ -19,6 +19,7 @@ use crate::config::DataMapEntry;
 use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::notify::{self, Block, Message, Role, Row, Table, Tone};
+use crate::objstore::Tail;
 use crate::runner::{JobContext, JobParams};
 use crate::store::org_requests::{DELETION, DONE};
 use crate::store::OrgRequest;
@@ -119,12 +120,13 @@ async fn delete_org(jc: &JobContext, db: &AppDb, r: &OrgRequest, batch: u32) -> 
             left.join("; ")
         )));
     }
+    let files = delete_files(jc, db, r).await?;
     let deleted_at = Utc::now();
     let backups = backups_holding(ctx, deleted_at).await?;
     let certificate = json!({
         "request": r.id, "org": r.org, "reason": r.reason, "classes": r.classes,
         "requested_by": r.requested_by, "requested_at": r.requested_at,
-        "deleted_at": deleted_at, "rows": counts, "accounts_moved": moved,
+        "deleted_at": deleted_at, "rows": counts, "files": files, "accounts_moved": moved,
         "backups_holding_data": backups,
     });
     let event = crate::store::evidence(
@@ -167,10 +169,21 @@ async fn rehome_members(
     Ok(moved)
 }
 
+/// Deletes the request's pending files that no row references any more
+/// (those of a crashed attempt too); counts them.
+async fn delete_files(jc: &JobContext, db: &AppDb, r: &OrgRequest) -> Result<Value> {
+    let origin = format!("org:{}", r.id);
+    let tallies =
+        crate::retention::objects::finish(&jc.ctx, db, &origin, &jc.fence, Tail::Send).await?;
+    Ok(crate::retention::objects::totals(&tallies))
+}
+
 /// What a deletion has done so far, kept in the run's checkpoint so the
 /// attempt that rescues a crashed one carries on with the counts intact.
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct Progress {
+    /// The request: its files are pending deletes of origin `org:<request>`.
+    request: i64,
     /// The org's rows in each table before the first batch.
     planned: BTreeMap<String, i64>,
     deleted: BTreeMap<String, i64>,
@@ -194,6 +207,7 @@ async fn delete_rows(
         }
         None => Progress::default(),
     };
+    p.request = r.id;
     if p.planned.is_empty() {
         for e in tables {
             let n = db.count(&org_scope(e, &r.org)).await?;
@@ -242,6 +256,10 @@ async fn delete_rows(
         .collect())
 }
 
+fn files_origin(p: &Progress) -> String {
+    format!("org:{}", p.request)
+}
+
 /// Deletes every row of `org` in one table, batch by batch, each counted into the checkpoint.
 async fn delete_table(
     jc: &JobContext,
@@ -253,9 +271,29 @@ async fn delete_table(
     p: &mut Progress,
 ) -> Result<()> {
     let scope = org_scope(e, org);
+    let columns: Vec<String> = e.objects.iter().map(|o| o.column.clone()).collect();
     loop {
         jc.fence.check()?;
-        match db.delete_batch(&scope, batch, u64::from(batch)).await? {
+        let deleted = if columns.is_empty() {
+            db.delete_batch(&scope, batch, u64::from(batch)).await?
+        } else {
+            // The batch's files are recorded before its rows go, and deleted after.
+            let rows = db.object_rows(&scope, &columns, batch).await?;
+            let files = crate::retention::objects::of_rows(&e.table, &e.class, &e.objects, &rows);
+            jc.ctx.store.objects_pend(&files_origin(p), &files).await?;
+            let at: Vec<_> = rows.into_iter().map(|r| r.pos).collect();
+            let n = db.delete_rows_at(&scope, &at, u64::from(batch)).await?;
+            crate::retention::objects::finish(
+                &jc.ctx,
+                db,
+                &files_origin(p),
+                &jc.fence,
+                Tail::Defer,
+            )
+            .await?;
+            n
+        };
+        match deleted {
             Deleted::Rows(0) => return Ok(()),
             Deleted::Rows(n) => {
                 *p.deleted.entry(e.table.clone()).or_insert(0) += n as i64;

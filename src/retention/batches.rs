@@ -172,7 +172,7 @@ impl Batcher<'_> {
             if rows.is_empty() {
                 return self.finish_empty(None).await;
             }
-            let files = super::objects::of_rows(self.item, columns, &rows);
+            let files = super::objects::of_rows(&self.item.table, &self.item.class, columns, &rows);
             let store = self.jc.ctx.store.as_ref();
             store
                 .objects_pend(super::objects::RETENTION, &files)

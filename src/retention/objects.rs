@@ -60,9 +60,22 @@ fn absorb(into: &mut Tallies, from: Tallies) {
     }
 }
 
-/// The files of `rows` (one table of the data map), as pending deletes.
-pub(super) fn of_rows(
-    item: &PlanItem,
+/// Files, versions and bytes deleted, and the keys Object Lock kept, over all classes and orgs.
+pub fn totals(tallies: &Tallies) -> serde_json::Value {
+    let (mut objects, mut versions, mut bytes, mut locked) = (0, 0, 0, Vec::new());
+    for t in tallies.values().flat_map(|orgs| orgs.values()) {
+        objects += t.objects;
+        versions += t.versions;
+        bytes += t.bytes;
+        locked.extend(t.kept_by_object_lock.iter().cloned());
+    }
+    json!({"objects": objects, "versions": versions, "bytes": bytes, "kept_by_object_lock": locked})
+}
+
+/// The files of `rows` (of `table`, data class `class`), as pending deletes.
+pub fn of_rows(
+    table: &str,
+    class: &str,
     columns: &[ObjectColumn],
     rows: &[ObjectRow],
 ) -> Vec<NewPendingObject> {
@@ -73,10 +86,10 @@ pub(super) fn of_rows(
                     .filter(|k| !k.is_empty())
                     .map(|k| NewPendingObject {
                         store_name: c.store.clone(),
-                        table_name: item.table.clone(),
+                        table_name: table.to_string(),
                         column_name: c.column.clone(),
                         object_key: k.clone(),
-                        class: item.class.clone(),
+                        class: class.to_string(),
                         org: r.org.clone().unwrap_or_default(),
                     })
             })
