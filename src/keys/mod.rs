@@ -185,6 +185,30 @@ async fn org_kek(
     Ok((k, true))
 }
 
+/// Crypto-shreds one org now (its deletion removed every row): the KMS
+/// deletes its KEK after the window, its DEKs are destroyed, and so are the
+/// wrapped keys in the application's table. `None` when the org never had a
+/// key; a key shredded before is left as it is.
+pub async fn shred_org_now(ctx: &Context, org: &str, actor: &str) -> Result<Option<Value>> {
+    let Some(mut kek) = ctx.store.keks().await?.into_iter().find(|k| k.org == org) else {
+        return Ok(None);
+    };
+    let mut out = OrgOutcome {
+        org: org.to_string(),
+        ..Default::default()
+    };
+    if kek.shredded_at.is_none() {
+        let kms = ctx.kms().await?;
+        shred(ctx, kms.as_ref(), org, &mut kek, None, Utc::now(), actor).await?;
+    }
+    app_table::shred_org(ctx, org, actor, &mut out).await?;
+    Ok(Some(
+        json!({"kek_id": kek.kek_id, "shredded_at": kek.shredded_at,
+                   "app_keys_destroyed": out.app_keys_destroyed,
+                   "deletion_window_days": ctx.config.keys.deletion_window_days}),
+    ))
+}
+
 /// Crypto-shredding of a closed org: the KMS deletes the KEK after its
 /// window, and the wrapped DEKs are destroyed together with the evidence.
 async fn shred(

@@ -121,12 +121,20 @@ async fn delete_org(jc: &JobContext, db: &AppDb, r: &OrgRequest, batch: u32) -> 
         )));
     }
     let files = delete_files(jc, db, r).await?;
+    // With every class gone nothing needs the org's keys: shred them, so
+    // the encrypted values in backups are unreadable from now on.
+    let keys = if classes.is_empty() {
+        crate::keys::shred_org_now(ctx, &r.org, &jc.actor).await?
+    } else {
+        None
+    };
     let deleted_at = Utc::now();
     let backups = backups_holding(ctx, deleted_at).await?;
     let certificate = json!({
         "request": r.id, "org": r.org, "reason": r.reason, "classes": r.classes,
         "requested_by": r.requested_by, "requested_at": r.requested_at,
         "deleted_at": deleted_at, "rows": counts, "files": files, "accounts_moved": moved,
+        "keys_shredded": keys,
         "backups_holding_data": backups,
     });
     let event = crate::store::evidence(
@@ -145,7 +153,8 @@ async fn delete_org(jc: &JobContext, db: &AppDb, r: &OrgRequest, batch: u32) -> 
             r.id
         )));
     }
-    notify::enqueue(ctx, certificate_mail(ctx, r, &counts, moved, &backups)).await?;
+    let mail = certificate_mail(ctx, r, &counts, moved, keys.as_ref(), &backups);
+    notify::enqueue(ctx, mail).await?;
     Ok(certificate)
 }
 
@@ -326,6 +335,7 @@ fn certificate_mail(
     r: &OrgRequest,
     counts: &BTreeMap<String, i64>,
     moved: u64,
+    keys: Option<&Value>,
     backups: &[HeldIn],
 ) -> Message {
     let zone = notify::zone(ctx);
@@ -347,6 +357,17 @@ fn certificate_mail(
             (
                 "Accounts kept".into(),
                 format!("{moved} (members of other orgs, moved to one of them)"),
+            ),
+            (
+                "Keys".into(),
+                match keys {
+                    Some(k) => format!(
+                        "crypto-shredded: data keys destroyed, KMS key {} deleted after {} days",
+                        k["kek_id"].as_str().unwrap_or("?"),
+                        k["deletion_window_days"]
+                    ),
+                    None => "none shredded (the org had no key, or only some classes were deleted)".into(),
+                },
             ),
         ]),
         Block::Table(Table {

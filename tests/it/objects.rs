@@ -511,6 +511,21 @@ fn the_demo_purges_exports_and_erases_files() {
     let orphans: Vec<&String> = stored.iter().filter(|k| !referenced.contains(*k)).collect();
     assert!(orphans.is_empty(), "files no row references: {orphans:?}");
     assert_eq!(v["orgs"]["deletion"]["org"], "12", "{}", v["orgs"]);
+    let purge = v["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["job"] == "org.purge")
+        .unwrap();
+    let certificate = &purge["result"]["deleted"][0];
+    assert!(
+        certificate["files"]["objects"].as_u64().unwrap() > 0,
+        "{purge}"
+    );
+    assert!(
+        certificate["keys_shredded"]["kek_id"].is_string(),
+        "every class went, so the org's keys were shredded: {purge}"
+    );
 
     // The member's export (the demo's request 2) carries every one of their files.
     let shown = stdout_json(&run_ok(lethe().args(["dsr", "show", "2", "--json"])));
