@@ -346,6 +346,17 @@ async fn bad_requests_exit_with_clear_errors_and_record_nothing(pg: bool) {
     ));
     assert_eq!(status["requests"].as_array().unwrap().len(), 1, "{status}");
     assert_eq!(f.org(&["cancel", "12345"]).status.code(), Some(2));
+    // The DPO's SLA report lists the org's open request beside the subjects'.
+    let report = stdout_json(&run_ok(f.lethe().args(["dsr", "report", "--json"])));
+    let item = &report["org_requests"][0];
+    assert_eq!(
+        (item["org"].as_str(), item["state"].as_str()),
+        (Some("1"), Some("scheduled")),
+        "{report}"
+    );
+    assert_eq!(item["days_left"], 29, "{report}");
+    let text = String::from_utf8(run_ok(f.lethe().args(["dsr", "report"])).stdout).unwrap();
+    assert!(text.contains("Organisation requests (1)"), "{text}");
 }
 
 async fn a_hold_refuses_the_request_and_stops_a_scheduled_deletion(pg: bool) {

@@ -146,6 +146,47 @@ fn queue(r: &SlaReport, zone: &Zone) -> Vec<Block> {
     blocks
 }
 
+/// Organisations' own requests, beside the subjects': deletions and exports.
+fn orgs(r: &SlaReport, zone: &Zone) -> Vec<Block> {
+    if r.org_requests.is_empty() {
+        return vec![];
+    }
+    let rows = r
+        .org_requests
+        .iter()
+        .map(|i| Row {
+            cells: vec![
+                i.id.to_string(),
+                format!("org {}", i.org),
+                format!("{} ({})", i.kind, i.state),
+                zone.show(i.due_at),
+                match (i.days_left, i.completed_at) {
+                    (Some(d), _) if d < 0 => format!("OVERDUE by {} days", -d),
+                    (Some(d), _) => format!("{d} days left"),
+                    (None, Some(c)) => format!("closed {}", zone.date(c)),
+                    (None, None) => String::new(),
+                },
+            ],
+            tone: if i.late { Tone::Alert } else { Tone::Plain },
+            commands: if i.days_left.is_some() {
+                vec![format!("lethe org status --org {}", i.org)]
+            } else {
+                vec![]
+            },
+        })
+        .collect();
+    vec![
+        Block::Heading(format!("Organisation requests ({})", r.org_requests.len())),
+        Block::Table(Table {
+            head: ["Request", "Org", "Kind (state)", "Deadline", "Time"]
+                .map(String::from)
+                .to_vec(),
+            rows,
+            empty: String::new(),
+        }),
+    ]
+}
+
 fn counts_table(first: &str, rows: Vec<(String, &super::stats::Counts)>) -> Block {
     Block::Table(Table {
         head: [first, "Received", "Completed", "Late", "Rejected"]
@@ -269,6 +310,7 @@ pub fn subject(r: &SlaReport, zone: &Zone) -> String {
 pub fn blocks(r: &SlaReport, zone: &Zone) -> Vec<Block> {
     let mut b = action(r, zone);
     b.extend(queue(r, zone));
+    b.extend(orgs(r, zone));
     b.extend(period(r));
     b.extend(trend(r, zone));
     b.push(Block::Para(

@@ -28,7 +28,8 @@ impl JobParams for ReportParams {}
 /// The report and its CSV, as of the store's now.
 pub async fn sla_report(ctx: &Context) -> Result<(SlaReport, String)> {
     let (all, now) = stats::requests(ctx).await?;
-    let report = stats::compute(ctx, &all, now);
+    let mut report = stats::compute(ctx, &all, now);
+    report.org_requests = stats::org_items(ctx, now).await?;
     let csv = attachment::csv(ctx, &all, now)?;
     Ok((report, csv))
 }

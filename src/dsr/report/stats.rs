@@ -41,6 +41,53 @@ pub struct OpenItem {
     pub commands: Vec<String>,
 }
 
+/// An organisation's request (deletion, export) as the report lists it:
+/// open ones, and those closed in the period.
+#[derive(Debug, Clone, Serialize)]
+pub struct OrgItem {
+    pub id: i64,
+    pub org: String,
+    pub kind: String,
+    pub state: String,
+    pub due_at: DateTime<Utc>,
+    /// Whole days left (negative: overdue), rounded down; `None` once closed.
+    pub days_left: Option<i64>,
+    pub completed_at: Option<DateTime<Utc>>,
+    /// Closed after its deadline, or open past it.
+    pub late: bool,
+}
+
+/// Open org requests, then those closed in the period; earliest deadline first.
+pub(super) async fn org_items(ctx: &Context, now: DateTime<Utc>) -> Result<Vec<OrgItem>> {
+    let period = ctx.config.dsr.report_period;
+    let since = now - Duration::seconds(i64::try_from(period.as_secs()).unwrap_or(i64::MAX / 2));
+    let mut items: Vec<OrgItem> = ctx
+        .store
+        .org_requests(None)
+        .await?
+        .into_iter()
+        .filter(|r| r.completed_at.is_none_or(|c| c >= since))
+        .map(|r| {
+            let open = r.completed_at.is_none();
+            let left = r.due_at - now;
+            OrgItem {
+                days_left: open.then(|| left.num_seconds().div_euclid(86_400)),
+                late: r
+                    .completed_at
+                    .map_or(left < Duration::zero(), |c| c > r.due_at),
+                id: r.id,
+                org: r.org,
+                kind: r.kind,
+                state: r.state,
+                due_at: r.due_at,
+                completed_at: r.completed_at,
+            }
+        })
+        .collect();
+    items.sort_by_key(|i| (i.completed_at.is_some(), i.due_at));
+    Ok(items)
+}
+
 /// Received, completed and rejected in the period, for one kind or jurisdiction.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Counts {
@@ -87,6 +134,8 @@ pub struct SlaReport {
     pub open_extended: usize,
     /// The last [`TREND_WEEKS`] weeks, oldest first; the last ends now.
     pub weekly: Vec<Week>,
+    /// Requests of organisations (deletions, exports): open, and closed in the period.
+    pub org_requests: Vec<OrgItem>,
 }
 
 fn period_text(p: std::time::Duration) -> String {
@@ -235,6 +284,7 @@ pub(super) fn compute(ctx: &Context, all: &[DsrRequest], now: DateTime<Utc>) -> 
         extensions_in_period: 0,
         open_extended: 0,
         weekly: vec![],
+        org_requests: vec![],
     };
     let mut closes = Vec::new();
     for d in all {
