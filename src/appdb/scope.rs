@@ -52,6 +52,23 @@ pub struct Scope {
     pub append_only: bool,
 }
 
+impl Scope {
+    /// Every row of `org` in the data map's table `e` (an org's own deletion).
+    pub fn of_org(e: &crate::config::DataMapEntry, org: &str) -> Scope {
+        Scope {
+            table: e.table.clone(),
+            org: e.org.clone(),
+            subject: e.subject.clone(),
+            selectors: vec![Selector::Orgs(vec![org.to_string()])],
+            only_orgs: None,
+            exclude_orgs: vec![],
+            exclude_subjects: vec![],
+            range: None,
+            append_only: e.append_only,
+        }
+    }
+}
+
 /// `lower <= column < upper`: one time window of a purge; an open
 /// end is unbounded.
 #[derive(Debug, Clone, Default)]

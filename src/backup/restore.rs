@@ -45,6 +45,8 @@ pub async fn restore(ctx: &Context, id: &str, to: &str) -> Result<Value> {
         "id": b.id, "restored_to": crate::config::redact_url(to), "raw_bytes": decoded.raw_bytes,
         "restore_ms": started.elapsed().as_millis() as u64, "erasures_reapplied": report.reapplied,
         "subjects_held": report.subjects_held, "rows_kept_for_holds": report.rows_kept_for_holds,
+        "orgs_deleted_again": report.orgs_deleted_again, "org_rows_deleted": report.org_rows_deleted,
+        "orgs_held": report.orgs_held,
     }))
 }
 

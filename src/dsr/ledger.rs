@@ -109,6 +109,11 @@ pub struct ReapplyReport {
     pub subjects_held: u64,
     /// Rows kept per table because their org is held.
     pub rows_kept_for_holds: BTreeMap<String, u64>,
+    /// Orgs whose completed deletion was applied again, and the rows it took per table.
+    pub orgs_deleted_again: Vec<String>,
+    pub org_rows_deleted: BTreeMap<String, u64>,
+    /// Deleted orgs found in the restored data but left alone: a hold names them now.
+    pub orgs_held: Vec<String>,
 }
 
 /// A re-application of the ledger, prepared before anything is restored: a
@@ -153,11 +158,16 @@ impl LedgerReapply {
         // Read again: an erasure completed, or a hold placed, while the backup
         // was being restored counts too (`prepare` only checked the key early).
         let now = Self::prepare(ctx).await?;
-        let Some(key) = &now.key else {
-            return Ok(ReapplyReport::default());
-        };
         let db = AppDb::connect(target_url).await?;
-        let r = now.apply_on(ctx, &db, key).await;
+        let r = async {
+            let mut report = match &now.key {
+                Some(key) => now.apply_on(ctx, &db, key).await?,
+                None => ReapplyReport::default(),
+            };
+            super::reapply_orgs::apply(ctx, &db, &now.holds.held_orgs(), &mut report).await?;
+            Ok(report)
+        }
+        .await;
         db.close().await;
         r
     }

@@ -9,6 +9,7 @@ mod import;
 mod jurisdiction;
 mod ledger;
 mod process;
+mod reapply_orgs;
 mod report;
 
 pub use decrypt::open_rows;

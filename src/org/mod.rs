@@ -95,7 +95,7 @@ pub(super) async fn check_org_exists(
         None => {
             let mut any = false;
             for e in tables {
-                any |= db.count(&purge::org_scope(e, org)).await? > 0;
+                any |= db.count(&crate::appdb::Scope::of_org(e, org)).await? > 0;
             }
             any
         }

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use super::{backups_holding, holds_on, org_tables, HeldIn};
-use crate::appdb::{AppDb, Deleted, Scope, Selector};
+use crate::appdb::{AppDb, Deleted, Scope};
 use crate::config::DataMapEntry;
 use crate::context::Context;
 use crate::error::{Error, Result};
@@ -50,21 +50,6 @@ impl JobParams for PurgeParams {
             return Err("batch_size must be between 1 and 100000".into());
         }
         Ok(())
-    }
-}
-
-/// Every row of `org` in the table of `e`.
-pub(super) fn org_scope(e: &DataMapEntry, org: &str) -> Scope {
-    Scope {
-        table: e.table.clone(),
-        org: e.org.clone(),
-        subject: e.subject.clone(),
-        selectors: vec![Selector::Orgs(vec![org.to_string()])],
-        only_orgs: None,
-        exclude_orgs: vec![],
-        exclude_subjects: vec![],
-        range: None,
-        append_only: e.append_only,
     }
 }
 
@@ -107,7 +92,7 @@ async fn delete_org(jc: &JobContext, db: &AppDb, r: &OrgRequest, batch: u32) -> 
     let counts = delete_rows(jc, db, r, &tables, batch).await?;
     let mut left = Vec::new();
     for e in &tables {
-        let n = db.count(&org_scope(e, &r.org)).await?;
+        let n = db.count(&Scope::of_org(e, &r.org)).await?;
         if n > 0 {
             left.push(format!("{} still has {n} rows", e.table));
         }
@@ -219,7 +204,7 @@ async fn delete_rows(
     p.request = r.id;
     if p.planned.is_empty() {
         for e in tables {
-            let n = db.count(&org_scope(e, &r.org)).await?;
+            let n = db.count(&Scope::of_org(e, &r.org)).await?;
             p.planned.insert(e.table.clone(), n);
         }
         jc.ctx
@@ -279,7 +264,7 @@ async fn delete_table(
     key: &str,
     p: &mut Progress,
 ) -> Result<()> {
-    let scope = org_scope(e, org);
+    let scope = Scope::of_org(e, org);
     let columns: Vec<String> = e.objects.iter().map(|o| o.column.clone()).collect();
     loop {
         jc.fence.check()?;

@@ -533,3 +533,51 @@ async fn an_export_left_by_a_crash_is_never_run_as_a_deletion() {
     ));
     assert_eq!(status["requests"][0]["state"], "scheduled", "{status}");
 }
+
+/// A backup taken before an org's deletion, restored: the org is deleted
+/// again before the restore becomes visible (its members elsewhere kept).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restore_of_an_older_backup_deletes_a_deleted_org_again() {
+    let identity = age::x25519::Identity::generate();
+    use age::secrecy::ExposeSecret;
+    let keys = tempfile::tempdir().unwrap();
+    let id_file = keys.path().join("identity.txt");
+    std::fs::write(&id_file, identity.to_string().expose_secret()).unwrap();
+    let extra = format!(
+        "[object_store]\nurl = \"file://objects\"\n[backup]\nrecipients = [\"{}\"]\nidentity_file = \"{}\"\n",
+        identity.to_public(),
+        id_file.display()
+    );
+    let f = fixture(false, &extra).await.unwrap();
+    let b = run_job(f.lethe(), "backup.create", &[]);
+    let backup = b["result"]["id"].as_str().unwrap().to_string();
+    run_ok(f.lethe().args([
+        "org", "delete", "--org", "3", "--reason", "r", "--after", "0s",
+    ]));
+    assert_eq!(run_job(f.lethe(), "org.purge", &[])["status"], "succeeded");
+    let target = f.c.path().join("restored.db");
+    let to = format!("sqlite://{}", target.display());
+    let v = stdout_json(&run_ok(
+        f.lethe()
+            .args(["backup", "restore", &backup, "--json", "--to", &to]),
+    ));
+    assert_eq!(v["orgs_deleted_again"], serde_json::json!(["3"]), "{v}");
+    let restored = |sql: &'static str| {
+        let to = to.clone();
+        async move { crate::common::app_i64(&to, sql).await }
+    };
+    assert_eq!(
+        restored("SELECT count(*) FROM events WHERE org_id = 3").await,
+        0
+    );
+    assert_eq!(
+        restored("SELECT count(*) FROM notes WHERE org_id = 3").await,
+        0
+    );
+    assert_eq!(restored("SELECT count(*) FROM orgs").await, 2);
+    assert_eq!(
+        restored("SELECT home_org_id FROM users WHERE id = 2").await,
+        1
+    );
+    assert_eq!(restored("SELECT count(*) FROM events").await, 80);
+}
