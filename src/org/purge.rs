@@ -122,6 +122,7 @@ async fn delete_org(jc: &JobContext, db: &AppDb, r: &OrgRequest, batch: u32) -> 
         "keys_shredded": keys,
         "backups_holding_data": backups,
     });
+    let certificate = signed(ctx, certificate)?;
     let event = crate::store::evidence(
         &jc.actor,
         "org.deleted",
@@ -161,6 +162,25 @@ async fn rehome_members(
         }
     }
     Ok(moved)
+}
+
+/// The certificate with an HMAC-SHA256 under the audit signing key (when
+/// one is configured) over its JSON with sorted keys, without the signature:
+/// whoever holds the key can show the certificate was not altered.
+fn signed(ctx: &Context, mut certificate: Value) -> Result<Value> {
+    let Some(key) = ctx.config.audit.signing_key.load().map_err(Error::Usage)? else {
+        return Ok(certificate);
+    };
+    let text =
+        serde_json::to_string(&certificate).map_err(|e| Error::json("the certificate", e))?;
+    let mut mac = crate::audit::signer(key.expose().as_bytes());
+    hmac::Mac::update(&mut mac, text.as_bytes());
+    certificate["signature"] = json!({
+        "alg": "HMAC-SHA256", "key": "the audit signing key",
+        "of": "this certificate as JSON with sorted keys and no `signature`",
+        "hmac": crate::audit::finish_hex(mac),
+    });
+    Ok(certificate)
 }
 
 /// Deletes the request's pending files that no row references any more

@@ -526,6 +526,24 @@ fn the_demo_purges_exports_and_erases_files() {
         certificate["keys_shredded"]["kek_id"].is_string(),
         "every class went, so the org's keys were shredded: {purge}"
     );
+    // The certificate is signed with the audit key: recomputed, the HMAC matches.
+    let mut unsigned = certificate.clone();
+    let signature = unsigned
+        .as_object_mut()
+        .unwrap()
+        .remove("signature")
+        .unwrap();
+    let key = std::fs::read_to_string(dir.join("secrets/audit-signing-key")).unwrap();
+    let mut mac = lethe::audit::signer(key.trim().as_bytes());
+    hmac::Mac::update(
+        &mut mac,
+        serde_json::to_string(&unsigned).unwrap().as_bytes(),
+    );
+    assert_eq!(
+        signature["hmac"],
+        lethe::audit::finish_hex(mac),
+        "{signature}"
+    );
 
     // The member's export (the demo's request 2) carries every one of their files.
     let shown = stdout_json(&run_ok(lethe().args(["dsr", "show", "2", "--json"])));
