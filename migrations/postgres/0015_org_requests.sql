@@ -1,6 +1,7 @@
 -- Requests made by an organisation (a workspace) about all of its data: a
 -- deletion that runs after a cooling-off period (`execute_after`), unless
--- cancelled first. At most one open deletion per org.
+-- cancelled first (`scheduled`); `running` once org.purge started it, when
+-- it can no longer be cancelled. At most one open request of a kind per org.
 CREATE TABLE org_requests (
     id            BIGSERIAL   PRIMARY KEY,
     org           TEXT        NOT NULL,
@@ -16,4 +17,4 @@ CREATE TABLE org_requests (
     completed_at  TIMESTAMPTZ,
     result        JSONB
 );
-CREATE UNIQUE INDEX org_requests_one_open ON org_requests (org, kind) WHERE state = 'scheduled';
+CREATE UNIQUE INDEX org_requests_one_open ON org_requests (org, kind) WHERE state IN ('scheduled', 'running');

@@ -113,4 +113,122 @@ impl AppDb {
                 .rows_affected(),
         })
     }
+
+    /// The subjects-table rows of `org` that have a membership elsewhere:
+    /// (id, the org they move to, the values of `columns`), as text.
+    pub async fn members_to_move(
+        &self,
+        app: &AppMapping,
+        org_col: &str,
+        org: &str,
+        columns: &[String],
+    ) -> Result<Vec<(String, String, Vec<Option<String>>)>> {
+        let Some(m) = &app.memberships else {
+            return Ok(vec![]);
+        };
+        let s = &app.subjects;
+        let mut sql = self.sql();
+        let ph = sql.placeholder(Bind::Text(org.to_string()));
+        let (st, mt) = (q(&s.table), q(&m.table));
+        let member = format!(
+            "CAST({mt}.{} AS TEXT) = CAST({st}.{} AS TEXT) AND CAST({mt}.{} AS TEXT) <> {ph}",
+            q(&m.subject),
+            q(&s.id),
+            q(&m.org)
+        );
+        let cols: String = columns
+            .iter()
+            .map(|c| format!(", CAST({st}.{} AS TEXT)", q(c)))
+            .collect();
+        let text = format!(
+            "SELECT CAST({st}.{id} AS TEXT),
+                    (SELECT CAST({mt}.{morg} AS TEXT) FROM {mt} WHERE {member} ORDER BY {mt}.{morg} LIMIT 1){cols}
+             FROM {st} WHERE CAST({st}.{col} AS TEXT) = {ph} AND EXISTS (SELECT 1 FROM {mt} WHERE {member})",
+            id = q(&s.id),
+            col = q(org_col),
+            morg = q(&m.org),
+        );
+        let rows = match self {
+            AppDb::Postgres(p) => sqlx::query_with(&text, pg_args(sql.binds)?)
+                .fetch_all(p)
+                .await?
+                .into_iter()
+                .map(|r| text_row(&r, columns.len()))
+                .collect::<std::result::Result<Vec<_>, sqlx::Error>>()?,
+            AppDb::Sqlite(p) => sqlx::query_with(&text, sqlite_args(sql.binds)?)
+                .fetch_all(p)
+                .await?
+                .into_iter()
+                .map(|r| text_row(&r, columns.len()))
+                .collect::<std::result::Result<Vec<_>, sqlx::Error>>()?,
+        };
+        Ok(rows)
+    }
+
+    /// Moves one subjects-table row from `org` to `to`, writing `values`
+    /// (column, new text) in the same statement; false when it was not there.
+    pub async fn move_member(
+        &self,
+        app: &AppMapping,
+        org_col: &str,
+        (org, to): (&str, &str),
+        id: &str,
+        values: &[(String, String)],
+    ) -> Result<bool> {
+        let s = &app.subjects;
+        let mut sql = self.sql();
+        let target = sql.placeholder(Bind::Text(to.to_string()));
+        // Cast to the column's own type: PostgreSQL will not assign text to an integer column.
+        let to_col = match self {
+            AppDb::Postgres(_) => format!(
+                "CAST({target} AS {})",
+                self.column_type(&s.table, org_col)
+                    .await?
+                    .unwrap_or_else(|| "text".into())
+            ),
+            AppDb::Sqlite(_) => target,
+        };
+        let mut sets = vec![format!("{} = {to_col}", q(org_col))];
+        for (c, v) in values {
+            let ph = sql.placeholder(Bind::Text(v.clone()));
+            sets.push(format!("{} = {ph}", q(c)));
+        }
+        let idp = sql.placeholder(Bind::Text(id.to_string()));
+        let orgp = sql.placeholder(Bind::Text(org.to_string()));
+        let text = format!(
+            "UPDATE {} SET {} WHERE CAST({} AS TEXT) = {idp} AND CAST({} AS TEXT) = {orgp}",
+            q(&s.table),
+            sets.join(", "),
+            q(&s.id),
+            q(org_col)
+        );
+        let n = match self {
+            AppDb::Postgres(p) => sqlx::query_with(&text, pg_args(sql.binds)?)
+                .execute(p)
+                .await?
+                .rows_affected(),
+            AppDb::Sqlite(p) => sqlx::query_with(&text, sqlite_args(sql.binds)?)
+                .execute(p)
+                .await?
+                .rows_affected(),
+        };
+        Ok(n == 1)
+    }
+}
+
+/// A row of text columns: id, target org, then the values.
+fn text_row<R: sqlx::Row>(
+    r: &R,
+    values: usize,
+) -> std::result::Result<(String, String, Vec<Option<String>>), sqlx::Error>
+where
+    usize: sqlx::ColumnIndex<R>,
+    for<'a> Option<String>: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    for<'a> String: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+{
+    let mut vals = Vec::with_capacity(values);
+    for i in 0..values {
+        vals.push(r.try_get::<Option<String>, _>(i + 2)?);
+    }
+    Ok((r.try_get(0)?, r.try_get(1)?, vals))
 }

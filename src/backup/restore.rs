@@ -35,7 +35,7 @@ pub async fn restore(ctx: &Context, id: &str, to: &str) -> Result<Value> {
     }
     // Everything that can be refused is refused before anything is written.
     identity(ctx)?;
-    let ledger = LedgerReapply::prepare(ctx).await?;
+    let ledger = LedgerReapply::prepare(ctx).await?.for_backup(b.created_at);
     let started = Instant::now();
     let (decoded, report) = match &target {
         Db::Sqlite(path) => restore_sqlite(ctx, &b, to, path, &ledger).await?,

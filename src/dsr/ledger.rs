@@ -123,6 +123,9 @@ pub struct LedgerReapply {
     entries: HashSet<String>,
     key: Option<Secret>,
     holds: HoldsInForce,
+    /// When the restored backup was taken: only org deletions completed
+    /// after it are applied again (a newer backup may hold a new org of the same id).
+    taken_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 impl LedgerReapply {
@@ -135,6 +138,7 @@ impl LedgerReapply {
                 entries,
                 key: None,
                 holds,
+                taken_at: None,
             });
         }
         app_mapping(ctx)?;
@@ -149,7 +153,14 @@ impl LedgerReapply {
             entries,
             key: Some(key),
             holds,
+            taken_at: None,
         })
+    }
+
+    /// For a restore of the backup taken at `taken_at`.
+    pub fn for_backup(mut self, taken_at: chrono::DateTime<chrono::Utc>) -> LedgerReapply {
+        self.taken_at = Some(taken_at);
+        self
     }
 
     /// Erases again, in `target_url`, every subject of the ledger found there,
@@ -164,7 +175,8 @@ impl LedgerReapply {
                 Some(key) => now.apply_on(ctx, &db, key).await?,
                 None => ReapplyReport::default(),
             };
-            super::reapply_orgs::apply(ctx, &db, &now.holds.held_orgs(), &mut report).await?;
+            let held = now.holds.held_orgs();
+            super::reapply_orgs::apply(ctx, &db, &held, self.taken_at, &mut report).await?;
             Ok(report)
         }
         .await;

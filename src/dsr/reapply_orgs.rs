@@ -1,7 +1,8 @@
 //! After a restore, organisations deleted since the backup are deleted
 //! again: every row of theirs in the classes their deletion covered, with
 //! the members who belong elsewhere moved to their remaining org first, as
-//! the live deletion did. An org under a legal hold now is left as restored.
+//! the live deletion did. An org under a legal hold now is left as restored,
+//! and a deletion completed before the backup was taken is not applied.
 
 use super::ReapplyReport;
 use crate::appdb::{AppDb, Deleted, Scope};
@@ -17,6 +18,7 @@ pub(super) async fn apply(
     ctx: &Context,
     db: &AppDb,
     held_orgs: &[String],
+    taken_at: Option<chrono::DateTime<chrono::Utc>>,
     report: &mut ReapplyReport,
 ) -> Result<()> {
     let deleted: Vec<_> = ctx
@@ -25,6 +27,12 @@ pub(super) async fn apply(
         .await?
         .into_iter()
         .filter(|r| r.kind == DELETION && r.state == DONE)
+        // A deletion before the backup was taken is in it already; rows of
+        // that org id in it are a later org's.
+        .filter(|r| match (taken_at, r.completed_at) {
+            (Some(t), Some(done)) => done > t,
+            _ => true,
+        })
         .collect();
     for r in deleted {
         let classes: Vec<String> = serde_json::from_value(r.classes.clone()).unwrap_or_default();

@@ -82,6 +82,9 @@ pub async fn backups_holding(ctx: &Context, deleted_at: DateTime<Utc>) -> Result
         });
         let decision = gfs::decide(&candidates, keep);
         let removal = prune.next_fire(next_create);
+        if removal.is_none() {
+            break; // the prune schedule never fires again: named below
+        }
         open.retain(|&i| {
             let kept = decision.get(&held[i].backup).is_some_and(|r| !r.is_empty());
             if !kept {
@@ -92,10 +95,17 @@ pub async fn backups_holding(ctx: &Context, deleted_at: DateTime<Utc>) -> Result
         candidates.retain(|c| decision.get(&c.id).is_some_and(|r| !r.is_empty()));
         t = next_create;
     }
-    for &i in &open {
-        held[i].note = Some(format!(
+    let why = if prune.next_fire(t).is_none() {
+        "kept until deleted by hand: the backup.prune schedule never fires again".to_string()
+    } else if create.next_fire(t).is_none() {
+        "kept until deleted by hand: the backup.create schedule never fires again, so no newer backup pushes it out".to_string()
+    } else {
+        format!(
             "the policy keeps it beyond the next {HORIZON} scheduled backups (a yearly keeper?)"
-        ));
+        )
+    };
+    for &i in &open {
+        held[i].note = Some(why.clone());
     }
     Ok(held)
 }

@@ -155,7 +155,7 @@ pub async fn record_export(
         );
         let why = json!({"error": "abandoned: still running an hour later (its process stopped?)"});
         ctx.store
-            .org_request_close(old.id, FAILED, &why, &ev)
+            .org_request_move(old.id, SCHEDULED, FAILED, &why, &ev)
             .await?;
     }
     ctx.store.org_request_insert(&request, &event).await
@@ -165,16 +165,25 @@ pub async fn record_export(
 pub async fn run_export(ctx: &Context, r: &OrgRequest, actor: &str) -> Result<Value> {
     let classes: Vec<String> = serde_json::from_value(r.classes.clone()).unwrap_or_default();
     match write_export(ctx, r, &classes).await {
-        Ok(result) => {
+        Ok((result, mail)) => {
             let event = crate::store::evidence(
                 actor,
                 "org.exported",
                 &format!("org:{}", r.org),
                 result.clone(),
             );
-            ctx.store
-                .org_request_close(r.id, DONE, &result, &event)
-                .await?;
+            if !ctx
+                .store
+                .org_request_move(r.id, SCHEDULED, DONE, &result, &event)
+                .await?
+            {
+                return Err(Error::Failed(format!(
+                    "export request {} was closed meanwhile (taken over as abandoned?): its archive {} is not delivered",
+                    r.id, result["object"]
+                )));
+            }
+            // The link goes out only for an export recorded as done.
+            notify::enqueue(ctx, mail).await?;
             Ok(result)
         }
         Err(e) => {
@@ -186,14 +195,18 @@ pub async fn run_export(ctx: &Context, r: &OrgRequest, actor: &str) -> Result<Va
                 why.clone(),
             );
             ctx.store
-                .org_request_close(r.id, FAILED, &why, &event)
+                .org_request_move(r.id, SCHEDULED, FAILED, &why, &event)
                 .await?;
             Err(e)
         }
     }
 }
 
-async fn write_export(ctx: &Context, r: &OrgRequest, classes: &[String]) -> Result<Value> {
+async fn write_export(
+    ctx: &Context,
+    r: &OrgRequest,
+    classes: &[String],
+) -> Result<(Value, Message)> {
     let tables = org_tables(ctx, classes)?;
     let org = r.org.as_str();
     let dir = tempfile::tempdir().map_err(|e| Error::io("a folder for the export", e))?;
@@ -208,20 +221,19 @@ async fn write_export(ctx: &Context, r: &OrgRequest, classes: &[String]) -> Resu
         "org": org, "request": r.id, "created_at": Utc::now(), "classes": classes,
         "tables": files.iter().map(|(t, _)| t.clone()).collect::<Vec<_>>(),
     });
-    let (key, stored) = upload(ctx, r, &manifest, files).await?;
-    Ok(
-        json!({"request": r.id, "org": org, "object": key, "sha256": stored.sha256,
-              "bytes": stored.stored_bytes, "manifest": manifest}),
-    )
+    let (key, stored, mail) = upload(ctx, r, &manifest, files).await?;
+    let result = json!({"request": r.id, "org": org, "object": key, "sha256": stored.sha256,
+                        "bytes": stored.stored_bytes, "manifest": manifest});
+    Ok((result, mail))
 }
 
-/// Tars the manifest and the files, then zstd + age + upload; mails the link.
+/// Tars the manifest and the files, then zstd + age + upload; the mail with the link.
 async fn upload(
     ctx: &Context,
     r: &OrgRequest,
     manifest: &Value,
     files: Vec<(TableFile, std::path::PathBuf)>,
-) -> Result<(String, crate::archive::Encoded)> {
+) -> Result<(String, crate::archive::Encoded, Message)> {
     let config = ctx.config.as_ref();
     let spool = tar_spool(manifest, files).await?;
     let archive = spool
@@ -236,7 +248,9 @@ async fn upload(
     let store = ctx.object_store().await?;
     let key = format!(
         "{}org-{}-export-{}.tar.zst.age",
-        config.dsr.export_prefix, r.org, r.id
+        config.dsr.export_prefix,
+        plain(&r.org),
+        r.id
     );
     let enc = crate::objstore::stream_upload(
         store.as_ref(),
@@ -250,8 +264,8 @@ async fn upload(
     let ttl = config.dsr.export_link_ttl;
     let link = store.presign(&key, ttl).await?;
     let expires = Utc::now() + chrono::Duration::from_std(ttl).unwrap_or_default();
-    notify::enqueue(ctx, ready(ctx, r, &enc, link, expires)).await?;
-    Ok((key, enc))
+    let mail = ready(ctx, r, &enc, link, expires);
+    Ok((key, enc, mail))
 }
 
 /// The manifest and the table files in one tar, spooled to a temporary file.
@@ -325,5 +339,25 @@ fn ready(
         ],
         attachments: vec![],
         dedupe_key: Some(format!("org-export:{}", r.id)),
+    }
+}
+
+/// The org id as it may appear in an object key: letters, digits, `_`
+/// and `-` kept, anything else (`/`, `.`) as `%XX`.
+fn plain(org: &str) -> String {
+    org.bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'_' | b'-' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn an_org_id_cannot_leave_the_export_folder() {
+        assert_eq!(super::plain("acme-2_b"), "acme-2_b");
+        assert_eq!(super::plain("../../etc/x"), "%2E%2E%2F%2E%2E%2Fetc%2Fx");
     }
 }

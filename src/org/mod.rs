@@ -4,8 +4,10 @@
 //! still?", including which backups still hold it and until when.
 
 mod backups;
+mod deletion;
 mod export;
 mod purge;
+mod reseal;
 
 use std::time::Duration;
 
@@ -172,6 +174,12 @@ pub async fn request_deletion(ctx: &Context, ask: DeletionAsk<'_>) -> Result<Org
 /// Cancels a scheduled request.
 pub async fn cancel(ctx: &Context, id: i64, actor: &str) -> Result<OrgRequest> {
     let r = find(ctx, id).await?;
+    if r.kind != crate::store::org_requests::DELETION {
+        return Err(Error::Refused(format!(
+            "org request {id} is an {}: only a scheduled deletion can be cancelled",
+            r.kind
+        )));
+    }
     if r.state != SCHEDULED {
         return Err(Error::Refused(format!(
             "org request {id} is {}, not scheduled: it can no longer be cancelled",
@@ -186,7 +194,13 @@ pub async fn cancel(ctx: &Context, id: i64, actor: &str) -> Result<OrgRequest> {
     );
     if !ctx
         .store
-        .org_request_close(id, CANCELLED, &json!({"cancelled_by": actor}), &event)
+        .org_request_move(
+            id,
+            SCHEDULED,
+            CANCELLED,
+            &json!({"cancelled_by": actor}),
+            &event,
+        )
         .await?
     {
         return Err(Error::Refused(format!(
@@ -210,6 +224,7 @@ pub async fn status(ctx: &Context, org: &str) -> Result<Value> {
     let requests = ctx.store.org_requests(Some(org)).await?;
     let deleted_at = requests
         .iter()
+        .filter(|r| r.kind == crate::store::org_requests::DELETION)
         .filter(|r| r.state == crate::store::org_requests::DONE)
         .filter_map(|r| r.completed_at)
         .max();

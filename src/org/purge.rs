@@ -1,27 +1,27 @@
-//! `org.purge`: executes org deletions whose cooling-off has ended. Every
-//! org-scoped row of the chosen classes goes in bounded batches (each its
-//! own short transaction), counted per table into a checkpoint so a crash
-//! resumes with the counts intact; then the tables are counted again and
-//! must hold no row of the org, or the run fails and the request stays
-//! open. Only then is the request closed, with a certificate of deletion
-//! (evidence in the audit chain, mailed to the DPO) that names the backups
-//! still holding the org's data and when each expires.
+//! `org.purge`: executes org deletions whose cooling-off has ended. A
+//! request moves to `running` first (no cancel from then on); its rows go
+//! in bounded batches (`deletion.rs`); then the tables are counted again and
+//! must hold no row of the org but held people's, or the run fails and the
+//! request stays running for the next run. Only then is the request closed,
+//! with a signed certificate of deletion (evidence in the audit chain,
+//! mailed to the DPO) that names the backups still holding the org's data
+//! and when each expires. One org that fails does not hold up the others.
 
 use std::collections::BTreeMap;
 
 use chrono::Utc;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::{json, Value};
 
+use super::deletion::{delete_rows, scope};
 use super::{backups_holding, holds_on, org_tables, HeldIn};
-use crate::appdb::{AppDb, Deleted, Scope};
-use crate::config::DataMapEntry;
+use crate::appdb::{AppDb, Scope};
 use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::notify::{self, Block, Message, Role, Row, Table, Tone};
 use crate::objstore::Tail;
 use crate::runner::{JobContext, JobParams};
-use crate::store::org_requests::{DELETION, DONE};
+use crate::store::org_requests::{DELETION, DONE, RUNNING, SCHEDULED};
 use crate::store::OrgRequest;
 
 #[derive(Debug, Deserialize)]
@@ -61,26 +61,58 @@ pub async fn purge_job(jc: &JobContext, p: PurgeParams) -> Result<Value> {
     if jc.dry_run {
         let ids: Vec<Value> = due
             .iter()
-            .map(|r| json!({"request": r.id, "org": r.org}))
+            .map(|r| json!({"request": r.id, "org": r.org, "state": r.state}))
             .collect();
         return Ok(json!({"dry_run": true, "would_delete": ids}));
     }
     let db = AppDb::connect(&ctx.config.database.url).await?;
-    let mut done = Vec::new();
-    let mut held = Vec::new();
+    let (mut done, mut held, mut failed) = (Vec::new(), Vec::new(), Vec::new());
     for r in &due {
         let holds = holds_on(ctx, &r.org).await?;
         if !holds.is_empty() {
-            // A hold placed during the cooling-off stops the deletion; it waits.
+            // A hold placed during the cooling-off (or mid-way) stops the deletion; it waits.
             tracing::warn!(request = r.id, org = %r.org, holds = %holds.join(", "), "org under legal hold: not deleted");
             held.push(json!({"request": r.id, "org": r.org, "holds": holds}));
             continue;
         }
-        let certificate = delete_org(jc, &db, r, p.batch_size).await?;
-        done.push(certificate);
+        if r.state == SCHEDULED && !start(jc, r).await? {
+            continue; // cancelled meanwhile
+        }
+        match delete_org(jc, &db, r, p.batch_size).await {
+            Ok(certificate) => done.push(certificate),
+            Err(e @ Error::LeaseLost(_)) => return Err(e),
+            Err(Error::Refused(why)) => {
+                held.push(json!({"request": r.id, "org": r.org, "holds": [why]}))
+            }
+            // One org that fails does not hold up the others; the run still fails below.
+            Err(e) => failed.push(format!("org {} (request {}): {e}", r.org, r.id)),
+        }
     }
     db.close().await;
+    if !failed.is_empty() {
+        return Err(Error::Failed(format!(
+            "{} of {} org deletion(s) failed and stay running for the next run: {}",
+            failed.len(),
+            due.len(),
+            failed.join("; ")
+        )));
+    }
     Ok(json!({"deleted": done, "held": held}))
+}
+
+/// Moves a scheduled deletion to running (no cancel from here on); false
+/// when it was cancelled first.
+async fn start(jc: &JobContext, r: &OrgRequest) -> Result<bool> {
+    let event = crate::store::evidence(
+        &jc.actor,
+        "org.deletion_started",
+        &format!("org:{}", r.org),
+        json!({"request": r.id}),
+    );
+    jc.ctx
+        .store
+        .org_request_move(r.id, SCHEDULED, RUNNING, &json!({}), &event)
+        .await
 }
 
 /// Deletes one org's rows, checks none is left, closes the request and mails the certificate.
@@ -88,27 +120,33 @@ async fn delete_org(jc: &JobContext, db: &AppDb, r: &OrgRequest, batch: u32) -> 
     let ctx = &jc.ctx;
     let classes: Vec<String> = serde_json::from_value(r.classes.clone()).unwrap_or_default();
     let tables = org_tables(ctx, &classes)?;
-    let moved = rehome_members(ctx, db, r, &tables).await?;
-    let counts = delete_rows(jc, db, r, &tables, batch).await?;
+    let progress = delete_rows(jc, db, r, &tables, batch).await?;
+    let (counts, moved) = (progress.counts(&tables), progress.moved);
     let mut left = Vec::new();
+    let mut kept = BTreeMap::new();
     for e in &tables {
-        let n = db.count(&Scope::of_org(e, &r.org)).await?;
+        let n = db.count(&scope(e, &r.org, &progress.held_subjects)).await?;
         if n > 0 {
             left.push(format!("{} still has {n} rows", e.table));
+        }
+        let held = db.count(&Scope::of_org(e, &r.org)).await?;
+        if held > 0 {
+            kept.insert(e.table.clone(), held);
         }
     }
     if !left.is_empty() {
         return Err(Error::Failed(format!(
-            "org {} deletion incomplete (request {} stays scheduled): {}",
+            "org {} deletion incomplete (request {} stays running): {}",
             r.org,
             r.id,
             left.join("; ")
         )));
     }
     let files = delete_files(jc, db, r).await?;
-    // With every class gone nothing needs the org's keys: shred them, so
-    // the encrypted values in backups are unreadable from now on.
-    let keys = if classes.is_empty() {
+    // With every class gone nothing needs the org's keys: shred them, so the
+    // encrypted values in backups are unreadable from now on. Rows kept for
+    // a hold still need them.
+    let keys = if classes.is_empty() && kept.is_empty() {
         crate::keys::shred_org_now(ctx, &r.org, &jc.actor).await?
     } else {
         None
@@ -119,7 +157,7 @@ async fn delete_org(jc: &JobContext, db: &AppDb, r: &OrgRequest, batch: u32) -> 
         "request": r.id, "org": r.org, "reason": r.reason, "classes": r.classes,
         "requested_by": r.requested_by, "requested_at": r.requested_at,
         "deleted_at": deleted_at, "rows": counts, "files": files, "accounts_moved": moved,
-        "keys_shredded": keys,
+        "rows_kept_for_holds": kept, "keys_shredded": keys,
         "backups_holding_data": backups,
     });
     let certificate = signed(ctx, certificate)?;
@@ -131,37 +169,17 @@ async fn delete_org(jc: &JobContext, db: &AppDb, r: &OrgRequest, batch: u32) -> 
     );
     if !ctx
         .store
-        .org_request_close(r.id, DONE, &certificate, &event)
+        .org_request_move(r.id, RUNNING, DONE, &certificate, &event)
         .await?
     {
         return Err(Error::Failed(format!(
-            "org request {} was cancelled while its rows were deleted",
+            "org request {} was no longer running when its deletion ended",
             r.id
         )));
     }
     let mail = certificate_mail(ctx, r, &counts, moved, keys.as_ref(), &backups);
     notify::enqueue(ctx, mail).await?;
     Ok(certificate)
-}
-
-/// People who belong to another org keep their accounts: their row in the
-/// subjects table moves to one of their remaining orgs before the org's rows go.
-async fn rehome_members(
-    ctx: &Context,
-    db: &AppDb,
-    r: &OrgRequest,
-    tables: &[&DataMapEntry],
-) -> Result<u64> {
-    let Some(app) = &ctx.config.app else {
-        return Ok(0);
-    };
-    let mut moved = 0;
-    for e in tables.iter().filter(|e| e.table == app.subjects.table) {
-        if let Some(col) = &e.org {
-            moved += db.rehome_members(app, col, &r.org).await?;
-        }
-    }
-    Ok(moved)
 }
 
 /// The certificate with an HMAC-SHA256 under the audit signing key (when
@@ -190,141 +208,6 @@ async fn delete_files(jc: &JobContext, db: &AppDb, r: &OrgRequest) -> Result<Val
     let tallies =
         crate::retention::objects::finish(&jc.ctx, db, &origin, &jc.fence, Tail::Send).await?;
     Ok(crate::retention::objects::totals(&tallies))
-}
-
-/// What a deletion has done so far, kept in the run's checkpoint so the
-/// attempt that rescues a crashed one carries on with the counts intact.
-#[derive(Debug, Default, Serialize, Deserialize)]
-struct Progress {
-    /// The request: its files are pending deletes of origin `org:<request>`.
-    request: i64,
-    /// The org's rows in each table before the first batch.
-    planned: BTreeMap<String, i64>,
-    deleted: BTreeMap<String, i64>,
-}
-
-/// Deletes the org's rows table by table, checkpointing after every batch.
-/// Returns the rows deleted per table: a crash between a batch's commit and
-/// its checkpoint loses that batch's count, but every planned row is gone
-/// (checked after), so a table counts at least its plan.
-async fn delete_rows(
-    jc: &JobContext,
-    db: &AppDb,
-    r: &OrgRequest,
-    tables: &[&DataMapEntry],
-    batch: u32,
-) -> Result<BTreeMap<String, i64>> {
-    let key = format!("org.purge:{}", r.id);
-    let mut p: Progress = match jc.ctx.store.checkpoint_get(jc.run.id, &key).await? {
-        Some(v) => {
-            serde_json::from_value(v).map_err(|e| Error::json("the org purge's checkpoint", e))?
-        }
-        None => Progress::default(),
-    };
-    p.request = r.id;
-    if p.planned.is_empty() {
-        for e in tables {
-            let n = db.count(&Scope::of_org(e, &r.org)).await?;
-            p.planned.insert(e.table.clone(), n);
-        }
-        jc.ctx
-            .store
-            .checkpoint_put(jc.run.id, &key, &json!(p))
-            .await?;
-    }
-    // Tables referencing others must lose their rows first; whatever order the
-    // data map lists them in, a table refused by a foreign key is retried after the rest.
-    let mut pending: Vec<&DataMapEntry> = tables.to_vec();
-    let mut last_error = None;
-    for _pass in 0..=tables.len() {
-        let mut refused = Vec::new();
-        for e in pending {
-            if let Err(err) = delete_table(jc, db, e, &r.org, batch, &key, &mut p).await {
-                if matches!(err, Error::LeaseLost(_)) {
-                    return Err(err);
-                }
-                last_error = Some(format!("{}: {err}", e.table));
-                refused.push(e);
-            }
-        }
-        pending = refused;
-        if pending.is_empty() {
-            break;
-        }
-    }
-    if !pending.is_empty() {
-        return Err(Error::Failed(format!(
-            "org {} not wholly deleted (request {} stays scheduled): {}",
-            r.org,
-            r.id,
-            last_error.unwrap_or_default()
-        )));
-    }
-    Ok(tables
-        .iter()
-        .map(|e| {
-            let (plan, done) = (p.planned.get(&e.table), p.deleted.get(&e.table));
-            let n = plan.copied().unwrap_or(0).max(done.copied().unwrap_or(0));
-            (e.table.clone(), n)
-        })
-        .collect())
-}
-
-fn files_origin(p: &Progress) -> String {
-    format!("org:{}", p.request)
-}
-
-/// Deletes every row of `org` in one table, batch by batch, each counted into the checkpoint.
-async fn delete_table(
-    jc: &JobContext,
-    db: &AppDb,
-    e: &DataMapEntry,
-    org: &str,
-    batch: u32,
-    key: &str,
-    p: &mut Progress,
-) -> Result<()> {
-    let scope = Scope::of_org(e, org);
-    let columns: Vec<String> = e.objects.iter().map(|o| o.column.clone()).collect();
-    loop {
-        jc.fence.check()?;
-        let deleted = if columns.is_empty() {
-            db.delete_batch(&scope, batch, u64::from(batch)).await?
-        } else {
-            // The batch's files are recorded before its rows go, and deleted after.
-            let rows = db.object_rows(&scope, &columns, batch).await?;
-            let files = crate::retention::objects::of_rows(&e.table, &e.class, &e.objects, &rows);
-            jc.ctx.store.objects_pend(&files_origin(p), &files).await?;
-            let at: Vec<_> = rows.into_iter().map(|r| r.pos).collect();
-            let n = db.delete_rows_at(&scope, &at, u64::from(batch)).await?;
-            crate::retention::objects::finish(
-                &jc.ctx,
-                db,
-                &files_origin(p),
-                &jc.fence,
-                Tail::Defer,
-            )
-            .await?;
-            n
-        };
-        match deleted {
-            Deleted::Rows(0) => return Ok(()),
-            Deleted::Rows(n) => {
-                *p.deleted.entry(e.table.clone()).or_insert(0) += n as i64;
-                jc.ctx
-                    .store
-                    .checkpoint_put(jc.run.id, key, &json!(p))
-                    .await?;
-                crate::test_hooks::pause_point("org_batch").await;
-            }
-            other => {
-                return Err(Error::Failed(format!(
-                    "a batch of {} did not finish ({other:?})",
-                    e.table
-                )))
-            }
-        }
-    }
 }
 
 fn plain_row(cells: Vec<String>) -> Row {

@@ -20,7 +20,7 @@ pub struct OrgRequest {
     pub reason: String,
     /// Who at the org asked, to receive the certificate.
     pub contact: Option<String>,
-    /// `scheduled`, `done`, `cancelled` or `failed`.
+    /// `scheduled`, `running`, `done`, `cancelled` or `failed`.
     pub state: String,
     pub requested_by: String,
     pub requested_at: DateTime<Utc>,
@@ -32,6 +32,8 @@ pub struct OrgRequest {
 }
 
 pub const SCHEDULED: &str = "scheduled";
+/// A deletion org.purge has started: no longer cancellable; a later run resumes it.
+pub const RUNNING: &str = "running";
 pub const DELETION: &str = "deletion";
 pub const EXPORT: &str = "export";
 pub const DONE: &str = "done";
@@ -50,17 +52,20 @@ pub trait OrgRequests: Send + Sync {
     ) -> Result<OrgRequest>;
     /// One org's requests (every org's when `None`), oldest first.
     async fn org_requests(&self, org: Option<&str>) -> Result<Vec<OrgRequest>>;
-    /// Scheduled requests whose cooling-off ended by `now`.
+    /// Scheduled requests whose cooling-off ended by `now`, and running ones.
     async fn org_requests_due(&self, now: DateTime<Utc>) -> Result<Vec<OrgRequest>>;
-    /// Moves a scheduled request to `state` (`done`, `cancelled`) with its
-    /// evidence; false (and no evidence) when it was no longer scheduled.
-    async fn org_request_close(
+    /// Moves a request from state `from` to `state` with its evidence; false
+    /// (and no evidence) when it was no longer in `from`.
+    async fn org_request_move(
         &self,
         id: i64,
+        from: &str,
         state: &str,
         result: &serde_json::Value,
         event: &NewAuditEvent,
     ) -> Result<bool>;
+    /// Records a running request's progress (its `result`, until it ends).
+    async fn org_request_progress(&self, id: i64, progress: &serde_json::Value) -> Result<()>;
 }
 
 macro_rules! impl_org_requests {
@@ -118,35 +123,52 @@ macro_rules! impl_org_requests {
 
             async fn org_requests_due(&self, now: DateTime<Utc>) -> Result<Vec<OrgRequest>> {
                 Ok(sqlx::query_as(
-                    "SELECT * FROM org_requests WHERE state = $1 AND execute_after <= $2 ORDER BY id",
+                    "SELECT * FROM org_requests
+                     WHERE (state = $1 AND execute_after <= $2) OR state = $3 ORDER BY id",
                 )
                 .bind(super::org_requests::SCHEDULED)
                 .bind(Ts(now))
+                .bind(super::org_requests::RUNNING)
                 .fetch_all(&self.pool)
                 .await?)
             }
 
-            async fn org_request_close(
+            async fn org_request_move(
                 &self,
                 id: i64,
+                from: &str,
                 state: &str,
                 result: &serde_json::Value,
                 event: &NewAuditEvent,
             ) -> Result<bool> {
                 let mut tx = self.write_tx().await?;
+                // Only an end state has a completion time.
+                let ends = state != super::org_requests::RUNNING;
                 let n = sqlx::query(
-                    "UPDATE org_requests SET state = $2, result = $3, completed_at = $4
+                    "UPDATE org_requests SET state = $2, result = $3,
+                         completed_at = CASE WHEN $6 THEN $4 ELSE NULL END
                      WHERE id = $1 AND state = $5",
                 )
                 .bind(id)
                 .bind(state)
                 .bind(result)
                 .bind(Ts::now())
-                .bind(super::org_requests::SCHEDULED)
+                .bind(from)
+                .bind(ends)
                 .execute(&mut *tx)
                 .await?
                 .rows_affected();
-                Self::commit_if_one(tx, n, Some(event), "org_request_close").await
+                Self::commit_if_one(tx, n, Some(event), "org_request_move").await
+            }
+
+            async fn org_request_progress(&self, id: i64, progress: &serde_json::Value) -> Result<()> {
+                sqlx::query("UPDATE org_requests SET result = $2 WHERE id = $1 AND state = $3")
+                    .bind(id)
+                    .bind(progress)
+                    .bind(super::org_requests::RUNNING)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(())
             }
         }
     };

@@ -526,6 +526,18 @@ fn the_demo_purges_exports_and_erases_files() {
         certificate["keys_shredded"]["kek_id"].is_string(),
         "every class went, so the org's keys were shredded: {purge}"
     );
+    // The accounts that moved to org 1 carried their encrypted phone numbers
+    // over, re-sealed under org 1's key: an export of org 1 opens every one.
+    assert!(
+        certificate["accounts_moved"].as_u64().unwrap() > 0,
+        "{purge}"
+    );
+    let export = stdout_json(&run_ok(
+        lethe().args(["org", "export", "--org", "1", "--json"]),
+    ));
+    for t in export["manifest"]["tables"].as_array().unwrap() {
+        assert_eq!(t["unreadable"], 0, "{t}");
+    }
     // The certificate is signed with the audit key: recomputed, the HMAC matches.
     let mut unsigned = certificate.clone();
     let signature = unsigned

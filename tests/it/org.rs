@@ -190,6 +190,14 @@ async fn a_purge_killed_mid_table_is_rescued_and_counts_every_row_once(pg: bool)
         (1..40).contains(&left),
         "killed mid-table: {left} of 40 left"
     );
+    // Started, it can no longer be cancelled.
+    let cancel = f.org(&["cancel", "1"]);
+    assert_eq!(
+        cancel.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&cancel.stderr)
+    );
 
     let mut b = crate::common::spawn_serve(paused(), &f.c.path().join("serve-b.log"), &[]);
     let run = crate::common::wait_run_end(|| f.lethe(), "org.purge", 60);
@@ -492,6 +500,10 @@ async fn an_export_holds_every_row_of_the_org_as_json_lines_matching_its_manifes
         f.lethe().args(["org", "status", "--org", "2", "--json"]),
     ));
     assert_eq!(status["requests"][0]["kind"], "export", "{status}");
+    assert!(
+        status["deleted_at"].is_null(),
+        "an export is no deletion: {status}"
+    );
     assert_eq!(status["requests"][0]["state"], "done", "{status}");
     let unknown = f.org(&["export", "--org", "77"]);
     assert_eq!(unknown.status.code(), Some(2));
@@ -580,4 +592,94 @@ async fn a_restore_of_an_older_backup_deletes_a_deleted_org_again() {
         1
     );
     assert_eq!(restored("SELECT count(*) FROM events").await, 80);
+
+    // A new org 3 after the deletion, in a newer backup: restoring that one deletes nothing.
+    crate::common::app_exec(
+        &f.app_url,
+        "INSERT INTO orgs VALUES (3, 'c again'); INSERT INTO events (org_id, user_id, created_at) VALUES (3, 1, '2026-11-01 00:00:00');",
+    )
+    .await;
+    let newer = run_job(f.lethe(), "backup.create", &[]);
+    let newer = newer["result"]["id"].as_str().unwrap().to_string();
+    let to2 = format!("sqlite://{}", f.c.path().join("restored2.db").display());
+    let v = stdout_json(&run_ok(
+        f.lethe()
+            .args(["backup", "restore", &newer, "--json", "--to", &to2]),
+    ));
+    assert_eq!(v["orgs_deleted_again"], serde_json::json!([]), "{v}");
+    assert_eq!(
+        crate::common::app_i64(&to2, "SELECT count(*) FROM events WHERE org_id = 3").await,
+        1
+    );
+}
+
+/// A person under a legal hold keeps their rows when their org is deleted.
+/// Here the held account still references the org's row (a foreign key), so
+/// the org cannot go yet: the run fails saying so, the request stays running,
+/// and once the hold is released the next run finishes the deletion.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_held_person_keeps_their_rows_until_the_hold_is_released() {
+    let f = fixture(false, "").await.unwrap();
+    let keyed = || {
+        let mut cmd = f.lethe();
+        cmd.env("LETHE_PSEUDONYM_KEY", "org-test-pseudonym-key-0123456789");
+        cmd
+    };
+    let hold = stdout_json(&run_ok(keyed().args([
+        "hold",
+        "add",
+        "--subject",
+        "u3@x.example",
+        "--reason",
+        "litigation",
+        "--json",
+    ])));
+    run_ok(f.lethe().args([
+        "org", "delete", "--org", "3", "--reason", "r", "--after", "0s",
+    ]));
+    let v = run_job(f.lethe(), "org.purge", &[]);
+    assert_eq!(v["status"], "dead", "{v}");
+    assert!(v["error"].as_str().unwrap().contains("orgs"), "{v}");
+    // User 3 (org 3 only) is held: their account and membership stay; the rest went.
+    assert_eq!(f.count("SELECT count(*) FROM users WHERE id = 3").await, 1);
+    assert_eq!(
+        f.count("SELECT count(*) FROM memberships WHERE org_id = 3 AND user_id = 3")
+            .await,
+        1
+    );
+    assert_eq!(
+        f.count("SELECT count(*) FROM events WHERE org_id = 3")
+            .await,
+        0
+    );
+    assert_eq!(
+        f.count("SELECT count(*) FROM memberships WHERE org_id = 3")
+            .await,
+        1
+    );
+    let status = stdout_json(&run_ok(
+        f.lethe().args(["org", "status", "--org", "3", "--json"]),
+    ));
+    assert_eq!(status["requests"][0]["state"], "running", "{status}");
+
+    let id = hold["id"].to_string();
+    run_ok(keyed().args(["hold", "release", &id, "--reason", "settled"]));
+    let v = run_job(f.lethe(), "org.purge", &[]);
+    assert_eq!(v["status"], "succeeded", "{v}");
+    let certificate = &v["result"]["deleted"][0];
+    assert_eq!(
+        certificate["rows"]["events"], 40,
+        "every row counted once: {v}"
+    );
+    assert_eq!(
+        certificate["rows_kept_for_holds"],
+        serde_json::json!({}),
+        "{v}"
+    );
+    assert_eq!(
+        f.count("SELECT count(*) FROM events WHERE org_id = 3")
+            .await,
+        0
+    );
+    assert_eq!(f.count("SELECT count(*) FROM users WHERE id = 3").await, 0);
 }

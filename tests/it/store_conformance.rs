@@ -127,11 +127,11 @@ async fn org_requests_are_one_open_per_org_due_after_cooling_off_and_closed_once
     assert_eq!(due[0].execute_after, now);
     let done = ev("org.deleted", "org:7");
     assert!(s
-        .org_request_close(soon.id, "done", &json!({"rows": 3}), &done)
+        .org_request_move(soon.id, "scheduled", "done", &json!({"rows": 3}), &done)
         .await
         .unwrap());
     assert!(!s
-        .org_request_close(soon.id, "cancelled", &json!({}), &done)
+        .org_request_move(soon.id, "scheduled", "cancelled", &json!({}), &done)
         .await
         .unwrap());
     assert_eq!(s.audit_page(0, 10_000).await.unwrap().len(), before + 3);
