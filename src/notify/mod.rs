@@ -47,10 +47,26 @@ pub fn zone(ctx: &Context) -> Zone {
 /// Queues a message: `Some((id, newly_queued))`; `newly_queued` is false when the
 /// dedupe key was already queued. `Ok(None)` when the role has no recipients (logged).
 pub async fn enqueue(ctx: &Context, msg: Message) -> Result<Option<(i64, bool)>> {
-    let recipients = match msg.role {
+    enqueue_to(ctx, msg, &[]).await
+}
+
+/// [`enqueue`], to the role and `also` (e.g. an org's contact for its
+/// certificate): one message, so it is sent once. The audit event names the
+/// role only, never an address.
+pub async fn enqueue_to(
+    ctx: &Context,
+    msg: Message,
+    also: &[String],
+) -> Result<Option<(i64, bool)>> {
+    let mut recipients = match msg.role {
         Role::Dpo => ctx.config.mail.dpo.clone(),
         Role::Ops => ctx.config.mail.ops.clone(),
     };
+    for a in also {
+        if !recipients.contains(a) {
+            recipients.push(a.clone());
+        }
+    }
     if recipients.is_empty() {
         tracing::warn!(role = msg.role.as_str(), subject = %msg.subject,
                        "no recipients configured for this role; message not queued");

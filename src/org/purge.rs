@@ -178,7 +178,9 @@ async fn delete_org(jc: &JobContext, db: &AppDb, r: &OrgRequest, batch: u32) -> 
         )));
     }
     let mail = certificate_mail(ctx, r, &counts, moved, keys.as_ref(), &backups);
-    notify::enqueue(ctx, mail).await?;
+    // The certificate goes to the DPO and to whoever asked for the org.
+    let contact: Vec<String> = r.contact.iter().cloned().collect();
+    notify::enqueue_to(ctx, mail, &contact).await?;
     Ok(certificate)
 }
 

@@ -305,9 +305,14 @@ async fn a_deletion_waits_out_its_cooling_off_then_removes_every_row_of_that_org
         .into_iter()
         .find(|m| m.contains("certificate of deletion"))
         .expect("a certificate mailed to the DPO");
+    let to = certificate
+        .lines()
+        .find(|l| l.starts_with("To:"))
+        .unwrap_or_default();
+    assert!(to.contains("dpo@test.example"), "{certificate}");
     assert!(
-        certificate.contains("To: dpo@test.example"),
-        "{certificate}"
+        to.contains("admin@c.example"),
+        "and to the org's contact: {to}"
     );
     assert!(certificate.contains("contract ended"), "{certificate}");
 }
