@@ -235,10 +235,8 @@ async fn upload(
     files: Vec<(TableFile, std::path::PathBuf)>,
 ) -> Result<(String, crate::archive::Encoded, Message)> {
     let config = ctx.config.as_ref();
-    let spool = tar_spool(manifest, files).await?;
-    let archive = spool
-        .reopen()
-        .map_err(|e| Error::io("reading the export's temporary file", e))?;
+    let manifest_text =
+        serde_json::to_vec_pretty(manifest).map_err(|e| Error::json("the export's manifest", e))?;
     let recipients =
         crate::archive::parse_recipients(if config.dsr.export_recipients.is_empty() {
             &config.backup.recipients
@@ -257,10 +255,26 @@ async fn upload(
         &key,
         8 << 20,
         "org export: uploaded",
-        move |sink| crate::archive::encode(archive, sink, &recipients, 3, 1),
+        move |sink| {
+            // The tar is written into a pipe as zstd + age read it: no second copy on disk.
+            let (reader, writer) = pipe();
+            let tar = std::thread::spawn(move || {
+                write_tar(
+                    std::io::BufWriter::with_capacity(CHUNK, writer),
+                    &manifest_text,
+                    &files,
+                )
+            });
+            let encoded = crate::archive::encode(reader, sink, &recipients, 3, 1);
+            // A tar that failed half-way must fail the upload, not store a short archive.
+            match tar.join() {
+                Ok(Ok(())) => encoded,
+                Ok(Err(e)) => Err(Error::io("building the export archive", e)),
+                Err(_) => Err(Error::Failed("the export's tar writer panicked".into())),
+            }
+        },
     )
     .await?;
-    drop(spool);
     let ttl = config.dsr.export_link_ttl;
     let link = store.presign(&key, ttl).await?;
     let expires = Utc::now() + chrono::Duration::from_std(ttl).unwrap_or_default();
@@ -268,35 +282,77 @@ async fn upload(
     Ok((key, enc, mail))
 }
 
-/// The manifest and the table files in one tar, spooled to a temporary file.
-async fn tar_spool(
-    manifest: &Value,
-    files: Vec<(TableFile, std::path::PathBuf)>,
-) -> Result<tempfile::NamedTempFile> {
-    let manifest_text =
-        serde_json::to_vec_pretty(manifest).map_err(|e| Error::json("the export's manifest", e))?;
-    let spool = tempfile::NamedTempFile::new()
-        .map_err(|e| Error::io("creating the export's temporary file", e))?;
-    let tar_file = spool
-        .reopen()
-        .map_err(|e| Error::io("opening the export's temporary file", e))?;
-    tokio::task::spawn_blocking(move || {
-        let mut tar = tar::Builder::new(tar_file);
-        let mut h = tar::Header::new_gnu();
-        h.set_size(manifest_text.len() as u64);
-        h.set_mode(0o600);
-        h.set_mtime(Utc::now().timestamp().max(0) as u64);
-        h.set_cksum();
-        tar.append_data(&mut h, "manifest.json", manifest_text.as_slice())?;
-        for (t, path) in &files {
-            tar.append_path_with_name(path, &t.file)?;
+/// Bytes a pipe chunk holds, and chunks in flight: 16 MiB at most.
+const CHUNK: usize = 1 << 20;
+const CHUNKS_IN_FLIGHT: usize = 16;
+
+/// A bounded in-memory pipe between two threads (the tar writer and the
+/// encoder): the writer blocks while the reader is behind; a dropped writer
+/// is the end of the stream, a dropped reader an error for the writer.
+fn pipe() -> (PipeReader, PipeWriter) {
+    let (tx, rx) = std::sync::mpsc::sync_channel(CHUNKS_IN_FLIGHT);
+    (
+        PipeReader {
+            rx,
+            chunk: Vec::new(),
+            at: 0,
+        },
+        PipeWriter(tx),
+    )
+}
+
+struct PipeWriter(std::sync::mpsc::SyncSender<Vec<u8>>);
+
+impl Write for PipeWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.send(buf.to_vec()).map_err(|_| {
+            std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the encoder stopped")
+        })?;
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+struct PipeReader {
+    rx: std::sync::mpsc::Receiver<Vec<u8>>,
+    chunk: Vec<u8>,
+    at: usize,
+}
+
+impl std::io::Read for PipeReader {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        while self.at == self.chunk.len() {
+            match self.rx.recv() {
+                Ok(next) => (self.chunk, self.at) = (next, 0),
+                Err(_) => return Ok(0), // the writer is done (or gone: the join says which)
+            }
         }
-        tar.finish()
-    })
-    .await
-    .map_err(|e| Error::task("building the export archive", e))?
-    .map_err(|e| Error::io("building the export archive", e))?;
-    Ok(spool)
+        let n = out.len().min(self.chunk.len() - self.at);
+        out[..n].copy_from_slice(&self.chunk[self.at..self.at + n]);
+        self.at += n;
+        Ok(n)
+    }
+}
+
+/// The manifest and the table files, as one tar into `out`.
+fn write_tar(
+    out: impl std::io::Write,
+    manifest: &[u8],
+    files: &[(TableFile, std::path::PathBuf)],
+) -> std::io::Result<()> {
+    let mut tar = tar::Builder::new(out);
+    let mut h = tar::Header::new_gnu();
+    h.set_size(manifest.len() as u64);
+    h.set_mode(0o600);
+    h.set_mtime(Utc::now().timestamp().max(0) as u64);
+    h.set_cksum();
+    tar.append_data(&mut h, "manifest.json", manifest)?;
+    for (t, path) in files {
+        tar.append_path_with_name(path, &t.file)?;
+    }
+    tar.into_inner()?.flush()
 }
 
 /// The DPO's notice that the export is ready, with its link.
@@ -355,6 +411,41 @@ fn plain(org: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_table_file_that_cannot_be_read_fails_the_tar() {
+        let t = super::TableFile {
+            table: "events".into(),
+            class: "events".into(),
+            file: "events.jsonl".into(),
+            rows: 1,
+            sha256: String::new(),
+            unreadable: 0,
+        };
+        let gone = std::path::PathBuf::from("/nonexistent/lethe/events.jsonl");
+        let mut out = Vec::new();
+        assert!(super::write_tar(&mut out, b"{}", &[(t, gone)]).is_err());
+    }
+
+    #[test]
+    fn the_pipe_carries_every_byte_and_a_gone_reader_stops_the_writer() {
+        use std::io::{Read, Write};
+        let (mut r, w) = super::pipe();
+        let data: Vec<u8> = (0..5_000_000u32).map(|i| (i % 251) as u8).collect();
+        let sent = data.clone();
+        let t = std::thread::spawn(move || {
+            let mut w = std::io::BufWriter::with_capacity(super::CHUNK, w);
+            w.write_all(&sent)?;
+            w.flush()
+        });
+        let mut got = Vec::new();
+        r.read_to_end(&mut got).unwrap();
+        t.join().unwrap().unwrap();
+        assert_eq!(got, data);
+        let (r, mut w) = super::pipe();
+        drop(r);
+        assert!(w.write_all(b"x").is_err());
+    }
+
     #[test]
     fn an_org_id_cannot_leave_the_export_folder() {
         assert_eq!(super::plain("acme-2_b"), "acme-2_b");
