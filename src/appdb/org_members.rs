@@ -90,12 +90,7 @@ impl AppDb {
         let mut sql = self.sql();
         let ph = sql.placeholder(Bind::Text(org.to_string()));
         let (st, mt) = (q(&s.table), q(&m.table));
-        let member = format!(
-            "CAST({mt}.{} AS TEXT) = CAST({st}.{} AS TEXT) AND CAST({mt}.{} AS TEXT) <> {ph}",
-            q(&m.subject),
-            q(&s.id),
-            q(&m.org)
-        );
+        let member = member_elsewhere(app, m, &ph);
         let text = format!(
             "UPDATE {st} SET {col} = (SELECT {mt}.{morg} FROM {mt} WHERE {member} ORDER BY {mt}.{morg} LIMIT 1)
              WHERE CAST({st}.{col} AS TEXT) = {ph} AND EXISTS (SELECT 1 FROM {mt} WHERE {member})",
@@ -130,12 +125,7 @@ impl AppDb {
         let mut sql = self.sql();
         let ph = sql.placeholder(Bind::Text(org.to_string()));
         let (st, mt) = (q(&s.table), q(&m.table));
-        let member = format!(
-            "CAST({mt}.{} AS TEXT) = CAST({st}.{} AS TEXT) AND CAST({mt}.{} AS TEXT) <> {ph}",
-            q(&m.subject),
-            q(&s.id),
-            q(&m.org)
-        );
+        let member = member_elsewhere(app, m, &ph);
         let cols: String = columns
             .iter()
             .map(|c| format!(", CAST({st}.{} AS TEXT)", q(c)))
@@ -214,6 +204,18 @@ impl AppDb {
         };
         Ok(n == 1)
     }
+}
+
+/// The condition "this subjects-table row's subject is a member of an org
+/// other than `{org_ph}`", for a subquery over the memberships table.
+fn member_elsewhere(app: &AppMapping, m: &crate::config::MembershipsTable, org_ph: &str) -> String {
+    let (st, mt) = (q(&app.subjects.table), q(&m.table));
+    format!(
+        "CAST({mt}.{} AS TEXT) = CAST({st}.{} AS TEXT) AND CAST({mt}.{} AS TEXT) <> {org_ph}",
+        q(&m.subject),
+        q(&app.subjects.id),
+        q(&m.org)
+    )
 }
 
 /// A row of text columns: id, target org, then the values.

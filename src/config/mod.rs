@@ -285,6 +285,15 @@ pub fn resolve_path(flag: Option<&Path>) -> PathBuf {
 }
 
 impl Config {
+    /// The age recipients export archives are encrypted to: `dsr.export_recipients`, else the backup's.
+    pub fn export_recipients(&self) -> &[String] {
+        if self.dsr.export_recipients.is_empty() {
+            &self.backup.recipients
+        } else {
+            &self.dsr.export_recipients
+        }
+    }
+
     pub fn load(path: &Path) -> Result<Config> {
         let text = std::fs::read_to_string(path).map_err(|e| {
             Error::config(

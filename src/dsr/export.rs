@@ -67,12 +67,7 @@ pub(super) async fn export(
     // Tracked before it exists, so a crash after the upload leaves no archive nobody deletes.
     ctx.store.dsr_export_started(r.id, &key, expires).await?;
     fence.check()?;
-    let recipients =
-        crate::archive::parse_recipients(if config.dsr.export_recipients.is_empty() {
-            &config.backup.recipients
-        } else {
-            &config.dsr.export_recipients
-        })?;
+    let recipients = crate::archive::parse_recipients(config.export_recipients())?;
     let enc = crate::objstore::stream_upload(
         store.as_ref(),
         &key,

@@ -17,7 +17,7 @@ use crate::config::DataMapEntry;
 use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::notify::{self, Block, Message, Role, Tone};
-use crate::store::org_requests::{DONE, EXPORT, FAILED, SCHEDULED};
+use crate::store::org_requests::{DONE, EXPIRED, EXPORT, FAILED, SCHEDULED};
 use crate::store::OrgRequest;
 
 /// Rows opened (decrypted) at a time.
@@ -161,6 +161,70 @@ pub async fn record_export(
     ctx.store.org_request_insert(&request, &event).await
 }
 
+/// Deletes export archives: every one of `org` (its deletion), else those
+/// whose link expired (`dsr.export_link_ttl` after the export). An archive
+/// that cannot be deleted now is tried again by the next run. Returns the
+/// requests whose archive went, and how many could not be deleted now.
+pub async fn delete_exports(
+    ctx: &Context,
+    actor: &str,
+    org: Option<&str>,
+) -> Result<(Vec<i64>, usize)> {
+    let ttl =
+        chrono::Duration::from_std(ctx.config.dsr.export_link_ttl).unwrap_or(chrono::Duration::MAX);
+    let now = Utc::now();
+    let due: Vec<OrgRequest> = ctx
+        .store
+        .org_requests(org)
+        .await?
+        .into_iter()
+        .filter(|r| r.kind == EXPORT && r.state == DONE)
+        .filter(|r| {
+            org.is_some()
+                || r.completed_at
+                    .is_some_and(|c| c.checked_add_signed(ttl).is_some_and(|end| end <= now))
+        })
+        .collect();
+    let (mut deleted, mut failed) = (Vec::new(), 0);
+    for r in due {
+        let Some(object) = r
+            .result
+            .as_ref()
+            .and_then(|v| v["object"].as_str())
+            .map(str::to_string)
+        else {
+            continue;
+        };
+        let store = ctx.object_store().await?;
+        if let Err(e) = store.delete(&object).await {
+            tracing::warn!(request = r.id, error = %e, "org export archive not deleted; the next run tries again");
+            failed += 1;
+            continue;
+        }
+        let why = if org.is_some() {
+            "the org was deleted"
+        } else {
+            "its link expired"
+        };
+        let mut result = r.result.clone().unwrap_or_default();
+        result["archive_deleted_at"] = json!(now);
+        let event = crate::store::evidence(
+            actor,
+            "org.export_deleted",
+            &format!("org:{}", r.org),
+            json!({"request": r.id, "object": object, "reason": why}),
+        );
+        if ctx
+            .store
+            .org_request_move(r.id, DONE, EXPIRED, &result, &event)
+            .await?
+        {
+            deleted.push(r.id);
+        }
+    }
+    Ok((deleted, failed))
+}
+
 /// Runs a recorded export; a failure closes the request as failed, with the error.
 pub async fn run_export(ctx: &Context, r: &OrgRequest, actor: &str) -> Result<Value> {
     let classes: Vec<String> = serde_json::from_value(r.classes.clone()).unwrap_or_default();
@@ -237,12 +301,7 @@ async fn upload(
     let config = ctx.config.as_ref();
     let manifest_text =
         serde_json::to_vec_pretty(manifest).map_err(|e| Error::json("the export's manifest", e))?;
-    let recipients =
-        crate::archive::parse_recipients(if config.dsr.export_recipients.is_empty() {
-            &config.backup.recipients
-        } else {
-            &config.dsr.export_recipients
-        })?;
+    let recipients = crate::archive::parse_recipients(config.export_recipients())?;
     let store = ctx.object_store().await?;
     let key = format!(
         "{}org-{}-export-{}.tar.zst.age",

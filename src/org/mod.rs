@@ -15,7 +15,7 @@ use chrono::Utc;
 use serde_json::{json, Value};
 
 pub use backups::{backups_holding, HeldIn};
-pub use export::{export, record_export, run_export};
+pub use export::{delete_exports, export, record_export, run_export};
 pub use purge::{purge_job, PurgeParams};
 
 use crate::appdb::AppDb;

@@ -65,6 +65,8 @@ pub async fn purge_job(jc: &JobContext, p: PurgeParams) -> Result<Value> {
             .collect();
         return Ok(json!({"dry_run": true, "would_delete": ids}));
     }
+    // Export archives whose link expired go, as the subjects' exports do.
+    let (exports_deleted, _retried_next_run) = super::delete_exports(ctx, &jc.actor, None).await?;
     let db = AppDb::connect(&ctx.config.database.url).await?;
     let (mut done, mut held, mut failed) = (Vec::new(), Vec::new(), Vec::new());
     for r in &due {
@@ -97,7 +99,7 @@ pub async fn purge_job(jc: &JobContext, p: PurgeParams) -> Result<Value> {
             failed.join("; ")
         )));
     }
-    Ok(json!({"deleted": done, "held": held}))
+    Ok(json!({"deleted": done, "held": held, "exports_deleted": exports_deleted}))
 }
 
 /// Moves a scheduled deletion to running (no cancel from here on); false
@@ -143,6 +145,14 @@ async fn delete_org(jc: &JobContext, db: &AppDb, r: &OrgRequest, batch: u32) -> 
         )));
     }
     let files = delete_files(jc, db, r).await?;
+    // Its export archives hold copies of the rows that just went.
+    let (exports, not_deleted) = super::delete_exports(ctx, &jc.actor, Some(&r.org)).await?;
+    if not_deleted > 0 {
+        return Err(Error::Failed(format!(
+            "{not_deleted} export archive(s) of org {} could not be deleted (request {} stays running; the next run tries again)",
+            r.org, r.id
+        )));
+    }
     // With every class gone nothing needs the org's keys: shred them, so the
     // encrypted values in backups are unreadable from now on. Rows kept for
     // a hold still need them.
@@ -157,7 +167,7 @@ async fn delete_org(jc: &JobContext, db: &AppDb, r: &OrgRequest, batch: u32) -> 
         "request": r.id, "org": r.org, "reason": r.reason, "classes": r.classes,
         "requested_by": r.requested_by, "requested_at": r.requested_at,
         "deleted_at": deleted_at, "rows": counts, "files": files, "accounts_moved": moved,
-        "rows_kept_for_holds": kept, "keys_shredded": keys,
+        "rows_kept_for_holds": kept, "keys_shredded": keys, "exports_deleted": exports,
         "backups_holding_data": backups,
     });
     let certificate = signed(ctx, certificate)?;

@@ -20,7 +20,7 @@ pub struct OrgRequest {
     pub reason: String,
     /// Who at the org asked, to receive the certificate.
     pub contact: Option<String>,
-    /// `scheduled`, `running`, `done`, `cancelled` or `failed`.
+    /// `scheduled`, `running`, `done`, `cancelled`, `failed` or (an export) `expired`.
     pub state: String,
     pub requested_by: String,
     pub requested_at: DateTime<Utc>,
@@ -40,6 +40,8 @@ pub const DONE: &str = "done";
 pub const CANCELLED: &str = "cancelled";
 /// An export that failed, or that a crashed process left behind.
 pub const FAILED: &str = "failed";
+/// An export whose archive was deleted (its link expired, or its org was deleted).
+pub const EXPIRED: &str = "expired";
 
 #[async_trait]
 pub trait OrgRequests: Send + Sync {

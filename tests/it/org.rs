@@ -512,6 +512,60 @@ async fn an_export_holds_every_row_of_the_org_as_json_lines_matching_its_manifes
     assert_eq!(status["requests"][0]["state"], "done", "{status}");
     let unknown = f.org(&["export", "--org", "77"]);
     assert_eq!(unknown.status.code(), Some(2));
+
+    // The org's deletion takes its export archive with it.
+    let archive =
+        f.c.path()
+            .join("objects")
+            .join(v["object"].as_str().unwrap());
+    assert!(archive.exists());
+    run_ok(f.lethe().args([
+        "org", "delete", "--org", "2", "--reason", "r", "--after", "0s",
+    ]));
+    let purge = run_job(f.lethe(), "org.purge", &[]);
+    assert_eq!(
+        purge["result"]["deleted"][0]["exports_deleted"],
+        serde_json::json!([v["request"]]),
+        "{purge}"
+    );
+    assert!(!archive.exists(), "the export archive went with the org");
+    let status = stdout_json(&run_ok(
+        f.lethe().args(["org", "status", "--org", "2", "--json"]),
+    ));
+    assert_eq!(status["requests"][0]["state"], "expired", "{status}");
+}
+
+/// An export's archive is deleted once its link expires (`dsr.export_link_ttl`).
+#[tokio::test(flavor = "multi_thread")]
+async fn an_export_archive_is_deleted_when_its_link_expires() {
+    let identity = age::x25519::Identity::generate();
+    let extra = format!(
+        "[object_store]\nurl = \"file://objects\"\n[backup]\nrecipients = [\"{}\"]\n[dsr]\nexport_link_ttl = \"1s\"\n",
+        identity.to_public()
+    );
+    let f = fixture(false, &extra).await.unwrap();
+    let v = stdout_json(&run_ok(
+        f.lethe().args(["org", "export", "--org", "1", "--json"]),
+    ));
+    let archive =
+        f.c.path()
+            .join("objects")
+            .join(v["object"].as_str().unwrap());
+    let early = run_job(f.lethe(), "org.purge", &[]);
+    assert_eq!(
+        early["result"]["exports_deleted"],
+        serde_json::json!([]),
+        "{early}"
+    );
+    assert!(archive.exists(), "kept while its link is valid");
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let late = run_job(f.lethe(), "org.purge", &[]);
+    assert_eq!(
+        late["result"]["exports_deleted"],
+        serde_json::json!([v["request"]]),
+        "{late}"
+    );
+    assert!(!archive.exists());
 }
 
 /// A process that died mid-export leaves its request `scheduled`: org.purge
