@@ -97,16 +97,7 @@ impl AppDb {
             col = q(org_col),
             morg = q(&m.org),
         );
-        Ok(match self {
-            AppDb::Postgres(p) => sqlx::query_with(&text, pg_args(sql.binds)?)
-                .execute(p)
-                .await?
-                .rows_affected(),
-            AppDb::Sqlite(p) => sqlx::query_with(&text, sqlite_args(sql.binds)?)
-                .execute(p)
-                .await?
-                .rows_affected(),
-        })
+        self.execute(&text, sql).await
     }
 
     /// The subjects-table rows of `org` that have a membership elsewhere:
@@ -192,17 +183,23 @@ impl AppDb {
             q(&s.id),
             q(org_col)
         );
-        let n = match self {
-            AppDb::Postgres(p) => sqlx::query_with(&text, pg_args(sql.binds)?)
+        Ok(self.execute(&text, sql).await? == 1)
+    }
+}
+
+impl AppDb {
+    /// Runs one statement; the rows it changed.
+    async fn execute(&self, text: &str, sql: super::scope::Sql) -> Result<u64> {
+        Ok(match self {
+            AppDb::Postgres(p) => sqlx::query_with(text, pg_args(sql.binds)?)
                 .execute(p)
                 .await?
                 .rows_affected(),
-            AppDb::Sqlite(p) => sqlx::query_with(&text, sqlite_args(sql.binds)?)
+            AppDb::Sqlite(p) => sqlx::query_with(text, sqlite_args(sql.binds)?)
                 .execute(p)
                 .await?
                 .rows_affected(),
-        };
-        Ok(n == 1)
+        })
     }
 }
 

@@ -41,20 +41,17 @@ async fn status(ctx: Arc<Context>, org_id: &str, json_out: bool) -> Result<i32> 
         super::print_json(&v)?;
         return Ok(0);
     }
-    let requests: Vec<OrgRequest> = ctx.store.org_requests(Some(org_id)).await?;
-    if requests.is_empty() {
+    if v.requests.is_empty() {
         outln!("org {org_id}: no requests");
     }
-    requests.iter().for_each(show);
-    for b in v["backups_holding_data"].as_array().into_iter().flatten() {
-        outln!(
-            "  backup {} holds its data until {}",
-            b["backup"].as_str().unwrap_or(""),
-            b["expires_at"]
-                .as_str()
-                .or(b["note"].as_str())
-                .unwrap_or("unknown")
-        );
+    v.requests.iter().for_each(show);
+    for b in &v.backups_holding_data {
+        let until = match (b.expires_at, &b.note) {
+            (Some(t), _) => t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true),
+            (None, Some(n)) => n.clone(),
+            (None, None) => "unknown".into(),
+        };
+        outln!("  backup {} holds its data until {until}", b.backup);
     }
     Ok(0)
 }

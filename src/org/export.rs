@@ -186,6 +186,11 @@ pub async fn delete_exports(
         })
         .collect();
     let (mut deleted, mut failed) = (Vec::new(), 0);
+    if due.is_empty() {
+        // No archive to delete: a config without an object store is fine.
+        return Ok((deleted, failed));
+    }
+    let store = ctx.object_store().await?;
     for r in due {
         let Some(object) = r
             .result
@@ -195,7 +200,6 @@ pub async fn delete_exports(
         else {
             continue;
         };
-        let store = ctx.object_store().await?;
         if let Err(e) = store.delete(&object).await {
             tracing::warn!(request = r.id, error = %e, "org export archive not deleted; the next run tries again");
             failed += 1;

@@ -12,7 +12,7 @@ mod reseal;
 use std::time::Duration;
 
 use chrono::Utc;
-use serde_json::{json, Value};
+use serde_json::json;
 
 pub use backups::{backups_holding, HeldIn};
 pub use export::{delete_exports, export, record_export, run_export};
@@ -220,7 +220,17 @@ async fn find(ctx: &Context, id: i64) -> Result<OrgRequest> {
 }
 
 /// The org's requests and the backups that still hold its data.
-pub async fn status(ctx: &Context, org: &str) -> Result<Value> {
+/// An org's requests and where its data still is (`org status`, `GET /v1/orgs/{id}`).
+#[derive(Debug, serde::Serialize)]
+pub struct OrgStatus {
+    pub org: String,
+    pub requests: Vec<OrgRequest>,
+    /// When its last deletion completed.
+    pub deleted_at: Option<chrono::DateTime<Utc>>,
+    pub backups_holding_data: Vec<HeldIn>,
+}
+
+pub async fn status(ctx: &Context, org: &str) -> Result<OrgStatus> {
     let requests = ctx.store.org_requests(Some(org)).await?;
     let deleted_at = requests
         .iter()
@@ -229,10 +239,10 @@ pub async fn status(ctx: &Context, org: &str) -> Result<Value> {
         .filter_map(|r| r.completed_at)
         .max();
     let held = backups_holding(ctx, deleted_at.unwrap_or_else(Utc::now)).await?;
-    Ok(json!({
-        "org": org,
-        "requests": requests,
-        "deleted_at": deleted_at,
-        "backups_holding_data": held,
-    }))
+    Ok(OrgStatus {
+        org: org.to_string(),
+        requests,
+        deleted_at,
+        backups_holding_data: held,
+    })
 }
