@@ -34,7 +34,7 @@ pub use objects::ObjectRow;
 pub use partitions::{Detach, NotByRange, PartitionState, RangePartition, RangePartitioning};
 pub use schema::{check_data_map, preflight, SchemaProblem};
 pub use scope::{Deleted, Scope, Selector, Slicing, TimeWindow};
-pub use subject::{EraseAction, EraseOutcome, EraseStep, NewValue};
+pub use subject::{EraseAction, EraseOutcome, EraseStep, NewValue, OrgScope};
 pub use tid::Tid;
 pub use timeform::{DetectedForm, TimeForm};
 

@@ -157,7 +157,8 @@ impl AppDb {
 
 impl AppDb {
     /// The subject's object keys in `table.column` with each row's org (as
-    /// text), leaving out rows of `held_orgs`, which an erasure keeps.
+    /// text), of the rows `scope` reaches (not those of held orgs, which an
+    /// erasure keeps).
     pub async fn subject_object_keys(
         &self,
         table: &str,
@@ -165,19 +166,16 @@ impl AppDb {
         org: Option<&str>,
         column: &str,
         subject_id: &str,
-        held_orgs: &[String],
+        scope: super::OrgScope<'_>,
     ) -> Result<Vec<(String, String)>> {
         let t = self.column_type(table, subject).await?;
         let mut sql = self.sql();
         let mut cond = super::subject::eq_param(&mut sql, subject, t.as_deref(), subject_id);
+        if let Some(c) = scope.cond(&mut sql, org) {
+            cond = format!("{cond} AND {c}");
+        }
         let org_text = match org {
-            Some(o) => {
-                if !held_orgs.is_empty() {
-                    let held = sql.in_list(o, held_orgs);
-                    cond = format!("{cond} AND ({} IS NULL OR NOT ({held}))", q(o));
-                }
-                format!("coalesce({}, '')", sql.as_text(o))
-            }
+            Some(o) => format!("coalesce({}, '')", sql.as_text(o)),
             None => "''".into(),
         };
         let text = format!(

@@ -477,6 +477,25 @@ impl AppDb {
         Ok(vec![])
     }
 
+    /// Whether the org exists: in `[app.orgs]` when mapped, else as a value
+    /// of some org-scoped table of `tables`.
+    pub async fn org_known(
+        &self,
+        orgs: Option<&crate::config::OrgsTable>,
+        tables: &[&crate::config::DataMapEntry],
+        org: &str,
+    ) -> Result<bool> {
+        if let Some(o) = orgs {
+            return self.org_exists(o, org).await;
+        }
+        for e in tables.iter().filter(|e| e.org.is_some()) {
+            if self.count(&Scope::of_org(e, org)).await? > 0 {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
     /// Whether the org exists in `[app.orgs]`.
     pub async fn org_exists(&self, orgs: &crate::config::OrgsTable, org: &str) -> Result<bool> {
         let mut sql = self.sql();

@@ -52,6 +52,47 @@ pub enum EraseOutcome {
     SoleOwner(Vec<String>),
 }
 
+/// Which of a subject's rows an erasure or an export reaches, by their org.
+#[derive(Debug, Clone, Copy)]
+pub enum OrgScope<'a> {
+    /// Every row but those of these (held) orgs; a row without an org is never held.
+    AllExcept(&'a [String]),
+    /// Only the rows of this org (a processor-scoped request): a table
+    /// without an org column has none.
+    Only(&'a str),
+}
+
+impl OrgScope<'_> {
+    /// The org a processor-scoped request is limited to.
+    pub fn only(&self) -> Option<&str> {
+        match self {
+            OrgScope::Only(o) => Some(o),
+            OrgScope::AllExcept(_) => None,
+        }
+    }
+
+    /// Held orgs whose rows stay, when a table has an org column to tell them by.
+    fn held_in(&self, org: Option<&str>) -> Option<&[String]> {
+        match (self, org) {
+            (OrgScope::AllExcept(held), Some(_)) if !held.is_empty() => Some(held),
+            _ => None,
+        }
+    }
+
+    /// The condition that keeps a table's rows (org column `org`) within scope.
+    pub(super) fn cond(&self, sql: &mut Sql, org: Option<&str>) -> Option<String> {
+        match (self, org) {
+            (OrgScope::Only(o), Some(col)) => Some(sql.in_list(col, &[o.to_string()])),
+            (OrgScope::Only(_), None) => Some("1 = 0".into()),
+            (OrgScope::AllExcept(_), Some(col)) => self.held_in(org).map(|held| {
+                let held = sql.in_list(col, held);
+                format!("({} IS NULL OR NOT ({held}))", q(col))
+            }),
+            (OrgScope::AllExcept(_), None) => None,
+        }
+    }
+}
+
 /// What `erase_sql` renders for a step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum StepSql {
@@ -205,13 +246,19 @@ impl AppDb {
         Ok(n > 0)
     }
 
-    /// Orgs (open ones, where closure is mapped) whose only owner is this subject.
-    pub async fn sole_owned_orgs(&self, app: &AppMapping, subject_id: &str) -> Result<Vec<String>> {
+    /// Orgs (open ones, where closure is mapped; `only` this one, if given)
+    /// whose only owner is this subject.
+    pub async fn sole_owned_orgs(
+        &self,
+        app: &AppMapping,
+        subject_id: &str,
+        only: Option<&str>,
+    ) -> Result<Vec<String>> {
         let Some(m) = &app.memberships else {
             return Ok(vec![]);
         };
         let t = self.column_type(&m.table, &m.subject).await?;
-        let (text, sql) = self.sole_owner_sql(app, m, subject_id, t.as_deref(), false);
+        let (text, sql) = self.sole_owner_sql(app, m, (subject_id, only), t.as_deref(), false);
         Ok(on_pool!(self, sql, query_scalar_with(&text), fetch_all))
     }
 
@@ -219,7 +266,7 @@ impl AppDb {
         &self,
         app: &AppMapping,
         m: &MembershipsTable,
-        subject_id: &str,
+        (subject_id, only): (&str, Option<&str>),
         subject_type: Option<&str>,
         lock: bool,
     ) -> (String, Sql) {
@@ -245,6 +292,13 @@ impl AppDb {
             Dialect::Postgres => format!("m.{}::text", q(&m.org)),
             Dialect::Sqlite => format!("CAST(m.{} AS TEXT)", q(&m.org)),
         };
+        let only = match only {
+            Some(o) => format!(
+                " AND {org_text} = {}",
+                sql.placeholder(Bind::Text(o.into()))
+            ),
+            None => String::new(),
+        };
         // Qualified copies of the role/subject tests for the aliased tables.
         let owner = owner.replacen(&q(&m.role), &format!("m.{}", q(&m.role)), 1);
         let owner2 = owner2.replacen(&q(&m.role), &format!("m2.{}", q(&m.role)), 1);
@@ -255,7 +309,7 @@ impl AppDb {
             ""
         };
         let text = format!(
-            "SELECT {org_text} FROM {t} m WHERE {subject} AND {owner}{open}
+            "SELECT {org_text} FROM {t} m WHERE {subject} AND {owner}{open}{only}
                AND (SELECT count(*) FROM {t} m2 WHERE m2.{org} = m.{org} AND {owner2}) = 1
              ORDER BY 1{lock}",
             t = q(&m.table),
@@ -264,16 +318,21 @@ impl AppDb {
         (text, sql)
     }
 
-    /// Every mapped row of the subject in `table`, each as a JSON object (text).
+    /// Every mapped row of the subject in `table` (org column `org`) within
+    /// `scope`, each as a JSON object (text).
     pub async fn subject_rows(
         &self,
-        table: &str,
+        (table, org): (&str, Option<&str>),
         subject_col: &str,
         subject_id: &str,
+        scope: OrgScope<'_>,
     ) -> Result<Vec<String>> {
         let ty = self.column_type(table, subject_col).await?;
         let mut sql = self.sql();
-        let cond = eq_param(&mut sql, subject_col, ty.as_deref(), subject_id);
+        let mut cond = eq_param(&mut sql, subject_col, ty.as_deref(), subject_id);
+        if let Some(c) = scope.cond(&mut sql, org) {
+            cond = format!("{cond} AND {c}");
+        }
         Ok(match self {
             AppDb::Postgres(p) => {
                 let text = format!(
@@ -303,9 +362,10 @@ impl AppDb {
     }
 
     /// Erases one subject in a single transaction: re-checks sole ownership
-    /// inside it (with row locks on PostgreSQL), then applies every step,
-    /// leaving rows of held orgs in place. Each step must change exactly the
-    /// subject's rows outside holds, counted in the same transaction; any
+    /// inside it (with row locks on PostgreSQL), then applies every step to
+    /// the rows `scope` reaches (not those of held orgs; only one org's for a
+    /// processor-scoped request). Each step must change exactly the subject's
+    /// rows in scope, counted in the same transaction; any
     /// other count rolls the whole erasure back. `before_commit` is checked
     /// last, so an attempt that lost its lease commits nothing.
     pub async fn erase_subject(
@@ -313,7 +373,7 @@ impl AppDb {
         app: &AppMapping,
         subject_id: &str,
         steps: &[EraseStep],
-        held_orgs: &[String],
+        scope: OrgScope<'_>,
         before_commit: &Fence,
     ) -> Result<EraseOutcome> {
         let (owner_type, types) = self.erase_column_types(app, steps).await?;
@@ -321,8 +381,8 @@ impl AppDb {
         macro_rules! erase_in {
             ($tx:ident, $args:ident, $marked:expr) => {{
                 if let Some(m) = &app.memberships {
-                    let (text, sql) =
-                        self.sole_owner_sql(app, m, subject_id, owner_type.as_deref(), true);
+                    let who = (subject_id, scope.only());
+                    let (text, sql) = self.sole_owner_sql(app, m, who, owner_type.as_deref(), true);
                     let orgs: Vec<String> = sqlx::query_scalar_with(&text, $args(sql.binds)?)
                         .fetch_all(&mut *$tx)
                         .await?;
@@ -333,14 +393,13 @@ impl AppDb {
                 let mut changed = BTreeMap::new();
                 let mut kept = BTreeMap::new();
                 for (step, ty) in steps.iter().zip(&types) {
-                    let count =
-                        |part| self.erase_sql(step, ty.as_deref(), subject_id, held_orgs, part);
+                    let count = |part| self.erase_sql(step, ty.as_deref(), subject_id, scope, part);
                     let (text, sql) = count(StepSql::CountAll);
                     let total: i64 = sqlx::query_scalar_with(&text, $args(sql.binds)?)
                         .fetch_one(&mut *$tx)
                         .await?;
                     let mut k = 0i64;
-                    if !held_orgs.is_empty() && step.org.is_some() {
+                    if scope.held_in(step.org.as_deref()).is_some() {
                         let (text, sql) = count(StepSql::CountHeld);
                         k = sqlx::query_scalar_with(&text, $args(sql.binds)?)
                             .fetch_one(&mut *$tx)
@@ -356,7 +415,7 @@ impl AppDb {
                     if n != expected {
                         // Dropping the transaction rolls every step back.
                         return Err(Error::Failed(format!(
-                            "erasure in `{}` changed {n} of the subject's {expected} row(s) outside legal holds; \
+                            "erasure in `{}` changed {n} of the subject's {expected} row(s) in scope; \
                              nothing was applied (does a trigger or rule on the table skip or add rows?)",
                             step.table
                         )));
@@ -408,35 +467,32 @@ impl AppDb {
     }
 
     /// The statement for one step, or a count of the subject's rows in its
-    /// table (all of them, or those a hold keeps).
+    /// table (all of them in reach of a processor-scoped request's org, or
+    /// those a hold keeps).
     fn erase_sql(
         &self,
         step: &EraseStep,
         subject_type: Option<&str>,
         subject_id: &str,
-        held_orgs: &[String],
+        scope: OrgScope<'_>,
         part: StepSql,
     ) -> (String, Sql) {
         let mut sql = self.sql();
         let mut cond = eq_param(&mut sql, &step.subject, subject_type, subject_id);
-        if part == StepSql::CountAll {
-            return (
-                format!("SELECT count(*) FROM {} WHERE {cond}", q(&step.table)),
-                sql,
-            );
-        }
-        if let (false, Some(org)) = (held_orgs.is_empty(), &step.org) {
-            let held = sql.in_list(org, held_orgs);
-            if part == StepSql::CountHeld {
-                return (
-                    format!(
-                        "SELECT count(*) FROM {} WHERE {cond} AND {held}",
-                        q(&step.table)
-                    ),
-                    sql,
-                );
+        let count = |cond: &str| format!("SELECT count(*) FROM {} WHERE {cond}", q(&step.table));
+        match (part, scope.held_in(step.org.as_deref()), &step.org) {
+            (StepSql::CountAll, _, _) if scope.only().is_none() => return (count(&cond), sql),
+            (StepSql::CountHeld, Some(held), Some(org)) => {
+                let held = sql.in_list(org, held);
+                return (count(&format!("{cond} AND {held}")), sql);
             }
-            cond = format!("{cond} AND ({} IS NULL OR NOT ({held}))", q(org));
+            _ => {}
+        }
+        if let Some(c) = scope.cond(&mut sql, step.org.as_deref()) {
+            cond = format!("{cond} AND {c}");
+        }
+        if part == StepSql::CountAll {
+            return (count(&cond), sql);
         }
         let text = match &step.action {
             EraseAction::Delete => format!("DELETE FROM {} WHERE {cond}", q(&step.table)),

@@ -197,6 +197,10 @@ pub enum DsrCommand {
         /// gdpr, uk_gdpr, ccpa (cpra), uu_pdp, or default.
         #[arg(long)]
         jurisdiction: Option<String>,
+        /// Only this org's workspace: the org, as controller, asks (the
+        /// sole-owner rule then applies within it).
+        #[arg(long)]
+        org: Option<String>,
         #[arg(long)]
         json: bool,
     },

@@ -251,6 +251,7 @@ async fn submit_sample_requests(ctx: &Context) -> Result<Vec<serde_json::Value>>
             source: "demo",
             idempotency_key: None,
             actor: "demo",
+            org: None,
             for_org: None,
         };
         let (r, outcome) = match crate::dsr::submit(ctx, sub).await? {

@@ -13,9 +13,9 @@ use crate::store::DsrState;
 
 pub async fn submit(
     ctx: Arc<Context>,
-    kind: &str,
-    subject: &str,
+    (kind, subject): (&str, &str),
     jurisdiction: Option<&str>,
+    org: Option<&str>,
     json_out: bool,
 ) -> Result<i32> {
     let actor = crate::audit::actor_cli();
@@ -26,6 +26,7 @@ pub async fn submit(
         source: "cli",
         idempotency_key: None,
         actor: &actor,
+        org,
         for_org: None,
     };
     let now = ctx.store.now().await?;
@@ -49,8 +50,12 @@ pub async fn submit(
         v["blocking_orgs"] = json!(blocking);
         super::print_json(&v)?;
     } else if accepted {
+        let scope = match &r.org {
+            Some(o) => format!(" in org {o} only"),
+            None => String::new(),
+        };
         outln!(
-            "request {} accepted ({} for {}, {}), due {}",
+            "request {} accepted ({} for {}{scope}, {}), due {}",
             r.id,
             r.kind,
             r.subject,
@@ -90,6 +95,7 @@ pub async fn list(
                 r.id.to_string(),
                 r.kind.clone(),
                 r.subject.clone(),
+                r.org.clone().unwrap_or_else(|| "all".into()),
                 r.jurisdiction.clone(),
                 r.state.as_str().into(),
                 r.due_at.format("%Y-%m-%d %H:%M").to_string(),
@@ -105,6 +111,7 @@ pub async fn list(
             "ID",
             "KIND",
             "SUBJECT",
+            "ORG",
             "JURISDICTION",
             "STATE",
             "DUE (UTC)",
@@ -185,8 +192,12 @@ pub async fn dispatch(ctx: Arc<Context>, command: crate::cli::DsrCommand) -> Res
             kind,
             subject,
             jurisdiction,
+            org,
             json,
-        } => submit(ctx, &kind, &subject, jurisdiction.as_deref(), json).await,
+        } => {
+            let who = (kind.as_str(), subject.as_str());
+            submit(ctx, who, jurisdiction.as_deref(), org.as_deref(), json).await
+        }
         DsrCommand::List {
             status,
             limit,

@@ -42,6 +42,7 @@ fn request(
         request: NewDsr {
             kind: kind.into(),
             subject: format!("history-{i}@customers.demo.example"),
+            org: None,
             jurisdiction: law.into(),
             state: DsrState::Completed,
             reason: None,

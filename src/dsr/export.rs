@@ -11,7 +11,7 @@ use std::fs::File;
 use serde_json::{json, Value};
 use tokio::io::AsyncWriteExt;
 
-use crate::appdb::AppDb;
+use crate::appdb::{AppDb, OrgScope};
 use crate::config::{Config, DataMapEntry};
 use crate::context::Context;
 use crate::error::{Error, Result};
@@ -131,6 +131,13 @@ fn ready(
                     format!("{} ({}, {})", r.id, r.kind, r.jurisdiction),
                 ),
                 (
+                    "Scope".into(),
+                    match &r.org {
+                        Some(o) => format!("org {o}'s workspace only"),
+                        None => "every org".into(),
+                    },
+                ),
+                (
                     "Contents".into(),
                     format!(
                         "{} tables and {} files",
@@ -201,9 +208,18 @@ async fn fill(
     let config = ctx.config.as_ref();
     let mut keys = crate::keys::DataKeys::load(ctx).await?;
     let mut c = Contents::default();
+    // A processor-scoped request reaches the org's tables only, and its rows there.
+    let scope = match r.org.as_deref() {
+        Some(o) => OrgScope::Only(o),
+        None => OrgScope::AllExcept(&[]),
+    };
     for e in config.data_map.iter().filter(|e| e.export) {
         let Some(col) = &e.subject else { continue };
-        let mut rows = db.subject_rows(&e.table, col, subject_id).await?;
+        if scope.only().is_some() && e.org.is_none() {
+            continue;
+        }
+        let table = (e.table.as_str(), e.org.as_deref());
+        let mut rows = db.subject_rows(table, col, subject_id, scope).await?;
         if let (Some(k), false) = (keys.as_mut(), e.encrypted.is_empty()) {
             let (opened, n) = super::decrypt::open_rows(k, e, rows).await?;
             rows = opened;
@@ -216,7 +232,7 @@ async fn fill(
             format!("[{}]\n", rows.join(",\n")),
         )
         .await?;
-        files(ctx, db, e, col, subject_id, tar, &mut c).await?;
+        files(ctx, db, (e, col, subject_id), scope, tar, &mut c).await?;
     }
     append_text(tar, "README.txt".into(), readme(config, r, &c))
         .await
@@ -227,9 +243,8 @@ async fn fill(
 async fn files(
     ctx: &Context,
     db: &AppDb,
-    e: &DataMapEntry,
-    subject: &str,
-    subject_id: &str,
+    (e, subject, subject_id): (&DataMapEntry, &str, &str),
+    scope: OrgScope<'_>,
     tar: &mut Option<Tar>,
     c: &mut Contents,
 ) -> Result<()> {
@@ -243,7 +258,7 @@ async fn files(
                 e.org.as_deref(),
                 &o.column,
                 subject_id,
-                &[],
+                scope,
             )
             .await?;
         for (_, key) in keys {
@@ -298,6 +313,11 @@ fn readme(config: &Config, r: &DsrRequest, c: &Contents) -> String {
         r.jurisdiction,
         chrono::Utc::now().to_rfc3339()
     );
+    if let Some(org) = &r.org {
+        readme.push_str(&format!(
+            "The request was limited to org {org}'s workspace: only its tables, and only its rows there.\n"
+        ));
+    }
     if c.files > 0 {
         readme.push_str(&format!(
             "files/ holds the subject's {} file(s), by table and storage key.\n",

@@ -8,7 +8,7 @@
 
 use serde_json::Value;
 
-use crate::appdb::{AppDb, EraseAction, EraseStep, NewValue};
+use crate::appdb::{AppDb, EraseAction, EraseStep, NewValue, OrgScope};
 use crate::context::Context;
 use crate::error::Result;
 use crate::fence::Fence;
@@ -19,15 +19,15 @@ fn origin(request: i64) -> String {
     format!("dsr:{request}")
 }
 
-/// Records the files of the subject's rows that `steps` delete, or whose
-/// object column they empty; rows of held orgs are kept, and so are their files.
+/// Records the files of the subject's rows in `scope` that `steps` delete,
+/// or whose object column they empty; rows of held orgs are kept, and so are
+/// their files.
 pub(super) async fn pend(
     ctx: &Context,
     db: &AppDb,
-    request: i64,
-    subject_id: &str,
+    (request, subject_id): (i64, &str),
     steps: &[EraseStep],
-    held_orgs: &[String],
+    scope: OrgScope<'_>,
 ) -> Result<()> {
     let mut pending = Vec::new();
     for step in steps {
@@ -51,7 +51,7 @@ pub(super) async fn pend(
                     step.org.as_deref(),
                     &o.column,
                     subject_id,
-                    held_orgs,
+                    scope,
                 )
                 .await?;
             pending.extend(keys.into_iter().map(|(org, key)| NewPendingObject {

@@ -117,6 +117,7 @@ mod tests {
             request: NewDsr {
                 kind: "export".into(),
                 subject: "a@x.example".into(),
+                org: None,
                 jurisdiction: "gdpr".into(),
                 state: DsrState::Completed,
                 reason: None,

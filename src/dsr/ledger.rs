@@ -3,13 +3,13 @@
 //! with, the legal holds both the live erasure and a re-application obey, and
 //! re-application to a restored database.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use serde::Serialize;
 use serde_json::{json, Value};
 
 use super::process::{erase_plan, keyed, ledger_key, pseudonym_key};
-use crate::appdb::{AppDb, EraseAction, EraseOutcome, EraseStep};
+use crate::appdb::{AppDb, EraseAction, EraseOutcome, EraseStep, OrgScope};
 use crate::config::{AppMapping, Secret};
 use crate::context::Context;
 use crate::error::{Error, Result};
@@ -90,6 +90,13 @@ impl HoldsInForce {
             .find(|h| h.scope == HoldScope::Subject && h.value.eq_ignore_ascii_case(email))
     }
 
+    /// The hold on this org, if any: a request limited to it erases nothing.
+    pub(crate) fn org_hold(&self, org: &str) -> Option<&LegalHold> {
+        self.0
+            .iter()
+            .find(|h| h.scope == HoldScope::Org && h.value == org)
+    }
+
     /// Orgs whose rows every erasure step leaves in place.
     pub(crate) fn held_orgs(&self) -> Vec<String> {
         self.0
@@ -105,6 +112,8 @@ impl HoldsInForce {
 pub struct ReapplyReport {
     /// Subjects erased again.
     pub reapplied: u64,
+    /// One-org erasures (a processor-scoped request's) applied again.
+    pub reapplied_in_orgs: u64,
     /// Subjects in the restored data left alone because a hold names them.
     pub subjects_held: u64,
     /// Rows kept per table because their org is held.
@@ -121,6 +130,8 @@ pub struct ReapplyReport {
 /// the ledger writes nothing.
 pub struct LedgerReapply {
     entries: HashSet<String>,
+    /// One-org erasures: subject key → the orgs.
+    org_entries: HashMap<String, Vec<String>>,
     key: Option<Secret>,
     holds: HoldsInForce,
     /// When the restored backup was taken: only org deletions completed
@@ -131,11 +142,17 @@ pub struct LedgerReapply {
 impl LedgerReapply {
     pub async fn prepare(ctx: &Context) -> Result<LedgerReapply> {
         let entries: HashSet<String> = ctx.store.ledger_keys().await?.into_iter().collect();
+        let mut org_entries: HashMap<String, Vec<String>> = HashMap::new();
+        for (k, org) in ctx.store.ledger_org_entries().await? {
+            org_entries.entry(k).or_default().push(org);
+        }
         let holds = HoldsInForce::load(ctx).await?;
-        if entries.is_empty() {
+        let count = entries.len() + org_entries.len();
+        if count == 0 {
             // Nothing to re-apply: no key needed.
             return Ok(LedgerReapply {
                 entries,
+                org_entries,
                 key: None,
                 holds,
                 taken_at: None,
@@ -144,13 +161,13 @@ impl LedgerReapply {
         app_mapping(ctx)?;
         let key = checked_key(ctx).await.map_err(|e| match e {
             Error::Usage(m) => Error::Usage(format!(
-                "the erasure ledger holds {} erasure(s) to re-apply to the restored database: {m}",
-                entries.len()
+                "the erasure ledger holds {count} erasure(s) to re-apply to the restored database: {m}"
             )),
             other => other,
         })?;
         Ok(LedgerReapply {
             entries,
+            org_entries,
             key: Some(key),
             holds,
             taken_at: None,
@@ -197,34 +214,58 @@ impl LedgerReapply {
         let mut report = ReapplyReport::default();
         // All matches first, then the erasures: no write while the scan is open.
         let found = db
-            .subjects_matching(app, |email| self.entries.contains(&ledger_key(key, email)))
+            .subjects_matching(app, |email| {
+                let k = ledger_key(key, email);
+                self.entries.contains(&k) || self.org_entries.contains_key(&k)
+            })
             .await?;
         for (id, email) in found {
             if self.holds.subject_hold(&email).is_some() {
                 report.subjects_held += 1;
                 continue;
             }
+            let k = ledger_key(key, &email);
             let mut steps = erase_plan(config, key, &id).steps;
             steps.retain(|s| present.contains(&s.table));
             super::decrypt::seal_anonymised(ctx, db, &id, &mut steps).await?;
-            match db
-                .erase_subject(&no_memberships, &id, &steps, &held_orgs, &Fence::unleased())
-                .await?
-            {
-                EraseOutcome::Done { kept_for_holds, .. } => {
-                    for (table, n) in kept_for_holds {
-                        *report.rows_kept_for_holds.entry(table).or_default() += n;
-                    }
-                    report.reapplied += 1;
+            if self.entries.contains(&k) {
+                let scope = OrgScope::AllExcept(&held_orgs);
+                let kept = erase_again(db, &no_memberships, &id, &steps, scope).await?;
+                for (table, n) in kept {
+                    *report.rows_kept_for_holds.entry(table).or_default() += n;
                 }
-                EraseOutcome::SoleOwner(_) => {
-                    return Err(Error::Failed(
-                        "re-applying the ledger met a sole-owner veto it had switched off".into(),
-                    ))
+                report.reapplied += 1;
+                continue;
+            }
+            // Erased in some orgs only: their tables, their rows, unless held now.
+            steps.retain(|s| s.org.is_some());
+            for org in self.org_entries.get(&k).into_iter().flatten() {
+                if self.holds.org_hold(org).is_none() {
+                    erase_again(db, &no_memberships, &id, &steps, OrgScope::Only(org)).await?;
+                    report.reapplied_in_orgs += 1;
                 }
             }
         }
         Ok(report)
+    }
+}
+
+/// One erasure re-applied; the rows kept for holds, per table.
+async fn erase_again(
+    db: &AppDb,
+    no_memberships: &AppMapping,
+    id: &str,
+    steps: &[EraseStep],
+    scope: OrgScope<'_>,
+) -> Result<BTreeMap<String, u64>> {
+    match db
+        .erase_subject(no_memberships, id, steps, scope, &Fence::unleased())
+        .await?
+    {
+        EraseOutcome::Done { kept_for_holds, .. } => Ok(kept_for_holds),
+        EraseOutcome::SoleOwner(_) => Err(Error::Failed(
+            "re-applying the ledger met a sole-owner veto it had switched off".into(),
+        )),
     }
 }
 
@@ -282,7 +323,7 @@ pub async fn reapply_ledger(ctx: &Context, target_url: &str) -> Result<Value> {
         .apply(ctx, target_url)
         .await?;
     Ok(
-        json!({"reapplied": r.reapplied, "subjects_held": r.subjects_held,
-              "rows_kept_for_holds": r.rows_kept_for_holds}),
+        json!({"reapplied": r.reapplied, "reapplied_in_orgs": r.reapplied_in_orgs,
+              "subjects_held": r.subjects_held, "rows_kept_for_holds": r.rows_kept_for_holds}),
     )
 }

@@ -93,7 +93,11 @@ pub struct Submission<'a> {
     pub idempotency_key: Option<&'a str>,
     /// Who asks, as the audit log names them: `cli:USER`, `http:KEYNAME`.
     pub actor: &'a str,
-    /// A caller that acts for one org may submit only for that org's members.
+    /// Only this org's workspace (a processor-scoped request: the org, as
+    /// controller, asks); `None`: every org.
+    pub org: Option<&'a str>,
+    /// A caller that acts for one org may submit only for that org's members,
+    /// and only about that org's workspace.
     pub for_org: Option<&'a str>,
 }
 
@@ -132,6 +136,7 @@ pub async fn submit(ctx: &Context, s: Submission<'_>) -> Result<Intake> {
         .ok()
         .map(|k| subject_pseudonym(&k, &subject));
     let j = Jurisdiction::find(s.jurisdiction.unwrap_or("default"))?;
+    let org = request_scope(s.org, s.for_org)?;
     let app = ctx.config.app.as_ref().ok_or_else(|| {
         Error::Usage("DSRs need [app] in lethe.toml: where subjects (and memberships) live".into())
     })?;
@@ -139,14 +144,18 @@ pub async fn submit(ctx: &Context, s: Submission<'_>) -> Result<Intake> {
     let now = ctx.store.now().await?;
     let due_at = j.deadline(kind, &ctx.config.dsr).after(now)?;
 
+    if let Some(o) = org {
+        check_scope(ctx, &db, o).await?;
+    }
     let subject_id = db.subject_id(app, &subject).await?;
     if let Some(org) = s.for_org {
         require_member(&db, app, org, subject_id.as_deref()).await?;
     }
-    let check = intake_check(ctx, &db, app, kind, &subject, subject_id).await?;
+    let check = intake_check(ctx, &db, (app, org), kind, &subject, subject_id).await?;
     let new = NewDsr {
         kind: kind.into(),
         subject: subject.clone(),
+        org: org.map(str::to_string),
         jurisdiction: j.code.into(),
         state: if check.reason.is_some() {
             DsrState::Rejected
@@ -158,13 +167,52 @@ pub async fn submit(ctx: &Context, s: Submission<'_>) -> Result<Intake> {
         source: s.source.into(),
         idempotency_key: s.idempotency_key.map(str::to_string),
         request_hash: match s.idempotency_key {
-            Some(_) => Some(request_hash(ctx, kind, &subject, j.code)?),
+            Some(_) => Some(request_hash(ctx, kind, &subject, org, j.code)?),
             None => None,
         },
         received_at: now,
         due_at,
     };
     record_intake(ctx, new, s.actor, pseudonym, check.blocking).await
+}
+
+/// The org a request is limited to: the one asked for; for a caller that acts
+/// for one org, always that org, so its requests never reach another org's data.
+fn request_scope<'a>(asked: Option<&'a str>, for_org: Option<&'a str>) -> Result<Option<&'a str>> {
+    let asked = asked.map(str::trim);
+    match (asked, for_org) {
+        (Some(""), _) => Err(Error::Usage(
+            "org must name an org (leave it out for a request about every org)".into(),
+        )),
+        (Some(a), Some(f)) if a != f => Err(Error::Forbidden(format!(
+            "this API key acts for org {f} only; it cannot ask about org {a}"
+        ))),
+        (a, f) => Ok(a.or(f)),
+    }
+}
+
+/// A request limited to `org` needs org-scoped tables and an org that exists.
+async fn check_scope(ctx: &Context, db: &AppDb, org: &str) -> Result<()> {
+    let tables: Vec<&crate::config::DataMapEntry> = ctx
+        .config
+        .data_map
+        .iter()
+        .filter(|e| e.org.is_some())
+        .collect();
+    if tables.is_empty() {
+        return Err(Error::Usage(
+            "no table of the data map has an `org` column, so a request limited to an org \
+             would reach nothing (map org-scoped tables with `org = \"COLUMN\"`, or leave out the org)"
+                .into(),
+        ));
+    }
+    let orgs = ctx.config.app.as_ref().and_then(|a| a.orgs.as_ref());
+    if !db.org_known(orgs, &tables, org).await? {
+        return Err(Error::NotFound(format!(
+            "org `{org}` is not in the application database"
+        )));
+    }
+    Ok(())
 }
 
 /// A caller scoped to `org` may submit only for the org's members.
@@ -196,12 +244,13 @@ struct IntakeCheck {
     blocking: Vec<String>,
 }
 
-/// Rejects an unknown subject, and an erasure under a legal hold or of a
-/// sole owner of an org.
+/// Rejects an unknown subject, and an erasure under a legal hold (of the
+/// subject, or of the one org a processor-scoped request is limited to) or of
+/// a sole owner of an org (of that org).
 async fn intake_check(
     ctx: &Context,
     db: &AppDb,
-    app: &AppMapping,
+    (app, org): (&AppMapping, Option<&str>),
     kind: &str,
     subject: &str,
     subject_id: Option<String>,
@@ -221,14 +270,15 @@ async fn intake_check(
     };
     let holds = ctx.store.holds(false).await?;
     if kind == "erasure" {
-        if let Some(h) = holds
-            .iter()
-            .find(|h| h.scope == HoldScope::Subject && h.value == subject)
-        {
+        let held = |h: &&crate::store::LegalHold| match h.scope {
+            HoldScope::Subject => h.value == subject,
+            HoldScope::Org => Some(h.value.as_str()) == org,
+        };
+        if let Some(h) = holds.iter().find(held) {
             check.reason = Some("legal_hold");
             check.detail = Some(format!("legal hold {}: {}", h.id, h.reason));
         } else {
-            check.blocking = db.sole_owned_orgs(app, &id).await?;
+            check.blocking = db.sole_owned_orgs(app, &id, org).await?;
             if !check.blocking.is_empty() {
                 check.reason = Some("sole_owner");
                 check.detail = Some(format!(
@@ -303,14 +353,24 @@ async fn record_intake(
 }
 
 /// What an idempotency key is bound to: the canonical request (kind, normalized
-/// subject, resolved jurisdiction), as `scheme:hex`. Keyed HMAC under the
+/// subject, org, resolved jurisdiction), as `scheme:hex`. Keyed HMAC under the
 /// pseudonym key when one is configured, so Lethe's store holds no plain hash
 /// of an email an erasure later replaces by its pseudonym.
-fn request_hash(ctx: &Context, kind: &str, subject: &str, jurisdiction: &str) -> Result<String> {
+fn request_hash(
+    ctx: &Context,
+    kind: &str,
+    subject: &str,
+    org: Option<&str>,
+    jurisdiction: &str,
+) -> Result<String> {
     use hmac::Mac;
     use sha2::Digest;
-    let canonical =
-        json!({"jurisdiction": jurisdiction, "kind": kind, "subject": subject}).to_string();
+    let mut canonical = json!({"jurisdiction": jurisdiction, "kind": kind, "subject": subject});
+    // Only when scoped: a request about every org hashes as it always did.
+    if let Some(o) = org {
+        canonical["org"] = json!(o);
+    }
+    let canonical = canonical.to_string();
     // An unreadable key file is the server's problem (500 on the API), not the caller's.
     let key = ctx
         .config

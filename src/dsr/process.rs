@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::appdb::{AppDb, EraseAction, EraseOutcome, EraseStep, NewValue};
+use crate::appdb::{AppDb, EraseAction, EraseOutcome, EraseStep, NewValue, OrgScope};
 use crate::config::{AnonymizeRule, AppMapping, Config, Erasure, Secret};
 use crate::context::Context;
 use crate::error::{Error, Result};
@@ -115,6 +115,13 @@ pub(super) fn erase_plan(config: &Config, key: &Secret, subject_id: &str) -> Era
     plan
 }
 
+fn app_of(ctx: &Context) -> Result<&AppMapping> {
+    ctx.config
+        .app
+        .as_ref()
+        .ok_or_else(|| Error::Usage("DSRs need [app]".into()))
+}
+
 /// The `[app]` mapping and the request's subject id, or the `not_found`
 /// rejection when the subject no longer exists.
 pub(super) async fn subject_of<'a>(
@@ -122,15 +129,58 @@ pub(super) async fn subject_of<'a>(
     db: &AppDb,
     r: &DsrRequest,
 ) -> Result<std::result::Result<(&'a AppMapping, String), (String, String)>> {
-    let app = ctx
-        .config
-        .app
-        .as_ref()
-        .ok_or_else(|| Error::Usage("DSRs need [app]".into()))?;
+    let app = app_of(ctx)?;
     Ok(match db.subject_id(app, &r.subject).await? {
         Some(id) => Ok((app, id)),
         None => Err(("not_found".into(), "the subject no longer exists".into())),
     })
+}
+
+/// How far an erasure reaches. A processor-scoped request erases the whole
+/// subject when that org is their only membership (their account exists for
+/// it alone, as an org's deletion treats its members), else the org's rows only.
+#[derive(Debug, Clone, Copy)]
+enum Reach<'a> {
+    Subject,
+    Org(&'a str),
+}
+
+async fn reach<'a>(
+    db: &AppDb,
+    app: &AppMapping,
+    r: &'a DsrRequest,
+    subject_id: Option<&str>,
+) -> Result<Reach<'a>> {
+    let Some(org) = r.org.as_deref() else {
+        return Ok(Reach::Subject);
+    };
+    let (Some(m), Some(id)) = (&app.memberships, subject_id) else {
+        return Ok(Reach::Org(org));
+    };
+    let orgs = db.subject_orgs(&m.table, &m.subject, &m.org, id).await?;
+    Ok(if orgs == [org] {
+        Reach::Subject
+    } else {
+        Reach::Org(org)
+    })
+}
+
+/// The `legal_hold` refusal when a hold names the subject, or the one org
+/// a processor-scoped erasure reaches.
+fn held(
+    holds: &super::ledger::HoldsInForce,
+    r: &DsrRequest,
+    reach: Reach<'_>,
+) -> Option<(String, String)> {
+    let org_hold = match reach {
+        Reach::Org(o) => holds.org_hold(o),
+        Reach::Subject => None,
+    };
+    let h = holds.subject_hold(&r.subject).or(org_hold)?;
+    Some((
+        "legal_hold".into(),
+        format!("legal hold {}: {}", h.id, h.reason),
+    ))
 }
 
 async fn erase(
@@ -152,25 +202,40 @@ async fn erase(
         // they asked to be erased: finish the record, so no restore brings them back.
         Err(_) => {
             let done = json!({"subject_absent": true, "files": earlier});
-            return after_erasure(ctx, r, actor, &key, done).await.map(Ok);
+            let reach = reach(db, app_of(ctx)?, r, None).await?;
+            return after_erasure(ctx, r, actor, (&key, reach), done)
+                .await
+                .map(Ok);
         }
     };
+    let reach = reach(db, app, r, Some(&subject_id)).await?;
     let holds = super::ledger::HoldsInForce::load(ctx).await?;
-    if let Some(h) = holds.subject_hold(&r.subject) {
-        return Ok(Err((
-            "legal_hold".into(),
-            format!("legal hold {}: {}", h.id, h.reason),
-        )));
+    if let Some(refused) = held(&holds, r, reach) {
+        return Ok(Err(refused));
     }
     let held_orgs = holds.held_orgs();
+    let scope = match reach {
+        Reach::Org(o) => OrgScope::Only(o),
+        Reach::Subject => OrgScope::AllExcept(&held_orgs),
+    };
     let ErasePlan {
         mut steps,
-        retained,
+        mut retained,
     } = erase_plan(config, &key, &subject_id);
+    if scope.only().is_some() {
+        // The org's tables only: the account and other shared rows stay.
+        steps.retain(|s| s.org.is_some());
+        retained.retain(|t, _| {
+            config
+                .data_map
+                .iter()
+                .any(|e| &e.table == t && e.org.is_some())
+        });
+    }
     super::decrypt::seal_anonymised(ctx, db, &subject_id, &mut steps).await?;
-    super::files::pend(ctx, db, r.id, &subject_id, &steps, &held_orgs).await?;
+    super::files::pend(ctx, db, (r.id, &subject_id), &steps, scope).await?;
     let outcome = db
-        .erase_subject(app, &subject_id, &steps, &held_orgs, fence)
+        .erase_subject(app, &subject_id, &steps, scope, fence)
         .await?;
     // After the commit (or the veto: then every file is still referenced, none goes).
     let files = super::files::finish(ctx, db, r.id, fence).await?;
@@ -188,22 +253,42 @@ async fn erase(
         } => {
             let done = json!({"rows_changed": changed, "kept_for_legal_holds": kept_for_holds,
                               "retained_with_legal_basis": retained, "files": files});
-            after_erasure(ctx, r, actor, &key, done).await.map(Ok)
+            after_erasure(ctx, r, actor, (&key, reach), done)
+                .await
+                .map(Ok)
         }
     }
 }
 
 /// What follows an erasure's commit in the application database (or finds it
-/// already done): the subject's export archives deleted, then the ledger entry
-/// committed with the evidence. Each step is idempotent, so a retry after a
-/// crash between them completes the record.
+/// already done): the subject's export archives deleted (a whole-subject
+/// erasure's), then the ledger entry committed with the evidence. Each step is
+/// idempotent, so a retry after a crash between them completes the record.
 async fn after_erasure(
     ctx: &Context,
     r: &DsrRequest,
     actor: &str,
-    key: &Secret,
+    (key, reach): (&Secret, Reach<'_>),
     done: Value,
 ) -> Result<Value> {
+    let mut evidence = json!({"request": r.id, "subject": subject_pseudonym(key, &r.subject),
+                              "whole_subject": matches!(reach, Reach::Subject), "org": r.org});
+    if let Reach::Org(org) = reach {
+        if let (Some(e), Some(d)) = (evidence.as_object_mut(), done.as_object()) {
+            e.extend(d.clone());
+        }
+        let event = crate::store::evidence(
+            actor,
+            "dsr.erased",
+            &format!("dsr:{}", r.id),
+            evidence.clone(),
+        );
+        let subject_key = ledger_key(key, &r.subject);
+        ctx.store
+            .ledger_add_org(&subject_key, org, r.id, &event)
+            .await?;
+        return Ok(evidence);
+    }
     // Their export archives hold every erased row: they go too, now.
     let exports = ctx
         .store
@@ -211,8 +296,7 @@ async fn after_erasure(
         .await?;
     let (exports_deleted, exports_failed) =
         delete_exports(ctx, actor, exports, "subject erased").await?;
-    let mut evidence = json!({"request": r.id, "subject": subject_pseudonym(key, &r.subject),
-                              "exports_deleted": exports_deleted});
+    evidence["exports_deleted"] = json!(exports_deleted);
     if exports_failed > 0 {
         // Still tracked: the expiry sweep of a later run deletes them.
         evidence["exports_not_deleted"] = json!(exports_failed);
@@ -340,7 +424,8 @@ async fn record_outcome(
                     None,
                 )
                 .await?;
-            if erasure {
+            // A subject erased in one org only is still a user: their requests keep the email.
+            if erasure && result["whole_subject"] != json!(false) {
                 forget(ctx, &r.subject).await?;
             }
             Ok(Recorded::Completed)

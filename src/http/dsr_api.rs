@@ -131,6 +131,8 @@ pub struct SubmitBody {
     kind: String,
     subject: String,
     jurisdiction: Option<String>,
+    /// Only this org's workspace (a key that acts for an org always has its org).
+    org: Option<String>,
 }
 
 /// The `Idempotency-Key` header: absent, or one value of 1 to 255 visible
@@ -192,6 +194,7 @@ pub async fn submit(
         source: &source,
         idempotency_key: idem.as_deref(),
         actor: &actor,
+        org: body.org.as_deref(),
         for_org: key.org.as_deref(),
     };
     let now = chrono::Utc::now();

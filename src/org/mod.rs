@@ -92,18 +92,9 @@ pub(super) async fn check_org_exists(
 ) -> Result<()> {
     let db = AppDb::connect(&ctx.config.database.url).await?;
     let orgs = ctx.config.app.as_ref().and_then(|a| a.orgs.as_ref());
-    let found = match orgs {
-        Some(o) => db.org_exists(o, org).await?,
-        None => {
-            let mut any = false;
-            for e in tables {
-                any |= db.count(&crate::appdb::Scope::of_org(e, org)).await? > 0;
-            }
-            any
-        }
-    };
+    let found = db.org_known(orgs, tables, org).await;
     db.close().await;
-    if found {
+    if found? {
         Ok(())
     } else {
         Err(Error::NotFound(format!(

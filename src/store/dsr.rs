@@ -57,6 +57,9 @@ pub struct DsrRequest {
     pub id: i64,
     pub kind: String,
     pub subject: String,
+    /// The org whose workspace alone the request covers (a processor-scoped
+    /// request); `None`: every org.
+    pub org: Option<String>,
     pub jurisdiction: String,
     pub state: DsrState,
     pub reason: Option<String>,
@@ -94,6 +97,7 @@ pub struct DsrExtension {
 pub struct NewDsr {
     pub kind: String,
     pub subject: String,
+    pub org: Option<String>,
     pub jurisdiction: String,
     pub state: DsrState,
     pub reason: Option<String>,
@@ -131,7 +135,7 @@ pub enum DsrInsert {
     Replayed(DsrRequest),
     /// The idempotency key was used before for a different request (this one).
     KeyConflict(DsrRequest),
-    /// An open request of this kind for this subject exists.
+    /// An open request of this kind for this subject (and scope) exists.
     Duplicate(DsrRequest),
 }
 
@@ -148,6 +152,7 @@ impl NewDsr {
             _ => {
                 prior.kind == self.kind
                     && prior.subject == self.subject
+                    && prior.org == self.org
                     && prior.jurisdiction == self.jurisdiction
             }
         };
@@ -222,8 +227,8 @@ macro_rules! impl_dsr_requests {
                     "INSERT INTO dsr_requests (kind, subject, jurisdiction, state, reason, detail, source,
                                                idempotency_key, received_at, due_at, request_hash,
                                                extended_days, extended_at, extension_notified_at,
-                                               completed_at, updated_at, extension_reason)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)
+                                               completed_at, updated_at, extension_reason, org)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)
                      RETURNING *",
                 )
                 .bind(&r.kind)
@@ -243,6 +248,7 @@ macro_rules! impl_dsr_requests {
                 .bind(h.and_then(|h| h.completed_at).map(Ts))
                 .bind(Ts(h.map_or(r.received_at, |h| h.updated_at)))
                 .bind(h.and_then(|h| h.extension_reason.as_deref()))
+                .bind(&r.org)
                 .fetch_one(&mut **tx)
                 .await
             }
@@ -263,10 +269,12 @@ macro_rules! impl_dsr_requests {
                 }
                 let open: DsrRequest = sqlx::query_as(
                     "SELECT * FROM dsr_requests WHERE subject = $1 AND kind = $2
+                     AND coalesce(org, '') = coalesce($3, '')
                      AND state IN ('received', 'verified', 'in_progress', 'failed') ORDER BY id LIMIT 1",
                 )
                 .bind(&r.subject)
                 .bind(&r.kind)
+                .bind(&r.org)
                 .fetch_one(&self.pool)
                 .await?;
                 Ok(DsrInsert::Duplicate(open))

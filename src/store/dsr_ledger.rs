@@ -18,6 +18,16 @@ pub trait DsrLedger: Send + Sync {
         event: &NewAuditEvent,
     ) -> Result<()>;
     async fn ledger_keys(&self) -> Result<Vec<String>>;
+    /// Records an erasure of the subject's rows in one org, with its evidence.
+    async fn ledger_add_org(
+        &self,
+        subject_key: &str,
+        org: &str,
+        request_id: i64,
+        event: &NewAuditEvent,
+    ) -> Result<()>;
+    /// The one-org erasures: (subject key, org).
+    async fn ledger_org_entries(&self) -> Result<Vec<(String, String)>>;
     /// The keyed check value of the pseudonym key the ledger is written with, if recorded.
     async fn ledger_check(&self) -> Result<Option<String>>;
     /// Records `value` unless a check value exists already; returns the one stored
@@ -44,8 +54,9 @@ pub trait DsrLedger: Send + Sync {
     /// the requests' idempotency hashes; returns rows changed. An active
     /// subject hold keeps the email: it must still match it.
     async fn dsr_forget_subject(&self, email: &str, pseudonym: &str) -> Result<u64>;
-    /// Emails of completed erasures not yet replaced by their pseudonym (a
-    /// crash between completion and `dsr_forget_subject`).
+    /// Emails of completed whole-subject erasures not yet replaced by their
+    /// pseudonym (a crash between completion and `dsr_forget_subject`); a
+    /// subject erased in one org only is still a user and keeps theirs.
     async fn dsr_unforgotten_erasures(&self) -> Result<Vec<String>>;
 }
 
@@ -72,6 +83,35 @@ macro_rules! impl_dsr_ledger {
                 .execute(&mut *tx)
                 .await?;
                 Self::commit_with(tx, Some(event), "ledger_add").await
+            }
+
+            async fn ledger_add_org(
+                &self,
+                subject_key: &str,
+                org: &str,
+                request_id: i64,
+                event: &NewAuditEvent,
+            ) -> Result<()> {
+                let mut tx = self.write_tx().await?;
+                sqlx::query(
+                    "INSERT INTO erasure_ledger_orgs (subject_key, org, request_id, erased_at) VALUES ($1, $2, $3, $4)
+                     ON CONFLICT (subject_key, org) DO UPDATE SET request_id = $3, erased_at = $4",
+                )
+                .bind(subject_key)
+                .bind(org)
+                .bind(request_id)
+                .bind(Ts::now())
+                .execute(&mut *tx)
+                .await?;
+                Self::commit_with(tx, Some(event), "ledger_add_org").await
+            }
+
+            async fn ledger_org_entries(&self) -> Result<Vec<(String, String)>> {
+                Ok(sqlx::query_as(
+                    "SELECT subject_key, org FROM erasure_ledger_orgs ORDER BY subject_key, org",
+                )
+                .fetch_all(&self.pool)
+                .await?)
             }
 
             async fn ledger_keys(&self) -> Result<Vec<String>> {
@@ -171,12 +211,19 @@ macro_rules! impl_dsr_ledger {
             }
 
             async fn dsr_unforgotten_erasures(&self) -> Result<Vec<String>> {
-                Ok(sqlx::query_scalar(
-                    "SELECT DISTINCT subject FROM dsr_requests
-                     WHERE kind = 'erasure' AND state = 'completed' AND subject LIKE '%@%' ORDER BY 1",
+                let done: Vec<super::DsrRequest> = sqlx::query_as(
+                    "SELECT * FROM dsr_requests
+                     WHERE kind = 'erasure' AND state = 'completed' AND subject LIKE '%@%' ORDER BY subject",
                 )
                 .fetch_all(&self.pool)
-                .await?)
+                .await?;
+                let mut emails: Vec<String> = done
+                    .into_iter()
+                    .filter(|r| r.org.is_none() || r.result.as_ref().is_some_and(|v| v["whole_subject"] == true))
+                    .map(|r| r.subject)
+                    .collect();
+                emails.dedup();
+                Ok(emails)
             }
         }
     };

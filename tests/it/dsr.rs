@@ -77,19 +77,19 @@ INSERT INTO audit (org_id, user_id, ip, created_at) VALUES (1, 2, '203.0.113.9',
 INSERT INTO invoices (org_id, user_id, amount) VALUES (1, 2, 100);
 "#;
 
-struct Setup {
-    c: ConfigDir,
-    identity: age::x25519::Identity,
-    app_url: String,
+pub(crate) struct Setup {
+    pub(crate) c: ConfigDir,
+    pub(crate) identity: age::x25519::Identity,
+    pub(crate) app_url: String,
 }
 
 impl Setup {
-    fn lethe(&self) -> std::process::Command {
+    pub(crate) fn lethe(&self) -> std::process::Command {
         let mut cmd = self.c.lethe();
         cmd.env("LETHE_PSEUDONYM_KEY", "test-pseudonym-key-0123456789");
         cmd
     }
-    fn submit(&self, kind: &str, subject: &str, extra: &[&str]) -> (Option<i32>, Value) {
+    pub(crate) fn submit(&self, kind: &str, subject: &str, extra: &[&str]) -> (Option<i32>, Value) {
         let out = self
             .lethe()
             .args([
@@ -106,7 +106,7 @@ impl Setup {
             .unwrap();
         (out.status.code(), stdout_json(&out))
     }
-    async fn scalar(&self, q: &str) -> String {
+    pub(crate) async fn scalar(&self, q: &str) -> String {
         if self.app_url.starts_with("postgres") {
             let pool = sqlx::PgPool::connect(&self.app_url).await.unwrap();
             sqlx::query_scalar::<_, Option<String>>(q)
@@ -125,7 +125,7 @@ impl Setup {
     }
 }
 
-async fn setup(pg: bool, mail: &str, http: &str) -> Option<Setup> {
+pub(crate) async fn setup(pg: bool, mail: &str, http: &str) -> Option<Setup> {
     let identity = age::x25519::Identity::generate();
     let extra = format!(
         "[object_store]\nurl = \"file://objects\"\n[backup]\nrecipients = [\"{}\"]\n{DATA_MAP}",

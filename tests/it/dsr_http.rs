@@ -467,7 +467,8 @@ async fn api_keys_have_names_scopes_and_an_optional_org(pg: bool) {
     let extra = format!(
         "\n[[http.api_keys]]\nname = \"intake\"\nsha256 = \"{}\"\nscopes = [\"submit\"]\n\
          \n[[http.api_keys]]\nname = \"auditor\"\nsha256 = \"{}\"\nscopes = [\"read\"]\n\
-         \n[[http.api_keys]]\nname = \"tenant-2\"\nsha256 = \"{}\"\nscopes = [\"submit\", \"read\"]\norg = \"2\"\n",
+         \n[[http.api_keys]]\nname = \"tenant-2\"\nsha256 = \"{}\"\nscopes = [\"submit\", \"read\"]\norg = \"2\"\n\
+         \n[[data_map]]\ntable = \"memberships\"\nclass = \"account\"\norg = \"org_id\"\nsubject = \"user_id\"\nexport = true\n",
         sha("k-intake-0123456789"),
         sha("k-auditor-0123456789"),
         sha("k-tenant-0123456789")
@@ -518,6 +519,30 @@ async fn api_keys_have_names_scopes_and_an_optional_org(pg: bool) {
         &erasure("u1@x.example"),
     );
     assert_eq!(own.code, 201, "{own:?}");
+    assert_eq!(
+        own.body["org"], "2",
+        "an org's key asks about its own workspace only"
+    );
+    let elsewhere = call(
+        "k-tenant-0123456789",
+        "POST",
+        "/v1/dsr",
+        r#"{"kind":"export","subject":"u1@x.example","org":"1"}"#,
+    );
+    assert_eq!(elsewhere.code, 403, "{elsewhere:?}");
+    // An unscoped key may limit a request to one org, which must exist.
+    let limited = r#"{"kind":"export","subject":"u3@x.example","org":"2"}"#;
+    let limited = call("k-intake-0123456789", "POST", "/v1/dsr", limited);
+    assert_eq!(
+        (limited.code, &limited.body["org"]),
+        (201, &Value::from("2")),
+        "{limited:?}"
+    );
+    let nowhere = r#"{"kind":"export","subject":"u3@x.example","org":"7"}"#;
+    assert_eq!(
+        call("k-intake-0123456789", "POST", "/v1/dsr", nowhere).code,
+        404
+    );
     let other = call(
         "k-tenant-0123456789",
         "POST",
@@ -559,7 +584,7 @@ async fn api_keys_have_names_scopes_and_an_optional_org(pg: bool) {
         .filter(|e| e["action"] == "dsr.received")
         .map(|e| e["actor"].as_str().unwrap_or("").to_string())
         .collect();
-    assert_eq!(actors, vec!["http:intake", "http:tenant-2"]);
+    assert_eq!(actors, vec!["http:intake", "http:tenant-2", "http:intake"]);
 }
 
 mod scoped_keys {

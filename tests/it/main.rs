@@ -14,6 +14,7 @@ mod common;
 mod deploy;
 mod dsr;
 mod dsr_http;
+mod dsr_org;
 mod evidence_crash;
 mod faults;
 mod fuzz;

@@ -83,7 +83,54 @@ conformance!(
     pending_object_deletes_are_per_origin_deferred_and_forgotten,
     dsr_import_keeps_the_recorded_timeline_with_evidence,
     org_requests_are_one_open_per_org_due_after_cooling_off_and_closed_once,
+    dsr_open_requests_are_one_per_subject_kind_and_org_scope,
 );
+
+/// An org may ask about a subject while another org (or a request about
+/// every org) is open for them; a second open request of the same scope is a
+/// duplicate. One-org erasures are kept in the ledger per (subject, org).
+async fn dsr_open_requests_are_one_per_subject_kind_and_org_scope(s: Arc<dyn Store>) {
+    let scoped = |org: Option<&str>| {
+        let mut r = keyed_dsr("m@x.example", "unused", None);
+        r.idempotency_key = None;
+        r.org = org.map(str::to_string);
+        r
+    };
+    let mut ids = Vec::new();
+    for org in [None, Some("1"), Some("2")] {
+        let (what, id) = insert_outcome(s.dsr_insert(&scoped(org), &dsr_event).await.unwrap());
+        assert_eq!(what, "created", "{org:?}");
+        assert_eq!(s.dsr_get(id).await.unwrap().unwrap().org.as_deref(), org);
+        ids.push(id);
+    }
+    for (org, first) in [(None, ids[0]), (Some("1"), ids[1]), (Some("2"), ids[2])] {
+        assert_eq!(
+            insert_outcome(s.dsr_insert(&scoped(org), &dsr_event).await.unwrap()),
+            ("duplicate".into(), first),
+            "{org:?}"
+        );
+    }
+    s.ledger_add_org("k1", "2", ids[2], &ev("dsr.erased", "dsr:3"))
+        .await
+        .unwrap();
+    s.ledger_add_org("k1", "2", ids[2], &ev("dsr.erased", "dsr:3"))
+        .await
+        .unwrap();
+    s.ledger_add_org("k1", "1", ids[1], &ev("dsr.erased", "dsr:2"))
+        .await
+        .unwrap();
+    assert_eq!(
+        s.ledger_org_entries().await.unwrap(),
+        [
+            ("k1".to_string(), "1".to_string()),
+            ("k1".into(), "2".into())
+        ]
+    );
+    assert!(
+        s.ledger_keys().await.unwrap().is_empty(),
+        "no whole-subject entry"
+    );
+}
 
 /// One scheduled deletion per org (a second is refused with no evidence),
 /// due only once its cooling-off ends, closed once.
@@ -157,6 +204,7 @@ async fn dsr_import_keeps_the_recorded_timeline_with_evidence(s: Arc<dyn Store>)
         request: lethe::store::NewDsr {
             kind: "export".into(),
             subject: "old@x.example".into(),
+            org: None,
             jurisdiction: "gdpr".into(),
             state: DsrState::Completed,
             reason: None,
@@ -811,6 +859,7 @@ async fn dsr_left_in_progress_by_a_crashed_run_is_taken_again(s: Arc<dyn Store>)
     let new = lethe::store::NewDsr {
         kind: "erasure".into(),
         subject: "a@x.example".into(),
+        org: None,
         jurisdiction: "gdpr".into(),
         state: lethe::store::DsrState::Verified,
         reason: None,
@@ -861,6 +910,7 @@ fn keyed_dsr(subject: &str, key: &str, hash: Option<&str>) -> lethe::store::NewD
     lethe::store::NewDsr {
         kind: "erasure".into(),
         subject: subject.into(),
+        org: None,
         jurisdiction: "gdpr".into(),
         state: lethe::store::DsrState::Verified,
         reason: None,
@@ -985,6 +1035,7 @@ async fn dsr_of(s: &Arc<dyn Store>, kind: &str, subject: &str) -> i64 {
     let new = NewDsr {
         kind: kind.into(),
         subject: subject.into(),
+        org: None,
         jurisdiction: "gdpr".into(),
         state: DsrState::Verified,
         reason: None,
