@@ -161,12 +161,12 @@ impl AppDb {
             .collect())
     }
 
-    /// Ids and (lower-cased) emails of the subjects whose email `keep` accepts.
+    /// Ids and (lower-cased) emails of the subjects `keep(id, email)` accepts.
     /// Rows are streamed, so memory holds only the matches, whatever the table's size.
     pub async fn subjects_matching(
         &self,
         app: &AppMapping,
-        keep: impl Fn(&str) -> bool,
+        keep: impl Fn(&str, &str) -> bool,
     ) -> Result<Vec<(String, String)>> {
         use futures_util::TryStreamExt;
         let sql = self.sql();
@@ -181,7 +181,7 @@ impl AppDb {
             ($pool:expr) => {{
                 let mut rows = sqlx::query_as::<_, (String, String)>(&text).fetch($pool);
                 while let Some((id, email)) = rows.try_next().await? {
-                    if keep(&email) {
+                    if keep(&id, &email) {
                         out.push((id, email));
                     }
                 }

@@ -5,10 +5,12 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
+use chrono::{DateTime, Utc};
+
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use super::process::{erase_plan, keyed, ledger_key, pseudonym_key};
+use super::process::{erase_plan, keyed, ledger_id_key, ledger_key, pseudonym_key};
 use crate::appdb::{AppDb, EraseAction, EraseOutcome, EraseStep, OrgScope};
 use crate::config::{AppMapping, Secret};
 use crate::context::Context;
@@ -130,8 +132,8 @@ pub struct ReapplyReport {
 /// the ledger writes nothing.
 pub struct LedgerReapply {
     entries: HashSet<String>,
-    /// One-org erasures: subject key → the orgs.
-    org_entries: HashMap<String, Vec<String>>,
+    /// One-org erasures: subject id key → the orgs, each with when.
+    org_entries: HashMap<String, Vec<(String, DateTime<Utc>)>>,
     key: Option<Secret>,
     holds: HoldsInForce,
     /// When the restored backup was taken: only org deletions completed
@@ -142,9 +144,9 @@ pub struct LedgerReapply {
 impl LedgerReapply {
     pub async fn prepare(ctx: &Context) -> Result<LedgerReapply> {
         let entries: HashSet<String> = ctx.store.ledger_keys().await?.into_iter().collect();
-        let mut org_entries: HashMap<String, Vec<String>> = HashMap::new();
-        for (k, org) in ctx.store.ledger_org_entries().await? {
-            org_entries.entry(k).or_default().push(org);
+        let mut org_entries: HashMap<String, Vec<(String, DateTime<Utc>)>> = HashMap::new();
+        for (k, org, at) in ctx.store.ledger_org_entries().await? {
+            org_entries.entry(k).or_default().push((org, at));
         }
         let holds = HoldsInForce::load(ctx).await?;
         let count = entries.len() + org_entries.len();
@@ -189,7 +191,7 @@ impl LedgerReapply {
         let db = AppDb::connect(target_url).await?;
         let r = async {
             let mut report = match &now.key {
-                Some(key) => now.apply_on(ctx, &db, key).await?,
+                Some(key) => now.apply_on(ctx, &db, key, self.taken_at).await?,
                 None => ReapplyReport::default(),
             };
             let held = now.holds.held_orgs();
@@ -201,7 +203,13 @@ impl LedgerReapply {
         r
     }
 
-    async fn apply_on(&self, ctx: &Context, db: &AppDb, key: &Secret) -> Result<ReapplyReport> {
+    async fn apply_on(
+        &self,
+        ctx: &Context,
+        db: &AppDb,
+        key: &Secret,
+        taken_at: Option<DateTime<Utc>>,
+    ) -> Result<ReapplyReport> {
         let config = ctx.config.as_ref();
         let app = app_mapping(ctx)?;
         // Ownership may differ in old data; the ledger's promise wins: no sole-owner veto here.
@@ -214,9 +222,9 @@ impl LedgerReapply {
         let mut report = ReapplyReport::default();
         // All matches first, then the erasures: no write while the scan is open.
         let found = db
-            .subjects_matching(app, |email| {
-                let k = ledger_key(key, email);
-                self.entries.contains(&k) || self.org_entries.contains_key(&k)
+            .subjects_matching(app, |id, email| {
+                self.entries.contains(&ledger_key(key, email))
+                    || self.org_entries.contains_key(&ledger_id_key(key, id))
             })
             .await?;
         for (id, email) in found {
@@ -224,11 +232,10 @@ impl LedgerReapply {
                 report.subjects_held += 1;
                 continue;
             }
-            let k = ledger_key(key, &email);
             let mut steps = erase_plan(config, key, &id).steps;
             steps.retain(|s| present.contains(&s.table));
             super::decrypt::seal_anonymised(ctx, db, &id, &mut steps).await?;
-            if self.entries.contains(&k) {
+            if self.entries.contains(&ledger_key(key, &email)) {
                 let scope = OrgScope::AllExcept(&held_orgs);
                 let kept = erase_again(db, &no_memberships, &id, &steps, scope).await?;
                 for (table, n) in kept {
@@ -237,9 +244,15 @@ impl LedgerReapply {
                 report.reapplied += 1;
                 continue;
             }
-            // Erased in some orgs only: their tables, their rows, unless held now.
+            // Erased in some orgs only: their tables, their rows, unless held
+            // now; and only erasures after the backup was taken (rows the
+            // subject made in the org since then are not the erased ones).
             steps.retain(|s| s.org.is_some());
-            for org in self.org_entries.get(&k).into_iter().flatten() {
+            let orgs = self.org_entries.get(&ledger_id_key(key, &id));
+            for (org, at) in orgs.into_iter().flatten() {
+                if taken_at.is_some_and(|t| *at <= t) {
+                    continue;
+                }
                 if self.holds.org_hold(org).is_none() {
                     erase_again(db, &no_memberships, &id, &steps, OrgScope::Only(org)).await?;
                     report.reapplied_in_orgs += 1;

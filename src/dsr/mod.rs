@@ -9,6 +9,7 @@ mod import;
 mod jurisdiction;
 mod ledger;
 mod process;
+mod reach;
 mod reapply_orgs;
 mod report;
 

@@ -17,6 +17,7 @@ use crate::fence::Fence;
 use crate::runner::{in_range, JobContext, JobParams};
 use crate::store::{DsrRequest, DsrState};
 
+use super::reach::{confirm, held, reach, Reach};
 use super::DsrKind;
 
 #[derive(Debug, Deserialize)]
@@ -60,6 +61,12 @@ pub fn ledger_key(key: &Secret, email: &str) -> String {
     keyed(key, &format!("ledger:{}", email.to_lowercase()))
 }
 
+/// The one-org ledger's key for a subject: a keyed hash of their id, which
+/// (unlike the email) a subject who is still a user keeps.
+pub(super) fn ledger_id_key(key: &Secret, subject_id: &str) -> String {
+    keyed(key, &format!("ledger-subject-id:{subject_id}"))
+}
+
 /// How Lethe's own rows and evidence name a subject: a keyed hash of the
 /// email, stable per subject (so events about one person can be linked by
 /// someone who holds the key) and never the email itself.
@@ -73,6 +80,20 @@ pub fn subject_pseudonym(key: &Secret, email: &str) -> String {
 pub(super) struct ErasePlan {
     pub(super) steps: Vec<EraseStep>,
     pub(super) retained: BTreeMap<String, String>,
+}
+
+impl ErasePlan {
+    /// The org-scoped tables only: the account and other shared rows stay.
+    fn narrow_to_org_tables(&mut self, config: &Config) {
+        let org_scoped = |t: &str| {
+            config
+                .data_map
+                .iter()
+                .any(|e| e.table == t && e.org.is_some())
+        };
+        self.steps.retain(|s| s.org.is_some());
+        self.retained.retain(|t, _| org_scoped(t));
+    }
 }
 
 pub(super) fn erase_plan(config: &Config, key: &Secret, subject_id: &str) -> ErasePlan {
@@ -136,53 +157,6 @@ pub(super) async fn subject_of<'a>(
     })
 }
 
-/// How far an erasure reaches. A processor-scoped request erases the whole
-/// subject when that org is their only membership (their account exists for
-/// it alone, as an org's deletion treats its members), else the org's rows only.
-#[derive(Debug, Clone, Copy)]
-enum Reach<'a> {
-    Subject,
-    Org(&'a str),
-}
-
-async fn reach<'a>(
-    db: &AppDb,
-    app: &AppMapping,
-    r: &'a DsrRequest,
-    subject_id: Option<&str>,
-) -> Result<Reach<'a>> {
-    let Some(org) = r.org.as_deref() else {
-        return Ok(Reach::Subject);
-    };
-    let (Some(m), Some(id)) = (&app.memberships, subject_id) else {
-        return Ok(Reach::Org(org));
-    };
-    let orgs = db.subject_orgs(&m.table, &m.subject, &m.org, id).await?;
-    Ok(if orgs == [org] {
-        Reach::Subject
-    } else {
-        Reach::Org(org)
-    })
-}
-
-/// The `legal_hold` refusal when a hold names the subject, or the one org
-/// a processor-scoped erasure reaches.
-fn held(
-    holds: &super::ledger::HoldsInForce,
-    r: &DsrRequest,
-    reach: Reach<'_>,
-) -> Option<(String, String)> {
-    let org_hold = match reach {
-        Reach::Org(o) => holds.org_hold(o),
-        Reach::Subject => None,
-    };
-    let h = holds.subject_hold(&r.subject).or(org_hold)?;
-    Some((
-        "legal_hold".into(),
-        format!("legal hold {}: {}", h.id, h.reason),
-    ))
-}
-
 async fn erase(
     ctx: &Context,
     db: &AppDb,
@@ -200,17 +174,19 @@ async fn erase(
         // committed the erasure but not the steps after it (store or object
         // store down, lease lost), or the application deleted them. Either way
         // they asked to be erased: finish the record, so no restore brings them back.
+        Err(_) if !r.subject.contains('@') => {
+            // Forgotten: another request erased the whole subject first.
+            return Ok(Ok(json!({"subject_absent": true, "superseded": true,
+                                "whole_subject": true, "files": earlier})));
+        }
         Err(_) => {
             let done = json!({"subject_absent": true, "files": earlier});
-            let reach = reach(db, app_of(ctx)?, r, None).await?;
-            return after_erasure(ctx, r, actor, (&key, reach), done)
-                .await
-                .map(Ok);
+            return after_erasure(ctx, r, actor, &key, done).await.map(Ok);
         }
     };
-    let reach = reach(db, app, r, Some(&subject_id)).await?;
+    let reach = reach(config, db, app, r, Some(&subject_id)).await?;
     let holds = super::ledger::HoldsInForce::load(ctx).await?;
-    if let Some(refused) = held(&holds, r, reach) {
+    if let Some(refused) = held(&holds, r) {
         return Ok(Err(refused));
     }
     let held_orgs = holds.held_orgs();
@@ -218,22 +194,17 @@ async fn erase(
         Reach::Org(o) => OrgScope::Only(o),
         Reach::Subject => OrgScope::AllExcept(&held_orgs),
     };
+    let mut plan = erase_plan(config, &key, &subject_id);
+    if scope.only().is_some() {
+        plan.narrow_to_org_tables(config);
+    }
     let ErasePlan {
         mut steps,
-        mut retained,
-    } = erase_plan(config, &key, &subject_id);
-    if scope.only().is_some() {
-        // The org's tables only: the account and other shared rows stay.
-        steps.retain(|s| s.org.is_some());
-        retained.retain(|t, _| {
-            config
-                .data_map
-                .iter()
-                .any(|e| &e.table == t && e.org.is_some())
-        });
-    }
+        retained,
+    } = plan;
     super::decrypt::seal_anonymised(ctx, db, &subject_id, &mut steps).await?;
     super::files::pend(ctx, db, (r.id, &subject_id), &steps, scope).await?;
+    confirm(config, db, app, r, (&subject_id, reach)).await?;
     let outcome = db
         .erase_subject(app, &subject_id, &steps, scope, fence)
         .await?;
@@ -253,9 +224,14 @@ async fn erase(
         } => {
             let done = json!({"rows_changed": changed, "kept_for_legal_holds": kept_for_holds,
                               "retained_with_legal_basis": retained, "files": files});
-            after_erasure(ctx, r, actor, (&key, reach), done)
-                .await
-                .map(Ok)
+            match reach {
+                Reach::Subject => after_erasure(ctx, r, actor, &key, done).await,
+                Reach::Org(org) => {
+                    let k = ledger_id_key(&key, &subject_id);
+                    after_org_erasure(ctx, r, actor, (&k, org), done).await
+                }
+            }
+            .map(Ok)
         }
     }
 }
@@ -268,27 +244,11 @@ async fn after_erasure(
     ctx: &Context,
     r: &DsrRequest,
     actor: &str,
-    (key, reach): (&Secret, Reach<'_>),
+    key: &Secret,
     done: Value,
 ) -> Result<Value> {
     let mut evidence = json!({"request": r.id, "subject": subject_pseudonym(key, &r.subject),
-                              "whole_subject": matches!(reach, Reach::Subject), "org": r.org});
-    if let Reach::Org(org) = reach {
-        if let (Some(e), Some(d)) = (evidence.as_object_mut(), done.as_object()) {
-            e.extend(d.clone());
-        }
-        let event = crate::store::evidence(
-            actor,
-            "dsr.erased",
-            &format!("dsr:{}", r.id),
-            evidence.clone(),
-        );
-        let subject_key = ledger_key(key, &r.subject);
-        ctx.store
-            .ledger_add_org(&subject_key, org, r.id, &event)
-            .await?;
-        return Ok(evidence);
-    }
+                              "whole_subject": true, "org": r.org});
     // Their export archives hold every erased row: they go too, now.
     let exports = ctx
         .store
@@ -313,6 +273,27 @@ async fn after_erasure(
     ctx.store
         .ledger_add(&ledger_key(key, &r.subject), r.id, &event)
         .await?;
+    Ok(evidence)
+}
+
+/// What follows an erasure in one org's rows: the one-org ledger entry (by
+/// the subject's id key), committed with the evidence; idempotent.
+async fn after_org_erasure(
+    ctx: &Context,
+    r: &DsrRequest,
+    actor: &str,
+    (id_key, org): (&str, &str),
+    done: Value,
+) -> Result<Value> {
+    let key = super::ledger::checked_key(ctx).await?;
+    let mut evidence = json!({"request": r.id, "subject": subject_pseudonym(&key, &r.subject),
+                              "whole_subject": false, "org": org});
+    if let (Some(e), Some(d)) = (evidence.as_object_mut(), done.as_object()) {
+        e.extend(d.clone());
+    }
+    let target = format!("dsr:{}", r.id);
+    let event = crate::store::evidence(actor, "dsr.erased", &target, evidence.clone());
+    ctx.store.ledger_add_org(id_key, org, r.id, &event).await?;
     Ok(evidence)
 }
 
@@ -425,7 +406,7 @@ async fn record_outcome(
                 )
                 .await?;
             // A subject erased in one org only is still a user: their requests keep the email.
-            if erasure && result["whole_subject"] != json!(false) {
+            if erasure && result["whole_subject"] != json!(false) && r.subject.contains('@') {
                 forget(ctx, &r.subject).await?;
             }
             Ok(Recorded::Completed)

@@ -26,8 +26,8 @@ pub trait DsrLedger: Send + Sync {
         request_id: i64,
         event: &NewAuditEvent,
     ) -> Result<()>;
-    /// The one-org erasures: (subject key, org).
-    async fn ledger_org_entries(&self) -> Result<Vec<(String, String)>>;
+    /// The one-org erasures: (subject key, org, when).
+    async fn ledger_org_entries(&self) -> Result<Vec<(String, String, DateTime<Utc>)>>;
     /// The keyed check value of the pseudonym key the ledger is written with, if recorded.
     async fn ledger_check(&self) -> Result<Option<String>>;
     /// Records `value` unless a check value exists already; returns the one stored
@@ -106,12 +106,13 @@ macro_rules! impl_dsr_ledger {
                 Self::commit_with(tx, Some(event), "ledger_add_org").await
             }
 
-            async fn ledger_org_entries(&self) -> Result<Vec<(String, String)>> {
-                Ok(sqlx::query_as(
-                    "SELECT subject_key, org FROM erasure_ledger_orgs ORDER BY subject_key, org",
+            async fn ledger_org_entries(&self) -> Result<Vec<(String, String, DateTime<Utc>)>> {
+                let rows: Vec<(String, String, Ts)> = sqlx::query_as(
+                    "SELECT subject_key, org, erased_at FROM erasure_ledger_orgs ORDER BY subject_key, org",
                 )
                 .fetch_all(&self.pool)
-                .await?)
+                .await?;
+                Ok(rows.into_iter().map(|(k, o, t)| (k, o, t.0)).collect())
             }
 
             async fn ledger_keys(&self) -> Result<Vec<String>> {

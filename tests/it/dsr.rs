@@ -674,7 +674,7 @@ impl Setup {
         self.app_url.starts_with("postgres")
     }
     /// Runs statements on the application database.
-    async fn app_exec(&self, sql: &str) {
+    pub(crate) async fn app_exec(&self, sql: &str) {
         if self.pg() {
             let pool = sqlx::PgPool::connect(&self.app_url).await.unwrap();
             sqlx::raw_sql(sql).execute(&pool).await.unwrap();

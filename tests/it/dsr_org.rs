@@ -129,13 +129,27 @@ async fn an_erasure_for_one_org_touches_only_its_rows_until_it_is_the_last(pg: b
         shown["subject"].as_str().unwrap().starts_with("pseudonym:"),
         "{shown}"
     );
+    // Co-owner 3 belongs to org 2 alone but left rows in org 1: org 2's
+    // request must not reach them, so it stays an erasure in org 2 only.
+    s.app_exec(
+        "INSERT INTO logs (org_id, user_id, path, created_at) VALUES (1, 3, '/old', '2026-01-05')",
+    )
+    .await;
+    let (code, v) = s.submit("erasure", "co1@x.example", &["--org", "2"]);
+    assert_eq!(code, Some(0), "{v}");
+    process(&s);
+    let shown = show(&s, &v["id"]);
+    assert_eq!(shown["result"]["whole_subject"], false, "{shown}");
+    assert_eq!(count(&s, "logs WHERE user_id = 3 AND org_id = 1").await, 1);
+    assert_eq!(count(&s, "memberships WHERE user_id = 3").await, 0);
+
     let audit = String::from_utf8(run_ok(s.lethe().args(["audit", "export"])).stdout).unwrap();
     let erased: Vec<Value> = audit
         .lines()
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
         .filter(|e| e["action"] == "dsr.erased")
         .collect();
-    assert_eq!(erased.len(), 2);
+    assert_eq!(erased.len(), 3);
     assert_eq!(erased[0]["details"]["org"], "2", "{}", erased[0]);
     assert!(!audit.contains("member@x.example"));
 }
@@ -236,4 +250,37 @@ async fn a_restore_re_applies_an_erasure_in_one_org() {
         1,
         "the account was never erased"
     );
+
+    // Rows the subject made in org 2 after the erasure are not the erased
+    // ones: a backup taken since keeps them through a restore.
+    let app = sqlx::SqlitePool::connect(&s.app_url).await.unwrap();
+    sqlx::query(
+        "INSERT INTO logs (org_id, user_id, path, created_at) VALUES (2, 2, '/new', '2026-02-01')",
+    )
+    .execute(&app)
+    .await
+    .unwrap();
+    let b = stdout_json(&run_ok(s.lethe().args(["run", "backup.create", "--json"])));
+    let later = s.c.path().join("restored-later.db");
+    let r = stdout_json(&run_ok(
+        s.lethe()
+            .args([
+                "backup",
+                "restore",
+                b["result"]["id"].as_str().unwrap(),
+                "--json",
+                "--to",
+            ])
+            .arg(format!("sqlite://{}", later.display())),
+    ));
+    assert_eq!(r["org_erasures_reapplied"], 0, "{r}");
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", later.display()))
+        .await
+        .unwrap();
+    let kept: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM logs WHERE user_id = 2 AND org_id = 2")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(kept, 1);
 }

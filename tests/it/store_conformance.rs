@@ -120,7 +120,12 @@ async fn dsr_open_requests_are_one_per_subject_kind_and_org_scope(s: Arc<dyn Sto
         .await
         .unwrap();
     assert_eq!(
-        s.ledger_org_entries().await.unwrap(),
+        s.ledger_org_entries()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|(k, o, _)| (k, o))
+            .collect::<Vec<_>>(),
         [
             ("k1".to_string(), "1".to_string()),
             ("k1".into(), "2".into())
