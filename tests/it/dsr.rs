@@ -621,20 +621,7 @@ async fn http_api_authenticates_is_idempotent_and_refuses_sole_owners() {
 #[tokio::test(flavor = "multi_thread")]
 async fn restoring_an_older_backup_re_applies_erasures() {
     let s = setup(false, "", "").await.unwrap();
-    let cfg = std::fs::read_to_string(s.c.config()).unwrap();
-    {
-        use age::secrecy::ExposeSecret;
-        let id_file = s.c.path().join("age.txt");
-        std::fs::write(&id_file, s.identity.to_string().expose_secret()).unwrap();
-        std::fs::write(
-            s.c.config(),
-            cfg.replace(
-                "[backup]\n",
-                &format!("[backup]\nidentity_file = \"{}\"\n", id_file.display()),
-            ),
-        )
-        .unwrap();
-    }
+    s.with_identity_file();
     let b = stdout_json(&run_ok(s.lethe().args(["run", "backup.create", "--json"])));
     let backup_id = b["result"]["id"].as_str().unwrap().to_string();
     s.submit("erasure", "member@x.example", &[]);
@@ -670,6 +657,22 @@ async fn restoring_an_older_backup_re_applies_erasures() {
 }
 
 impl Setup {
+    /// Writes the backup identity to a file the config names, so restores can decrypt.
+    pub(crate) fn with_identity_file(&self) {
+        use age::secrecy::ExposeSecret;
+        let cfg = std::fs::read_to_string(self.c.config()).unwrap();
+        let id_file = self.c.path().join("age.txt");
+        std::fs::write(&id_file, self.identity.to_string().expose_secret()).unwrap();
+        std::fs::write(
+            self.c.config(),
+            cfg.replace(
+                "[backup]\n",
+                &format!("[backup]\nidentity_file = \"{}\"\n", id_file.display()),
+            ),
+        )
+        .unwrap();
+    }
+
     fn pg(&self) -> bool {
         self.app_url.starts_with("postgres")
     }

@@ -192,20 +192,7 @@ async fn an_export_for_one_org_holds_only_its_rows(pg: bool) {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_restore_re_applies_an_erasure_in_one_org() {
     let s = setup(false, "", "").await.unwrap();
-    let cfg = std::fs::read_to_string(s.c.config()).unwrap();
-    {
-        use age::secrecy::ExposeSecret;
-        let id_file = s.c.path().join("age.txt");
-        std::fs::write(&id_file, s.identity.to_string().expose_secret()).unwrap();
-        std::fs::write(
-            s.c.config(),
-            cfg.replace(
-                "[backup]\n",
-                &format!("[backup]\nidentity_file = \"{}\"\n", id_file.display()),
-            ),
-        )
-        .unwrap();
-    }
+    s.with_identity_file();
     let b = stdout_json(&run_ok(s.lethe().args(["run", "backup.create", "--json"])));
     let backup_id = b["result"]["id"].as_str().unwrap().to_string();
     let (code, v) = s.submit("erasure", "member@x.example", &["--org", "2"]);
