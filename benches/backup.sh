@@ -52,6 +52,7 @@ identity_file = "$work/identity.txt"
 zstd_level = 3
 zstd_threads = 2
 part_size_mib = 16
+allow_scratch_on_app_server = true
 TOML
 printf 'kind = "backup.create"\nschedule = "0 0 * * * *"\ntimeout = "2h"\n' > "$work/lethe/jobs/create.toml"
 printf 'kind = "backup.verify"\nschedule = "0 0 * * * *"\ntimeout = "2h"\n' > "$work/lethe/jobs/verify.toml"

@@ -10,6 +10,7 @@ pub mod backup;
 pub mod breach;
 pub mod chain;
 pub mod cipher;
+pub mod cleanup;
 pub mod cli;
 pub mod commands;
 pub mod config;

@@ -5,11 +5,15 @@
 //! GFS pruning never removes the newest verified backup; the RPO check mails
 //! ops when the newest verified backup is too old.
 
+mod child;
 mod dump_rows;
 pub mod gfs;
 mod manifest;
+mod parallel;
 mod restore;
 mod rpo;
+pub mod rto;
+pub mod scratch;
 mod source;
 mod verify;
 
@@ -176,11 +180,13 @@ async fn dump_postgres(
         .stdout
         .take()
         .ok_or_else(|| Error::Backup("pg_dump has no stdout".into()))?;
+    // Dropped with this attempt (a timeout): pg_dump is killed, not left running.
+    let (_leash, tether) = child::leash(child);
     let rec = recipients.to_vec();
     let upload = upload_stream(ctx, store, object_key, move |sink| {
         let mut counted = dump_rows::CountingReader::new(stdout);
         let r = encode(&mut counted, sink, &rec, level, threads);
-        let status = child
+        let status = tether
             .wait()
             .map_err(|e| Error::Backup(format!("pg_dump: {e}")))?;
         let err = stderr.join().unwrap_or_default();
@@ -357,26 +363,34 @@ async fn download_decoded(
     Ok(decoded)
 }
 
-/// Restores `b` into the (empty) PostgreSQL database at `url` with pg_restore.
+/// Restores `b` into the (empty) PostgreSQL database at `url` with
+/// pg_restore: from the stream, or spooled and in parallel (`verify_jobs`).
 async fn restore_into_pg(
     ctx: &Context,
     b: &BackupRecord,
     url: &str,
 ) -> Result<crate::archive::Decoded> {
+    let jobs = ctx.config.backup.verify_jobs;
+    if jobs > 1 {
+        return parallel::restore_into_pg(ctx, b, url, jobs).await;
+    }
     let mut cmd = source::pg_command(
         &source::pg_tool("pg_restore", ctx.config.backup.pg_bin.as_deref()),
         url,
     );
     cmd.args(["--no-owner", "--no-privileges", "--exit-on-error"]);
+    let mut child = source::spawn_piped(cmd, true)?;
+    let stderr = source::collect_stderr(&mut child);
+    let stdin = child
+        .stdin
+        .take()
+        .ok_or_else(|| Error::Backup("pg_restore has no stdin".into()))?;
+    // Dropped with this attempt (a timeout): pg_restore is killed, its stdin
+    // breaks, and the download stops.
+    let (_leash, tether) = child::leash(child);
     download_decoded(ctx, b, move || {
-        let mut child = source::spawn_piped(cmd, true)?;
-        let stderr = source::collect_stderr(&mut child);
-        let stdin = child
-            .stdin
-            .take()
-            .ok_or_else(|| Error::Backup("pg_restore has no stdin".into()))?;
         let finish = move || {
-            let status = child
+            let status = tether
                 .wait()
                 .map_err(|e| Error::Backup(format!("pg_restore: {e}")))?;
             let err = stderr.join().unwrap_or_default();

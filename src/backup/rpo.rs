@@ -58,6 +58,9 @@ pub struct RpoReport {
     pub verified_age_s: Option<u64>,
     pub alerted: bool,
     pub recovered: bool,
+    /// Whether the newest verified backup's drill restored within `backup.rto`
+    /// (`None`: no RTO set, or no drill yet); its alert went out with the drill.
+    pub rto_ok: Option<bool>,
     pub verify_lag_alerted: bool,
 }
 
@@ -174,6 +177,7 @@ pub async fn rpo_check_job(jc: &JobContext, p: RpoParams) -> Result<RpoReport> {
         verified_age_s: verified_age.map(|a| a.as_secs()),
         alerted,
         recovered,
+        rto_ok: super::rto::met(ctx.config.backup.rto, verified.and_then(|b| b.restore_ms)),
         verify_lag_alerted: lag_alerted,
     })
 }

@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
+use super::scratch::{self, ScratchDb};
 use super::{find, restore_into_file, restore_into_pg, source, Manifest};
 use crate::context::Context;
 use crate::error::{Error, Result};
@@ -20,6 +21,11 @@ pub struct VerifyReport {
     pub tables: usize,
     pub mismatches: Vec<String>,
     pub error: Option<String>,
+    /// Scratch databases of earlier drills (crashed, timed out) dropped first.
+    pub scratch_swept: Vec<String>,
+    /// `backup.rto` in ms, and whether this restore met it (`None`: no RTO set, or no restore).
+    pub rto_ms: Option<u64>,
+    pub rto_met: Option<bool>,
 }
 
 /// The catalog's manifest of `b`, checked against the copy beside the backup
@@ -54,6 +60,18 @@ async fn checked_manifest(ctx: &Context, b: &BackupRecord) -> Result<Manifest> {
     Ok(catalog)
 }
 
+/// On PostgreSQL, drops the scratch databases earlier drills left (crashed,
+/// killed, timed out); returns their names.
+async fn sweep_leftovers(ctx: &Context) -> Result<Vec<String>> {
+    match Db::from_url(&ctx.config.database.url)? {
+        Db::Postgres(app_url) => {
+            let (server, _) = scratch::server(&ctx.config, &app_url).await?;
+            scratch::sweep(&server).await
+        }
+        Db::Sqlite(_) => Ok(Vec::new()),
+    }
+}
+
 /// Restores `b` into a scratch database and counts its rows.
 async fn scratch_restore(
     ctx: &Context,
@@ -62,17 +80,16 @@ async fn scratch_restore(
 ) -> Result<BTreeMap<String, i64>> {
     let decoded_and_counts = match Db::from_url(&ctx.config.database.url)? {
         Db::Postgres(app_url) => {
-            let server = ctx.config.backup.scratch_url.clone().unwrap_or(app_url);
-            let name = format!("lethe_verify_{}", uuid::Uuid::new_v4().simple());
-            let scratch = source::pg_create_database(&server, &name).await?;
+            let (server, _) = scratch::server(&ctx.config, &app_url).await?;
+            let db = ScratchDb::create(&server).await?;
             let r = async {
-                let d = restore_into_pg(ctx, b, &scratch).await?;
-                let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&scratch).await?;
+                let d = restore_into_pg(ctx, b, db.url()).await?;
+                let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(db.url()).await?;
                 Ok::<_, Error>((d, source::pg_row_counts(&mut conn).await?))
             }
             .await;
-            if let Err(e) = source::pg_drop_database(&server, &name).await {
-                tracing::warn!(error = %e, database = %name, "could not drop the scratch database");
+            if let Err(e) = db.drop_now().await {
+                tracing::warn!(error = %e, "could not drop the scratch database; the next drill sweeps it");
             }
             r?
         }
@@ -100,6 +117,7 @@ async fn scratch_restore(
 /// result is stored with `actor`'s evidence.
 pub async fn verify(ctx: &Context, id: &str, actor: &str) -> Result<VerifyReport> {
     let b = find(ctx, id).await?;
+    let swept = sweep_leftovers(ctx).await?;
     let started = Instant::now();
     let outcome = async {
         let m = checked_manifest(ctx, &b).await?;
@@ -108,7 +126,7 @@ pub async fn verify(ctx: &Context, id: &str, actor: &str) -> Result<VerifyReport
     }
     .await;
     let restore_ms = started.elapsed().as_millis() as u64;
-    let report = match outcome {
+    let mut report = match outcome {
         Ok((expected, actual)) => {
             let mismatches: Vec<String> = expected
                 .iter()
@@ -127,6 +145,9 @@ pub async fn verify(ctx: &Context, id: &str, actor: &str) -> Result<VerifyReport
                 tables: expected.len(),
                 mismatches,
                 error: None,
+                scratch_swept: swept,
+                rto_ms: None,
+                rto_met: None,
             }
         }
         Err(e) => VerifyReport {
@@ -136,8 +157,15 @@ pub async fn verify(ctx: &Context, id: &str, actor: &str) -> Result<VerifyReport
             tables: 0,
             mismatches: vec![],
             error: Some(e.to_string()),
+            scratch_swept: swept,
+            rto_ms: None,
+            rto_met: None,
         },
     };
+    report.rto_ms = ctx.config.backup.rto.map(|d| d.as_millis() as u64);
+    if report.ok {
+        report.rto_met = super::rto::check(ctx, &report.id, restore_ms).await?;
+    }
     let error_text = report
         .error
         .clone()
@@ -151,7 +179,8 @@ pub async fn verify(ctx: &Context, id: &str, actor: &str) -> Result<VerifyReport
             "backup.verify_failed"
         },
         &format!("backup:{id}"),
-        serde_json::json!({"restore_ms": r.restore_ms, "tables": r.tables, "mismatches": r.mismatches, "error": r.error}),
+        serde_json::json!({"restore_ms": r.restore_ms, "tables": r.tables, "mismatches": r.mismatches, "error": r.error,
+                           "rto_ms": r.rto_ms, "rto_met": r.rto_met}),
     );
     ctx.store
         .backup_verified(

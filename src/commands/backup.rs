@@ -11,6 +11,10 @@ use crate::context::Context;
 
 pub async fn list(ctx: Arc<Context>, all: bool, json_out: bool) -> Result<i32> {
     let backups = ctx.store.backups(all).await?;
+    let rto = ctx.config.backup.rto;
+    let rto_met = |b: &crate::store::BackupRecord| {
+        crate::backup::rto::met(rto, b.restore_ms.filter(|_| b.verify_ok == Some(true)))
+    };
     if json_out {
         let rows: Vec<_> = backups
             .iter()
@@ -18,7 +22,7 @@ pub async fn list(ctx: Arc<Context>, all: bool, json_out: bool) -> Result<i32> {
                 json!({"id": b.id, "created_at": b.created_at, "object": b.object_key, "manifest": b.manifest_key,
                        "stored_bytes": b.stored_bytes, "raw_bytes": b.raw_bytes, "sha256": b.sha256,
                        "verified_at": b.verified_at, "verify_ok": b.verify_ok, "restore_ms": b.restore_ms,
-                       "verify_error": b.verify_error, "deleted_at": b.deleted_at,
+                       "verify_error": b.verify_error, "rto_met": rto_met(b), "deleted_at": b.deleted_at,
                        "database": b.manifest["database"]["kind"]})
             })
             .collect();
@@ -32,10 +36,14 @@ pub async fn list(ctx: Arc<Context>, all: bool, json_out: bool) -> Result<i32> {
                 b.id.clone(),
                 b.created_at.format("%Y-%m-%d %H:%M:%S").to_string(),
                 format!("{:.1} MiB", b.stored_bytes as f64 / 1048576.0),
-                match b.verify_ok {
-                    Some(true) => format!("ok ({} ms restore)", b.restore_ms.unwrap_or(0)),
-                    Some(false) => "FAILED".into(),
-                    None => "not yet".into(),
+                match (b.verify_ok, rto_met(b)) {
+                    (Some(true), Some(false)) => format!(
+                        "ok ({} ms restore, OVER the RTO)",
+                        b.restore_ms.unwrap_or(0)
+                    ),
+                    (Some(true), _) => format!("ok ({} ms restore)", b.restore_ms.unwrap_or(0)),
+                    (Some(false), _) => "FAILED".into(),
+                    (None, _) => "not yet".into(),
                 },
                 if b.deleted_at.is_some() {
                     "pruned".into()

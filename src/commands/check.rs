@@ -91,6 +91,9 @@ pub async fn run(flag: Option<&Path>, json: bool) -> Result<i32> {
     });
 
     anchor_checks(&config, &mut checks).await;
+    if let Some(c) = drill_check(&config).await {
+        checks.push(c);
+    }
     store_and_mail_checks(config, &mut checks).await;
 
     let ok_all = checks.iter().all(|c| c.status != "error");
@@ -297,6 +300,31 @@ async fn time_form_checks(db: &AppDb, config: &Config) -> Vec<Check> {
             })
             .collect(),
     }
+}
+
+/// Where restore drills run (PostgreSQL, with a `backup.verify` job): apart
+/// from the application's server, on it by explicit permission (a warning),
+/// or nowhere (an error).
+async fn drill_check(config: &Config) -> Option<Check> {
+    const NAME: &str = "restore drills";
+    let drills = config
+        .jobs
+        .iter()
+        .any(|j| j.enabled && j.kind == crate::backup::VERIFY_KIND);
+    if !drills || !config.database.url.starts_with("postgres") {
+        return None;
+    }
+    Some(
+        match crate::backup::scratch::server(config, &config.database.url).await {
+            Ok((_, true)) => warn(
+                NAME,
+                "on the application's own server (allow_scratch_on_app_server): a drill competes with \
+                 production for I/O, memory and disk; set backup.scratch_url to a separate server",
+            ),
+            Ok((url, false)) => ok(NAME, format!("on {}", redact_url(&url))),
+            Err(e) => fail(NAME, e.to_string()),
+        },
+    )
 }
 
 fn job_checks(config: &Config) -> Vec<Check> {

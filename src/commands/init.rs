@@ -145,7 +145,13 @@ zstd_level = 3
 zstd_threads = 2
 part_size_mib = 16
 rpo = "1h"
+# rto = "2h"                 # restore drills slower than this mail ops (the promised recovery time)
 keep = { last = 3, hourly = 24, daily = 7, weekly = 4, monthly = 12, yearly = 3 }
+# PostgreSQL: where backup.verify restores its drills. Use a server apart from
+# the application's: a drill competes with production for I/O, memory and disk.
+# scratch_url = "postgres://lethe@drills.internal:5432/postgres"
+# allow_scratch_on_app_server = false   # true: drills on the application's own server
+# verify_jobs = 1            # >1: pg_restore --jobs from a temporary file as large as the dump
 
 [dsr]
 default_deadline = "30d"     # where no jurisdiction rule applies (gdpr, uk_gdpr, ccpa, uu_pdp are built in)

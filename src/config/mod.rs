@@ -175,8 +175,17 @@ pub struct BackupConfig {
     pub prefix: String,
     pub rpo: Duration,
     pub keep: KeepPolicy,
-    /// PostgreSQL server URL (any database) where verify creates its scratch database; default: the app's server.
+    /// PostgreSQL server URL (any database) where verify creates its scratch
+    /// database: a server apart from the application's, since a drill competes
+    /// with production for I/O, memory and disk.
     pub scratch_url: Option<String>,
+    /// Lets restore drills run on the application's own server (no `scratch_url`, or the same one).
+    pub allow_scratch_on_app_server: bool,
+    /// pg_restore jobs for a drill; above 1 the decrypted dump is spooled to a
+    /// temporary file first (as large as the dump) and restored in parallel.
+    pub verify_jobs: u32,
+    /// The restore time promised (recovery time objective); a drill slower than it alerts ops.
+    pub rto: Option<Duration>,
     /// Folder with pg_dump / pg_restore; default: PATH, then /usr/lib/postgresql/*/bin.
     pub pg_bin: Option<PathBuf>,
 }

@@ -102,6 +102,10 @@ pub(super) struct RawBackup {
     pub(super) rpo: Option<Spanned<String>>,
     pub(super) keep: Option<KeepPolicy>,
     pub(super) scratch_url: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(super) allow_scratch_on_app_server: bool,
+    pub(super) verify_jobs: Option<Spanned<u32>>,
+    pub(super) rto: Option<Spanned<String>>,
     pub(super) pg_bin: Option<String>,
 }
 

@@ -416,6 +416,13 @@ pub(super) fn load_backup(src: &SourceFile, raw: RawBackup, dir: &Path) -> Resul
             yearly: 3,
         }),
         scratch_url: raw.scratch_url.map(Spanned::into_inner),
+        allow_scratch_on_app_server: raw.allow_scratch_on_app_server,
+        verify_jobs: src.count(raw.verify_jobs, "backup.verify_jobs", 1..=64, 1)?,
+        rto: raw
+            .rto
+            .as_ref()
+            .map(|r| src.duration(r, "backup.rto"))
+            .transpose()?,
         pg_bin: raw.pg_bin.map(PathBuf::from),
     })
 }

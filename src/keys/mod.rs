@@ -12,6 +12,9 @@ pub use reencrypt::{reencrypt_job, ReencryptOutput, ReencryptParams};
 mod app_table;
 mod deks;
 mod reencrypt;
+mod shred_policy;
+
+use shred_policy::Gate;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -91,6 +94,9 @@ struct OrgOutcome {
     new_dek_version: Option<i32>,
     rewrapped: usize,
     shredded: bool,
+    /// Why the org's shred, due by `keys.shred_after`, waits.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    shred_postponed: Option<String>,
     /// The application's key table (`[app.keys]`), when configured.
     app_keys_added: u64,
     app_keys_rewrapped: u64,
@@ -136,13 +142,21 @@ async fn rotate_org(
     }
     let (mut kek, created) = org_kek(&ctx, kms.as_ref(), &org, existing, now).await?;
     out.created_kek = created;
-    let shred_due =
-        closed_at.map(|c| c + chrono::Duration::seconds(cfg.shred_after.as_secs() as i64));
-    if shred_due.is_some_and(|d| d <= now) {
-        shred(&ctx, kms.as_ref(), &org, &mut kek, closed_at, now, &actor).await?;
-        out.shredded = true;
-        app_table::shred_org(&ctx, &org, &actor, &mut out).await?;
-        return Ok(out);
+    if let Some(closed) = closed_at {
+        let holds = store.holds(false).await?;
+        match shred_policy::gate(&ctx.config, &holds, &org, closed, now) {
+            Gate::Shred => {
+                shred(&ctx, kms.as_ref(), &org, &mut kek, closed_at, now, &actor).await?;
+                out.shredded = true;
+                app_table::shred_org(&ctx, &org, &actor, &mut out).await?;
+                return Ok(out);
+            }
+            Gate::Postponed(why) => {
+                shred_policy::record(store, &mut kek, &why, &actor).await?;
+                out.shred_postponed = Some(why.reason);
+            }
+            Gate::NotDue => {}
+        }
     }
     // A KEK created just now is fresh: no rotation in the same run.
     if !out.created_kek && (now - kek.rotated_at).to_std().unwrap_or_default() >= cfg.kek_rotation {
@@ -180,6 +194,7 @@ async fn org_kek(
         kek_id: id,
         rotated_at: now,
         shredded_at: None,
+        shred_postponed: None,
     };
     ctx.store.kek_put(&k, None).await?;
     Ok((k, true))
@@ -440,6 +455,7 @@ fn summary(kms: &dyn Kms, outcomes: &[OrgOutcome]) -> Value {
         "deks_created": outcomes.iter().filter(|o| o.new_dek_version.is_some()).count(),
         "rewrapped": outcomes.iter().map(|o| o.rewrapped).sum::<usize>(),
         "shredded": outcomes.iter().filter(|o| o.shredded).map(|o| o.org.clone()).collect::<Vec<_>>(),
+        "shred_postponed": outcomes.iter().filter_map(|o| o.shred_postponed.as_ref().map(|r| json!({"org": o.org, "reason": r}))).collect::<Vec<_>>(),
         "details": outcomes,
     })
 }
@@ -478,6 +494,7 @@ pub async fn status(ctx: &Context) -> Result<Value> {
             "closed_at": closed.map(|c| c.to_rfc3339()),
             "shredded": kek.is_some_and(|k| k.shredded_at.is_some()),
             "shredded_at": kek.and_then(|k| k.shredded_at.map(|t| t.to_rfc3339())),
+            "shred_postponed": kek.and_then(|k| k.shred_postponed.clone()),
         }));
         // With [app.keys]: the org's versions in the table and its stale values.
         if let Some(app) = app.as_mut() {

@@ -223,14 +223,15 @@ pub(super) async fn attempt(
             tokio::select! {
                 joined = tokio::time::timeout(timeout, &mut task) => {
                     if joined.is_err() {
-                        task.abort();
+                        // Dropped before the failure is recorded (children killed, clean-ups started).
+                        stop(&mut task).await;
                     }
                     attempt_result(joined, timeout)
                 }
                 _ = async { let _ = lost_rx.wait_for(|lost| *lost).await; } => {
                     // Another replica rescued this run; stop now so it is not done twice.
-                    task.abort();
                     heartbeat.abort();
+                    stop(&mut task).await;
                     tracing::warn!(run_id = id, job = %job, "lease lost; attempt abandoned");
                     return Ok((fetch(&ctx, id).await?, Vec::new()));
                 }
@@ -239,14 +240,13 @@ pub(super) async fn attempt(
                     // transactions) before the store can hand the run to another worker. The
                     // attempt then ends as failed; if the store is unreachable, finishing fails
                     // too and the rescuer returns the run once the lease lapses.
-                    task.abort();
-                    let _ = task.await; // its open transactions are rolled back before we report
+                    stop(&mut task).await; // its open transactions are rolled back before we report
                     tracing::warn!(run_id = id, job = %job, "lease could not be renewed; attempt stopped before it could lapse");
                     Err("stopped: the lease could not be renewed in time (store unreachable?)".to_string())
                 }
                 _ = async { let _ = cancel.wait_for(|c| *c).await; } => {
-                    task.abort();
                     heartbeat.abort();
+                    stop(&mut task).await;
                     let back = Outcome::Retry { error: "interrupted: the worker shut down".into(), run_after: Utc::now() };
                     ctx.store.finish(id, &owner, &back).await?;
                     tracing::warn!(run_id = id, job = %job, "attempt interrupted by shutdown; run returned to the queue");
@@ -282,6 +282,12 @@ async fn finish_attempt(
     after_outcome(ctx, &done, &format!("worker:{owner}"), elapsed).await?;
     let queued = super::follow_up::enqueue(ctx, registry, &done).await;
     Ok((done, queued))
+}
+
+/// Aborts a job's task and waits until it is dropped (its guards have run).
+async fn stop<T>(task: &mut tokio::task::JoinHandle<T>) {
+    task.abort();
+    let _ = task.await;
 }
 
 /// The job task's end as the attempt's result: its value, or why it failed.

@@ -15,6 +15,9 @@ pub struct OrgKek {
     pub kek_id: String,
     pub rotated_at: DateTime<Utc>,
     pub shredded_at: Option<DateTime<Utc>>,
+    /// Why the closed org's shred waits (a hold, a class's retention), as last
+    /// recorded with evidence; `None` when it does not wait.
+    pub shred_postponed: Option<String>,
 }
 
 /// One version of an org's data key, as the KMS wrapped it.
@@ -56,13 +59,14 @@ macro_rules! impl_keys {
         impl $store {
             async fn kek_upsert(conn: &mut <Db as sqlx::Database>::Connection, k: &OrgKek) -> Result<()> {
                 sqlx::query(
-                    "INSERT INTO org_keks (org, kek_id, rotated_at, shredded_at) VALUES ($1, $2, $3, $4)
-                     ON CONFLICT (org) DO UPDATE SET kek_id = $2, rotated_at = $3, shredded_at = $4",
+                    "INSERT INTO org_keks (org, kek_id, rotated_at, shredded_at, shred_postponed) VALUES ($1, $2, $3, $4, $5)
+                     ON CONFLICT (org) DO UPDATE SET kek_id = $2, rotated_at = $3, shredded_at = $4, shred_postponed = $5",
                 )
                 .bind(&k.org)
                 .bind(&k.kek_id)
                 .bind(Ts(k.rotated_at))
                 .bind(k.shredded_at.map(Ts))
+                .bind(&k.shred_postponed)
                 .execute(&mut *conn)
                 .await?;
                 Ok(())

@@ -38,7 +38,7 @@ pub(super) struct Setup {
 }
 
 impl Setup {
-    fn lethe(&self) -> std::process::Command {
+    pub(super) fn lethe(&self) -> std::process::Command {
         use age::secrecy::ExposeSecret;
         let secret = self.identity.to_string();
         let mut cmd = self.c.lethe_aws();

@@ -96,7 +96,7 @@ async fn row_counts_are_read_from_the_dump_stream_for_every_kind_of_table() {
 }
 
 /// The real PostgreSQL client tools' folder.
-fn real_pg_bin() -> PathBuf {
+pub(super) fn real_pg_bin() -> PathBuf {
     let mut dirs: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
         .unwrap()
         .filter_map(|e| e.ok())

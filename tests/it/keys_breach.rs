@@ -446,3 +446,82 @@ async fn the_apps_key_table_follows_rotation_crashes_and_shredding() {
         );
     }
 }
+
+/// Org 3 closed 400 days ago, past `shred_after`: a legal hold on it, then a
+/// class kept `org_closed+2y`, each postpone the shred with evidence written
+/// once per reason; once neither holds, the keys are shredded.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_shred_waits_for_a_hold_and_for_an_org_closed_retention() {
+    let c = setup("provider = \"local\"\nshred_after = \"30d\"", "").await;
+    let url = format!("sqlite://{}", c.path().join("app.db").display());
+    let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
+    sqlx::raw_sql("CREATE TABLE audit_log (id INTEGER PRIMARY KEY, org_id INTEGER, at TEXT)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let cfg = std::fs::read_to_string(c.config()).unwrap();
+    let kept = |rule: &str| {
+        format!("{cfg}\n[[data_map]]\ntable = \"audit_log\"\nclass = \"audit\"\norg = \"org_id\"\ntimestamp = \"at\"\nretention = [\"5y\", \"{rule}\"]\n")
+    };
+    std::fs::write(c.config(), kept("org_closed+2y")).unwrap();
+    let hold = stdout_json(&run_ok(c.lethe().args([
+        "hold",
+        "add",
+        "--org",
+        "3",
+        "--reason",
+        "litigation",
+        "--json",
+    ])));
+    let postponed = |v: &Value| {
+        v["shred_postponed"][0]["reason"]
+            .as_str()
+            .unwrap_or("")
+            .to_string()
+    };
+
+    let first = rotate(&c);
+    assert_eq!(first["shredded"], serde_json::json!([]), "{first}");
+    assert_eq!(
+        postponed(&first),
+        format!("legal hold {} on the org", hold["id"])
+    );
+    assert_eq!(postponed(&rotate(&c)), postponed(&first), "still held");
+    let id = hold["id"].to_string();
+    run_ok(
+        c.lethe()
+            .args(["hold", "release", &id, "--reason", "settled"]),
+    );
+    let second = rotate(&c);
+    assert_eq!(second["shredded"], serde_json::json!([]), "{second}");
+    assert!(
+        postponed(&second).contains("class audit keeps the org's data until org_closed+2y"),
+        "{second}"
+    );
+    assert_eq!(
+        status(&c)[2]["shred_postponed"],
+        postponed(&second).as_str()
+    );
+
+    std::fs::write(c.config(), kept("org_closed+1y")).unwrap();
+    let third = rotate(&c);
+    assert_eq!(third["shredded"], serde_json::json!(["3"]), "{third}");
+
+    let audit = String::from_utf8(run_ok(c.lethe().args(["audit", "export"])).stdout).unwrap();
+    let events: Vec<Value> = audit
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|e| e["action"] == "keys.shred_postponed")
+        .collect();
+    assert_eq!(
+        events.len(),
+        2,
+        "one piece of evidence per reason: {events:?}"
+    );
+    assert_eq!(
+        events[0]["details"]["until"],
+        Value::Null,
+        "a hold has no end date"
+    );
+    assert!(events[1]["details"]["until"].is_string(), "{}", events[1]);
+}

@@ -9,6 +9,7 @@ mod audit_anchors;
 mod audit_proofs;
 mod backup;
 mod backup_counts;
+mod backup_drills;
 mod cli;
 mod common;
 mod deploy;

@@ -1582,6 +1582,7 @@ async fn keys_are_stored_rotated_rewrapped_and_destroyed_with_evidence(s: Arc<dy
         kek_id: "kek-a".into(),
         rotated_at: t0,
         shredded_at: None,
+        shred_postponed: None,
     };
     s.kek_put(&kek, None).await.unwrap();
     assert!(

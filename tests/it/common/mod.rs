@@ -105,6 +105,17 @@ impl ConfigDir {
             mail.to_string()
         };
         let database = database_url.unwrap_or("sqlite://app.db");
+        // Restore drills on the test's own PostgreSQL server: allowed explicitly,
+        // as a deployment without a separate scratch server must.
+        let extra = if database.starts_with("postgres") && !extra.contains("scratch") {
+            extra.replacen(
+                "[backup]\n",
+                "[backup]\nallow_scratch_on_app_server = true\n",
+                1,
+            )
+        } else {
+            extra.to_string()
+        };
         let toml = format!(
             r#"[database]
 url = "{database}"
