@@ -336,10 +336,13 @@ async fn download_decoded(
     let store = ctx.object_store().await?;
     let secret = identity(ctx)?;
     let reader = store.get(&b.object_key).await?;
+    // Dropped with this attempt (a timeout): the copy below stops writing.
+    let (_wire, tripped) = child::tripwire();
     let decoded = tokio::task::spawn_blocking(move || {
         // age identities are not Send: parse them on the thread that uses them.
         let ids = parse_identities(secret.expose())?;
-        let (mut out, finish) = make_sink()?;
+        let (out, finish) = make_sink()?;
+        let mut out = tripped.writer(out);
         let r = decode(SyncIoBridge::new(reader), &ids, &mut out);
         // A buffered file's last write can fail here (disk full): not on drop, unseen.
         let flushed = out

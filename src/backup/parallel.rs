@@ -48,6 +48,8 @@ pub(super) async fn restore_into_pg(
     cmd.stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
+    // Its own process group, so a stopped drill kills the --jobs workers too.
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
     let mut child = cmd.spawn().map_err(|e| {
         Error::Backup(format!(
             "cannot run pg_restore: {e} (install the PostgreSQL client tools, or set backup.pg_bin)"
@@ -55,7 +57,7 @@ pub(super) async fn restore_into_pg(
     })?;
     let stderr = source::collect_stderr(&mut child);
     // Dropped with this attempt (a timeout): pg_restore and its workers stop.
-    let (_leash, tether) = child::leash(child);
+    let (_leash, tether) = child::leash_group(child);
     let status = tokio::task::spawn_blocking(move || tether.wait())
         .await
         .map_err(|e| Error::task("waiting for pg_restore", e))?

@@ -19,29 +19,48 @@ pub fn met(rto: Option<Duration>, restore_ms: Option<i64>) -> Option<bool> {
     Some(u128::try_from(ms).unwrap_or(0) <= rto.as_millis())
 }
 
-/// After a successful drill of `id` that took `restore_ms`: alerts ops when
-/// it missed the RTO and the previous drill did not. Returns whether it met it.
-pub async fn check(ctx: &Context, id: &str, restore_ms: u64) -> Result<Option<bool>> {
+/// A successful drill of `id` that took `restore_ms`, judged before it is
+/// recorded (so the catalog still holds the drill before it, of any backup,
+/// this one included): whether it met the RTO, and the alert to send once it
+/// is recorded when it missed and the previous drill did not.
+pub async fn assess(
+    ctx: &Context,
+    id: &str,
+    restore_ms: u64,
+) -> Result<(Option<bool>, Option<Message>)> {
     let Some(rto) = ctx.config.backup.rto else {
-        return Ok(None);
+        return Ok((None, None));
     };
     let ms = i64::try_from(restore_ms).unwrap_or(i64::MAX);
     if met(Some(rto), Some(ms)) == Some(true) {
-        return Ok(Some(true));
+        return Ok((Some(true), None));
     }
     let backups = ctx.store.backups(false).await?;
     let previous = backups
         .iter()
-        .filter(|b| b.id != id && b.verify_ok == Some(true) && b.verified_at.is_some())
+        .filter(|b| b.verify_ok == Some(true) && b.verified_at.is_some())
         .max_by_key(|b| b.verified_at);
     let already_in_breach = previous.is_some_and(|b| met(Some(rto), b.restore_ms) == Some(false));
-    if !already_in_breach {
-        notify::enqueue(ctx, alert(id, restore_ms, rto, previous)).await?;
-    }
-    Ok(Some(false))
+    let now = ctx.store.now().await?;
+    let alert = (!already_in_breach).then(|| alert(id, restore_ms, rto, previous, now));
+    Ok((Some(false), alert))
 }
 
-fn alert(id: &str, restore_ms: u64, rto: Duration, previous: Option<&BackupRecord>) -> Message {
+/// Sends the alert `assess` made, after the drill is recorded.
+pub async fn send(ctx: &Context, alert: Option<Message>) -> Result<()> {
+    if let Some(m) = alert {
+        notify::enqueue(ctx, m).await?;
+    }
+    Ok(())
+}
+
+fn alert(
+    id: &str,
+    restore_ms: u64,
+    rto: Duration,
+    previous: Option<&BackupRecord>,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Message {
     let took = format_duration(Duration::from_millis(restore_ms));
     let mut facts = vec![
         ("Backup".into(), id.to_string()),
@@ -74,6 +93,7 @@ fn alert(id: &str, restore_ms: u64, rto: Duration, previous: Option<&BackupRecor
             Block::Command("lethe backup list".into()),
         ],
         attachments: vec![],
-        dedupe_key: Some(format!("backup-rto:{id}")),
+        // Per breach: a later breach, even on the same backup, alerts again.
+        dedupe_key: Some(format!("backup-rto:{id}:{}", now.timestamp())),
     }
 }

@@ -5,9 +5,11 @@
 //! at the start of every drill drops exactly those whose drill is over
 //! (crashed, killed, timed out), never one in progress on another worker.
 //! Advisory locks are per database, so a scratch name carries a hash of the
-//! database its claim lives in, and a sweep looks only at its own: another
-//! deployment sharing the server (another `scratch_url` database) is never
-//! swept.
+//! database its claim lives in (as the server names it), and a sweep looks
+//! only at its own: another deployment sharing the server is never swept.
+//! A session lock needs a direct connection (not a pooler in transaction
+//! mode); and since an idle claim can be cut by the network, a sweep also
+//! leaves alone a scratch database that anyone is connected to.
 
 use sqlx::Connection;
 
@@ -19,15 +21,18 @@ use crate::error::{Error, Result};
 const LOCK_CLASS: i32 = 0x6c65_7468;
 const PREFIX: &str = "lethe_verify_";
 
-/// `lethe_verify_HASH_`: the scratch names whose claims live in the database
-/// `server` connects to.
-pub fn prefix(server: &str) -> String {
+/// `lethe_verify_HASH_`: the scratch names whose claims live in the
+/// database `home` (its name as `current_database()` gives it).
+pub fn prefix(home: &str) -> String {
     use sha2::Digest;
-    let home = url::Url::parse(server)
-        .map(|u| u.path().trim_start_matches('/').to_string())
-        .unwrap_or_default();
     let h = hex::encode(sha2::Sha256::digest(home.as_bytes()));
     format!("{PREFIX}{}_", &h[..8])
+}
+
+async fn home(conn: &mut sqlx::PgConnection) -> Result<String> {
+    Ok(sqlx::query_scalar("SELECT current_database()::text")
+        .fetch_one(conn)
+        .await?)
 }
 
 /// The server a drill restores into, and whether it is the application's own.
@@ -88,8 +93,12 @@ pub struct ScratchDb {
 
 impl ScratchDb {
     pub async fn create(server: &str) -> Result<ScratchDb> {
-        let name = format!("{}{}", prefix(server), uuid::Uuid::new_v4().simple());
         let mut claim = sqlx::PgConnection::connect(server).await?;
+        let name = format!(
+            "{}{}",
+            prefix(&home(&mut claim).await?),
+            uuid::Uuid::new_v4().simple()
+        );
         // Claimed before it exists: a sweep never sees it unclaimed.
         let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1, hashtext($2))")
             .bind(LOCK_CLASS)
@@ -143,14 +152,28 @@ async fn drop_database(server: &str, name: &str, claim: Option<sqlx::PgConnectio
     Ok(())
 }
 
-/// Drops every scratch database on `server` whose claim is free (its drill
-/// is over); returns their names.
-pub async fn sweep(server: &str) -> Result<Vec<String>> {
+/// Drops every scratch database on `server` whose claim is free and that
+/// nobody is connected to (its drill is over), and those earlier versions
+/// named `lethe_verify_UUID` without a claim; returns their names. Best
+/// effort: one that cannot be dropped is logged and left, and the drill goes on.
+pub async fn sweep(server: &str) -> Vec<String> {
+    match sweep_on(server).await {
+        Ok(dropped) => dropped,
+        Err(e) => {
+            tracing::warn!(error = %e, "could not sweep leftover scratch databases; the drill goes on");
+            Vec::new()
+        }
+    }
+}
+
+async fn sweep_on(server: &str) -> Result<Vec<String>> {
     let mut conn = sqlx::PgConnection::connect(server).await?;
     let names: Vec<String> = sqlx::query_scalar(
-        "SELECT datname FROM pg_database WHERE starts_with(datname, $1) ORDER BY 1",
+        "SELECT d.datname::text FROM pg_database d
+         WHERE (starts_with(d.datname, $1) OR d.datname ~ '^lethe_verify_[0-9a-f]{32}$')
+           AND NOT EXISTS (SELECT 1 FROM pg_stat_activity a WHERE a.datname = d.datname) ORDER BY 1",
     )
-    .bind(prefix(server))
+    .bind(prefix(&home(&mut conn).await?))
     .fetch_all(&mut conn)
     .await?;
     let mut dropped = Vec::new();
@@ -169,9 +192,15 @@ pub async fn sweep(server: &str) -> Result<Vec<String>> {
             .bind(&name)
             .execute(&mut conn)
             .await?;
-        r?;
-        tracing::warn!(database = %name, "dropped a scratch database a finished drill left behind");
-        dropped.push(name);
+        match r {
+            Ok(()) => {
+                tracing::warn!(database = %name, "dropped a scratch database a finished drill left behind");
+                dropped.push(name);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, database = %name, "could not drop a leftover scratch database")
+            }
+        }
     }
     conn.close().await?;
     Ok(dropped)

@@ -66,7 +66,7 @@ async fn sweep_leftovers(ctx: &Context) -> Result<Vec<String>> {
     match Db::from_url(&ctx.config.database.url)? {
         Db::Postgres(app_url) => {
             let (server, _) = scratch::server(&ctx.config, &app_url).await?;
-            scratch::sweep(&server).await
+            Ok(scratch::sweep(&server).await)
         }
         Db::Sqlite(_) => Ok(Vec::new()),
     }
@@ -112,6 +112,45 @@ async fn scratch_restore(
     Ok(counts)
 }
 
+/// The drill's report from its outcome: the tables whose row counts differ
+/// from the manifest's, or the error that stopped it.
+fn report_of(
+    id: &str,
+    outcome: Result<(BTreeMap<String, i64>, BTreeMap<String, i64>)>,
+    restore_ms: u64,
+    scratch_swept: Vec<String>,
+) -> VerifyReport {
+    let mut report = VerifyReport {
+        id: id.to_string(),
+        ok: false,
+        restore_ms,
+        tables: 0,
+        mismatches: vec![],
+        error: None,
+        scratch_swept,
+        rto_ms: None,
+        rto_met: None,
+    };
+    match outcome {
+        Ok((expected, actual)) => {
+            report.mismatches = expected
+                .iter()
+                .filter(|(t, n)| actual.get(*t) != Some(n))
+                .map(|(t, n)| {
+                    format!(
+                        "{t}: backup had {n} rows, restore has {}",
+                        actual.get(t).map_or("none".into(), |a| a.to_string())
+                    )
+                })
+                .collect();
+            report.ok = report.mismatches.is_empty();
+            report.tables = expected.len();
+        }
+        Err(e) => report.error = Some(e.to_string()),
+    }
+    report
+}
+
 /// Checks the manifest, downloads, decrypts, decompresses, checks the hash,
 /// restores into scratch and compares row counts with the manifest's. The
 /// result is stored with `actor`'s evidence.
@@ -126,45 +165,15 @@ pub async fn verify(ctx: &Context, id: &str, actor: &str) -> Result<VerifyReport
     }
     .await;
     let restore_ms = started.elapsed().as_millis() as u64;
-    let mut report = match outcome {
-        Ok((expected, actual)) => {
-            let mismatches: Vec<String> = expected
-                .iter()
-                .filter(|(t, n)| actual.get(*t) != Some(n))
-                .map(|(t, n)| {
-                    format!(
-                        "{t}: backup had {n} rows, restore has {}",
-                        actual.get(t).map_or("none".into(), |a| a.to_string())
-                    )
-                })
-                .collect();
-            VerifyReport {
-                id: b.id.clone(),
-                ok: mismatches.is_empty(),
-                restore_ms,
-                tables: expected.len(),
-                mismatches,
-                error: None,
-                scratch_swept: swept,
-                rto_ms: None,
-                rto_met: None,
-            }
-        }
-        Err(e) => VerifyReport {
-            id: b.id.clone(),
-            ok: false,
-            restore_ms,
-            tables: 0,
-            mismatches: vec![],
-            error: Some(e.to_string()),
-            scratch_swept: swept,
-            rto_ms: None,
-            rto_met: None,
-        },
-    };
+    let mut report = report_of(&b.id, outcome, restore_ms, swept);
     report.rto_ms = ctx.config.backup.rto.map(|d| d.as_millis() as u64);
+    let mut rto_alert = None;
     if report.ok {
-        report.rto_met = super::rto::check(ctx, &report.id, restore_ms).await?;
+        // The drill is recorded whatever happens here.
+        match super::rto::assess(ctx, &report.id, restore_ms).await {
+            Ok(judged) => (report.rto_met, rto_alert) = judged,
+            Err(e) => tracing::warn!(error = %e, "could not judge the drill against backup.rto"),
+        }
     }
     let error_text = report
         .error
@@ -191,5 +200,6 @@ pub async fn verify(ctx: &Context, id: &str, actor: &str) -> Result<VerifyReport
             &event,
         )
         .await?;
+    super::rto::send(ctx, rto_alert).await?;
     Ok(report)
 }

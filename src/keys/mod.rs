@@ -241,6 +241,7 @@ async fn shred(
     })
     .await?;
     kek.shredded_at = Some(now);
+    kek.shred_postponed = None;
     let kek = &*kek;
     // Backups taken before now may hold the org's rows: their ciphertexts
     // (and wrapped keys) are unreadable from now on; the evidence names them.
