@@ -17,17 +17,7 @@ export DEBIAN_FRONTEND=noninteractive
 for tool in age zstd pgbackrest; do
   command -v "$tool" >/dev/null || { echo "installing $tool (apt)" >&2; apt-get install -y -qq "$tool" >/dev/null || true; }
 done
-source scripts/test-servers
-trap 'lethe_servers_stop; rm -rf "${work:-}"' EXIT INT TERM
-lethe_servers_start >/dev/null
-export PATH="$LETHE_PG_BIN:$PATH"
-
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/lethe/target}"
-cargo build --release --quiet
-LETHE="$CARGO_TARGET_DIR/release/lethe"
-work=$(mktemp -d /var/tmp/lethe-bench.XXXXXX)
-chmod 755 "$work"
-measure() { python3 benches/measure.py "$@"; }
+source benches/common.sh
 
 echo "generating the database (scale $SCALE)..." >&2
 psql -X -q -v scale="$SCALE" -f benches/gen_app_data.sql "$LETHE_TEST_PG_URL" >/dev/null

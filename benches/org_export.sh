@@ -11,15 +11,7 @@ cd "$(dirname "$0")/.."
 ROWS="${1:-1000000}"
 ROUNDS="${2:-3}"
 command -v age >/dev/null || { echo "installing age (apt)" >&2; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq age >/dev/null; }
-source scripts/test-servers
-trap 'lethe_servers_stop; rm -rf "${work:-}"' EXIT INT TERM
-lethe_servers_start >/dev/null
-export PATH="$LETHE_PG_BIN:$PATH"
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/lethe/target}"
-cargo build --release --quiet
-LETHE="$CARGO_TARGET_DIR/release/lethe"
-work=$(mktemp -d /var/tmp/lethe-bench.XXXXXX)
-measure() { python3 benches/measure.py "$@"; }
+source benches/common.sh
 
 small=$((ROWS / 4))
 echo "generating orgs 1 ($small rows) and 2 ($ROWS rows) of events..." >&2

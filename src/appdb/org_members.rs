@@ -24,6 +24,18 @@ impl AppDb {
     ) -> Result<tokio::sync::mpsc::Receiver<Result<String>>> {
         let mut sql = self.sql();
         let cond = sql.in_list(org_col, &[org.to_string()]);
+        self.json_rows(table, &cond, sql).await
+    }
+
+    /// The rows of `table` matching `cond` (whose parameters `sql` binds),
+    /// each a JSON object (text), streamed through a bounded channel; an
+    /// error ends the stream as its last item.
+    pub(super) async fn json_rows(
+        &self,
+        table: &str,
+        cond: &str,
+        sql: super::scope::Sql,
+    ) -> Result<tokio::sync::mpsc::Receiver<Result<String>>> {
         let text = match self {
             AppDb::Postgres(_) => format!(
                 "SELECT row_to_json(t)::text FROM {} t WHERE {cond}",

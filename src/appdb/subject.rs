@@ -319,46 +319,22 @@ impl AppDb {
     }
 
     /// Every mapped row of the subject in `table` (org column `org`) within
-    /// `scope`, each as a JSON object (text).
+    /// `scope`, each as a JSON object (text), streamed through a bounded
+    /// channel: memory stays flat whatever the subject's row count.
     pub async fn subject_rows(
         &self,
         (table, org): (&str, Option<&str>),
         subject_col: &str,
         subject_id: &str,
         scope: OrgScope<'_>,
-    ) -> Result<Vec<String>> {
+    ) -> Result<tokio::sync::mpsc::Receiver<Result<String>>> {
         let ty = self.column_type(table, subject_col).await?;
         let mut sql = self.sql();
         let mut cond = eq_param(&mut sql, subject_col, ty.as_deref(), subject_id);
         if let Some(c) = scope.cond(&mut sql, org) {
             cond = format!("{cond} AND {c}");
         }
-        Ok(match self {
-            AppDb::Postgres(p) => {
-                let text = format!(
-                    "SELECT row_to_json(t)::text FROM {} t WHERE {cond}",
-                    q(table)
-                );
-                sqlx::query_scalar_with(&text, pg_args(sql.binds)?)
-                    .fetch_all(p)
-                    .await?
-            }
-            AppDb::Sqlite(p) => {
-                let cols = self.columns(table).await?.unwrap_or_default();
-                let pairs: Vec<String> = cols
-                    .iter()
-                    .map(|c| format!("'{}', {}", c.replace('\'', "''"), q(c)))
-                    .collect();
-                let text = format!(
-                    "SELECT json_object({}) FROM {} WHERE {cond}",
-                    pairs.join(", "),
-                    q(table)
-                );
-                sqlx::query_scalar_with(&text, sqlite_args(sql.binds)?)
-                    .fetch_all(p)
-                    .await?
-            }
-        })
+        self.json_rows(table, &cond, sql).await
     }
 
     /// Erases one subject in a single transaction: re-checks sole ownership

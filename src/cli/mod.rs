@@ -201,6 +201,22 @@ pub enum DsrCommand {
         /// sole-owner rule then applies within it).
         #[arg(long)]
         org: Option<String>,
+        /// The subject's identity is still to be checked: the request waits
+        /// (received) for `dsr verify`, or expires after dsr.verify_within.
+        #[arg(long)]
+        unverified: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Record how an unverified request's identity was checked.
+    Verify {
+        id: i64,
+        /// How: a short label, e.g. id_document, email_link, account_login.
+        #[arg(long)]
+        method: String,
+        /// Who checked.
+        #[arg(long)]
+        by: String,
         #[arg(long)]
         json: bool,
     },

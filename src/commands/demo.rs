@@ -253,6 +253,7 @@ async fn submit_sample_requests(ctx: &Context) -> Result<Vec<serde_json::Value>>
             actor: "demo",
             org: None,
             for_org: None,
+            unverified: false,
         };
         let (r, outcome) = match crate::dsr::submit(ctx, sub).await? {
             crate::dsr::Intake::Accepted(r) | crate::dsr::Intake::Replayed(r) => (r, "accepted"),

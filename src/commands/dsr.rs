@@ -14,8 +14,8 @@ use crate::store::DsrState;
 pub async fn submit(
     ctx: Arc<Context>,
     (kind, subject): (&str, &str),
-    jurisdiction: Option<&str>,
-    org: Option<&str>,
+    (jurisdiction, org): (Option<&str>, Option<&str>),
+    unverified: bool,
     json_out: bool,
 ) -> Result<i32> {
     let actor = crate::audit::actor_cli();
@@ -28,6 +28,7 @@ pub async fn submit(
         actor: &actor,
         org,
         for_org: None,
+        unverified,
     };
     let now = ctx.store.now().await?;
     let (r, blocking, accepted) = match dsr::submit(&ctx, s).await? {
@@ -50,10 +51,15 @@ pub async fn submit(
         v["blocking_orgs"] = json!(blocking);
         super::print_json(&v)?;
     } else if accepted {
-        let scope = match &r.org {
+        let mut scope = match &r.org {
             Some(o) => format!(" in org {o} only"),
             None => String::new(),
         };
+        if r.state == DsrState::Received {
+            scope.push_str(
+                "; awaiting identity verification: lethe dsr verify ID --method M --by WHO",
+            );
+        }
         outln!(
             "request {} accepted ({} for {}{scope}, {}), due {}",
             r.id,
@@ -153,6 +159,21 @@ pub async fn extend(
     Ok(0)
 }
 
+pub async fn verify(ctx: Arc<Context>, id: i64, how: (&str, &str), json_out: bool) -> Result<i32> {
+    let r = dsr::verify(&ctx, id, how, &crate::audit::actor_cli()).await?;
+    if json_out {
+        super::print_json(&dsr::view(&ctx, &r, ctx.store.now().await?))?;
+    } else {
+        outln!(
+            "request {id} verified ({}, by {}), due {}",
+            how.0,
+            how.1,
+            r.due_at.format("%Y-%m-%d %H:%M UTC")
+        );
+    }
+    Ok(0)
+}
+
 pub async fn report(ctx: Arc<Context>, send: bool, json_out: bool) -> Result<i32> {
     let (r, csv) = dsr::sla_report(&ctx).await?;
     let mail = if send {
@@ -193,11 +214,19 @@ pub async fn dispatch(ctx: Arc<Context>, command: crate::cli::DsrCommand) -> Res
             subject,
             jurisdiction,
             org,
+            unverified,
             json,
         } => {
             let who = (kind.as_str(), subject.as_str());
-            submit(ctx, who, jurisdiction.as_deref(), org.as_deref(), json).await
+            let scope = (jurisdiction.as_deref(), org.as_deref());
+            submit(ctx, who, scope, unverified, json).await
         }
+        DsrCommand::Verify {
+            id,
+            method,
+            by,
+            json,
+        } => verify(ctx, id, (&method, &by), json).await,
         DsrCommand::List {
             status,
             limit,

@@ -111,6 +111,10 @@ pub struct DsrConfig {
     /// Completed requests in the last this-long go into the SLA report.
     pub report_period: Duration,
     pub export_prefix: String,
+    /// Requests that arrived unverified and are still unverified this long
+    /// after receipt are rejected (`identity_unverified`); `None`: they stay
+    /// open (and count against their deadline) until verified.
+    pub verify_within: Option<Duration>,
 }
 
 #[cfg(test)]
@@ -129,6 +133,7 @@ impl DsrConfig {
             },
             report_period: std::time::Duration::from_secs(7 * 86_400),
             export_prefix: String::new(),
+            verify_within: None,
         }
     }
 }

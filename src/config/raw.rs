@@ -70,6 +70,7 @@ pub(super) struct RawDsr {
     pub(super) pseudonym_key_file: Option<String>,
     pub(super) report_period: Option<Spanned<String>>,
     pub(super) export_prefix: Option<String>,
+    pub(super) verify_within: Option<Spanned<String>>,
     pub(super) export_max_bytes: Option<Spanned<u64>>,
 }
 

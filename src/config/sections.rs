@@ -243,6 +243,11 @@ pub(super) fn load_dsr(
         },
         report_period: dur(&raw.report_period, "dsr.report_period", 7 * 86_400)?,
         export_prefix: raw.export_prefix.unwrap_or_else(|| "exports/".into()),
+        verify_within: raw
+            .verify_within
+            .as_ref()
+            .map(|d| src.duration(d, "dsr.verify_within"))
+            .transpose()?,
         export_max_bytes: match raw.export_max_bytes {
             Some(b) if *b.get_ref() == 0 || *b.get_ref() > 1 << 40 => {
                 return Err(src.error_at(

@@ -219,24 +219,79 @@ async fn fill(
             continue;
         }
         let table = (e.table.as_str(), e.org.as_deref());
-        let mut rows = db.subject_rows(table, col, subject_id, scope).await?;
-        if let (Some(k), false) = (keys.as_mut(), e.encrypted.is_empty()) {
-            let (opened, n) = super::decrypt::open_rows(k, e, rows).await?;
-            rows = opened;
-            c.unreadable += n;
-        }
-        c.rows.insert(e.table.clone(), rows.len());
-        append_text(
-            tar,
-            format!("{}.json", e.table),
-            format!("[{}]\n", rows.join(",\n")),
-        )
-        .await?;
+        let rows = db.subject_rows(table, col, subject_id, scope).await?;
+        let keys = keys.as_mut().filter(|_| !e.encrypted.is_empty());
+        let spooled = spool_table(e, rows, keys).await?;
+        c.unreadable += spooled.unreadable;
+        c.rows.insert(e.table.clone(), spooled.rows);
+        let (name, size, file) = (format!("{}.json", e.table), spooled.bytes, spooled.file);
+        blocking(tar, move |t| t.append_data(&mut header(size), name, file)).await?;
         files(ctx, db, (e, col, subject_id), scope, tar, &mut c).await?;
     }
     append_text(tar, "README.txt".into(), readme(config, r, &c))
         .await
         .map(|()| c)
+}
+
+/// One table's rows as a JSON array in a private temporary file, written as
+/// they stream from the database (encrypted columns opened a batch at a
+/// time), so memory stays flat whatever the subject's row count.
+struct Spooled {
+    file: File,
+    bytes: u64,
+    rows: usize,
+    unreadable: u64,
+}
+
+/// Rows opened (decrypted) together.
+const OPEN_BATCH: usize = 1_000;
+
+async fn spool_table(
+    e: &DataMapEntry,
+    mut rows: tokio::sync::mpsc::Receiver<Result<String>>,
+    mut keys: Option<&mut crate::keys::DataKeys<'_>>,
+) -> Result<Spooled> {
+    use std::io::{Seek, Write};
+    let io = |err| Error::io("writing the export's temporary file", err);
+    let mut file = tempfile::tempfile().map_err(io)?;
+    let mut out = std::io::BufWriter::new(&mut file);
+    let (mut count, mut unreadable) = (0usize, 0u64);
+    out.write_all(b"[").map_err(io)?;
+    let mut batch = Vec::with_capacity(OPEN_BATCH);
+    loop {
+        let next = rows.recv().await.transpose()?;
+        let ended = next.is_none();
+        batch.extend(next);
+        if batch.len() < OPEN_BATCH && !ended {
+            continue;
+        }
+        let mut lines = std::mem::take(&mut batch);
+        if let Some(k) = keys.as_deref_mut() {
+            let (opened, n) = super::decrypt::open_rows(k, e, lines).await?;
+            lines = opened;
+            unreadable += n;
+        }
+        for line in lines {
+            let sep: &[u8] = if count == 0 { b"" } else { b",\n" };
+            out.write_all(sep).map_err(io)?;
+            out.write_all(line.as_bytes()).map_err(io)?;
+            count += 1;
+        }
+        if ended {
+            break;
+        }
+    }
+    out.write_all(b"]\n").map_err(io)?;
+    out.flush().map_err(io)?;
+    drop(out);
+    let bytes = file.stream_position().map_err(io)?;
+    file.rewind().map_err(io)?;
+    Ok(Spooled {
+        file,
+        bytes,
+        rows: count,
+        unreadable,
+    })
 }
 
 /// The subject's files of one table, each streamed through a temporary file.

@@ -38,6 +38,12 @@ pub struct Jurisdiction {
     /// The law allows one extension only (CCPA: "once by an additional 45 days").
     pub extend_once: bool,
     pub extension_text: &'static str,
+    /// The deadline runs from the identity check, not from receipt, for a
+    /// request that arrived unverified (the UK ICO: "the time limit starts
+    /// from when you receive the information"); elsewhere from receipt
+    /// (GDPR Art. 12(3) "of receipt of the request"; CCPA regulations
+    /// §7021(a) "regardless of time required to verify").
+    pub clock_from_verification: bool,
 }
 
 pub const JURISDICTIONS: &[Jurisdiction] = &[
@@ -49,6 +55,7 @@ pub const JURISDICTIONS: &[Jurisdiction] = &[
         extension: Some(Deadline::Months(2)),
         extend_once: false,
         extension_text: "Art. 12(3): two further months",
+        clock_from_verification: false,
     },
     Jurisdiction {
         code: "uk_gdpr",
@@ -58,6 +65,7 @@ pub const JURISDICTIONS: &[Jurisdiction] = &[
         extension: Some(Deadline::Months(2)),
         extend_once: false,
         extension_text: "Art. 12(3): two further months",
+        clock_from_verification: true,
     },
     Jurisdiction {
         code: "ccpa",
@@ -67,6 +75,7 @@ pub const JURISDICTIONS: &[Jurisdiction] = &[
         extension: Some(Deadline::Days(45)),
         extend_once: true,
         extension_text: "§1798.130: one further 45 days",
+        clock_from_verification: false,
     },
     Jurisdiction {
         code: "uu_pdp",
@@ -76,6 +85,7 @@ pub const JURISDICTIONS: &[Jurisdiction] = &[
         extension: None,
         extend_once: false,
         extension_text: "Art. 32–43: 3×24 hours, no extension",
+        clock_from_verification: false,
     },
     Jurisdiction {
         code: "default",
@@ -85,6 +95,7 @@ pub const JURISDICTIONS: &[Jurisdiction] = &[
         extension: Some(Deadline::Days(30)),
         extend_once: false,
         extension_text: "30 further days",
+        clock_from_verification: false,
     },
 ];
 

@@ -5,6 +5,7 @@
 mod decrypt;
 mod export;
 mod files;
+mod identity;
 mod import;
 mod jurisdiction;
 mod ledger;
@@ -14,6 +15,7 @@ mod reapply_orgs;
 mod report;
 
 pub use decrypt::open_rows;
+pub use identity::verify;
 pub use import::import;
 pub use jurisdiction::{Deadline, Jurisdiction, JURISDICTIONS};
 pub use ledger::{reapply_ledger, LedgerReapply, ReapplyReport};
@@ -100,6 +102,9 @@ pub struct Submission<'a> {
     /// A caller that acts for one org may submit only for that org's members,
     /// and only about that org's workspace.
     pub for_org: Option<&'a str>,
+    /// The subject's identity is still to be checked (`dsr verify`): the
+    /// request waits in `received`.
+    pub unverified: bool,
 }
 
 /// The outcome of intake. `Rejected` requests are recorded too (evidence).
@@ -158,10 +163,10 @@ pub async fn submit(ctx: &Context, s: Submission<'_>) -> Result<Intake> {
         subject: subject.clone(),
         org: org.map(str::to_string),
         jurisdiction: j.code.into(),
-        state: if check.reason.is_some() {
-            DsrState::Rejected
-        } else {
-            DsrState::Verified
+        state: match (check.reason, s.unverified) {
+            (Some(_), _) => DsrState::Rejected,
+            (None, true) => DsrState::Received,
+            (None, false) => DsrState::Verified,
         },
         reason: check.reason.map(str::to_string),
         detail: check.detail,

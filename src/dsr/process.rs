@@ -304,13 +304,8 @@ pub async fn process_job(jc: &JobContext, p: ProcessParams) -> Result<Value> {
         let ids: Vec<i64> = due.iter().map(|r| r.id).collect();
         return Ok(json!({"dry_run": true, "would_process": ids}));
     }
-    // Expired archives go first: nothing below (schema drift, a bad request) holds them up.
-    let expired = ctx
-        .store
-        .dsr_exports_to_delete(ctx.store.now().await?, None)
-        .await?;
-    let (exports_expired, exports_stuck) =
-        delete_exports(ctx, &jc.actor, expired, "link expired").await?;
+    // First: nothing below (schema drift, a bad request) holds these up.
+    let (exports_expired, exports_stuck, identity_unverified) = expire(ctx, &jc.actor).await?;
     let db = ctx.app_db().await?;
     // A data map that does not fit the schema would erase nothing and call it done.
     crate::appdb::preflight(&ctx.config, &db).await?;
@@ -372,9 +367,22 @@ pub async fn process_job(jc: &JobContext, p: ProcessParams) -> Result<Value> {
     };
     Ok(
         json!({"completed": completed, "rejected": rejected, "exports_expired": exports_expired,
+               "identity_unverified": identity_unverified,
                "compacted": compacted,
               "per_request_ms": {"median": pct(50.0), "p95": pct(95.0), "max": took_ms.last()}}),
     )
+}
+
+/// Export archives whose link expired, deleted (deleted, not deleted), and
+/// requests left unverified too long, rejected.
+async fn expire(ctx: &Context, actor: &str) -> Result<(usize, usize, Vec<i64>)> {
+    let expired = ctx
+        .store
+        .dsr_exports_to_delete(ctx.store.now().await?, None)
+        .await?;
+    let (deleted, stuck) = delete_exports(ctx, actor, expired, "link expired").await?;
+    let unverified = super::identity::expire_unverified(ctx, actor).await?;
+    Ok((deleted, stuck, unverified))
 }
 
 /// What one request's attempt came to, as recorded in the store.

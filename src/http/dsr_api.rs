@@ -133,6 +133,8 @@ pub struct SubmitBody {
     jurisdiction: Option<String>,
     /// Only this org's workspace (a key that acts for an org always has its org).
     org: Option<String>,
+    /// `false`: the subject's identity is still to be checked (`dsr verify`).
+    identity_verified: Option<bool>,
 }
 
 /// The `Idempotency-Key` header: absent, or one value of 1 to 255 visible
@@ -196,6 +198,7 @@ pub async fn submit(
         actor: &actor,
         org: body.org.as_deref(),
         for_org: key.org.as_deref(),
+        unverified: body.identity_verified == Some(false),
     };
     let now = chrono::Utc::now();
     match dsr::submit(&s.ctx, sub).await {
@@ -249,6 +252,45 @@ pub async fn get(State(s): State<AppState>, headers: HeaderMap, Path(id): Path<i
         }
         // Another caller's request is as absent as a missing one.
         Ok(_) => problem(StatusCode::NOT_FOUND, format!("no request {id}")),
+        Err(e) => from_error(e),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VerifyBody {
+    method: String,
+    by: String,
+}
+
+/// `POST /v1/dsr/{id}/verify` with `{"method", "by"}`: how the identity of a
+/// request that arrived unverified was checked (a `submit` key, its own requests).
+pub async fn verify(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<i64>,
+    body: Result<Json<VerifyBody>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let key = match authenticate(&s, &headers, ApiScope::Submit) {
+        Ok(k) => k,
+        Err(r) => return *r,
+    };
+    let Json(body) = match body {
+        Ok(b) => b,
+        Err(e) => return problem(StatusCode::BAD_REQUEST, format!("body: {e}")),
+    };
+    let _slot = match admit(&s).await {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    match s.ctx.store.dsr_get(id).await {
+        Ok(Some(r)) if visible_to(&key, &r) => {}
+        Ok(_) => return problem(StatusCode::NOT_FOUND, format!("no request {id}")),
+        Err(e) => return from_error(e),
+    }
+    let actor = format!("http:{}", key.name);
+    match dsr::verify(&s.ctx, id, (&body.method, &body.by), &actor).await {
+        Ok(r) => Json(dsr::view(&s.ctx, &r, chrono::Utc::now())).into_response(),
         Err(e) => from_error(e),
     }
 }

@@ -38,6 +38,7 @@ pub fn router(ctx: Arc<Context>, shutdown: Shutdown) -> Router {
             axum::routing::post(dsr_api::submit).get(dsr_api::list),
         )
         .route("/v1/dsr/{id}", get(dsr_api::get))
+        .route("/v1/dsr/{id}/verify", axum::routing::post(dsr_api::verify))
         .route(
             "/v1/orgs/{id}/deletions",
             axum::routing::post(org_api::delete),

@@ -80,6 +80,21 @@ pub struct DsrRequest {
     pub attempts: i32,
     pub result: Option<serde_json::Value>,
     pub updated_at: DateTime<Utc>,
+    /// When and how the subject's identity was checked, and by whom (a
+    /// request that arrived unverified; `None` for one verified at intake).
+    pub verified_at: Option<DateTime<Utc>>,
+    pub verify_method: Option<String>,
+    pub verified_by: Option<String>,
+}
+
+/// How a request that arrived unverified was verified.
+#[derive(Debug, Clone)]
+pub struct DsrVerification {
+    pub at: DateTime<Utc>,
+    pub method: String,
+    pub by: String,
+    /// The deadline from now on (moved where the law starts the clock at verification).
+    pub due_at: DateTime<Utc>,
 }
 
 /// One extension of a request's deadline.
@@ -205,6 +220,11 @@ pub trait DsrRequests: Send + Sync {
     /// (`e.from_due_at`) is still in force and not yet passed at `e.extended_at`;
     /// false otherwise (nothing changed, no evidence).
     async fn dsr_extend(&self, id: i64, e: &DsrExtension, event: &NewAuditEvent) -> Result<bool>;
+    /// Moves a `received` request to `verified` with how its identity was
+    /// checked, and its deadline; false (nothing changed, no evidence) if it
+    /// was not `received`.
+    async fn dsr_verify(&self, id: i64, v: &DsrVerification, event: &NewAuditEvent)
+        -> Result<bool>;
 }
 
 /// Six states at most: `from` is bound as six nullable parameters (`x IN (…, NULL)`
@@ -426,6 +446,29 @@ macro_rules! impl_dsr_requests {
                 .await?
                 .rows_affected();
                 Self::commit_if_one(tx, n, Some(event), "dsr_extend").await
+            }
+
+            async fn dsr_verify(
+                &self,
+                id: i64,
+                v: &DsrVerification,
+                event: &NewAuditEvent,
+            ) -> Result<bool> {
+                let mut tx = self.write_tx().await?;
+                let n = sqlx::query(
+                    "UPDATE dsr_requests SET state = 'verified', verified_at = $2, verify_method = $3,
+                            verified_by = $4, due_at = $5, updated_at = $2
+                     WHERE id = $1 AND state = 'received'",
+                )
+                .bind(id)
+                .bind(Ts(v.at))
+                .bind(&v.method)
+                .bind(&v.by)
+                .bind(Ts(v.due_at))
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                Self::commit_if_one(tx, n, Some(event), "dsr_verify").await
             }
         }
     };

@@ -41,7 +41,10 @@ pub use backups::{BackupCatalog, BackupRecord};
 pub use base::{Backend, Base};
 pub use breaches::{Breach, BreachParty, Breaches};
 pub use checkpoints::Checkpoints;
-pub use dsr::{DsrExtension, DsrInsert, DsrRequest, DsrRequests, DsrState, ImportedDsr, NewDsr};
+pub use dsr::{
+    DsrExtension, DsrInsert, DsrRequest, DsrRequests, DsrState, DsrVerification, ImportedDsr,
+    NewDsr,
+};
 pub use dsr_ledger::DsrLedger;
 pub use keys::{Keys, OrgDek, OrgKek};
 pub use object_deletes::{NewPendingObject, ObjectDeletes, PendingObject};

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use crate::common::{run_ok, stdout_json, ConfigDir};
 use serde_json::Value;
 
-const DATA_MAP: &str = r#"
+pub(crate) const DATA_MAP: &str = r#"
 [app]
 subjects = { table = "users", id = "id", email = "email" }
 orgs = { table = "orgs", id = "id", closed_at = "closed_at" }
@@ -60,7 +60,7 @@ legal_basis = "tax law: 10 years"
 "#;
 
 /// Org 1: owner 1 (sole), member 2. Org 2: owners 3 and 4 (co-owners), member 2.
-const FIXTURE: &str = r#"
+pub(crate) const FIXTURE: &str = r#"
 CREATE TABLE orgs (id INTEGER PRIMARY KEY, name TEXT, closed_at TEXT);
 CREATE TABLE users (id INTEGER PRIMARY KEY, email TEXT NOT NULL UNIQUE, name TEXT);
 CREATE TABLE memberships (org_id INTEGER, user_id INTEGER, role TEXT);

@@ -1,0 +1,150 @@
+//! Identity: a request can arrive unverified and waits in `received` until
+//! `dsr verify` records how and by whom the identity was checked (the UK's
+//! deadline then runs from that moment); one still unverified
+//! `dsr.verify_within` after receipt is rejected as `identity_unverified`.
+//! The fixture is `dsr.rs`'s.
+
+use crate::common::{run_ok, stdout_json};
+use crate::dsr::setup;
+use serde_json::Value;
+
+macro_rules! both {
+    ($($case:ident),* $(,)?) => {
+        mod sqlite { $(#[tokio::test(flavor = "multi_thread")] async fn $case() { super::$case(false).await })* }
+        mod postgres { $(#[tokio::test(flavor = "multi_thread")] async fn $case() { super::$case(true).await })* }
+    };
+}
+
+both!(an_unverified_request_waits_for_verification_or_expires);
+
+async fn an_unverified_request_waits_for_verification_or_expires(pg: bool) {
+    let Some(s) = setup(pg, "", "").await else {
+        return;
+    };
+    let show = |id: &Value| {
+        stdout_json(&run_ok(s.lethe().args([
+            "dsr",
+            "show",
+            &id.to_string(),
+            "--json",
+        ])))
+    };
+    let process = || stdout_json(&run_ok(s.lethe().args(["run", "dsr.process", "--json"])));
+    let (code, v) = s.submit("erasure", "member@x.example", &["--unverified"]);
+    assert_eq!(
+        (code, v["state"].as_str()),
+        (Some(0), Some("received")),
+        "{v}"
+    );
+    let run = process();
+    assert_eq!(run["result"]["completed"], serde_json::json!([]), "{run}");
+    assert_eq!(
+        show(&v["id"])["state"],
+        "received",
+        "not processed unverified"
+    );
+
+    let id = v["id"].to_string();
+    let verify = |args: &[&str]| {
+        s.lethe()
+            .args(["dsr", "verify", &id])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    assert_eq!(
+        verify(&["--method", "ID card", "--by", "dpo"])
+            .status
+            .code(),
+        Some(2)
+    );
+    let ok = verify(&[
+        "--method",
+        "id_document",
+        "--by",
+        "Dana (DPO office)",
+        "--json",
+    ]);
+    let shown = stdout_json(&ok);
+    assert_eq!(
+        (
+            shown["state"].as_str(),
+            shown["verify_method"].as_str(),
+            shown["verified_by"].as_str()
+        ),
+        (
+            Some("verified"),
+            Some("id_document"),
+            Some("Dana (DPO office)")
+        ),
+        "{shown}"
+    );
+    assert_eq!(
+        shown["due_at"], v["due_at"],
+        "GDPR: the deadline runs from receipt"
+    );
+    assert_eq!(
+        verify(&["--method", "id_document", "--by", "x"])
+            .status
+            .code(),
+        Some(3)
+    );
+    let run = process();
+    assert_eq!(
+        run["result"]["completed"],
+        serde_json::json!([v["id"]]),
+        "{run}"
+    );
+
+    // UK GDPR: the deadline runs from the verification.
+    let (_, uk) = s.submit(
+        "export",
+        "co1@x.example",
+        &["--unverified", "--jurisdiction", "uk_gdpr"],
+    );
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let uk_id = uk["id"].to_string();
+    let moved = stdout_json(&run_ok(s.lethe().args([
+        "dsr",
+        "verify",
+        &uk_id,
+        "--method",
+        "email_link",
+        "--by",
+        "dpo",
+        "--json",
+    ])));
+    let due =
+        |v: &Value| chrono::DateTime::parse_from_rfc3339(v["due_at"].as_str().unwrap()).unwrap();
+    assert!(
+        due(&moved) > due(&uk),
+        "{} > {}",
+        moved["due_at"],
+        uk["due_at"]
+    );
+
+    // Unverified past dsr.verify_within: rejected, with evidence.
+    let cfg = std::fs::read_to_string(s.c.config()).unwrap();
+    std::fs::write(
+        s.c.config(),
+        format!("{cfg}\n[dsr]\nverify_within = \"1s\"\n"),
+    )
+    .unwrap();
+    let (_, late) = s.submit("export", "co2@x.example", &["--unverified"]);
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let run = process();
+    assert_eq!(
+        run["result"]["identity_unverified"],
+        serde_json::json!([late["id"]]),
+        "{run}"
+    );
+    let gone = show(&late["id"]);
+    assert_eq!(
+        (gone["state"].as_str(), gone["reason"].as_str()),
+        (Some("rejected"), Some("identity_unverified")),
+        "{gone}"
+    );
+    let audit = String::from_utf8(run_ok(s.lethe().args(["audit", "export"])).stdout).unwrap();
+    assert!(audit.contains("\"action\":\"dsr.identity_verified\""));
+    assert!(audit.contains("\"reason\":\"identity_unverified\""));
+}
