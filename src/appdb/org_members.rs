@@ -57,8 +57,8 @@ impl AppDb {
         let (tx, rx) = tokio::sync::mpsc::channel(ROWS_IN_FLIGHT);
         let db = self.clone();
         tokio::spawn(async move {
-            use futures_util::TryStreamExt;
-            let sent = async {
+            use futures_util::{FutureExt, TryStreamExt};
+            let sent = std::panic::AssertUnwindSafe(async {
                 match &db {
                     AppDb::Postgres(p) => {
                         let mut rows =
@@ -82,8 +82,15 @@ impl AppDb {
                     }
                 }
                 Ok::<_, crate::error::Error>(())
-            }
-            .await;
+            })
+            .catch_unwind()
+            .await
+            // A crash must end the stream as an error, never as a complete table.
+            .unwrap_or_else(|_| {
+                Err(crate::error::Error::Failed(
+                    "reading the rows crashed".into(),
+                ))
+            });
             if let Err(e) = sent {
                 let _ = tx.send(Err(e)).await;
             }

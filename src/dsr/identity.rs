@@ -43,9 +43,28 @@ pub async fn verify(
         )));
     }
     let now = ctx.store.now().await?;
+    if let Some(within) = ctx.config.dsr.verify_within {
+        let within = chrono::Duration::from_std(within).unwrap_or(chrono::Duration::MAX);
+        if r.received_at
+            .checked_add_signed(within)
+            .is_some_and(|t| t <= now)
+        {
+            return Err(Error::Refused(format!(
+                "request {id} was not verified within dsr.verify_within of its receipt; \
+                 the next dsr.process rejects it (identity_unverified)"
+            )));
+        }
+    }
     let j = Jurisdiction::find(&r.jurisdiction)?;
     let due_at = if j.clock_from_verification {
-        j.deadline(&r.kind, &ctx.config.dsr).after(now)?
+        // From now, with any extension granted meanwhile, and never earlier
+        // than the deadline in force (month ends clamp).
+        let fresh = j.deadline(&r.kind, &ctx.config.dsr).after(now)?;
+        let extended = u64::try_from(r.extended_days).unwrap_or(0);
+        let fresh = fresh
+            .checked_add_days(chrono::Days::new(extended))
+            .unwrap_or(fresh);
+        fresh.max(r.due_at)
     } else {
         r.due_at
     };
@@ -54,17 +73,19 @@ pub async fn verify(
         method: method.to_string(),
         by: by.to_string(),
         due_at,
+        from_due_at: r.due_at,
     };
+    // Who checked stays on the request; the evidence names the actor and how.
     let event = crate::store::evidence(
         actor,
         "dsr.identity_verified",
         &format!("dsr:{id}"),
-        json!({"method": method, "by": by, "due_at": due_at.to_rfc3339(),
+        json!({"method": method, "due_at": due_at.to_rfc3339(),
                "deadline_from": if j.clock_from_verification { "verification" } else { "receipt" }}),
     );
     if !ctx.store.dsr_verify(id, &v, &event).await? {
         return Err(Error::Refused(format!(
-            "request {id} changed meanwhile (verified, or expired); nothing recorded"
+            "request {id} changed meanwhile (verified, extended or expired); nothing recorded"
         )));
     }
     ctx.store
@@ -81,38 +102,52 @@ pub(super) async fn expire_unverified(ctx: &Context, actor: &str) -> Result<Vec<
     };
     let within = chrono::Duration::from_std(within).unwrap_or(chrono::Duration::MAX);
     let now = ctx.store.now().await?;
+    let Some(cutoff) = now.checked_sub_signed(within) else {
+        return Ok(Vec::new());
+    };
     let mut expired = Vec::new();
-    for r in ctx.store.dsr_list(Some(DsrState::Received), 10_000).await? {
-        if r.received_at
-            .checked_add_signed(within)
-            .is_none_or(|t| t > now)
-        {
-            continue;
+    // Oldest first, page by page: each request leaves `received` as it goes.
+    loop {
+        let page = ctx.store.dsr_received_before(cutoff, 500).await?;
+        let full = page.len() == 500;
+        let before = expired.len();
+        for r in page {
+            if reject(ctx, actor, &r, within).await? {
+                expired.push(r.id);
+            }
         }
-        let detail = json!({"detail": format!(
-            "the subject's identity was not verified within {} of receipt",
-            crate::config::format_duration(within.to_std().unwrap_or_default())
-        )});
-        let event = crate::store::evidence(
-            actor,
-            "dsr.rejected",
-            &format!("dsr:{}", r.id),
-            json!({"reason": "identity_unverified"}),
-        );
-        let moved = ctx
-            .store
-            .dsr_transition(
-                r.id,
-                &[DsrState::Received],
-                DsrState::Rejected,
-                Some("identity_unverified"),
-                Some(&detail),
-                Some(&event),
-            )
-            .await?;
-        if moved {
-            expired.push(r.id);
+        if !full || expired.len() == before {
+            return Ok(expired);
         }
     }
-    Ok(expired)
+}
+
+/// Rejects one request as `identity_unverified`, with evidence; false if it
+/// left `received` meanwhile.
+async fn reject(
+    ctx: &Context,
+    actor: &str,
+    r: &DsrRequest,
+    within: chrono::Duration,
+) -> Result<bool> {
+    let detail = json!({"detail": format!(
+        "the subject's identity was not verified within {} of receipt",
+        crate::config::format_duration(within.to_std().unwrap_or_default())
+    )});
+    let event = crate::store::evidence(
+        actor,
+        "dsr.rejected",
+        &format!("dsr:{}", r.id),
+        json!({"reason": "identity_unverified"}),
+    );
+    ctx.store
+        .dsr_transition(
+            r.id,
+            &[DsrState::Received],
+            DsrState::Rejected,
+            Some("identity_unverified"),
+            Some(&detail),
+            Some(&event),
+        )
+        .await
 }

@@ -173,7 +173,13 @@ pub async fn submit(ctx: &Context, s: Submission<'_>) -> Result<Intake> {
         source: s.source.into(),
         idempotency_key: s.idempotency_key.map(str::to_string),
         request_hash: match s.idempotency_key {
-            Some(_) => Some(request_hash(ctx, kind, &subject, org, j.code)?),
+            Some(_) => Some(request_hash(
+                ctx,
+                kind,
+                &subject,
+                (org, s.unverified),
+                j.code,
+            )?),
             None => None,
         },
         received_at: now,
@@ -366,7 +372,7 @@ fn request_hash(
     ctx: &Context,
     kind: &str,
     subject: &str,
-    org: Option<&str>,
+    (org, unverified): (Option<&str>, bool),
     jurisdiction: &str,
 ) -> Result<String> {
     use hmac::Mac;
@@ -375,6 +381,9 @@ fn request_hash(
     // Only when scoped: a request about every org hashes as it always did.
     if let Some(o) = org {
         canonical["org"] = json!(o);
+    }
+    if unverified {
+        canonical["identity_verified"] = json!(false);
     }
     let canonical = canonical.to_string();
     // An unreadable key file is the server's problem (500 on the API), not the caller's.

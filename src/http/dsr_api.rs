@@ -283,14 +283,19 @@ pub async fn verify(
         Ok(p) => p,
         Err(r) => return r,
     };
+    // Only the caller's own requests, whatever the key's org.
     match s.ctx.store.dsr_get(id).await {
-        Ok(Some(r)) if visible_to(&key, &r) => {}
+        Ok(Some(r)) if r.source == source_of(&key) => {}
         Ok(_) => return problem(StatusCode::NOT_FOUND, format!("no request {id}")),
         Err(e) => return from_error(e),
     }
     let actor = format!("http:{}", key.name);
     match dsr::verify(&s.ctx, id, (&body.method, &body.by), &actor).await {
-        Ok(r) => Json(dsr::view(&s.ctx, &r, chrono::Utc::now())).into_response(),
+        Ok(r) if key.scopes.contains(&ApiScope::Read) => {
+            Json(dsr::view(&s.ctx, &r, chrono::Utc::now())).into_response()
+        }
+        // A submit-only key learns the outcome, not the record.
+        Ok(r) => Json(json!({"id": r.id, "state": r.state, "due_at": r.due_at})).into_response(),
         Err(e) => from_error(e),
     }
 }

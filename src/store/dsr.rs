@@ -93,8 +93,11 @@ pub struct DsrVerification {
     pub at: DateTime<Utc>,
     pub method: String,
     pub by: String,
-    /// The deadline from now on (moved where the law starts the clock at verification).
+    /// The deadline from now on (moved where the law starts the clock at
+    /// verification), and the one it replaces: the change applies only while
+    /// that is still the deadline in force (no extension in between).
     pub due_at: DateTime<Utc>,
+    pub from_due_at: DateTime<Utc>,
 }
 
 /// One extension of a request's deadline.
@@ -220,6 +223,13 @@ pub trait DsrRequests: Send + Sync {
     /// (`e.from_due_at`) is still in force and not yet passed at `e.extended_at`;
     /// false otherwise (nothing changed, no evidence).
     async fn dsr_extend(&self, id: i64, e: &DsrExtension, event: &NewAuditEvent) -> Result<bool>;
+    /// Requests still `received` that were received at `cutoff` or earlier,
+    /// oldest first, at most `limit`.
+    async fn dsr_received_before(
+        &self,
+        cutoff: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<DsrRequest>>;
     /// Moves a `received` request to `verified` with how its identity was
     /// checked, and its deadline; false (nothing changed, no evidence) if it
     /// was not `received`.
@@ -448,6 +458,21 @@ macro_rules! impl_dsr_requests {
                 Self::commit_if_one(tx, n, Some(event), "dsr_extend").await
             }
 
+            async fn dsr_received_before(
+                &self,
+                cutoff: DateTime<Utc>,
+                limit: u32,
+            ) -> Result<Vec<DsrRequest>> {
+                Ok(sqlx::query_as(
+                    "SELECT * FROM dsr_requests WHERE state = 'received' AND received_at <= $1
+                     ORDER BY received_at, id LIMIT $2",
+                )
+                .bind(Ts(cutoff))
+                .bind(i64::from(limit))
+                .fetch_all(&self.pool)
+                .await?)
+            }
+
             async fn dsr_verify(
                 &self,
                 id: i64,
@@ -458,13 +483,14 @@ macro_rules! impl_dsr_requests {
                 let n = sqlx::query(
                     "UPDATE dsr_requests SET state = 'verified', verified_at = $2, verify_method = $3,
                             verified_by = $4, due_at = $5, updated_at = $2
-                     WHERE id = $1 AND state = 'received'",
+                     WHERE id = $1 AND state = 'received' AND due_at = $6",
                 )
                 .bind(id)
                 .bind(Ts(v.at))
                 .bind(&v.method)
                 .bind(&v.by)
                 .bind(Ts(v.due_at))
+                .bind(Ts(v.from_due_at))
                 .execute(&mut *tx)
                 .await?
                 .rows_affected();

@@ -557,6 +557,11 @@ async fn api_keys_have_names_scopes_and_an_optional_org(pg: bool) {
         call("k-tenant-0123456789", "POST", &path(&limited), how).code,
         404
     );
+    // Not even a key without an org verifies another caller's request.
+    assert_eq!(
+        call("k-intake-0123456789", "POST", &path(&waiting), how).code,
+        404
+    );
     let verified = call("k-tenant-0123456789", "POST", &path(&waiting), how);
     assert_eq!(
         (verified.code, &verified.body["state"]),

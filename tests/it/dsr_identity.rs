@@ -96,14 +96,19 @@ async fn an_unverified_request_waits_for_verification_or_expires(pg: bool) {
         "{run}"
     );
 
-    // UK GDPR: the deadline runs from the verification.
+    // UK GDPR: the deadline runs from the verification, keeping an extension
+    // granted while the request waited.
     let (_, uk) = s.submit(
         "export",
         "co1@x.example",
         &["--unverified", "--jurisdiction", "uk_gdpr"],
     );
-    std::thread::sleep(std::time::Duration::from_millis(1100));
     let uk_id = uk["id"].to_string();
+    let extend = [
+        "dsr", "extend", &uk_id, "--days", "10", "--reason", "complex",
+    ];
+    run_ok(s.lethe().args(extend));
+    std::thread::sleep(std::time::Duration::from_millis(1100));
     let moved = stdout_json(&run_ok(s.lethe().args([
         "dsr",
         "verify",
@@ -114,14 +119,18 @@ async fn an_unverified_request_waits_for_verification_or_expires(pg: bool) {
         "dpo",
         "--json",
     ])));
-    let due =
-        |v: &Value| chrono::DateTime::parse_from_rfc3339(v["due_at"].as_str().unwrap()).unwrap();
-    assert!(
-        due(&moved) > due(&uk),
-        "{} > {}",
-        moved["due_at"],
-        uk["due_at"]
-    );
+    let at = |v: &Value, f: &str| {
+        chrono::DateTime::parse_from_rfc3339(v[f].as_str().unwrap())
+            .unwrap()
+            .with_timezone(&chrono::Utc)
+    };
+    let from_verification = at(&moved, "verified_at")
+        .checked_add_months(chrono::Months::new(1))
+        .unwrap()
+        .checked_add_days(chrono::Days::new(10))
+        .unwrap();
+    assert_eq!(at(&moved, "due_at"), from_verification, "{moved}");
+    assert_eq!(moved["extended_days"], 10);
 
     // Unverified past dsr.verify_within: rejected, with evidence.
     let cfg = std::fs::read_to_string(s.c.config()).unwrap();
@@ -132,6 +141,19 @@ async fn an_unverified_request_waits_for_verification_or_expires(pg: bool) {
     .unwrap();
     let (_, late) = s.submit("export", "co2@x.example", &["--unverified"]);
     std::thread::sleep(std::time::Duration::from_millis(1500));
+    let too_late = [
+        "dsr",
+        "verify",
+        &late["id"].to_string(),
+        "--method",
+        "email_link",
+        "--by",
+        "dpo",
+    ];
+    assert_eq!(
+        s.lethe().args(too_late).output().unwrap().status.code(),
+        Some(3)
+    );
     let run = process();
     assert_eq!(
         run["result"]["identity_unverified"],
