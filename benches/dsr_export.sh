@@ -77,6 +77,12 @@ for round in $(seq 1 "$ROUNDS"); do
   done
 done
 
+# Every export must have completed: a failed run's timing means nothing.
+"$LETHE" --config "$work/lethe/lethe.toml" dsr list --json | python3 -c '
+import json, sys
+states = [r["state"] for r in json.load(sys.stdin)["requests"]]
+assert states and all(s == "completed" for s in states), states
+print(f"{len(states)} exports completed")'
 python3 - "$results" "$ROUNDS" <<'PY'
 import statistics, sys
 runs = {}
