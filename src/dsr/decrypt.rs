@@ -13,6 +13,41 @@ use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::keys::{DataKeys, Opened};
 
+/// Rows opened (decrypted) together.
+const OPEN_BATCH: usize = 500;
+
+/// Every row of `e` from a stream (JSON objects as text), with its encrypted
+/// columns opened a batch at a time when `keys` are given, handed to `write`
+/// in order; returns how many values could not be opened. An error in the
+/// stream ends it as an error: a table is never taken as whole when it is not.
+pub async fn drain_opened(
+    rows: &mut tokio::sync::mpsc::Receiver<Result<String>>,
+    e: &DataMapEntry,
+    mut keys: Option<&mut DataKeys<'_>>,
+    mut write: impl FnMut(String) -> Result<()>,
+) -> Result<u64> {
+    let mut unreadable = 0;
+    let mut batch = Vec::with_capacity(OPEN_BATCH);
+    loop {
+        let next = rows.recv().await.transpose()?;
+        let ended = next.is_none();
+        batch.extend(next);
+        if batch.len() < OPEN_BATCH && !ended {
+            continue;
+        }
+        let mut lines = std::mem::take(&mut batch);
+        if let Some(k) = keys.as_deref_mut() {
+            let (opened, n) = open_rows(k, e, lines).await?;
+            lines = opened;
+            unreadable += n;
+        }
+        lines.into_iter().try_for_each(&mut write)?;
+        if ended {
+            return Ok(unreadable);
+        }
+    }
+}
+
 /// `rows` (JSON objects as text) with the entry's encrypted columns opened;
 /// and how many values could not be.
 pub async fn open_rows(

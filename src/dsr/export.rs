@@ -243,44 +243,25 @@ struct Spooled {
     unreadable: u64,
 }
 
-/// Rows opened (decrypted) together.
-const OPEN_BATCH: usize = 1_000;
-
 async fn spool_table(
     e: &DataMapEntry,
     mut rows: tokio::sync::mpsc::Receiver<Result<String>>,
-    mut keys: Option<&mut crate::keys::DataKeys<'_>>,
+    keys: Option<&mut crate::keys::DataKeys<'_>>,
 ) -> Result<Spooled> {
     use std::io::{Seek, Write};
     let io = |err| Error::io("writing the export's temporary file", err);
     let mut file = tempfile::tempfile().map_err(io)?;
     let mut out = std::io::BufWriter::new(&mut file);
-    let (mut count, mut unreadable) = (0usize, 0u64);
+    let mut count = 0usize;
     out.write_all(b"[").map_err(io)?;
-    let mut batch = Vec::with_capacity(OPEN_BATCH);
-    loop {
-        let next = rows.recv().await.transpose()?;
-        let ended = next.is_none();
-        batch.extend(next);
-        if batch.len() < OPEN_BATCH && !ended {
-            continue;
-        }
-        let mut lines = std::mem::take(&mut batch);
-        if let Some(k) = keys.as_deref_mut() {
-            let (opened, n) = super::decrypt::open_rows(k, e, lines).await?;
-            lines = opened;
-            unreadable += n;
-        }
-        for line in lines {
-            let sep: &[u8] = if count == 0 { b"" } else { b",\n" };
-            out.write_all(sep).map_err(io)?;
-            out.write_all(line.as_bytes()).map_err(io)?;
-            count += 1;
-        }
-        if ended {
-            break;
-        }
-    }
+    let unreadable = super::decrypt::drain_opened(&mut rows, e, keys, |line| {
+        let sep: &[u8] = if count == 0 { b"" } else { b",\n" };
+        out.write_all(sep).map_err(io)?;
+        out.write_all(line.as_bytes()).map_err(io)?;
+        count += 1;
+        Ok(())
+    })
+    .await?;
     out.write_all(b"]\n").map_err(io)?;
     out.flush().map_err(io)?;
     drop(out);

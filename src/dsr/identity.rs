@@ -43,8 +43,7 @@ pub async fn verify(
         )));
     }
     let now = ctx.store.now().await?;
-    if let Some(within) = ctx.config.dsr.verify_within {
-        let within = chrono::Duration::from_std(within).unwrap_or(chrono::Duration::MAX);
+    if let Some(within) = verify_within(ctx) {
         if r.received_at
             .checked_add_signed(within)
             .is_some_and(|t| t <= now)
@@ -94,13 +93,18 @@ pub async fn verify(
         .ok_or_else(|| Error::NotFound(format!("no request {id}")))
 }
 
+/// `dsr.verify_within`, as a span of time on the store's clock.
+fn verify_within(ctx: &Context) -> Option<chrono::Duration> {
+    let within = ctx.config.dsr.verify_within?;
+    Some(chrono::Duration::from_std(within).unwrap_or(chrono::Duration::MAX))
+}
+
 /// Rejects the requests still unverified `dsr.verify_within` after receipt;
 /// returns their ids.
 pub(super) async fn expire_unverified(ctx: &Context, actor: &str) -> Result<Vec<i64>> {
-    let Some(within) = ctx.config.dsr.verify_within else {
+    let Some(within) = verify_within(ctx) else {
         return Ok(Vec::new());
     };
-    let within = chrono::Duration::from_std(within).unwrap_or(chrono::Duration::MAX);
     let now = ctx.store.now().await?;
     let Some(cutoff) = now.checked_sub_signed(within) else {
         return Ok(Vec::new());

@@ -14,7 +14,7 @@ mod reach;
 mod reapply_orgs;
 mod report;
 
-pub use decrypt::open_rows;
+pub use decrypt::{drain_opened, open_rows};
 pub use identity::verify;
 pub use import::import;
 pub use jurisdiction::{Deadline, Jurisdiction, JURISDICTIONS};

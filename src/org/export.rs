@@ -20,9 +20,6 @@ use crate::notify::{self, Block, Message, Role, Tone};
 use crate::store::org_requests::{DONE, EXPIRED, EXPORT, FAILED, SCHEDULED};
 use crate::store::OrgRequest;
 
-/// Rows opened (decrypted) at a time.
-const BATCH: usize = 500;
-
 /// One table's file in the archive.
 #[derive(Debug, Clone, serde::Serialize)]
 struct TableFile {
@@ -48,40 +45,20 @@ async fn spool_table(
     let file = crate::private_file::create(path)
         .map_err(|err| Error::io("creating a file of the export", err))?;
     let mut out = std::io::BufWriter::new(file);
-    let (mut hash, mut count, mut unreadable) = (sha2::Sha256::new(), 0u64, 0u64);
+    let (mut hash, mut count) = (sha2::Sha256::new(), 0u64);
     let mut keys = if e.encrypted.is_empty() {
         None
     } else {
         crate::keys::DataKeys::load(ctx).await?
     };
-    let mut batch = Vec::with_capacity(BATCH);
-    loop {
-        let next = rows.recv().await.transpose()?;
-        let ended = next.is_none();
-        if let Some(row) = next {
-            batch.push(row);
-            if batch.len() < BATCH {
-                continue;
-            }
-        }
-        if !batch.is_empty() {
-            let mut lines = std::mem::take(&mut batch);
-            if let Some(k) = keys.as_mut() {
-                let (opened, n) = crate::dsr::open_rows(k, e, lines).await?;
-                lines = opened;
-                unreadable += n;
-            }
-            for line in lines {
-                hash.update(line.as_bytes());
-                hash.update(b"\n");
-                writeln!(out, "{line}").map_err(|err| Error::io("writing the export", err))?;
-                count += 1;
-            }
-        }
-        if ended {
-            break;
-        }
-    }
+    let unreadable = crate::dsr::drain_opened(&mut rows, e, keys.as_mut(), |line| {
+        hash.update(line.as_bytes());
+        hash.update(b"\n");
+        writeln!(out, "{line}").map_err(|err| Error::io("writing the export", err))?;
+        count += 1;
+        Ok(())
+    })
+    .await?;
     out.flush()
         .map_err(|err| Error::io("writing the export", err))?;
     Ok(TableFile {
