@@ -44,6 +44,7 @@ pub async fn restore(ctx: &Context, id: &str, to: &str) -> Result<Value> {
     Ok(json!({
         "id": b.id, "restored_to": crate::config::redact_url(to), "raw_bytes": decoded.raw_bytes,
         "restore_ms": started.elapsed().as_millis() as u64, "erasures_reapplied": report.reapplied,
+        "rectifications_reapplied": report.rectified, "corrections_skipped": report.corrections_skipped,
         "org_erasures_reapplied": report.reapplied_in_orgs,
         "subjects_held": report.subjects_held, "rows_kept_for_holds": report.rows_kept_for_holds,
         "orgs_deleted_again": report.orgs_deleted_again, "org_rows_deleted": report.org_rows_deleted,
@@ -112,8 +113,10 @@ async fn restore_sqlite(
     let decoded = restore_into_file(ctx, b, file).await?;
     let tmp_url = format!("sqlite://{}", tmp.path().display());
     let report = ledger.apply(ctx, &tmp_url).await?;
-    if report.reapplied + report.reapplied_in_orgs > 0 || !report.orgs_deleted_again.is_empty() {
-        // Deleted rows stay readable in free pages until the file is rewritten.
+    if report.reapplied + report.reapplied_in_orgs + report.rectified > 0
+        || !report.orgs_deleted_again.is_empty()
+    {
+        // Deleted rows and replaced values stay readable in free pages until the file is rewritten.
         let mut conn = sqlx::SqliteConnection::connect(&tmp_url).await?;
         // The rewrite's scratch copy stays in memory, not in a file under /tmp.
         conn.execute("PRAGMA temp_store = MEMORY").await?;

@@ -189,7 +189,7 @@ pub enum RetentionCommand {
 pub enum DsrCommand {
     /// Record a request; erasure of a sole owner is refused (exit 3).
     Submit {
-        #[arg(long, value_parser = ["export", "erasure"])]
+        #[arg(long, value_parser = ["export", "erasure", "rectification"])]
         kind: String,
         /// The subject's email.
         #[arg(long)]
@@ -205,6 +205,10 @@ pub enum DsrCommand {
         /// (received) for `dsr verify`, or expires after dsr.verify_within.
         #[arg(long)]
         unverified: bool,
+        /// A rectification's correction, repeated for each column: a mapped,
+        /// non-key column of a table with one row per subject.
+        #[arg(long = "set", value_name = "TABLE.COLUMN=VALUE")]
+        set: Vec<String>,
         #[arg(long)]
         json: bool,
     },

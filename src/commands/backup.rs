@@ -107,9 +107,10 @@ pub async fn restore(ctx: Arc<Context>, id: &str, to: &str, json_out: bool) -> R
         super::print_json(&v)?;
     } else {
         outln!(
-            "backup {id} restored to {} in {} ms; {} erasure(s) re-applied, {} subject(s) kept for legal holds; deleted orgs deleted again: {}",
+            "backup {id} restored to {} in {} ms; {} rectification(s) and {} erasure(s) re-applied, {} subject(s) kept for legal holds; deleted orgs deleted again: {}",
             v["restored_to"].as_str().unwrap_or(""),
             v["restore_ms"],
+            v["rectifications_reapplied"],
             v["erasures_reapplied"],
             v["subjects_held"],
             v["orgs_deleted_again"]

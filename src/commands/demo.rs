@@ -29,12 +29,15 @@ pub async fn run(dir: &Path, json_out: bool) -> Result<i32> {
     let sealed = crate::demo::encrypt_as_the_app(&ctx, &dir.join("app.db")).await?;
 
     announce(&ctx, dir, &seeded).await?;
-    let dsrs = submit_sample_requests(&ctx).await?;
+    let mut dsrs = crate::demo::submit_sample_requests(&ctx).await?;
     let history = crate::demo::seed_dsr_history(&ctx, now).await?;
+    dsrs.push(crate::demo::unverified_past_its_window(&ctx, now).await?);
     let breach = open_sample_breach(&ctx, now).await?;
 
     let leaving = ask_org_deletion(&ctx).await?;
     let runs = run_every_kind(&ctx).await?;
+    let restored = crate::demo::restore_older_backup(&ctx, dir).await?;
+    let outcomes = request_outcomes(&ctx, &dsrs).await?;
     let orgs = export_an_org(&ctx, &leaving).await?;
     let stale = stale_ciphertexts(&ctx).await?;
     let keys_summary = json!({"values_sealed": sealed, "stale_ciphertexts": stale});
@@ -56,7 +59,8 @@ pub async fn run(dir: &Path, json_out: bool) -> Result<i32> {
             "dir": dir.display().to_string(),
             "config": dir.join("lethe.toml").display().to_string(),
             "seeded": seeded,
-            "dsr": dsrs,
+            "dsr": outcomes,
+            "restore": restored,
             "dsr_history": history,
             "orgs": orgs,
             "breach": {"id": breach.id, "parties": breach.parties},
@@ -73,7 +77,7 @@ pub async fn run(dir: &Path, json_out: bool) -> Result<i32> {
         print_tour(
             dir,
             &seeded,
-            &dsrs,
+            (&outcomes, &restored),
             &history,
             &runs,
             &keys_summary,
@@ -152,6 +156,8 @@ async fn stale_ciphertexts(ctx: &Context) -> Result<u64> {
 /// its secrets: audit signing key, pseudonym key, age identity, all 0600.
 fn write_demo_config(dir: &Path) -> Result<()> {
     let identity = age::x25519::Identity::generate();
+    // The DPO's export key: apart from the backups' (an export never opens a backup).
+    let dpo = age::x25519::Identity::generate();
     let config_text = super::init::STARTER_CONFIG
         .replace("example.com", "demo.example")
         // The DPO reads dates in their own zone, UTC alongside.
@@ -164,6 +170,15 @@ fn write_demo_config(dir: &Path) -> Result<()> {
             "# identity_file = \"/run/secrets/age-identity.txt\"",
             "identity_file = \"secrets/age-identity.txt\"",
         )
+        .replace(
+            "# export_recipients = [\"age1...\"]",
+            &format!("export_recipients = [\"{}\"]", dpo.to_public()),
+        )
+        .replace(
+            "# deliver_to_subject = true ",
+            "deliver_to_subject = true   ",
+        )
+        .replace("# verify_within = \"30d\" ", "verify_within = \"60d\"   ")
         .replace(
             "# pseudonym_key_file = \"/run/secrets/pseudonym-key\"",
             "pseudonym_key_file = \"secrets/pseudonym-key\"",
@@ -187,6 +202,10 @@ fn write_demo_config(dir: &Path) -> Result<()> {
         crate::private_file::write(
             &secrets.join("age-identity.txt"),
             format!("{}\n", identity.to_string().expose_secret()),
+        )?;
+        crate::private_file::write(
+            &secrets.join("dpo-export.key"),
+            format!("{}\n", dpo.to_string().expose_secret()),
         )?;
     }
     Ok(())
@@ -237,34 +256,6 @@ async fn ask_org_deletion(ctx: &Context) -> Result<crate::store::OrgRequest> {
     Ok(crate::org::request_deletion(ctx, ask).await?)
 }
 
-async fn submit_sample_requests(ctx: &Context) -> Result<Vec<serde_json::Value>> {
-    let mut dsrs = Vec::new();
-    for (kind, subject) in [
-        ("erasure", crate::demo::SOLE_OWNER.to_string()),
-        ("export", crate::demo::PLAIN_MEMBER.to_string()),
-        ("erasure", crate::demo::user_email(42)),
-    ] {
-        let sub = crate::dsr::Submission {
-            kind,
-            subject: &subject,
-            jurisdiction: Some("gdpr"),
-            source: "demo",
-            idempotency_key: None,
-            actor: "demo",
-            org: None,
-            for_org: None,
-            unverified: false,
-        };
-        let (r, outcome) = match crate::dsr::submit(ctx, sub).await? {
-            crate::dsr::Intake::Accepted(r) | crate::dsr::Intake::Replayed(r) => (r, "accepted"),
-            crate::dsr::Intake::Rejected { request, .. } => (request, "rejected"),
-            crate::dsr::Intake::KeyReused(r) => (r, "key_reused"),
-        };
-        dsrs.push(json!({"id": r.id, "kind": kind, "subject": subject, "intake": outcome, "reason": r.reason}));
-    }
-    Ok(dsrs)
-}
-
 /// Every registered kind once, in registry order, through the real executor.
 async fn run_every_kind(ctx: &std::sync::Arc<Context>) -> Result<Vec<RunReport>> {
     let mut runs: Vec<RunReport> = Vec::new();
@@ -290,7 +281,7 @@ async fn run_every_kind(ctx: &std::sync::Arc<Context>) -> Result<Vec<RunReport>>
 fn print_tour(
     dir: &Path,
     seeded: &crate::demo::Seeded,
-    dsrs: &[serde_json::Value],
+    (dsrs, restored): (&[serde_json::Value], &serde_json::Value),
     history: &crate::demo::History,
     runs: &[RunReport],
     keys: &serde_json::Value,
@@ -309,6 +300,7 @@ fn print_tour(
     );
     outln!();
     print_requests(dsrs, history);
+    print_restore(restored);
     outln!();
     let rows: Vec<Vec<String>> = runs
         .iter()
@@ -362,21 +354,57 @@ fn print_tour(
 fn print_requests(dsrs: &[serde_json::Value], history: &crate::demo::History) {
     for d in dsrs {
         outln!(
-            "  dsr #{} {} for {}: {}{}",
+            "  dsr #{} {} for {}: {}; now {}{}",
             d["id"],
             d["kind"].as_str().unwrap_or(""),
             d["subject"].as_str().unwrap_or(""),
             d["intake"].as_str().unwrap_or(""),
+            d["state"].as_str().unwrap_or(""),
             d["reason"]
                 .as_str()
                 .map(|r| format!(" ({r})"))
                 .unwrap_or_default()
         );
+        if let Some(copy) = d["subject_copy"].as_str() {
+            outln!("    the subject was mailed a link to {copy} and, separately, its password (see mail/)");
+        }
     }
     outln!(
         "  dsr history: {} requests over six months imported ({} completed, {} of them late; {} extended; {} rejected; {} open)",
         history.requests, history.completed, history.completed_late, history.extended, history.rejected, history.open
     );
+}
+
+fn print_restore(r: &serde_json::Value) {
+    outln!(
+        "  backup restore of {} (taken before dsr.process) into restored-app.db: {} rectification(s) and {} erasure(s) applied again; {}'s name there: {}",
+        r["id"].as_str().unwrap_or(""),
+        r["rectifications_reapplied"],
+        r["erasures_reapplied"],
+        crate::demo::PLAIN_MEMBER,
+        r["member_name"].as_str().unwrap_or("(none)")
+    );
+}
+
+/// Each of the tour's requests as it stands after dsr.process ran.
+async fn request_outcomes(
+    ctx: &Context,
+    dsrs: &[serde_json::Value],
+) -> Result<Vec<serde_json::Value>> {
+    let mut out = Vec::new();
+    for d in dsrs {
+        let mut d = d.clone();
+        if let Some(r) = ctx.store.dsr_get(d["id"].as_i64().unwrap_or(0)).await? {
+            d["state"] = json!(r.state.as_str());
+            d["reason"] = json!(r.reason);
+            d["subject_copy"] = r
+                .result
+                .as_ref()
+                .map_or(json!(null), |v| v["subject_copy"]["object"].clone());
+        }
+        out.push(d);
+    }
+    Ok(out)
 }
 
 fn print_evidence(ev: &Evidence) {

@@ -15,7 +15,7 @@ pub async fn submit(
     ctx: Arc<Context>,
     (kind, subject): (&str, &str),
     (jurisdiction, org): (Option<&str>, Option<&str>),
-    unverified: bool,
+    (unverified, corrections): (bool, &[crate::store::Correction]),
     json_out: bool,
 ) -> Result<i32> {
     let actor = crate::audit::actor_cli();
@@ -29,6 +29,7 @@ pub async fn submit(
         org,
         for_org: None,
         unverified,
+        corrections,
     };
     let now = ctx.store.now().await?;
     let (r, blocking, accepted) = match dsr::submit(&ctx, s).await? {
@@ -215,11 +216,13 @@ pub async fn dispatch(ctx: Arc<Context>, command: crate::cli::DsrCommand) -> Res
             jurisdiction,
             org,
             unverified,
+            set,
             json,
         } => {
             let who = (kind.as_str(), subject.as_str());
             let scope = (jurisdiction.as_deref(), org.as_deref());
-            submit(ctx, who, scope, unverified, json).await
+            let corrections = dsr::parse_set(&set)?;
+            submit(ctx, who, scope, (unverified, &corrections), json).await
         }
         DsrCommand::Verify {
             id,

@@ -158,7 +158,12 @@ default_deadline = "30d"     # where no jurisdiction rule applies (gdpr, uk_gdpr
 at_risk = "7d"               # fewer days left than this: at risk
 export_link_ttl = "7d"       # presigned export links expire
 report_period = "7d"
-# export_recipients = []     # age keys for export archives (default: backup.recipients)
+# verify_within = "30d"      # reject requests whose identity is still unchecked this long after receipt
+# age keys export archives are encrypted to: the DPO's own, never a backup key
+# (age-keygen -o dpo-export.key; keep the secret key with the DPO).
+# export_recipients = ["age1..."]
+# deliver_to_subject = true  # also mail the subject a link to a passphrase-protected ZIP
+#                            # and, separately, its passphrase (needs an S3 object store)
 # The keyed-HMAC key for pseudonyms and the erasure ledger: $LETHE_PSEUDONYM_KEY or a file.
 # pseudonym_key_file = "/run/secrets/pseudonym-key"
 

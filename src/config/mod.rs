@@ -101,8 +101,14 @@ pub struct DsrConfig {
     pub default_deadline: Duration,
     /// Fewer days left than this: `at_risk`.
     pub at_risk: Duration,
-    /// age public keys export archives are encrypted to (default: backup.recipients).
+    /// age public keys export archives are encrypted to: the DPO's own, not the backups'.
     pub export_recipients: Vec<String>,
+    /// Allows exports encrypted to the backup keys (whoever opens an export
+    /// could then open every backup): off unless set.
+    pub export_to_backup_keys: bool,
+    /// The subject gets their own copy: a passphrase-protected ZIP behind a
+    /// link, the passphrase in a separate mail.
+    pub deliver_to_subject: bool,
     pub export_link_ttl: Duration,
     /// Files beyond this many bytes in all are left out of an export (named in its README).
     pub export_max_bytes: u64,
@@ -125,6 +131,8 @@ impl DsrConfig {
             default_deadline: std::time::Duration::from_secs(30 * 86_400),
             at_risk: std::time::Duration::from_secs(7 * 86_400),
             export_recipients: vec![],
+            export_to_backup_keys: false,
+            deliver_to_subject: false,
             export_link_ttl: std::time::Duration::from_secs(86_400),
             export_max_bytes: 0,
             pseudonym_key: SecretSource {
@@ -299,12 +307,22 @@ pub fn resolve_path(flag: Option<&Path>) -> PathBuf {
 }
 
 impl Config {
-    /// The age recipients export archives are encrypted to: `dsr.export_recipients`, else the backup's.
-    pub fn export_recipients(&self) -> &[String] {
-        if self.dsr.export_recipients.is_empty() {
-            &self.backup.recipients
-        } else {
-            &self.dsr.export_recipients
+    /// The age recipients export archives are encrypted to:
+    /// `dsr.export_recipients`, or the backup's where `dsr.export_to_backup_keys`
+    /// allows it; an error (before anything is built) when there are none.
+    pub fn export_recipients(&self) -> Result<&[String]> {
+        match (
+            &self.dsr.export_recipients[..],
+            self.dsr.export_to_backup_keys,
+        ) {
+            ([], true) if !self.backup.recipients.is_empty() => Ok(&self.backup.recipients),
+            ([], _) => Err(Error::Usage(
+                "dsr.export_recipients is empty, so exports have no key to be encrypted to: \
+                 make a key pair for the DPO (age-keygen -o dpo-export.key) and set \
+                 dsr.export_recipients = [\"age1…\"] to its public key"
+                    .into(),
+            )),
+            (keys, _) => Ok(keys),
         }
     }
 
@@ -356,7 +374,13 @@ impl Config {
         let on_s3 = object_store
             .as_ref()
             .is_some_and(|o| o.url.starts_with("s3://"));
-        let dsr = load_dsr(&src, raw.dsr, &dir, on_s3)?;
+        let dsr = load_dsr(
+            &src,
+            raw.dsr,
+            &dir,
+            on_s3,
+            (&backup.recipients, app.is_some()),
+        )?;
         let keys = load_keys(&src, raw.keys, &dir)?;
         let breach = load_breach(&src, raw.breach)?;
         let jobs = jobs::load_dir(&runner.jobs_dir)?;

@@ -72,6 +72,8 @@ pub(super) struct RawDsr {
     pub(super) export_prefix: Option<String>,
     pub(super) verify_within: Option<Spanned<String>>,
     pub(super) export_max_bytes: Option<Spanned<u64>>,
+    pub(super) export_to_backup_keys: Option<bool>,
+    pub(super) deliver_to_subject: Option<bool>,
 }
 
 #[derive(Deserialize)]

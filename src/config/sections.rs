@@ -196,6 +196,7 @@ pub(super) fn load_dsr(
     raw: RawDsr,
     dir: &Path,
     on_s3: bool,
+    (backup_keys, has_app): (&[String], bool),
 ) -> Result<DsrConfig> {
     let dur = |v: &Option<Spanned<String>>, key: &str, default: u64| -> Result<Duration> {
         match v {
@@ -214,7 +215,16 @@ pub(super) fn load_dsr(
             )
         })?;
     }
+    let to_backup_keys = raw.export_to_backup_keys.unwrap_or(false);
+    export_keys_apart(
+        src,
+        &raw.export_recipients,
+        (backup_keys, has_app),
+        to_backup_keys,
+    )?;
     Ok(DsrConfig {
+        export_to_backup_keys: to_backup_keys,
+        deliver_to_subject: raw.deliver_to_subject.unwrap_or(false),
         default_deadline: dur(&raw.default_deadline, "dsr.default_deadline", 30 * 86_400)?,
         at_risk: dur(&raw.at_risk, "dsr.at_risk", 7 * 86_400)?,
         export_recipients: raw
@@ -259,6 +269,42 @@ pub(super) fn load_dsr(
             None => 2 << 30,
         },
     })
+}
+
+/// Exports are opened by the DPO (and handed on); backups by whoever restores.
+/// An export key that is also a backup key would let the one open the other,
+/// so it is refused unless `dsr.export_to_backup_keys` accepts it, and so is
+/// the old fallback to the backup keys when DSRs are configured.
+fn export_keys_apart(
+    src: &SourceFile,
+    export: &[Spanned<String>],
+    (backup_keys, has_app): (&[String], bool),
+    allowed: bool,
+) -> Result<()> {
+    if allowed {
+        return Ok(());
+    }
+    if let Some(k) = export.iter().find(|k| backup_keys.contains(k.get_ref())) {
+        return Err(src.error_at(
+            k.span(),
+            format!(
+                "dsr.export_recipients: `{}` is also in backup.recipients, so whoever opens an \
+                 export could open every backup; give exports a key of their own \
+                 (age-keygen), or set dsr.export_to_backup_keys = true to accept this",
+                k.get_ref()
+            ),
+        ));
+    }
+    if export.is_empty() && has_app && !backup_keys.is_empty() {
+        return Err(Error::config(
+            src.path,
+            "dsr.export_recipients is not set: exports are no longer encrypted to the backup \
+             keys (whoever opens an export could open every backup). Make a key pair for the \
+             DPO (age-keygen -o dpo-export.key) and set dsr.export_recipients to its public key, \
+             or set dsr.export_to_backup_keys = true to keep the old behaviour",
+        ));
+    }
+    Ok(())
 }
 
 /// The key naming a store's URL: `object_store.url`, but `audit.anchor_url` itself.

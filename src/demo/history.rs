@@ -52,6 +52,7 @@ fn request(
             request_hash: None,
             received_at: received,
             due_at: due,
+            corrections: vec![],
         },
         extended_days: 0,
         extension_reason: None,

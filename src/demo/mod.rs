@@ -13,8 +13,12 @@ use crate::error::Result;
 
 mod encrypt;
 mod history;
+mod requests;
 pub use encrypt::encrypt_as_the_app;
 pub use history::{seed_dsr_history, History};
+pub use requests::{
+    restore_older_backup, submit_sample_requests, unverified_past_its_window, CORRECTED_NAME,
+};
 
 /// The demo app's mapping and data map, appended to the starter config.
 pub const DATA_MAP: &str = r#"

@@ -43,17 +43,15 @@ pub(super) async fn export(
         Ok(found) => found,
         Err(rejection) => return Ok(Err(rejection)),
     };
-    let spool = tempfile::NamedTempFile::new()
-        .map_err(|e| Error::io("creating the export's temporary file", e))?;
-    let file = spool
-        .reopen()
-        .map_err(|e| Error::io("opening the export's temporary file", e))?;
-    let mut tar = Some(tar::Builder::new(file));
-    let contents = fill(ctx, db, r, &subject_id, &mut tar).await?;
-    blocking(&mut tar, |t| t.finish()).await?;
-    let archive = spool
-        .reopen()
-        .map_err(|e| Error::io("reading the export's temporary file", e))?;
+    // Refused before anything is read: an export with no key of its own is not built.
+    let recipients = crate::archive::parse_recipients(config.export_recipients()?)?;
+    let (spool, contents) = spool_archive(ctx, db, r, &subject_id).await?;
+    let reopen = || {
+        spool
+            .reopen()
+            .map_err(|e| Error::io("reading the export's temporary file", e))
+    };
+    let archive = reopen()?;
 
     let store = ctx.object_store().await?;
     let key = format!(
@@ -64,10 +62,16 @@ pub(super) async fn export(
     let expires = chrono::Utc::now()
         + chrono::Duration::from_std(ttl)
             .map_err(|_| Error::Usage("dsr.export_link_ttl is too large".into()))?;
-    // Tracked before it exists, so a crash after the upload leaves no archive nobody deletes.
-    ctx.store.dsr_export_started(r.id, &key, expires).await?;
+    let subject_key = config
+        .dsr
+        .deliver_to_subject
+        .then(|| super::deliver::subject_key(ctx, r.id));
+    // Tracked before they exist, so a crash after an upload leaves no archive nobody deletes.
+    ctx.store
+        .dsr_export_started(r.id, (&key, subject_key.as_deref()), expires)
+        .await?;
     fence.check()?;
-    let recipients = crate::archive::parse_recipients(config.export_recipients())?;
+    let for_subject = reopen()?;
     let enc = crate::objstore::stream_upload(
         store.as_ref(),
         &key,
@@ -76,22 +80,23 @@ pub(super) async fn export(
         move |sink| crate::archive::encode(archive, sink, &recipients, 3, 1),
     )
     .await?;
+    let copy = match subject_key {
+        Some(_) => Some(super::deliver::to_subject(ctx, r, for_subject, expires).await?),
+        None => None,
+    };
     drop(spool);
     let link = store.presign(&key, ttl).await?;
     let (size, sha256) = (enc.stored_bytes, enc.sha256);
     let message = ready(
         r,
-        &contents,
+        (&contents, copy.is_some()),
         size,
-        &link,
-        &sha256,
+        (&link, &sha256),
         expires,
         &notify::zone(ctx),
     );
     notify::enqueue(ctx, message).await?;
-    let evidence = json!({"request": r.id, "object": key, "sha256": sha256, "bytes": size, "rows": contents.rows,
-                          "files": contents.files, "file_bytes": contents.file_bytes,
-                          "files_left_out": contents.left_out.len(), "link_expires_at": expires.to_rfc3339()});
+    let evidence = evidence(r, (&key, &sha256, size), &contents, copy.as_ref(), expires);
     crate::audit::record(
         ctx.store.as_ref(),
         actor,
@@ -103,28 +108,75 @@ pub(super) async fn export(
     Ok(Ok(evidence))
 }
 
+/// What `dsr.exported` records: the archive, what it holds, and whether the
+/// subject was sent their copy (never its passphrase).
+fn evidence(
+    r: &DsrRequest,
+    (key, sha256, size): (&str, &str, u64),
+    contents: &Contents,
+    copy: Option<&super::deliver::SubjectCopy>,
+    expires: chrono::DateTime<chrono::Utc>,
+) -> Value {
+    let mut evidence = json!({"request": r.id, "object": key, "sha256": sha256, "bytes": size, "rows": contents.rows,
+                              "files": contents.files, "file_bytes": contents.file_bytes,
+                              "files_left_out": contents.left_out.len(), "link_expires_at": expires.to_rfc3339()});
+    if let Some(c) = copy {
+        evidence["subject_copy"] = json!({"object": c.key, "sha256": c.sha256, "bytes": c.bytes, "mailed_to_subject": true});
+    }
+    evidence
+}
+
+/// The whole archive (tables, files, README) in a private temporary file.
+async fn spool_archive(
+    ctx: &Context,
+    db: &AppDb,
+    r: &DsrRequest,
+    subject_id: &str,
+) -> Result<(tempfile::NamedTempFile, Contents)> {
+    let spool = tempfile::NamedTempFile::new()
+        .map_err(|e| Error::io("creating the export's temporary file", e))?;
+    let file = spool
+        .reopen()
+        .map_err(|e| Error::io("opening the export's temporary file", e))?;
+    let mut tar = Some(tar::Builder::new(file));
+    let contents = fill(ctx, db, r, subject_id, &mut tar).await?;
+    blocking(&mut tar, |t| t.finish()).await?;
+    Ok((spool, contents))
+}
+
 /// The DPO's notice that the export is ready, with its link.
 fn ready(
     r: &DsrRequest,
-    contents: &Contents,
+    (contents, subject_sent): (&Contents, bool),
     size: u64,
-    link: &str,
-    sha256: &str,
+    (link, sha256): (&str, &str),
     expires: chrono::DateTime<chrono::Utc>,
     zone: &Zone,
 ) -> Message {
+    let notice = if subject_sent {
+        Block::Notice(
+            Tone::Good,
+            format!(
+                "The subject was mailed their own copy: a link and, in a second mail, its one-time password. \
+                 The archive below is yours, encrypted to the export keys; both links expire {}.",
+                zone.show(expires)
+            ),
+        )
+    } else {
+        Block::Notice(
+            Tone::Warn,
+            format!(
+                "Deliver this export to the subject before {}; the link below expires {}.",
+                zone.show(r.due_at),
+                zone.show(expires)
+            ),
+        )
+    };
     Message {
         role: Role::Dpo,
         subject: format!("[lethe] data export ready for request {}", r.id),
         blocks: vec![
-            Block::Notice(
-                Tone::Warn,
-                format!(
-                    "Deliver this export to the subject before {}; the link below expires {}.",
-                    zone.show(r.due_at),
-                    zone.show(expires)
-                ),
-            ),
+            notice,
             Block::Facts(vec![
                 (
                     "Request".into(),
@@ -349,6 +401,12 @@ fn readme(config: &Config, r: &DsrRequest, c: &Contents) -> String {
         r.jurisdiction,
         chrono::Utc::now().to_rfc3339()
     );
+    if config.dsr.deliver_to_subject {
+        readme.push_str(
+            "The copy mailed to the subject also has each table as CSV, for spreadsheets; a cell \
+             that begins like a formula (= + - @) is prefixed with ' so that it is shown, not run.\n",
+        );
+    }
     if let Some(org) = &r.org {
         readme.push_str(&format!(
             "The request was limited to org {org}'s workspace: only its tables, and only its rows there.\n"

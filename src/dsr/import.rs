@@ -127,6 +127,7 @@ mod tests {
                 request_hash: None,
                 received_at: at(3, 1),
                 due_at: at(4, 1),
+                corrections: vec![],
             },
             extended_days: 0,
             extension_reason: None,

@@ -33,6 +33,8 @@ pub struct Jurisdiction {
     pub name: &'static str,
     pub export: Deadline,
     pub erasure: Deadline,
+    /// GDPR Art. 16 and UU PDP Art. 30 ("3×24 hours"); CCPA §1798.106 with §1798.130's 45 days.
+    pub rectification: Deadline,
     /// How far past the original deadline it may be extended (None: not at all).
     pub extension: Option<Deadline>,
     /// The law allows one extension only (CCPA: "once by an additional 45 days").
@@ -52,6 +54,7 @@ pub const JURISDICTIONS: &[Jurisdiction] = &[
         name: "GDPR",
         export: Deadline::Months(1),
         erasure: Deadline::Months(1),
+        rectification: Deadline::Months(1),
         extension: Some(Deadline::Months(2)),
         extend_once: false,
         extension_text: "Art. 12(3): two further months",
@@ -62,6 +65,7 @@ pub const JURISDICTIONS: &[Jurisdiction] = &[
         name: "UK GDPR",
         export: Deadline::Months(1),
         erasure: Deadline::Months(1),
+        rectification: Deadline::Months(1),
         extension: Some(Deadline::Months(2)),
         extend_once: false,
         extension_text: "Art. 12(3): two further months",
@@ -72,6 +76,7 @@ pub const JURISDICTIONS: &[Jurisdiction] = &[
         name: "CCPA/CPRA",
         export: Deadline::Days(45),
         erasure: Deadline::Days(45),
+        rectification: Deadline::Days(45),
         extension: Some(Deadline::Days(45)),
         extend_once: true,
         extension_text: "§1798.130: one further 45 days",
@@ -82,6 +87,7 @@ pub const JURISDICTIONS: &[Jurisdiction] = &[
         name: "UU PDP",
         export: Deadline::Hours(72),
         erasure: Deadline::Hours(72),
+        rectification: Deadline::Hours(72),
         extension: None,
         extend_once: false,
         extension_text: "Art. 32–43: 3×24 hours, no extension",
@@ -92,6 +98,7 @@ pub const JURISDICTIONS: &[Jurisdiction] = &[
         name: "default",
         export: Deadline::Configured,
         erasure: Deadline::Configured,
+        rectification: Deadline::Configured,
         extension: Some(Deadline::Days(30)),
         extend_once: false,
         extension_text: "30 further days",
@@ -138,10 +145,10 @@ impl Jurisdiction {
     }
 
     pub fn deadline(&self, kind: &str, cfg: &DsrConfig) -> Deadline {
-        let d = if kind == "erasure" {
-            self.erasure
-        } else {
-            self.export
+        let d = match kind {
+            "erasure" => self.erasure,
+            "rectification" => self.rectification,
+            _ => self.export,
         };
         match d {
             Deadline::Configured => {

@@ -112,6 +112,10 @@ impl HoldsInForce {
 /// What a re-application did.
 #[derive(Debug, Default, Serialize)]
 pub struct ReapplyReport {
+    /// Subjects whose rectifications were applied again.
+    pub rectified: u64,
+    /// Corrections of a table or column the restored schema lacks (or the data map no longer allows).
+    pub corrections_skipped: u64,
     /// Subjects erased again.
     pub reapplied: u64,
     /// One-org erasures (a processor-scoped request's) applied again.
@@ -149,7 +153,8 @@ impl LedgerReapply {
             org_entries.entry(k).or_default().push((org, at));
         }
         let holds = HoldsInForce::load(ctx).await?;
-        let count = entries.len() + org_entries.len();
+        let corrections = ctx.store.corrections_applied(None).await?.len();
+        let count = entries.len() + org_entries.len() + corrections;
         if count == 0 {
             // Nothing to re-apply: no key needed.
             return Ok(LedgerReapply {
@@ -163,7 +168,7 @@ impl LedgerReapply {
         app_mapping(ctx)?;
         let key = checked_key(ctx).await.map_err(|e| match e {
             Error::Usage(m) => Error::Usage(format!(
-                "the erasure ledger holds {count} erasure(s) to re-apply to the restored database: {m}"
+                "the erasure ledger holds {count} erasure(s) and correction(s) to re-apply to the restored database: {m}"
             )),
             other => other,
         })?;
@@ -191,7 +196,15 @@ impl LedgerReapply {
         let db = AppDb::connect(target_url).await?;
         let r = async {
             let mut report = match &now.key {
-                Some(key) => now.apply_on(ctx, &db, key, self.taken_at).await?,
+                Some(key) => {
+                    // Corrections first: an erasure after them makes them moot.
+                    let app = app_mapping(ctx)?;
+                    let (rectified, skipped) =
+                        super::rectify::reapply(ctx, &db, (app, key), self.taken_at).await?;
+                    let mut report = now.apply_on(ctx, &db, key, self.taken_at).await?;
+                    (report.rectified, report.corrections_skipped) = (rectified, skipped);
+                    report
+                }
                 None => ReapplyReport::default(),
             };
             let held = now.holds.held_orgs();
@@ -336,7 +349,8 @@ pub async fn reapply_ledger(ctx: &Context, target_url: &str) -> Result<Value> {
         .apply(ctx, target_url)
         .await?;
     Ok(
-        json!({"reapplied": r.reapplied, "reapplied_in_orgs": r.reapplied_in_orgs,
+        json!({"rectified": r.rectified, "corrections_skipped": r.corrections_skipped,
+               "reapplied": r.reapplied, "reapplied_in_orgs": r.reapplied_in_orgs,
               "subjects_held": r.subjects_held, "rows_kept_for_holds": r.rows_kept_for_holds}),
     )
 }

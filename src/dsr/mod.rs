@@ -3,6 +3,7 @@
 //! arithmetic; processing (export, erasure); the SLA report to the DPO.
 
 mod decrypt;
+mod deliver;
 mod export;
 mod files;
 mod identity;
@@ -12,7 +13,9 @@ mod ledger;
 mod process;
 mod reach;
 mod reapply_orgs;
+mod rectify;
 mod report;
+mod subject_copy;
 
 pub use decrypt::{drain_opened, open_rows};
 pub use identity::verify;
@@ -20,6 +23,7 @@ pub use import::import;
 pub use jurisdiction::{Deadline, Jurisdiction, JURISDICTIONS};
 pub use ledger::{reapply_ledger, LedgerReapply, ReapplyReport};
 pub use process::{process_job, pseudonym_key, subject_pseudonym, ProcessParams};
+pub use rectify::parse_set;
 pub use report::{
     report_job, send as send_report, sla_report, text as report_text, ReportOutput, ReportParams,
     SlaReport, BUCKET_COLORS, TREND_COLOR,
@@ -43,6 +47,7 @@ use crate::store::{DsrInsert, DsrRequest, DsrState, HoldScope, NewDsr};
 pub enum DsrKind {
     Export,
     Erasure,
+    Rectification,
 }
 
 impl DsrKind {
@@ -50,8 +55,9 @@ impl DsrKind {
         match s {
             "export" => Ok(DsrKind::Export),
             "erasure" => Ok(DsrKind::Erasure),
+            "rectification" => Ok(DsrKind::Rectification),
             other => Err(Error::Failed(format!(
-                "request kind `{other}` is unknown to this version of Lethe (it knows export and erasure); \
+                "request kind `{other}` is unknown to this version of Lethe (it knows export, erasure and rectification); \
                  upgrade this worker or reject the request"
             ))),
         }
@@ -105,6 +111,8 @@ pub struct Submission<'a> {
     /// The subject's identity is still to be checked (`dsr verify`): the
     /// request waits in `received`.
     pub unverified: bool,
+    /// What a rectification sets (empty for the other kinds).
+    pub corrections: &'a [crate::store::Correction],
 }
 
 /// The outcome of intake. `Rejected` requests are recorded too (evidence).
@@ -129,13 +137,20 @@ pub fn normalize_email(s: &str) -> Result<String> {
 /// Validates, checks the subject, and records the request (accepted or rejected).
 pub async fn submit(ctx: &Context, s: Submission<'_>) -> Result<Intake> {
     let kind = match s.kind {
-        "export" | "erasure" => s.kind,
+        "export" | "erasure" | "rectification" => s.kind,
         other => {
             return Err(Error::Usage(format!(
-                "kind `{other}` must be export or erasure"
+                "kind `{other}` must be export, erasure or rectification"
             )))
         }
     };
+    if kind == "rectification" {
+        rectify::check_map(&ctx.config, s.org.or(s.for_org), s.corrections)?;
+    } else if !s.corrections.is_empty() {
+        return Err(Error::Usage(format!(
+            "--set (API: \"set\") is for rectification requests; a {kind} request sets nothing"
+        )));
+    }
     let subject = normalize_email(s.subject)?;
     // Evidence links a subject's events by pseudonym when the key is configured.
     let pseudonym = process::pseudonym_key(&ctx.config)
@@ -152,6 +167,9 @@ pub async fn submit(ctx: &Context, s: Submission<'_>) -> Result<Intake> {
 
     if let Some(o) = org {
         check_scope(ctx, &db, o).await?;
+    }
+    if kind == "rectification" {
+        rectify::check_schema(&ctx.config, &db, s.corrections).await?;
     }
     let subject_id = db.subject_id(app, &subject).await?;
     if let Some(org) = s.for_org {
@@ -175,7 +193,7 @@ pub async fn submit(ctx: &Context, s: Submission<'_>) -> Result<Intake> {
         request_hash: match s.idempotency_key {
             Some(_) => Some(request_hash(
                 ctx,
-                kind,
+                (kind, s.corrections),
                 &subject,
                 (org, s.unverified),
                 j.code,
@@ -184,6 +202,7 @@ pub async fn submit(ctx: &Context, s: Submission<'_>) -> Result<Intake> {
         },
         received_at: now,
         due_at,
+        corrections: s.corrections.to_vec(),
     };
     record_intake(ctx, new, s.actor, pseudonym, check.blocking).await
 }
@@ -370,7 +389,7 @@ async fn record_intake(
 /// of an email an erasure later replaces by its pseudonym.
 fn request_hash(
     ctx: &Context,
-    kind: &str,
+    (kind, corrections): (&str, &[crate::store::Correction]),
     subject: &str,
     (org, unverified): (Option<&str>, bool),
     jurisdiction: &str,
@@ -384,6 +403,14 @@ fn request_hash(
     }
     if unverified {
         canonical["identity_verified"] = json!(false);
+    }
+    if !corrections.is_empty() {
+        let mut set: Vec<(String, &str)> = corrections
+            .iter()
+            .map(|c| (format!("{}.{}", c.table, c.column), c.value.as_str()))
+            .collect();
+        set.sort();
+        canonical["set"] = json!(set);
     }
     let canonical = canonical.to_string();
     // An unreadable key file is the server's problem (500 on the API), not the caller's.

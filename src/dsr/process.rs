@@ -222,8 +222,10 @@ async fn erase(
             changed,
             kept_for_holds,
         } => {
+            let dropped = forget_corrections(ctx, &key, &subject_id, reach).await?;
             let done = json!({"rows_changed": changed, "kept_for_legal_holds": kept_for_holds,
-                              "retained_with_legal_basis": retained, "files": files});
+                              "retained_with_legal_basis": retained, "files": files,
+                              "corrections_dropped": dropped});
             match reach {
                 Reach::Subject => after_erasure(ctx, r, actor, &key, done).await,
                 Reach::Org(org) => {
@@ -234,6 +236,23 @@ async fn erase(
             .map(Ok)
         }
     }
+}
+
+/// An erased subject's corrections (in the org erased, or all): personal
+/// data, and moot once they are erased.
+async fn forget_corrections(
+    ctx: &Context,
+    key: &Secret,
+    subject_id: &str,
+    reach: Reach<'_>,
+) -> Result<u64> {
+    let org = match reach {
+        Reach::Org(o) => Some(o),
+        Reach::Subject => None,
+    };
+    ctx.store
+        .corrections_forget(&ledger_id_key(key, subject_id), org)
+        .await
 }
 
 /// What follows an erasure's commit in the application database (or finds it
@@ -327,6 +346,9 @@ pub async fn process_job(jc: &JobContext, p: ProcessParams) -> Result<Value> {
         let outcome = match &kind {
             Ok(DsrKind::Erasure) => erase(ctx, &db, &r, &jc.actor, &jc.fence).await,
             Ok(DsrKind::Export) => super::export::export(ctx, &db, &r, &jc.actor, &jc.fence).await,
+            Ok(DsrKind::Rectification) => {
+                super::rectify::rectify(ctx, &db, &r, &jc.actor, &jc.fence).await
+            }
             Err(e) => Err(Error::Failed(e.to_string())),
         };
         let erasure = matches!(kind, Ok(DsrKind::Erasure));
@@ -382,6 +404,7 @@ async fn expire(ctx: &Context, actor: &str) -> Result<(usize, usize, Vec<i64>)> 
         .await?;
     let (deleted, stuck) = delete_exports(ctx, actor, expired, "link expired").await?;
     let unverified = super::identity::expire_unverified(ctx, actor).await?;
+    ctx.store.corrections_of_rejected_drop().await?;
     Ok((deleted, stuck, unverified))
 }
 
@@ -437,6 +460,8 @@ async fn record_outcome(
                     Some(&event),
                 )
                 .await?;
+            // A rejected rectification sets nothing: its values go now.
+            ctx.store.corrections_of_rejected_drop().await?;
             Ok(Recorded::Rejected(json!({"id": r.id, "reason": reason})))
         }
         Err(e) => {
@@ -478,7 +503,7 @@ async fn compact(db: &AppDb) -> bool {
 async fn delete_exports(
     ctx: &Context,
     actor: &str,
-    exports: Vec<(i64, String)>,
+    exports: Vec<(i64, String, Option<String>)>,
     why: &str,
 ) -> Result<(usize, usize)> {
     if exports.is_empty() {
@@ -486,8 +511,12 @@ async fn delete_exports(
     }
     let store = ctx.object_store().await?;
     let (mut deleted, mut failed) = (0, 0);
-    for (id, object) in &exports {
-        if let Err(e) = store.delete(object).await {
+    for (id, object, subject_copy) in &exports {
+        let mut gone = Ok(());
+        for key in std::iter::once(object).chain(subject_copy) {
+            gone = gone.and(store.delete(key).await);
+        }
+        if let Err(e) = gone {
             tracing::warn!(request = id, error = %e, "export archive not deleted; the next run tries again");
             failed += 1;
             continue;
@@ -496,7 +525,7 @@ async fn delete_exports(
             actor,
             "dsr.export_deleted",
             &format!("dsr:{id}"),
-            json!({"request": id, "object": object, "reason": why}),
+            json!({"request": id, "object": object, "subject_copy": subject_copy, "reason": why}),
         );
         ctx.store.dsr_export_deleted(*id, &event).await?;
         deleted += 1;

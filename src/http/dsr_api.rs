@@ -135,6 +135,34 @@ pub struct SubmitBody {
     org: Option<String>,
     /// `false`: the subject's identity is still to be checked (`dsr verify`).
     identity_verified: Option<bool>,
+    /// A rectification's corrections: `{"TABLE.COLUMN": "VALUE", …}`.
+    set: Option<std::collections::BTreeMap<String, String>>,
+}
+
+/// A rectification's `set`, read as the CLI's `--set` items are.
+fn corrections(body: &SubmitBody) -> Result<Vec<crate::store::Correction>, String> {
+    let set: Vec<String> = body
+        .set
+        .iter()
+        .flatten()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    dsr::parse_set(&set).map_err(|e| format!("set: {e}"))
+}
+
+/// 422: the idempotency key was first used for request `first`.
+fn key_reused(first: i64) -> Response {
+    (
+        StatusCode::UNPROCESSABLE_ENTITY,
+        Json(json!({
+            "error": format!(
+                "Idempotency-Key conflict: the same key was already used for a different request (request {first}); a new request needs a new key"
+            ),
+            "conflict": "idempotency_key",
+            "request_id": first,
+        })),
+    )
+        .into_response()
 }
 
 /// The `Idempotency-Key` header: absent, or one value of 1 to 255 visible
@@ -189,6 +217,10 @@ pub async fn submit(
     // Idempotency keys are per caller: another key's retry never replays (and
     // so never reveals) this caller's request.
     let idem = idem.map(|k| format!("{}:{k}", key.name));
+    let corrections = match corrections(&body) {
+        Ok(c) => c,
+        Err(m) => return problem(StatusCode::BAD_REQUEST, m),
+    };
     let sub = Submission {
         kind: &body.kind,
         subject: &body.subject,
@@ -199,6 +231,7 @@ pub async fn submit(
         org: body.org.as_deref(),
         for_org: key.org.as_deref(),
         unverified: body.identity_verified == Some(false),
+        corrections: &corrections,
     };
     let now = chrono::Utc::now();
     match dsr::submit(&s.ctx, sub).await {
@@ -208,18 +241,7 @@ pub async fn submit(
         Ok(Intake::Replayed(r)) => {
             (StatusCode::OK, Json(dsr::view(&s.ctx, &r, now))).into_response()
         }
-        Ok(Intake::KeyReused(first)) => (
-            StatusCode::UNPROCESSABLE_ENTITY,
-            Json(json!({
-                "error": format!(
-                    "Idempotency-Key conflict: the same key was already used for a different request (request {}); a new request needs a new key",
-                    first.id
-                ),
-                "conflict": "idempotency_key",
-                "request_id": first.id,
-            })),
-        )
-            .into_response(),
+        Ok(Intake::KeyReused(first)) => key_reused(first.id),
         Ok(Intake::Rejected {
             request,
             blocking_orgs,

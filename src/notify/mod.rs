@@ -19,6 +19,8 @@ use crate::store::{Attachment, NewMail, Run};
 pub enum Role {
     Dpo,
     Ops,
+    /// A data subject: the address is the request's, passed with the message.
+    Subject,
 }
 
 impl Role {
@@ -26,6 +28,7 @@ impl Role {
         match self {
             Role::Dpo => "dpo",
             Role::Ops => "ops",
+            Role::Subject => "subject",
         }
     }
 }
@@ -58,9 +61,29 @@ pub async fn enqueue_to(
     msg: Message,
     also: &[String],
 ) -> Result<Option<(i64, bool)>> {
+    queue(ctx, msg, also, false).await
+}
+
+/// [`enqueue_to`] for a message that carries a secret (a one-time
+/// passphrase): once delivered, its body is wiped from the outbox.
+pub async fn enqueue_secret(
+    ctx: &Context,
+    msg: Message,
+    to: &[String],
+) -> Result<Option<(i64, bool)>> {
+    queue(ctx, msg, to, true).await
+}
+
+async fn queue(
+    ctx: &Context,
+    msg: Message,
+    also: &[String],
+    secret: bool,
+) -> Result<Option<(i64, bool)>> {
     let mut recipients = match msg.role {
         Role::Dpo => ctx.config.mail.dpo.clone(),
         Role::Ops => ctx.config.mail.ops.clone(),
+        Role::Subject => Vec::new(),
     };
     for a in also {
         if !recipients.contains(a) {
@@ -79,6 +102,7 @@ pub async fn enqueue_to(
         html: render_html(&msg.subject, &msg.blocks, &zone(ctx)),
         subject: msg.subject,
         attachments: msg.attachments,
+        secret,
     };
     let (id, created) = ctx.store.outbox_enqueue(&mail).await?;
     if created {

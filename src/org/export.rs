@@ -282,7 +282,7 @@ async fn upload(
     let config = ctx.config.as_ref();
     let manifest_text =
         serde_json::to_vec_pretty(manifest).map_err(|e| Error::json("the export's manifest", e))?;
-    let recipients = crate::archive::parse_recipients(config.export_recipients())?;
+    let recipients = crate::archive::parse_recipients(config.export_recipients()?)?;
     let store = ctx.object_store().await?;
     let key = format!(
         "{}org-{}-export-{}.tar.zst.age",

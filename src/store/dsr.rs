@@ -127,6 +127,9 @@ pub struct NewDsr {
     pub request_hash: Option<String>,
     pub received_at: DateTime<Utc>,
     pub due_at: DateTime<Utc>,
+    /// What a rectification sets: stored with the request, in its transaction
+    /// (none for a rejected request, which sets nothing).
+    pub corrections: Vec<super::Correction>,
 }
 
 /// A request as another tool (or an earlier system) recorded it, imported
@@ -253,7 +256,7 @@ macro_rules! impl_dsr_requests {
                 r: &NewDsr,
                 h: Option<&ImportedDsr>,
             ) -> std::result::Result<DsrRequest, sqlx::Error> {
-                sqlx::query_as(
+                let created: DsrRequest = sqlx::query_as(
                     "INSERT INTO dsr_requests (kind, subject, jurisdiction, state, reason, detail, source,
                                                idempotency_key, received_at, due_at, request_hash,
                                                extended_days, extended_at, extension_notified_at,
@@ -280,7 +283,22 @@ macro_rules! impl_dsr_requests {
                 .bind(h.and_then(|h| h.extension_reason.as_deref()))
                 .bind(&r.org)
                 .fetch_one(&mut **tx)
-                .await
+                .await?;
+                if r.state != DsrState::Rejected {
+                    for c in &r.corrections {
+                        sqlx::query(
+                            "INSERT INTO dsr_rectifications (request_id, table_name, column_name, value)
+                             VALUES ($1, $2, $3, $4)",
+                        )
+                        .bind(created.id)
+                        .bind(&c.table)
+                        .bind(&c.column)
+                        .bind(&c.value)
+                        .execute(&mut **tx)
+                        .await?;
+                    }
+                }
+                Ok(created)
             }
 
             async fn dsr_by_key(&self, key: &str) -> Result<Option<DsrRequest>> {

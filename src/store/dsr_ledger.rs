@@ -33,20 +33,22 @@ pub trait DsrLedger: Send + Sync {
     /// Records `value` unless a check value exists already; returns the one stored
     /// (so two first users with different keys cannot both win).
     async fn ledger_check_init(&self, value: &str) -> Result<String>;
-    /// Records an export archive's object and link expiry before it is uploaded.
+    /// Records an export archive's object (and the subject's copy, if one is
+    /// made) and link expiry before either is uploaded.
     async fn dsr_export_started(
         &self,
         id: i64,
-        object: &str,
+        (object, subject_object): (&str, Option<&str>),
         expires_at: DateTime<Utc>,
     ) -> Result<()>;
     /// Export archives still stored whose link expired by `now`, or (with
-    /// `subject`) every one of that subject's: (request id, object key).
+    /// `subject`) every one of that subject's: (request id, object key, the
+    /// subject's copy's key).
     async fn dsr_exports_to_delete(
         &self,
         now: DateTime<Utc>,
         subject: Option<&str>,
-    ) -> Result<Vec<(i64, String)>>;
+    ) -> Result<Vec<(i64, String, Option<String>)>>;
     /// Marks an export archive deleted, with its evidence.
     async fn dsr_export_deleted(&self, id: i64, event: &NewAuditEvent) -> Result<()>;
     /// Replaces an erased subject's email with its pseudonym in Lethe's own
@@ -144,16 +146,18 @@ macro_rules! impl_dsr_ledger {
             async fn dsr_export_started(
                 &self,
                 id: i64,
-                object: &str,
+                (object, subject_object): (&str, Option<&str>),
                 expires_at: DateTime<Utc>,
             ) -> Result<()> {
                 sqlx::query(
-                    "UPDATE dsr_requests SET export_object = $2, export_expires_at = $3, export_deleted_at = NULL
+                    "UPDATE dsr_requests SET export_object = $2, export_expires_at = $3, export_deleted_at = NULL,
+                            subject_object = $4
                      WHERE id = $1",
                 )
                 .bind(id)
                 .bind(object)
                 .bind(Ts(expires_at))
+                .bind(subject_object)
                 .execute(&self.pool)
                 .await?;
                 Ok(())
@@ -163,9 +167,9 @@ macro_rules! impl_dsr_ledger {
                 &self,
                 now: DateTime<Utc>,
                 subject: Option<&str>,
-            ) -> Result<Vec<(i64, String)>> {
+            ) -> Result<Vec<(i64, String, Option<String>)>> {
                 Ok(sqlx::query_as(
-                    "SELECT id, export_object FROM dsr_requests
+                    "SELECT id, export_object, subject_object FROM dsr_requests
                      WHERE export_object IS NOT NULL AND export_deleted_at IS NULL
                        AND (CASE WHEN $2 IS NULL THEN export_expires_at <= $1 ELSE subject = $2 END)
                      ORDER BY id",

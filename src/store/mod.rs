@@ -19,6 +19,7 @@ mod breaches;
 mod checkpoints;
 mod dsr;
 mod dsr_ledger;
+mod dsr_rectifications;
 mod keys;
 mod object_deletes;
 pub mod org_requests;
@@ -46,10 +47,11 @@ pub use dsr::{
     NewDsr,
 };
 pub use dsr_ledger::DsrLedger;
+pub use dsr_rectifications::{AppliedCorrection, Correction, DsrRectifications};
 pub use keys::{Keys, OrgDek, OrgKek};
 pub use object_deletes::{NewPendingObject, ObjectDeletes, PendingObject};
 pub use org_requests::{OrgRequest, OrgRequests};
-pub use outbox::{Attachment, MailState, NewMail, Outbox, OutboxMail};
+pub use outbox::{Attachment, MailState, NewMail, Outbox, OutboxMail, WIPED_BODY};
 pub use policy::{HoldScope, LegalHold, Policy, RetentionOverride};
 pub use postgres::PgStore;
 pub use queue::{NewRun, Outcome, Queue, Run, RunState};
@@ -61,8 +63,8 @@ pub use types::Ts;
 pub mod prelude {
     pub use super::{
         AuditLog as _, BackupCatalog as _, Base as _, Breaches as _, Checkpoints as _,
-        DsrLedger as _, DsrRequests as _, Keys as _, ObjectDeletes as _, OrgRequests as _,
-        Outbox as _, Policy as _, Queue as _, RunLog as _,
+        DsrLedger as _, DsrRectifications as _, DsrRequests as _, Keys as _, ObjectDeletes as _,
+        OrgRequests as _, Outbox as _, Policy as _, Queue as _, RunLog as _,
     };
 }
 
@@ -77,6 +79,7 @@ pub trait Store:
     + BackupCatalog
     + DsrRequests
     + DsrLedger
+    + DsrRectifications
     + Keys
     + Breaches
     + Checkpoints
@@ -95,6 +98,7 @@ impl<T> Store for T where
         + BackupCatalog
         + DsrRequests
         + DsrLedger
+        + DsrRectifications
         + Keys
         + Breaches
         + Checkpoints

@@ -25,7 +25,12 @@ pub struct NewMail {
     pub text: String,
     pub html: String,
     pub attachments: Vec<Attachment>,
+    /// The body holds a secret (a one-time passphrase): wiped once delivered.
+    pub secret: bool,
 }
+
+/// What a secret mail's body becomes once it is delivered.
+pub const WIPED_BODY: &str = "(removed after delivery: this message held a one-time secret)";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -121,8 +126,8 @@ macro_rules! impl_outbox {
                 let now = Ts::now();
                 let inserted: Option<i64> = sqlx::query_scalar(
                     "INSERT INTO mail_outbox (dedupe_key, recipients, subject, text_body, html_body, attachments,
-                                              next_attempt_at, created_at)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $7)
+                                              next_attempt_at, created_at, secret)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8)
                      ON CONFLICT (dedupe_key) DO NOTHING RETURNING id",
                 )
                 .bind(&mail.dedupe_key)
@@ -132,6 +137,7 @@ macro_rules! impl_outbox {
                 .bind(&mail.html)
                 .bind(sqlx::types::Json(&mail.attachments))
                 .bind(now)
+                .bind(mail.secret)
                 .fetch_optional(&self.pool)
                 .await?;
                 if let Some(id) = inserted {
@@ -147,12 +153,15 @@ macro_rules! impl_outbox {
             async fn outbox_sent(&self, id: i64, owner: &str) -> Result<bool> {
                 let n = sqlx::query(
                     "UPDATE mail_outbox SET state = 'sent', sent_at = $3, attempts = attempts + 1,
-                            lease_owner = NULL, lease_expires_at = NULL, last_error = NULL
+                            lease_owner = NULL, lease_expires_at = NULL, last_error = NULL,
+                            text_body = CASE WHEN secret THEN $4 ELSE text_body END,
+                            html_body = CASE WHEN secret THEN $4 ELSE html_body END
                      WHERE id = $1 AND lease_owner = $2 AND state = 'sending'",
                 )
                 .bind(id)
                 .bind(owner)
                 .bind(Ts::now())
+                .bind(WIPED_BODY)
                 .execute(&self.pool)
                 .await?
                 .rows_affected();

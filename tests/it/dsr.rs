@@ -614,6 +614,38 @@ async fn http_api_authenticates_is_idempotent_and_refuses_sole_owners() {
         http(&addr, "GET", "/v1/dsr/99999", Some(key), None, "").0,
         404
     );
+    // Rectification: `set` names the columns; the idempotency key is bound to the values too.
+    let rect = |name: &str| {
+        format!(
+            r#"{{"kind":"rectification","subject":"co1@x.example","set":{{"users.name":"{name}"}}}}"#
+        )
+    };
+    let post =
+        |body: &str, idem: Option<&str>| http(&addr, "POST", "/v1/dsr", Some(key), idem, body);
+    let (code, fixed) = post(&rect("Co Fixed"), Some("rect-1"));
+    assert_eq!(
+        (code, fixed["kind"].as_str()),
+        (201, Some("rectification")),
+        "{fixed}"
+    );
+    assert_eq!(
+        post(&rect("Co Other"), Some("rect-1")).0,
+        422,
+        "same key, other value"
+    );
+    let (code, refused) = post(
+        r#"{"kind":"rectification","subject":"co2@x.example","set":{"users.email":"x@x.example"}}"#,
+        None,
+    );
+    assert_eq!(code, 422, "{refused}");
+    assert!(refused["error"]
+        .as_str()
+        .unwrap_or("")
+        .contains("users.email cannot be rectified"));
+    let bad = r#"{"kind":"rectification","subject":"co2@x.example","set":{"users":"x"}}"#;
+    assert_eq!(post(bad, None).0, 400);
+    let export_with_set = r#"{"kind":"export","subject":"co2@x.example","set":{"users.name":"x"}}"#;
+    assert_eq!(post(export_with_set, None).0, 422);
     crate::common::signal(&serve, libc::SIGTERM);
     crate::common::wait_exit(&mut serve, 30);
 }
@@ -933,7 +965,7 @@ mod edges {
             let pool = sqlx::PgPool::connect(&s.app_url).await.unwrap();
             sqlx::raw_sql(&format!(
                 "ALTER TABLE lethe.dsr_requests DROP CONSTRAINT dsr_requests_kind_check;
-                 UPDATE lethe.dsr_requests SET kind = 'rectification' WHERE id = {id}"
+                 UPDATE lethe.dsr_requests SET kind = 'restriction' WHERE id = {id}"
             ))
             .execute(&pool)
             .await
@@ -944,7 +976,7 @@ mod edges {
             let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
             sqlx::raw_sql(&format!(
                 "PRAGMA ignore_check_constraints = ON;
-                 UPDATE dsr_requests SET kind = 'rectification' WHERE id = {id}"
+                 UPDATE dsr_requests SET kind = 'restriction' WHERE id = {id}"
             ))
             .execute(&mut conn)
             .await
@@ -956,7 +988,7 @@ mod edges {
             run["error"]
                 .as_str()
                 .unwrap_or("")
-                .contains("`rectification` is unknown"),
+                .contains("`restriction` is unknown"),
             "{run}"
         );
         let shown = s.show(id);
@@ -980,7 +1012,7 @@ mod edges {
         let cfg = std::fs::read_to_string(s.c.config()).unwrap();
         std::fs::write(
             s.c.config(),
-            format!("{cfg}\n[dsr]\nexport_link_ttl = \"3s\"\n"),
+            cfg.replacen("[dsr]\n", "[dsr]\nexport_link_ttl = \"3s\"\n", 1),
         )
         .unwrap();
         let (_, member) = s.submit("export", "member@x.example", &[]);

@@ -130,3 +130,197 @@ async fn the_mailed_presigned_link_fetches_the_archive_until_it_expires() {
     let (code, _) = get(&link);
     assert_eq!(code, 404, "the archive is gone");
 }
+
+/// A bucket on moto for one test.
+async fn bucket(moto: &str) -> String {
+    let bucket = format!("lethe-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+    crate::common::s3_client(moto)
+        .create_bucket()
+        .bucket(&bucket)
+        .send()
+        .await
+        .unwrap();
+    bucket
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_subject_gets_a_link_and_separately_a_password_that_open_their_copy() {
+    let (Some(moto), Some(smtp), Some(python)) = (
+        crate::common::server_env("LETHE_TEST_MOTO_URL"),
+        crate::common::server_env("LETHE_TEST_SMTP"),
+        crate::common::server_env("LETHE_TEST_PYTHON"),
+    ) else {
+        return;
+    };
+    let maildir = crate::common::server_env("LETHE_TEST_MAILDIR").unwrap();
+    let bucket = bucket(&moto).await;
+    let (backup_key, export_key) = (
+        age::x25519::Identity::generate(),
+        age::x25519::Identity::generate(),
+    );
+    let port = smtp.rsplit_once(':').unwrap().1;
+    let mail = format!(
+        "transport = \"smtp\"\n[mail.smtp]\nhost = \"127.0.0.1\"\nport = {port}\ntls = \"none\""
+    );
+    // Each run mails a subject of its own, so the shared sink's other mail is not read.
+    let subject = format!(
+        "s{}@x.example",
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    );
+    let extra = format!(
+        "[object_store]\nurl = \"s3://{bucket}/lethe\"\nendpoint = \"{moto}\"\nregion = \"us-east-1\"\npath_style = true\n\
+         [backup]\nrecipients = [\"{}\"]\n[dsr]\nexport_recipients = [\"{}\"]\ndeliver_to_subject = true\n{DATA_MAP}",
+        backup_key.to_public(),
+        export_key.to_public()
+    );
+    let c = ConfigDir::full(None, None, "", &mail, &extra);
+    let app = format!("sqlite://{}", c.path().join("app.db").display());
+    let pool = sqlx::SqlitePool::connect(&app).await.unwrap();
+    sqlx::raw_sql(FIXTURE).execute(&pool).await.unwrap();
+    sqlx::query("UPDATE users SET email = ? WHERE email = 'member@x.example'")
+        .bind(&subject)
+        .execute(&pool)
+        .await
+        .unwrap();
+    for kind in ["dsr.process", "mail.flush"] {
+        c.job(
+            kind,
+            &format!("kind = \"{kind}\"\nschedule = \"0 0 3 * * *\"\nmax_attempts = 1\n"),
+        );
+    }
+    run_ok(c.lethe_aws().arg("migrate"));
+    let args = [
+        "dsr",
+        "submit",
+        "--kind",
+        "export",
+        "--subject",
+        &subject,
+        "--json",
+    ];
+    let v = stdout_json(&run_ok(c.lethe_aws().args(args)));
+    let run = stdout_json(&run_ok(c.lethe_aws().args([
+        "run",
+        "dsr.process",
+        "--json",
+    ])));
+    assert_eq!(run["status"], "succeeded", "{run}");
+    let id = v["id"].to_string();
+    let shown = stdout_json(&run_ok(c.lethe_aws().args(["dsr", "show", &id, "--json"])));
+    let copy = &shown["result"]["subject_copy"];
+    assert_eq!(copy["mailed_to_subject"], true, "{shown}");
+    run_ok(c.lethe_aws().args(["run", "mail.flush"]));
+
+    // The subject, with nothing but the two mails and an unzip tool.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let opened = loop {
+        let out = std::process::Command::new(&python)
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/dsr/open_subject_copy.py"
+            ))
+            .args([&maildir, &subject])
+            .output()
+            .unwrap();
+        if out.status.success() || std::time::Instant::now() > deadline {
+            break out;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    let stderr = String::from_utf8_lossy(&opened.stderr);
+    assert!(opened.status.success(), "{stderr}");
+    let got: serde_json::Value = serde_json::from_slice(&opened.stdout).unwrap();
+    assert_eq!(got["link_mail_has_password"], false, "{got}");
+    assert_eq!(got["password_mail_has_link"], false, "{got}");
+    assert_eq!(got["wrong_password_refused"], true, "{got}");
+    assert_eq!(
+        got["tables"]["logs"], 3,
+        "every log row of the subject: {got}"
+    );
+    assert_eq!(
+        got["csv_rows"]["logs"], 3,
+        "and the same rows as CSV: {got}"
+    );
+    assert_eq!(got["tables"]["users"], 1, "{got}");
+    assert!(got["entries"]["README.txt"].as_u64().unwrap() > 0, "{got}");
+
+    // The DPO's archive opens with the export key, not with the backup key.
+    let s3 = crate::common::s3_client(&moto);
+    let object = shown["result"]["object"].as_str().unwrap();
+    let sealed = s3
+        .get_object()
+        .bucket(&bucket)
+        .key(format!("lethe/{object}"))
+        .send()
+        .await
+        .unwrap()
+        .body
+        .collect()
+        .await
+        .unwrap()
+        .into_bytes();
+    let files = crate::common::archive_texts(&sealed, &export_key);
+    assert!(files.contains_key("logs.json"));
+    let ids: Vec<Box<dyn age::Identity>> = vec![Box::new(backup_key.clone())];
+    assert!(
+        age::Decryptor::new(&sealed[..])
+            .unwrap()
+            .decrypt(ids.iter().map(|i| i.as_ref() as &dyn age::Identity))
+            .is_err(),
+        "the backup key does not open an export"
+    );
+
+    // The password left the outbox with its mail: no copy stays in Lethe's store.
+    let store =
+        sqlx::SqlitePool::connect(&format!("sqlite://{}", c.path().join("lethe.db").display()))
+            .await
+            .unwrap();
+    let bodies: Vec<(String, String)> = sqlx::query_as(
+        "SELECT subject, text_body FROM mail_outbox WHERE subject LIKE 'The password%'",
+    )
+    .fetch_all(&store)
+    .await
+    .unwrap();
+    assert_eq!(bodies.len(), 1);
+    assert_eq!(bodies[0].1, lethe::store::WIPED_BODY);
+    let audit: Vec<String> = sqlx::query_scalar("SELECT details FROM audit_events")
+        .fetch_all(&store)
+        .await
+        .unwrap_or_default();
+    assert!(
+        !audit.iter().any(|d| d.contains(&subject)),
+        "no evidence names the subject's address"
+    );
+}
+
+#[test]
+fn an_export_key_that_is_also_a_backup_key_is_refused_unless_allowed() {
+    let key = age::x25519::Identity::generate().to_public().to_string();
+    let cfg = |dsr: &str| {
+        ConfigDir::full(
+            None,
+            None,
+            "",
+            "",
+            &format!("[object_store]\nurl = \"file://o\"\n[backup]\nrecipients = [\"{key}\"]\n[dsr]\n{dsr}\n{DATA_MAP}"),
+        )
+    };
+    let same = cfg(&format!("export_recipients = [\"{key}\"]"));
+    let out = same.lethe().arg("check").output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("also in backup.recipients") && err.contains("export_to_backup_keys"),
+        "{err}"
+    );
+    let none = cfg("export_to_backup_keys = false");
+    let out = none.lethe().arg("check").output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("dsr.export_recipients is not set"), "{err}");
+    let allowed = cfg(&format!(
+        "export_recipients = [\"{key}\"]\nexport_to_backup_keys = true"
+    ));
+    let out = allowed.lethe().args(["dsr", "list"]).output().unwrap();
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("backup.recipients"));
+}

@@ -36,6 +36,7 @@ recipients = ["age1wm43f9u272cjdgmj332nee4ke347xuw5ffy0xmsdn23mr5u8pezslfg6pv"]
 keep = { last = 3, daily = 7 }
 [dsr]
 default_deadline = "30d"
+export_recipients = ["age142683d78tk6pggyk8rr0wceta8z7qxvcvhrzzf0czhzsgghqeyyqllshwd"]
 [keys]
 provider = "local"
 keyring_file = "keyring.json"

@@ -18,6 +18,7 @@ mod dsr_delivery;
 mod dsr_http;
 mod dsr_identity;
 mod dsr_org;
+mod dsr_rectify;
 mod evidence_crash;
 mod faults;
 mod fuzz;

@@ -563,7 +563,8 @@ fn the_demo_purges_exports_and_erases_files() {
         .join("objects")
         .join(shown["result"]["object"].as_str().unwrap());
     let identity: age::x25519::Identity =
-        std::fs::read_to_string(dir.join("secrets/age-identity.txt"))
+        // Exports are sealed to the DPO's key, not the backups'.
+        std::fs::read_to_string(dir.join("secrets/dpo-export.key"))
             .unwrap()
             .trim()
             .parse()

@@ -219,6 +219,7 @@ async fn dsr_import_keeps_the_recorded_timeline_with_evidence(s: Arc<dyn Store>)
             request_hash: None,
             received_at: t(90),
             due_at: t(30),
+            corrections: vec![],
         },
         extended_days: 30,
         extension_reason: Some("complex".into()),
@@ -758,6 +759,7 @@ async fn outbox_dedupes_leases_retries_and_delivers(s: Arc<dyn Store>) {
         text: "t".into(),
         html: "<p>t</p>".into(),
         attachments: vec![],
+        secret: false,
     };
     let (id, created) = s.outbox_enqueue(&mail).await.unwrap();
     assert!(created);
@@ -795,8 +797,22 @@ async fn outbox_dedupes_leases_retries_and_delivers(s: Arc<dyn Store>) {
     let (id2, _) = s.outbox_enqueue(&m2).await.unwrap();
     s.outbox_claim("w1", 10, LEASE).await.unwrap();
     s.outbox_failed(id2, "w1", "rejected", None).await.unwrap();
+    // A secret's body is wiped once delivered, and only a secret's.
+    let secret = NewMail {
+        dedupe_key: Some("k-secret".into()),
+        secret: true,
+        ..mail.clone()
+    };
+    let (id3, _) = s.outbox_enqueue(&secret).await.unwrap();
+    s.outbox_claim("w1", 10, LEASE).await.unwrap();
+    assert!(s.outbox_sent(id3, "w1").await.unwrap());
     let listed = s.outbox_list(10).await.unwrap();
     let by_id = |i| listed.iter().find(|m| m.id == i).unwrap();
+    assert_eq!(
+        (by_id(id3).text.as_str(), by_id(id3).html.as_str()),
+        (lethe::store::WIPED_BODY, lethe::store::WIPED_BODY)
+    );
+    assert_eq!(by_id(id).text, "t", "a plain mail keeps its body");
     assert_eq!(by_id(id).state, MailState::Sent);
     assert_eq!(by_id(id2).state, MailState::Failed);
     assert_eq!(by_id(id2).last_error.as_deref(), Some("rejected"));
@@ -874,6 +890,7 @@ async fn dsr_left_in_progress_by_a_crashed_run_is_taken_again(s: Arc<dyn Store>)
         request_hash: None,
         received_at: Utc::now(),
         due_at: Utc::now() + CDuration::days(30),
+        corrections: vec![],
     };
     let lethe::store::DsrInsert::Created(req) = s.dsr_insert(&new, &dsr_event).await.unwrap()
     else {
@@ -925,6 +942,7 @@ fn keyed_dsr(subject: &str, key: &str, hash: Option<&str>) -> lethe::store::NewD
         request_hash: hash.map(str::to_string),
         received_at: Utc::now(),
         due_at: Utc::now() + CDuration::days(30),
+        corrections: vec![],
     }
 }
 
@@ -1050,6 +1068,7 @@ async fn dsr_of(s: &Arc<dyn Store>, kind: &str, subject: &str) -> i64 {
         request_hash: Some("sha256:00".into()),
         received_at: now,
         due_at: now + chrono::Duration::days(30),
+        corrections: vec![],
     };
     match s.dsr_insert(&new, &dsr_event).await.unwrap() {
         DsrInsert::Created(r) => r.id,
@@ -1062,16 +1081,20 @@ async fn dsr_exports_are_listed_for_deletion_by_expiry_or_subject_once(s: Arc<dy
     let old = dsr_of(&s, "export", "old@x.example").await;
     let fresh = dsr_of(&s, "export", "fresh@x.example").await;
     let never = dsr_of(&s, "export", "never@x.example").await;
-    s.dsr_export_started(old, "exports/old", now - chrono::Duration::hours(1))
+    s.dsr_export_started(old, ("exports/old", None), now - chrono::Duration::hours(1))
         .await
         .unwrap();
-    s.dsr_export_started(fresh, "exports/fresh", now + chrono::Duration::days(7))
-        .await
-        .unwrap();
+    s.dsr_export_started(
+        fresh,
+        ("exports/fresh", Some("exports/fresh-subject.zip")),
+        now + chrono::Duration::days(7),
+    )
+    .await
+    .unwrap();
     let due = s.dsr_exports_to_delete(now, None).await.unwrap();
     assert_eq!(
         due,
-        vec![(old, "exports/old".to_string())],
+        vec![(old, "exports/old".to_string(), None)],
         "only the expired one"
     );
     let of = s
@@ -1080,7 +1103,11 @@ async fn dsr_exports_are_listed_for_deletion_by_expiry_or_subject_once(s: Arc<dy
         .unwrap();
     assert_eq!(
         of,
-        vec![(fresh, "exports/fresh".to_string())],
+        vec![(
+            fresh,
+            "exports/fresh".to_string(),
+            Some("exports/fresh-subject.zip".to_string())
+        )],
         "the subject's, expired or not"
     );
     assert!(
@@ -1174,6 +1201,7 @@ async fn outbox_has_tells_whether_a_dedupe_key_was_queued(s: Arc<dyn Store>) {
         text: "t".into(),
         html: "<p>t</p>".into(),
         attachments: vec![],
+        secret: false,
     };
     s.outbox_enqueue(&mail).await.unwrap();
     assert!(s.outbox_has("rpo:b1").await.unwrap());

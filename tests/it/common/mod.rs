@@ -116,6 +116,21 @@ impl ConfigDir {
         } else {
             extra.to_string()
         };
+        // Most tests open their exports with the backup key: one key for both,
+        // as `dsr.export_to_backup_keys` allows. Tests that give exports a key
+        // of their own (dsr_delivery) set `export_recipients`.
+        let extra = if extra.contains("[backup]")
+            && !extra.contains("export_recipients")
+            && !extra.contains("export_to_backup_keys")
+        {
+            if extra.contains("[dsr]\n") {
+                extra.replacen("[dsr]\n", "[dsr]\nexport_to_backup_keys = true\n", 1)
+            } else {
+                format!("{extra}\n[dsr]\nexport_to_backup_keys = true\n")
+            }
+        } else {
+            extra
+        };
         let toml = format!(
             r#"[database]
 url = "{database}"
