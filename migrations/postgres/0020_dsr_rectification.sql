@@ -14,6 +14,7 @@ CREATE TABLE dsr_rectifications (
     value       TEXT        NOT NULL,
     org         TEXT,
     subject_key TEXT,
+    email_key   TEXT,       -- the keyed hash of the email: an erasure finished after a crash finds them by it
     applied_at  TIMESTAMPTZ,
     PRIMARY KEY (request_id, table_name, column_name)
 );

@@ -30,16 +30,17 @@ CREATE TABLE dsr_requests_new (
     verified_at      TEXT,
     verify_method    TEXT,
     verified_by      TEXT,
-    subject_object   TEXT
+    subject_object   TEXT,
+    subject_copy_sha TEXT
 );
 INSERT INTO dsr_requests_new (id, kind, subject, jurisdiction, state, reason, detail, source, idempotency_key,
     received_at, due_at, extended_days, extension_reason, completed_at, attempts, result, updated_at,
     claimed_by_run, request_hash, export_object, export_expires_at, export_deleted_at, extended_at,
-    extension_notified_at, org, verified_at, verify_method, verified_by, subject_object)
+    extension_notified_at, org, verified_at, verify_method, verified_by, subject_object, subject_copy_sha)
 SELECT id, kind, subject, jurisdiction, state, reason, detail, source, idempotency_key,
     received_at, due_at, extended_days, extension_reason, completed_at, attempts, result, updated_at,
     claimed_by_run, request_hash, export_object, export_expires_at, export_deleted_at, extended_at,
-    extension_notified_at, org, verified_at, verify_method, verified_by, subject_object
+    extension_notified_at, org, verified_at, verify_method, verified_by, subject_object, subject_copy_sha
 FROM dsr_requests;
 -- Ids are never reused, even those of the newest rows if they were ever deleted.
 UPDATE sqlite_sequence SET seq = max(seq, (SELECT seq FROM sqlite_sequence WHERE name = 'dsr_requests'))
@@ -63,6 +64,7 @@ CREATE TABLE dsr_rectifications (
     value       TEXT        NOT NULL,
     org         TEXT,
     subject_key TEXT,
+    email_key   TEXT,       -- the keyed hash of the email: an erasure finished after a crash finds them by it
     applied_at  TEXT,
     PRIMARY KEY (request_id, table_name, column_name)
 );

@@ -42,20 +42,47 @@ impl AppDb {
         };
         for t in tables {
             for (col, value) in &t.sets {
-                let Some(ty) = self.column_type(t.table, col).await? else {
+                let Some((ty, max_chars)) = self.base_type(t.table, col).await? else {
                     continue;
                 };
+                let name = format!("{}.{col}", t.table);
+                if let Some(max) = max_chars.filter(|m| value.chars().count() > *m as usize) {
+                    return Ok(Some((name, format!("{ty} of at most {max} characters"))));
+                }
                 let fits = sqlx::query(&format!("SELECT CAST($1::text AS {ty})"))
                     .bind(*value)
                     .execute(p)
                     .await
                     .is_ok();
                 if !fits {
-                    return Ok(Some((format!("{}.{col}", t.table), ty)));
+                    return Ok(Some((name, ty)));
                 }
             }
         }
         Ok(None)
+    }
+
+    /// A column's type without its modifier (`character varying`, not
+    /// `character varying(255)`) and its length limit, if any. An explicit
+    /// cast to `varchar(255)` cuts a longer value short without a word; the
+    /// assignment to the column checks the length instead (an error). None on
+    /// SQLite, whose columns take any value.
+    async fn base_type(&self, table: &str, col: &str) -> Result<Option<(String, Option<i32>)>> {
+        let AppDb::Postgres(p) = self else {
+            return Ok(None);
+        };
+        Ok(sqlx::query_as(
+            "SELECT format_type(a.atttypid, NULL),
+                    CASE WHEN a.atttypid IN ('varchar'::regtype, 'bpchar'::regtype) AND a.atttypmod > 4
+                         THEN a.atttypmod - 4 END
+             FROM pg_attribute a
+             JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+             WHERE n.nspname = current_schema() AND c.relname = $1 AND a.attname = $2 AND NOT a.attisdropped",
+        )
+        .bind(table)
+        .bind(col)
+        .fetch_optional(p)
+        .await?)
     }
 
     /// Sets the corrections in one transaction. With `one_row`, a table
@@ -73,7 +100,7 @@ impl AppDb {
             let subject_type = self.column_type(t.table, t.subject).await?;
             let mut cols = Vec::new();
             for (c, _) in &t.sets {
-                cols.push(self.column_type(t.table, c).await?);
+                cols.push(self.base_type(t.table, c).await?.map(|(ty, _)| ty));
             }
             types.push((subject_type, cols));
         }

@@ -195,6 +195,9 @@ fn wanted_columns(config: &Config) -> Wanted {
         for c in &e.encrypted {
             cols.push(("encrypted", c));
         }
+        for c in &e.rectifiable {
+            cols.push(("rectifiable", c));
+        }
         wanted.push(need(&e.location, &e.table, cols));
     }
     wanted

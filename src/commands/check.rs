@@ -138,10 +138,16 @@ fn export_delivery_check(config: &Config) -> Option<Check> {
             "dsr.deliver_to_subject on a folder store: the subject's link is a path on this machine \
              that no one else can open (development only); use an S3 object store for presigned links",
         ),
-        Ok(keys) if config.dsr.export_to_backup_keys && keys == config.backup.recipients.as_slice() => warn(
+        Ok(keys)
+            if keys.iter().any(|k| {
+                config.backup.recipients.iter().any(|b| config::same_age_key(k, b))
+            }) =>
+        {
+            warn(
             NAME,
-            "exports are encrypted to the backup keys (dsr.export_to_backup_keys): whoever opens one can open every backup",
-        ),
+            "exports are encrypted to a backup key (dsr.export_to_backup_keys): whoever opens one can open every backup",
+            )
+        }
         Ok(keys) => ok(
             NAME,
             format!(
@@ -357,8 +363,7 @@ async fn drill_check(config: &Config) -> Option<Check> {
                  production for I/O, memory and disk; set backup.scratch_url to a separate server",
             ),
             Ok((url, false)) => ok(NAME, format!("on {}", redact_url(&url))),
-            // Retention alone needs no export key: exports fail, loudly, until one is set.
-        Err(e) => warn(NAME, e.to_string()),
+            Err(e) => fail(NAME, e.to_string()),
         },
     )
 }

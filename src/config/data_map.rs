@@ -127,8 +127,52 @@ pub struct DataMapEntry {
     /// check` demands the guard triggers (`lethe app guard install`), which
     /// refuse UPDATE and TRUNCATE, and DELETE except by Lethe's retention.
     pub append_only: bool,
+    /// Columns a subject may have corrected (`dsr submit --kind
+    /// rectification`). Opt-in: only the application knows which columns are
+    /// facts about the person rather than keys, flags or derived values.
+    pub rectifiable: Vec<String>,
     /// `lethe.toml:LINE`, for errors found later against the live schema.
     pub location: String,
+}
+
+impl DataMapEntry {
+    /// Why `column` may never be rectified, whatever the map says: it keys,
+    /// scopes, dates or seals the row (changing it would move the row to
+    /// another person or org, or out of its retention, not correct it).
+    pub fn never_rectifiable(
+        &self,
+        app: Option<&AppMapping>,
+        column: &str,
+    ) -> Option<&'static str> {
+        let is = |c: Option<&String>| c.is_some_and(|c| c == column);
+        let subjects = app.map(|a| &a.subjects).filter(|s| s.table == self.table);
+        let members = app
+            .and_then(|a| a.memberships.as_ref())
+            .filter(|m| m.table == self.table);
+        if self.append_only {
+            Some("the table is append-only (its rows are never updated)")
+        } else if is(self.subject.as_ref()) {
+            Some("it names the subject the row is about")
+        } else if is(self.org.as_ref()) {
+            Some("it names the org the row belongs to")
+        } else if is(self.timestamp.as_ref()) {
+            Some("retention counts from it")
+        } else if subjects.is_some_and(|s| s.id == column) {
+            Some("it is the subject's id")
+        } else if subjects.is_some_and(|s| s.email == column) {
+            Some("the email is how requests find the subject; the application changes it, with its own check")
+        } else if members
+            .is_some_and(|m| [&m.org, &m.subject, &m.role].iter().any(|c| *c == column))
+        {
+            Some("memberships and roles decide ownership; the application changes them")
+        } else if self.encrypted.iter().any(|c| c == column) {
+            Some("the application encrypts it with its org's key; the application rectifies it")
+        } else if self.objects.iter().any(|o| o.column == column) {
+            Some("it names a stored file")
+        } else {
+            None
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -167,6 +211,8 @@ pub(super) struct RawEntry {
     objects: Vec<ObjectColumn>,
     #[serde(default)]
     append_only: bool,
+    #[serde(default)]
+    rectifiable: Vec<String>,
 }
 
 /// A column of object keys (relative to the store's URL) and its store.
@@ -211,9 +257,9 @@ pub(super) fn load_entries(
             append_only_fits(&erasure, &encrypted).map_err(err)?;
         }
         let (line, _) = super::source::line_col(src.text, span.start);
-        out.push(DataMapEntry {
+        let entry = DataMapEntry {
             location: format!("{}:{line}", src.path.display()),
-            table,
+            table: table.clone(),
             class: e.class,
             timestamp: e.timestamp,
             org: e.org,
@@ -224,9 +270,37 @@ pub(super) fn load_entries(
             encrypted,
             objects: e.objects,
             append_only: e.append_only,
-        });
+            rectifiable: e.rectifiable,
+        };
+        rectifiable_fits(&entry, app).map_err(|m| {
+            src.error_at(
+                span.clone(),
+                format!("data_map entry `{}`: {m}", entry.table),
+            )
+        })?;
+        out.push(entry);
     }
     Ok(out)
+}
+
+/// `rectifiable` names columns of rows about one subject, each once, none
+/// that keys, scopes, dates or seals the row.
+fn rectifiable_fits(e: &DataMapEntry, app: Option<&AppMapping>) -> std::result::Result<(), String> {
+    if e.rectifiable.is_empty() {
+        return Ok(());
+    }
+    if e.subject.is_none() {
+        return Err("`rectifiable` needs a `subject` column: rectification corrects the rows about one person".into());
+    }
+    for (i, c) in e.rectifiable.iter().enumerate() {
+        if e.rectifiable[..i].contains(c) {
+            return Err(format!("`rectifiable` lists `{c}` twice"));
+        }
+        if let Some(why) = e.never_rectifiable(app, c) {
+            return Err(format!("`rectifiable` cannot list `{c}`: {why}"));
+        }
+    }
+    Ok(())
 }
 
 /// An append-only table refuses UPDATE: nothing Lethe does may rewrite a row.

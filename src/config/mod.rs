@@ -9,6 +9,7 @@ mod jobs;
 mod object_retention;
 mod raw;
 mod sections;
+pub use sections::same_age_key;
 mod source;
 
 pub use crate::policy::{format_duration, parse_duration, MAX_DURATION};
@@ -374,13 +375,7 @@ impl Config {
         let on_s3 = object_store
             .as_ref()
             .is_some_and(|o| o.url.starts_with("s3://"));
-        let dsr = load_dsr(
-            &src,
-            raw.dsr,
-            &dir,
-            on_s3,
-            (&backup.recipients, app.is_some()),
-        )?;
+        let dsr = load_dsr(&src, raw.dsr, &dir, on_s3, &backup.recipients)?;
         let keys = load_keys(&src, raw.keys, &dir)?;
         let breach = load_breach(&src, raw.breach)?;
         let jobs = jobs::load_dir(&runner.jobs_dir)?;
@@ -432,6 +427,39 @@ mod tests {
             load(format!("{base}{}", ttl("30d"))).is_ok(),
             "a folder store has no such limit"
         );
+    }
+
+    #[test]
+    fn rectifiable_never_lists_a_column_that_keys_scopes_or_dates_rows() {
+        let base = "[database]\nurl = \"sqlite://app.db\"\n[mail]\nfrom = \"l@x.example\"\ntransport = \"file\"\ndir = \"mail\"\n\
+                    [app]\nsubjects = { table = \"users\", id = \"id\", email = \"email\" }\n";
+        let entry = |table: &str, extra: &str, cols: &str| {
+            format!(
+                "[[data_map]]\ntable = \"{table}\"\nclass = \"c\"\n{extra}rectifiable = [{cols}]\n"
+            )
+        };
+        let load = |e: String| Config::from_text(Path::new("lethe.toml"), &format!("{base}{e}"));
+        let logs = "subject = \"user_id\"\norg = \"org_id\"\ntimestamp = \"at\"\n";
+        for (table, extra, cols, why) in [
+            (
+                "users",
+                "subject = \"id\"\n",
+                "\"email\"",
+                "how requests find the subject",
+            ),
+            ("users", "subject = \"id\"\n", "\"id\"", "names the subject"),
+            ("logs", logs, "\"org_id\"", "names the org"),
+            ("logs", logs, "\"at\"", "retention counts from it"),
+            ("logs", logs, "\"path\", \"path\"", "twice"),
+            ("notes", "", "\"body\"", "needs a `subject` column"),
+        ] {
+            let err = load(entry(table, extra, cols)).unwrap_err().to_string();
+            assert!(
+                err.contains(why) && err.contains("lethe.toml:"),
+                "{cols}: {err}"
+            );
+        }
+        assert!(load(entry("users", "subject = \"id\"\n", "\"name\"")).is_ok());
     }
 
     #[test]

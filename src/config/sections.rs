@@ -196,7 +196,7 @@ pub(super) fn load_dsr(
     raw: RawDsr,
     dir: &Path,
     on_s3: bool,
-    (backup_keys, has_app): (&[String], bool),
+    backup_keys: &[String],
 ) -> Result<DsrConfig> {
     let dur = |v: &Option<Spanned<String>>, key: &str, default: u64| -> Result<Duration> {
         match v {
@@ -216,12 +216,7 @@ pub(super) fn load_dsr(
         })?;
     }
     let to_backup_keys = raw.export_to_backup_keys.unwrap_or(false);
-    export_keys_apart(
-        src,
-        &raw.export_recipients,
-        (backup_keys, has_app),
-        to_backup_keys,
-    )?;
+    export_keys_apart(src, &raw.export_recipients, backup_keys, to_backup_keys)?;
     Ok(DsrConfig {
         export_to_backup_keys: to_backup_keys,
         deliver_to_subject: raw.deliver_to_subject.unwrap_or(false),
@@ -273,18 +268,22 @@ pub(super) fn load_dsr(
 
 /// Exports are opened by the DPO (and handed on); backups by whoever restores.
 /// An export key that is also a backup key would let the one open the other,
-/// so it is refused unless `dsr.export_to_backup_keys` accepts it, and so is
-/// the old fallback to the backup keys when DSRs are configured.
+/// so it is refused unless `dsr.export_to_backup_keys` accepts it. (No export
+/// key at all is not refused here: retention and backups need none, and an
+/// export then fails, loudly, naming the setting; `lethe check` warns.)
 fn export_keys_apart(
     src: &SourceFile,
     export: &[Spanned<String>],
-    (backup_keys, has_app): (&[String], bool),
+    backup_keys: &[String],
     allowed: bool,
 ) -> Result<()> {
     if allowed {
         return Ok(());
     }
-    if let Some(k) = export.iter().find(|k| backup_keys.contains(k.get_ref())) {
+    if let Some(k) = export
+        .iter()
+        .find(|k| backup_keys.iter().any(|b| same_age_key(k.get_ref(), b)))
+    {
         return Err(src.error_at(
             k.span(),
             format!(
@@ -295,16 +294,12 @@ fn export_keys_apart(
             ),
         ));
     }
-    if export.is_empty() && has_app && !backup_keys.is_empty() {
-        return Err(Error::config(
-            src.path,
-            "dsr.export_recipients is not set: exports are no longer encrypted to the backup \
-             keys (whoever opens an export could open every backup). Make a key pair for the \
-             DPO (age-keygen -o dpo-export.key) and set dsr.export_recipients to its public key, \
-             or set dsr.export_to_backup_keys = true to keep the old behaviour",
-        ));
-    }
     Ok(())
+}
+
+/// Two spellings of one age public key (Bech32 is case-insensitive).
+pub fn same_age_key(a: &str, b: &str) -> bool {
+    a.trim().eq_ignore_ascii_case(b.trim())
 }
 
 /// The key naming a store's URL: `object_store.url`, but `audit.anchor_url` itself.

@@ -43,6 +43,8 @@ encrypted = ["phone"]
 erasure = "anonymize"
 anonymize = { email = "hmac", name = "fixed:Deleted user", phone = "hmac", last_login_ip = "null", last_login_at = "null" }
 export = true
+# Columns a person may have corrected (dsr submit --kind rectification).
+rectifiable = ["name"]
 
 [[data_map]]
 table = "customers"

@@ -32,6 +32,19 @@ pub(super) async fn to_subject(
     tar: File,
     expires: DateTime<Utc>,
 ) -> Result<SubjectCopy> {
+    let key = subject_key(ctx, r.id);
+    let store = ctx.object_store().await?;
+    // A retry after the mails went out reuses that copy: a new one would
+    // not open with the passphrase the subject already holds.
+    if let Some(sha256) = &r.subject_copy_sha {
+        if let Some(bytes) = store.head(&key).await? {
+            return Ok(SubjectCopy {
+                key,
+                bytes,
+                sha256: sha256.clone(),
+            });
+        }
+    }
     let passphrase = super::subject_copy::passphrase();
     let pass = passphrase.clone();
     let zip = tokio::task::spawn_blocking(move || {
@@ -42,8 +55,6 @@ pub(super) async fn to_subject(
     .map_err(|e| Error::task("building the subject's copy", e))?
     .map_err(|e| Error::io("building the subject's copy", e))?;
 
-    let key = subject_key(ctx, r.id);
-    let store = ctx.object_store().await?;
     let (sha256, bytes) = crate::objstore::stream_upload(
         store.as_ref(),
         &key,
@@ -64,6 +75,7 @@ pub(super) async fn to_subject(
     let to = [r.subject.clone()];
     notify::enqueue_to(ctx, link_mail(ctx, r, (&link, bytes), expires, &pair), &to).await?;
     notify::enqueue_secret(ctx, secret_mail(r, passphrase, &pair), &to).await?;
+    ctx.store.dsr_subject_copy_mailed(r.id, &sha256).await?;
     Ok(SubjectCopy { key, bytes, sha256 })
 }
 
@@ -125,7 +137,8 @@ fn secret_mail(r: &DsrRequest, passphrase: String, pair: &str) -> Message {
                 "This password opens the file in our other email about request {}. It works for that file only.",
                 r.id
             )),
-            Block::Command(passphrase),
+            // Facts, not a command: nothing to copy but the passphrase itself.
+            Block::Facts(vec![("Password".into(), passphrase)]),
             Block::Para("Keep it to yourself: we will never ask you for it.".into()),
         ],
         attachments: vec![],

@@ -349,8 +349,15 @@ async fn files(
                 scope,
             )
             .await?;
+        let mut seen = std::collections::HashSet::new();
         for (_, key) in keys {
+            // Two rows may name one stored file: it goes in once.
+            if !seen.insert(key.clone()) {
+                continue;
+            }
+            // No `\` or `:` either: a ZIP tool on Windows reads them as separators and drives.
             let plain = !key.is_empty()
+                && !key.contains(['\\', ':'])
                 && std::path::Path::new(&key)
                     .components()
                     .all(|p| matches!(p, std::path::Component::Normal(_)));

@@ -354,10 +354,15 @@ async fn record_intake(
             let dup = NewDsr {
                 state: DsrState::Rejected,
                 reason: Some("duplicate".into()),
-                detail: Some(format!(
-                    "request {} for this subject is still open",
-                    existing.id
-                )),
+                detail: Some(if existing.state == DsrState::Received {
+                    format!(
+                        "request {} for this subject is still open, waiting for its identity check: \
+                         verify that one (lethe dsr verify {} --method … --by …)",
+                        existing.id, existing.id
+                    )
+                } else {
+                    format!("request {} for this subject is still open", existing.id)
+                }),
                 idempotency_key: None,
                 request_hash: None,
                 ..new

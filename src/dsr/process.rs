@@ -289,6 +289,10 @@ async fn after_erasure(
         &format!("dsr:{}", r.id),
         evidence.clone(),
     );
+    // The subject's corrections go too (found by email: after a crash the id may be gone).
+    ctx.store
+        .corrections_forget_email(&ledger_key(key, &r.subject))
+        .await?;
     ctx.store
         .ledger_add(&ledger_key(key, &r.subject), r.id, &event)
         .await?;
@@ -354,15 +358,16 @@ pub async fn process_job(jc: &JobContext, p: ProcessParams) -> Result<Value> {
         let erasure = matches!(kind, Ok(DsrKind::Erasure));
         match record_outcome(jc, &r, erasure, outcome).await? {
             Recorded::Completed => {
-                completed.push((r.id, erasure));
+                // Both leave old values in free pages until compacted.
+                let overwrote = erasure || matches!(kind, Ok(DsrKind::Rectification));
+                completed.push((r.id, overwrote));
                 took_ms.push(started.elapsed().as_secs_f64() * 1000.0);
             }
             Recorded::Rejected(v) => rejected.push(v),
             Recorded::Failed(v) => failed.push(v),
         }
     }
-    let erased = completed.iter().any(|c| c.1);
-    let compacted = if erased {
+    let compacted = if completed.iter().any(|c| c.1) {
         Some(compact(&db).await)
     } else {
         None
@@ -485,8 +490,9 @@ async fn record_outcome(
     }
 }
 
-/// Rebuilds a SQLite application database after erasures; the erasures are
-/// done either way, a busy database only delays this.
+/// Rebuilds a SQLite application database after erasures and rectifications
+/// (the old values linger in free pages until then); the changes are done
+/// either way, a busy database only delays this.
 async fn compact(db: &AppDb) -> bool {
     match db.compact_after_erasure().await {
         Ok(done) => done,

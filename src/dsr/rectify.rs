@@ -4,7 +4,7 @@
 //! evidence that names the columns but never a value; the corrections stay in
 //! the ledger, so that a restore of an older backup applies them again.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
@@ -16,7 +16,7 @@ use crate::error::{Error, Result};
 use crate::fence::Fence;
 use crate::store::{AppliedCorrection, Correction, DsrRequest};
 
-use super::process::{ledger_id_key, subject_pseudonym};
+use super::process::{ledger_id_key, ledger_key, subject_pseudonym};
 
 /// At most this many columns in one request, each value at most this long.
 const MAX_CORRECTIONS: usize = 50;
@@ -87,62 +87,20 @@ fn refused_column(config: &Config, org: Option<&str>, table: &str, column: &str)
     let Some(e) = config.data_map.iter().find(|e| e.table == table) else {
         return Some(format!("`{table}` is not in the data map"));
     };
-    let Some(subject) = &e.subject else {
-        return Some(format!(
-            "`{table}` has no subject column, so its rows are not about one person"
-        ));
-    };
     if org.is_some() && e.org.is_none() {
         return Some(format!(
             "the request is limited to one org, and `{table}` has no org column"
         ));
     }
-    if e.append_only {
+    // Checked when the config loads too; kept here so no path can bypass it.
+    if let Some(why) = e.never_rectifiable(config.app.as_ref(), column) {
+        return Some(why.to_string());
+    }
+    if !e.rectifiable.iter().any(|c| c == column) {
         return Some(format!(
-            "`{table}` is append-only (its rows are never updated)"
+            "the data map does not list it in `{table}`'s `rectifiable` columns (list there the \
+             columns that are facts about the person, e.g. rectifiable = [\"{column}\"])"
         ));
-    }
-    let app = config.app.as_ref();
-    let keys: Vec<(&str, &str)> = [
-        (Some(subject.as_str()), "it names the subject the row is about"),
-        (e.org.as_deref(), "it names the org the row belongs to"),
-        (e.timestamp.as_deref(), "retention counts from it"),
-        (
-            app.filter(|a| a.subjects.table == table).map(|a| a.subjects.id.as_str()),
-            "it is the subject's id",
-        ),
-        (
-            app.filter(|a| a.subjects.table == table).map(|a| a.subjects.email.as_str()),
-            "the email is how requests find the subject; the application changes it, with its own check",
-        ),
-    ]
-    .into_iter()
-    .filter_map(|(c, why)| c.map(|c| (c, why)))
-    .collect();
-    if let Some((_, why)) = keys.iter().find(|(c, _)| *c == column) {
-        return Some((*why).to_string());
-    }
-    if let Some(m) = app
-        .and_then(|a| a.memberships.as_ref())
-        .filter(|m| m.table == table)
-    {
-        if [&m.org, &m.subject, &m.role]
-            .iter()
-            .any(|c| c.as_str() == column)
-        {
-            return Some(
-                "memberships and roles decide ownership; the application changes them".into(),
-            );
-        }
-    }
-    if e.encrypted.iter().any(|c| c == column) {
-        return Some(
-            "it is encrypted by the application with its org's key; the application rectifies it"
-                .into(),
-        );
-    }
-    if e.objects.iter().any(|o| o.column == column) {
-        return Some("it names a stored file".into());
     }
     None
 }
@@ -229,9 +187,9 @@ pub(super) async fn rectify(
         None => OrgScope::AllExcept(&[]),
     };
     let tables = by_table(config, &changes);
-    let rows = match db.rectify(&subject_id, &tables, (scope, true), fence).await? {
-        RectifyOutcome::Done(rows) => rows,
-        RectifyOutcome::NotOneRow { table, rows } => {
+    let rows = match db.rectify(&subject_id, &tables, (scope, true), fence).await {
+        Ok(RectifyOutcome::Done(rows)) => rows,
+        Ok(RectifyOutcome::NotOneRow { table, rows }) => {
             return Ok(Err((
                 "not_one_row".into(),
                 format!(
@@ -240,6 +198,7 @@ pub(super) async fn rectify(
                 ),
             )))
         }
+        Err(e) => return refusal(e).map(Err),
     };
     let columns: Vec<String> = changes
         .iter()
@@ -257,7 +216,11 @@ pub(super) async fn rectify(
     ctx.store
         .dsr_rectified(
             r.id,
-            (&ledger_id_key(&key, &subject_id), r.org.as_deref()),
+            (
+                &ledger_id_key(&key, &subject_id),
+                &ledger_key(&key, &r.subject),
+                r.org.as_deref(),
+            ),
             &event,
         )
         .await?;
@@ -292,24 +255,26 @@ pub(super) async fn reapply(
         let Some(entries) = of.get(ledger_id_key(key, &id).as_str()) else {
             continue;
         };
-        // Per scope, the newest value of each column.
-        let mut scopes: BTreeMap<Option<&str>, Vec<Correction>> = BTreeMap::new();
+        // Request by request, oldest first, whatever its scope: a later
+        // correction of a column wins, as it did when it was applied.
+        let mut batches: Vec<(Option<&str>, DateTime<Utc>, Vec<Correction>)> = Vec::new();
         for a in entries {
-            let list = scopes.entry(a.org.as_deref()).or_default();
-            list.retain(|c| !(c.table == a.table && c.column == a.column));
-            list.push(Correction {
+            let c = Correction {
                 table: a.table.clone(),
                 column: a.column.clone(),
                 value: a.value.clone(),
-            });
+            };
+            match batches.last_mut() {
+                Some((org, at, list)) if *org == a.org.as_deref() && *at == a.applied_at => {
+                    list.push(c)
+                }
+                _ => batches.push((a.org.as_deref(), a.applied_at, vec![c])),
+            }
         }
-        for (org, mut list) in scopes {
+        for (org, _, list) in batches {
             let mut present = Vec::new();
-            for c in list.drain(..) {
-                let cols = db.columns(&c.table).await?.unwrap_or_default();
-                if cols.contains(&c.column)
-                    && refused_column(&ctx.config, org, &c.table, &c.column).is_none()
-                {
+            for c in list {
+                if reapplicable(&ctx.config, db, &c).await? {
                     present.push(c);
                 } else {
                     skipped += 1;
@@ -328,4 +293,56 @@ pub(super) async fn reapply(
         corrected += 1;
     }
     Ok((corrected, skipped))
+}
+
+/// Whether a recorded correction still lands: its table mapped, its column
+/// present in the restored schema and never one that keys or scopes rows. (It
+/// need not be `rectifiable` still: it was lawfully made, and stays made.)
+async fn reapplicable(config: &Config, db: &AppDb, c: &Correction) -> Result<bool> {
+    let Some(e) = config.data_map.iter().find(|e| e.table == c.table) else {
+        return Ok(false);
+    };
+    if e.subject.is_none()
+        || e.never_rectifiable(config.app.as_ref(), &c.column)
+            .is_some()
+    {
+        return Ok(false);
+    }
+    Ok(db
+        .columns(&c.table)
+        .await?
+        .is_some_and(|cols| cols.contains(&c.column)))
+}
+
+/// A constraint, trigger or type of the application that refused the values,
+/// as a rejection (a retry would be refused again), by its code and
+/// constraint name only: the database's message may quote the value. Any
+/// other error stays an error (the attempt is retried).
+fn refusal(e: Error) -> Result<(String, String)> {
+    match e {
+        Error::Database(sqlx::Error::Database(e)) if refused_the_values(e.as_ref()) => Ok((
+            "refused_by_database".into(),
+            format!(
+                "the application database refused the correction (SQLSTATE {}{}); nothing changed",
+                e.code().unwrap_or_default(),
+                e.constraint()
+                    .map(|c| format!(", constraint {c}"))
+                    .unwrap_or_default()
+            ),
+        )),
+        other => Err(other),
+    }
+}
+
+/// A constraint or data error (PostgreSQL classes 22 and 23, SQLite's
+/// SQLITE_CONSTRAINT family): the values are refused, not the moment.
+fn refused_the_values(e: &dyn sqlx::error::DatabaseError) -> bool {
+    use sqlx::error::ErrorKind;
+    if !matches!(e.kind(), ErrorKind::Other) {
+        return true;
+    }
+    let code = e.code().unwrap_or_default();
+    code.starts_with("22")
+        || code.starts_with("23")
+        || code.parse::<u32>().is_ok_and(|c| c % 256 == 19)
 }

@@ -39,9 +39,14 @@ pub(super) fn passphrase() -> String {
 pub(super) fn build(tar: File, out: File, passphrase: &str) -> io::Result<File> {
     let mut zip = zip::ZipWriter::new(out);
     let mut archive = tar::Archive::new(tar);
+    let mut seen = std::collections::HashSet::new();
     for entry in archive.entries()? {
         let mut entry = entry?;
         let name = entry.path()?.to_string_lossy().into_owned();
+        // One stored file that two rows name is one entry (ZIP refuses two).
+        if !seen.insert(name.clone()) {
+            continue;
+        }
         let size = entry.header().size()?;
         let mut body = tempfile::tempfile()?;
         io::copy(&mut entry, &mut body)?;
@@ -115,14 +120,14 @@ fn to_csv(json: &mut File, out: &mut File) -> io::Result<u64> {
 /// A spreadsheet runs a cell that starts like a formula; a leading `'`
 /// makes it text (the JSON beside it keeps the exact value).
 fn cell(v: Option<&Value>) -> String {
-    let s = match v {
-        None | Some(Value::Null) => return String::new(),
-        Some(Value::String(s)) => s.clone(),
+    match v {
+        None | Some(Value::Null) => String::new(),
+        Some(Value::String(s)) => match s.chars().next() {
+            Some('=' | '+' | '-' | '@' | '\t' | '\r') => format!("'{s}"),
+            _ => s.clone(),
+        },
+        // A number (-5 included) or a nested value is data, never a formula.
         Some(other) => other.to_string(),
-    };
-    match s.chars().next() {
-        Some('=' | '+' | '-' | '@' | '\t' | '\r') => format!("'{s}"),
-        _ => s,
     }
 }
 
@@ -165,10 +170,38 @@ mod tests {
     }
 
     #[test]
+    fn a_file_two_rows_name_is_one_entry_and_every_entry_is_encrypted() {
+        let mut tar = tar::Builder::new(tempfile::tempfile().unwrap());
+        for (name, body) in [
+            ("t.json", &b"[]"[..]),
+            ("files/t/a.txt", b"x"),
+            ("files/t/a.txt", b"x"),
+        ] {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(body.len() as u64);
+            h.set_cksum();
+            tar.append_data(&mut h, name, body).unwrap();
+        }
+        let mut file = tar.into_inner().unwrap();
+        file.rewind().unwrap();
+        let zip = build(file, tempfile::tempfile().unwrap(), "pass").unwrap();
+        let mut z = zip::ZipArchive::new(zip).unwrap();
+        let names: Vec<String> = z.file_names().map(str::to_string).collect();
+        assert_eq!(
+            names.len(),
+            3,
+            "t.json, t.csv, files/t/a.txt once: {names:?}"
+        );
+        for (i, name) in names.iter().enumerate() {
+            assert!(z.by_index_raw(i).unwrap().encrypted(), "{name}");
+        }
+    }
+
+    #[test]
     fn csv_has_every_column_and_neutralises_formulas() {
         let mut json = tempfile::tempfile().unwrap();
         json.write_all(
-            br#"[{"id":1,"name":"=HYPERLINK(\"x\")","tags":["a"]},
+            br#"[{"id":1,"name":"=HYPERLINK(\"x\")","tags":["a"],"n":-5},
 {"id":2,"name":null,"extra":"b, \"c\""}]"#,
         )
         .unwrap();
@@ -181,7 +214,7 @@ mod tests {
         assert_eq!(n as usize, text.len());
         assert_eq!(
             text,
-            "id,name,tags,extra\n1,\"'=HYPERLINK(\"\"x\"\")\",\"[\"\"a\"\"]\",\n2,,,\"b, \"\"c\"\"\"\n"
+            "id,n,name,tags,extra\n1,-5,\"'=HYPERLINK(\"\"x\"\")\",\"[\"\"a\"\"]\",\n2,,,,\"b, \"\"c\"\"\"\n"
         );
     }
 }

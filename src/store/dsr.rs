@@ -85,6 +85,8 @@ pub struct DsrRequest {
     pub verified_at: Option<DateTime<Utc>>,
     pub verify_method: Option<String>,
     pub verified_by: Option<String>,
+    /// The SHA-256 of the subject's copy whose mails were queued (a retry reuses it).
+    pub subject_copy_sha: Option<String>,
 }
 
 /// How a request that arrived unverified was verified.

@@ -49,6 +49,8 @@ pub trait DsrLedger: Send + Sync {
         now: DateTime<Utc>,
         subject: Option<&str>,
     ) -> Result<Vec<(i64, String, Option<String>)>>;
+    /// Records that the subject's copy with this SHA-256 was mailed to them.
+    async fn dsr_subject_copy_mailed(&self, id: i64, sha256: &str) -> Result<()>;
     /// Marks an export archive deleted, with its evidence.
     async fn dsr_export_deleted(&self, id: i64, event: &NewAuditEvent) -> Result<()>;
     /// Replaces an erased subject's email with its pseudonym in Lethe's own
@@ -178,6 +180,15 @@ macro_rules! impl_dsr_ledger {
                 .bind(subject)
                 .fetch_all(&self.pool)
                 .await?)
+            }
+
+            async fn dsr_subject_copy_mailed(&self, id: i64, sha256: &str) -> Result<()> {
+                sqlx::query("UPDATE dsr_requests SET subject_copy_sha = $2 WHERE id = $1")
+                    .bind(id)
+                    .bind(sha256)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(())
             }
 
             async fn dsr_export_deleted(&self, id: i64, event: &NewAuditEvent) -> Result<()> {

@@ -34,12 +34,13 @@ pub struct AppliedCorrection {
 pub trait DsrRectifications: Send + Sync {
     /// What request `id` sets (none for other kinds).
     async fn dsr_corrections(&self, id: i64) -> Result<Vec<Correction>>;
-    /// Marks request `id`'s corrections applied to the subject `subject_key`
-    /// (in `org` only, or everywhere), with the evidence, in one transaction.
+    /// Marks request `id`'s corrections applied to the subject (keyed id and
+    /// keyed email), in `org` only or everywhere, with the evidence, in one
+    /// transaction.
     async fn dsr_rectified(
         &self,
         id: i64,
-        (subject_key, org): (&str, Option<&str>),
+        (subject_key, email_key, org): (&str, &str, Option<&str>),
         event: &NewAuditEvent,
     ) -> Result<()>;
     /// Applied corrections, after `after` if given, oldest first (a later one
@@ -51,6 +52,9 @@ pub trait DsrRectifications: Send + Sync {
     /// Drops the applied corrections of an erased subject (in `org` only, or
     /// all): the values are personal data, and an erasure makes them moot.
     async fn corrections_forget(&self, subject_key: &str, org: Option<&str>) -> Result<u64>;
+    /// The same, by the keyed email: an erasure finished after a crash no
+    /// longer finds the subject's id.
+    async fn corrections_forget_email(&self, email_key: &str) -> Result<u64>;
     /// Drops the values of rectifications that were rejected: never applied.
     async fn corrections_of_rejected_drop(&self) -> Result<u64>;
 }
@@ -73,18 +77,19 @@ macro_rules! impl_dsr_rectifications {
             async fn dsr_rectified(
                 &self,
                 id: i64,
-                (subject_key, org): (&str, Option<&str>),
+                (subject_key, email_key, org): (&str, &str, Option<&str>),
                 event: &NewAuditEvent,
             ) -> Result<()> {
                 let mut tx = self.write_tx().await?;
                 sqlx::query(
-                    "UPDATE dsr_rectifications SET subject_key = $2, org = $3, applied_at = $4
+                    "UPDATE dsr_rectifications SET subject_key = $2, org = $3, applied_at = $4, email_key = $5
                      WHERE request_id = $1",
                 )
                 .bind(id)
                 .bind(subject_key)
                 .bind(org)
                 .bind(Ts::now())
+                .bind(email_key)
                 .execute(&mut *tx)
                 .await?;
                 Self::commit_with(tx, Some(event), "dsr_rectified").await
@@ -120,6 +125,14 @@ macro_rules! impl_dsr_rectifications {
                 .execute(&self.pool)
                 .await?
                 .rows_affected())
+            }
+
+            async fn corrections_forget_email(&self, email_key: &str) -> Result<u64> {
+                Ok(sqlx::query("DELETE FROM dsr_rectifications WHERE email_key = $1")
+                    .bind(email_key)
+                    .execute(&self.pool)
+                    .await?
+                    .rows_affected())
             }
 
             async fn corrections_of_rejected_drop(&self) -> Result<u64> {

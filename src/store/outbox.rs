@@ -29,7 +29,7 @@ pub struct NewMail {
     pub secret: bool,
 }
 
-/// What a secret mail's body becomes once it is delivered.
+/// What a secret mail's body becomes once it is delivered, or given up on.
 pub const WIPED_BODY: &str = "(removed after delivery: this message held a one-time secret)";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -178,13 +178,16 @@ macro_rules! impl_outbox {
                 let n = sqlx::query(
                     "UPDATE mail_outbox SET state = CASE WHEN $4 IS NULL THEN 'failed' ELSE 'pending' END,
                             next_attempt_at = COALESCE($4, next_attempt_at), attempts = attempts + 1,
-                            last_error = $3, lease_owner = NULL, lease_expires_at = NULL
+                            last_error = $3, lease_owner = NULL, lease_expires_at = NULL,
+                            text_body = CASE WHEN $4 IS NULL AND secret THEN $5 ELSE text_body END,
+                            html_body = CASE WHEN $4 IS NULL AND secret THEN $5 ELSE html_body END
                      WHERE id = $1 AND lease_owner = $2 AND state = 'sending'",
                 )
                 .bind(id)
                 .bind(owner)
                 .bind(error)
                 .bind(retry_at.map(Ts))
+                .bind(WIPED_BODY)
                 .execute(&self.pool)
                 .await?
                 .rows_affected();

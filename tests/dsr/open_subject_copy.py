@@ -4,7 +4,8 @@ reads them from a maildir (as the SMTP sink stored them), takes the link from
 the one and the password from the other, downloads the ZIP and opens it with
 an AES-capable unzip (pyzipper, as 7-Zip or Keka would). Prints JSON:
 
-  {"link_mail_has_password": bool, "password_mail_has_link": bool,
+  {"password": str, "all_encrypted": bool,
+   "link_mail_has_password": bool, "password_mail_has_link": bool,
    "entries": {name: size}, "tables": {table: rows in its JSON},
    "csv_rows": {table: data lines in its CSV}, "wrong_password_refused": bool}
 
@@ -50,6 +51,7 @@ def main():
     with urllib.request.urlopen(link, timeout=10) as r:
         body = r.read()
     out = {
+        "password": password,
         "link_mail_has_password": bool(PASSWORD.search(text(link_mail))),
         "password_mail_has_link": bool(LINK.search(text(secret_mail))),
         "entries": {},
@@ -58,6 +60,10 @@ def main():
     }
     with pyzipper.AESZipFile(io.BytesIO(body)) as z:
         z.setpassword(password.encode())
+        # Every entry encrypted, with AES-256 (WinZip AE-x strength 3), not ZipCrypto.
+        out["all_encrypted"] = all(
+            i.flag_bits & 0x1 and getattr(i, "wz_aes_strength", None) == 3 for i in z.infolist()
+        )
         for info in z.infolist():
             data = z.read(info.filename)
             out["entries"][info.filename] = len(data)

@@ -22,6 +22,7 @@ subject = "id"
 erasure = "anonymize"
 anonymize = { email = "hmac", name = "fixed:Deleted user" }
 export = true
+rectifiable = ["name"]
 
 [[data_map]]
 table = "memberships"
@@ -39,6 +40,7 @@ subject = "user_id"
 retention = "90d"
 erasure = "delete"
 export = true
+rectifiable = ["path"]
 
 [[data_map]]
 table = "audit"
@@ -57,6 +59,7 @@ org = "org_id"
 subject = "user_id"
 erasure = "retain"
 legal_basis = "tax law: 10 years"
+rectifiable = ["amount"]
 "#;
 
 /// Org 1: owner 1 (sole), member 2. Org 2: owners 3 and 4 (co-owners), member 2.

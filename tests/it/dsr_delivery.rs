@@ -233,6 +233,7 @@ async fn the_subject_gets_a_link_and_separately_a_password_that_open_their_copy(
     assert_eq!(got["link_mail_has_password"], false, "{got}");
     assert_eq!(got["password_mail_has_link"], false, "{got}");
     assert_eq!(got["wrong_password_refused"], true, "{got}");
+    assert_eq!(got["all_encrypted"], true, "{got}");
     assert_eq!(
         got["tables"]["logs"], 3,
         "every log row of the subject: {got}"
@@ -286,10 +287,39 @@ async fn the_subject_gets_a_link_and_separately_a_password_that_open_their_copy(
     let audit: Vec<String> = sqlx::query_scalar("SELECT details FROM audit_events")
         .fetch_all(&store)
         .await
-        .unwrap_or_default();
+        .unwrap();
+    assert!(
+        audit.iter().any(|d| d.contains("mailed_to_subject")),
+        "evidence of the delivery"
+    );
     assert!(
         !audit.iter().any(|d| d.contains(&subject)),
         "no evidence names the subject's address"
+    );
+    // The passphrase is nowhere but in the subject's mail.
+    let password = got["password"].as_str().unwrap();
+    assert_eq!(password.len(), 29, "{got}");
+    assert!(
+        !audit.iter().any(|d| d.contains(password)),
+        "not in evidence"
+    );
+    let mut seen = serde_json::to_string(&shown).unwrap();
+    for args in [
+        &["jobs", "history", "--json"][..],
+        &["dsr", "list", "--json"],
+    ] {
+        seen.push_str(&String::from_utf8_lossy(
+            &run_ok(c.lethe_aws().args(args)).stdout,
+        ));
+    }
+    assert!(!seen.contains(password), "not in any --json output");
+    let bodies: Vec<String> = sqlx::query_scalar("SELECT text_body || html_body FROM mail_outbox")
+        .fetch_all(&store)
+        .await
+        .unwrap();
+    assert!(
+        !bodies.iter().any(|b| b.contains(password)),
+        "not left in the outbox"
     );
 }
 
@@ -313,14 +343,90 @@ fn an_export_key_that_is_also_a_backup_key_is_refused_unless_allowed() {
         err.contains("also in backup.recipients") && err.contains("export_to_backup_keys"),
         "{err}"
     );
+    // No export key: the config loads (retention and backups need none), and
+    // `lethe check` warns (an export then fails, naming the setting).
     let none = cfg("export_to_backup_keys = false");
-    let out = none.lethe().arg("check").output().unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{err}");
-    assert!(err.contains("dsr.export_recipients is not set"), "{err}");
+    let out = none.lethe().args(["check", "--json"]).output().unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let check = v["checks"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["name"] == "export delivery"))
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(check["status"], "warn", "{v}");
+    assert!(
+        check["detail"]
+            .as_str()
+            .unwrap_or("")
+            .contains("dsr.export_recipients is empty"),
+        "{check}"
+    );
     let allowed = cfg(&format!(
         "export_recipients = [\"{key}\"]\nexport_to_backup_keys = true"
     ));
     let out = allowed.lethe().args(["dsr", "list"]).output().unwrap();
     assert!(!String::from_utf8_lossy(&out.stderr).contains("backup.recipients"));
+}
+
+/// The demo, as its README promises: the member's export reaches them by mail
+/// (a link, and separately a password) and opens without Lethe; the
+/// rectification survives the restore of an older backup; a request whose
+/// identity was never checked expires.
+#[test]
+fn the_demo_delivers_keeps_a_rectification_and_expires_the_unverified() {
+    let Some(python) = crate::common::server_env("LETHE_TEST_PYTHON") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("demo");
+    let v = stdout_json(&run_ok(
+        crate::common::lethe()
+            .args(["demo", "--json", "--dir"])
+            .arg(&dir),
+    ));
+    let dsr = v["dsr"].as_array().unwrap();
+    let of = |kind: &str| dsr.iter().find(|d| d["kind"] == kind).unwrap();
+    assert_eq!(of("rectification")["state"], "completed", "{dsr:?}");
+    let unverified = dsr
+        .iter()
+        .find(|d| d["intake"].as_str().unwrap_or("").contains("unverified"))
+        .unwrap();
+    assert_eq!(
+        (unverified["state"].as_str(), unverified["reason"].as_str()),
+        (Some("rejected"), Some("identity_unverified")),
+        "{unverified}"
+    );
+    let restore = &v["restore"];
+    assert_eq!(restore["rectifications_reapplied"], 1, "{restore}");
+    assert_eq!(
+        restore["member_name"],
+        lethe::demo::CORRECTED_NAME,
+        "{restore}"
+    );
+
+    let out = std::process::Command::new(python)
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/dsr/open_subject_copy.py"
+        ))
+        .arg(dir.join("mail"))
+        .arg(lethe::demo::PLAIN_MEMBER)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(got["tables"]["users"], 1, "{got}");
+    assert_eq!(got["wrong_password_refused"], true, "{got}");
+    assert!(
+        got["entries"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .any(|k| k.starts_with("files/documents/")),
+        "{got}"
+    );
 }

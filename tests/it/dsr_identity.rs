@@ -43,6 +43,26 @@ async fn an_unverified_request_waits_for_verification_or_expires(pg: bool) {
         "received",
         "not processed unverified"
     );
+    // The DPO's report says what the request waits for, and the command that ends the wait.
+    let report = stdout_json(&run_ok(s.lethe().args(["dsr", "report", "--json"])));
+    let item = report["open"]
+        .as_array()
+        .and_then(|o| o.iter().find(|i| i["id"] == v["id"]))
+        .cloned()
+        .unwrap_or_default();
+    let first = item["commands"][0].as_str().unwrap_or_default();
+    assert!(
+        first.starts_with(&format!("lethe dsr verify {}", v["id"])),
+        "{item}"
+    );
+    // A second, verified request for the same is a duplicate that points at the first.
+    let (code, dup) = s.submit("erasure", "member@x.example", &[]);
+    assert_eq!(code, Some(3), "{dup}");
+    let detail = dup["detail"].as_str().unwrap_or_default();
+    assert!(
+        detail.contains(&format!("lethe dsr verify {}", v["id"])),
+        "{dup}"
+    );
 
     let id = v["id"].to_string();
     let verify = |args: &[&str]| {

@@ -50,7 +50,7 @@ async fn intake_refuses_what_the_data_map_keys_or_the_schema_lacks(pg: bool) {
         ("logs.created_at=2020-01-01", "retention counts from it"),
         ("memberships.role=owner", "ownership"),
         ("nowhere.name=x", "not in the data map"),
-        ("users.nickname=x", "has no column `nickname`"),
+        ("users.nickname=x", "`rectifiable` columns"),
         ("users=x", "must name TABLE.COLUMN"),
     ] {
         let out = s
@@ -98,6 +98,25 @@ async fn intake_refuses_what_the_data_map_keys_or_the_schema_lacks(pg: bool) {
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{err}");
         assert!(err.contains("not a valid integer"), "{err}");
+        // An explicit cast to varchar(12) would cut the value short without a word.
+        s.app_exec("ALTER TABLE users ALTER COLUMN name TYPE varchar(12)")
+            .await;
+        let out = s
+            .lethe()
+            .args([
+                "dsr",
+                "submit",
+                "--kind",
+                "rectification",
+                "--subject",
+                "member@x.example",
+            ])
+            .args(["--set", "users.name=Maximilian Member"])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert!(err.contains("of at most 12 characters"), "{err}");
     }
     let list = stdout_json(&run_ok(s.lethe().args(["dsr", "list", "--json"])));
     assert_eq!(
@@ -192,6 +211,49 @@ async fn corrections_apply_together_or_not_at_all_and_evidence_names_no_value(pg
             !text.contains(value),
             "the evidence names no value: {value}"
         );
+    }
+
+    // The application's own rule refuses a value: rejected, not retried, and
+    // the rejection does not quote the value.
+    s.app_exec(if pg {
+        "ALTER TABLE users ADD CONSTRAINT no_forbidden CHECK (name <> 'Forbidden')"
+    } else {
+        "CREATE TRIGGER no_forbidden BEFORE UPDATE OF name ON users WHEN NEW.name = 'Forbidden'
+         BEGIN SELECT RAISE(ABORT, 'no'); END;"
+    })
+    .await;
+    let (code, v) = s.submit(
+        "rectification",
+        "member@x.example",
+        &["--set", "users.name=Forbidden"],
+    );
+    assert_eq!(code, Some(0), "{v}");
+    let run = process();
+    assert_eq!(run["status"], "succeeded", "{run}");
+    let shown = show(&v["id"]);
+    assert_eq!(
+        (shown["state"].as_str(), shown["reason"].as_str()),
+        (Some("rejected"), Some("refused_by_database")),
+        "{shown}"
+    );
+    assert!(!shown.to_string().contains("Forbidden"), "{shown}");
+    assert_eq!(
+        s.scalar("SELECT name FROM users WHERE id = 2").await,
+        "Max Corrected"
+    );
+    if !pg {
+        let store = sqlx::SqlitePool::connect(&format!(
+            "sqlite://{}",
+            s.c.path().join("lethe.db").display()
+        ))
+        .await
+        .unwrap();
+        let pending: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM dsr_rectifications WHERE applied_at IS NULL")
+                .fetch_one(&store)
+                .await
+                .unwrap();
+        assert_eq!(pending, 0, "the values of rejected rectifications are gone");
     }
 }
 

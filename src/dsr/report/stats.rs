@@ -229,6 +229,20 @@ fn open_item(ctx: &Context, d: &DsrRequest, now: DateTime<Utc>) -> OpenItem {
     if matches!(d.state, DsrState::Verified | DsrState::Failed) {
         commands.push("lethe run dsr.process".into());
     }
+    // Nothing happens to a request that waits for its identity check but that check.
+    if d.state == DsrState::Received {
+        let clock = match Jurisdiction::find(&d.jurisdiction) {
+            Ok(j) if j.clock_from_verification => "   # its deadline then runs from the check",
+            _ => "",
+        };
+        commands.insert(
+            0,
+            format!(
+                "lethe dsr verify {} --method id_document --by \"WHO CHECKED\"{clock}",
+                d.id
+            ),
+        );
+    }
     commands.push(show);
     OpenItem {
         id: d.id,
