@@ -16,6 +16,7 @@ pub mod rto;
 pub mod scratch;
 mod source;
 mod verify;
+pub mod wal;
 
 pub use crate::archive::{decode, encode, parse_identities, parse_recipients, PartSink};
 pub use manifest::{Manifest, MANIFEST_FORMAT};

@@ -112,6 +112,11 @@ pub enum Command {
         #[command(subcommand)]
         command: BackupCommand,
     },
+    /// PostgreSQL's write-ahead log, archived continuously: archive_command and restore_command.
+    Wal {
+        #[command(subcommand)]
+        command: WalCommand,
+    },
     /// An organisation's requests about all of its data: deletion after a cooling-off period.
     Org {
         #[command(subcommand)]
@@ -326,6 +331,27 @@ pub enum BreachCommand {
         party: String,
         #[arg(long)]
         note: Option<String>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum WalCommand {
+    /// Archive one WAL file: archive_command = 'lethe wal push %p'. Idempotent;
+    /// other bytes under an archived name fail (exit 3).
+    Push {
+        /// The file PostgreSQL passes as %p.
+        path: std::path::PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Restore one WAL file: restore_command = 'lethe wal fetch %f %p'. Exit 1:
+    /// not in the archive; exit 126 on any other failure, which stops recovery
+    /// (PostgreSQL would take any other code for "no more WAL" and open early).
+    Fetch {
+        /// The file name PostgreSQL passes as %f.
+        name: String,
+        /// Where to write it: %p.
+        dest: std::path::PathBuf,
     },
 }
 

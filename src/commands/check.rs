@@ -97,6 +97,9 @@ pub async fn run(flag: Option<&Path>, json: bool) -> Result<i32> {
     if let Some(c) = drill_check(&config).await {
         checks.push(c);
     }
+    if let Some(c) = wal_check(&config).await {
+        checks.push(c);
+    }
     store_and_mail_checks(config, &mut checks).await;
 
     let ok_all = checks.iter().all(|c| c.status != "error");
@@ -366,6 +369,48 @@ async fn drill_check(config: &Config) -> Option<Check> {
             Err(e) => fail(NAME, e.to_string()),
         },
     )
+}
+
+/// PostgreSQL archiving through `lethe wal push`, when the server uses it:
+/// failing (an error), or able to hold WAL unarchived longer than
+/// `backup.rpo` because `archive_timeout` is off or longer (a warning).
+async fn wal_check(config: &Config) -> Option<Check> {
+    const NAME: &str = "wal archiving";
+    if !config.database.url.starts_with("postgres") {
+        return None;
+    }
+    let state = match crate::backup::wal::archive_state(&config.database.url).await {
+        Ok(s) if s.via_lethe => s,
+        Ok(_) => return None,
+        Err(e) => {
+            return Some(warn(
+                NAME,
+                format!("could not read the server's archiving state: {e}"),
+            ))
+        }
+    };
+    let rpo = config.backup.rpo.as_secs() as i64;
+    let last = state
+        .last_archived
+        .map_or("none yet".to_string(), |t| t.to_rfc3339());
+    Some(match (state.last_failed, state.last_archived) {
+        (Some(f), a) if a.is_none_or(|a| f > a) => fail(
+            NAME,
+            format!("archive_command is failing (last failure {}, last segment archived: {last}); see the server's log", f.to_rfc3339()),
+        ),
+        _ if state.timeout_s == 0 || state.timeout_s > rpo => warn(
+            NAME,
+            format!(
+                "archive_timeout is {}: a quiet server keeps its open segment unarchived for longer than \
+                 backup.rpo ({rpo} s); set archive_timeout below it (e.g. 60)",
+                if state.timeout_s == 0 { "off".to_string() } else { format!("{} s", state.timeout_s) }
+            ),
+        ),
+        _ => ok(
+            NAME,
+            format!("through lethe wal push; archive_timeout {} s; last segment archived {last}", state.timeout_s),
+        ),
+    })
 }
 
 fn job_checks(config: &Config) -> Vec<Check> {

@@ -187,6 +187,8 @@ pub struct BackupConfig {
     pub zstd_threads: u32,
     pub part_size: usize,
     pub prefix: String,
+    /// Where `lethe wal push` archives PostgreSQL's WAL: `PREFIX<timeline>/<segment>`.
+    pub wal_prefix: String,
     pub rpo: Duration,
     pub keep: KeepPolicy,
     /// PostgreSQL server URL (any database) where verify creates its scratch

@@ -102,6 +102,7 @@ pub(super) struct RawBackup {
     pub(super) zstd_threads: Option<Spanned<u32>>,
     pub(super) part_size_mib: Option<Spanned<u64>>,
     pub(super) prefix: Option<String>,
+    pub(super) wal_prefix: Option<String>,
     pub(super) rpo: Option<Spanned<String>>,
     pub(super) keep: Option<KeepPolicy>,
     pub(super) scratch_url: Option<Spanned<String>>,

@@ -449,6 +449,7 @@ pub(super) fn load_backup(src: &SourceFile, raw: RawBackup, dir: &Path) -> Resul
         zstd_threads: src.count(raw.zstd_threads, "backup.zstd_threads", 1..=64, 2)?,
         part_size: usize::try_from(part_mib * 1024 * 1024).unwrap_or(16 << 20),
         prefix: raw.prefix.unwrap_or_else(|| "backups/".to_string()),
+        wal_prefix: raw.wal_prefix.unwrap_or_else(|| "wal/".to_string()),
         rpo: match &raw.rpo {
             Some(r) => src.duration(r, "backup.rpo")?,
             None => Duration::from_secs(3600),

@@ -43,3 +43,4 @@ mod runner;
 mod store_conformance;
 mod time_travel;
 mod timestamp_forms;
+mod wal;

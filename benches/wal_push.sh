@@ -1,0 +1,153 @@
+#!/usr/bin/env bash
+# Benchmark: `lethe wal push` as archive_command against pgBackRest's
+# `archive-push` (Debian's package), on the same real 16 MiB WAL segments: a
+# cluster of this script's own loads benches/gen_app_data.sql (realistic
+# entropy; the segments' zstd -3 ratio is printed) and copies each segment it
+# completes aside. Both compress with zstd level 3 and encrypt (age /
+# aes-256-cbc), one process per segment as PostgreSQL calls them (pgBackRest
+# synchronous, its default), both as the cluster's owner. They alternate for
+# ROUNDS rounds, each into a fresh archive; reported: segments/s as median
+# and min–max, and the ratio of the medians.
+# Usage: benches/wal_push.sh [SCALE] [ROUNDS]   (default 1 ≈ 100 MiB of rows, 3 rounds)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SCALE="${1:-1}"
+ROUNDS="${2:-3}"
+export DEBIAN_FRONTEND=noninteractive
+for tool in age zstd pgbackrest; do
+  command -v "$tool" >/dev/null || { echo "installing $tool (apt)" >&2; apt-get install -y -qq "$tool" >/dev/null; }
+done
+source benches/common.sh
+
+# The cluster runs as postgres when we are root; so do both archivers.
+as_pg=()
+[ "$(id -u)" -eq 0 ] && as_pg=(runuser -u postgres --)
+data="$work/pgdata" segs="$work/segments"
+mkdir -p "$data" "$segs"
+chmod 777 "$segs"
+[ ${#as_pg[@]} -gt 0 ] && chown postgres "$data"
+"${as_pg[@]}" initdb -D "$data" -U postgres --auth=trust -E UTF8 >/dev/null
+port=$(lethe_free_port)
+cat >> "$data/postgresql.conf" <<CONF
+listen_addresses = '127.0.0.1'
+port = $port
+unix_socket_directories = '$data'
+wal_level = replica
+archive_mode = on
+archive_command = 'cp %p $segs/%f'
+max_wal_size = 4GB
+CONF
+"${as_pg[@]}" pg_ctl -D "$data" -l "$work/server.log" -w start >/dev/null
+trap '"${as_pg[@]}" pg_ctl -D "$data" -m immediate -w stop >/dev/null 2>&1 || true; lethe_servers_stop; rm -rf "$work"' EXIT INT TERM
+url="postgres://postgres@127.0.0.1:$port/postgres"
+echo "loading scale $SCALE to make WAL..." >&2
+psql -X -q -v scale="$SCALE" -f benches/gen_app_data.sql "$url" >/dev/null
+last=$(psql -X -At "$url" -c "SELECT pg_walfile_name(pg_switch_wal())")
+for _ in $(seq 1 600); do
+  [ -e "$segs/$last" ] && break
+  sleep 0.1
+done
+mapfile -t names < <(ls "$segs" | grep -E '^[0-9A-F]{24}$' | sort)
+n=${#names[@]}
+raw=$(( n * 16 * 1024 * 1024 ))
+zst=$(cat "${names[@]/#/$segs/}" | zstd -q -3 -c | wc -c)
+
+# Lethe: the release binary where the postgres user can run it; a folder store per round.
+cp "$LETHE" "$work/lethe-bin"
+chmod 755 "$work/lethe-bin"
+age-keygen -o "$work/identity.txt" 2>/dev/null
+recipient=$(age-keygen -y "$work/identity.txt")
+mkdir -p "$work/lethe/jobs"
+cat > "$work/lethe/lethe.toml" <<TOML
+[database]
+url = "sqlite://unused.db"
+[mail]
+from = "Lethe <lethe@bench.example>"
+transport = "file"
+[object_store]
+url = "file://$work/lethe-archive"
+[backup]
+recipients = ["$recipient"]
+zstd_level = 3
+TOML
+chmod -R a+rX "$work/lethe"
+
+mkdir -p "$work/pgbr/log" "$work/pgbr/lock"
+cat > "$work/pgbr/pgbackrest.conf" <<CONF
+[global]
+repo1-path=$work/pgbr/repo
+repo1-cipher-type=aes-256-cbc
+repo1-cipher-pass=bench-only-passphrase-not-a-secret
+compress-type=zst
+compress-level=3
+archive-async=n
+log-path=$work/pgbr/log
+lock-path=$work/pgbr/lock
+log-level-console=error
+log-level-stderr=error
+[bench]
+pg1-path=$data
+pg1-port=$port
+pg1-socket-path=$data
+pg1-user=postgres
+CONF
+pgbr=("${as_pg[@]}" pgbackrest --config="$work/pgbr/pgbackrest.conf" --stanza=bench)
+
+# Seconds to archive every segment, one process each.
+run_one() {
+  local start end
+  case "$1" in
+    lethe)
+      rm -rf "$work/lethe-archive"
+      mkdir -p "$work/lethe-archive"
+      [ ${#as_pg[@]} -gt 0 ] && chown postgres "$work/lethe-archive"
+      start=$(date +%s.%N)
+      for s in "${names[@]}"; do
+        "${as_pg[@]}" "$work/lethe-bin" --config "$work/lethe/lethe.toml" wal push "$segs/$s" >/dev/null
+      done
+      end=$(date +%s.%N)
+      ;;
+    pgbackrest)
+      rm -rf "$work/pgbr/repo"
+      mkdir -p "$work/pgbr/repo"
+      [ ${#as_pg[@]} -gt 0 ] && chown -R postgres "$work/pgbr"
+      "${pgbr[@]}" stanza-create >/dev/null
+      start=$(date +%s.%N)
+      for s in "${names[@]}"; do
+        "${pgbr[@]}" archive-push "$segs/$s" >/dev/null
+      done
+      end=$(date +%s.%N)
+      ;;
+  esac
+  python3 -c "print($end - $start)"
+}
+results="$work/results.tsv"
+: > "$results"
+for round in $(seq 1 "$ROUNDS"); do
+  for name in lethe pgbackrest; do
+    echo "round $round: $name" >&2
+    printf '%s %s\n' "$name" "$(run_one "$name")" >> "$results"
+  done
+done
+lethe_bytes=$(du -cb "$work"/lethe-archive/wal/*/*.zst.age | tail -1 | cut -f1)
+pgbr_bytes=$(du -cb $(find "$work/pgbr/repo/archive" -type f -name '0*') | tail -1 | cut -f1)
+
+python3 - "$results" "$n" "$raw" "$zst" "$lethe_bytes" "$pgbr_bytes" "$ROUNDS" <<'PY'
+import statistics, sys
+path = sys.argv[1]
+n, raw, zst, lethe_b, pgbr_b = map(int, sys.argv[2:7])
+rounds = sys.argv[7]
+runs = {}
+for line in open(path):
+    name, secs = line.split()
+    runs.setdefault(name, []).append(n / float(secs))
+mib = 2**20
+print(f"{n} WAL segments ({raw/mib:,.0f} MiB), zstd -3 ratio {raw/zst:.2f}x; {rounds} alternating rounds")
+print(f"stored: lethe {lethe_b/mib:,.1f} MiB, pgbackrest {pgbr_b/mib:,.1f} MiB")
+print(f"{'':12s} {'segments/s':>11s} {'min–max':>13s}")
+med = {}
+for name, r in runs.items():
+    med[name] = statistics.median(r)
+    print(f"{name:12s} {med[name]:11.1f} {min(r):6.1f}–{max(r):<6.1f}")
+print(f"lethe / pgbackrest: {med['lethe'] / med['pgbackrest']:.2f}x segments/s (median)")
+PY
