@@ -43,12 +43,17 @@ url="postgres://postgres@127.0.0.1:$port/postgres"
 echo "loading scale $SCALE to make WAL..." >&2
 psql -X -q -v scale="$SCALE" -f benches/gen_app_data.sql "$url" >/dev/null
 last=$(psql -X -At "$url" -c "SELECT pg_walfile_name(pg_switch_wal())")
+# Archived means cp returned: the archiver's own record, not the file's existence.
+archived=""
 for _ in $(seq 1 600); do
-  [ -e "$segs/$last" ] && break
+  archived=$(psql -X -At "$url" -c "SELECT coalesce(last_archived_wal, '') >= '$last' FROM pg_stat_archiver")
+  [ "$archived" = t ] && break
   sleep 0.1
 done
+[ "$archived" = t ] || { echo "the cluster did not archive $last within a minute" >&2; exit 1; }
 mapfile -t names < <(ls "$segs" | grep -E '^[0-9A-F]{24}$' | sort)
 n=${#names[@]}
+[ "$n" -gt 0 ] || { echo "no WAL segments were made" >&2; exit 1; }
 raw=$(( n * 16 * 1024 * 1024 ))
 zst=$(cat "${names[@]/#/$segs/}" | zstd -q -3 -c | wc -c)
 
@@ -85,6 +90,7 @@ log-path=$work/pgbr/log
 lock-path=$work/pgbr/lock
 log-level-console=error
 log-level-stderr=error
+log-level-file=off
 [bench]
 pg1-path=$data
 pg1-port=$port
@@ -124,13 +130,18 @@ run_one() {
 results="$work/results.tsv"
 : > "$results"
 for round in $(seq 1 "$ROUNDS"); do
-  for name in lethe pgbackrest; do
+  # Each goes first in every other round.
+  order=(lethe pgbackrest)
+  [ $((round % 2)) -eq 0 ] && order=(pgbackrest lethe)
+  for name in "${order[@]}"; do
     echo "round $round: $name" >&2
     printf '%s %s\n' "$name" "$(run_one "$name")" >> "$results"
   done
 done
 lethe_bytes=$(du -cb "$work"/lethe-archive/wal/*/*.zst.age | tail -1 | cut -f1)
-pgbr_bytes=$(du -cb $(find "$work/pgbr/repo/archive" -type f -name '0*') | tail -1 | cut -f1)
+mapfile -t pgbr_files < <(find "$work/pgbr/repo/archive" -type f -name '0*')
+pgbr_bytes=0
+[ ${#pgbr_files[@]} -gt 0 ] && pgbr_bytes=$(du -cb "${pgbr_files[@]}" | tail -1 | cut -f1)
 
 python3 - "$results" "$n" "$raw" "$zst" "$lethe_bytes" "$pgbr_bytes" "$ROUNDS" <<'PY'
 import statistics, sys

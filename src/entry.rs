@@ -29,6 +29,21 @@ fn init_logging(format: LogFormat, command: &Command) {
 
 /// Parses arguments, runs the command, returns the process exit code.
 pub fn main() -> i32 {
+    let code = run();
+    // PostgreSQL's restore_command: an exit of 1 to 125 reads as "no more
+    // WAL" and ends recovery early; every failure but "not archived" (1)
+    // must stop it instead, whether it came from the arguments, the config
+    // or the fetch itself.
+    let args: Vec<String> = std::env::args().collect();
+    let fetching = args.windows(2).any(|w| w[0] == "wal" && w[1] == "fetch");
+    if fetching && code > 1 {
+        126
+    } else {
+        code
+    }
+}
+
+fn run() -> i32 {
     crate::private_file::restrict_process_umask();
     let cli = match Cli::try_parse() {
         Ok(c) => c,

@@ -44,6 +44,9 @@ pub fn parse_name(name: &str) -> Result<WalName> {
     })
 }
 
+/// The object that marks `backup.wal_prefix` as a WAL archive.
+const MARKER: &str = "lethe-wal-archive";
+
 /// The archived object and its plain SHA-256, for `name`.
 fn keys(config: &Config, n: &WalName) -> (String, String) {
     let dir = format!("{}{}/", config.backup.wal_prefix, n.timeline);
@@ -86,26 +89,32 @@ pub async fn push(config: &Config, store: &dyn ObjectStore, path: &Path) -> Resu
         sha256: sha256.clone(),
         already_archived: false,
     };
-    if let Some(archived) = archived_sum(store, &sum).await? {
-        if archived != sha256 {
-            return Err(Error::Refused(format!(
-                "{} is archived already with other contents (SHA-256 {archived}, this file {sha256}): \
-                 two servers may be archiving into one prefix, or a timeline was reused; \
-                 give each cluster its own backup.wal_prefix",
-                n.name
-            )));
-        }
-        if let Some(stored) = store.head(&object).await? {
+    let recipients = crate::archive::parse_recipients(&config.backup.recipients)?;
+    mark_archive(config, store).await?;
+    // Only a completed upload counts as archived: a sum without its object
+    // is a push that never finished, and PostgreSQL was never told it had.
+    let archived = match store.head(&object).await? {
+        Some(stored) => archived_sum(store, &sum).await?.map(|s| (s, stored)),
+        None => None,
+    };
+    match archived {
+        Some((archived, stored)) if archived == sha256 => {
             pushed.stored_bytes = stored;
             pushed.already_archived = true;
             return Ok(pushed);
         }
-    } else {
+        Some((archived, _)) => {
+            return Err(Error::Refused(format!(
+            "{} is archived already with other contents (SHA-256 {archived}, this file {sha256}): \
+                 two servers may be archiving into one prefix, or a timeline was reused; \
+                 give each cluster its own backup.wal_prefix",
+            n.name
+        )))
+        }
         // The sum first: a crash before the segment is uploaded leaves a sum
-        // that only these same bytes can complete.
-        store.put(&sum, bytes::Bytes::from(sha256.clone())).await?;
+        // that the next push replaces.
+        None => store.put(&sum, bytes::Bytes::from(sha256.clone())).await?,
     }
-    let recipients = crate::archive::parse_recipients(&config.backup.recipients)?;
     let level = config.backup.zstd_level;
     let (file, expected) = (path.to_path_buf(), sha256.clone());
     let seal = move |sink| {
@@ -130,6 +139,22 @@ pub async fn push(config: &Config, store: &dyn ObjectStore, path: &Path) -> Resu
         crate::objstore::stream_upload(store, &object, 8 << 20, "wal: uploaded", seal).await?;
     pushed.stored_bytes = enc.stored_bytes;
     Ok(pushed)
+}
+
+/// Marks `backup.wal_prefix` as an archive on the first push: a fetch that
+/// finds no marker is looking in the wrong place (an unmounted folder, a
+/// mistyped prefix or bucket), not at the end of the WAL.
+async fn mark_archive(config: &Config, store: &dyn ObjectStore) -> Result<()> {
+    let marker = format!("{}{MARKER}", config.backup.wal_prefix);
+    if store.head(&marker).await?.is_none() {
+        store
+            .put(
+                &marker,
+                bytes::Bytes::from_static(b"lethe WAL archive v1\n"),
+            )
+            .await?;
+    }
+    Ok(())
 }
 
 /// The SHA-256 (hex) and size of a file, read in blocks on a blocking thread.
@@ -178,8 +203,49 @@ pub async fn fetch(
     dest: &Path,
 ) -> Result<Fetched> {
     let n = parse_name(name)?;
-    let (object, sum) = keys(config, &n);
+    // A store that failed for a moment is tried again before recovery is
+    // stopped (a standby would shut down): three times, 1 s and 3 s apart.
+    let mut attempt = 0;
+    loop {
+        match fetch_once(config, store, &n, dest).await {
+            Err(e) if attempt < 2 && retryable(&e) => {
+                attempt += 1;
+                tracing::warn!(error = %e, attempt, "wal fetch failed; trying again");
+                tokio::time::sleep(std::time::Duration::from_secs(if attempt == 1 {
+                    1
+                } else {
+                    3
+                }))
+                .await;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Store and network errors pass; a wrong key, a bad name or a checksum
+/// that does not match would fail the same way again.
+fn retryable(e: &Error) -> bool {
+    !matches!(e, Error::Usage(_) | Error::Backup(_) | Error::Config { .. })
+}
+
+async fn fetch_once(
+    config: &Config,
+    store: &dyn ObjectStore,
+    n: &WalName,
+    dest: &Path,
+) -> Result<Fetched> {
+    let name = n.name.as_str();
+    let (object, sum) = keys(config, n);
     if store.head(&object).await?.is_none() {
+        let marker = format!("{}{MARKER}", config.backup.wal_prefix);
+        if store.head(&marker).await?.is_none() {
+            return Err(Error::Backup(format!(
+                "{} holds no WAL archive (no {marker}): the wrong folder, bucket or \
+                 backup.wal_prefix, or one not mounted; recovery stops here rather than end early",
+                store.describe()
+            )));
+        }
         return Ok(Fetched::Missing);
     }
     let expected = archived_sum(store, &sum).await?.ok_or_else(|| {
@@ -204,8 +270,13 @@ pub async fn fetch(
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
     let io = |e| Error::io(format!("writing {}", dest.display()), e);
-    // Beside `dest`, renamed only once checked: PostgreSQL never replays a partial file.
-    let tmp = tempfile::NamedTempFile::new_in(dir).map_err(io)?;
+    // Beside `dest`, renamed only once checked: PostgreSQL never replays a
+    // partial file. Named so that the next fetch sweeps what a killed one left.
+    sweep_partials(dir);
+    let tmp = tempfile::Builder::new()
+        .prefix(PARTIAL_PREFIX)
+        .tempfile_in(dir)
+        .map_err(io)?;
     let file = tmp.reopen().map_err(io)?;
     let (got, bytes) = tokio::task::spawn_blocking(move || {
         use std::io::Write;
@@ -233,6 +304,26 @@ pub async fn fetch(
     }
     tmp.persist(dest).map_err(|e| io(e.error))?;
     Ok(Fetched::Restored { bytes })
+}
+
+const PARTIAL_PREFIX: &str = ".lethe-wal-fetch-";
+
+/// Removes fetches' temporary files older than ten minutes from `dir` (a
+/// fetch killed with the server leaves one the size of a segment).
+fn sweep_partials(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let old = std::time::SystemTime::now() - std::time::Duration::from_secs(600);
+    for e in entries.flatten() {
+        let stale = e.file_name().to_string_lossy().starts_with(PARTIAL_PREFIX)
+            && e.metadata()
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t < old);
+        if stale {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
 }
 
 /// Hashes and counts bytes written through it.

@@ -71,7 +71,7 @@ pub async fn dispatch(cli: Cli) -> Result<i32> {
         Command::Objects { command } => objects::dispatch(open(cfg_flag).await?, command).await,
         Command::Breach { command } => breach::dispatch(open(cfg_flag).await?, command).await,
         Command::Backup { command } => backup::dispatch(open(cfg_flag).await?, command).await,
-        Command::Wal { command } => wal::dispatch(load(cfg_flag)?, command).await,
+        Command::Wal { command } => wal::dispatch(cfg_flag, command).await,
         Command::Org { command } => org::dispatch(open(cfg_flag).await?, command).await,
         Command::Hold { command } => retention::dispatch_hold(open(cfg_flag).await?, command).await,
         Command::App { command } => app::dispatch(open(cfg_flag).await?, command).await,

@@ -3,6 +3,9 @@
 
 use super::out::outln;
 
+use std::io::Write;
+use std::path::Path;
+
 use anyhow::Result;
 
 use crate::backup::wal::{self, Fetched};
@@ -14,12 +17,32 @@ use crate::error::Error;
 /// failure would read as "no more WAL", and it would open the database early.
 const STOP_RECOVERY: i32 = 126;
 
-pub async fn dispatch(config: Config, command: WalCommand) -> Result<i32> {
-    let Some(store_cfg) = config.object_store.as_ref() else {
-        return Err(Error::Usage(
+pub async fn dispatch(flag: Option<&Path>, command: WalCommand) -> Result<i32> {
+    if matches!(command, WalCommand::Fetch { .. }) {
+        // A panic's 101 would read as "no more WAL" too: stop recovery instead.
+        std::panic::set_hook(Box::new(|info| {
+            let _ = writeln!(std::io::stderr(), "error: lethe wal fetch crashed: {info}");
+            std::process::exit(STOP_RECOVERY);
+        }));
+    }
+    let config = super::load(flag).and_then(|c: Config| match c.object_store {
+        Some(_) => Ok(c),
+        None => Err(Error::Usage(
             "wal push and wal fetch need [object_store]: where the WAL is archived".into(),
         )
-        .into());
+        .into()),
+    });
+    let config = match (config, &command) {
+        (Ok(c), _) => c,
+        // A config that does not load must stop recovery, not end it.
+        (Err(e), WalCommand::Fetch { .. }) => {
+            let _ = writeln!(std::io::stderr(), "error: {e:#}");
+            return Ok(STOP_RECOVERY);
+        }
+        (Err(e), WalCommand::Push { .. }) => return Err(e),
+    };
+    let Some(store_cfg) = config.object_store.as_ref() else {
+        return Ok(STOP_RECOVERY);
     };
     match command {
         WalCommand::Push { path, json } => {
@@ -47,11 +70,11 @@ pub async fn dispatch(config: Config, command: WalCommand) -> Result<i32> {
             match fetched {
                 Ok(Fetched::Restored { .. }) => Ok(0),
                 Ok(Fetched::Missing) => {
-                    eprintln!("{name}: not in the archive");
+                    let _ = writeln!(std::io::stderr(), "{name}: not in the archive");
                     Ok(1)
                 }
                 Err(e) => {
-                    eprintln!("error: {e}");
+                    let _ = writeln!(std::io::stderr(), "error: {e}");
                     Ok(STOP_RECOVERY)
                 }
             }

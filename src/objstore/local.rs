@@ -55,9 +55,15 @@ struct LocalUpload {
     file: tokio::fs::File,
 }
 
+/// `KEY.<pid>-<random>.partial`: two writers of one key (two processes
+/// archiving one WAL file) never share, nor unlink, each other's partial file.
 fn partial_of(p: &Path) -> PathBuf {
     let mut s = p.as_os_str().to_owned();
-    s.push(".partial");
+    s.push(format!(
+        ".{}-{:08x}.partial",
+        std::process::id(),
+        rand::random::<u32>()
+    ));
     s.into()
 }
 
@@ -81,7 +87,18 @@ impl Upload for LocalUpload {
             .map_err(|e| error("sync", &self.key, e))?;
         tokio::fs::rename(&self.partial, &self.target)
             .await
-            .map_err(|e| error("rename", &self.key, e))
+            .map_err(|e| error("rename", &self.key, e))?;
+        // The rename is durable only once its folder is synced: a caller
+        // (PostgreSQL, after a WAL push) may delete its own copy next.
+        if let Some(dir) = self.target.parent() {
+            let dir = tokio::fs::File::open(dir)
+                .await
+                .map_err(|e| error("sync folder of", &self.key, e))?;
+            dir.sync_all()
+                .await
+                .map_err(|e| error("sync folder of", &self.key, e))?;
+        }
+        Ok(())
     }
 
     async fn abort(self: Box<Self>) -> Result<()> {

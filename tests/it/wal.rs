@@ -73,6 +73,21 @@ fn pushes_are_idempotent_and_fetch_tells_missing_from_broken() {
         err.contains("archived already with other contents"),
         "{err}"
     );
+    // A sum whose segment never arrived (a push killed between the two) does
+    // not block the next push of that name.
+    let seg9 = c.path().join("000000010000000000000009");
+    std::fs::write(&seg9, b"first try").unwrap();
+    assert_eq!(push(&seg9).status.code(), Some(0));
+    std::fs::remove_file(archived(&c, "000000010000000000000009")).unwrap();
+    std::fs::write(&seg9, b"second try").unwrap();
+    let retried = push(&seg9);
+    assert_eq!(
+        retried.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&retried.stderr)
+    );
+    assert_eq!(stdout_json(&retried)["already_archived"], false);
 
     let out = c.path().join("restored");
     let fetch = |name: &str| {
@@ -102,6 +117,47 @@ fn pushes_are_idempotent_and_fetch_tells_missing_from_broken() {
         fetch("../etc/passwd").status.code(),
         Some(126),
         "not a WAL name"
+    );
+    // A folder with no archive in it (a typo, an unmounted disk): recovery
+    // stops, it does not read "no more WAL".
+    let cfg = std::fs::read_to_string(c.config()).unwrap();
+    let elsewhere = c.path().join("elsewhere.toml");
+    std::fs::write(&elsewhere, cfg.replace("file://store", "file://empty")).unwrap();
+    let out = crate::common::lethe()
+        .arg("--config")
+        .arg(&elsewhere)
+        .args(["wal", "fetch", "000000010000000000000008"])
+        .arg(c.path().join("x"))
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(126),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Arguments PostgreSQL never sends still stop recovery (clap's 2 would not).
+    let out = c
+        .lethe()
+        .args(["wal", "fetch", "--bogus"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(126));
+    // A config that does not load stops recovery too (exit 2 would end it).
+    let broken = c.path().join("broken.toml");
+    std::fs::write(&broken, "[database]\nurl = 42\n").unwrap();
+    let out = crate::common::lethe()
+        .arg("--config")
+        .arg(&broken)
+        .args(["wal", "fetch", "000000010000000000000007"])
+        .arg(c.path().join("x"))
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(126),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
     );
 
     // A tampered sum, or the wrong key: recovery must stop, not end early.
