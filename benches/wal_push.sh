@@ -5,9 +5,12 @@
 # entropy; the segments' zstd -3 ratio is printed) and copies each segment it
 # completes aside. Both compress with zstd level 3 and encrypt (age /
 # aes-256-cbc), one process per segment as PostgreSQL calls them (pgBackRest
-# synchronous, its default), both as the cluster's owner. They alternate for
-# ROUNDS rounds, each into a fresh archive; reported: segments/s as median
-# and min–max, and the ratio of the medians.
+# synchronous, its default), both as the cluster's owner. Lethe runs twice:
+# with zstd_threads = 1 (the same work as pgBackRest's single-threaded push)
+# and with its default 2 (PostgreSQL archives one file at a time, so the
+# second core is otherwise idle). They alternate for ROUNDS rounds, each into
+# a fresh archive; reported: segments/s as median and min–max, and the
+# ratios of the medians.
 # Usage: benches/wal_push.sh [SCALE] [ROUNDS]   (default 1 ≈ 100 MiB of rows, 3 rounds)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -37,7 +40,7 @@ archive_mode = on
 archive_command = 'cp %p $segs/%f'
 max_wal_size = 4GB
 CONF
-"${as_pg[@]}" pg_ctl -D "$data" -l "$work/server.log" -w start >/dev/null
+"${as_pg[@]}" pg_ctl -D "$data" -l "$data/server.log" -w start >/dev/null
 trap '"${as_pg[@]}" pg_ctl -D "$data" -m immediate -w stop >/dev/null 2>&1 || true; lethe_servers_stop; rm -rf "$work"' EXIT INT TERM
 url="postgres://postgres@127.0.0.1:$port/postgres"
 echo "loading scale $SCALE to make WAL..." >&2
@@ -74,7 +77,9 @@ url = "file://$work/lethe-archive"
 [backup]
 recipients = ["$recipient"]
 zstd_level = 3
+zstd_threads = 2
 TOML
+sed 's/zstd_threads = 2/zstd_threads = 1/' "$work/lethe/lethe.toml" > "$work/lethe/lethe-1t.toml"
 chmod -R a+rX "$work/lethe"
 
 mkdir -p "$work/pgbr/log" "$work/pgbr/lock"
@@ -103,13 +108,15 @@ pgbr=("${as_pg[@]}" pgbackrest --config="$work/pgbr/pgbackrest.conf" --stanza=be
 run_one() {
   local start end
   case "$1" in
-    lethe)
+    lethe | lethe-1t)
+      local cfg="$work/lethe/lethe.toml"
+      [ "$1" = lethe-1t ] && cfg="$work/lethe/lethe-1t.toml"
       rm -rf "$work/lethe-archive"
       mkdir -p "$work/lethe-archive"
       [ ${#as_pg[@]} -gt 0 ] && chown postgres "$work/lethe-archive"
       start=$(date +%s.%N)
       for s in "${names[@]}"; do
-        "${as_pg[@]}" "$work/lethe-bin" --config "$work/lethe/lethe.toml" wal push "$segs/$s" >/dev/null
+        "${as_pg[@]}" "$work/lethe-bin" --config "$cfg" wal push "$segs/$s" >/dev/null
       done
       end=$(date +%s.%N)
       ;;
@@ -131,8 +138,8 @@ results="$work/results.tsv"
 : > "$results"
 for round in $(seq 1 "$ROUNDS"); do
   # Each goes first in every other round.
-  order=(lethe pgbackrest)
-  [ $((round % 2)) -eq 0 ] && order=(pgbackrest lethe)
+  order=(lethe-1t pgbackrest lethe)
+  [ $((round % 2)) -eq 0 ] && order=(lethe pgbackrest lethe-1t)
   for name in "${order[@]}"; do
     echo "round $round: $name" >&2
     printf '%s %s\n' "$name" "$(run_one "$name")" >> "$results"
@@ -154,11 +161,12 @@ for line in open(path):
     runs.setdefault(name, []).append(n / float(secs))
 mib = 2**20
 print(f"{n} WAL segments ({raw/mib:,.0f} MiB), zstd -3 ratio {raw/zst:.2f}x; {rounds} alternating rounds")
-print(f"stored: lethe {lethe_b/mib:,.1f} MiB, pgbackrest {pgbr_b/mib:,.1f} MiB")
+print(f"stored: lethe {lethe_b/mib:,.1f} MiB, pgbackrest {pgbr_b/mib:,.1f} MiB (the last round's)")
 print(f"{'':12s} {'segments/s':>11s} {'min–max':>13s}")
 med = {}
 for name, r in runs.items():
     med[name] = statistics.median(r)
     print(f"{name:12s} {med[name]:11.1f} {min(r):6.1f}–{max(r):<6.1f}")
-print(f"lethe / pgbackrest: {med['lethe'] / med['pgbackrest']:.2f}x segments/s (median)")
+for name in ("lethe-1t", "lethe"):
+    print(f"{name} / pgbackrest: {med[name] / med['pgbackrest']:.2f}x segments/s (median)")
 PY

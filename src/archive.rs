@@ -16,7 +16,7 @@ pub struct PartSink {
     part_size: usize,
     buf: Vec<u8>,
     tx: mpsc::Sender<Bytes>,
-    hasher: Sha256,
+    hasher: Option<Sha256>,
     stored: u64,
 }
 
@@ -26,13 +26,22 @@ impl PartSink {
             part_size,
             buf: Vec::with_capacity(part_size),
             tx,
-            hasher: Sha256::new(),
+            hasher: Some(Sha256::new()),
             stored: 0,
         }
     }
 
+    /// No SHA-256 of the stored bytes (`finish` returns an empty one), for a
+    /// caller that hashes what matters to it itself: a WAL file's plain bytes.
+    pub fn without_hash(mut self) -> Self {
+        self.hasher = None;
+        self
+    }
+
     fn send(&mut self, part: Vec<u8>) -> io::Result<()> {
-        self.hasher.update(&part);
+        if let Some(h) = &mut self.hasher {
+            h.update(&part);
+        }
         self.stored += part.len() as u64;
         // Blocks while the uploader is `concurrency` parts behind: that is the memory bound.
         self.tx
@@ -46,7 +55,8 @@ impl PartSink {
             let last = std::mem::take(&mut self.buf);
             self.send(last)?;
         }
-        Ok((hex::encode(self.hasher.finalize()), self.stored))
+        let sha256 = self.hasher.map(|h| hex::encode(h.finalize()));
+        Ok((sha256.unwrap_or_default(), self.stored))
     }
 }
 

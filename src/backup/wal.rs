@@ -1,8 +1,8 @@
 //! Continuous archiving of PostgreSQL's write-ahead log: `lethe wal push %p`
 //! as `archive_command`, `lethe wal fetch %f %p` as `restore_command`. Each
 //! file is zstd + age to the backup recipients at
-//! `backup.wal_prefix<timeline>/<name>.zst.age`, beside `<name>.sha256`, the
-//! SHA-256 of its plain bytes. No store database on this path: PostgreSQL
+//! `backup.wal_prefix<timeline>/<name>.zst.age`, then `<name>.sha256`, the
+//! SHA-256 of its plain bytes: a file is archived once both are stored. No store database on this path: PostgreSQL
 //! calls it once a segment and must wait on nothing but the object store.
 
 use std::path::Path;
@@ -77,68 +77,61 @@ pub async fn push(config: &Config, store: &dyn ObjectStore, path: &Path) -> Resu
         .and_then(|f| f.to_str())
         .ok_or_else(|| Error::Usage(format!("`{}` names no WAL file", path.display())))?;
     let n = parse_name(file_name)?;
-    // Streamed twice (hashed, then sealed), never whole in memory: a
-    // cluster's segments may be configured up to 1 GiB.
-    let (sha256, bytes) = hash_file(path.to_path_buf()).await?;
     let (object, sum) = keys(config, &n);
-    let mut pushed = Pushed {
-        name: n.name.clone(),
-        object: object.clone(),
-        bytes,
-        stored_bytes: 0,
-        sha256: sha256.clone(),
-        already_archived: false,
-    };
     let recipients = crate::archive::parse_recipients(&config.backup.recipients)?;
     mark_archive(config, store).await?;
-    // Only a completed upload counts as archived: a sum without its object
-    // is a push that never finished, and PostgreSQL was never told it had.
-    let archived = match store.head(&object).await? {
-        Some(stored) => archived_sum(store, &sum).await?.map(|s| (s, stored)),
-        None => None,
-    };
-    match archived {
-        Some((archived, stored)) if archived == sha256 => {
-            pushed.stored_bytes = stored;
-            pushed.already_archived = true;
-            return Ok(pushed);
-        }
-        Some((archived, _)) => {
+    // Archived means the object and then its sum were stored: a push that
+    // crashed before the sum was never reported to PostgreSQL, and is redone.
+    if let (Some(stored), Some(archived)) =
+        (store.head(&object).await?, archived_sum(store, &sum).await?)
+    {
+        let (sha256, bytes) = hash_file(path.to_path_buf()).await?;
+        if archived != sha256 {
             return Err(Error::Refused(format!(
-            "{} is archived already with other contents (SHA-256 {archived}, this file {sha256}): \
+                "{} is archived already with other contents (SHA-256 {archived}, this file {sha256}): \
                  two servers may be archiving into one prefix, or a timeline was reused; \
                  give each cluster its own backup.wal_prefix",
-            n.name
-        )))
+                n.name
+            )));
         }
-        // The sum first: a crash before the segment is uploaded leaves a sum
-        // that the next push replaces.
-        None => store.put(&sum, bytes::Bytes::from(sha256.clone())).await?,
+        return Ok(Pushed {
+            name: n.name,
+            object,
+            bytes,
+            stored_bytes: stored,
+            sha256,
+            already_archived: true,
+        });
     }
-    let level = config.backup.zstd_level;
-    let (file, expected) = (path.to_path_buf(), sha256.clone());
-    let seal = move |sink| {
+    // One pass: hashed as it is sealed, never whole in memory (segments may
+    // be configured up to 1 GiB).
+    // backup.zstd_threads, as for backups: PostgreSQL archives one file at a
+    // time, so a second core is free for it.
+    let (level, threads) = (config.backup.zstd_level, config.backup.zstd_threads);
+    let file = path.to_path_buf();
+    let seal = move |sink: crate::archive::PartSink| {
+        let sink = sink.without_hash();
         let f = std::fs::File::open(&file)
             .map_err(|e| Error::io(format!("reading {}", file.display()), e))?;
         let mut read = Hashing {
-            inner: std::io::BufReader::new(f),
+            inner: std::io::BufReader::with_capacity(1 << 20, f),
             hasher: Sha256::new(),
             count: 0,
         };
-        let enc = crate::archive::encode(&mut read, sink, &recipients, level, 1)?;
-        // What was sealed must be what the sum says: an error aborts the upload.
-        if hex::encode(read.hasher.finalize()) != expected {
-            return Err(Error::Backup(format!(
-                "{} changed while it was being archived",
-                file.display()
-            )));
-        }
-        Ok(enc)
+        let enc = crate::archive::encode(&mut read, sink, &recipients, level, threads)?;
+        Ok((enc, hex::encode(read.hasher.finalize()), read.count))
     };
-    let enc =
+    let (enc, sha256, bytes) =
         crate::objstore::stream_upload(store, &object, 8 << 20, "wal: uploaded", seal).await?;
-    pushed.stored_bytes = enc.stored_bytes;
-    Ok(pushed)
+    store.put(&sum, bytes::Bytes::from(sha256.clone())).await?;
+    Ok(Pushed {
+        name: n.name,
+        object,
+        bytes,
+        stored_bytes: enc.stored_bytes,
+        sha256,
+        already_archived: false,
+    })
 }
 
 /// Marks `backup.wal_prefix` as an archive on the first push: a fetch that
@@ -248,11 +241,10 @@ async fn fetch_once(
         }
         return Ok(Fetched::Missing);
     }
-    let expected = archived_sum(store, &sum).await?.ok_or_else(|| {
-        Error::Backup(format!(
-            "{name} is archived without its SHA-256 ({sum}): it cannot be trusted"
-        ))
-    })?;
+    // Without its sum the push never completed: not archived.
+    let Some(expected) = archived_sum(store, &sum).await? else {
+        return Ok(Fetched::Missing);
+    };
     let secret = config
         .backup
         .identity

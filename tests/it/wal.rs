@@ -73,12 +73,23 @@ fn pushes_are_idempotent_and_fetch_tells_missing_from_broken() {
         err.contains("archived already with other contents"),
         "{err}"
     );
-    // A sum whose segment never arrived (a push killed between the two) does
-    // not block the next push of that name.
+    // A segment whose sum never arrived (a push killed between the two) is not
+    // archived: a fetch finds nothing, and the next push of that name goes through.
     let seg9 = c.path().join("000000010000000000000009");
     std::fs::write(&seg9, b"first try").unwrap();
     assert_eq!(push(&seg9).status.code(), Some(0));
-    std::fs::remove_file(archived(&c, "000000010000000000000009")).unwrap();
+    std::fs::remove_file(
+        c.path()
+            .join("store/wal/00000001/000000010000000000000009.sha256"),
+    )
+    .unwrap();
+    let probe = c
+        .lethe()
+        .args(["wal", "fetch", "000000010000000000000009"])
+        .arg(c.path().join("probe"))
+        .output()
+        .unwrap();
+    assert_eq!(probe.status.code(), Some(1), "not archived");
     std::fs::write(&seg9, b"second try").unwrap();
     let retried = push(&seg9);
     assert_eq!(
