@@ -39,6 +39,26 @@ async fn intake_refuses_what_the_data_map_keys_or_the_schema_lacks(pg: bool) {
         }
         (cmd.output().unwrap().status.code(),)
     };
+    // One `--set`: the exit code and what it said.
+    let refused_why = |set: &str| {
+        let out = s
+            .lethe()
+            .args([
+                "dsr",
+                "submit",
+                "--kind",
+                "rectification",
+                "--subject",
+                "member@x.example",
+            ])
+            .args(["--set", set])
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
     for (set, why) in [
         (
             "users.email=new@x.example",
@@ -53,21 +73,8 @@ async fn intake_refuses_what_the_data_map_keys_or_the_schema_lacks(pg: bool) {
         ("users.nickname=x", "`rectifiable` columns"),
         ("users=x", "must name TABLE.COLUMN"),
     ] {
-        let out = s
-            .lethe()
-            .args([
-                "dsr",
-                "submit",
-                "--kind",
-                "rectification",
-                "--subject",
-                "member@x.example",
-            ])
-            .args(["--set", set])
-            .output()
-            .unwrap();
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{set}: {err}");
+        let (code, err) = refused_why(set);
+        assert_eq!(code, Some(2), "{set}: {err}");
         assert!(err.contains(why), "{set}: {err}");
     }
     assert_eq!(refused("rectification", &[]).0, Some(2), "nothing to set");
@@ -82,40 +89,14 @@ async fn intake_refuses_what_the_data_map_keys_or_the_schema_lacks(pg: bool) {
         "one column set twice"
     );
     if pg {
-        let out = s
-            .lethe()
-            .args([
-                "dsr",
-                "submit",
-                "--kind",
-                "rectification",
-                "--subject",
-                "member@x.example",
-            ])
-            .args(["--set", "invoices.amount=a lot"])
-            .output()
-            .unwrap();
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{err}");
+        let (code, err) = refused_why("invoices.amount=a lot");
+        assert_eq!(code, Some(2), "{err}");
         assert!(err.contains("not a valid integer"), "{err}");
         // An explicit cast to varchar(12) would cut the value short without a word.
         s.app_exec("ALTER TABLE users ALTER COLUMN name TYPE varchar(12)")
             .await;
-        let out = s
-            .lethe()
-            .args([
-                "dsr",
-                "submit",
-                "--kind",
-                "rectification",
-                "--subject",
-                "member@x.example",
-            ])
-            .args(["--set", "users.name=Maximilian Member"])
-            .output()
-            .unwrap();
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{err}");
+        let (code, err) = refused_why("users.name=Maximilian Member");
+        assert_eq!(code, Some(2), "{err}");
         assert!(err.contains("of at most 12 characters"), "{err}");
     }
     let list = stdout_json(&run_ok(s.lethe().args(["dsr", "list", "--json"])));

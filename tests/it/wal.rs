@@ -134,19 +134,18 @@ fn pushes_are_idempotent_and_fetch_tells_missing_from_broken() {
     let cfg = std::fs::read_to_string(c.config()).unwrap();
     let elsewhere = c.path().join("elsewhere.toml");
     std::fs::write(&elsewhere, cfg.replace("file://store", "file://empty")).unwrap();
-    let out = crate::common::lethe()
-        .arg("--config")
-        .arg(&elsewhere)
-        .args(["wal", "fetch", "000000010000000000000008"])
-        .arg(c.path().join("x"))
-        .output()
-        .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(126),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stops = |config: &Path, name: &str| {
+        let out = crate::common::lethe()
+            .arg("--config")
+            .arg(config)
+            .args(["wal", "fetch", name])
+            .arg(c.path().join("x"))
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(out.status.code(), Some(126), "{err}");
+    };
+    stops(&elsewhere, "000000010000000000000008");
     // Arguments PostgreSQL never sends still stop recovery (clap's 2 would not).
     let out = c
         .lethe()
@@ -157,19 +156,7 @@ fn pushes_are_idempotent_and_fetch_tells_missing_from_broken() {
     // A config that does not load stops recovery too (exit 2 would end it).
     let broken = c.path().join("broken.toml");
     std::fs::write(&broken, "[database]\nurl = 42\n").unwrap();
-    let out = crate::common::lethe()
-        .arg("--config")
-        .arg(&broken)
-        .args(["wal", "fetch", "000000010000000000000007"])
-        .arg(c.path().join("x"))
-        .output()
-        .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(126),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    stops(&broken, "000000010000000000000007");
 
     // A tampered sum, or the wrong key: recovery must stop, not end early.
     let sum = c
