@@ -62,7 +62,15 @@ pub enum OrgScope<'a> {
     Only(&'a str),
 }
 
-impl OrgScope<'_> {
+impl<'a> OrgScope<'a> {
+    /// A request's reach, held orgs aside: its org's rows only, or every org's.
+    pub fn of_request(org: Option<&'a str>) -> OrgScope<'a> {
+        match org {
+            Some(o) => OrgScope::Only(o),
+            None => OrgScope::AllExcept(&[]),
+        }
+    }
+
     /// The org a processor-scoped request is limited to.
     pub fn only(&self) -> Option<&str> {
         match self {

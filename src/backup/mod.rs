@@ -299,11 +299,11 @@ fn manifest_for(
 }
 
 /// The age identity text; parsed up front so a bad key fails before any download.
-fn identity(ctx: &Context) -> Result<crate::config::Secret> {
-    let src = &ctx.config.backup.identity;
+pub(crate) fn identity(config: &crate::config::Config) -> Result<crate::config::Secret> {
+    let src = &config.backup.identity;
     let secret = src.load().map_err(Error::Usage)?.ok_or_else(|| {
         Error::Usage(format!(
-            "verify and restore need the age identity (AGE-SECRET-KEY-1…) in {}",
+            "verify, restore and wal fetch need the age identity (AGE-SECRET-KEY-1…) in {}",
             src.describe()
         ))
     })?;
@@ -335,7 +335,7 @@ async fn download_decoded(
         + 'static,
 ) -> Result<crate::archive::Decoded> {
     let store = ctx.object_store().await?;
-    let secret = identity(ctx)?;
+    let secret = identity(&ctx.config)?;
     let reader = store.get(&b.object_key).await?;
     // Dropped with this attempt (a timeout): the copy below stops writing.
     let (_wire, tripped) = child::tripwire();

@@ -34,7 +34,7 @@ pub async fn restore(ctx: &Context, id: &str, to: &str) -> Result<Value> {
         )));
     }
     // Everything that can be refused is refused before anything is written.
-    identity(ctx)?;
+    identity(&ctx.config)?;
     let ledger = LedgerReapply::prepare(ctx).await?.for_backup(b.created_at);
     let started = Instant::now();
     let (decoded, report) = match &target {

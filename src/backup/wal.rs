@@ -245,17 +245,7 @@ async fn fetch_once(
     let Some(expected) = archived_sum(store, &sum).await? else {
         return Ok(Fetched::Missing);
     };
-    let secret = config
-        .backup
-        .identity
-        .load()
-        .map_err(Error::Usage)?
-        .ok_or_else(|| {
-            Error::Usage(format!(
-                "wal fetch needs the age identity (AGE-SECRET-KEY-1…) in {}",
-                config.backup.identity.describe()
-            ))
-        })?;
+    let secret = super::identity(config)?;
     let reader = store.get(&object).await?;
     let dir = dest
         .parent()

@@ -35,13 +35,29 @@ fn request(
     law: &str,
     received: DateTime<Utc>,
 ) -> Result<ImportedDsr> {
+    imported(
+        cfg,
+        format!("history-{i}@customers.demo.example"),
+        (kind, law),
+        received,
+    )
+}
+
+/// A request of `subject` received at `received`, due by its law's
+/// deadline, recorded as completed by a former tool (callers change what differs).
+pub(super) fn imported(
+    cfg: &DsrConfig,
+    subject: String,
+    (kind, law): (&str, &str),
+    received: DateTime<Utc>,
+) -> Result<ImportedDsr> {
     let due = Jurisdiction::find(law)?
         .deadline(kind, cfg)
         .after(received)?;
     Ok(ImportedDsr {
         request: NewDsr {
             kind: kind.into(),
-            subject: format!("history-{i}@customers.demo.example"),
+            subject,
             org: None,
             jurisdiction: law.into(),
             state: DsrState::Completed,

@@ -8,9 +8,9 @@ use chrono::{DateTime, Duration, Utc};
 use serde_json::{json, Value};
 
 use crate::context::Context;
-use crate::dsr::{Intake, Jurisdiction, Submission};
+use crate::dsr::{Intake, Submission};
 use crate::error::{Error, Result};
-use crate::store::{Correction, DsrState, ImportedDsr, NewDsr};
+use crate::store::{Correction, DsrState};
 
 /// The name the demo's rectification gives the plain member.
 pub const CORRECTED_NAME: &str = "Mira Member-Okafor";
@@ -61,32 +61,15 @@ pub async fn submit_sample_requests(ctx: &Context) -> Result<Vec<Value>> {
 pub async fn unverified_past_its_window(ctx: &Context, now: DateTime<Utc>) -> Result<Value> {
     let subject = super::user_email(57);
     let received = now - Duration::days(61);
-    let due = Jurisdiction::find("gdpr")?
-        .deadline("export", &ctx.config.dsr)
-        .after(received)?;
-    let h = ImportedDsr {
-        request: NewDsr {
-            kind: "export".into(),
-            subject: subject.clone(),
-            org: None,
-            jurisdiction: "gdpr".into(),
-            state: DsrState::Received,
-            reason: None,
-            detail: Some("awaiting the subject's identity verification".into()),
-            source: "demo".into(),
-            idempotency_key: None,
-            request_hash: None,
-            received_at: received,
-            due_at: due,
-            corrections: vec![],
-        },
-        extended_days: 0,
-        extension_reason: None,
-        extended_at: None,
-        extension_notified_at: None,
-        completed_at: None,
-        updated_at: received,
-    };
+    let mut h = super::history::imported(
+        &ctx.config.dsr,
+        subject.clone(),
+        ("export", "gdpr"),
+        received,
+    )?;
+    h.request.state = DsrState::Received;
+    h.request.detail = Some("awaiting the subject's identity verification".into());
+    h.request.source = "demo".into();
     let r = crate::dsr::import(ctx, h, "demo").await?;
     Ok(
         json!({"id": r.id, "kind": "export", "subject": subject, "intake": "arrived unverified, 61 days ago",

@@ -261,10 +261,7 @@ async fn fill(
     let mut keys = crate::keys::DataKeys::load(ctx).await?;
     let mut c = Contents::default();
     // A processor-scoped request reaches the org's tables only, and its rows there.
-    let scope = match r.org.as_deref() {
-        Some(o) => OrgScope::Only(o),
-        None => OrgScope::AllExcept(&[]),
-    };
+    let scope = OrgScope::of_request(r.org.as_deref());
     for e in config.data_map.iter().filter(|e| e.export) {
         let Some(col) = &e.subject else { continue };
         if scope.only().is_some() && e.org.is_none() {

@@ -182,10 +182,7 @@ pub(super) async fn rectify(
     check_schema(config, db, &changes)
         .await
         .map_err(|e| Error::Failed(format!("request {}: {e}", r.id)))?;
-    let scope = match r.org.as_deref() {
-        Some(o) => OrgScope::Only(o),
-        None => OrgScope::AllExcept(&[]),
-    };
+    let scope = OrgScope::of_request(r.org.as_deref());
     let tables = by_table(config, &changes);
     let rows = match db.rectify(&subject_id, &tables, (scope, true), fence).await {
         Ok(RectifyOutcome::Done(rows)) => rows,
@@ -280,10 +277,7 @@ pub(super) async fn reapply(
                     skipped += 1;
                 }
             }
-            let scope = match org {
-                Some(o) => OrgScope::Only(o),
-                None => OrgScope::AllExcept(&[]),
-            };
+            let scope = OrgScope::of_request(org);
             let tables = by_table(&ctx.config, &present);
             if !tables.is_empty() {
                 db.rectify(&id, &tables, (scope, false), &Fence::unleased())
