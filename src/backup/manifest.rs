@@ -33,6 +33,24 @@ pub struct Manifest {
     pub row_counts_from: Option<String>,
     pub timings: Timings,
     pub lethe_version: String,
+    /// A physical base backup's place in the WAL (absent for a logical dump).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub physical: Option<Physical>,
+}
+
+/// Where a base backup starts and ends in the WAL: restoring it needs every
+/// archived segment from `start_wal` on, and it is consistent from `end_lsn`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Physical {
+    pub timeline: u32,
+    pub start_lsn: String,
+    pub end_lsn: String,
+    /// The first WAL file the restore needs (`%08X%08X%08X`).
+    pub start_wal: String,
+    pub wal_segment_bytes: u64,
+    /// RFC 3339: when the backup ended; a recovery target must be later.
+    pub stopped_at: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -123,15 +141,29 @@ impl Manifest {
                 self.database.kind
             ));
         }
-        if self.row_counts.is_empty() {
+        // A cluster may hold no table yet; a dump with none compares nothing.
+        if self.row_counts.is_empty() && self.physical.is_none() {
             return Err("`row_counts` is empty: there is nothing to compare a restore with".into());
         }
         if let Some((t, n)) = self.row_counts.iter().find(|(_, n)| **n < 0) {
             return Err(format!("`row_counts` has {n} rows for {t}"));
         }
         match self.row_counts_from.as_deref() {
-            None | Some("dump stream" | "snapshot count") => {}
+            None | Some("dump stream" | "snapshot count" | "estimate at start") => {}
             Some(other) => return Err(format!("`row_counts_from` is `{other}`")),
+        }
+        if let Some(p) = &self.physical {
+            for (name, lsn) in [("start_lsn", &p.start_lsn), ("end_lsn", &p.end_lsn)] {
+                super::physical::parse_lsn(lsn)
+                    .map_err(|_| format!("`physical.{name}` `{lsn}` is not an LSN"))?;
+            }
+            chrono::DateTime::parse_from_rfc3339(&p.stopped_at)
+                .map_err(|e| format!("`physical.stopped_at` is not RFC 3339: {e}"))?;
+            if p.start_wal.len() != 24 || !p.wal_segment_bytes.is_power_of_two() {
+                return Err(
+                    "`physical.start_wal` or `physical.wal_segment_bytes` is invalid".into(),
+                );
+            }
         }
         Ok(())
     }

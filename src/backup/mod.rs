@@ -6,10 +6,13 @@
 //! ops when the newest verified backup is too old.
 
 mod child;
+pub mod cluster;
 mod dump_rows;
 pub mod gfs;
 mod manifest;
 mod parallel;
+pub mod physical;
+pub mod pitr;
 mod restore;
 mod rpo;
 pub mod rto;
@@ -74,6 +77,8 @@ async fn upload_stream<T: Send + 'static>(
 
 const COUNTED_FROM_STREAM: &str = "dump stream";
 const COUNTED_IN_SNAPSHOT: &str = "snapshot count";
+/// A base backup's table list, with the planner's row estimates at its start.
+const ESTIMATED_AT_START: &str = "estimate at start";
 
 /// Checkpoint naming the object an attempt is uploading.
 const UPLOAD_KEY: &str = "backup.upload";
@@ -96,7 +101,9 @@ pub async fn create(ctx: &Context, run_id: Option<i64>, actor: &str) -> Result<B
     let started = Instant::now();
     let created_at = Utc::now();
     let id = new_id(created_at);
+    let physical = cfg.mode == crate::config::BackupMode::Physical;
     let ext = match db {
+        Db::Postgres(_) if physical => "base.tar",
         Db::Postgres(_) => "pgdump",
         Db::Sqlite(_) => "sqlite",
     };
@@ -108,16 +115,23 @@ pub async fn create(ctx: &Context, run_id: Option<i64>, actor: &str) -> Result<B
             .checkpoint_put(run_id, UPLOAD_KEY, &json!({ "object": object_key }))
             .await?;
     }
-    let dumped = match &db {
-        Db::Postgres(url) => {
-            dump_postgres(ctx, store.as_ref(), url, &object_key, &recipients).await?
+    let (dumped, wal) = match &db {
+        Db::Postgres(url) if physical => {
+            let (d, p) =
+                physical::base_backup(ctx, store.as_ref(), url, &object_key, &recipients).await?;
+            (d, Some(p))
         }
-        Db::Sqlite(path) => {
-            dump_sqlite(ctx, store.as_ref(), path, &object_key, &recipients).await?
-        }
+        Db::Postgres(url) => (
+            dump_postgres(ctx, store.as_ref(), url, &object_key, &recipients).await?,
+            None,
+        ),
+        Db::Sqlite(path) => (
+            dump_sqlite(ctx, store.as_ref(), path, &object_key, &recipients).await?,
+            None,
+        ),
     };
     let duration_ms = started.elapsed().as_millis() as u64;
-    let m = manifest_for(
+    let mut m = manifest_for(
         ctx,
         &id,
         created_at,
@@ -126,6 +140,7 @@ pub async fn create(ctx: &Context, run_id: Option<i64>, actor: &str) -> Result<B
         dumped,
         duration_ms,
     );
+    m.physical = wal;
     let manifest = m.to_value();
     let body = serde_json::to_vec_pretty(&manifest).map_err(|e| Error::Backup(e.to_string()))?;
     store.put(&manifest_key, body.into()).await?;
@@ -295,6 +310,7 @@ fn manifest_for(
         row_counts_from: Some(dumped.row_counts_from.into()),
         timings: manifest::Timings { total_ms },
         lethe_version: env!("CARGO_PKG_VERSION").into(),
+        physical: None,
     }
 }
 

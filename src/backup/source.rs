@@ -122,7 +122,7 @@ pub fn collect_stderr(child: &mut Child) -> std::thread::JoinHandle<String> {
     })
 }
 
-fn without_row_values(stderr: &str) -> String {
+pub fn without_row_values(stderr: &str) -> String {
     let mut withheld = false;
     let mut kept: Vec<&str> = Vec::new();
     for line in stderr.lines() {

@@ -119,6 +119,8 @@ pub async fn push(config: &Config, store: &dyn ObjectStore, path: &Path) -> Resu
             count: 0,
         };
         let enc = crate::archive::encode(&mut read, sink, &recipients, level, threads)?;
+        // Sealed and sent, the upload not completed: a push killed mid-upload.
+        crate::test_hooks::crash_point("wal_push_uploading");
         Ok((enc, hex::encode(read.hasher.finalize()), read.count))
     };
     let (enc, sha256, bytes) =
@@ -166,6 +168,53 @@ async fn hash_file(path: std::path::PathBuf) -> Result<(String, u64)> {
     })
     .await
     .map_err(|e| Error::task("hashing a WAL file", e))?
+}
+
+/// Every archived segment (its sum stored) with when it was stored, in name order.
+pub async fn segments(
+    config: &Config,
+    store: &dyn ObjectStore,
+) -> Result<Vec<(String, Option<chrono::DateTime<chrono::Utc>>)>> {
+    let prefix = &config.backup.wal_prefix;
+    let (mut objects, mut sums) = (Vec::new(), std::collections::BTreeMap::new());
+    let mut after: Option<String> = None;
+    loop {
+        let page = store.list_page(prefix, after.as_deref(), 1000).await?;
+        for l in &page {
+            let file = l.key.rsplit('/').next().unwrap_or("");
+            if let Some(name) = file.strip_suffix(".sha256") {
+                sums.insert(name.to_string(), l.modified);
+            } else if let Some(name) = file.strip_suffix(".zst.age") {
+                objects.push(name.to_string());
+            }
+        }
+        match page.last() {
+            Some(last) if page.len() == 1000 => after = Some(last.key.clone()),
+            _ => break,
+        }
+    }
+    let mut out: Vec<_> = objects
+        .into_iter()
+        .filter(|n| n.len() == 24 && parse_name(n).is_ok())
+        .filter_map(|n| sums.get(&n).map(|at| (n.clone(), *at)))
+        .collect();
+    // By position in the WAL, then timeline: the newest last.
+    out.sort_by(|a, b| (&a.0[8..], &a.0[..8]).cmp(&(&b.0[8..], &b.0[..8])));
+    Ok(out)
+}
+
+/// The archived segment furthest along the WAL, and when it was stored.
+pub async fn newest_segment(
+    config: &Config,
+    store: &dyn ObjectStore,
+) -> Result<Option<(String, Option<chrono::DateTime<chrono::Utc>>)>> {
+    Ok(segments(config, store).await?.pop())
+}
+
+/// Whether `name` is archived: its object and then its sum stored.
+pub async fn is_archived(config: &Config, store: &dyn ObjectStore, name: &str) -> Result<bool> {
+    let (object, sum) = keys(config, &parse_name(name)?);
+    Ok(store.head(&sum).await?.is_some() && store.head(&object).await?.is_some())
 }
 
 async fn archived_sum(store: &dyn ObjectStore, sum: &str) -> Result<Option<String>> {

@@ -370,11 +370,23 @@ pub enum BackupCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Restore into an empty PostgreSQL database or a new SQLite file.
+    /// Restore a dump into an empty PostgreSQL database or a new SQLite file
+    /// (--to), or a base backup into a data directory (--to-dir), to a moment.
+    #[command(group(clap::ArgGroup::new("into").required(true).args(["to", "to_dir"])))]
     Restore {
-        id: String,
+        /// The backup; with --to-dir, default: the newest base backup that ended before the target.
+        id: Option<String>,
         #[arg(long)]
-        to: String,
+        to: Option<String>,
+        /// A new or empty folder: the restored PostgreSQL data directory, recovered and stopped.
+        #[arg(long)]
+        to_dir: Option<std::path::PathBuf>,
+        /// Recover up to this moment (RFC 3339); default: the end of the WAL archive.
+        #[arg(long, requires = "to_dir", conflicts_with = "to_lsn")]
+        to_time: Option<String>,
+        /// Recover up to this WAL position (like 0/3000028).
+        #[arg(long, requires = "to_dir")]
+        to_lsn: Option<String>,
         #[arg(long)]
         json: bool,
     },

@@ -7,6 +7,7 @@ use anyhow::Result;
 use serde_json::json;
 
 use crate::audit::{actor_cli, record};
+use crate::backup::cluster::Target;
 use crate::context::Context;
 
 pub async fn list(ctx: Arc<Context>, all: bool, json_out: bool) -> Result<i32> {
@@ -119,12 +120,116 @@ pub async fn restore(ctx: Arc<Context>, id: &str, to: &str, json_out: bool) -> R
     Ok(0)
 }
 
+fn target(time: Option<&str>, lsn: Option<&str>) -> Result<Target> {
+    use crate::error::Error;
+    if let Some(t) = time {
+        let t = chrono::DateTime::parse_from_rfc3339(t)
+            .map_err(|e| {
+                Error::Usage(format!(
+                    "--to-time `{t}` is not RFC 3339 (like 2026-11-30T14:05:00Z): {e}"
+                ))
+            })?
+            .with_timezone(&chrono::Utc);
+        if t > chrono::Utc::now() {
+            return Err(Error::Usage(format!(
+                "--to-time {} is in the future: recovery could never reach it",
+                t.to_rfc3339()
+            ))
+            .into());
+        }
+        return Ok(Target::Time(t));
+    }
+    Ok(match lsn {
+        Some(l) => Target::Lsn(crate::backup::physical::parse_lsn(l)?),
+        None => Target::Latest,
+    })
+}
+
+/// A base backup restored into `dir` and recovered; recorded either way.
+async fn restore_to_dir(
+    ctx: Arc<Context>,
+    id: Option<&str>,
+    dir: &std::path::Path,
+    target: Target,
+    json_out: bool,
+) -> Result<i32> {
+    let r = crate::backup::pitr::restore_to_dir(&ctx, id, dir, target).await;
+    let subject = format!("backup:{}", id.unwrap_or("newest-base"));
+    let v = match r {
+        Ok(v) => v,
+        Err(e) => {
+            let event = json!({"restored_to": dir.display().to_string(), "error": e.to_string()});
+            if let Err(re) = record(
+                ctx.store.as_ref(),
+                &actor_cli(),
+                "backup.restore_failed",
+                &subject,
+                event,
+            )
+            .await
+            {
+                tracing::warn!(error = %re, "could not record the failed restore");
+            }
+            return Err(e.into());
+        }
+    };
+    let subject = format!("backup:{}", v["id"].as_str().unwrap_or_default());
+    record(
+        ctx.store.as_ref(),
+        &actor_cli(),
+        "backup.restored",
+        &subject,
+        v.clone(),
+    )
+    .await?;
+    if json_out {
+        super::print_json(&v)?;
+    } else {
+        outln!(
+            "base backup {} restored to {} and recovered to {} (WAL position {}) in {} ms; {} erasure(s) and {} rectification(s) re-applied. Start it with: pg_ctl -D {} start",
+            v["id"].as_str().unwrap_or(""),
+            v["restored_to"].as_str().unwrap_or(""),
+            v["target"],
+            v["promoted_at_lsn"].as_str().unwrap_or(""),
+            v["restore_ms"],
+            v["erasures_reapplied"],
+            v["rectifications_reapplied"],
+            v["restored_to"].as_str().unwrap_or("")
+        );
+    }
+    Ok(0)
+}
+
 /// `lethe backup …`: one arm a subcommand.
 pub async fn dispatch(ctx: Arc<Context>, command: crate::cli::BackupCommand) -> Result<i32> {
     use crate::cli::BackupCommand;
     match command {
         BackupCommand::List { all, json } => list(ctx, all, json).await,
         BackupCommand::Verify { id, json } => verify(ctx, &id, json).await,
-        BackupCommand::Restore { id, to, json } => restore(ctx, &id, &to, json).await,
+        BackupCommand::Restore {
+            id,
+            to: Some(to),
+            json,
+            ..
+        } => {
+            let id = id.ok_or_else(|| {
+                anyhow::Error::new(crate::error::Error::Usage(
+                    "name the backup to restore: lethe backup restore ID --to URL".into(),
+                ))
+            })?;
+            restore(ctx, &id, &to, json).await
+        }
+        BackupCommand::Restore {
+            id,
+            to_dir,
+            to_time,
+            to_lsn,
+            json,
+            ..
+        } => {
+            let target = target(to_time.as_deref(), to_lsn.as_deref())?;
+            let dir = to_dir.unwrap_or_default();
+            restore_to_dir(ctx, id.as_deref(), &dir, target, json).await
+        }
     }
 }

@@ -26,7 +26,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use raw::RawConfig;
@@ -204,6 +204,21 @@ pub struct BackupConfig {
     pub rto: Option<Duration>,
     /// Folder with pg_dump / pg_restore; default: PATH, then /usr/lib/postgresql/*/bin.
     pub pg_bin: Option<PathBuf>,
+    pub mode: BackupMode,
+    /// The system user that runs the PostgreSQL servers Lethe starts from a
+    /// base backup (drills, point-in-time restores) when Lethe runs as root.
+    pub server_user: Option<String>,
+    /// The `lethe` binary those servers' `restore_command` runs; default: this one.
+    pub lethe_bin: Option<PathBuf>,
+}
+
+/// What `backup.create` takes: a logical dump (portable, any database) or a
+/// physical base backup of a PostgreSQL cluster (with the WAL archive: any moment).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackupMode {
+    Logical,
+    Physical,
 }
 
 #[derive(Debug, Clone)]
@@ -373,7 +388,8 @@ impl Config {
         let data_map = data_map::load_entries(&src, raw.data_map, app.as_ref(), &object_stores)?;
         let object_retention =
             object_retention::load(&src, raw.object_retention, app.as_ref(), &object_stores)?;
-        let backup = load_backup(&src, raw.backup, &dir)?;
+        let on_postgres = database.url.starts_with("postgres");
+        let backup = load_backup(&src, raw.backup, &dir, on_postgres)?;
         let on_s3 = object_store
             .as_ref()
             .is_some_and(|o| o.url.starts_with("s3://"));

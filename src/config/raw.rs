@@ -111,6 +111,9 @@ pub(super) struct RawBackup {
     pub(super) verify_jobs: Option<Spanned<u32>>,
     pub(super) rto: Option<Spanned<String>>,
     pub(super) pg_bin: Option<String>,
+    pub(super) mode: Option<Spanned<String>>,
+    pub(super) server_user: Option<String>,
+    pub(super) lethe_bin: Option<String>,
 }
 
 #[derive(Deserialize)]

@@ -401,7 +401,40 @@ pub(super) fn load_audit(src: &SourceFile, raw: RawAudit, dir: &Path) -> Result<
     })
 }
 
-pub(super) fn load_backup(src: &SourceFile, raw: RawBackup, dir: &Path) -> Result<BackupConfig> {
+/// `backup.mode`: physical base backups need PostgreSQL.
+fn backup_mode(
+    src: &SourceFile,
+    mode: Option<&Spanned<String>>,
+    on_postgres: bool,
+) -> Result<BackupMode> {
+    Ok(match mode {
+        None => BackupMode::Logical,
+        Some(m) => match m.get_ref().as_str() {
+            "logical" => BackupMode::Logical,
+            "physical" if on_postgres => BackupMode::Physical,
+            "physical" => {
+                return Err(src.error_at(
+                    m.span(),
+                    "backup.mode = \"physical\" takes base backups of a PostgreSQL cluster; \
+                     this database is not PostgreSQL: use \"logical\"",
+                ))
+            }
+            other => {
+                return Err(src.error_at(
+                    m.span(),
+                    format!("backup.mode `{other}`: use \"logical\" (dumps) or \"physical\" (base backups + WAL)"),
+                ))
+            }
+        },
+    })
+}
+
+pub(super) fn load_backup(
+    src: &SourceFile,
+    raw: RawBackup,
+    dir: &Path,
+    on_postgres: bool,
+) -> Result<BackupConfig> {
     for r in &raw.recipients {
         r.get_ref().parse::<age::x25519::Recipient>().map_err(|e| {
             src.error_at(
@@ -471,6 +504,9 @@ pub(super) fn load_backup(src: &SourceFile, raw: RawBackup, dir: &Path) -> Resul
             .map(|r| src.duration(r, "backup.rto"))
             .transpose()?,
         pg_bin: raw.pg_bin.map(PathBuf::from),
+        mode: backup_mode(src, raw.mode.as_ref(), on_postgres)?,
+        server_user: raw.server_user,
+        lethe_bin: raw.lethe_bin.map(|b| dir.join(b)),
     })
 }
 

@@ -32,6 +32,7 @@ mod objects;
 mod org;
 mod org_http;
 mod pg_restart;
+mod pitr;
 mod reference_app;
 mod replicas;
 mod restore;

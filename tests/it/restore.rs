@@ -11,7 +11,7 @@ use serde_json::Value;
 
 const KEY: &str = "test-pseudonym-key-0123456789";
 
-const DATA_MAP: &str = r#"
+pub(crate) const DATA_MAP: &str = r#"
 [app]
 subjects = { table = "users", id = "id", email = "email" }
 orgs = { table = "orgs", id = "id", closed_at = "closed_at" }
@@ -54,7 +54,7 @@ export = true
 "#;
 
 /// Org 1: owner 1 (sole), members 2 and 5. Org 2: owners 3 and 4, member 2.
-const FIXTURE: &str = r#"
+pub(crate) const FIXTURE: &str = r#"
 CREATE TABLE orgs (id INTEGER PRIMARY KEY, name TEXT, closed_at TEXT);
 CREATE TABLE users (id INTEGER PRIMARY KEY, email TEXT NOT NULL UNIQUE, name TEXT);
 CREATE TABLE memberships (org_id INTEGER, user_id INTEGER, role TEXT);

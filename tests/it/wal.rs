@@ -184,15 +184,15 @@ fn pushes_are_idempotent_and_fetch_tells_missing_from_broken() {
 }
 
 /// A cluster of this test's own, stopped (immediately) when dropped.
-struct Cluster {
-    data: PathBuf,
+pub struct Cluster {
+    pub data: PathBuf,
     bin: PathBuf,
-    as_pg: Vec<String>,
-    port: u16,
+    pub as_pg: Vec<String>,
+    pub port: u16,
 }
 
 impl Cluster {
-    fn cmd(&self, program: &str) -> Command {
+    pub fn cmd(&self, program: &str) -> Command {
         let exe = self.bin.join(program);
         match self.as_pg.split_first() {
             Some((first, rest)) => {
@@ -203,7 +203,7 @@ impl Cluster {
             None => Command::new(exe),
         }
     }
-    fn url(&self) -> String {
+    pub fn url(&self) -> String {
         format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
     }
 }
@@ -219,8 +219,23 @@ impl Drop for Cluster {
     }
 }
 
-/// Starts a cluster whose `archive_command` is `lethe wal push` with `c`'s config.
-fn archiving_cluster(c: &ConfigDir, root: &Path) -> Option<Cluster> {
+/// The copy of the binary the `postgres` user runs, and the config it reads.
+pub fn push_command(c: &ConfigDir, root: &Path) -> String {
+    format!(
+        "{} --config {} wal push %p",
+        root.join("lethe").display(),
+        c.config().display()
+    )
+}
+
+/// Starts a cluster on `port` whose `archive_command` is `archive` (with
+/// `env` in the server's environment); a copy of the binary in `root`.
+pub fn archiving_cluster(
+    root: &Path,
+    port: u16,
+    archive: &str,
+    env: &[(&str, &str)],
+) -> Option<Cluster> {
     let bin = PathBuf::from(crate::common::server_env("LETHE_TEST_PG_BIN")?);
     let as_pg: Vec<String> = std::env::var("LETHE_TEST_PG_AS")
         .unwrap_or_default()
@@ -237,7 +252,7 @@ fn archiving_cluster(c: &ConfigDir, root: &Path) -> Option<Cluster> {
         data: data.clone(),
         bin,
         as_pg,
-        port: crate::common::free_port(),
+        port,
     };
     if !cluster.as_pg.is_empty() {
         let owner = Command::new("chown")
@@ -261,11 +276,9 @@ fn archiving_cluster(c: &ConfigDir, root: &Path) -> Option<Cluster> {
     );
     let conf = format!(
         "\nlisten_addresses = '127.0.0.1'\nport = {}\nunix_socket_directories = '{}'\nwal_level = replica\n\
-         archive_mode = on\narchive_command = '{} --config {} wal push %p'\nfsync = off\n",
+         archive_mode = on\narchive_command = '{archive}'\nfsync = off\n",
         cluster.port,
         data.display(),
-        lethe.display(),
-        c.config().display()
     );
     let conf_file = data.join("postgresql.conf");
     let mut text = std::fs::read_to_string(&conf_file).unwrap();
@@ -278,6 +291,7 @@ fn archiving_cluster(c: &ConfigDir, root: &Path) -> Option<Cluster> {
         .arg("-l")
         .arg(data.join("server.log"))
         .args(["-w", "-t", "30", "start"])
+        .envs(env.iter().copied())
         .output()
         .unwrap();
     assert!(
@@ -293,7 +307,9 @@ async fn a_cluster_archives_through_wal_push_and_fetch_restores_each_segment() {
     let root = tempfile::tempdir_in("/tmp").unwrap();
     std::fs::set_permissions(root.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let (c, _) = wal_config();
-    let Some(cluster) = archiving_cluster(&c, root.path()) else {
+    let push = push_command(&c, root.path());
+    let Some(cluster) = archiving_cluster(root.path(), crate::common::free_port(), &push, &[])
+    else {
         return;
     };
     let pool = sqlx::PgPool::connect(&cluster.url()).await.unwrap();

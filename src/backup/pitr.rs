@@ -1,0 +1,262 @@
+//! Restores from physical base backups: `backup restore --to-dir` (to a
+//! moment: `--to-time`, `--to-lsn`, else the end of the archive) and the
+//! restore drill `backup verify` runs for a base backup. Both unpack the base
+//! backup, replay archived WAL through `lethe wal fetch` in a server Lethe
+//! starts, and wait for it to be promoted. A restore then erases again what
+//! the erasure ledger holds (an erasure after the chosen moment must not come
+//! back) before the server is stopped and handed over; a drill checks that
+//! replay reached the newest archived WAL and that every table is readable.
+
+use std::path::Path;
+use std::time::Instant;
+
+use serde_json::{json, Value};
+use sqlx::Connection;
+
+use super::cluster::{Restored, Target};
+use super::manifest::Physical;
+use super::physical::{parse_lsn, segment_start};
+use super::{find, identity, source, Manifest};
+use crate::context::Context;
+use crate::dsr::LedgerReapply;
+use crate::error::{Error, Result};
+use crate::store::BackupRecord;
+
+fn physical_of(b: &BackupRecord) -> Result<Option<Physical>> {
+    let m = Manifest::parse(&b.manifest, &format!("the manifest of backup {}", b.id))?;
+    Ok(m.physical)
+}
+
+/// Whether base backup `p` can reach `target`: it must have ended before it.
+fn reaches(p: &Physical, target: Target) -> Result<bool> {
+    Ok(match target {
+        Target::Latest => true,
+        Target::Time(t) => {
+            chrono::DateTime::parse_from_rfc3339(&p.stopped_at)
+                .map_err(|e| Error::Backup(format!("stopped_at: {e}")))?
+                .with_timezone(&chrono::Utc)
+                < t
+        }
+        Target::Lsn(l) => parse_lsn(&p.end_lsn)? <= l,
+    })
+}
+
+/// The base backup to restore: `id`, or the newest that reaches `target`.
+async fn choose(
+    ctx: &Context,
+    id: Option<&str>,
+    target: Target,
+) -> Result<(BackupRecord, Physical)> {
+    if let Some(id) = id {
+        let b = find(ctx, id).await?;
+        let p = physical_of(&b)?.ok_or_else(|| {
+            Error::Usage(format!(
+                "backup {id} is a logical dump: restore it with --to URL"
+            ))
+        })?;
+        if !reaches(&p, target)? {
+            return Err(Error::Usage(format!(
+                "base backup {id} ended at {} (LSN {}), after the target: choose an older base backup, or omit the id",
+                p.stopped_at, p.end_lsn
+            )));
+        }
+        return Ok((b, p));
+    }
+    // Newest first; one that failed its drill is no base to build on.
+    for b in ctx.store.backups(false).await? {
+        if b.verify_ok == Some(false) {
+            continue;
+        }
+        if let Some(p) = physical_of(&b)? {
+            if reaches(&p, target)? {
+                return Ok((b, p));
+            }
+        }
+    }
+    Err(Error::NotFound(
+        "no physical base backup in the catalog ended before the target \
+         (backup.mode = \"physical\" and `lethe run backup.create` make one)"
+            .into(),
+    ))
+}
+
+/// A new folder, or an empty one, for the restored data directory.
+fn empty_dir(dir: &Path) -> Result<bool> {
+    match std::fs::read_dir(dir) {
+        Ok(mut entries) => {
+            if entries.next().is_some() {
+                return Err(Error::Usage(format!(
+                    "{} is not empty: restore into a new or empty folder",
+                    dir.display()
+                )));
+            }
+            Ok(false)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(true),
+        Err(e) => Err(Error::io(format!("reading {}", dir.display()), e)),
+    }
+}
+
+/// `backup restore [ID] --to-dir DIR [--to-time T | --to-lsn L]`.
+pub async fn restore_to_dir(
+    ctx: &Context,
+    id: Option<&str>,
+    dir: &Path,
+    target: Target,
+) -> Result<Value> {
+    let (b, p) = choose(ctx, id, target).await?;
+    let created = empty_dir(dir)?;
+    // Everything that can be refused is refused before anything is written.
+    identity(&ctx.config)?;
+    let ledger = LedgerReapply::prepare(ctx).await?.for_backup(b.created_at);
+    let started = Instant::now();
+    let outcome = async {
+        let mut server = Restored::unpack(ctx, &b, dir, target).await?;
+        server.recover(&ctx.config.database.url).await?;
+        let url = server.url_for(&ctx.config.database.url)?;
+        let reached = replay_end(&url).await?;
+        let report = ledger.apply(ctx, &url).await?;
+        server.stop()?;
+        Ok::<_, Error>((reached, report))
+    }
+    .await;
+    let (reached, report) = match outcome {
+        Ok(r) => r,
+        Err(e) => {
+            // Nothing half-restored is left where an operator might start it.
+            let cleared = if created {
+                std::fs::remove_dir_all(dir)
+            } else {
+                clear(dir)
+            };
+            if let Err(ce) = cleared {
+                tracing::warn!(error = %ce, dir = %dir.display(), "could not remove the failed restore");
+            }
+            return Err(e);
+        }
+    };
+    Ok(json!({
+        "id": b.id, "restored_to": dir.display().to_string(), "target": target_json(target),
+        "timeline": p.timeline, "base_end_lsn": p.end_lsn, "promoted_at_lsn": reached,
+        "restore_ms": started.elapsed().as_millis() as u64,
+        "erasures_reapplied": report.reapplied, "rectifications_reapplied": report.rectified,
+        "corrections_skipped": report.corrections_skipped, "org_erasures_reapplied": report.reapplied_in_orgs,
+        "subjects_held": report.subjects_held, "rows_kept_for_holds": report.rows_kept_for_holds,
+        "orgs_deleted_again": report.orgs_deleted_again, "org_rows_deleted": report.org_rows_deleted,
+        "orgs_held": report.orgs_held,
+    }))
+}
+
+fn clear(dir: &Path) -> std::io::Result<()> {
+    for e in std::fs::read_dir(dir)? {
+        let p = e?.path();
+        if p.is_dir() {
+            std::fs::remove_dir_all(&p)?;
+        } else {
+            std::fs::remove_file(&p)?;
+        }
+    }
+    Ok(())
+}
+
+fn target_json(t: Target) -> Value {
+    match t {
+        Target::Latest => json!("latest"),
+        Target::Time(t) => json!({"time": t.to_rfc3339()}),
+        Target::Lsn(l) => json!({"lsn": super::physical::format_lsn(l)}),
+    }
+}
+
+/// Where the promoted server's WAL begins: the end of replay.
+async fn replay_end(url: &str) -> Result<String> {
+    let mut c = sqlx::PgConnection::connect(url).await?;
+    let lsn: String = sqlx::query_scalar("SELECT pg_current_wal_lsn()::text")
+        .fetch_one(&mut c)
+        .await?;
+    c.close().await?;
+    Ok(lsn)
+}
+
+/// The restore drill of base backup `b`: replayed to the newest archived
+/// segment in a temporary data directory, every table of the manifest there
+/// and readable, `pg_amcheck` clean where installed. Returns the tables
+/// checked and what was wrong.
+pub(super) async fn drill(
+    ctx: &Context,
+    b: &BackupRecord,
+    p: &Physical,
+    expected: &std::collections::BTreeMap<String, i64>,
+) -> Result<(usize, Vec<String>)> {
+    let newest = super::wal::newest_segment(&ctx.config, ctx.object_store().await?.as_ref())
+        .await?
+        .ok_or_else(|| Error::Backup("the WAL archive holds no segment".into()))?;
+    let tmp = tempfile::Builder::new()
+        .prefix("lethe-drill-")
+        .tempdir()
+        .map_err(|e| Error::io("creating the drill's data directory", e))?;
+    // Passable (not readable) for a server_user: the data directory inside is its own.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o711))
+            .map_err(|e| Error::io("setting the drill folder's mode", e))?;
+    }
+    let data = tmp.path().join("data");
+    let mut server = Restored::unpack(ctx, b, &data, Target::Latest).await?;
+    server.recover(&ctx.config.database.url).await?;
+    let url = server.url_for(&ctx.config.database.url)?;
+    let mut problems = Vec::new();
+    let reached = parse_lsn(&replay_end(&url).await?)?;
+    let wanted = segment_start(&newest.0, p.wal_segment_bytes).unwrap_or(0);
+    if reached < wanted {
+        problems.push(format!(
+            "replay ended at {}, before the newest archived segment {} (a gap in the archive?)",
+            super::physical::format_lsn(reached),
+            newest.0
+        ));
+    }
+    // count(*) reads every page of every table.
+    let mut conn = sqlx::PgConnection::connect(&url).await?;
+    let actual = source::pg_row_counts(&mut conn).await?;
+    let superuser: String = sqlx::query_scalar("SELECT rolname::text FROM pg_roles WHERE oid = 10")
+        .fetch_one(&mut conn)
+        .await?;
+    conn.close().await?;
+    problems.extend(
+        expected
+            .keys()
+            .filter(|t| !actual.contains_key(*t))
+            .map(|t| format!("{t}: in the base backup, missing after the restore")),
+    );
+    problems.extend(amcheck(ctx, &server, &superuser)?);
+    server.stop()?;
+    Ok((actual.len(), problems))
+}
+
+/// `pg_amcheck` of every database (indexes against their tables), where installed.
+fn amcheck(ctx: &Context, server: &Restored, superuser: &str) -> Result<Vec<String>> {
+    let tool = source::pg_tool("pg_amcheck", ctx.config.backup.pg_bin.as_deref());
+    if !tool.exists() {
+        return Ok(vec![]);
+    }
+    let out = std::process::Command::new(&tool)
+        .arg("--host")
+        .arg(server.socket_dir())
+        .args([
+            "--port",
+            &server.port().to_string(),
+            "--username",
+            superuser,
+        ])
+        .args(["--all", "--install-missing", "--no-password"])
+        .env("LC_ALL", "C")
+        .output()
+        .map_err(|e| Error::Backup(format!("cannot run pg_amcheck: {e}")))?;
+    if out.status.success() {
+        return Ok(vec![]);
+    }
+    let said = source::without_row_values(&String::from_utf8_lossy(&out.stdout));
+    Ok(vec![format!(
+        "pg_amcheck found corruption: {}",
+        said.lines().take(5).collect::<Vec<_>>().join("; ")
+    )])
+}
