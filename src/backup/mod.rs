@@ -13,6 +13,7 @@ mod manifest;
 mod parallel;
 pub mod physical;
 pub mod pitr;
+mod prune;
 mod restore;
 mod rpo;
 pub mod rto;
@@ -20,9 +21,11 @@ pub mod scratch;
 mod source;
 mod verify;
 pub mod wal;
+mod wal_rpo;
 
 pub use crate::archive::{decode, encode, parse_identities, parse_recipients, PartSink};
 pub use manifest::{Manifest, MANIFEST_FORMAT};
+pub use prune::prune_job;
 pub use restore::restore;
 pub use rpo::{rpo_check_job, RpoParams, RpoReport};
 
@@ -555,45 +558,4 @@ pub async fn verify_job(jc: &JobContext, p: VerifyParams) -> Result<VerifyOutput
         )));
     }
     Ok(VerifyOutput::Verified(r))
-}
-
-pub async fn prune_job(jc: &JobContext, _: PruneParams) -> Result<Value> {
-    let keep = jc.ctx.config.backup.keep;
-    let all = jc.ctx.store.backups(false).await?;
-    let candidates: Vec<gfs::Candidate> = all
-        .iter()
-        .map(|b| gfs::Candidate {
-            id: b.id.clone(),
-            created_at: b.created_at,
-            verified: b.verify_ok == Some(true),
-        })
-        .collect();
-    let decision = gfs::decide(&candidates, &keep);
-    let mut kept = Vec::new();
-    let mut removed = Vec::new();
-    for b in &all {
-        let reasons = decision.get(&b.id).cloned().unwrap_or_default();
-        if reasons.is_empty() {
-            removed.push(b);
-        } else {
-            kept.push(json!({"id": b.id, "reasons": reasons}));
-        }
-    }
-    if !jc.dry_run && !removed.is_empty() {
-        let store = jc.ctx.object_store().await?;
-        for b in &removed {
-            store.delete(&b.object_key).await?;
-            store.delete(&b.manifest_key).await?;
-            let event = crate::store::evidence(
-                &jc.actor,
-                "backup.pruned",
-                &format!("backup:{}", b.id),
-                json!({"created_at": b.created_at.to_rfc3339(), "policy": keep}),
-            );
-            jc.ctx.store.backup_deleted(&b.id, &event).await?;
-        }
-    }
-    let removed_ids: Vec<&str> = removed.iter().map(|b| b.id.as_str()).collect();
-    Ok(json!({"dry_run": jc.dry_run, "policy": keep, "kept": kept,
-              if jc.dry_run { "would_remove" } else { "removed" }: removed_ids}))
 }

@@ -156,6 +156,12 @@ pub(super) async fn base_backup(
     let (enc, watched) = upload_stream(ctx, store, object_key, move |sink| {
         let mut tar = TarWatch::new(stdout);
         let r = encode(&mut tar, sink, &rec, level, threads);
+        // Its pipe closed: a pg_basebackup still writing (the upload failed) stops.
+        let watched = (
+            std::mem::take(&mut tar.label),
+            std::mem::take(&mut tar.manifest_tail),
+        );
+        drop(tar);
         let status = tether
             .wait()
             .map_err(|e| Error::Backup(format!("pg_basebackup: {e}")))?;
@@ -165,11 +171,11 @@ pub(super) async fn base_backup(
                 "pg_basebackup failed ({status}): {err}"
             )));
         }
-        Ok((r?, tar))
+        Ok((r?, watched))
     })
     .await?;
     let stopped_at = Utc::now();
-    let (start, timeline, end) = wal_points(&watched.label, &watched.manifest_tail)?;
+    let (start, timeline, end) = wal_points(&watched.0, &watched.1)?;
     let last = wal_file(timeline, end.saturating_sub(1), segment_bytes);
     if !super::wal::is_archived(&ctx.config, store, &last).await? {
         return Err(Error::Backup(format!(
@@ -194,6 +200,46 @@ pub(super) async fn base_backup(
         server_version,
     };
     Ok((dumped, physical))
+}
+
+/// The archived WAL no kept base backup needs: every file before the
+/// earliest start among `kept` (any timeline: a base backup needs WAL from its
+/// own start on), with its sum. Timeline histories stay (tiny, and recovery
+/// reads them to choose its timeline). With no base backup kept nothing goes:
+/// the archive may be all there is. Returns the files removed (or that would be)
+/// and the first file kept.
+pub(super) async fn prune_wal(
+    ctx: &Context,
+    kept: &[&crate::store::BackupRecord],
+    dry_run: bool,
+) -> Result<(Vec<String>, Option<String>)> {
+    let mut earliest: Option<(u64, String)> = None;
+    for b in kept {
+        let m = super::Manifest::parse(&b.manifest, &format!("the manifest of backup {}", b.id))?;
+        if let Some(p) = m.physical {
+            let at = segment_start(&p.start_wal, p.wal_segment_bytes).unwrap_or(0);
+            if earliest.as_ref().is_none_or(|(e, _)| at < *e) {
+                earliest = Some((at, p.start_wal));
+            }
+        }
+    }
+    let Some((_, first)) = earliest else {
+        return Ok((vec![], None));
+    };
+    let store = ctx.object_store().await?;
+    let mut removed = Vec::new();
+    for key in store.list(&ctx.config.backup.wal_prefix).await? {
+        let file = key.rsplit('/').next().unwrap_or("");
+        let name = file.split('.').next().unwrap_or("");
+        // Compared by position (log, segment), whatever the timeline.
+        if name.len() == 24 && super::wal::parse_name(name).is_ok() && name[8..] < first[8..] {
+            if !dry_run {
+                store.delete(&key).await?;
+            }
+            removed.push(key);
+        }
+    }
+    Ok((removed, Some(first)))
 }
 
 /// Passes a tar stream through, keeping `backup_label` and the tail of

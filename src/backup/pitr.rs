@@ -80,21 +80,39 @@ async fn choose(
     ))
 }
 
-/// A new folder, or an empty one, for the restored data directory.
-fn empty_dir(dir: &Path) -> Result<bool> {
-    match std::fs::read_dir(dir) {
-        Ok(mut entries) => {
+/// Held in the folder while a restore writes it: a second restore into the
+/// same folder finds it not empty, or fails to create this.
+const CLAIM: &str = ".lethe-restore";
+
+/// Claims a new folder, or an empty one, for the restored data directory;
+/// returns whether it was created here.
+fn claim_dir(dir: &Path) -> Result<bool> {
+    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)
+            .map_err(|e| Error::io(format!("creating {}", parent.display()), e))?;
+    }
+    let created = match std::fs::create_dir(dir) {
+        Ok(()) => true,
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            let mut entries = std::fs::read_dir(dir)
+                .map_err(|e| Error::io(format!("reading {}", dir.display()), e))?;
             if entries.next().is_some() {
                 return Err(Error::Usage(format!(
                     "{} is not empty: restore into a new or empty folder",
                     dir.display()
                 )));
             }
-            Ok(false)
+            false
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(true),
-        Err(e) => Err(Error::io(format!("reading {}", dir.display()), e)),
-    }
+        Err(e) => return Err(Error::io(format!("creating {}", dir.display()), e)),
+    };
+    std::fs::File::create_new(dir.join(CLAIM)).map_err(|_| {
+        Error::Usage(format!(
+            "{} is not empty: another restore is writing it",
+            dir.display()
+        ))
+    })?;
+    Ok(created)
 }
 
 /// `backup restore [ID] --to-dir DIR [--to-time T | --to-lsn L]`.
@@ -105,10 +123,10 @@ pub async fn restore_to_dir(
     target: Target,
 ) -> Result<Value> {
     let (b, p) = choose(ctx, id, target).await?;
-    let created = empty_dir(dir)?;
     // Everything that can be refused is refused before anything is written.
     identity(&ctx.config)?;
     let ledger = LedgerReapply::prepare(ctx).await?.for_backup(b.created_at);
+    let created = claim_dir(dir)?;
     let started = Instant::now();
     let outcome = async {
         let mut server = Restored::unpack(ctx, &b, dir, target).await?;
@@ -117,6 +135,8 @@ pub async fn restore_to_dir(
         let reached = replay_end(&url).await?;
         let report = ledger.apply(ctx, &url).await?;
         server.stop()?;
+        std::fs::remove_file(dir.join(CLAIM))
+            .map_err(|e| Error::io("removing the restore's claim", e))?;
         Ok::<_, Error>((reached, report))
     }
     .await;
@@ -259,4 +279,29 @@ fn amcheck(ctx: &Context, server: &Restored, superuser: &str) -> Result<Vec<Stri
         "pg_amcheck found corruption: {}",
         said.lines().take(5).collect::<Vec<_>>().join("; ")
     )])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_folder_is_claimed_by_one_restore_only() {
+        let tmp = tempfile::tempdir().unwrap();
+        let new = tmp.path().join("a/new");
+        assert!(claim_dir(&new).unwrap(), "created");
+        assert!(claim_dir(&new).is_err(), "claimed: not empty");
+        let empty = tmp.path().join("empty");
+        std::fs::create_dir(&empty).unwrap();
+        assert!(
+            !claim_dir(&empty).unwrap(),
+            "an empty folder is taken as it is"
+        );
+        assert!(claim_dir(&empty).is_err());
+        let used = tmp.path().join("used");
+        std::fs::create_dir(&used).unwrap();
+        std::fs::write(used.join("PG_VERSION"), "15").unwrap();
+        let e = claim_dir(&used).unwrap_err().to_string();
+        assert!(e.contains("not empty"), "{e}");
+    }
 }

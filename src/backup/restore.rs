@@ -26,6 +26,11 @@ use source::Db;
 pub async fn restore(ctx: &Context, id: &str, to: &str) -> Result<Value> {
     let b = find(ctx, id).await?;
     let m = Manifest::parse(&b.manifest, &format!("the manifest of backup {id}"))?;
+    if m.physical.is_some() {
+        return Err(Error::Usage(format!(
+            "backup {id} is a physical base backup: restore it with --to-dir DIR [--to-time T]"
+        )));
+    }
     let target = Db::from_url(to)?;
     if target.kind() != m.database.kind {
         return Err(Error::Usage(format!(

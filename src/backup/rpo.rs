@@ -23,7 +23,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::{CREATE_KIND, VERIFY_KIND};
-use crate::config::format_duration;
+use crate::config::{format_duration, BackupMode};
 use crate::context::Context;
 use crate::error::Result;
 use crate::notify::{self, Block, Message, Role, Tone, Zone};
@@ -62,15 +62,19 @@ pub struct RpoReport {
     /// (`None`: no RTO set, or no drill yet); its alert went out with the drill.
     pub rto_ok: Option<bool>,
     pub verify_lag_alerted: bool,
+    /// With `backup.mode = "physical"`: the newest archived WAL file, the
+    /// recovery point a restore reaches (the base backups only start it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub wal: Option<super::wal_rpo::WalPoint>,
 }
 
-/// The time between two fires of the catalog's `backup.verify` job.
-fn verify_period(ctx: &Context, now: DateTime<Utc>) -> Option<Duration> {
+/// The time between two fires of the catalog's job of `kind`.
+fn period(ctx: &Context, kind: &str, now: DateTime<Utc>) -> Option<Duration> {
     let job = ctx
         .config
         .jobs
         .iter()
-        .find(|j| j.kind == VERIFY_KIND && j.enabled)?;
+        .find(|j| j.kind == kind && j.enabled)?;
     let a = job.schedule.next_fire(now)?;
     let b = job.schedule.next_fire(a)?;
     (b - a).to_std().ok()
@@ -101,6 +105,11 @@ async fn backup_in_flight(ctx: &Context, now: DateTime<Utc>) -> Result<bool> {
     Ok(false)
 }
 
+/// A base backup's WAL segment size: the catalog's newest decides the mode.
+fn segment_bytes(b: &BackupRecord) -> Option<u64> {
+    b.manifest["physical"]["wal_segment_bytes"].as_u64()
+}
+
 fn age(now: DateTime<Utc>, b: Option<&BackupRecord>) -> Option<Duration> {
     b.map(|b| (now - b.created_at).to_std().unwrap_or(Duration::ZERO))
 }
@@ -128,7 +137,7 @@ pub async fn rpo_check_job(jc: &JobContext, p: RpoParams) -> Result<RpoReport> {
     let now = ctx.store.now().await?;
     let lag = match p.verify_lag {
         Some(l) => l.get(),
-        None => verify_period(ctx, now).unwrap_or(rpo),
+        None => period(ctx, VERIFY_KIND, now).unwrap_or(rpo),
     };
     // Asked before the catalog is read: a backup that completes between the
     // two reads is then either in flight or in the catalog, never neither.
@@ -144,11 +153,25 @@ pub async fn rpo_check_job(jc: &JobContext, p: RpoParams) -> Result<RpoReport> {
     let newest = stored.first();
     let verified = stored.iter().find(|b| b.verify_ok == Some(true));
     let (newest_age, verified_age) = (age(now, newest), age(now, verified));
-    let rpo_ok = newest_age.is_some_and(|a| a <= rpo) || (newest.is_some() && in_flight);
-    let verified_ok = verified_age.is_some_and(|a| a <= rpo + lag);
+    let mut rpo_ok = newest_age.is_some_and(|a| a <= rpo) || (newest.is_some() && in_flight);
+    let mut verified_ok = verified_age.is_some_and(|a| a <= rpo + lag);
+    let wal = match newest.and_then(segment_bytes) {
+        Some(bytes) if ctx.config.backup.mode == BackupMode::Physical => {
+            super::wal_rpo::wal_point(ctx, bytes, now).await?
+        }
+        _ => None,
+    };
+    if let Some(w) = &wal {
+        // Base backups start the recovery; the archive carries it to its newest file.
+        rpo_ok = !w.breached(rpo);
+        let base_period = period(ctx, CREATE_KIND, now).unwrap_or(rpo);
+        verified_ok = verified_age.is_some_and(|a| a <= base_period + lag);
+    }
     let (mut alerted, mut recovered, mut lag_alerted) = (false, false, false);
     if !jc.dry_run {
-        if !rpo_ok {
+        if let Some(w) = wal.as_ref().filter(|_| !rpo_ok) {
+            alerted = send(ctx, super::wal_rpo::alert(w, rpo)).await?;
+        } else if !rpo_ok {
             alerted = send(ctx, rpo_alert(newest, newest_age, rpo)).await?;
         } else if let Some(n) = newest {
             // The breach alerted before the newest backup (`rpo:PREV`) is
@@ -179,6 +202,7 @@ pub async fn rpo_check_job(jc: &JobContext, p: RpoParams) -> Result<RpoReport> {
         recovered,
         rto_ok: super::rto::met(ctx.config.backup.rto, verified.and_then(|b| b.restore_ms)),
         verify_lag_alerted: lag_alerted,
+        wal,
     })
 }
 

@@ -381,6 +381,12 @@ async fn wal_check(config: &Config) -> Option<Check> {
     }
     let state = match crate::backup::wal::archive_state(&config.database.url).await {
         Ok(s) if s.via_lethe => s,
+        Ok(_) if config.backup.mode == crate::config::BackupMode::Physical => return Some(fail(
+            NAME,
+            "backup.mode = \"physical\" but the server does not archive through lethe wal push: \
+                 base backups would have no WAL to restore from; set archive_mode = on and \
+                 archive_command = 'lethe --config … wal push %p'",
+        )),
         Ok(_) => return None,
         Err(e) => {
             return Some(warn(

@@ -349,6 +349,10 @@ fn print_tour(
         "  lethe audit prove {} --json             # the inclusion proof above, for an auditor",
         ev.proof.seq
     );
+    outln!();
+    outln!("On your own PostgreSQL cluster, for an RPO of minutes: backup.mode = \"physical\" takes base");
+    outln!("backups, `lethe wal push %p` archives the WAL, and `lethe backup restore --to-dir DIR --to-time T`");
+    outln!("recovers to any moment (README: Point-in-time recovery). The demo stays on SQLite: logical dumps.");
 }
 
 fn print_requests(dsrs: &[serde_json::Value], history: &crate::demo::History) {

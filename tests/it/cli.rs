@@ -89,6 +89,23 @@ fn demo_runs_every_job_kind_once_and_all_succeed() {
     demo(&dir);
 }
 
+/// The tour a person reads closes with what to try next, physical mode included.
+#[test]
+fn the_demo_tour_closes_with_hints_and_point_in_time_recovery() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = run_ok(lethe().args(["demo", "--dir"]).arg(tmp.path().join("demo")));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let hints = &text[text.find("Try, in").expect("hints")..];
+    for hint in [
+        "lethe backup verify ID",
+        "backup.mode = \"physical\"",
+        "lethe wal push %p",
+        "--to-time",
+    ] {
+        assert!(hints.contains(hint), "{hint} missing from: {hints}");
+    }
+}
+
 #[test]
 fn demo_refuses_a_folder_that_is_not_a_demo() {
     let tmp = tempfile::tempdir().unwrap();

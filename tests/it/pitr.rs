@@ -154,7 +154,12 @@ async fn setup(s3: bool) -> Option<Setup> {
     std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
     let archive = format!("{} %p", wrapper.display());
     let cluster = archiving_cluster(root.path(), port, &archive, &AWS)?;
-    for kind in ["dsr.process", "backup.create"] {
+    for kind in [
+        "dsr.process",
+        "backup.create",
+        "backup.prune",
+        "backup.rpo_check",
+    ] {
         c.job(
             kind,
             &format!("kind = \"{kind}\"\nschedule = \"0 0 3 * * *\"\nmax_attempts = 1\n"),
@@ -254,6 +259,13 @@ async fn restores_to_a_moment(s3: bool) {
     s.erase("late@x.example");
     s.archive_now().await;
 
+    // The archive before the base backup's start goes; what it needs stays.
+    let pruned = stdout_json(&run_ok(s.lethe().args(["run", "backup.prune", "--json"])));
+    assert!(
+        pruned["result"]["wal_files_removed"].as_u64().unwrap() >= 1,
+        "{pruned}"
+    );
+
     let to = s.root.path().join("restored");
     let at = moment.to_rfc3339();
     let out = s.restore(&["--to-time", &at], &to);
@@ -290,6 +302,29 @@ async fn restores_to_a_moment(s3: bool) {
     let v = stdout_json(&run_ok(s.lethe().args(["backup", "verify", &id, "--json"])));
     assert_eq!(v["ok"], true, "{v}");
     assert!(v["tables"].as_u64().unwrap() >= 6, "{v}");
+
+    // The RPO is read from the archive: fresh just after a switch; once the
+    // server has written past the newest archived file for longer than the
+    // RPO, breached, and ops are mailed.
+    let rpo = |limit: &str| {
+        let out = s
+            .lethe()
+            .args(["run", "backup.rpo_check", "--json", "--param"])
+            .arg(format!("rpo=\"{limit}\""))
+            .output()
+            .unwrap();
+        stdout_json(&out)["result"].clone()
+    };
+    let fresh = rpo("1h");
+    assert_eq!(fresh["rpo_ok"], true, "{fresh}");
+    assert!(fresh["wal"]["segment"].is_string(), "{fresh}");
+    s.exec("INSERT INTO events VALUES (1000, 'not archived yet');")
+        .await;
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let stale = rpo("1s");
+    assert_eq!(stale["rpo_ok"], false, "{stale}");
+    assert_eq!(stale["wal"]["wal_since"], true, "{stale}");
+    assert_eq!(stale["alerted"], true, "{stale}");
 
     // Refusals leave nothing: a used folder, a moment before the base backup ended.
     let used = s.restore(&[], &to);

@@ -1,0 +1,154 @@
+//! The RPO with the WAL archived (`backup.mode = "physical"`): a restore
+//! reaches the newest archived segment, so what would be lost is what the
+//! server wrote after it. The recovery point is that segment's archive time;
+//! an idle server writes nothing new, so a stale segment with no WAL written
+//! since (the server's position still inside it) puts nothing at risk.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::Connection;
+
+use super::physical::segment_start;
+use crate::config::format_duration;
+use crate::context::Context;
+use crate::error::Result;
+use crate::notify::{Block, Message, Role, Tone};
+
+/// The newest archived segment, as the RPO check sees it.
+#[derive(Debug, Clone, Serialize)]
+pub struct WalPoint {
+    pub segment: String,
+    pub archived_at: DateTime<Utc>,
+    pub age_s: u64,
+    /// The server has written WAL past this segment (`None`: it could not be asked).
+    pub wal_since: Option<bool>,
+    /// The longest time between two archived segments over the last 30 days
+    /// (or since the first), the current wait included: the RPO achieved.
+    pub achieved_30d_s: u64,
+}
+
+impl WalPoint {
+    pub fn breached(&self, rpo: Duration) -> bool {
+        self.age_s > rpo.as_secs() && self.wal_since != Some(false)
+    }
+}
+
+/// The longest gap between consecutive `times` (sorted) and from the last to `now`.
+pub fn longest_gap(times: &[DateTime<Utc>], now: DateTime<Utc>) -> Duration {
+    times
+        .windows(2)
+        .map(|w| w[1] - w[0])
+        .chain(times.last().map(|t| now - *t))
+        .filter_map(|d| d.to_std().ok())
+        .max()
+        .unwrap_or_default()
+}
+
+/// Reads the archive (and asks the application's server how far it has written).
+pub async fn wal_point(
+    ctx: &Context,
+    segment_bytes: u64,
+    now: DateTime<Utc>,
+) -> Result<Option<WalPoint>> {
+    let store = ctx.object_store().await?;
+    let segments = super::wal::segments(&ctx.config, store.as_ref()).await?;
+    let Some((segment, Some(archived_at))) = segments.last().cloned() else {
+        return Ok(None);
+    };
+    let since = now - chrono::Duration::days(30);
+    let mut times: Vec<DateTime<Utc>> = segments
+        .iter()
+        .filter_map(|(_, t)| *t)
+        .filter(|t| *t >= since)
+        .collect();
+    times.sort();
+    let end = segment_start(&segment, segment_bytes).map(|s| s + segment_bytes);
+    let wal_since = match end {
+        Some(end) => written_past(&ctx.config.database.url, end).await,
+        None => None,
+    };
+    Ok(Some(WalPoint {
+        age_s: (now - archived_at).to_std().unwrap_or_default().as_secs(),
+        segment,
+        archived_at,
+        wal_since,
+        achieved_30d_s: longest_gap(&times, now).as_secs(),
+    }))
+}
+
+/// Whether the server at `url` has written WAL past `end` (a switch to a new
+/// segment lands exactly on it, and writes nothing).
+async fn written_past(url: &str, end: u64) -> Option<bool> {
+    let mut c = sqlx::PgConnection::connect(url).await.ok()?;
+    let lsn: String = sqlx::query_scalar("SELECT pg_current_wal_lsn()::text")
+        .fetch_one(&mut c)
+        .await
+        .ok()?;
+    let _ = c.close().await;
+    Some(super::physical::parse_lsn(&lsn).ok()? > end)
+}
+
+pub fn alert(p: &WalPoint, rpo: Duration) -> Message {
+    Message {
+        role: Role::Ops,
+        subject: "[lethe] RPO breached: WAL archiving has stalled".into(),
+        blocks: vec![
+            Block::Notice(
+                Tone::Alert,
+                format!(
+                    "The newest archived WAL file, {}, is {} old, and the server has written since; the RPO is {}: \
+                     what it wrote after that file would be lost.",
+                    p.segment,
+                    format_duration(Duration::from_secs(p.age_s)),
+                    format_duration(rpo)
+                ),
+            ),
+            Block::Para(
+                "See whether archive_command fails (the server's log names the error) or archive_timeout is off:"
+                    .into(),
+            ),
+            Block::Command(
+                "psql -c 'SELECT last_archived_wal, last_failed_wal, last_failed_time FROM pg_stat_archiver'"
+                    .into(),
+            ),
+            Block::Command("lethe check".into()),
+        ],
+        attachments: vec![],
+        dedupe_key: Some(format!("rpo-wal:{}", p.segment)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_longest_gap_counts_the_wait_since_the_last() {
+        let t = |m: i64| DateTime::<Utc>::UNIX_EPOCH + chrono::Duration::minutes(m);
+        let times = [t(0), t(5), t(30), t(32)];
+        assert_eq!(longest_gap(&times, t(40)), Duration::from_secs(25 * 60));
+        assert_eq!(longest_gap(&times, t(90)), Duration::from_secs(58 * 60));
+        assert_eq!(longest_gap(&[], t(1)), Duration::ZERO);
+    }
+
+    #[test]
+    fn a_stale_archive_breaches_only_when_wal_was_written_since() {
+        let p = |age_s, wal_since| WalPoint {
+            segment: "000000010000000000000003".into(),
+            archived_at: Utc::now(),
+            age_s,
+            wal_since,
+            achieved_30d_s: 0,
+        };
+        let rpo = Duration::from_secs(900);
+        assert!(!p(600, Some(true)).breached(rpo));
+        assert!(p(1000, Some(true)).breached(rpo));
+        assert!(
+            !p(1000, Some(false)).breached(rpo),
+            "an idle server loses nothing"
+        );
+        assert!(p(1000, None).breached(rpo), "a server that cannot be asked");
+    }
+}
