@@ -283,6 +283,7 @@ for name in ("lethe", "pgbackrest", "pg_basebackup"):
     stored = f"{col(4)/mib:10.1f}" if col(4) else f"{'—':>10s}"
     print(f"{name:14s} {med[name]:9.2f} {min(walls):6.2f}–{max(walls):<6.2f} {col(1):6.2f} {col(3):12.2f} "
           f"{max(x[2] for x in r):12.0f} {stored} {col(5):10.0f}, {col(6)/1024:6.0f}")
+print("per round, s: " + "; ".join(f"{n} " + " ".join(f"{x[0]:.2f}" for x in runs[n]) for n in ("lethe", "pgbackrest", "pg_basebackup")))
 print("CPU s: the command's process tree (client); server CPU s: the cluster's processes, archive_command included")
 ratio = med["lethe"] / med["pgbackrest"]
 print(f"lethe / pgbackrest: {ratio:.2f}x (median wall time; target ≤ 1.10x: {'met' if ratio <= 1.10 else 'not met'})")

@@ -21,7 +21,7 @@ pub mod scratch;
 mod source;
 mod verify;
 pub mod wal;
-mod wal_rpo;
+pub mod wal_rpo;
 
 pub use crate::archive::{decode, encode, parse_identities, parse_recipients, PartSink};
 pub use manifest::{Manifest, MANIFEST_FORMAT};

@@ -11,7 +11,7 @@ use serde::Serialize;
 use sqlx::Connection;
 
 use super::physical::segment_start;
-use crate::config::format_duration;
+use crate::config::{format_duration, BackupMode};
 use crate::context::Context;
 use crate::error::Result;
 use crate::notify::{Block, Message, Role, Tone};
@@ -35,13 +35,15 @@ impl WalPoint {
     }
 }
 
-/// The longest gap between consecutive `times` (sorted) and from the last to `now`.
-pub fn longest_gap(times: &[DateTime<Utc>], now: DateTime<Utc>) -> Duration {
+/// The longest stretch of [`since`, `now`] without a newer recovery point:
+/// the gaps between consecutive `times` (sorted) and from the last to `now`,
+/// each cut to the window (before the first point there is nothing to lose).
+pub fn longest_gap(times: &[DateTime<Utc>], since: DateTime<Utc>, now: DateTime<Utc>) -> Duration {
     times
         .windows(2)
-        .map(|w| w[1] - w[0])
-        .chain(times.last().map(|t| now - *t))
-        .filter_map(|d| d.to_std().ok())
+        .map(|w| (w[0], w[1]))
+        .chain(times.last().map(|t| (*t, now)))
+        .filter_map(|(a, b)| (b.min(now) - a.max(since)).to_std().ok())
         .max()
         .unwrap_or_default()
 }
@@ -58,11 +60,7 @@ pub async fn wal_point(
         return Ok(None);
     };
     let since = now - chrono::Duration::days(30);
-    let mut times: Vec<DateTime<Utc>> = segments
-        .iter()
-        .filter_map(|(_, t)| *t)
-        .filter(|t| *t >= since)
-        .collect();
+    let mut times: Vec<DateTime<Utc>> = segments.iter().filter_map(|(_, t)| *t).collect();
     times.sort();
     let end = segment_start(&segment, segment_bytes).map(|s| s + segment_bytes);
     let wal_since = match end {
@@ -74,7 +72,7 @@ pub async fn wal_point(
         segment,
         archived_at,
         wal_since,
-        achieved_30d_s: longest_gap(&times, now).as_secs(),
+        achieved_30d_s: longest_gap(&times, since, now).as_secs(),
     }))
 }
 
@@ -88,6 +86,53 @@ async fn written_past(url: &str, end: u64) -> Option<bool> {
         .ok()?;
     let _ = c.close().await;
     Some(super::physical::parse_lsn(&lsn).ok()? > end)
+}
+
+/// The RPO achieved over the last 30 days, as the reports show it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Achieved {
+    pub rpo_s: u64,
+    /// The longest time without a newer recovery point (the current wait included).
+    pub achieved_30d_s: u64,
+    /// `wal archive` (physical mode) or `backups` (the catalog's backups).
+    pub measured_from: &'static str,
+}
+
+/// From the archive's files in physical mode, else from the catalog's backups
+/// (a failed one is no recovery point); `None` with neither.
+pub async fn achieved(ctx: &Context, now: DateTime<Utc>) -> Result<Option<Achieved>> {
+    let rpo_s = ctx.config.backup.rpo.as_secs();
+    let since = now - chrono::Duration::days(30);
+    let backups: Vec<_> = ctx
+        .store
+        .backups(false)
+        .await?
+        .into_iter()
+        .filter(|b| b.verify_ok != Some(false))
+        .collect();
+    let bytes = backups
+        .first()
+        .and_then(|b| b.manifest["physical"]["wal_segment_bytes"].as_u64());
+    if let Some(bytes) = bytes.filter(|_| ctx.config.backup.mode == BackupMode::Physical) {
+        if let Some(p) = wal_point(ctx, bytes, now).await? {
+            return Ok(Some(Achieved {
+                rpo_s,
+                achieved_30d_s: p.achieved_30d_s,
+                measured_from: "wal archive",
+            }));
+        }
+    }
+    let mut times: Vec<DateTime<Utc>> = backups.iter().map(|b| b.created_at).collect();
+    if times.is_empty() {
+        return Ok(None);
+    }
+    times.sort();
+    let gap = longest_gap(&times, since, now);
+    Ok(Some(Achieved {
+        rpo_s,
+        achieved_30d_s: gap.as_secs(),
+        measured_from: "backups",
+    }))
 }
 
 pub fn alert(p: &WalPoint, rpo: Duration) -> Message {
@@ -128,9 +173,20 @@ mod tests {
     fn the_longest_gap_counts_the_wait_since_the_last() {
         let t = |m: i64| DateTime::<Utc>::UNIX_EPOCH + chrono::Duration::minutes(m);
         let times = [t(0), t(5), t(30), t(32)];
-        assert_eq!(longest_gap(&times, t(40)), Duration::from_secs(25 * 60));
-        assert_eq!(longest_gap(&times, t(90)), Duration::from_secs(58 * 60));
-        assert_eq!(longest_gap(&[], t(1)), Duration::ZERO);
+        assert_eq!(
+            longest_gap(&times, t(0), t(40)),
+            Duration::from_secs(25 * 60)
+        );
+        assert_eq!(
+            longest_gap(&times, t(0), t(90)),
+            Duration::from_secs(58 * 60)
+        );
+        // Cut to the window: the 25 minutes from 5 to 30 count from 20 on.
+        assert_eq!(
+            longest_gap(&times, t(20), t(40)),
+            Duration::from_secs(10 * 60)
+        );
+        assert_eq!(longest_gap(&[], t(0), t(1)), Duration::ZERO);
     }
 
     #[test]

@@ -167,6 +167,9 @@ fn assert_sla_report(m: &Value, demo: &Value) {
     // Overdue first, with what to run; at-risk ones with their extend command.
     let overdue = r["overdue"][0]["id"].as_i64().unwrap();
     let text = m["text_plain"].as_str().unwrap();
+    // The backups' promise beside the deadlines, from the demo's own backup.
+    assert_eq!(r["backups"]["measured_from"], "backups", "{r}");
+    assert!(text.contains("Achieved RPO"), "{text}");
     let action = text.split("Needs action now").nth(1).unwrap();
     let first = action.lines().find(|l| l.contains(" #")).unwrap();
     assert!(

@@ -325,6 +325,15 @@ async fn restores_to_a_moment(s3: bool) {
     assert_eq!(stale["rpo_ok"], false, "{stale}");
     assert_eq!(stale["wal"]["wal_since"], true, "{stale}");
     assert_eq!(stale["alerted"], true, "{stale}");
+    let report = stdout_json(&run_ok(s.lethe().args(["dsr", "report", "--json"])));
+    assert_eq!(
+        report["backups"]["measured_from"], "wal archive",
+        "{report}"
+    );
+    assert!(
+        report["backups"]["achieved_30d_s"].as_u64().unwrap() >= 2,
+        "{report}"
+    );
 
     // Refusals leave nothing: a used folder, a moment before the base backup ended.
     let used = s.restore(&[], &to);

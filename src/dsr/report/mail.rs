@@ -297,6 +297,31 @@ fn trend(r: &SlaReport, zone: &Zone) -> Vec<Block> {
     ]
 }
 
+/// The RPO promised and achieved: how much data a restore could have lost.
+fn backups(r: &SlaReport) -> Vec<Block> {
+    let Some(a) = &r.backups else {
+        return vec![];
+    };
+    let d = |s: u64| crate::config::format_duration(std::time::Duration::from_secs(s));
+    let tone = if a.achieved_30d_s > a.rpo_s {
+        Tone::Alert
+    } else {
+        Tone::Good
+    };
+    vec![
+        Block::Heading("Backups, last 30 days".into()),
+        Block::Notice(
+            tone,
+            format!(
+                "Achieved RPO {} (the longest time without a newer recovery point, measured from the {}); promised {}.",
+                d(a.achieved_30d_s),
+                a.measured_from,
+                d(a.rpo_s)
+            ),
+        ),
+    ]
+}
+
 /// The subject line: what needs action, in a few words.
 pub fn subject(r: &SlaReport, zone: &Zone) -> String {
     format!(
@@ -313,6 +338,7 @@ pub fn blocks(r: &SlaReport, zone: &Zone) -> Vec<Block> {
     b.extend(orgs(r, zone));
     b.extend(period(r));
     b.extend(trend(r, zone));
+    b.extend(backups(r));
     b.push(Block::Para(
         "The attached CSV has one row per request: its deadline, state and time to close, with no subject's address."
             .into(),

@@ -30,6 +30,14 @@ pub async fn sla_report(ctx: &Context) -> Result<(SlaReport, String)> {
     let (all, now) = stats::requests(ctx).await?;
     let mut report = stats::compute(ctx, &all, now);
     report.org_requests = stats::org_items(ctx, now).await?;
+    // The promise beside the DSR deadlines; a store that cannot be read leaves it out.
+    report.backups = match crate::backup::wal_rpo::achieved(ctx, now).await {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::warn!(error = %e, "the report leaves out the achieved RPO");
+            None
+        }
+    };
     let csv = attachment::csv(ctx, &all, now)?;
     Ok((report, csv))
 }

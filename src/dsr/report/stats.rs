@@ -136,6 +136,8 @@ pub struct SlaReport {
     pub weekly: Vec<Week>,
     /// Requests of organisations (deletions, exports): open, and closed in the period.
     pub org_requests: Vec<OrgItem>,
+    /// The backups' RPO achieved over the last 30 days (`None`: no backup yet).
+    pub backups: Option<crate::backup::wal_rpo::Achieved>,
 }
 
 fn period_text(p: std::time::Duration) -> String {
@@ -299,6 +301,7 @@ pub(super) fn compute(ctx: &Context, all: &[DsrRequest], now: DateTime<Utc>) -> 
         open_extended: 0,
         weekly: vec![],
         org_requests: vec![],
+        backups: None,
     };
     let mut closes = Vec::new();
     for d in all {
