@@ -13,6 +13,7 @@ use sqlx::Connection;
 use super::physical::segment_start;
 use crate::config::{format_duration, BackupMode};
 use crate::context::Context;
+use crate::dsr::BackupRpo;
 use crate::error::Result;
 use crate::notify::{Block, Message, Role, Tone};
 
@@ -88,19 +89,9 @@ async fn written_past(url: &str, end: u64) -> Option<bool> {
     Some(super::physical::parse_lsn(&lsn).ok()? > end)
 }
 
-/// The RPO achieved over the last 30 days, as the reports show it.
-#[derive(Debug, Clone, Serialize)]
-pub struct Achieved {
-    pub rpo_s: u64,
-    /// The longest time without a newer recovery point (the current wait included).
-    pub achieved_30d_s: u64,
-    /// `wal archive` (physical mode) or `backups` (the catalog's backups).
-    pub measured_from: &'static str,
-}
-
 /// From the archive's files in physical mode, else from the catalog's backups
 /// (a failed one is no recovery point); `None` with neither.
-pub async fn achieved(ctx: &Context, now: DateTime<Utc>) -> Result<Option<Achieved>> {
+pub async fn achieved(ctx: &Context, now: DateTime<Utc>) -> Result<Option<BackupRpo>> {
     let rpo_s = ctx.config.backup.rpo.as_secs();
     let since = now - chrono::Duration::days(30);
     let backups: Vec<_> = ctx
@@ -115,7 +106,7 @@ pub async fn achieved(ctx: &Context, now: DateTime<Utc>) -> Result<Option<Achiev
         .and_then(|b| b.manifest["physical"]["wal_segment_bytes"].as_u64());
     if let Some(bytes) = bytes.filter(|_| ctx.config.backup.mode == BackupMode::Physical) {
         if let Some(p) = wal_point(ctx, bytes, now).await? {
-            return Ok(Some(Achieved {
+            return Ok(Some(BackupRpo {
                 rpo_s,
                 achieved_30d_s: p.achieved_30d_s,
                 measured_from: "wal archive",
@@ -128,11 +119,21 @@ pub async fn achieved(ctx: &Context, now: DateTime<Utc>) -> Result<Option<Achiev
     }
     times.sort();
     let gap = longest_gap(&times, since, now);
-    Ok(Some(Achieved {
+    Ok(Some(BackupRpo {
         rpo_s,
         achieved_30d_s: gap.as_secs(),
         measured_from: "backups",
     }))
+}
+
+/// For the SLA report: `achieved` as of the store's clock; a store or
+/// archive that cannot be read leaves it out of the report, not the report out.
+pub async fn for_report(ctx: &Context) -> Option<BackupRpo> {
+    let got = async { achieved(ctx, ctx.store.now().await?).await }.await;
+    got.unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "the SLA report leaves out the achieved RPO");
+        None
+    })
 }
 
 pub fn alert(p: &WalPoint, rpo: Duration) -> Message {

@@ -176,7 +176,8 @@ pub async fn verify(ctx: Arc<Context>, id: i64, how: (&str, &str), json_out: boo
 }
 
 pub async fn report(ctx: Arc<Context>, send: bool, json_out: bool) -> Result<i32> {
-    let (r, csv) = dsr::sla_report(&ctx).await?;
+    let backups = crate::backup::wal_rpo::for_report(&ctx).await;
+    let (r, csv) = dsr::sla_report(&ctx, backups).await?;
     let mail = if send {
         dsr::send_report(&ctx, &r, csv).await?
     } else {

@@ -25,8 +25,8 @@ pub use ledger::{reapply_ledger, LedgerReapply, ReapplyReport};
 pub use process::{process_job, pseudonym_key, subject_pseudonym, ProcessParams};
 pub use rectify::parse_set;
 pub use report::{
-    report_job, send as send_report, sla_report, text as report_text, ReportOutput, ReportParams,
-    SlaReport, BUCKET_COLORS, TREND_COLOR,
+    report_job, send as send_report, sla_report, text as report_text, BackupRpo, ReportOutput,
+    ReportParams, SlaReport, BUCKET_COLORS, TREND_COLOR,
 };
 
 use chrono::{DateTime, Utc};

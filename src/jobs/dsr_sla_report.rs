@@ -11,6 +11,7 @@ impl Job for DsrSlaReport {
     type Output = crate::dsr::ReportOutput;
 
     async fn run(jc: &JobContext, params: Self::Params) -> Result<Self::Output> {
-        crate::dsr::report_job(jc, params).await
+        let backups = crate::backup::wal_rpo::for_report(&jc.ctx).await;
+        crate::dsr::report_job(jc, params, backups).await
     }
 }

@@ -137,7 +137,18 @@ pub struct SlaReport {
     /// Requests of organisations (deletions, exports): open, and closed in the period.
     pub org_requests: Vec<OrgItem>,
     /// The backups' RPO achieved over the last 30 days (`None`: no backup yet).
-    pub backups: Option<crate::backup::wal_rpo::Achieved>,
+    pub backups: Option<BackupRpo>,
+}
+
+/// The RPO promised and achieved over the last 30 days, as the backups
+/// measure it (given to the report: backups sit above DSRs).
+#[derive(Debug, Clone, Serialize)]
+pub struct BackupRpo {
+    pub rpo_s: u64,
+    /// The longest time without a newer recovery point (the current wait included).
+    pub achieved_30d_s: u64,
+    /// `wal archive` (physical mode) or `backups` (the catalog's backups).
+    pub measured_from: &'static str,
 }
 
 fn period_text(p: std::time::Duration) -> String {
