@@ -99,22 +99,43 @@ impl Restored {
             running: false,
         };
         untar(ctx, b, data).await?;
-        let target_line = match target {
-            Target::Latest => String::new(),
-            Target::Time(t) => format!(
-                "recovery_target_time = '{}'\n",
-                t.format("%Y-%m-%d %H:%M:%S%.6f+00")
-            ),
-            Target::Lsn(l) => format!(
-                "recovery_target_lsn = '{}'\n",
-                super::physical::format_lsn(l)
-            ),
+        // The other recovery targets emptied (one left in the backup's own
+        // postgresql.auto.conf would stop replay early), and before the one
+        // set: PostgreSQL refuses a second target even while it empties it.
+        let chosen = match target {
+            Target::Latest => None,
+            Target::Time(t) => Some((
+                "recovery_target_time",
+                t.format("%Y-%m-%d %H:%M:%S%.6f+00").to_string(),
+            )),
+            Target::Lsn(l) => Some(("recovery_target_lsn", super::physical::format_lsn(l))),
         };
+        let mut targets = String::new();
+        for name in [
+            "recovery_target",
+            "recovery_target_name",
+            "recovery_target_xid",
+            "recovery_target_time",
+            "recovery_target_lsn",
+        ] {
+            if chosen.as_ref().is_none_or(|(c, _)| *c != name) {
+                targets.push_str(&format!("{name} = ''\n"));
+            }
+        }
+        if let Some((name, value)) = &chosen {
+            targets.push_str(&format!("{name} = '{value}'\n"));
+        }
+        // No hot standby: production's max_connections & co. need not be
+        // matched, and replay never pauses on a parameter change; nothing
+        // replicates in or out; no TCP, no archiving.
         let settings = format!(
             "{BEGIN}\nlisten_addresses = ''\nport = {PORT}\nunix_socket_directories = '{sock}'\n\
              hba_file = '{sock}/pg_hba.conf'\nident_file = '{sock}/pg_ident.conf'\n\
-             archive_mode = off\nlogging_collector = off\nexternal_pid_file = ''\n\
-             restore_command = '{restore_command}'\nrecovery_target_action = 'promote'\n{target_line}{END}\n"
+             archive_mode = off\nhot_standby = off\nprimary_conninfo = ''\nprimary_slot_name = ''\n\
+             max_logical_replication_workers = 0\nrecovery_min_apply_delay = 0\nssl = off\n\
+             logging_collector = off\nlog_destination = 'stderr'\nexternal_pid_file = ''\n\
+             restore_command = '{restore_command}'\nrecovery_target_action = 'promote'\n\
+             recovery_target_timeline = 'latest'\n{targets}{END}\n"
         );
         restored.configure(&settings)?;
         Ok(restored)
@@ -154,17 +175,7 @@ impl Restored {
     }
 
     fn pg_ctl(&self) -> Command {
-        let exe = self.bin.join("pg_ctl");
-        let mut c = match &self.user {
-            Some(u) => {
-                let mut c = Command::new("runuser");
-                c.args(["-u", u, "--"]).arg(exe);
-                c
-            }
-            None => Command::new(exe),
-        };
-        c.arg("-D").arg(&self.data);
-        c
+        pg_ctl(&self.bin, self.user.as_deref(), &self.data)
     }
 
     /// The folder of the server's socket (its host for clients).
@@ -210,14 +221,25 @@ impl Restored {
         let url = self.url_for(app_url)?;
         let (started, mut said, mut seen) = (Instant::now(), Instant::now(), false);
         loop {
-            if let Ok(mut c) = sqlx::PgConnection::connect(&url).await {
-                let in_recovery: bool = sqlx::query_scalar("SELECT pg_is_in_recovery()")
-                    .fetch_one(&mut c)
-                    .await?;
-                let _ = c.close().await;
-                if !in_recovery {
-                    return Ok(());
+            match sqlx::PgConnection::connect(&url).await {
+                Ok(mut c) => {
+                    let in_recovery: bool = sqlx::query_scalar("SELECT pg_is_in_recovery()")
+                        .fetch_one(&mut c)
+                        .await?;
+                    let _ = c.close().await;
+                    if !in_recovery {
+                        return Ok(());
+                    }
                 }
+                // The server answered with a refusal other than "not yet" (57P03):
+                // no such role or database; waiting longer changes nothing.
+                Err(sqlx::Error::Database(e)) if e.code().as_deref() != Some("57P03") => {
+                    return Err(Error::Backup(format!(
+                        "the restored server refused database.url's role or database: {}",
+                        e.message()
+                    )));
+                }
+                Err(_) => {}
             }
             // `pg_ctl start -W` returns before the server has written its pid
             // file: not running yet is not dead, unless it said why or took too long.
@@ -267,6 +289,28 @@ impl Restored {
             .map_err(|e| Error::io("reading postgresql.auto.conf", e))?;
         std::fs::write(&auto, without_block(&text))
             .map_err(|e| Error::io("writing postgresql.auto.conf", e))?;
+        self.history_ready()
+    }
+
+    /// The new timeline's history file, written while archiving was off, is
+    /// marked for archiving: once the server archives again, the archive
+    /// learns of the branch (else a later restore would follow the old one).
+    fn history_ready(&self) -> Result<()> {
+        let wal = self.data.join("pg_wal");
+        let Ok(entries) = std::fs::read_dir(&wal) else {
+            return Ok(());
+        };
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().to_string();
+            if !name.ends_with(".history") {
+                continue;
+            }
+            let status = wal.join("archive_status");
+            if !status.join(format!("{name}.done")).exists() {
+                std::fs::write(status.join(format!("{name}.ready")), "")
+                    .map_err(|e| Error::io("marking the timeline history for archiving", e))?;
+            }
+        }
         Ok(())
     }
 }
@@ -280,6 +324,74 @@ impl Drop for Restored {
                 .output();
         }
     }
+}
+
+/// `pg_ctl -D data`, as `user` where given.
+fn pg_ctl(bin: &Path, user: Option<&str>, data: &Path) -> Command {
+    let exe = bin.join("pg_ctl");
+    let mut c = match user {
+        Some(u) => {
+            let mut c = Command::new("runuser");
+            c.args(["-u", u, "--"]).arg(exe);
+            c
+        }
+        None => Command::new(exe),
+    };
+    c.arg("-D").arg(data);
+    c
+}
+
+/// The prefix of a drill's temporary folder; its `lock` is held (flock) for
+/// the drill's life.
+pub const DRILL_PREFIX: &str = "lethe-drill-";
+const DRILL_LOCK: &str = "lock";
+
+/// Takes the lock of the drill folder `dir` without waiting; `None` when
+/// another process holds it (that drill is running).
+pub fn lock_drill(dir: &Path) -> Result<Option<std::fs::File>> {
+    use std::os::fd::AsRawFd;
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join(DRILL_LOCK))
+        .map_err(|e| Error::io("opening a drill's lock", e))?;
+    // SAFETY: flock(2) on a descriptor this function owns; it only takes a lock.
+    let taken = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0;
+    Ok(taken.then_some(f))
+}
+
+/// Drill folders whose drill died with its process (killed, crashed): their
+/// server is stopped and the folder removed. Returns their names.
+pub fn sweep_drills(cfg: &Config) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return vec![];
+    };
+    let bin = source::pg_tool("pg_ctl", cfg.backup.pg_bin.as_deref())
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    let user = server_user(cfg).ok().flatten();
+    let mut swept = Vec::new();
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().to_string();
+        let dir = e.path();
+        // No lock file yet: a drill that is only starting.
+        if !name.starts_with(DRILL_PREFIX) || !dir.join(DRILL_LOCK).exists() {
+            continue;
+        }
+        if let Ok(Some(_lock)) = lock_drill(&dir) {
+            let _ = pg_ctl(&bin, user.as_deref(), &dir.join("data"))
+                .args(["-m", "immediate", "-w", "stop"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+            if std::fs::remove_dir_all(&dir).is_ok() {
+                swept.push(name);
+            }
+        }
+    }
+    swept
 }
 
 /// `text` without Lethe's block (the lines from BEGIN to END).

@@ -23,7 +23,7 @@ pub fn parse_lsn(s: &str) -> Result<u64> {
     let bad = || Error::Usage(format!("`{s}` is not an LSN (like 0/3000028)"));
     let (hi, lo) = s.trim().split_once('/').ok_or_else(bad)?;
     let part = |p: &str| {
-        if p.is_empty() || p.len() > 8 {
+        if p.is_empty() || p.len() > 8 || !p.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(bad());
         }
         u32::from_str_radix(p, 16).map_err(|_| bad())
@@ -91,7 +91,7 @@ async fn inspect(url: &str) -> Result<(u64, BTreeMap<String, i64>, String)> {
 /// Where the backup starts (`backup_label`) and ends (the manifest's
 /// `WAL-Ranges`), as the tar holds them: `pg_basebackup` writing to stdout
 /// says neither.
-fn wal_points(label: &[u8], manifest_tail: &[u8]) -> Result<(u64, u32, u64)> {
+fn wal_points(label: &[u8], manifest_tail: &[u8]) -> Result<WalPoints> {
     let bad = |what: &str| Error::Backup(format!("the base backup's {what} could not be read"));
     let label = String::from_utf8_lossy(label);
     let field = |name: &str| {
@@ -113,11 +113,45 @@ fn wal_points(label: &[u8], manifest_tail: &[u8]) -> Result<(u64, u32, u64)> {
             serde_json::from_str::<Vec<serde_json::Value>>(&tail[open..=close]).ok()
         })
         .ok_or_else(|| bad("backup_manifest (WAL-Ranges)"))?;
-    let end = ranges
+    let last = ranges
         .last()
-        .and_then(|r| r["End-LSN"].as_str())
+        .ok_or_else(|| bad("backup_manifest (WAL-Ranges)"))?;
+    let end = last["End-LSN"]
+        .as_str()
         .ok_or_else(|| bad("backup_manifest (End-LSN)"))?;
-    Ok((parse_lsn(start)?, timeline, parse_lsn(end)?))
+    // A backup across a promotion ends on a later timeline than it started.
+    let end_timeline = last["Timeline"]
+        .as_u64()
+        .and_then(|t| u32::try_from(t).ok())
+        .ok_or_else(|| bad("backup_manifest (Timeline)"))?;
+    Ok(WalPoints {
+        start: parse_lsn(start)?,
+        timeline,
+        end: parse_lsn(end)?,
+        end_timeline,
+    })
+}
+
+#[derive(Debug, PartialEq)]
+struct WalPoints {
+    start: u64,
+    timeline: u32,
+    end: u64,
+    end_timeline: u32,
+}
+
+/// The base backup's last WAL file is in this archive: else the server
+/// archives elsewhere, and the backup could never be restored from here.
+async fn in_archive(ctx: &Context, store: &dyn ObjectStore, last: &str) -> Result<()> {
+    if super::wal::is_archived(&ctx.config, store, last).await? {
+        return Ok(());
+    }
+    Err(Error::Backup(format!(
+        "the base backup's last WAL file {last} is not in the archive at {}{}: the server archives \
+         elsewhere; set its archive_command to `lethe --config … wal push %p` with this config",
+        store.describe(),
+        ctx.config.backup.wal_prefix
+    )))
 }
 
 /// `pg_basebackup` streamed into `object_key`; its WAL checked in the archive.
@@ -175,16 +209,14 @@ pub(super) async fn base_backup(
     })
     .await?;
     let stopped_at = Utc::now();
-    let (start, timeline, end) = wal_points(&watched.0, &watched.1)?;
-    let last = wal_file(timeline, end.saturating_sub(1), segment_bytes);
-    if !super::wal::is_archived(&ctx.config, store, &last).await? {
-        return Err(Error::Backup(format!(
-            "the base backup's last WAL file {last} is not in the archive at {}{}: the server archives \
-             elsewhere; set its archive_command to `lethe --config … wal push %p` with this config",
-            store.describe(),
-            cfg.wal_prefix
-        )));
-    }
+    let WalPoints {
+        start,
+        timeline,
+        end,
+        end_timeline,
+    } = wal_points(&watched.0, &watched.1)?;
+    let last = wal_file(end_timeline, end.saturating_sub(1), segment_bytes);
+    in_archive(ctx, store, &last).await?;
     let physical = Physical {
         timeline,
         start_lsn: format_lsn(start),
@@ -202,37 +234,55 @@ pub(super) async fn base_backup(
     Ok((dumped, physical))
 }
 
-/// The archived WAL no kept base backup needs: every file before the
-/// earliest start among `kept` (any timeline: a base backup needs WAL from its
-/// own start on), with its sum. Timeline histories stay (tiny, and recovery
-/// reads them to choose its timeline). With no base backup kept nothing goes:
-/// the archive may be all there is. Returns the files removed (or that would be)
-/// and the first file kept.
+/// The archived WAL no kept base backup needs. Whole from the oldest base
+/// backup within `backup.pitr_window` (at least the newest kept one): a
+/// restore may reach any moment from there on. An older kept base backup
+/// keeps only its own span (start to end), enough to restore it to its end.
+/// Timeline histories stay (tiny; recovery reads them to choose a timeline).
+/// With no base backup kept nothing goes: the archive may be all there is.
+/// Files are compared by position (log, segment) whatever their timeline.
+/// Returns the files removed (or that would be) and the first kept whole.
 pub(super) async fn prune_wal(
     ctx: &Context,
     kept: &[&crate::store::BackupRecord],
     dry_run: bool,
 ) -> Result<(Vec<String>, Option<String>)> {
-    let mut earliest: Option<(u64, String)> = None;
+    let window_start = chrono::Duration::from_std(ctx.config.backup.pitr_window)
+        .ok()
+        .and_then(|w| Utc::now().checked_sub_signed(w))
+        .unwrap_or(chrono::DateTime::<Utc>::MIN_UTC);
+    // Newest first, as the catalog lists them.
+    let mut spans = Vec::new();
     for b in kept {
         let m = super::Manifest::parse(&b.manifest, &format!("the manifest of backup {}", b.id))?;
         if let Some(p) = m.physical {
-            let at = segment_start(&p.start_wal, p.wal_segment_bytes).unwrap_or(0);
-            if earliest.as_ref().is_none_or(|(e, _)| at < *e) {
-                earliest = Some((at, p.start_wal));
-            }
+            let start = segment_start(&p.start_wal, p.wal_segment_bytes).unwrap_or(0);
+            let end = parse_lsn(&p.end_lsn)?;
+            spans.push((b.created_at, start, end, p.start_wal, p.wal_segment_bytes));
         }
     }
-    let Some((_, first)) = earliest else {
+    let Some(seg_bytes) = spans.first().map(|s| s.4) else {
         return Ok((vec![], None));
     };
+    let whole = spans
+        .iter()
+        .enumerate()
+        .filter(|(i, s)| *i == 0 || s.0 >= window_start)
+        .min_by_key(|(_, s)| s.1)
+        .map(|(_, s)| (s.1, s.3.clone()));
+    let Some((whole_from, first)) = whole else {
+        return Ok((vec![], None));
+    };
+    let needed = |pos: u64| pos >= whole_from || spans.iter().any(|s| pos >= s.1 && pos < s.2);
     let store = ctx.object_store().await?;
     let mut removed = Vec::new();
     for key in store.list(&ctx.config.backup.wal_prefix).await? {
         let file = key.rsplit('/').next().unwrap_or("");
         let name = file.split('.').next().unwrap_or("");
-        // Compared by position (log, segment), whatever the timeline.
-        if name.len() == 24 && super::wal::parse_name(name).is_ok() && name[8..] < first[8..] {
+        if name.len() != 24 || super::wal::parse_name(name).is_err() {
+            continue;
+        }
+        if segment_start(name, seg_bytes).is_some_and(|pos| !needed(pos)) {
             if !dry_run {
                 store.delete(&key).await?;
             }
@@ -359,7 +409,17 @@ mod tests {
         assert_eq!(parse_lsn("0/3000028").unwrap(), 0x300_0028);
         assert_eq!(parse_lsn("1A/FF").unwrap(), (0x1A << 32) | 0xFF);
         assert_eq!(format_lsn((0x1A << 32) | 0xFF), "1A/FF");
-        for bad in ["", "0", "/1", "0/", "G/1", "0/123456789", "1/2/3"] {
+        for bad in [
+            "",
+            "0",
+            "/1",
+            "0/",
+            "G/1",
+            "0/123456789",
+            "1/2/3",
+            "+0/+3000028",
+            "0/ 1",
+        ] {
             assert!(parse_lsn(bad).is_err(), "{bad}");
         }
         let mib16 = 16 << 20;
@@ -418,7 +478,12 @@ mod tests {
         assert_eq!(out, bytes, "passed through unchanged");
         assert_eq!(
             wal_points(&w.label, &w.manifest_tail).unwrap(),
-            (0x200_0028, 3, 0x200_0100)
+            WalPoints {
+                start: 0x200_0028,
+                timeline: 3,
+                end: 0x200_0100,
+                end_timeline: 3
+            }
         );
         assert!(wal_points(b"", &w.manifest_tail).is_err());
         assert!(wal_points(&w.label, b"{}").is_err());

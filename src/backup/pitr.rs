@@ -125,19 +125,32 @@ pub async fn restore_to_dir(
     let (b, p) = choose(ctx, id, target).await?;
     // Everything that can be refused is refused before anything is written.
     identity(&ctx.config)?;
-    let ledger = LedgerReapply::prepare(ctx).await?.for_backup(b.created_at);
+    let ledger = LedgerReapply::prepare(ctx).await?;
+    // Read before replay starts: the server keeps archiving meanwhile.
+    let newest = newest_segment(ctx).await?;
     let created = claim_dir(dir)?;
     let started = Instant::now();
     let outcome = async {
         let mut server = Restored::unpack(ctx, &b, dir, target).await?;
         server.recover(&ctx.config.database.url).await?;
         let url = server.url_for(&ctx.config.database.url)?;
-        let reached = replay_end(&url).await?;
-        let report = ledger.apply(ctx, &url).await?;
+        let (reached, last_commit) = replay_end(&url).await?;
+        // PostgreSQL fails a time or LSN it cannot reach; "the end" it takes
+        // to be wherever the archive stops, a gap included.
+        if let (Target::Latest, Some(short)) = (target, short_of(reached, &newest, &p)) {
+            return Err(Error::Backup(short));
+        }
+        // What the replayed WAL holds already is not applied again: a later
+        // change in the application would be overwritten.
+        let point = match target {
+            Target::Time(t) => t,
+            _ => last_commit.unwrap_or(b.created_at),
+        };
+        let report = ledger.for_backup(point).apply(ctx, &url).await?;
         server.stop()?;
         std::fs::remove_file(dir.join(CLAIM))
             .map_err(|e| Error::io("removing the restore's claim", e))?;
-        Ok::<_, Error>((reached, report))
+        Ok::<_, Error>((super::physical::format_lsn(reached), report))
     }
     .await;
     let (reached, report) = match outcome {
@@ -187,14 +200,37 @@ fn target_json(t: Target) -> Value {
     }
 }
 
-/// Where the promoted server's WAL begins: the end of replay.
-async fn replay_end(url: &str) -> Result<String> {
+/// Where the promoted server's WAL begins (the end of replay), and the
+/// time of the last transaction replayed.
+async fn replay_end(url: &str) -> Result<(u64, Option<chrono::DateTime<chrono::Utc>>)> {
     let mut c = sqlx::PgConnection::connect(url).await?;
-    let lsn: String = sqlx::query_scalar("SELECT pg_current_wal_lsn()::text")
-        .fetch_one(&mut c)
-        .await?;
+    let (lsn, last): (String, Option<chrono::DateTime<chrono::Utc>>) =
+        sqlx::query_as("SELECT pg_current_wal_lsn()::text, pg_last_xact_replay_timestamp()")
+            .fetch_one(&mut c)
+            .await?;
     c.close().await?;
-    Ok(lsn)
+    Ok((parse_lsn(&lsn)?, last))
+}
+
+/// The archive's newest segment, on its newest timeline.
+async fn newest_segment(ctx: &Context) -> Result<String> {
+    let store = ctx.object_store().await?;
+    let newest = super::wal::newest_segment(&ctx.config, store.as_ref()).await?;
+    Ok(newest
+        .ok_or_else(|| Error::Backup("the WAL archive holds no segment".into()))?
+        .0)
+}
+
+/// Why replay that ended at `reached` fell short of the segment `newest`.
+fn short_of(reached: u64, newest: &str, p: &Physical) -> Option<String> {
+    let wanted = segment_start(newest, p.wal_segment_bytes).unwrap_or(0);
+    (reached < wanted).then(|| {
+        format!(
+            "replay ended at {}, before the newest archived segment {newest}: a gap in the archive \
+             (a file missing, or pruned meanwhile); restore to a time or LSN before the gap",
+            super::physical::format_lsn(reached)
+        )
+    })
 }
 
 /// The restore drill of base backup `b`: replayed to the newest archived
@@ -207,13 +243,25 @@ pub(super) async fn drill(
     p: &Physical,
     expected: &std::collections::BTreeMap<String, i64>,
 ) -> Result<(usize, Vec<String>)> {
-    let newest = super::wal::newest_segment(&ctx.config, ctx.object_store().await?.as_ref())
-        .await?
-        .ok_or_else(|| Error::Backup("the WAL archive holds no segment".into()))?;
+    let newest = newest_segment(ctx).await?;
     let tmp = tempfile::Builder::new()
-        .prefix("lethe-drill-")
+        .prefix(super::cluster::DRILL_PREFIX)
         .tempdir()
         .map_err(|e| Error::io("creating the drill's data directory", e))?;
+    // Held while the drill runs: a sweep removes the folder only once it is free.
+    let _lock = super::cluster::lock_drill(tmp.path())?;
+    // The cluster unpacked: at least the tar's size (WAL replayed comes on top).
+    if let Some(free) = super::parallel::free_bytes(tmp.path()) {
+        if free < b.raw_bytes as u64 {
+            return Err(Error::Backup(format!(
+                "the drill needs {} MiB for the cluster in {} and {} MiB are free: set TMPDIR to a larger disk \
+                 (never the server's own data disk)",
+                b.raw_bytes >> 20,
+                tmp.path().display(),
+                free >> 20
+            )));
+        }
+    }
     // Passable (not readable) for a server_user: the data directory inside is its own.
     {
         use std::os::unix::fs::PermissionsExt;
@@ -225,15 +273,8 @@ pub(super) async fn drill(
     server.recover(&ctx.config.database.url).await?;
     let url = server.url_for(&ctx.config.database.url)?;
     let mut problems = Vec::new();
-    let reached = parse_lsn(&replay_end(&url).await?)?;
-    let wanted = segment_start(&newest.0, p.wal_segment_bytes).unwrap_or(0);
-    if reached < wanted {
-        problems.push(format!(
-            "replay ended at {}, before the newest archived segment {} (a gap in the archive?)",
-            super::physical::format_lsn(reached),
-            newest.0
-        ));
-    }
+    let (reached, _) = replay_end(&url).await?;
+    problems.extend(short_of(reached, &newest, p));
     // count(*) reads every page of every table.
     let mut conn = sqlx::PgConnection::connect(&url).await?;
     let actual = source::pg_row_counts(&mut conn).await?;
@@ -274,9 +315,14 @@ fn amcheck(ctx: &Context, server: &Restored, superuser: &str) -> Result<Vec<Stri
     if out.status.success() {
         return Ok(vec![]);
     }
-    let said = source::without_row_values(&String::from_utf8_lossy(&out.stdout));
+    let said = source::without_row_values(&format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    ));
     Ok(vec![format!(
-        "pg_amcheck found corruption: {}",
+        "pg_amcheck failed ({}): {}",
+        out.status,
         said.lines().take(5).collect::<Vec<_>>().join("; ")
     )])
 }

@@ -164,7 +164,8 @@ pub async fn rpo_check_job(jc: &JobContext, p: RpoParams) -> Result<RpoReport> {
     if let Some(w) = &wal {
         // Base backups start the recovery; the archive carries it to its newest file.
         rpo_ok = !w.breached(rpo);
-        let base_period = period(ctx, CREATE_KIND, now).unwrap_or(rpo);
+        // Base backups made outside the catalog: a day is the usual period.
+        let base_period = period(ctx, CREATE_KIND, now).unwrap_or(Duration::from_secs(86_400));
         verified_ok = verified_age.is_some_and(|a| a <= base_period + lag);
     }
     let (mut alerted, mut recovered, mut lag_alerted) = (false, false, false);

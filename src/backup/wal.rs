@@ -198,12 +198,13 @@ pub async fn segments(
         .filter(|n| n.len() == 24 && parse_name(n).is_ok())
         .filter_map(|n| sums.get(&n).map(|at| (n.clone(), *at)))
         .collect();
-    // By position in the WAL, then timeline: the newest last.
-    out.sort_by(|a, b| (&a.0[8..], &a.0[..8]).cmp(&(&b.0[8..], &b.0[..8])));
+    // By timeline, then position: the newest last. A later timeline (a
+    // restore put into service) supersedes an earlier one wherever it branched.
+    out.sort();
     Ok(out)
 }
 
-/// The archived segment furthest along the WAL, and when it was stored.
+/// The archived segment furthest along the newest timeline, and when it was stored.
 pub async fn newest_segment(
     config: &Config,
     store: &dyn ObjectStore,

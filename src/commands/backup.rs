@@ -186,7 +186,7 @@ async fn restore_to_dir(
         super::print_json(&v)?;
     } else {
         outln!(
-            "base backup {} restored to {} and recovered to {} (WAL position {}) in {} ms; {} erasure(s) and {} rectification(s) re-applied. Start it with: pg_ctl -D {} start",
+            "base backup {} restored to {} and recovered to {} (WAL position {}) in {} ms; {} erasure(s) and {} rectification(s) re-applied. Its archive_command is the original's: set archive_mode = off (or another archive) before starting it anywhere but in the original's place, then: pg_ctl -D {} start",
             v["id"].as_str().unwrap_or(""),
             v["restored_to"].as_str().unwrap_or(""),
             v["target"],

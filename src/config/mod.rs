@@ -4,6 +4,7 @@
 //! the line and column, so a broken deploy is fixed in one look.
 
 mod api_keys;
+mod backup;
 mod data_map;
 mod jobs;
 mod object_retention;
@@ -29,6 +30,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use backup::load_backup;
 use raw::RawConfig;
 use sections::*;
 pub(crate) use source::SourceFile;
@@ -205,6 +207,10 @@ pub struct BackupConfig {
     /// Folder with pg_dump / pg_restore; default: PATH, then /usr/lib/postgresql/*/bin.
     pub pg_bin: Option<PathBuf>,
     pub mode: BackupMode,
+    /// How far back a restore may reach any moment: WAL is kept whole from
+    /// the oldest base backup this young (at least the newest); older kept
+    /// base backups keep only the WAL they need to be consistent.
+    pub pitr_window: Duration,
     /// The system user that runs the PostgreSQL servers Lethe starts from a
     /// base backup (drills, point-in-time restores) when Lethe runs as root.
     pub server_user: Option<String>,

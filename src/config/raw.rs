@@ -112,6 +112,7 @@ pub(super) struct RawBackup {
     pub(super) rto: Option<Spanned<String>>,
     pub(super) pg_bin: Option<String>,
     pub(super) mode: Option<Spanned<String>>,
+    pub(super) pitr_window: Option<Spanned<String>>,
     pub(super) server_user: Option<String>,
     pub(super) lethe_bin: Option<String>,
 }

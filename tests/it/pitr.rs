@@ -280,6 +280,12 @@ async fn restores_to_a_moment(s3: bool) {
         "Lethe's settings removed: {auto}"
     );
     assert!(!to.join("recovery.signal").exists(), "recovery ended");
+    assert!(
+        to.join("pg_wal/archive_status/00000002.history.ready")
+            .exists(),
+        "the new timeline's history waits to be archived"
+    );
+    assert!(!to.join(".lethe-restore").exists(), "the claim is released");
     let (events, max, emails) = inspect_restored(&s, &to).await;
     assert_eq!(
         (events, max),
@@ -349,6 +355,42 @@ async fn restores_to_a_moment(s3: bool) {
         s.restore(&["--to-time", &future], &early).status.code(),
         Some(2)
     );
+
+    // A gap in a folder archive: a restore to its end fails instead of
+    // stopping at the gap as if the WAL ended there.
+    if !s3 {
+        for round in 0..2 {
+            s.exec(&format!(
+                "INSERT INTO events VALUES ({}, 'later');",
+                2000 + round
+            ))
+            .await;
+            s.archive_now().await;
+        }
+        let dir = s.c.path().join("store/wal/00000001");
+        let mut segs: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter_map(|n| n.strip_suffix(".zst.age").map(str::to_string))
+            .filter(|n| n.len() == 24)
+            .collect();
+        segs.sort();
+        assert!(segs.len() >= 4, "{segs:?}");
+        let gone = &segs[segs.len() - 2];
+        std::fs::remove_file(dir.join(format!("{gone}.zst.age"))).unwrap();
+        std::fs::remove_file(dir.join(format!("{gone}.sha256"))).unwrap();
+        let gap = s.root.path().join("gap");
+        let out = s.restore(&[], &gap);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "{err} {} {segs:?}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        assert!(err.contains("gap in the archive"), "{err}");
+        assert!(!gap.exists(), "nothing left behind");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
