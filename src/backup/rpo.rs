@@ -105,8 +105,19 @@ async fn backup_in_flight(ctx: &Context, now: DateTime<Utc>) -> Result<bool> {
     Ok(false)
 }
 
+/// The catalog's backups, newest first, but those that failed verification: no backup.
+pub(super) async fn recovery_points(ctx: &Context) -> Result<Vec<BackupRecord>> {
+    Ok(ctx
+        .store
+        .backups(false)
+        .await?
+        .into_iter()
+        .filter(|b| b.verify_ok != Some(false))
+        .collect())
+}
+
 /// A base backup's WAL segment size: the catalog's newest decides the mode.
-fn segment_bytes(b: &BackupRecord) -> Option<u64> {
+pub(super) fn segment_bytes(b: &BackupRecord) -> Option<u64> {
     b.manifest["physical"]["wal_segment_bytes"].as_u64()
 }
 
@@ -142,14 +153,7 @@ pub async fn rpo_check_job(jc: &JobContext, p: RpoParams) -> Result<RpoReport> {
     // Asked before the catalog is read: a backup that completes between the
     // two reads is then either in flight or in the catalog, never neither.
     let in_flight = backup_in_flight(ctx, now).await?;
-    // Newest first; a backup that failed verification is no backup.
-    let stored: Vec<BackupRecord> = ctx
-        .store
-        .backups(false)
-        .await?
-        .into_iter()
-        .filter(|b| b.verify_ok != Some(false))
-        .collect();
+    let stored = recovery_points(ctx).await?;
     let newest = stored.first();
     let verified = stored.iter().find(|b| b.verify_ok == Some(true));
     let (newest_age, verified_age) = (age(now, newest), age(now, verified));

@@ -94,16 +94,8 @@ async fn written_past(url: &str, end: u64) -> Option<bool> {
 pub async fn achieved(ctx: &Context, now: DateTime<Utc>) -> Result<Option<BackupRpo>> {
     let rpo_s = ctx.config.backup.rpo.as_secs();
     let since = now - chrono::Duration::days(30);
-    let backups: Vec<_> = ctx
-        .store
-        .backups(false)
-        .await?
-        .into_iter()
-        .filter(|b| b.verify_ok != Some(false))
-        .collect();
-    let bytes = backups
-        .first()
-        .and_then(|b| b.manifest["physical"]["wal_segment_bytes"].as_u64());
+    let backups = super::rpo::recovery_points(ctx).await?;
+    let bytes = backups.first().and_then(super::rpo::segment_bytes);
     if let Some(bytes) = bytes.filter(|_| ctx.config.backup.mode == BackupMode::Physical) {
         if let Some(p) = wal_point(ctx, bytes, now).await? {
             return Ok(Some(BackupRpo {

@@ -96,17 +96,7 @@ pub async fn restore(ctx: Arc<Context>, id: &str, to: &str, json_out: bool) -> R
             return Err(e.into());
         }
     };
-    record(
-        ctx.store.as_ref(),
-        &actor_cli(),
-        "backup.restored",
-        &format!("backup:{id}"),
-        v.clone(),
-    )
-    .await?;
-    if json_out {
-        super::print_json(&v)?;
-    } else {
+    if !restored(&ctx, &format!("backup:{id}"), &v, json_out).await? {
         outln!(
             "backup {id} restored to {} in {} ms; {} rectification(s) and {} erasure(s) re-applied, {} subject(s) kept for legal holds; deleted orgs deleted again: {}",
             v["restored_to"].as_str().unwrap_or(""),
@@ -118,6 +108,27 @@ pub async fn restore(ctx: Arc<Context>, id: &str, to: &str, json_out: bool) -> R
         );
     }
     Ok(0)
+}
+
+/// A restore recorded as evidence, and printed as JSON when asked (then true).
+async fn restored(
+    ctx: &Context,
+    subject: &str,
+    v: &serde_json::Value,
+    json_out: bool,
+) -> Result<bool> {
+    record(
+        ctx.store.as_ref(),
+        &actor_cli(),
+        "backup.restored",
+        subject,
+        v.clone(),
+    )
+    .await?;
+    if json_out {
+        super::print_json(v)?;
+    }
+    Ok(json_out)
 }
 
 fn target(time: Option<&str>, lsn: Option<&str>) -> Result<Target> {
@@ -174,17 +185,7 @@ async fn restore_to_dir(
         }
     };
     let subject = format!("backup:{}", v["id"].as_str().unwrap_or_default());
-    record(
-        ctx.store.as_ref(),
-        &actor_cli(),
-        "backup.restored",
-        &subject,
-        v.clone(),
-    )
-    .await?;
-    if json_out {
-        super::print_json(&v)?;
-    } else {
+    if !restored(&ctx, &subject, &v, json_out).await? {
         outln!(
             "base backup {} restored to {} and recovered to {} (WAL position {}) in {} ms; {} erasure(s) and {} rectification(s) re-applied. Its archive_command is the original's: set archive_mode = off (or another archive) before starting it anywhere but in the original's place, then: pg_ctl -D {} start",
             v["id"].as_str().unwrap_or(""),

@@ -358,6 +358,17 @@ async fn drill_check(config: &Config) -> Option<Check> {
     if !drills || !config.database.url.starts_with("postgres") {
         return None;
     }
+    if config.backup.mode == crate::config::BackupMode::Physical {
+        // A base backup's drill runs a server of its own in TMPDIR, not on scratch_url.
+        let tmp = std::env::temp_dir();
+        return Some(ok(
+            NAME,
+            format!(
+                "base backups restored in {} on this host (set TMPDIR to a disk the size of the cluster, not the server's)",
+                tmp.display()
+            ),
+        ));
+    }
     Some(
         match crate::backup::scratch::server(config, &config.database.url).await {
             Ok((_, true)) => warn(
