@@ -72,7 +72,16 @@ impl Restored {
         let lethe = match &cfg.backup.lethe_bin {
             Some(p) => p.clone(),
             None => {
-                std::env::current_exe().map_err(|e| Error::io("finding the lethe binary", e))?
+                let exe = std::env::current_exe()
+                    .map_err(|e| Error::io("finding the lethe binary", e))?;
+                if exe.to_string_lossy().ends_with(" (deleted)") {
+                    return Err(Error::Usage(
+                        "the lethe binary was replaced while this process runs: restart it, or set \
+                         backup.lethe_bin to the one restore_command should run"
+                            .into(),
+                    ));
+                }
+                exe
             }
         };
         let restore_command = format!(
@@ -88,17 +97,14 @@ impl Restored {
             .tempdir_in("/tmp")
             .map_err(|e| Error::io("creating the restored server's socket folder", e))?;
         let sock = plain_path(socket_dir.path(), "the socket folder")?;
+        untar(ctx, b, data).await?;
         let restored = Restored {
             data: data.to_path_buf(),
             socket_dir,
             user,
-            bin: source::pg_tool("pg_ctl", cfg.backup.pg_bin.as_deref())
-                .parent()
-                .map(Path::to_path_buf)
-                .unwrap_or_default(),
+            bin: server_bin(cfg, data),
             running: false,
         };
-        untar(ctx, b, data).await?;
         // The other recovery targets emptied (one left in the backup's own
         // postgresql.auto.conf would stop replay early), and before the one
         // set: PostgreSQL refuses a second target even while it empties it.
@@ -252,8 +258,17 @@ impl Restored {
             if !alive && (seen || said_why() || started.elapsed() > Duration::from_secs(30)) {
                 self.running = false;
                 return Err(Error::Backup(format!(
-                    "the restored server stopped before recovery ended: {}",
-                    self.log_tail()
+                    "the restored server stopped before recovery ended: {}{}",
+                    self.log_tail(),
+                    if self
+                        .log_tail()
+                        .contains("before configured recovery target was reached")
+                    {
+                        "\n(the archive holds nothing after the target yet: wait for the next archived \
+                         WAL file, or run SELECT pg_switch_wal() on the server; or choose an earlier target)"
+                    } else {
+                        ""
+                    }
                 )));
             }
             if said.elapsed() > Duration::from_secs(30) {
@@ -326,6 +341,24 @@ impl Drop for Restored {
     }
 }
 
+/// The folder of `pg_ctl`: `backup.pg_bin`, else Debian's folder for the
+/// restored cluster's major version (`PG_VERSION`), else the newest there.
+fn server_bin(cfg: &Config, data: &Path) -> PathBuf {
+    if cfg.backup.pg_bin.is_none() {
+        let version = std::fs::read_to_string(data.join("PG_VERSION")).unwrap_or_default();
+        let dir = Path::new("/usr/lib/postgresql")
+            .join(version.trim())
+            .join("bin");
+        if !version.trim().is_empty() && dir.join("pg_ctl").exists() {
+            return dir;
+        }
+    }
+    source::pg_tool("pg_ctl", cfg.backup.pg_bin.as_deref())
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default()
+}
+
 /// `pg_ctl -D data`, as `user` where given.
 fn pg_ctl(bin: &Path, user: Option<&str>, data: &Path) -> Command {
     let exe = bin.join("pg_ctl");
@@ -367,10 +400,6 @@ pub fn sweep_drills(cfg: &Config) -> Vec<String> {
     let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
         return vec![];
     };
-    let bin = source::pg_tool("pg_ctl", cfg.backup.pg_bin.as_deref())
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_default();
     let user = server_user(cfg).ok().flatten();
     let mut swept = Vec::new();
     for e in entries.flatten() {
@@ -381,7 +410,8 @@ pub fn sweep_drills(cfg: &Config) -> Vec<String> {
             continue;
         }
         if let Ok(Some(_lock)) = lock_drill(&dir) {
-            let _ = pg_ctl(&bin, user.as_deref(), &dir.join("data"))
+            let data = dir.join("data");
+            let _ = pg_ctl(&server_bin(cfg, &data), user.as_deref(), &data)
                 .args(["-m", "immediate", "-w", "stop"])
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
