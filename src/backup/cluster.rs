@@ -69,29 +69,7 @@ impl Restored {
     ) -> Result<Restored> {
         let cfg = &ctx.config;
         let user = server_user(cfg)?;
-        let lethe = match &cfg.backup.lethe_bin {
-            Some(p) => p.clone(),
-            None => {
-                let exe = std::env::current_exe()
-                    .map_err(|e| Error::io("finding the lethe binary", e))?;
-                if exe.to_string_lossy().ends_with(" (deleted)") {
-                    return Err(Error::Usage(
-                        "the lethe binary was replaced while this process runs: restart it, or set \
-                         backup.lethe_bin to the one restore_command should run"
-                            .into(),
-                    ));
-                }
-                exe
-            }
-        };
-        let restore_command = format!(
-            "{} --config {} wal fetch %f %p",
-            plain_path(&lethe, "the lethe binary")?,
-            plain_path(
-                &cfg.path.canonicalize().unwrap_or(cfg.path.clone()),
-                "the config"
-            )?
-        );
+        let restore_command = restore_command(cfg)?;
         let socket_dir = tempfile::Builder::new()
             .prefix("lethe-pg-")
             .tempdir_in("/tmp")
@@ -339,6 +317,34 @@ impl Drop for Restored {
                 .output();
         }
     }
+}
+
+/// `lethe wal fetch` as the restored server runs it: this binary (or
+/// `backup.lethe_bin`) with this config, both by absolute path.
+fn restore_command(cfg: &Config) -> Result<String> {
+    let lethe = match &cfg.backup.lethe_bin {
+        Some(p) => p.clone(),
+        None => {
+            let exe =
+                std::env::current_exe().map_err(|e| Error::io("finding the lethe binary", e))?;
+            if exe.to_string_lossy().ends_with(" (deleted)") {
+                return Err(Error::Usage(
+                    "the lethe binary was replaced while this process runs: restart it, or set \
+                     backup.lethe_bin to the one restore_command should run"
+                        .into(),
+                ));
+            }
+            exe
+        }
+    };
+    Ok(format!(
+        "{} --config {} wal fetch %f %p",
+        plain_path(&lethe, "the lethe binary")?,
+        plain_path(
+            &cfg.path.canonicalize().unwrap_or(cfg.path.clone()),
+            "the config"
+        )?
+    ))
 }
 
 /// The folder of `pg_ctl`: `backup.pg_bin`, else Debian's folder for the

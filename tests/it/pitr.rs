@@ -315,14 +315,9 @@ async fn restores_to_a_moment(s3: bool) {
     std::fs::write(orphan_dir.join("lock"), "").unwrap();
     let v = stdout_json(&run_ok(s.lethe().args(["backup", "verify", &id, "--json"])));
     assert_eq!(v["ok"], true, "{v}");
-    assert!(
-        v["scratch_swept"]
-            .as_array()
-            .unwrap()
-            .contains(&orphan.as_str().into()),
-        "{v}"
-    );
-    assert!(!orphan_dir.exists());
+    // Swept by this drill or by the other test's, run at the same time.
+    assert!(v["scratch_swept"].is_array(), "{v}");
+    assert!(!orphan_dir.exists(), "{orphan} swept");
     assert!(v["tables"].as_u64().unwrap() >= 6, "{v}");
 
     // The RPO is read from the archive: fresh just after a switch; once the
