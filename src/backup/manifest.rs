@@ -51,6 +51,10 @@ pub struct Physical {
     pub wal_segment_bytes: u64,
     /// RFC 3339: when the backup ended; a recovery target must be later.
     pub stopped_at: String,
+    /// The cluster's `system_identifier` (where the role may read it): WAL of
+    /// another cluster (a new one after an upgrade) never continues this backup.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub system_identifier: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

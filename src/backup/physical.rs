@@ -54,7 +54,7 @@ pub fn segment_start(name: &str, segment_bytes: u64) -> Option<u64> {
 
 /// The server's WAL segment size and a table list with planner estimates
 /// (counting every row of a large cluster would read it all a second time).
-async fn inspect(url: &str) -> Result<(u64, BTreeMap<String, i64>, String)> {
+async fn inspect(url: &str) -> Result<(u64, BTreeMap<String, i64>, String, Option<String>)> {
     let mut c = sqlx::PgConnection::connect(url).await?;
     let (mode, seg): (String, i64) = sqlx::query_as(
         "SELECT current_setting('archive_mode'),
@@ -80,12 +80,21 @@ async fn inspect(url: &str) -> Result<(u64, BTreeMap<String, i64>, String)> {
     let version: String = sqlx::query_scalar("SELECT current_setting('server_version')")
         .fetch_one(&mut c)
         .await?;
+    let system = system_identifier(&mut c).await;
     c.close().await?;
     let seg = u64::try_from(seg)
         .ok()
         .filter(|s| s.is_power_of_two())
         .ok_or_else(|| Error::Backup(format!("the server reports wal_segment_size {seg}")))?;
-    Ok((seg, rows.into_iter().collect(), version))
+    Ok((seg, rows.into_iter().collect(), version, system))
+}
+
+/// The cluster's identity, where this role may read it (pg_monitor or superuser).
+pub(super) async fn system_identifier(c: &mut sqlx::PgConnection) -> Option<String> {
+    sqlx::query_scalar("SELECT system_identifier::text FROM pg_control_system()")
+        .fetch_one(c)
+        .await
+        .ok()
 }
 
 /// Where the backup starts (`backup_label`) and ends (the manifest's
@@ -164,7 +173,7 @@ pub(super) async fn base_backup(
 ) -> Result<(Dumped, Physical)> {
     let cfg = &ctx.config.backup;
     let (level, threads) = (cfg.zstd_level, cfg.zstd_threads);
-    let (segment_bytes, estimates, server_version) = inspect(url).await?;
+    let (segment_bytes, estimates, server_version, system_identifier) = inspect(url).await?;
     let tool = source::pg_tool("pg_basebackup", cfg.pg_bin.as_deref());
     let mut cmd = source::pg_command(&tool, url);
     // WAL from the archive (`none`): pg_basebackup then waits until the
@@ -224,6 +233,7 @@ pub(super) async fn base_backup(
         start_wal: wal_file(timeline, start, segment_bytes),
         wal_segment_bytes: segment_bytes,
         stopped_at: stopped_at.to_rfc3339(),
+        system_identifier,
     };
     let dumped = Dumped {
         enc,

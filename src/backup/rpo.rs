@@ -161,7 +161,8 @@ pub async fn rpo_check_job(jc: &JobContext, p: RpoParams) -> Result<RpoReport> {
     let mut verified_ok = verified_age.is_some_and(|a| a <= rpo + lag);
     let wal = match newest.and_then(segment_bytes) {
         Some(bytes) if ctx.config.backup.mode == BackupMode::Physical => {
-            super::wal_rpo::wal_point(ctx, bytes, now).await?
+            let base = newest.and_then(|b| b.manifest["physical"]["system_identifier"].as_str());
+            super::wal_rpo::wal_point(ctx, bytes, base, now).await?
         }
         _ => None,
     };

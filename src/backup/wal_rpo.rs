@@ -28,11 +28,14 @@ pub struct WalPoint {
     /// The longest time between two archived segments over the last 30 days
     /// (or since the first), the current wait included: the RPO achieved.
     pub achieved_30d_s: u64,
+    /// The server is another cluster than the newest base backup's (a new
+    /// one after an upgrade or a move): no base backup continues with its WAL.
+    pub other_cluster: bool,
 }
 
 impl WalPoint {
     pub fn breached(&self, rpo: Duration) -> bool {
-        self.age_s > rpo.as_secs() && self.wal_since != Some(false)
+        self.other_cluster || (self.age_s > rpo.as_secs() && self.wal_since != Some(false))
     }
 }
 
@@ -50,9 +53,11 @@ pub fn longest_gap(times: &[DateTime<Utc>], since: DateTime<Utc>, now: DateTime<
 }
 
 /// Reads the archive (and asks the application's server how far it has written).
+/// `base_system`: the newest base backup's cluster, where known.
 pub async fn wal_point(
     ctx: &Context,
     segment_bytes: u64,
+    base_system: Option<&str>,
     now: DateTime<Utc>,
 ) -> Result<Option<WalPoint>> {
     let store = ctx.object_store().await?;
@@ -64,29 +69,37 @@ pub async fn wal_point(
     let mut times: Vec<DateTime<Utc>> = segments.iter().filter_map(|(_, t)| *t).collect();
     times.sort();
     let end = segment_start(&segment, segment_bytes).map(|s| s + segment_bytes);
-    let wal_since = match end {
+    let (wal_since, system) = match end {
         Some(end) => written_past(&ctx.config.database.url, end).await,
-        None => None,
+        None => (None, None),
     };
+    let other_cluster = matches!((base_system, system.as_deref()), (Some(a), Some(b)) if a != b);
     Ok(Some(WalPoint {
         age_s: (now - archived_at).to_std().unwrap_or_default().as_secs(),
         segment,
         archived_at,
         wal_since,
         achieved_30d_s: longest_gap(&times, since, now).as_secs(),
+        other_cluster,
     }))
 }
 
 /// Whether the server at `url` has written WAL past `end` (a switch to a new
-/// segment lands exactly on it, and writes nothing).
-async fn written_past(url: &str, end: u64) -> Option<bool> {
-    let mut c = sqlx::PgConnection::connect(url).await.ok()?;
-    let lsn: String = sqlx::query_scalar("SELECT pg_current_wal_lsn()::text")
+/// segment lands exactly on it, and writes nothing), and which cluster it is.
+async fn written_past(url: &str, end: u64) -> (Option<bool>, Option<String>) {
+    let Ok(mut c) = sqlx::PgConnection::connect(url).await else {
+        return (None, None);
+    };
+    let lsn: Option<String> = sqlx::query_scalar("SELECT pg_current_wal_lsn()::text")
         .fetch_one(&mut c)
         .await
-        .ok()?;
+        .ok();
+    let system = super::physical::system_identifier(&mut c).await;
     let _ = c.close().await;
-    Some(super::physical::parse_lsn(&lsn).ok()? > end)
+    let past = lsn
+        .and_then(|l| super::physical::parse_lsn(&l).ok())
+        .map(|l| l > end);
+    (past, system)
 }
 
 /// From the archive's files in physical mode, else from the catalog's backups
@@ -97,7 +110,7 @@ pub async fn achieved(ctx: &Context, now: DateTime<Utc>) -> Result<Option<Backup
     let backups = super::rpo::recovery_points(ctx).await?;
     let bytes = backups.first().and_then(super::rpo::segment_bytes);
     if let Some(bytes) = bytes.filter(|_| ctx.config.backup.mode == BackupMode::Physical) {
-        if let Some(p) = wal_point(ctx, bytes, now).await? {
+        if let Some(p) = wal_point(ctx, bytes, None, now).await? {
             return Ok(Some(BackupRpo {
                 rpo_s,
                 achieved_30d_s: p.achieved_30d_s,
@@ -129,6 +142,25 @@ pub async fn for_report(ctx: &Context) -> Option<BackupRpo> {
 }
 
 pub fn alert(p: &WalPoint, rpo: Duration) -> Message {
+    if p.other_cluster {
+        return Message {
+            role: Role::Ops,
+            subject: "[lethe] RPO breached: no base backup of this cluster".into(),
+            blocks: vec![
+                Block::Notice(
+                    Tone::Alert,
+                    "The application's server is another PostgreSQL cluster than the newest base backup's \
+                     (an upgrade or a move): its WAL continues no base backup, so nothing it wrote since \
+                     could be restored."
+                        .into(),
+                ),
+                Block::Para("Take a base backup of it now:".into()),
+                Block::Command("lethe run backup.create".into()),
+            ],
+            attachments: vec![],
+            dedupe_key: Some(format!("rpo-wal-cluster:{}", p.segment)),
+        };
+    }
     Message {
         role: Role::Ops,
         subject: "[lethe] RPO breached: WAL archiving has stalled".into(),
@@ -190,6 +222,7 @@ mod tests {
             age_s,
             wal_since,
             achieved_30d_s: 0,
+            other_cluster: false,
         };
         let rpo = Duration::from_secs(900);
         assert!(!p(600, Some(true)).breached(rpo));
@@ -199,5 +232,8 @@ mod tests {
             "an idle server loses nothing"
         );
         assert!(p(1000, None).breached(rpo), "a server that cannot be asked");
+        let mut moved = p(10, Some(true));
+        moved.other_cluster = true;
+        assert!(moved.breached(rpo), "WAL no base backup continues");
     }
 }

@@ -334,6 +334,19 @@ async fn restores_to_a_moment(s3: bool) {
     };
     let fresh = rpo("1h");
     assert_eq!(fresh["rpo_ok"], true, "{fresh}");
+    assert_eq!(fresh["wal"]["other_cluster"], false, "{fresh}");
+    if !s3 {
+        let m: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(s.c.path().join(format!("store/backups/{id}.manifest.json"))).unwrap(),
+        )
+        .unwrap();
+        let p = &m["physical"];
+        assert!(p["system_identifier"].is_string(), "{m}");
+        assert!(
+            p["start_wal"].as_str().unwrap().len() == 24 && p["timeline"] == 1,
+            "{m}"
+        );
+    }
     assert!(fresh["wal"]["segment"].is_string(), "{fresh}");
     s.exec("INSERT INTO events VALUES (1000, 'not archived yet');")
         .await;
