@@ -119,6 +119,7 @@ impl Restored {
              max_logical_replication_workers = 0\nrecovery_min_apply_delay = 0\nssl = off\n\
              logging_collector = off\nlog_destination = 'stderr'\nexternal_pid_file = ''\n\
              restore_command = '{restore_command}'\nrecovery_target_action = 'promote'\n\
+             archive_cleanup_command = ''\nrecovery_end_command = ''\n\
              recovery_target_timeline = 'latest'\n{targets}{END}\n"
         );
         restored.configure(&settings)?;
@@ -253,7 +254,8 @@ impl Restored {
                 tracing::info!(data = %self.data.display(), "restore: still replaying WAL");
                 said = Instant::now();
             }
-            tokio::time::sleep(Duration::from_millis(200)).await;
+            // Each refused attempt is two lines in the server's log.
+            tokio::time::sleep(Duration::from_secs(1)).await;
         }
     }
 
@@ -349,13 +351,13 @@ fn restore_command(cfg: &Config) -> Result<String> {
 
 /// The folder of `pg_ctl`: `backup.pg_bin`, else Debian's folder for the
 /// restored cluster's major version (`PG_VERSION`), else the newest there.
-fn server_bin(cfg: &Config, data: &Path) -> PathBuf {
+pub(super) fn server_bin(cfg: &Config, data: &Path) -> PathBuf {
     if cfg.backup.pg_bin.is_none() {
         let version = std::fs::read_to_string(data.join("PG_VERSION")).unwrap_or_default();
-        let dir = Path::new("/usr/lib/postgresql")
-            .join(version.trim())
-            .join("bin");
-        if !version.trim().is_empty() && dir.join("pg_ctl").exists() {
+        let version = version.trim();
+        let dir = Path::new("/usr/lib/postgresql").join(version).join("bin");
+        let digits = !version.is_empty() && version.bytes().all(|b| b.is_ascii_digit());
+        if digits && dir.join("pg_ctl").exists() {
             return dir;
         }
     }
@@ -366,7 +368,7 @@ fn server_bin(cfg: &Config, data: &Path) -> PathBuf {
 }
 
 /// `pg_ctl -D data`, as `user` where given.
-fn pg_ctl(bin: &Path, user: Option<&str>, data: &Path) -> Command {
+pub(super) fn pg_ctl(bin: &Path, user: Option<&str>, data: &Path) -> Command {
     let exe = bin.join("pg_ctl");
     let mut c = match user {
         Some(u) => {
@@ -378,56 +380,6 @@ fn pg_ctl(bin: &Path, user: Option<&str>, data: &Path) -> Command {
     };
     c.arg("-D").arg(data);
     c
-}
-
-/// The prefix of a drill's temporary folder; its `lock` is held (flock) for
-/// the drill's life.
-pub const DRILL_PREFIX: &str = "lethe-drill-";
-const DRILL_LOCK: &str = "lock";
-
-/// Takes the lock of the drill folder `dir` without waiting; `None` when
-/// another process holds it (that drill is running).
-pub fn lock_drill(dir: &Path) -> Result<Option<std::fs::File>> {
-    use std::os::fd::AsRawFd;
-    let f = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(dir.join(DRILL_LOCK))
-        .map_err(|e| Error::io("opening a drill's lock", e))?;
-    // SAFETY: flock(2) on a descriptor this function owns; it only takes a lock.
-    let taken = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0;
-    Ok(taken.then_some(f))
-}
-
-/// Drill folders whose drill died with its process (killed, crashed): their
-/// server is stopped and the folder removed. Returns their names.
-pub fn sweep_drills(cfg: &Config) -> Vec<String> {
-    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
-        return vec![];
-    };
-    let user = server_user(cfg).ok().flatten();
-    let mut swept = Vec::new();
-    for e in entries.flatten() {
-        let name = e.file_name().to_string_lossy().to_string();
-        let dir = e.path();
-        // No lock file yet: a drill that is only starting.
-        if !name.starts_with(DRILL_PREFIX) || !dir.join(DRILL_LOCK).exists() {
-            continue;
-        }
-        if let Ok(Some(_lock)) = lock_drill(&dir) {
-            let data = dir.join("data");
-            let _ = pg_ctl(&server_bin(cfg, &data), user.as_deref(), &data)
-                .args(["-m", "immediate", "-w", "stop"])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status();
-            if std::fs::remove_dir_all(&dir).is_ok() {
-                swept.push(name);
-            }
-        }
-    }
-    swept
 }
 
 /// `text` without Lethe's block (the lines from BEGIN to END).
@@ -448,7 +400,7 @@ fn without_block(text: &str) -> String {
 }
 
 /// PostgreSQL refuses root: then the server runs as `backup.server_user`.
-fn server_user(cfg: &Config) -> Result<Option<String>> {
+pub(super) fn server_user(cfg: &Config) -> Result<Option<String>> {
     use std::os::unix::fs::MetadataExt;
     // /proc/self belongs to the process's effective user.
     let root = std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0);

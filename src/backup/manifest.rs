@@ -163,7 +163,8 @@ impl Manifest {
             }
             chrono::DateTime::parse_from_rfc3339(&p.stopped_at)
                 .map_err(|e| format!("`physical.stopped_at` is not RFC 3339: {e}"))?;
-            if p.start_wal.len() != 24 || !p.wal_segment_bytes.is_power_of_two() {
+            if p.start_wal.len() != 24 || !super::physical::valid_segment_bytes(p.wal_segment_bytes)
+            {
                 return Err(
                     "`physical.start_wal` or `physical.wal_segment_bytes` is invalid".into(),
                 );

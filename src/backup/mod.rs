@@ -7,6 +7,7 @@
 
 mod child;
 pub mod cluster;
+mod drills;
 mod dump_rows;
 pub mod gfs;
 mod manifest;

@@ -35,9 +35,15 @@ pub fn format_lsn(lsn: u64) -> String {
     format!("{:X}/{:X}", lsn >> 32, lsn & 0xFFFF_FFFF)
 }
 
-/// The WAL file holding `lsn` on `timeline`, as PostgreSQL names it.
+/// The segment sizes PostgreSQL allows (1 MiB to 1 GiB, powers of two).
+pub fn valid_segment_bytes(b: u64) -> bool {
+    b.is_power_of_two() && ((1 << 20)..=(1 << 30)).contains(&b)
+}
+
+/// The WAL file holding `lsn` on `timeline`, as PostgreSQL names it
+/// (`segment_bytes` as `valid_segment_bytes` allows).
 pub fn wal_file(timeline: u32, lsn: u64, segment_bytes: u64) -> String {
-    let per_id = 0x1_0000_0000 / segment_bytes;
+    let per_id = 0x1_0000_0000 / segment_bytes.clamp(1 << 20, 1 << 30);
     let seg = lsn / segment_bytes;
     format!("{timeline:08X}{:08X}{:08X}", seg / per_id, seg % per_id)
 }
@@ -49,7 +55,7 @@ pub fn segment_start(name: &str, segment_bytes: u64) -> Option<u64> {
     }
     let log = u64::from_str_radix(name.get(8..16)?, 16).ok()?;
     let seg = u64::from_str_radix(name.get(16..24)?, 16).ok()?;
-    Some(log * 0x1_0000_0000 + seg * segment_bytes)
+    (log << 32).checked_add(seg.checked_mul(segment_bytes)?)
 }
 
 /// The server's WAL segment size and a table list with planner estimates
@@ -84,7 +90,7 @@ async fn inspect(url: &str) -> Result<(u64, BTreeMap<String, i64>, String, Optio
     c.close().await?;
     let seg = u64::try_from(seg)
         .ok()
-        .filter(|s| s.is_power_of_two())
+        .filter(|s| valid_segment_bytes(*s))
         .ok_or_else(|| Error::Backup(format!("the server reports wal_segment_size {seg}")))?;
     Ok((seg, rows.into_iter().collect(), version, system))
 }
@@ -122,8 +128,9 @@ fn wal_points(label: &[u8], manifest_tail: &[u8]) -> Result<WalPoints> {
             serde_json::from_str::<Vec<serde_json::Value>>(&tail[open..=close]).ok()
         })
         .ok_or_else(|| bad("backup_manifest (WAL-Ranges)"))?;
+    // PostgreSQL lists the end's timeline first (the start's last).
     let last = ranges
-        .last()
+        .first()
         .ok_or_else(|| bad("backup_manifest (WAL-Ranges)"))?;
     let end = last["End-LSN"]
         .as_str()

@@ -244,12 +244,8 @@ pub(super) async fn drill(
     expected: &std::collections::BTreeMap<String, i64>,
 ) -> Result<(usize, Vec<String>)> {
     let newest = newest_segment(ctx).await?;
-    let tmp = tempfile::Builder::new()
-        .prefix(super::cluster::DRILL_PREFIX)
-        .tempdir()
-        .map_err(|e| Error::io("creating the drill's data directory", e))?;
     // Held while the drill runs: a sweep removes the folder only once it is free.
-    let _lock = super::cluster::lock_drill(tmp.path())?;
+    let (tmp, _lock) = super::drills::create()?;
     // The cluster unpacked: at least the tar's size (WAL replayed comes on top).
     if let Some(free) = super::parallel::free_bytes(tmp.path()) {
         if free < b.raw_bytes as u64 {
@@ -261,12 +257,6 @@ pub(super) async fn drill(
                 free >> 20
             )));
         }
-    }
-    // Passable (not readable) for a server_user: the data directory inside is its own.
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o711))
-            .map_err(|e| Error::io("setting the drill folder's mode", e))?;
     }
     let data = tmp.path().join("data");
     let mut server = Restored::unpack(ctx, b, &data, Target::Latest).await?;

@@ -118,7 +118,9 @@ pub(super) async fn recovery_points(ctx: &Context) -> Result<Vec<BackupRecord>> 
 
 /// A base backup's WAL segment size: the catalog's newest decides the mode.
 pub(super) fn segment_bytes(b: &BackupRecord) -> Option<u64> {
-    b.manifest["physical"]["wal_segment_bytes"].as_u64()
+    b.manifest["physical"]["wal_segment_bytes"]
+        .as_u64()
+        .filter(|s| super::physical::valid_segment_bytes(*s))
 }
 
 fn age(now: DateTime<Utc>, b: Option<&BackupRecord>) -> Option<Duration> {

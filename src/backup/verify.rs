@@ -166,7 +166,7 @@ pub async fn verify(ctx: &Context, id: &str, actor: &str) -> Result<VerifyReport
     let b = find(ctx, id).await?;
     // A base backup's drill runs in a server of its own, not in scratch databases.
     let swept = if b.manifest.get("physical").is_some() {
-        super::cluster::sweep_drills(&ctx.config)
+        super::drills::sweep(&ctx.config)
     } else {
         sweep_leftovers(ctx).await?
     };

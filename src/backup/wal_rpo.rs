@@ -68,7 +68,7 @@ pub async fn wal_point(
     let since = now - chrono::Duration::days(30);
     let mut times: Vec<DateTime<Utc>> = segments.iter().filter_map(|(_, t)| *t).collect();
     times.sort();
-    let end = segment_start(&segment, segment_bytes).map(|s| s + segment_bytes);
+    let end = segment_start(&segment, segment_bytes).and_then(|s| s.checked_add(segment_bytes));
     let (wal_since, system) = match end {
         Some(end) => written_past(&ctx.config.database.url, end).await,
         None => (None, None),

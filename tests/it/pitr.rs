@@ -307,10 +307,10 @@ async fn restores_to_a_moment(s3: bool) {
     // The drill replays every archived segment into a server of its own,
     // after sweeping the folder of a drill whose process died (its lock free).
     let orphan = format!(
-        "lethe-drill-orphan{}",
+        "drill-orphan{}",
         &uuid::Uuid::new_v4().simple().to_string()[..8]
     );
-    let orphan_dir = std::env::temp_dir().join(&orphan);
+    let orphan_dir = std::env::temp_dir().join("lethe-drills").join(&orphan);
     std::fs::create_dir_all(orphan_dir.join("data")).unwrap();
     std::fs::write(orphan_dir.join("lock"), "").unwrap();
     let v = stdout_json(&run_ok(s.lethe().args(["backup", "verify", &id, "--json"])));
