@@ -251,46 +251,71 @@ pub(super) async fn base_backup(
     Ok((dumped, physical))
 }
 
-/// The archived WAL no kept base backup needs. Whole from the oldest base
-/// backup within `backup.pitr_window` (at least the newest kept one): a
-/// restore may reach any moment from there on. An older kept base backup
-/// keeps only its own span (start to end), enough to restore it to its end.
-/// Timeline histories stay (tiny; recovery reads them to choose a timeline).
-/// With no base backup kept nothing goes: the archive may be all there is.
-/// Files are compared by position (log, segment) whatever their timeline.
-/// Returns the files removed (or that would be) and the first kept whole.
+/// A kept base backup's place in the WAL: its start and end positions.
+pub(super) struct Span {
+    created_at: chrono::DateTime<Utc>,
+    start: u64,
+    end: u64,
+    start_wal: String,
+    segment_bytes: u64,
+}
+
+/// The spans of the physical ones among `backups` (newest first, as listed).
+pub(super) fn spans(backups: &[&crate::store::BackupRecord]) -> Result<Vec<Span>> {
+    let mut out = Vec::new();
+    for b in backups {
+        let m = super::Manifest::parse(&b.manifest, &format!("the manifest of backup {}", b.id))?;
+        if let Some(p) = m.physical {
+            out.push(Span {
+                created_at: b.created_at,
+                start: segment_start(&p.start_wal, p.wal_segment_bytes).unwrap_or(0),
+                end: parse_lsn(&p.end_lsn)?,
+                start_wal: p.start_wal,
+                segment_bytes: p.wal_segment_bytes,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// Where the archive keeps WAL whole (a position and its file): from the
+/// oldest of the newest base backup, those within `window`, and the newest
+/// older than it (a moment at the window's start restores from that one).
+pub(super) fn whole_from(spans: &[Span], window: std::time::Duration) -> Option<(u64, String)> {
+    let window_start = chrono::Duration::from_std(window)
+        .ok()
+        .and_then(|w| Utc::now().checked_sub_signed(w))
+        .unwrap_or(chrono::DateTime::<Utc>::MIN_UTC);
+    let covering = spans.iter().position(|s| s.created_at < window_start);
+    spans
+        .iter()
+        .enumerate()
+        .filter(|(i, s)| *i == 0 || s.created_at >= window_start || Some(*i) == covering)
+        .min_by_key(|(_, s)| s.start)
+        .map(|(_, s)| (s.start, s.start_wal.clone()))
+}
+
+/// The archived WAL no kept base backup needs: all but what `whole_from`
+/// keeps whole, and each older kept base backup's own span (start to end,
+/// enough to restore it to its end). Timeline histories stay (tiny; recovery
+/// reads them to choose a timeline). With no base backup kept nothing goes:
+/// the archive may be all there is. Files are compared by position (log,
+/// segment) whatever their timeline. Returns the files removed (or that
+/// would be) and the first kept whole.
 pub(super) async fn prune_wal(
     ctx: &Context,
     kept: &[&crate::store::BackupRecord],
     dry_run: bool,
 ) -> Result<(Vec<String>, Option<String>)> {
-    let window_start = chrono::Duration::from_std(ctx.config.backup.pitr_window)
-        .ok()
-        .and_then(|w| Utc::now().checked_sub_signed(w))
-        .unwrap_or(chrono::DateTime::<Utc>::MIN_UTC);
-    // Newest first, as the catalog lists them.
-    let mut spans = Vec::new();
-    for b in kept {
-        let m = super::Manifest::parse(&b.manifest, &format!("the manifest of backup {}", b.id))?;
-        if let Some(p) = m.physical {
-            let start = segment_start(&p.start_wal, p.wal_segment_bytes).unwrap_or(0);
-            let end = parse_lsn(&p.end_lsn)?;
-            spans.push((b.created_at, start, end, p.start_wal, p.wal_segment_bytes));
-        }
-    }
-    let Some(seg_bytes) = spans.first().map(|s| s.4) else {
+    let spans = spans(kept)?;
+    let Some(seg_bytes) = spans.first().map(|s| s.segment_bytes) else {
         return Ok((vec![], None));
     };
-    let whole = spans
-        .iter()
-        .enumerate()
-        .filter(|(i, s)| *i == 0 || s.0 >= window_start)
-        .min_by_key(|(_, s)| s.1)
-        .map(|(_, s)| (s.1, s.3.clone()));
-    let Some((whole_from, first)) = whole else {
+    let Some((whole_from, first)) = whole_from(&spans, ctx.config.backup.pitr_window) else {
         return Ok((vec![], None));
     };
-    let needed = |pos: u64| pos >= whole_from || spans.iter().any(|s| pos >= s.1 && pos < s.2);
+    let needed =
+        |pos: u64| pos >= whole_from || spans.iter().any(|s| pos >= s.start && pos < s.end);
     let store = ctx.object_store().await?;
     let mut removed = Vec::new();
     for key in store.list(&ctx.config.backup.wal_prefix).await? {

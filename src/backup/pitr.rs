@@ -142,10 +142,12 @@ pub async fn restore_to_dir(
         }
         // What the replayed WAL holds already is not applied again: a later
         // change in the application would be overwritten.
+        // Ledger times are Lethe's clock, the point the database's: five
+        // minutes' margin for skew (an erasure applied again changes nothing).
         let point = match target {
             Target::Time(t) => t,
             _ => last_commit.unwrap_or(b.created_at),
-        };
+        } - chrono::Duration::minutes(5);
         let report = ledger.for_backup(point).apply(ctx, &url).await?;
         server.stop()?;
         std::fs::remove_file(dir.join(CLAIM))
@@ -221,6 +223,18 @@ async fn newest_segment(ctx: &Context) -> Result<String> {
         .0)
 }
 
+/// Whether the archive keeps only `p`'s own span of WAL (a base backup older
+/// than `backup.pitr_window`, kept by the GFS policy).
+async fn span_only(ctx: &Context, p: &Physical) -> Result<bool> {
+    let all = ctx.store.backups(false).await?;
+    let spans = super::physical::spans(&all.iter().collect::<Vec<_>>())?;
+    let own = segment_start(&p.start_wal, p.wal_segment_bytes).unwrap_or(0);
+    Ok(
+        super::physical::whole_from(&spans, ctx.config.backup.pitr_window)
+            .is_some_and(|(from, _)| own < from),
+    )
+}
+
 /// Why replay that ended at `reached` fell short of the segment `newest`.
 fn short_of(reached: u64, newest: &str, p: &Physical) -> Option<String> {
     let wanted = segment_start(newest, p.wal_segment_bytes).unwrap_or(0);
@@ -264,7 +278,19 @@ pub(super) async fn drill(
     let url = server.url_for(&ctx.config.database.url)?;
     let mut problems = Vec::new();
     let (reached, _) = replay_end(&url).await?;
-    problems.extend(short_of(reached, &newest, p));
+    if span_only(ctx, p).await? {
+        // Older than the window: its WAL after its end was pruned by design.
+        let end = parse_lsn(&p.end_lsn)?;
+        if reached < end {
+            problems.push(format!(
+                "replay ended at {}, before the base backup's end {}: its WAL is missing",
+                super::physical::format_lsn(reached),
+                p.end_lsn
+            ));
+        }
+    } else {
+        problems.extend(short_of(reached, &newest, p));
+    }
     // count(*) reads every page of every table.
     let mut conn = sqlx::PgConnection::connect(&url).await?;
     let actual = source::pg_row_counts(&mut conn).await?;

@@ -65,9 +65,19 @@ pub async fn wal_point(
     let Some((segment, Some(archived_at))) = segments.last().cloned() else {
         return Ok(None);
     };
-    let since = now - chrono::Duration::days(30);
-    let mut times: Vec<DateTime<Utc>> = segments.iter().filter_map(|(_, t)| *t).collect();
+    // Only the WAL the archive keeps whole tells the gaps: older files are
+    // pruned but for the spans of the base backups kept.
+    let all = ctx.store.backups(false).await?;
+    let spans = super::physical::spans(&all.iter().collect::<Vec<_>>())?;
+    let from =
+        super::physical::whole_from(&spans, ctx.config.backup.pitr_window).map_or(0, |w| w.0);
+    let mut times: Vec<DateTime<Utc>> = segments
+        .iter()
+        .filter(|(n, _)| segment_start(n, segment_bytes).is_some_and(|p| p >= from))
+        .filter_map(|(_, t)| *t)
+        .collect();
     times.sort();
+    let since = (now - chrono::Duration::days(30)).max(times.first().copied().unwrap_or(now));
     let end = segment_start(&segment, segment_bytes).and_then(|s| s.checked_add(segment_bytes));
     let (wal_since, system) = match end {
         Some(end) => written_past(&ctx.config.database.url, end).await,
@@ -118,7 +128,15 @@ pub async fn achieved(ctx: &Context, now: DateTime<Utc>) -> Result<Option<Backup
             }));
         }
     }
-    let mut times: Vec<DateTime<Utc>> = backups.iter().map(|b| b.created_at).collect();
+    // Pruned backups count too: they were recovery points in their time.
+    let mut times: Vec<DateTime<Utc>> = ctx
+        .store
+        .backups(true)
+        .await?
+        .iter()
+        .filter(|b| b.verify_ok != Some(false))
+        .map(|b| b.created_at)
+        .collect();
     if times.is_empty() {
         return Ok(None);
     }
