@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use sqlx::Connection;
 
-use super::{child, download_decoded, source};
+use super::source;
 use crate::config::Config;
 use crate::context::Context;
 use crate::error::{Error, Result};
@@ -443,33 +443,7 @@ async fn untar(ctx: &Context, b: &BackupRecord, data: &Path) -> Result<()> {
     let mut cmd = Command::new("tar");
     cmd.args(["--extract", "--file=-", "--no-same-owner", "--directory"])
         .arg(data);
-    let mut tar = source::spawn_piped(cmd, true)?;
-    let stderr = source::collect_stderr(&mut tar);
-    let stdin = tar
-        .stdin
-        .take()
-        .ok_or_else(|| Error::Backup("tar has no stdin".into()))?;
-    let (_leash, tether) = child::leash(tar);
-    download_decoded(ctx, b, move || {
-        let finish = move || {
-            let status = tether
-                .wait()
-                .map_err(|e| Error::Backup(format!("tar: {e}")))?;
-            let err = stderr.join().unwrap_or_default();
-            if status.success() {
-                Ok(())
-            } else {
-                Err(Error::Backup(format!(
-                    "unpacking the base backup failed ({status}): {err}"
-                )))
-            }
-        };
-        Ok((
-            Box::new(stdin) as Box<dyn std::io::Write + Send>,
-            Box::new(finish) as Box<dyn FnOnce() -> Result<()> + Send>,
-        ))
-    })
-    .await?;
+    super::pipe_into(ctx, b, cmd, "tar (unpacking the base backup)").await?;
     Ok(())
 }
 

@@ -403,27 +403,35 @@ async fn restore_into_pg(
         url,
     );
     cmd.args(["--no-owner", "--no-privileges", "--exit-on-error"]);
+    pipe_into(ctx, b, cmd, "pg_restore").await
+}
+
+/// Streams `b`, decoded, into the stdin of `cmd` (`what` names it in errors).
+async fn pipe_into(
+    ctx: &Context,
+    b: &BackupRecord,
+    cmd: std::process::Command,
+    what: &'static str,
+) -> Result<crate::archive::Decoded> {
     let mut child = source::spawn_piped(cmd, true)?;
     let stderr = source::collect_stderr(&mut child);
     let stdin = child
         .stdin
         .take()
-        .ok_or_else(|| Error::Backup("pg_restore has no stdin".into()))?;
-    // Dropped with this attempt (a timeout): pg_restore is killed, its stdin
+        .ok_or_else(|| Error::Backup(format!("{what} has no stdin")))?;
+    // Dropped with this attempt (a timeout): the child is killed, its stdin
     // breaks, and the download stops.
     let (_leash, tether) = child::leash(child);
     download_decoded(ctx, b, move || {
         let finish = move || {
             let status = tether
                 .wait()
-                .map_err(|e| Error::Backup(format!("pg_restore: {e}")))?;
+                .map_err(|e| Error::Backup(format!("{what}: {e}")))?;
             let err = stderr.join().unwrap_or_default();
             if status.success() {
                 Ok(())
             } else {
-                Err(Error::Backup(format!(
-                    "pg_restore failed ({status}): {err}"
-                )))
+                Err(Error::Backup(format!("{what} failed ({status}): {err}")))
             }
         };
         Ok((
