@@ -40,27 +40,10 @@ for tool in age zstd pgbackrest; do
 done
 source benches/common.sh
 
-as_pg=()
-[ "$(id -u)" -eq 0 ] && as_pg=(runuser -u postgres --)
-# The socket outside the data folder: no base backup meets it.
-data="$work/pgdata" sock="$work/sock"
-mkdir -p "$data" "$sock"
-[ ${#as_pg[@]} -gt 0 ] && chown postgres "$data" "$sock"
-"${as_pg[@]}" initdb -D "$data" -U postgres --auth=trust -E UTF8 >/dev/null
-port=$(lethe_free_port)
-# Archiving is on from the start; the load's WAL is no contender's, so it is discarded.
-cat >> "$data/postgresql.conf" <<CONF
-listen_addresses = '127.0.0.1'
-port = $port
-unix_socket_directories = '$sock'
-wal_level = replica
-archive_mode = on
-archive_command = '/bin/true'
-max_wal_size = 4GB
-CONF
-"${as_pg[@]}" pg_ctl -D "$data" -l "$data/server.log" -w start >/dev/null
-trap '"${as_pg[@]}" pg_ctl -D "$data" -m immediate -w stop >/dev/null 2>&1 || true; lethe_servers_stop; rm -rf "$work"' EXIT INT TERM
-url="postgres://postgres@127.0.0.1:$port/postgres"
+# The socket outside the data folder: no base backup meets it. Archiving is
+# on from the start; the load's WAL is no contender's, so it is discarded.
+sock="$work/sock"
+bench_cluster /bin/true "$sock"
 sql() { psql -X -q -At "$url" -c "$1"; }
 
 echo "generating the database (scale $SCALE)..." >&2

@@ -23,26 +23,10 @@ done
 source benches/common.sh
 
 # The cluster runs as postgres when we are root; so do both archivers.
-as_pg=()
-[ "$(id -u)" -eq 0 ] && as_pg=(runuser -u postgres --)
-data="$work/pgdata" segs="$work/segments"
-mkdir -p "$data" "$segs"
+segs="$work/segments"
+mkdir -p "$segs"
 chmod 777 "$segs"
-[ ${#as_pg[@]} -gt 0 ] && chown postgres "$data"
-"${as_pg[@]}" initdb -D "$data" -U postgres --auth=trust -E UTF8 >/dev/null
-port=$(lethe_free_port)
-cat >> "$data/postgresql.conf" <<CONF
-listen_addresses = '127.0.0.1'
-port = $port
-unix_socket_directories = '$data'
-wal_level = replica
-archive_mode = on
-archive_command = 'cp %p $segs/%f'
-max_wal_size = 4GB
-CONF
-"${as_pg[@]}" pg_ctl -D "$data" -l "$data/server.log" -w start >/dev/null
-trap '"${as_pg[@]}" pg_ctl -D "$data" -m immediate -w stop >/dev/null 2>&1 || true; lethe_servers_stop; rm -rf "$work"' EXIT INT TERM
-url="postgres://postgres@127.0.0.1:$port/postgres"
+bench_cluster "cp %p $segs/%f"
 echo "loading scale $SCALE to make WAL..." >&2
 psql -X -q -v scale="$SCALE" -f benches/gen_app_data.sql "$url" >/dev/null
 last=$(psql -X -At "$url" -c "SELECT pg_walfile_name(pg_switch_wal())")
