@@ -123,17 +123,7 @@ async fn setup(s3: bool) -> Option<Setup> {
         if as_root { "server_user = \"postgres\"\n" } else { "" },
     );
     let c = ConfigDir::full(None, Some(&url), "", "", &extra);
-    {
-        use age::secrecy::ExposeSecret;
-        std::fs::write(c.path().join("age.txt"), id.to_string().expose_secret()).unwrap();
-    }
-    std::fs::create_dir_all(c.path().join("store")).unwrap();
-    for (p, mode) in [
-        (c.path().to_path_buf(), 0o755),
-        (c.path().join("store"), 0o777),
-    ] {
-        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
-    }
+    crate::wal::for_postgres(&c, &id);
     // The first push is killed after its bytes were sent, before the upload completed.
     let lethe = root.path().join("lethe");
     let flags = root.path().join("flags");

@@ -15,7 +15,6 @@ use crate::common::{run_ok, stdout_json, ConfigDir};
 /// A config with a folder store and a backup key, readable (as the
 /// `postgres` user runs `archive_command`) and its store writable by anyone.
 fn wal_config() -> (ConfigDir, age::x25519::Identity) {
-    use age::secrecy::ExposeSecret;
     let id = age::x25519::Identity::generate();
     let c = ConfigDir::full(
         None,
@@ -27,6 +26,14 @@ fn wal_config() -> (ConfigDir, age::x25519::Identity) {
             id.to_public()
         ),
     );
+    for_postgres(&c, &id);
+    (c, id)
+}
+
+/// `c` readable by the `postgres` user (who runs `archive_command` and
+/// `restore_command`): its identity in `age.txt`, its folder store writable.
+pub fn for_postgres(c: &ConfigDir, id: &age::x25519::Identity) {
+    use age::secrecy::ExposeSecret;
     std::fs::write(c.path().join("age.txt"), id.to_string().expose_secret()).unwrap();
     std::fs::create_dir_all(c.path().join("store")).unwrap();
     for (p, mode) in [
@@ -35,7 +42,6 @@ fn wal_config() -> (ConfigDir, age::x25519::Identity) {
     ] {
         std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
     }
-    (c, id)
 }
 
 fn archived(c: &ConfigDir, name: &str) -> PathBuf {
